@@ -1,0 +1,220 @@
+"""Typed run configuration.
+
+One :class:`RunConfig` describes a training run completely. The CLI builds it from flags, notebooks build
+it from keyword arguments, engines receive it as JSON, and every run directory stores it as
+``config.json``. Every field is validated in :meth:`RunConfig.validate`, and every error names the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import ConfigError
+from .strategies import STRATEGIES
+
+
+# Validation MSLE the sequential run reaches after about 100 epochs on the default synthetic set
+# (measured with `gmmkit train --epochs 100`, see README "Default target loss").
+DEFAULT_TARGET_LOSS = 0.0016384
+
+# The encoder's three valid convolutions (7, 5, 3) shrink a cube by 6 + 4 + 2 voxels.
+MIN_CUBE = 15
+
+
+
+
+@dataclass
+class DataConfig:
+    """Which cubes to train on and how to split them."""
+
+    dataset: str = "phantoms"  # "phantoms" (built-in synthetic set) or a path to a .npz with `cubes`
+    size: int = 2100  # phantoms only: how many cubes to generate
+    val_size: int = 256
+    train_size: Optional[int] = None  # None: every cube not in the validation split
+    cube: int = 16
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.dataset != "phantoms" and not str(self.dataset).endswith(".npz"):
+            _fail("data.dataset", "'phantoms' or a path to a .npz file", self.dataset)
+        _positive_int("data.size", self.size)
+        _positive_int("data.val_size", self.val_size)
+        if self.train_size is not None:
+            _positive_int("data.train_size", self.train_size)
+        _int("data.cube", self.cube)
+        if self.cube < MIN_CUBE:
+            _fail("data.cube", f"at least {MIN_CUBE} (the encoder's receptive field is 15 voxels)", self.cube)
+        _int("data.seed", self.seed)
+        if self.dataset == "phantoms":
+            need = self.val_size + (self.train_size or 1)
+            if self.size < need:
+                _fail("data.size", f"at least val_size + train_size = {need}", self.size)
+
+
+@dataclass
+class ModelConfig:
+    """DeepDensity architecture (paper Section V)."""
+
+    components: int = 50
+    filters: int = 32
+    latent: int = 256
+    sigma_min: float = 0.04  # in grid units where the cube spans [-1, 1]: a third of a 16-voxel
+    sigma_max: float = 1.0
+
+    def validate(self) -> None:
+        _positive_int("model.components", self.components)
+        _positive_int("model.filters", self.filters)
+        _positive_int("model.latent", self.latent)
+        _positive_float("model.sigma_min", self.sigma_min)
+        _positive_float("model.sigma_max", self.sigma_max)
+        if self.sigma_max <= self.sigma_min:
+            _fail("model.sigma_max", f"greater than sigma_min={self.sigma_min}", self.sigma_max)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, scaling strategy and stop rules (paper Sections IV and VI)."""
+
+    strategy: str = "strong"
+    workers: int = 1
+    batch_size: int = 32  # base batch B: the global batch of strong scaling, per worker otherwise
+    lr: float = 0.00105  # base learning rate eta
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-8
+    epochs: int = 400
+    target_loss: Optional[float] = DEFAULT_TARGET_LOSS  # None: always run every epoch
+    warmup_epochs: int = 5
+    seed: int = 0
+    threads: Optional[int] = None  # CPU threads per rank; None: cores / local ranks
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            _fail("train.strategy", "one of " + ", ".join(STRATEGIES), self.strategy)
+        _positive_int("train.workers", self.workers)
+        _positive_int("train.batch_size", self.batch_size)
+        _positive_float("train.lr", self.lr)
+        for name in ("beta_1", "beta_2"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                _fail(f"train.{name}", "a number in [0, 1)", value)
+        _positive_float("train.epsilon", self.epsilon)
+        _positive_int("train.epochs", self.epochs)
+        if self.target_loss is not None:
+            _positive_float("train.target_loss", self.target_loss)
+        _int("train.warmup_epochs", self.warmup_epochs)
+        if self.warmup_epochs < 0:
+            _fail("train.warmup_epochs", "0 or more", self.warmup_epochs)
+        _int("train.seed", self.seed)
+        if self.threads is not None:
+            _positive_int("train.threads", self.threads)
+        if self.strategy == "strong" and self.workers > self.batch_size:
+            _fail("train.workers", f"at most batch_size={self.batch_size} for strong scaling "
+                  "(each worker needs at least one sample of the global batch)", self.workers)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs, in three sections; round-trips through JSON."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs/latest"
+
+    def validate(self) -> "RunConfig":
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+        if not isinstance(self.out, str) or not self.out:
+            _fail("out", "a directory path", self.out)
+        return self
+
+    def replace(self, **sections: Any) -> "RunConfig":
+        """A copy with fields changed, e.g. ``cfg.replace(train={"workers": 2}, out="runs/x")``."""
+        new = RunConfig.from_dict(self.to_dict())
+        for key, value in sections.items():
+            if key == "out":
+                new.out = value
+            elif key in ("data", "model", "train") and isinstance(value, dict):
+                setattr(new, key, _section_from_dict(type(getattr(new, key)), key,
+                                                     {**dataclasses.asdict(getattr(new, key)), **value}))
+            else:
+                _fail(key, "one of data, model, train (as dicts) or out", value)
+        return new.validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "RunConfig":
+        if not isinstance(raw, dict):
+            _fail("config", "a JSON object", type(raw).__name__)
+        unknown = set(raw) - {"data", "model", "train", "out"}
+        if unknown:
+            _fail(sorted(unknown)[0], "one of data, model, train, out", "an unknown key")
+        cfg = cls(
+            data=_section_from_dict(DataConfig, "data", raw.get("data", {})),
+            model=_section_from_dict(ModelConfig, "model", raw.get("model", {})),
+            train=_section_from_dict(TrainConfig, "train", raw.get("train", {})),
+            out=raw.get("out", "runs/latest"),
+        )
+        return cfg.validate()
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> "RunConfig":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        try:
+            return cls.from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RunConfig":
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        return cls.from_json(text, source=str(path))
+
+
+def _section_from_dict(kind: type, name: str, raw: Any):
+    if not isinstance(raw, dict):
+        _fail(name, "a JSON object", type(raw).__name__)
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        key = sorted(unknown)[0]
+        _fail(f"{name}.{key}", "one of " + ", ".join(fields), "an unknown key")
+    return kind(**raw)
+
+
+def _fail(name: str, expected: str, received: Any) -> None:
+    raise ConfigError(f"{name}: expected {expected}, received {received!r}")
+
+
+def _int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(name, "an integer", value)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    _int(name, value)
+    if value <= 0:
+        _fail(name, "a positive integer", value)
+
+
+def _positive_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        _fail(name, "a positive finite number", value)

@@ -1,0 +1,202 @@
+"""Synthetic lung-nodule CT cubes: the built-in default data set.
+
+Each cube is generated in Hounsfield units on a 1 mm isotropic grid (the spacing LUNA cubes are resampled
+to), then windowed and normalised by :func:`gmmkit.data.intensity.normalize_hu`, exactly like real CT.
+
+What a cube contains, in order of construction:
+
+* lung parenchyma around -850 HU with smooth low-frequency texture;
+* 0 to 3 vessels: tubes of 0.6 to 1.8 mm radius at soft-tissue density, in random directions;
+* in about a quarter of the cubes, the pleura: a chest-wall half-space at +40 HU with the nodule touching it
+  (juxtapleural); in another fifth, a vessel runs into the nodule (juxtavascular);
+* the nodule, one of the four LIDC visual categories, lobulated (a union of 1 to 4 ellipsoids) with an
+  irregular margin (smooth noise on the signed distance):
+
+  - ``solid``: -10 to +60 HU;
+  - ``part-solid``: a ground-glass halo (-650 to -450 HU) around a solid core of 30 to 60 % of its size;
+  - ``ground-glass``: -700 to -450 HU with mottled texture;
+  - ``calcified``: a solid nodule with a dense calcification (+300 to +1000 HU), central or eccentric;
+
+* partial volume from a soft margin, a Gaussian point-spread blur (0.5 to 0.8 mm), and correlated CT noise
+  (12 to 35 HU standard deviation).
+
+Every cube depends only on ``(seed, index)``, so a set of 2100 contains the set of 1000 of the same seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .intensity import normalize_hu
+
+CATEGORIES = ("solid", "part-solid", "ground-glass", "calcified")
+CATEGORY_WEIGHTS = (0.45, 0.2, 0.2, 0.15)
+ATTACHMENTS = ("isolated", "pleura", "vessel")
+GENERATOR_VERSION = 1  # bump when the generator's output changes, to invalidate caches
+
+
+@dataclass(frozen=True)
+class PhantomSet:
+    """Normalised cubes with what generated them."""
+
+    cubes: np.ndarray  # (N, S, S, S) float32 in [0, 1]
+    category: np.ndarray  # (N,) int: index into CATEGORIES
+    attachment: np.ndarray  # (N,) int: index into ATTACHMENTS
+    diameter_mm: np.ndarray  # (N,) float32: equivalent-sphere diameter of the nodule
+
+    def __len__(self) -> int:
+        return len(self.cubes)
+
+
+def phantom_hu(index: int, seed: int = 0, cube: int = 16) -> tuple[np.ndarray, dict]:
+    """One nodule cube in Hounsfield units, and a dict describing it."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), GENERATOR_VERSION]))
+    s = cube
+    # voxel-centre coordinates in mm, origin at the cube centre
+    ax = np.arange(s, dtype=np.float32) - (s - 1) / 2.0
+    z, y, x = np.meshgrid(ax, ax, ax, indexing="ij")
+    pts = np.stack([z, y, x], axis=-1)  # (s, s, s, 3)
+
+    # parenchyma with low-frequency texture
+    texture = ndimage.gaussian_filter(rng.standard_normal((s, s, s)).astype(np.float32), 2.5)
+    hu = -850.0 + rng.uniform(-30, 30) + 40.0 * texture / (texture.std() + 1e-6)
+
+    category = int(rng.choice(len(CATEGORIES), p=CATEGORY_WEIGHTS))
+    attachment = int(rng.choice(len(ATTACHMENTS), p=(0.55, 0.25, 0.2)))
+    radius = float(np.clip(rng.lognormal(np.log(3.2), 0.35), 1.8, s * 0.38))
+    centre = rng.uniform(-1.5, 1.5, size=3).astype(np.float32)
+
+    # vessels
+    for _ in range(int(rng.integers(0, 4))):
+        _paint(hu, _tube_distance(pts, rng.uniform(-s / 3, s / 3, 3), _unit(rng)), rng.uniform(0.6, 1.8),
+               rng.uniform(-40, 40))
+    if attachment == 2:
+        # a vessel that runs through the nodule's centre
+        _paint(hu, _tube_distance(pts, centre, _unit(rng)), rng.uniform(0.9, 1.8), rng.uniform(-20, 40))
+    if attachment == 1:
+        # chest wall: a half-space whose surface touches the nodule
+        normal = _unit(rng)
+        offset = float(normal @ centre) + radius * rng.uniform(0.6, 1.0)
+        _paint(hu, offset - pts @ normal, 0.0, rng.uniform(20, 60))  # signed distance < 0 inside the wall
+
+    # nodule: union of ellipsoids with an irregular margin
+    dist = _lobulated_distance(pts, centre, radius, rng)
+    if category == 0:  # solid
+        _paint(hu, dist, 0.0, rng.uniform(-10, 60))
+    elif category == 1:  # part-solid: GGO halo, solid core
+        _paint(hu, dist, 0.0, rng.uniform(-650, -450))
+        core = _lobulated_distance(pts, centre + rng.uniform(-0.5, 0.5, 3), radius * rng.uniform(0.3, 0.6), rng)
+        _paint(hu, core, 0.0, rng.uniform(-10, 50))
+    elif category == 2:  # ground-glass with mottled texture
+        mottle = ndimage.gaussian_filter(rng.standard_normal((s, s, s)).astype(np.float32), 1.0)
+        inside = _soft_inside(dist)
+        hu[:] = hu * (1 - inside) + inside * (rng.uniform(-700, -450) + 60.0 * mottle / (mottle.std() + 1e-6))
+    else:  # calcified
+        _paint(hu, dist, 0.0, rng.uniform(0, 60))
+        eccentric = rng.uniform(-0.5, 0.5, 3) * radius * (rng.random() < 0.5)
+        calc = _norm3(pts - (centre + eccentric)) - radius * rng.uniform(0.3, 0.7)
+        _paint(hu, calc, 0.0, rng.uniform(300, 1000))
+
+    # point-spread blur (partial volume) and correlated noise
+    hu = ndimage.gaussian_filter(hu, rng.uniform(0.5, 0.8))
+    noise = ndimage.gaussian_filter(rng.standard_normal((s, s, s)).astype(np.float32), 0.6)
+    hu = hu + rng.uniform(12, 35) * noise / (noise.std() + 1e-6)
+
+    volume = float((dist < 0).sum())
+    info = {
+        "category": category,
+        "attachment": attachment,
+        "diameter_mm": float(2.0 * (3.0 * volume / (4.0 * np.pi)) ** (1 / 3)),
+    }
+    return hu.astype(np.float32), info
+
+
+def generate_phantoms(n: int = 2100, seed: int = 0, cube: int = 16) -> PhantomSet:
+    """Generate ``n`` normalised phantom cubes (a few seconds for 2100)."""
+    if n <= 0:
+        raise ValueError(f"n: expected a positive number of cubes, received {n!r}")
+    cubes = np.empty((n, cube, cube, cube), dtype=np.float32)
+    category = np.empty(n, dtype=np.int64)
+    attachment = np.empty(n, dtype=np.int64)
+    diameter = np.empty(n, dtype=np.float32)
+    for i in range(n):
+        hu, info = phantom_hu(i, seed, cube)
+        cubes[i] = normalize_hu(hu)
+        category[i], attachment[i], diameter[i] = info["category"], info["attachment"], info["diameter_mm"]
+    return PhantomSet(cubes, category, attachment, diameter)
+
+
+def cache_dir() -> Path:
+    """Where generated sets are cached: ``$GMMKIT_CACHE`` or ``~/.cache/gmmkit``."""
+    return Path(os.environ.get("GMMKIT_CACHE") or Path.home() / ".cache" / "gmmkit")
+
+
+def load_phantoms(n: int = 2100, seed: int = 0, cube: int = 16, cache: bool = True) -> PhantomSet:
+    """:func:`generate_phantoms`, cached on disk by ``(n, seed, cube, generator version)``."""
+    key = hashlib.sha1(f"{n}-{seed}-{cube}-{GENERATOR_VERSION}".encode()).hexdigest()[:12]
+    path = cache_dir() / f"phantoms-{n}-{seed}-{cube}-{key}.npz"
+    if cache and path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return PhantomSet(f["cubes"], f["category"], f["attachment"], f["diameter_mm"])
+        except (OSError, KeyError, ValueError):
+            pass  # a corrupt cache entry is regenerated below
+    data = generate_phantoms(n, seed, cube)
+    if cache:
+        from ..io import atomic_savez
+
+        try:
+            atomic_savez(path, cubes=data.cubes, category=data.category, attachment=data.attachment,
+                         diameter_mm=data.diameter_mm)
+        except OSError:
+            pass  # a read-only cache is not an error
+    return data
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(3).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def _norm3(v: np.ndarray) -> np.ndarray:
+    """Euclidean norm over the last axis of length 3 (much faster than np.linalg.norm(axis=-1) here)."""
+    return np.sqrt(v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1] + v[..., 2] * v[..., 2])
+
+
+def _tube_distance(pts: np.ndarray, point: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    rel = pts - point
+    along = rel @ direction
+    return _norm3(rel - along[..., None] * direction)
+
+
+def _soft_inside(dist: np.ndarray, width: float = 0.5) -> np.ndarray:
+    """Fraction of a voxel inside a surface given its signed distance (mm): partial volume."""
+    return 1.0 / (1.0 + np.exp(np.clip(dist / width, -30, 30)))
+
+
+def _paint(hu: np.ndarray, dist: np.ndarray, radius: float, value: float) -> None:
+    """Blend ``value`` into ``hu`` where ``dist < radius``, with a partial-volume margin."""
+    inside = _soft_inside(dist - radius)
+    hu *= 1 - inside
+    hu += inside * value
+
+
+def _lobulated_distance(pts: np.ndarray, centre: np.ndarray, radius: float, rng: np.random.Generator) -> np.ndarray:
+    """Approximate signed distance (mm) to a union of 1 to 4 ellipsoids with an irregular margin."""
+    s = pts.shape[0]
+    dist = np.full(pts.shape[:3], np.inf, dtype=np.float32)
+    for lobe in range(int(rng.integers(1, 5))):
+        offset = np.zeros(3) if lobe == 0 else _unit(rng) * radius * rng.uniform(0.4, 0.8)
+        r = radius * (1.0 if lobe == 0 else rng.uniform(0.45, 0.75))
+        axes = r * rng.uniform(0.75, 1.25, 3)
+        rot = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+        local = (pts - (centre + offset)) @ rot
+        d = (_norm3(local / axes) - 1.0) * r
+        dist = np.minimum(dist, d.astype(np.float32))
+    margin = ndimage.gaussian_filter(rng.standard_normal((s, s, s)).astype(np.float32), 1.2)
+    return dist + rng.uniform(0.1, 0.6) * radius * margin / (margin.std() + 1e-6)

@@ -1,0 +1,98 @@
+"""Trivariate Gaussian mixtures in TensorFlow: parametrisation and rendering on a voxel grid.
+
+Coordinates
+    A cube of S voxels per side spans [-1, 1] on each axis; voxel i sits at its centre
+    ``-1 + (2 i + 1) / S``. Component means ``mu[..., d]`` are coordinates along array axis ``d`` of the
+    cube (numpy order), so the same parameters render at any resolution S.
+
+Covariances (always positive definite)
+    The paper predicts sigmas and correlations with independent sigmoids, which does not guarantee a
+    valid covariance (rho_12 = rho_13 = 0.9, rho_23 = -0.9 is not one). Here each covariance is
+    ``Sigma = D R D`` with ``D = diag(sigma)`` and the correlation matrix ``R = W W^T``, where ``W`` is lower
+    triangular with rows ``(1, 0, 0)``, ``(c0, 1, 0) / norm`` and ``(c1, c2, 1) / norm``: unit-norm rows
+    give R a unit diagonal, and a positive diagonal makes W, hence R and Sigma, full rank. Any correlation
+    matrix is reachable from the three unconstrained numbers (c0, c1, c2), and ``L = D W`` is the Cholesky
+    factor of Sigma, so the log-determinant and the precision come without a decomposition.
+
+Rendering as one matrix product
+    log(alpha_k N(x; mu_k, Sigma_k)) is a quadratic polynomial in x. With the ten features
+    ``phi(x) = (x0^2, x1^2, x2^2, x0 x1, x0 x2, x1 x2, x0, x1, x2, 1)`` it equals ``phi(x) . c_k`` for
+    coefficients c_k computed once per component, so the log-density of every component at every voxel
+    is a single (B K, 10) x (10, S^3) matrix product, followed by exp and a sum over components.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+N_FEATURES = 10
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def grid_coordinates(size: int) -> np.ndarray:
+    """Voxel-centre coordinates in [-1, 1] of a ``size``-cube, shape (size**3, 3), C order."""
+    ax = (2.0 * np.arange(size) + 1.0) / size - 1.0
+    grid = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), axis=-1)
+    return grid.reshape(-1, 3).astype(np.float32)
+
+
+def quadratic_features(points: np.ndarray) -> np.ndarray:
+    """``phi(x)`` for each point: (P, 3) -> (P, 10)."""
+    x0, x1, x2 = points[:, 0], points[:, 1], points[:, 2]
+    one = np.ones_like(x0)
+    return np.stack([x0 * x0, x1 * x1, x2 * x2, x0 * x1, x0 * x2, x1 * x2, x0, x1, x2, one], axis=1)
+
+
+def scale_tril(sigma: tf.Tensor, corr: tf.Tensor) -> tf.Tensor:
+    """Cholesky factor ``L = D W`` of each covariance from sigmas (..., 3) > 0 and raw correlations (..., 3)."""
+    c0, c1, c2 = corr[..., 0], corr[..., 1], corr[..., 2]
+    one, zero = tf.ones_like(c0), tf.zeros_like(c0)
+    n1 = tf.sqrt(1.0 + c0 * c0)
+    n2 = tf.sqrt(1.0 + c1 * c1 + c2 * c2)
+    w = tf.stack([
+        tf.stack([one, zero, zero], axis=-1),
+        tf.stack([c0 / n1, 1.0 / n1, zero], axis=-1),
+        tf.stack([c1 / n2, c2 / n2, 1.0 / n2], axis=-1),
+    ], axis=-2)
+    return sigma[..., :, None] * w
+
+
+def covariance(tril: tf.Tensor) -> tf.Tensor:
+    """``Sigma = L L^T``."""
+    return tf.matmul(tril, tril, transpose_b=True)
+
+
+def component_coefficients(alpha: tf.Tensor, mu: tf.Tensor, tril: tf.Tensor) -> tf.Tensor:
+    """Coefficients c_k with ``log(alpha_k N(x)) = phi(x) . c_k``: (B, K), (B, K, 3), (B, K, 3, 3) -> (B, K, 10)."""
+    eye = tf.eye(3, batch_shape=tf.shape(tril)[:-2], dtype=tril.dtype)
+    inv = tf.linalg.triangular_solve(tril, eye, lower=True)  # L^-1
+    prec = tf.matmul(inv, inv, transpose_a=True)  # Sigma^-1 = L^-T L^-1
+    log_det = 2.0 * tf.reduce_sum(tf.math.log(tf.linalg.diag_part(tril)), axis=-1)
+    p_mu = tf.linalg.matvec(prec, mu)
+    const = (tf.math.log(alpha) - 0.5 * (3.0 * _LOG_2PI + log_det) - 0.5 * tf.reduce_sum(mu * p_mu, axis=-1))
+    return tf.stack([
+        -0.5 * prec[..., 0, 0], -0.5 * prec[..., 1, 1], -0.5 * prec[..., 2, 2],
+        -prec[..., 0, 1], -prec[..., 0, 2], -prec[..., 1, 2],
+        p_mu[..., 0], p_mu[..., 1], p_mu[..., 2], const,
+    ], axis=-1)
+
+
+def render_mixture(alpha: tf.Tensor, mu: tf.Tensor, tril: tf.Tensor, features: tf.Tensor) -> tf.Tensor:
+    """Mixture density ``sum_k alpha_k N(x; mu_k, L_k L_k^T)`` at the points whose features are given.
+
+    ``features``: (P, 10) from :func:`quadratic_features`. Returns (B, P).
+    """
+    coef = component_coefficients(alpha, mu, tril)  # (B, K, 10)
+    b, k = tf.shape(coef)[0], tf.shape(coef)[1]
+    logits = tf.matmul(tf.reshape(coef, (b * k, N_FEATURES)), features, transpose_b=True)  # (B K, P)
+    return tf.reduce_sum(tf.reshape(tf.exp(logits), (b, k, -1)), axis=1)
+
+
+def render_grid(alpha, mu, tril, size: int) -> tf.Tensor:
+    """The mixture density on the voxel-centre grid of a ``size``-cube: (B, size, size, size)."""
+    features = tf.constant(quadratic_features(grid_coordinates(size)))
+    density = render_mixture(tf.convert_to_tensor(alpha), tf.convert_to_tensor(mu),
+                             tf.convert_to_tensor(tril), features)
+    return tf.reshape(density, (-1, size, size, size))

@@ -1,0 +1,52 @@
+"""RunConfig: JSON round trip and errors that name the field."""
+import json
+
+import pytest
+
+from gmmkit.config import ConfigError, RunConfig
+
+
+def test_defaults_follow_the_paper():
+    cfg = RunConfig().validate()
+    assert (cfg.model.components, cfg.data.cube, cfg.train.batch_size) == (50, 16, 32)
+    assert (cfg.train.lr, cfg.train.beta_1, cfg.train.beta_2, cfg.train.epsilon) == (0.00105, 0.9, 0.999, 1e-8)
+    assert (cfg.train.epochs, cfg.data.size, cfg.data.val_size) == (400, 2100, 256)
+
+
+def test_json_round_trip(tmp_path):
+    cfg = RunConfig().replace(train={"strategy": "warmup", "workers": 4, "target_loss": None},
+                              data={"train_size": 100}, out=str(tmp_path / "r"))
+    again = RunConfig.from_json(cfg.to_json())
+    assert again == cfg
+    path = tmp_path / "c.json"
+    path.write_text(cfg.to_json())
+    assert RunConfig.load(path) == cfg
+
+
+@pytest.mark.parametrize("raw,field", [
+    ({"train": {"strategy": "bogus"}}, "train.strategy"),
+    ({"train": {"lr": -1}}, "train.lr"),
+    ({"train": {"lr": float("nan")}}, "train.lr"),
+    ({"model": {"components": 0}}, "model.components"),
+    ({"data": {"cube": 8}}, "data.cube"),
+    ({"train": {"workers": 64, "batch_size": 32}}, "train.workers"),
+    ({"train": {"epochs": "ten"}}, "train.epochs"),
+    ({"data": {"colour": 1}}, "data.colour"),
+    ({"extra": 1}, "extra"),
+    ({"data": {"dataset": "cubes.csv"}}, "data.dataset"),
+])
+def test_errors_name_the_field(raw, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        RunConfig.from_dict(raw)
+
+
+def test_bad_json_names_the_file(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="broken.json"):
+        RunConfig.load(path)
+    with pytest.raises(ConfigError, match="missing.json"):
+        RunConfig.load(tmp_path / "missing.json")
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(ConfigError, match="JSON object"):
+        RunConfig.load(path)
