@@ -1,0 +1,1 @@
+"""One module per ``gmmkit`` subcommand; see :data:`gmmkit.cli.COMMANDS`."""

@@ -1,0 +1,70 @@
+"""Starting n ranks of a gmmkit command with mpirun or horovodrun.
+
+``gmmkit train --workers 4`` run from a shell re-executes itself under ``mpirun -np 4``; each rank then
+sees the launcher's environment and joins the Horovod job (:func:`gmmkit.distributed.launched_in_parallel`).
+Started by hand (``horovodrun -np 4 gmmkit train ...`` or ``mpirun -np 4 gmmkit train ...``) it joins
+directly.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Sequence
+
+from .errors import LaunchError
+
+LAUNCHERS = ("mpirun", "horovodrun")
+
+
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def mpi_env(base: dict | None = None) -> dict:
+    """The environment for mpirun: OpenMPI's run-as-root switches only when the user is root."""
+    env = dict(os.environ if base is None else base)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    return env
+
+
+def mpirun_command(n: int, argv: Sequence[str], launcher: str = "mpirun") -> list[str]:
+    """The command line that runs ``argv`` (a program and its arguments) on ``n`` ranks."""
+    if launcher not in LAUNCHERS:
+        raise LaunchError(f"--launcher: expected one of {', '.join(LAUNCHERS)}, received {launcher!r}")
+    exe = shutil.which(launcher) or shutil.which(launcher, path=os.path.dirname(sys.executable))
+    if exe is None:
+        hint = "apt-get install openmpi-bin libopenmpi-dev" if launcher == "mpirun" else "make setup"
+        raise LaunchError(f"--launcher {launcher}: '{launcher}' is not on PATH ({hint})")
+    if launcher == "horovodrun":
+        return [exe, "-np", str(n), "--mpi", *argv]
+    cmd = [exe, "-np", str(n), "--bind-to", "none", "--map-by", "slot"]
+    if n > available_cores():
+        cmd.append("--oversubscribe")
+    return [*cmd, *argv]
+
+
+def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", timeout: float | None = None,
+              **popen_kwargs) -> int:
+    """Run ``argv`` on ``n`` ranks and wait; returns the launcher's exit code."""
+    cmd = mpirun_command(n, argv, launcher)
+    proc = subprocess.Popen(cmd, env=mpi_env(popen_kwargs.pop("env", None)), **popen_kwargs)
+    try:
+        return proc.wait(timeout=timeout)
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+
+
+def python_module_argv(*args: str) -> list[str]:
+    """``python -m gmmkit ARGS`` with this interpreter, for the ranks."""
+    return [sys.executable, "-m", "gmmkit", *args]

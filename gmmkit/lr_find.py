@@ -1,0 +1,74 @@
+"""Learning-rate range test: the paper set eta to the largest rate that still converges.
+
+Starting from the run's initial weights, one training step is taken at each of ``steps`` learning rates
+growing geometrically from ``lr_min`` to ``lr_max`` (Smith, 2017). The loss is smoothed with an exponential
+moving average. The test stops once the smoothed loss exceeds ``diverge_factor`` times its minimum or becomes
+non-finite. Reported:
+
+* ``lr_at_min_loss``: where the smoothed loss is lowest;
+* ``lr_diverged``: the first rate at which the loss blew up (None if it never did);
+* ``suggested_lr``: the largest rate tried before the smoothed loss climbed back above its starting value,
+  i.e. the largest rate at which training still made progress. Confirm it with a short real run.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .config import RunConfig
+from .io import atomic_write_json
+
+
+def lr_range_test(cfg: RunConfig, lr_min: float = 1e-5, lr_max: float = 1e-1, steps: int = 100,
+                  smoothing: float = 0.9, diverge_factor: float = 4.0) -> dict:
+    from . import strategies
+    from .training.loop import Trainer
+
+    if not 0 < lr_min < lr_max:
+        raise ValueError(f"lr range: expected 0 < lr_min < lr_max, received {lr_min}, {lr_max}")
+    if steps < 2:
+        raise ValueError(f"steps: expected at least 2, received {steps}")
+    trainer = Trainer(cfg.replace(train={"workers": 1}), simulate=True)
+    t = cfg.train
+    lrs = np.geomspace(lr_min, lr_max, steps)
+    batch = strategies.global_batch(t.strategy, t.workers, t.batch_size)
+    n = len(trainer.data.train)
+    history, avg, best, diverged = [], None, math.inf, None
+    for i, lr in enumerate(lrs):
+        perm = strategies.epoch_permutation(t.seed, i * batch // max(n, 1), n)
+        start = (i * batch) % max(n - batch + 1, 1)
+        idx = np.sort(perm[start:start + batch])
+        trainer.optimizer.learning_rate.assign(float(lr))
+        loss = float(trainer._train_step(trainer.data.train[idx], float(batch))) / len(idx)
+        if not math.isfinite(loss):
+            diverged = float(lr)
+            break
+        avg = loss if avg is None else smoothing * avg + (1 - smoothing) * loss
+        smoothed = avg / (1 - smoothing ** (i + 1))
+        history.append({"lr": float(lr), "loss": loss, "smoothed": smoothed})
+        best = min(best, smoothed)
+        if smoothed > diverge_factor * best:
+            diverged = float(lr)
+            break
+    if not history:
+        raise RuntimeError(f"the loss was not finite even at lr={lr_min}")
+    lowest = min(history, key=lambda h: h["smoothed"])
+    start_loss = history[0]["smoothed"]
+    after_min = [h for h in history if h["lr"] >= lowest["lr"]]
+    progressing = [h for h in after_min if h["smoothed"] <= start_loss]
+    return {"lr_at_min_loss": lowest["lr"], "lr_diverged": diverged,
+            "suggested_lr": (progressing[-1] if progressing else lowest)["lr"],
+            "history": history, "batch": batch}
+
+
+def write_lr_find(result: dict, out: str | Path) -> Path:
+    from .plots.lr_find import lr_find_figure
+
+    out = Path(out)
+    atomic_write_json(out / "lr_find.json", result)
+    from .io import atomic_write_text
+
+    atomic_write_text(out / "lr_find.html", lr_find_figure(result).to_html(include_plotlyjs=True))
+    return out

@@ -1,0 +1,114 @@
+"""The paper's wall-time model, T(n) = Ts + Tp / n + c log2(n), with its terms measured on this machine.
+
+Per training step of a strategy with n workers, each worker computes its share of the global batch and the
+gradients are summed once:
+
+    t_step(n) = t_fixed + t_sample * max(shares) + c * log2(n)
+
+``t_fixed`` and ``t_sample`` come from a linear fit of measured step times against batch size on one rank;
+``c`` is the measured allreduce time of the model's gradient bytes between ranks (log2 n = 1 for the two
+ranks this machine can time). Under strong scaling ``t_sample * max(shares)`` is the paper's Tp / n. An
+epoch adds the validation pass, split over the ranks. A simulated run's predicted wall time is its number
+of epochs times the predicted epoch time.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import strategies
+
+
+@dataclass
+class PerfModel:
+    t_fixed: float  # s per step, independent of the batch
+    t_sample: float  # s per training sample
+    t_eval_sample: float  # s per validation sample
+    allreduce_s: float  # c: s per allreduce of the gradients at log2(n) = 1
+    gradient_bytes: int
+    threads: int = 1
+
+    def step_time(self, strategy: str, n: int, base_batch: int) -> float:
+        shares = strategies.shares(strategy, n, base_batch)
+        return self.t_fixed + self.t_sample * max(shares) + self.allreduce_s * math.log2(n)
+
+    def epoch_time(self, strategy: str, n: int, base_batch: int, n_train: int, n_val: int) -> float:
+        gb = strategies.global_batch(strategy, n, base_batch)
+        steps = strategies.steps_per_epoch(n_train, gb)
+        val = self.t_eval_sample * math.ceil(n_val / n) + self.allreduce_s * math.log2(n)
+        return steps * self.step_time(strategy, n, base_batch) + val
+
+    def terms(self, strategy: str, n: int, base_batch: int, n_train: int, n_val: int) -> dict:
+        """Ts, Tp and c of the paper's formula for one epoch."""
+        gb = strategies.global_batch(strategy, n, base_batch)
+        steps = strategies.steps_per_epoch(n_train, gb)
+        return {"Ts": steps * self.t_fixed, "Tp": steps * self.t_sample * gb + self.t_eval_sample * n_val,
+                "c": (steps + 1) * self.allreduce_s}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "PerfModel":
+        return cls(**raw)
+
+
+def fit_step_times(batches: list[int], times: list[float]) -> tuple[float, float]:
+    """Least-squares ``t = t_fixed + t_sample * batch`` (both clipped at 0)."""
+    a = np.vstack([np.ones(len(batches)), np.asarray(batches, dtype=float)]).T
+    (t_fixed, t_sample), *_ = np.linalg.lstsq(a, np.asarray(times, dtype=float), rcond=None)
+    return max(float(t_fixed), 0.0), max(float(t_sample), 1e-9)
+
+
+def measure_compute(cfg, batches=(8, 32), repeats: int = 5) -> dict:
+    """Time training steps at several batch sizes and the validation pass, in this process."""
+    from .training.loop import Trainer
+
+    trainer = Trainer(cfg.replace(train={"workers": 1}), simulate=True)
+    x = trainer.data.train
+    times = []
+    for b in batches:
+        xb = x[:b] if len(x) >= b else np.resize(x, (b, *x.shape[1:]))
+        trainer._train_step(xb, float(b))  # trace and warm up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            trainer._train_step(xb, float(b))
+        times.append((time.perf_counter() - t0) / repeats)
+    trainer._eval_step(trainer.data.val)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        trainer._eval_step(trainer.data.val)
+    t_eval = (time.perf_counter() - t0) / repeats / len(trainer.data.val)
+    t_fixed, t_sample = fit_step_times(list(batches), times)
+    grad_bytes = int(sum(np.prod(v.shape) * 4 for v in trainer.model.trainable_variables))
+    return {"t_fixed": t_fixed, "t_sample": t_sample, "t_eval_sample": t_eval, "gradient_bytes": grad_bytes,
+            "step_times": dict(zip(map(str, batches), times))}
+
+
+def measure_allreduce(nbytes: int, ranks: int = 2, repeats: int = 20) -> float:
+    """Seconds per Horovod allreduce of ``nbytes`` between ``ranks`` real MPI ranks on this machine."""
+    import json
+    import subprocess
+    import sys
+
+    from . import launch
+
+    cmd = launch.mpirun_command(ranks, [sys.executable, "-m", "gmmkit.distributed", "--allreduce-bytes",
+                                        str(nbytes), "--repeats", str(repeats)])
+    proc = subprocess.run(cmd, env=launch.mpi_env(), capture_output=True, text=True, timeout=300)
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            return float(json.loads(line)["allreduce_s"])
+    raise RuntimeError(f"allreduce probe failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+
+
+def calibrate(cfg, ranks: int = 2) -> PerfModel:
+    """Measure every term of the model for ``cfg`` on this machine (one thread per rank)."""
+    compute = measure_compute(cfg.replace(train={"threads": 1}))
+    allreduce = measure_allreduce(compute["gradient_bytes"], ranks) if ranks > 1 else 0.0
+    return PerfModel(t_fixed=compute["t_fixed"], t_sample=compute["t_sample"],
+                     t_eval_sample=compute["t_eval_sample"], allreduce_s=allreduce,
+                     gradient_bytes=compute["gradient_bytes"], threads=1)

@@ -1,0 +1,1 @@
+"""Everything plotly lives in this package; geometry is computed elsewhere and handed in."""

@@ -1,0 +1,68 @@
+"""Figures of a sweep (paper Figs. 2 to 5) as self-contained HTML files."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from ..io import atomic_write_text
+
+STRATEGY_COLOURS = {"strong": "#1f77b4", "weak": "#ff7f0e", "lsr": "#d62728", "warmup": "#2ca02c"}
+
+
+def time_to_target_figure(rows) -> go.Figure:
+    """Fig. 2: time to the target loss against n, one line per strategy (missing where not reached)."""
+    fig = go.Figure()
+    for strategy in dict.fromkeys(r.strategy for r in rows):
+        pts = [r for r in rows if r.strategy == strategy]
+        fig.add_trace(go.Scatter(
+            x=[r.workers for r in pts],
+            y=[r.time_s if r.status == "reached_target" else None for r in pts],
+            mode="lines+markers", name=strategy, line={"color": STRATEGY_COLOURS.get(strategy)},
+            text=[f"{r.mode}, {r.status}, {r.epochs} epochs" for r in pts], connectgaps=False))
+    fig.update_layout(title="Time to target loss (Fig. 2)", xaxis={"title": "workers (GPUs)", "type": "log"},
+                      yaxis={"title": "seconds (measured where real, predicted where simulated)", "type": "log"},
+                      template="plotly_white")
+    return fig
+
+
+def loss_curves_figure(curves: dict, strategy: str, target: float | None, title: str,
+                       workers: list[int] | None = None) -> go.Figure:
+    """Validation loss against epoch for each n of one strategy (Figs. 3, 4, 5)."""
+    fig = go.Figure()
+    for (s, n), records in sorted(curves.items(), key=lambda kv: kv[0][1]):
+        if (s != strategy and n != 1) or (workers is not None and n not in workers) or not records:
+            continue
+        fig.add_trace(go.Scatter(x=[r["epoch"] for r in records],
+                                 y=[r["val_loss"] if _finite(r["val_loss"]) else None for r in records],
+                                 mode="lines", name=f"n = {n}"))
+    if target:
+        fig.add_hline(y=target, line_dash="dash", annotation_text="target")
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis={"title": "validation loss (MSLE)", "type": "log"},
+                      template="plotly_white")
+    return fig
+
+
+def write_figures(rows, curves: dict, out: Path, target: float | None) -> list[Path]:
+    """Write the four figures next to the tables; returns their paths."""
+    strategies = {r.strategy for r in rows}
+    warm_n = max((n for (s, n) in curves if s == "warmup"), default=None)
+    figures = {"fig2_time_to_target.html": time_to_target_figure(rows)}
+    if warm_n:
+        figures["fig3_warmup_loss.html"] = loss_curves_figure(
+            curves, "warmup", target, f"Warm-up with {warm_n} workers (Fig. 3)", workers=[warm_n])
+    for strategy, name, fig_no in (("strong", "fig4_strong_losses.html", 4), ("weak", "fig5_weak_losses.html", 5)):
+        if strategy in strategies:
+            figures[name] = loss_curves_figure(curves, strategy, target,
+                                               f"{strategy.capitalize()} scaling losses (Fig. {fig_no})")
+    paths = []
+    for name, fig in figures.items():
+        path = Path(out) / name
+        atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+        paths.append(path)
+    return paths
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)

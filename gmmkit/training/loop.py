@@ -1,0 +1,225 @@
+"""The training loop: one function, the same on one process and on every Horovod rank.
+
+It is a plain TensorFlow custom loop over a plain Keras model. Distribution enters through the context
+of :mod:`gmmkit.distributed` (gradient and metric sums, the initial broadcast) and through the sample
+indices each rank takes from :mod:`gmmkit.strategies`.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import tensorflow as tf
+from tensorflow import keras
+
+from .. import distributed, model as model_lib, strategies
+from ..config import RunConfig
+from ..data import load_split
+from .rundir import RunDir
+
+EVAL_BATCH = 256
+EpochCallback = Callable[[dict], None]
+
+
+class StopFlag:
+    """A stop request that a signal handler, a thread or a notebook button can raise."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def set(self, *_):
+        self._event.set()
+
+    def __bool__(self):
+        return self._event.is_set()
+
+
+def optimizer_variables(optimizer) -> list:
+    v = optimizer.variables
+    return list(v() if callable(v) else v)
+
+
+class Trainer:
+    """Builds the model and optimiser of a :class:`RunConfig` and trains it; see :func:`train`."""
+
+    def __init__(self, cfg: RunConfig, ctx=None, simulate: bool = False):
+        self.cfg = cfg.validate()
+        self.ctx = ctx if ctx is not None else distributed.init(cfg.train.threads)
+        self.simulate = simulate
+        t = cfg.train
+        if not simulate and self.ctx.size != t.workers:
+            raise ValueError(f"--workers {t.workers}: this job has {self.ctx.size} rank(s); launch it with "
+                             f"{t.workers} ranks (gmmkit train launches them itself) or pass --simulate")
+        # the update plan is computed for the configured worker count even when simulated on one process
+        strategies.plan(t.strategy, t.workers, t.batch_size, t.lr)  # validates strategy x workers x batch
+        self.data = load_split(cfg.data)
+        self.model = model_lib.from_config(cfg)
+        self.optimizer = keras.optimizers.Adam(t.lr, beta_1=t.beta_1, beta_2=t.beta_2, epsilon=t.epsilon)
+        self.optimizer.build(self.model.trainable_variables)
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+
+    # --- compiled steps ------------------------------------------------------------------------
+    def _make_train_step(self):
+        model, optimizer, ctx, s = self.model, self.optimizer, self.ctx, self.cfg.data.cube
+        spec = [tf.TensorSpec((None, s, s, s), tf.float32), tf.TensorSpec((), tf.float32)]
+
+        @tf.function(input_signature=spec)
+        def train_step(x, global_batch):
+            with tf.GradientTape() as tape:
+                per_sample = model_lib.per_sample_msle(x, model(x, training=True))
+                loss_sum = tf.reduce_sum(per_sample)
+                scaled = loss_sum / global_batch
+            grads = ctx.sum_gradients(tape.gradient(scaled, model.trainable_variables))
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss_sum
+
+        return train_step
+
+    def _make_eval_step(self):
+        model, s = self.model, self.cfg.data.cube
+
+        @tf.function(input_signature=[tf.TensorSpec((None, s, s, s), tf.float32)])
+        def eval_step(x):
+            return tf.reduce_sum(model_lib.per_sample_msle(x, model(x, training=False)))
+
+        return eval_step
+
+    # --- pieces --------------------------------------------------------------------------------
+    def validation_loss(self) -> float:
+        """Mean per-sample MSLE over the validation set, each rank evaluating its shard."""
+        val = self.data.val
+        shard = np.array_split(np.arange(len(val)), self.ctx.size)[self.ctx.rank]
+        total = 0.0
+        for start in range(0, len(shard), EVAL_BATCH):
+            total += float(self._eval_step(val[shard[start:start + EVAL_BATCH]]))
+        loss_sum, count = self.ctx.sum(np.array([total, len(shard)]))
+        return float(loss_sum / count)
+
+    def restore(self, ckpt: dict) -> None:
+        self.model.set_weights(ckpt["weights"])
+        for var, value in zip(optimizer_variables(self.optimizer), ckpt["optimizer"]):
+            var.assign(value)
+
+    def state(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        return self.model.get_weights(), [v.numpy() for v in optimizer_variables(self.optimizer)]
+
+    # --- the loop --------------------------------------------------------------------------
+    def fit(self, run: RunDir, callbacks: Iterable[EpochCallback] = (), stop: Optional[StopFlag] = None,
+            resume: bool = False) -> dict:
+        cfg, t, ctx = self.cfg, self.cfg.train, self.ctx
+        callbacks = list(callbacks) if ctx.is_chief else []
+        stop = stop if stop is not None else StopFlag()
+        start_epoch, time_offset = 0, 0.0
+        ckpt = run.load_checkpoint() if (resume and ctx.is_chief) else None
+        if resume:
+            start_epoch = int(ctx.sum(np.array([ckpt["epoch"] if ckpt else 0]))[0])
+            time_offset = float(ctx.sum(np.array([ckpt["time_s"] if ckpt else 0.0]))[0])
+            if ckpt:
+                self.restore(ckpt)
+                run.truncate_metrics(start_epoch)
+        ctx.broadcast_variables(self.model.variables + optimizer_variables(self.optimizer))
+
+        n_train = len(self.data.train)
+        first = strategies.plan(t.strategy, t.workers, t.batch_size, t.lr, 0.0, t.warmup_epochs)
+        steps = strategies.steps_per_epoch(n_train, first.global_batch)
+        if steps == 0:
+            raise ValueError(f"--train-size {n_train}: smaller than one global batch of {first.global_batch} "
+                             f"({t.strategy} scaling with {t.workers} workers)")
+        summary = {"status": "running", "strategy": t.strategy, "workers": t.workers, "backend": ctx.backend,
+                   "simulated": self.simulate, "time_to_target_s": None, "epochs": start_epoch,
+                   "best_val_loss": None, "final_val_loss": None, "target_loss": t.target_loss,
+                   "global_batch": first.global_batch, "steps_per_epoch": steps}
+        previous = run.metrics() if (resume and ctx.is_chief) else []
+        finite = [r["val_loss"] for r in previous if _finite(r.get("val_loss"))]
+        summary["best_val_loss"] = min(finite) if finite else None
+        summary["final_val_loss"] = previous[-1]["val_loss"] if previous else None
+
+        began = time.perf_counter() - time_offset
+        for epoch in range(start_epoch, t.epochs):
+            epoch_began = time.perf_counter()
+            perm = strategies.epoch_permutation(t.seed, epoch, n_train)
+            loss_sum, stopped = 0.0, False
+            for step in range(steps):
+                p = strategies.plan(t.strategy, t.workers, t.batch_size, t.lr, epoch + step / steps,
+                                    t.warmup_epochs)
+                if self.simulate:
+                    idx = perm[step * p.global_batch:(step + 1) * p.global_batch]
+                else:
+                    idx = strategies.worker_indices(perm, p, step, ctx.rank)
+                self.optimizer.learning_rate.assign(p.lr)
+                loss_sum += float(self._train_step(self.data.train[np.sort(idx)], float(p.global_batch)))
+                if ctx.broadcast_flag(bool(stop) or (ctx.is_chief and run.stop_requested())):
+                    stopped = True
+                    break
+            if stopped:
+                summary["status"] = "stopped"
+                break
+            train_loss = float(ctx.sum(np.array([loss_sum]))[0]) / (steps * p.global_batch)
+            val_loss = self.validation_loss()
+            now = time.perf_counter()
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": p.lr,
+                      "time_s": now - began, "epoch_time_s": now - epoch_began,
+                      "samples_per_s": steps * p.global_batch / (now - epoch_began),
+                      "global_batch": p.global_batch, "steps": steps}
+            run.append_metrics(record)
+            summary["epochs"] = epoch + 1
+            summary["final_val_loss"] = val_loss
+            if _finite(val_loss) and (summary["best_val_loss"] is None or val_loss < summary["best_val_loss"]):
+                summary["best_val_loss"] = val_loss
+            if not (_finite(train_loss) and _finite(val_loss)):
+                summary["status"] = "diverged"
+            else:
+                run.save_checkpoint(*self.state(), epoch=epoch + 1, time_s=record["time_s"])
+                if t.target_loss is not None and val_loss <= t.target_loss:
+                    summary["status"] = "reached_target"
+                    summary["time_to_target_s"] = record["time_s"]
+            for callback in callbacks:
+                callback(record)
+            if summary["status"] != "running":
+                break
+        if summary["status"] == "running":
+            summary["status"] = "max_epochs"
+        summary["elapsed_s"] = time.perf_counter() - began
+        run.write_summary(summary)
+        return summary
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool = False,
+          stop: Optional[StopFlag] = None, simulate: bool = False, ctx=None,
+          handle_sigint: bool = False) -> dict:
+    """Train ``cfg`` and return its summary; files go to ``cfg.out`` (rank 0 only).
+
+    ``callbacks`` are called on rank 0 with each epoch's metrics record. ``stop`` ends the run after the
+    current step with status ``stopped``; so does a ``STOP`` file in the run directory, and Ctrl-C when
+    ``handle_sigint`` is set. Any exception writes ``status: failed`` with the error before propagating.
+    """
+    trainer = None
+    run = None
+    stop = stop if stop is not None else StopFlag()
+    previous_handler = None
+    if handle_sigint and threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGINT, stop.set)
+    try:
+        trainer = Trainer(cfg, ctx=ctx, simulate=simulate)
+        run = RunDir(cfg.out, chief=trainer.ctx.is_chief)
+        run.prepare(cfg, resume=resume)
+        return trainer.fit(run, callbacks=callbacks, stop=stop, resume=resume)
+    except Exception as exc:
+        if run is not None and run.chief:
+            summary = run.summary() or {}
+            if summary.get("status") in (None, "running"):
+                run.write_summary({**summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                   "epochs": len(run.metrics())})
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
