@@ -1,0 +1,163 @@
+"""MPICluster: ipyparallel engines as MPI ranks, training streamed from rank 0, Stop, resize, connect.
+
+One 2-engine cluster (in a temporary profile) serves the module; its tests run in file order and the
+resize test comes last. Runs are tiny (a few cubes, four components, one thread per rank).
+"""
+import importlib.util
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from gmmkit import launch  # noqa: E402
+from gmmkit.cluster import MPICluster  # noqa: E402
+from gmmkit.config import RunConfig  # noqa: E402
+from gmmkit.errors import InputError, LaunchError  # noqa: E402
+
+needs_horovod = pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
+                                   reason="Horovod is not installed (make setup builds it)")
+
+TINY = dict(data={"size": 48, "val_size": 8, "train_size": 32}, model={"components": 4, "filters": 4, "latent": 16},
+            train={"epochs": 3, "batch_size": 8, "target_loss": None, "threads": 1})
+
+
+def tiny(out, **train):
+    return RunConfig().replace(**TINY, out=str(out)).replace(train=train) if train else \
+        RunConfig().replace(**TINY, out=str(out))
+
+
+# --- no cluster needed -----------------------------------------------------------------------
+
+def test_arguments_are_checked():
+    with pytest.raises(InputError, match="n: expected a positive number of engines"):
+        MPICluster(n=0)
+    with pytest.raises(InputError, match="controller_ip"):
+        MPICluster(n=1, controller_ip="")
+    with pytest.raises(LaunchError, match="cluster_id 'nope': no running cluster"):
+        MPICluster.connect(cluster_id="nope", profile_dir="/tmp/gmmkit-no-such-profile")
+
+
+def test_engine_launch_settings():
+    c = MPICluster(n=1, mpi_args=["--report-bindings"], env={"GMMKIT_X": "1"})
+    assert c.engine_mpi_args(1)[:4] == ["--bind-to", "none", "--map-by", "slot"]
+    assert c.engine_mpi_args(1)[-1] == "--report-bindings"
+    assert "--oversubscribe" in c.engine_mpi_args(launch.available_cores() + 1)
+    assert "--oversubscribe" not in c.engine_mpi_args(1)
+    env = c.engine_env()
+    assert env["GMMKIT_X"] == "1" and env["TF_CPP_MIN_LOG_LEVEL"]
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    assert ("OMPI_ALLOW_RUN_AS_ROOT" in env) == root and ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM" in env) == root
+    assert "PATH" not in env  # only additions: the launcher merges them into the kernel's environment
+
+
+# --- a real cluster --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    profile = tmp_path_factory.mktemp("ipython") / "profile_gmmkit"
+    t0 = time.perf_counter()
+    c = MPICluster(n=2, profile_dir=str(profile)).start()
+    c.start_seconds = time.perf_counter() - t0
+    yield c
+    c.stop()
+
+
+@pytest.mark.mpi
+def test_engines_are_the_ranks_of_one_world_and_files_are_private(cluster):
+    ranks = cluster.rank_map()
+    assert sorted(ranks.values()) == [0, 1] and sorted(ranks) == sorted(cluster.client.ids)
+    assert cluster.engine_of_rank(0) in ranks
+    files = cluster.connection_files()
+    assert {p.name.rsplit("-", 1)[-1] for p in files} >= {"client.json", "engine.json"}
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(files[0].parent.stat().st_mode) == 0o700
+    client_info = json.loads(next(p for p in files if p.name.endswith("-client.json")).read_text())
+    assert client_info["interface"] == "tcp://127.0.0.1"  # the controller listens on localhost only
+    print(f"cluster of 2 engines started in {cluster.start_seconds:.1f} s")
+
+
+@pytest.mark.mpi
+def test_train_needs_as_many_workers_as_engines(cluster, tmp_path):
+    with pytest.raises(InputError, match=r"train.workers: expected 2 .* received 1; call cluster.resize\(1\)"):
+        cluster.train(tiny(tmp_path / "r", workers=1))
+
+
+@pytest.mark.mpi
+@needs_horovod
+def test_rank_0_streams_each_epoch_while_the_run_goes_on(cluster, tmp_path):
+    run = cluster.train(tiny(tmp_path / "r", workers=2, strategy="weak", epochs=4))
+    seen_while_running = False
+    deadline = time.monotonic() + 300
+    while not run.done() and time.monotonic() < deadline:
+        if run.metrics and not run.done():
+            seen_while_running = True
+        time.sleep(0.05)
+    summary = run.wait(timeout=60)
+    assert summary["status"] == "max_epochs" and summary["workers"] == 2
+    assert summary["backend"].startswith("horovod")
+    assert seen_while_running, "no epoch arrived before the run ended"
+    streamed = run.metrics
+    assert [r["epoch"] for r in streamed] == [1, 2, 3, 4]
+    with open(tmp_path / "r" / "metrics.jsonl") as fh:
+        assert [json.loads(line) for line in fh] == streamed  # the stream is what rank 0 wrote
+
+
+@pytest.mark.mpi
+@needs_horovod
+def test_stop_ends_the_run_within_seconds_and_keeps_the_cluster(cluster, tmp_path):
+    run = cluster.train(tiny(tmp_path / "s", workers=2, epochs=10000))
+    deadline = time.monotonic() + 300
+    while not run.metrics and time.monotonic() < deadline:
+        time.sleep(0.05)
+    summary = run.stop(wait=True, timeout=30)
+    assert summary["status"] == "stopped"
+    print(f"stop took {run.stop_seconds:.2f} s")
+    assert run.stop_seconds < 5
+    assert sorted(cluster.rank_map(refresh=True).values()) == [0, 1]
+    again = cluster.train(tiny(tmp_path / "again", workers=2, epochs=1))
+    assert again.wait(timeout=120)["status"] == "max_epochs"
+
+
+@pytest.mark.mpi
+def test_resize_restarts_the_engines_as_a_new_world(cluster):
+    t0 = time.perf_counter()
+    cluster.resize(1)
+    print(f"resize 2 -> 1 took {time.perf_counter() - t0:.1f} s")
+    assert cluster.n == 1 and sorted(cluster.rank_map().values()) == [0]
+    for path in cluster.connection_files():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.mpi
+def test_connect_to_a_cluster_started_with_ipcluster(tmp_path):
+    profile = tmp_path / "profile_shell"
+    ipcluster = [os.path.join(os.path.dirname(sys.executable), "ipcluster"), "start", "--engines=MPI", "-n", "2",
+                 f"--profile-dir={profile}", "--cluster-id=shell", "--daemonize"]
+    subprocess.run(ipcluster, env=launch.mpi_env(), check=True, timeout=120)
+    cluster_file = profile / "security" / "cluster-shell.json"
+    deadline = time.monotonic() + 120
+    while not _has_engines(cluster_file):
+        assert time.monotonic() < deadline, "ipcluster did not write its cluster file"
+        time.sleep(0.2)
+    try:
+        with MPICluster.connect(cluster_id="shell", profile_dir=str(profile), timeout=120) as c:
+            assert c.n == 2 and sorted(c.rank_map().values()) == [0, 1]
+        assert not c.running  # leaving the block disconnected ...
+        c = MPICluster.connect(cluster_id="shell", profile_dir=str(profile))  # ... the cluster still runs
+        assert sorted(c.rank_map().values()) == [0, 1]
+    finally:
+        MPICluster.connect(cluster_id="shell", profile_dir=str(profile)).stop()
+
+
+def _has_engines(cluster_file) -> bool:
+    try:
+        return bool(json.loads(cluster_file.read_text()).get("engines"))
+    except (OSError, ValueError):
+        return False
