@@ -39,8 +39,13 @@ def test_covariances_are_positive_definite_for_any_raw_heads():
     rng = np.random.default_rng(2)
     sigma = rng.uniform(0.01, 1.0, (4000, 3)).astype(np.float32)
     corr = rng.normal(0, 30, (4000, 3)).astype(np.float32)  # extreme raw values
-    cov = covariance(scale_tril(tf.constant(sigma), tf.constant(corr))).numpy().astype(np.float64)
+    tril = scale_tril(tf.constant(sigma), tf.constant(corr)).numpy().astype(np.float64)
+    # the renderer uses the factor L itself: lower triangular with a diagonal bounded away from 0
+    assert np.all(np.triu(tril, 1) == 0)
+    assert np.diagonal(tril, axis1=1, axis2=2).min() >= 0.2 * sigma.min()
+    cov = tril @ np.swapaxes(tril, 1, 2)
     assert np.linalg.eigvalsh(cov).min() > 0
+    assert np.linalg.cond(cov / (sigma[:, :, None] * sigma[:, None, :])).max() < 1e3  # well conditioned R
     np.testing.assert_allclose(np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), sigma, rtol=1e-4)
     corr_matrix = cov / (sigma[:, :, None] * sigma[:, None, :])
     assert np.abs(corr_matrix).max() <= 1 + 1e-5

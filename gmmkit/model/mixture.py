@@ -13,6 +13,9 @@ Covariances (always positive definite)
     give R a unit diagonal, and a positive diagonal makes W, hence R and Sigma, full rank. Any correlation
     matrix is reachable from the three unconstrained numbers (c0, c1, c2), and ``L = D W`` is the Cholesky
     factor of Sigma, so the log-determinant and the precision come without a decomposition.
+    For conditioning in float32 the raw numbers pass through ``MAX_SHEAR * tanh(c / MAX_SHEAR)`` (the
+    identity near 0): the diagonal of W then stays >= 1 / sqrt(1 + 2 MAX_SHEAR^2) ~ 0.23, so correlations
+    reach +-0.95 but a component never collapses onto a plane, just as sigma is kept away from 0.
 
 Rendering as one matrix product
     log(alpha_k N(x; mu_k, Sigma_k)) is a quadratic polynomial in x. With the ten features
@@ -28,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 N_FEATURES = 10
+MAX_SHEAR = 3.0
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -47,6 +51,7 @@ def quadratic_features(points: np.ndarray) -> np.ndarray:
 
 def scale_tril(sigma: tf.Tensor, corr: tf.Tensor) -> tf.Tensor:
     """Cholesky factor ``L = D W`` of each covariance from sigmas (..., 3) > 0 and raw correlations (..., 3)."""
+    corr = MAX_SHEAR * tf.tanh(corr / MAX_SHEAR)
     c0, c1, c2 = corr[..., 0], corr[..., 1], corr[..., 2]
     one, zero = tf.ones_like(c0), tf.zeros_like(c0)
     n1 = tf.sqrt(1.0 + c0 * c0)
