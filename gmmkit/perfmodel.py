@@ -63,11 +63,13 @@ def fit_step_times(batches: list[int], times: list[float]) -> tuple[float, float
     return max(float(t_fixed), 0.0), max(float(t_sample), 1e-9)
 
 
-def measure_compute(cfg, batches=(8, 32), repeats: int = 5) -> dict:
-    """Time training steps at several batch sizes and the validation pass, in this process."""
+def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None) -> dict:
+    """Time training steps at several batch sizes and the validation pass, in this process
+    (with ``trainer`` when given, else a new :class:`~gmmkit.training.Trainer` of ``cfg``)."""
     from .training.loop import Trainer
 
-    trainer = Trainer(cfg.replace(train={"workers": 1}), simulate=True)
+    if trainer is None:
+        trainer = Trainer(cfg.replace(train={"workers": 1}), simulate=True)
     x = trainer.data.train
     times = []
     for b in batches:
@@ -105,9 +107,10 @@ def measure_allreduce(nbytes: int, ranks: int = 2, repeats: int = 20) -> float:
     raise RuntimeError(f"allreduce probe failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
 
 
-def calibrate(cfg, ranks: int = 2) -> PerfModel:
-    """Measure every term of the model for ``cfg`` on this machine (one thread per rank)."""
-    compute = measure_compute(cfg.replace(train={"threads": 1}))
+def calibrate(cfg, ranks: int = 2, trainer=None) -> PerfModel:
+    """Measure every term of the model for ``cfg`` on this machine (one thread per rank); ``trainer``: a
+    :class:`~gmmkit.training.Trainer` of ``cfg`` with one thread to time (its weights move: reset it)."""
+    compute = measure_compute(cfg.replace(train={"threads": 1}), trainer=trainer)
     allreduce = measure_allreduce(compute["gradient_bytes"], ranks) if ranks > 1 else 0.0
     return PerfModel(t_fixed=compute["t_fixed"], t_sample=compute["t_sample"],
                      t_eval_sample=compute["t_eval_sample"], allreduce_s=allreduce,

@@ -1,10 +1,16 @@
 """The paper's study: time to target for each strategy and worker count (Section VII, Tables I and II).
 
-:func:`sweep` runs a grid of (strategy, n). Each run is its own process, so runs do not share TensorFlow
-state or memory: ``n`` real Horovod ranks under mpirun where this machine can run them (``n <= max_real``),
-otherwise, with ``simulate``, one process that follows the exact optimisation path of n workers (the global
-batch and the learning-rate schedule are all that matter) and whose wall time the calibrated
-:class:`~gmmkit.perfmodel.PerfModel` predicts. Where both exist the table shows predicted beside measured.
+:func:`sweep` runs a grid of (strategy, n): ``n`` real Horovod ranks under mpirun where this machine can
+run them (``n <= max_real``), otherwise, with ``simulate``, one process that follows the exact optimisation
+path of n workers (the global batch and the learning-rate schedule are all that matter) and whose wall time
+the calibrated :class:`~gmmkit.perfmodel.PerfModel` predicts. Where both exist the table shows predicted
+beside measured.
+
+Building and tracing the model costs more than a small run's epochs on a CPU, so runs share it: the
+sequential run and every simulated run go through one :class:`~gmmkit.training.Trainer` in this process,
+and each real worker count is one mpirun job whose ranks train its strategies one after another
+(:func:`gmmkit.training.train_many`; ``python -m gmmkit.study --batch``). Each run still starts from the
+same initial weights and a fresh optimiser, and measures its own time from its first step.
 
 Every strategy at n = 1 is the same sequential run, so it is run once and shared.
 """
@@ -46,30 +52,43 @@ def run_dir_for(out: Path, strategy: str, n: int) -> Path:
     return out / "runs" / f"{'sequential' if n == 1 else strategy}-n{n}"
 
 
-def _run_one(cfg: RunConfig, n: int, mode: str, run_dir: Path) -> int:
-    """Train one grid point in a fresh process; returns its exit code."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "requested-config.json"
-    atomic_write_text(config_path, cfg.to_json())
-    argv = [sys.executable, "-m", "gmmkit", "train", "--config", str(config_path)]
-    if mode == "simulated":
-        argv.append("--simulate")
-    if mode == "real" and n > 1:
-        cmd = launch.mpirun_command(n, argv)
-    else:
-        cmd = argv
-    with open(run_dir / "stdout.log", "w") as fh:
-        return subprocess.run(cmd, env=launch.mpi_env(), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path) -> int:
+    """Train ``cfgs`` (all with ``n`` workers) one after another in one n-rank Horovod job; its exit code."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    plan = log.with_suffix(".json")
+    atomic_write_json(plan, [cfg.to_dict() for cfg in cfgs])
+    cmd = launch.mpirun_command(n, [sys.executable, "-m", "gmmkit.study", "--batch", str(plan)])
+    with open(log, "w") as fh:
+        return subprocess.run(cmd, env=launch.mpi_env(), stdout=fh, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL).returncode
+
+
+class _LocalRuns:
+    """The sequential and simulated runs of a sweep, in this process, sharing one traced model."""
+
+    def __init__(self, trainer=None):
+        self.trainer = trainer
+
+    def __call__(self, cfg: RunConfig, simulate: bool) -> None:
+        from .training import Trainer, train
+
+        if self.trainer is None or not self.trainer.can_run(cfg):
+            self.trainer = Trainer(cfg, simulate=simulate)
+        try:
+            train(cfg, simulate=simulate, trainer=self.trainer)
+        except Exception:  # recorded as failed in the run's summary.json; the sweep goes on
+            pass
 
 
 def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strategies.STRATEGIES,
           workers: Sequence[int] = (1, 2, 4, 8, 16, 32), max_real: int = 2, simulate: bool = True,
           perf: Optional[PerfModel] = None, progress: bool = True,
-          target_epoch: Optional[int] = None) -> list[RunResult]:
+          target_epoch: Optional[int] = None, trainer=None) -> list[RunResult]:
     """Run the grid and write ``results.json``, ``tables.md`` and the figures under ``out``.
 
     ``target_epoch``: choose the target as the paper did, the validation loss the sequential run reaches
     after that many epochs (the paper: about 100), instead of ``base.train.target_loss``.
+    ``trainer``: a :class:`~gmmkit.training.Trainer` of ``base`` to reuse (e.g. the calibration's).
     """
     from tqdm.auto import tqdm
 
@@ -77,21 +96,36 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
     out.mkdir(parents=True, exist_ok=True)
     grid = [(s, n) for n in workers for s in strategies_ if not (n == 1 and s != strategies_[0])]
     results: dict[tuple[str, int], RunResult] = {}
+    local = _LocalRuns(trainer)
     if target_epoch:
-        base, results[(strategies_[0], 1)] = sequential_target(base, out, target_epoch, perf)
+        base, results[(strategies_[0], 1)] = sequential_target(base, out, target_epoch, perf, local)
         grid = [g for g in grid if g[1] != 1]
-    bar = tqdm(grid, desc="sweep", unit="run", disable=not progress)
-    for strategy, n in bar:
-        bar.set_postfix_str(f"{strategy} n={n}")
-        mode = "real" if n <= max_real else ("simulated" if simulate else "skipped")
-        run_dir = run_dir_for(out, strategy, n)
-        if mode == "skipped" or (strategy == "strong" and n > base.train.batch_size):
-            results[(strategy, n)] = RunResult(strategy, n, "skipped", "skipped", 0, None, None, str(run_dir))
-            continue
-        cfg = base.replace(train={"strategy": strategy if n > 1 else "strong", "workers": n,
-                                  "threads": base.train.threads or 1}, out=str(run_dir))
-        _run_one(cfg, n, mode, run_dir)
-        results[(strategy, n)] = collect(cfg, run_dir, mode, perf)
+
+    def config(strategy: str, n: int) -> RunConfig:
+        return base.replace(train={"strategy": strategy if n > 1 else "strong", "workers": n,
+                                   "threads": base.train.threads or 1}, out=str(run_dir_for(out, strategy, n)))
+
+    def mode_of(strategy: str, n: int) -> str:
+        if strategy == "strong" and n > base.train.batch_size:
+            return "skipped"  # strong scaling cannot split a batch of B over more than B workers
+        return "real" if n <= max_real else ("simulated" if simulate else "skipped")
+
+    bar = tqdm(total=len(grid), desc="sweep", unit="run", disable=not progress)
+    for n in dict.fromkeys(n for _, n in grid):
+        points = [(s, n, mode_of(s, n)) for s, m in grid if m == n]
+        real = [config(s, n) for s, _, mode in points if mode == "real" and n > 1]
+        if real:  # one mpirun job trains all strategies of this n
+            bar.set_postfix_str(f"n={n}: {len(real)} runs on {n} Horovod ranks")
+            run_real_batch(real, n, out / "logs" / f"real-n{n}.log")
+        for strategy, _, mode in points:
+            cfg = config(strategy, n)
+            if mode in ("simulated",) or (mode == "real" and n == 1):
+                bar.set_postfix_str(f"{strategy} n={n} ({mode})")
+                local(cfg, simulate=mode == "simulated")
+            results[(strategy, n)] = (collect(cfg, Path(cfg.out), mode, perf) if mode != "skipped" else
+                                      RunResult(strategy, n, "skipped", "skipped", 0, None, None, cfg.out))
+            bar.update(1)
+    bar.close()
     rows = []
     for strategy in strategies_:
         for n in workers:
@@ -104,16 +138,17 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
     return rows
 
 
-def sequential_target(base: RunConfig, out: Path, epochs: int, perf: Optional[PerfModel]):
+def sequential_target(base: RunConfig, out: Path, epochs: int, perf: Optional[PerfModel],
+                      local: Optional[_LocalRuns] = None):
     """Run the sequential baseline for ``epochs`` epochs; its last validation loss becomes the target."""
     run_dir = run_dir_for(out, "strong", 1)
     cfg = base.replace(train={"strategy": "strong", "workers": 1, "epochs": epochs, "target_loss": None,
                               "threads": base.train.threads or 1}, out=str(run_dir))
-    _run_one(cfg, 1, "real", run_dir)
+    (local or _LocalRuns())(cfg, simulate=False)
     records = read_jsonl(run_dir / "metrics.jsonl")
     if len(records) < epochs or not math.isfinite(records[-1]["val_loss"]):
         raise RuntimeError(f"the sequential run in {run_dir} did not finish {epochs} finite epochs; "
-                           f"see {run_dir / 'stdout.log'}")
+                           f"see {run_dir / 'summary.json'}")
     target = records[-1]["val_loss"]
     result = collect(cfg, run_dir, "real", perf)
     result.status, result.time_to_target_s = "reached_target", records[-1]["time_s"]
@@ -186,3 +221,26 @@ def write_report(rows: Sequence[RunResult], out: Path, base: RunConfig, perf: Op
     curves = {(r.strategy, r.workers): read_jsonl(Path(r.run_dir) / "metrics.jsonl") for r in rows
               if r.mode != "skipped"}
     sweep_plots.write_figures(rows, curves, out, target=base.train.target_loss)
+
+
+def _main(argv=None) -> int:
+    """``mpirun -np N python -m gmmkit.study --batch PLAN.json``: each rank trains the plan's configs."""
+    import argparse
+
+    from .training import train_many
+
+    p = argparse.ArgumentParser(prog="python -m gmmkit.study")
+    p.add_argument("--batch", required=True, metavar="PLAN.json", help="a JSON list of run configs")
+    args = p.parse_args(argv)
+    cfgs = [RunConfig.from_dict(raw) for raw in json.loads(Path(args.batch).read_text())]
+    from .distributed import launcher_rank
+
+    summaries = train_many(cfgs)
+    for cfg, summary in zip(cfgs, summaries if launcher_rank() == 0 else []):
+        print(f"{cfg.train.strategy} n={cfg.train.workers}: {summary['status']} after {summary.get('epochs')} "
+              f"epochs", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -2,7 +2,7 @@
 # Set up everything gmmkit needs on a Debian machine, idempotently:
 #   1. system packages (OpenMPI, cmake, g++, Chromium for the browser test) through apt-get when missing;
 #   2. .venv with Python 3.11 and the pinned Python stack (pyproject.toml extras cpu,lab,test);
-#   3. Horovod 0.28.1 built from source with TensorFlow, MPI and Gloo (pip caches the wheel).
+#   3. Horovod 0.28.1 built from source with TensorFlow, MPI and Gloo, once per machine (a wheelhouse).
 # A second run only checks and returns. Override the interpreter with PYTHON=..., the venv with VENV=...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,18 +40,33 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $("$PYTHON" --version)"
   "$PYTHON" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q --retries 10 --timeout 60)
 "${PIP[@]}" install --upgrade "pip>=23" wheel "setuptools>=61"
 say "installing gmmkit and its pinned dependencies into $VENV"
 "${PIP[@]}" install -e ".[cpu,lab,test]"
 
 # --- 3. Horovod -------------------------------------------------------------------------------
+# The source build takes minutes (much longer on a slow or busy machine), so the wheel is kept in a
+# wheelhouse outside the repository, keyed by the TensorFlow version it was compiled against, and reused
+# by every later clone and venv on this machine. GMMKIT_WHEELHOUSE moves it.
+TF_VERSION=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu"))' 2>/dev/null \
+             || "$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("tensorflow"))')
+WHEELHOUSE=${GMMKIT_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/gmmkit/wheels}/tf-$TF_VERSION
 if ! "$VENV/bin/python" -c "import horovod, horovod.tensorflow as h; assert horovod.__version__ == '$HOROVOD_VERSION' and h.mpi_built() and h.gloo_built()" 2>/dev/null; then
-  say "building Horovod $HOROVOD_VERSION with TensorFlow, MPI and Gloo (about 3 minutes the first time)"
-  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 \
-  HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
-    "${PIP[@]}" install --no-build-isolation "horovod==$HOROVOD_VERSION" \
-    || die "the Horovod build failed; see the pip output above (it needs libopenmpi-dev, cmake and g++)"
+  wheel=$(ls "$WHEELHOUSE"/horovod-$HOROVOD_VERSION-*.whl 2>/dev/null | head -n 1 || true)
+  if [ -z "$wheel" ]; then
+    say "building Horovod $HOROVOD_VERSION against TensorFlow $TF_VERSION with MPI and Gloo (minutes; once per machine)"
+    mkdir -p "$WHEELHOUSE"
+    MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} \
+    HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 \
+    HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
+      "${PIP[@]}" wheel --no-deps --no-build-isolation -w "$WHEELHOUSE" "horovod==$HOROVOD_VERSION" \
+      || die "the Horovod build failed; see the pip output above (it needs libopenmpi-dev, cmake and g++)"
+    wheel=$(ls "$WHEELHOUSE"/horovod-$HOROVOD_VERSION-*.whl | head -n 1)
+  fi
+  say "installing $wheel"
+  "${PIP[@]}" install --no-deps "$wheel" "cloudpickle" "psutil" "pyyaml" "packaging" "cffi>=1.4.0" \
+    || die "installing $wheel failed; delete it to rebuild"
 fi
 "$VENV/bin/python" -c "import horovod.tensorflow as h; assert h.mpi_built(), 'Horovod was built without MPI'" \
   || die "Horovod is installed but not usable with MPI; remove it ('$VENV/bin/pip uninstall horovod') and run again"

@@ -26,3 +26,14 @@ def tiny_config(out, **train) -> RunConfig:
 @pytest.fixture
 def tiny(tmp_path):
     return tiny_config(tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """One sequential 3-epoch run shared by every test that compares against the sequential path:
+    ``(config, run directory, summary)``."""
+    from gmmkit.training import train
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    cfg = tiny_config(out, epochs=3, lr=3e-3)
+    return cfg, out, train(cfg)

@@ -57,17 +57,20 @@ def run(args, parser) -> int:
     if getattr(args, "model_overrides", None):
         cfg = cfg.replace(model=args.model_overrides)
     from .. import perfmodel, study
+    from ..training import Trainer
 
-    perf = None
-    if not args.no_calibrate:
-        print("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...", flush=True)
-        perf = perfmodel.calibrate(cfg, ranks=min(2, args.max_real))
-        print(f"  t_fixed {perf.t_fixed * 1e3:.2f} ms/step, t_sample {perf.t_sample * 1e3:.3f} ms/sample, "
-              f"allreduce {perf.allreduce_s * 1e3:.2f} ms for {perf.gradient_bytes / 1e6:.1f} MB", flush=True)
     if args.target_epoch is not None and args.target_epoch < 1:
         raise CLIError(f"--target-epoch: expected a positive integer, received {args.target_epoch}")
+    perf = None
+    trainer = Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)  # traced once
+    if not args.no_calibrate:
+        print("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...", flush=True)
+        perf = perfmodel.calibrate(cfg, ranks=min(2, args.max_real),
+                                   trainer=trainer if trainer.ctx.size == 1 and cfg.train.threads == 1 else None)
+        print(f"  t_fixed {perf.t_fixed * 1e3:.2f} ms/step, t_sample {perf.t_sample * 1e3:.3f} ms/sample, "
+              f"allreduce {perf.allreduce_s * 1e3:.2f} ms for {perf.gradient_bytes / 1e6:.1f} MB", flush=True)
     rows = study.sweep(cfg, args.out, strategies_, workers, max_real=args.max_real, simulate=args.simulate,
-                       perf=perf, target_epoch=args.target_epoch)
+                       perf=perf, target_epoch=args.target_epoch, trainer=trainer)
     print(study.format_tables(rows), flush=True)
     print(f"tables, results.json and figures in {args.out}", flush=True)
     return 0

@@ -10,7 +10,7 @@ import math
 import signal
 import threading
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -47,21 +47,52 @@ class Trainer:
     """Builds the model and optimiser of a :class:`RunConfig` and trains it; see :func:`train`."""
 
     def __init__(self, cfg: RunConfig, ctx=None, simulate: bool = False):
-        self.cfg = cfg.validate()
+        cfg = cfg.validate()
         self.ctx = ctx if ctx is not None else distributed.init(cfg.train.threads)
-        self.simulate = simulate
+        self._configure(cfg, simulate)
+        t = cfg.train
+        self.data = load_split(cfg.data)
+        self.model = model_lib.from_config(cfg)
+        self.optimizer = keras.optimizers.Adam(t.lr, beta_1=t.beta_1, beta_2=t.beta_2, epsilon=t.epsilon)
+        self.optimizer.build(self.model.trainable_variables)
+        self._initial_weights = self.model.get_weights()
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+
+    def _configure(self, cfg: RunConfig, simulate: bool) -> None:
         t = cfg.train
         if not simulate and self.ctx.size != t.workers:
             raise ValueError(f"--workers {t.workers}: this job has {self.ctx.size} rank(s); launch it with "
                              f"{t.workers} ranks (gmmkit train launches them itself) or pass --simulate")
         # the update plan is computed for the configured worker count even when simulated on one process
         strategies.plan(t.strategy, t.workers, t.batch_size, t.lr)  # validates strategy x workers x batch
-        self.data = load_split(cfg.data)
-        self.model = model_lib.from_config(cfg)
-        self.optimizer = keras.optimizers.Adam(t.lr, beta_1=t.beta_1, beta_2=t.beta_2, epsilon=t.epsilon)
-        self.optimizer.build(self.model.trainable_variables)
-        self._train_step = self._make_train_step()
-        self._eval_step = self._make_eval_step()
+        self.cfg, self.simulate = cfg, simulate
+
+    # --- reuse across runs -------------------------------------------------------------------
+    @staticmethod
+    def _shape_key(cfg: RunConfig) -> tuple:
+        """What the data, the model, its initial weights and the compiled steps depend on."""
+        t = cfg.train
+        return (cfg.data, cfg.model, t.seed, t.beta_1, t.beta_2, t.epsilon, t.threads)
+
+    def can_run(self, cfg: RunConfig) -> bool:
+        """True when ``cfg`` differs from this trainer's run only in settings :meth:`reset` can change
+        (strategy, workers, batch, learning rate, epochs, target, warm-up, output)."""
+        return self._shape_key(cfg) == self._shape_key(self.cfg)
+
+    def reset(self, cfg: RunConfig, simulate: bool = False) -> "Trainer":
+        """Make this trainer start ``cfg`` from scratch: the same initial weights a new trainer would have,
+        zeroed optimiser state, and ``cfg``'s schedule. It keeps the loaded data and the traced steps, which
+        on a small CPU cost far more than an epoch of a small run (a sweep runs dozens of them)."""
+        cfg = cfg.validate()
+        if not self.can_run(cfg):
+            raise ValueError("reset: data, model, seed, Adam moments and threads must match the trainer's; "
+                             "build a new Trainer for this config")
+        self._configure(cfg, simulate)
+        self.model.set_weights(self._initial_weights)
+        for var in optimizer_variables(self.optimizer):
+            var.assign(tf.zeros_like(var))
+        return self
 
     # --- compiled steps ------------------------------------------------------------------------
     def _make_train_step(self):
@@ -195,23 +226,27 @@ def _finite(x) -> bool:
 
 def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool = False,
           stop: Optional[StopFlag] = None, simulate: bool = False, ctx=None,
-          handle_sigint: bool = False) -> dict:
+          handle_sigint: bool = False, trainer: Optional[Trainer] = None) -> dict:
     """Train ``cfg`` and return its summary; files go to ``cfg.out`` (rank 0 only).
 
     ``callbacks`` are called on rank 0 with each epoch's metrics record. ``stop`` ends the run after the
     current step with status ``stopped``; so does a ``STOP`` file in the run directory, and Ctrl-C when
     ``handle_sigint`` is set. Any exception writes ``status: failed`` with the error before propagating.
     """
-    trainer = None
     run = None
     stop = stop if stop is not None else StopFlag()
     previous_handler = None
     if handle_sigint and threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGINT, stop.set)
     try:
-        trainer = Trainer(cfg, ctx=ctx, simulate=simulate)
-        run = RunDir(cfg.out, chief=trainer.ctx.is_chief)
-        run.prepare(cfg, resume=resume)
+        if trainer is not None and trainer.can_run(cfg):
+            trainer.reset(cfg, simulate=simulate)
+        else:
+            trainer = Trainer(cfg, ctx=ctx if ctx is not None else getattr(trainer, "ctx", None),
+                              simulate=simulate)
+        prepared = RunDir(cfg.out, chief=trainer.ctx.is_chief)
+        prepared.prepare(cfg, resume=resume)
+        run = prepared  # from here on a failure is recorded in the run's summary
         return trainer.fit(run, callbacks=callbacks, stop=stop, resume=resume)
     except Exception as exc:
         if run is not None and run.chief:
@@ -223,3 +258,23 @@ def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool 
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
+
+
+def train_many(cfgs: Sequence[RunConfig], simulate: bool = False, callbacks: Iterable[EpochCallback] = (),
+               trainer: Optional[Trainer] = None, stop: Optional[StopFlag] = None) -> list[dict]:
+    """Train ``cfgs`` one after another in this process (or Horovod job), reusing one traced model for all
+    runs that :meth:`Trainer.can_run`. A run that raises is recorded as ``failed`` (its summary says why)
+    and the next one starts; ``stop`` ends the current run and skips the rest."""
+    summaries = []
+    stop = stop if stop is not None else StopFlag()
+    for cfg in cfgs:
+        if stop:
+            summaries.append({"status": "stopped", "epochs": 0})
+            continue
+        try:
+            if trainer is None or not trainer.can_run(cfg):
+                trainer = Trainer(cfg, ctx=getattr(trainer, "ctx", None), simulate=simulate)
+            summaries.append(train(cfg, callbacks=callbacks, simulate=simulate, trainer=trainer, stop=stop))
+        except Exception as exc:  # the run's summary.json already says failed, with the error
+            summaries.append({"status": "failed", "error": f"{type(exc).__name__}: {exc}", "epochs": 0})
+    return summaries

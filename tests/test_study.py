@@ -1,0 +1,68 @@
+"""The sweep (paper Section VII): grid, real 2-rank batch, simulation, target rule, tables and figures."""
+import json
+import math
+
+import pytest
+
+from gmmkit.cli import main
+from gmmkit.io import read_jsonl
+from gmmkit.perfmodel import PerfModel, fit_step_times
+from gmmkit.study import RunResult, add_efficiency
+
+from conftest import tiny_config
+
+
+def test_fit_and_formula_of_the_wall_time_model():
+    t_fixed, t_sample = fit_step_times([8, 32], [0.010 + 8 * 0.002, 0.010 + 32 * 0.002])
+    assert t_fixed == pytest.approx(0.010) and t_sample == pytest.approx(0.002)
+    perf = PerfModel(t_fixed=0.01, t_sample=0.002, t_eval_sample=0.001, allreduce_s=0.005, gradient_bytes=4)
+    # strong scaling: Tp / n per step, plus c log2 n; uneven shares cost the larger share
+    assert perf.step_time("strong", 4, 32) == pytest.approx(0.01 + 0.002 * 8 + 0.005 * 2)
+    assert perf.step_time("strong", 3, 32) == pytest.approx(0.01 + 0.002 * 11 + 0.005 * math.log2(3))
+    # weak: n B samples per step, each worker B, and n times fewer steps per epoch
+    assert perf.epoch_time("weak", 2, 32, 640, 0) == pytest.approx(10 * (0.01 + 0.002 * 32 + 0.005))
+
+
+def test_efficiency_is_t1_over_n_tn_and_nan_when_not_reached():
+    rows = [RunResult("strong", 1, "real", "reached_target", 5, 100.0, None, "a"),
+            RunResult("strong", 2, "real", "reached_target", 5, 60.0, None, "b"),
+            RunResult("strong", 4, "simulated", "reached_target", 5, None, 20.0, "c"),
+            RunResult("strong", 8, "simulated", "diverged", 2, None, None, "d")]
+    add_efficiency(rows)
+    assert [r.efficiency for r in rows[:3]] == pytest.approx([1.0, 100 / 120, 100 / 80])
+    assert math.isnan(rows[3].efficiency)
+
+
+@pytest.mark.mpi
+def test_sweep_runs_the_grid_and_writes_tables_and_figures(tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "unused", epochs=3, lr=3e-3)
+    cfg_file = tmp_path / "base.json"
+    cfg_file.write_text(cfg.to_json())
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--config", str(cfg_file), "--strategies", "strong,lsr", "--workers", "1,2,4",
+                 "--max-real", "2", "--simulate", "--target-epoch", "2", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "### strong" in printed and "### lsr" in printed
+    results = json.loads((out / "results.json").read_text())
+    runs = {(r["strategy"], r["workers"]): r for r in results["runs"]}
+    assert {k: r["mode"] for k, r in runs.items()} == {
+        ("strong", 1): "real", ("strong", 2): "real", ("strong", 4): "simulated",
+        ("lsr", 1): "real", ("lsr", 2): "real", ("lsr", 4): "simulated"}
+    # the paper's target rule: the sequential validation loss after --target-epoch epochs
+    seq = read_jsonl(out / "runs" / "sequential-n1" / "metrics.jsonl")
+    assert len(seq) == 2 and results["config"]["train"]["target_loss"] == seq[-1]["val_loss"]
+    # strong scaling follows the sequential path: it reaches the target at the same epoch, real or simulated
+    for n in (2, 4):
+        assert runs[("strong", n)]["status"] == "reached_target" and runs[("strong", n)]["epochs"] == 2
+    assert runs[("strong", 2)]["time_to_target_s"] > 0 and runs[("strong", 4)]["predicted_s"] > 0
+    real = json.loads((out / "runs" / "strong-n2" / "summary.json").read_text())
+    assert real["backend"].startswith("horovod-") and real["workers"] == 2
+    lsr4 = read_jsonl(out / "runs" / "lsr-n4" / "metrics.jsonl")
+    assert lsr4[0]["lr"] == pytest.approx(4 * cfg.train.lr) and lsr4[0]["global_batch"] == 32
+    assert results["perf_model"]["allreduce_s"] > 0 and results["perf_model"]["t_sample"] > 0
+    tables = (out / "tables.md").read_text()
+    assert "efficiency" in tables and "| 4 | simulated |" in tables
+    for name in ("fig2_time_to_target.html", "fig4_strong_losses.html"):
+        html = (out / name).read_text()
+        assert "plotly" in html.lower() and len(html) > 100_000  # self-contained: plotly.js inlined
