@@ -16,7 +16,7 @@ test: $(READY)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lab: $(READY)
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: $(READY)
 	$(BIN)/gmmkit bench --json benchmarks/results.json

@@ -10,7 +10,7 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
 HOROVOD_VERSION=0.28.1
 
-say() { printf '[gmmkit setup] %s\n' "$*"; }
+say() { printf '[gmmkit setup %4ds] %s\n' "$SECONDS" "$*"; }
 die() { printf '[gmmkit setup] error: %s\n' "$*" >&2; exit 1; }
 
 # --- 1. system packages -------------------------------------------------------------------

@@ -35,5 +35,5 @@ def reference(tmp_path_factory):
     from gmmkit.training import train
 
     out = tmp_path_factory.mktemp("reference") / "run"
-    cfg = tiny_config(out, epochs=3, lr=3e-3)
+    cfg = tiny_config(out, epochs=3, lr=2e-3)
     return cfg, out, train(cfg)

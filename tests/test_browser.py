@@ -50,11 +50,12 @@ def lab(tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
+    from papermill.iorw import load_notebook_node  # gives every cell a tags list, as papermill expects
     from papermill.parameterize import parameterize_notebook
 
     work = tmp_path / "lab"
     work.mkdir()
-    nb = nbformat.read(ROOT / "notebooks" / "02_distributed.ipynb", as_version=4)
+    nb = load_notebook_node(str(ROOT / "notebooks" / "02_distributed.ipynb"))
     nbformat.write(parameterize_notebook(nb, PARAMETERS), work / "02_distributed.ipynb")
     settings = tmp_path / "lab-settings"
     for name, values in LAB_SETTINGS.items():
@@ -69,7 +70,8 @@ def lab(tmp_path):
     server = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "jupyter"), "lab", "--no-browser", "--ip=127.0.0.1",
          f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={work}", "--ServerApp.disable_check_xsrf=False"],
+         f"--ServerApp.root_dir={work}", "--ServerApp.disable_check_xsrf=False",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],
         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

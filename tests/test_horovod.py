@@ -13,6 +13,7 @@ import pytest
 
 from gmmkit.io import read_jsonl
 from gmmkit.launch import mpi_env
+from gmmkit.strategies import learning_rate
 from gmmkit.training import train
 
 pytestmark = pytest.mark.mpi
@@ -74,6 +75,9 @@ def test_simulation_follows_a_real_two_rank_warmup_run(reference, tmp_path):
     gmmkit_train(warm.replace(out=str(tmp_path / "real")))
     train(warm.replace(out=str(tmp_path / "sim")), simulate=True)
     real, sim = read_jsonl(tmp_path / "real" / "metrics.jsonl"), read_jsonl(tmp_path / "sim" / "metrics.jsonl")
-    assert [r["lr"] for r in real] == [r["lr"] for r in sim] == [2 * cfg.train.lr] * 2
+    # each record holds the lr of the epoch's last step: 6 steps of 16, from lr to 2 lr over epoch 1
+    expected = [learning_rate("warmup", 2, cfg.train.lr, e, warmup_epochs=1) for e in (5 / 6, 1 + 5 / 6)]
+    assert [r["lr"] for r in real] == [r["lr"] for r in sim] == pytest.approx(expected)
+    assert expected == pytest.approx([cfg.train.lr * (1 + 5 / 6), 2 * cfg.train.lr])
     assert real[0]["global_batch"] == sim[0]["global_batch"] == 16
     np.testing.assert_allclose([r["val_loss"] for r in real], [r["val_loss"] for r in sim], rtol=RTOL)

@@ -146,7 +146,7 @@ def test_synthesize_writes_images_of_the_right_size_and_spacing(run_dir, tmp_pat
         assert hu.dtype == np.int16 and hu.min() >= -1000 and hu.max() <= 400
     with np.load(out / "mixtures.npz", allow_pickle=False) as f:
         assert f["alpha"].shape == (5, 4) and f["tril"].shape == (5, 4, 3, 3) and f["source"].max() < 8
-    html = (out / "gallery.html").read_text()
+    html = (out / "gallery.html").read_text(encoding="utf-8")
     assert "plotly" in html and "<script" in html
     assert (out / "manifest.csv").read_text().splitlines()[0].startswith("index,file,file_hu,source")
     assert "wrote 5 nodules of 32^3 at 0.5 mm" in capsys.readouterr().out
