@@ -7,7 +7,7 @@ import pytest
 from gmmkit.cli import main
 from gmmkit.io import read_jsonl
 from gmmkit.perfmodel import PerfModel, fit_step_times
-from gmmkit.study import RunResult, add_efficiency
+from gmmkit.study import TARGET_RTOL, RunResult, add_efficiency
 
 from conftest import tiny_config
 
@@ -51,7 +51,7 @@ def test_sweep_runs_the_grid_and_writes_tables_and_figures(tmp_path, capsys):
         ("lsr", 1): "real", ("lsr", 2): "real", ("lsr", 4): "simulated"}
     # the paper's target rule: the sequential validation loss after --target-epoch epochs
     seq = read_jsonl(out / "runs" / "sequential-n1" / "metrics.jsonl")
-    assert len(seq) == 2 and results["config"]["train"]["target_loss"] == seq[-1]["val_loss"]
+    assert len(seq) == 2 and results["config"]["train"]["target_loss"] == pytest.approx(seq[-1]["val_loss"] * (1 + TARGET_RTOL))
     # strong scaling follows the sequential path: it reaches the target at the same epoch, real or simulated
     for n in (2, 4):
         assert runs[("strong", n)]["status"] == "reached_target" and runs[("strong", n)]["epochs"] == 2

@@ -13,16 +13,18 @@ import argparse
 from ..config import RunConfig
 
 DEMO = RunConfig().replace(
-    data={"size": 1152, "train_size": 1024, "val_size": 128},
+    data={"size": 1088, "train_size": 1024, "val_size": 64},
     model={"components": 16, "filters": 8, "latent": 64},
-    train={"epochs": 12, "threads": 1},
+    train={"epochs": 6, "threads": 1},
     out="runs/demo")
+WORKERS = "1,2,8,32"
+TARGET_EPOCH = 3
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="the compact study of `make demo`: 4 strategies, n = 1..32, tables, figures")
     p.add_argument("--out", default=DEMO.out, metavar="DIR")
-    p.add_argument("--target-epoch", type=int, default=6, metavar="E")
+    p.add_argument("--target-epoch", type=int, default=TARGET_EPOCH, metavar="E")
     p.add_argument("--epochs", type=int, default=DEMO.train.epochs, metavar="MAX")
     p.set_defaults(func=run)
 
@@ -37,7 +39,7 @@ def run(args, parser) -> int:
     argv = ["sweep", "--out", args.out, "--phantoms", str(d.data.size), "--train-size", str(d.data.train_size),
             "--val-size", str(d.data.val_size), "--components", str(d.model.components),
             "--epochs", str(args.epochs), "--threads", "1", "--target-epoch", str(args.target_epoch),
-            "--workers", "1,2,4,8,16,32", "--max-real", "2", "--simulate"]
+            "--workers", WORKERS, "--max-real", "2", "--simulate"]
     sweep_args = sweep_parser.parse_args(argv)
     sweep_args.argv = argv
     sweep_args.model_overrides = {"filters": d.model.filters, "latent": d.model.latent}
