@@ -25,8 +25,16 @@ def available_cores() -> int:
 
 
 def mpi_env(base: dict | None = None) -> dict:
-    """The environment for mpirun: OpenMPI's run-as-root switches only when the user is root."""
+    """The environment for mpirun: OpenMPI's run-as-root switches only when the user is root, and idle
+    ranks that yield the CPU.
+
+    Each rank keeps two threads busy, TensorFlow's and Horovod's background loop, which waits inside MPI.
+    OpenMPI busy-polls by default, so with one core per rank the waiting thread starves the computing one:
+    a 2-rank strong-scaling step of the demo model took 340 ms (one rank alone: 250 ms), and 149 ms with
+    ``mpi_yield_when_idle`` (measured on 2 CPU cores). A value already in the environment wins.
+    """
     env = dict(os.environ if base is None else base)
+    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")

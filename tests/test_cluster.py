@@ -53,6 +53,7 @@ def test_engine_launch_settings():
     assert env["GMMKIT_X"] == "1" and env["TF_CPP_MIN_LOG_LEVEL"]
     root = hasattr(os, "geteuid") and os.geteuid() == 0
     assert ("OMPI_ALLOW_RUN_AS_ROOT" in env) == root and ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM" in env) == root
+    assert env["OMPI_MCA_mpi_yield_when_idle"] == "1"  # idle ranks yield the CPU to TensorFlow
     assert "PATH" not in env  # only additions: the launcher merges them into the kernel's environment
 
 
