@@ -1,0 +1,296 @@
+"""How fast gmmkit is on this machine: every figure measured in one run, with its reference measured
+beside it (``gmmkit bench``).
+
+==========================  ===========================================================================
+key                         what it is
+==========================  ===========================================================================
+``render_overhead``         training step time with K = 50 over the same step with K = 1
+``mfu``                     training FLOP/s (counted analytically, :func:`train_flops`) over the FLOP/s
+                            of a dense float32 matmul, same process, same thread count
+``allreduce_vs_mpi``        Horovod allreduce throughput over a plain mpi4py ``Allreduce`` of the same
+                            buffer (the model's gradient bytes), 2 ranks
+``strong_efficiency_n2``    one epoch, 1 worker over 2 Horovod workers (1 thread each): T1 / (2 T2)
+``growth``                  step time against K and cube size, epoch time against the data set size,
+                            and the fitted T(n) = Ts + Tp/n + c log2(n) predicted out to 32 workers
+``notebook_latency_s``      from Start on the dashboard to the first streamed epoch
+==========================  ===========================================================================
+
+Multi-rank figures run as ``mpirun -np N python -m gmmkit.bench --probe ...`` jobs that print one JSON
+line on rank 0. No figure here is asserted by a test: they are measurements, not pass/fail checks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+from .config import RunConfig
+
+TARGETS = {"render_overhead": ("<=", 1.2), "mfu": (">=", 0.7), "allreduce_vs_mpi": (">=", 0.9),
+           "strong_efficiency_n2": (">=", 0.95)}
+KERNELS = (7, 5, 3)  # gmmkit.model.deepdensity.KERNELS, repeated so FLOP counting needs no TensorFlow
+
+
+def bench_config(components: int = 50, cube: int = 16, train_size: int = 256) -> RunConfig:
+    """The paper's model (32 filters, latent 256) on a small synthetic set, one thread, batch 32."""
+    return RunConfig().replace(data={"size": train_size + 64, "train_size": train_size, "val_size": 64,
+                                     "cube": cube},
+                               model={"components": components},
+                               train={"threads": 1, "target_loss": None, "epochs": 1})
+
+
+# --- analytic FLOPs ------------------------------------------------------------------------
+
+def forward_flops(cfg: RunConfig) -> float:
+    """Floating-point operations of one sample's forward pass (a multiply-add counts 2)."""
+    s, f, k_mix, latent = cfg.data.cube, cfg.model.filters, cfg.model.components, cfg.model.latent
+    flops, size, channels = 0.0, s, 1
+    for k in KERNELS:
+        size -= k - 1
+        flops += 2.0 * size ** 3 * k ** 3 * channels * f
+        channels = f
+    flops += 2.0 * size ** 3 * f * latent  # dense latent
+    flops += 2.0 * latent * 10 * k_mix  # heads: alpha K, mu 3K, sigma 3K, correlations 3K
+    flops += 2.0 * k_mix * 10 * s ** 3 + 2.0 * k_mix * s ** 3  # renderer: quadratic features, exp and sum
+    return flops
+
+
+def train_flops(cfg: RunConfig) -> float:
+    """One sample's training step: forward plus backward, the usual 3 x forward."""
+    return 3.0 * forward_flops(cfg)
+
+
+# --- single-process measurements ----------------------------------------------------------
+
+def _trainer(cfg: RunConfig):
+    from .training import Trainer
+
+    return Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)
+
+
+def step_time(cfg: RunConfig, batch: int = 32, repeats: int = 10, trainer=None) -> float:
+    """Median seconds of one training step of ``batch`` samples."""
+    trainer = trainer or _trainer(cfg)
+    x = np.resize(trainer.data.train, (batch, *trainer.data.train.shape[1:]))
+    trainer._train_step(x, float(batch))  # trace and warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        trainer._train_step(x, float(batch))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
+    """FLOP/s of a dense float32 (n x n) @ (n x n) product on this process's TensorFlow threads."""
+    import tensorflow as tf
+
+    a = tf.random.stateless_normal((n, n), seed=(1, 2))
+    b = tf.random.stateless_normal((n, n), seed=(3, 4))
+    mm = tf.function(lambda x, y: tf.reduce_sum(tf.linalg.matmul(x, y)))
+    mm(a, b).numpy()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mm(a, b).numpy()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / float(np.median(times))
+
+
+def epoch_time(cfg: RunConfig, out: str, trainer=None) -> float:
+    """Seconds of one training epoch (validation excluded) with a traced model."""
+    from .training import train
+
+    trainer = trainer or _trainer(cfg)
+    records = []
+    train(cfg.replace(train={"epochs": 1}, out=out), callbacks=[records.append], trainer=trainer)
+    return float(records[0]["epoch_time_s"])
+
+
+# --- multi-rank probes ----------------------------------------------------------------------
+
+def run_probe(ranks: int, *args: str, timeout: float = 600) -> dict:
+    """``mpirun -np ranks python -m gmmkit.bench --probe ...``; the JSON line rank 0 prints."""
+    from . import launch
+
+    cmd = launch.mpirun_command(ranks, [sys.executable, "-m", "gmmkit.bench", *args])
+    proc = subprocess.run(cmd, env=launch.mpi_env(), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+
+
+def _probe_allreduce(nbytes: int, repeats: int) -> dict:
+    """In a Horovod job: seconds per Horovod sum-allreduce and per mpi4py Allreduce of ``nbytes``."""
+    from . import distributed
+
+    distributed._configure_devices(0, distributed.launcher_size(), 1)
+    hvd_s = distributed.time_allreduce(nbytes, repeats)
+    from mpi4py import MPI  # after hvd.init(): joins the same MPI world
+
+    comm = MPI.COMM_WORLD
+    send = np.ones(max(1, nbytes // 4), np.float32)
+    recv = np.empty_like(send)
+    for _ in range(3):
+        comm.Allreduce(send, recv, op=MPI.SUM)
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        comm.Allreduce(send, recv, op=MPI.SUM)
+    mpi_s = (time.perf_counter() - t0) / repeats
+    return {"horovod_s": hvd_s, "mpi_s": mpi_s, "bytes": nbytes, "ranks": comm.Get_size()}
+
+
+def _probe_epoch(cfg_json: str) -> dict:
+    """In a Horovod job of n ranks: one strong-scaling epoch of the config, timed on a traced model."""
+    import tempfile
+
+    cfg = RunConfig.from_json(cfg_json)
+    from . import distributed
+    from .training import Trainer, train
+
+    ctx = distributed.init(1)
+    cfg = cfg.replace(train={"workers": ctx.size, "strategy": "strong", "epochs": 1})
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg.replace(out=tmp), ctx=ctx)
+        train(cfg.replace(out=tmp), callbacks=[records.append], trainer=trainer)
+    return {"epoch_time_s": records[0]["epoch_time_s"] if records else None, "ranks": ctx.size}
+
+
+# --- the whole benchmark --------------------------------------------------------------------
+
+def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> dict:
+    """Measure everything; returns the JSON-ready dict (keys in the module docstring)."""
+    import tempfile
+
+    from .perfmodel import calibrate
+
+    repeats = 5 if quick else 20
+    components = (1, 10, 50) if quick else (1, 10, 25, 50, 100)
+    cubes = (16, 24) if quick else (16, 24, 32)
+    sizes = (128, 256) if quick else (256, 512, 1024)
+    began = time.perf_counter()
+    result: dict = {"quick": quick, "machine": machine()}
+    tmp = out_dir or tempfile.mkdtemp(prefix="gmmkit-bench-")
+
+    progress("step time against K (batch 32, one thread) ...")
+    base = _trainer(bench_config(50))
+    by_k = {}
+    for k in components:
+        trainer = base if k == 50 else _trainer(bench_config(k))
+        by_k[k] = step_time(bench_config(k), 32, repeats, trainer)
+    result["render_overhead"] = by_k[50] / by_k[1]
+
+    progress("matmul reference and model FLOPs ...")
+    peak = matmul_flops_per_s(repeats=repeats)
+    achieved = 32 * train_flops(bench_config(50)) / by_k[50]
+    result["mfu"] = achieved / peak
+    result["flops"] = {"train_step_per_sample": train_flops(bench_config(50)), "achieved_per_s": achieved,
+                       "matmul_per_s": peak}
+
+    progress("step time against cube size ...")
+    by_cube = {16: by_k[50]}
+    for s in cubes:
+        if s != 16:
+            by_cube[s] = step_time(bench_config(50, cube=s), 32, repeats)
+
+    progress("epoch time against data set size ...")
+    by_size = {}
+    for n in sizes:
+        cfg = bench_config(50, train_size=n)
+        by_size[n] = epoch_time(cfg, os.path.join(tmp, f"size-{n}"), _trainer(cfg))
+
+    progress("Horovod allreduce against mpi4py (2 ranks) ...")
+    grad_bytes = int(sum(np.prod(v.shape) * 4 for v in base.model.trainable_variables))
+    ar = run_probe(2, "--probe", "allreduce", "--bytes", str(grad_bytes), "--repeats", str(repeats * 4))
+    result["allreduce_vs_mpi"] = ar["mpi_s"] / ar["horovod_s"]
+    result["allreduce"] = ar
+
+    progress("one epoch on 1 and 2 Horovod workers ...")
+    cfg = bench_config(50, train_size=sizes[-1])
+    t1 = run_probe(1, "--probe", "epoch", "--config", cfg.to_json())["epoch_time_s"]
+    t2 = run_probe(2, "--probe", "epoch", "--config", cfg.to_json())["epoch_time_s"]
+    result["strong_efficiency_n2"] = t1 / (2 * t2)
+    result["epoch_s"] = {"1": t1, "2": t2}
+
+    progress("wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
+    perf = calibrate(bench_config(50, train_size=sizes[-1]), ranks=2, trainer=base)
+    predicted = {str(n): perf.epoch_time("strong", n, 32, sizes[-1], 64) for n in (1, 2, 4, 8, 16, 32)}
+    result["growth"] = {
+        "step_s_by_components": {str(k): v for k, v in by_k.items()},
+        "step_s_by_cube": {str(k): v for k, v in by_cube.items()},
+        "epoch_s_by_train_size": {str(k): v for k, v in by_size.items()},
+        "epoch_s_predicted_by_workers": predicted, "perf_model": perf.to_dict(),
+    }
+    result["notebook_latency_s"] = None  # not measured yet: needs the dashboard driven headless
+    result["targets"] = {k: f"{op} {v}" for k, (op, v) in TARGETS.items()}
+    result["seconds"] = time.perf_counter() - began
+    return result
+
+
+def machine() -> dict:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cores": cores}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info["cpu"] = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        import tensorflow as tf
+        import horovod
+
+        info["tensorflow"], info["horovod"] = tf.__version__, horovod.__version__
+        info["gpus"] = len(tf.config.list_physical_devices("GPU"))
+    except ImportError:
+        pass
+    return info
+
+
+def format_table(result: dict) -> str:
+    rows = ["| figure | measured | target |", "|---|---:|---|"]
+    for key, (op, target) in TARGETS.items():
+        rows.append(f"| {key} | {result[key]:.3f} | {op} {target} |")
+    g = result["growth"]
+    rows.append("")
+    rows.append("step time (ms, batch 32) by K: " + ", ".join(
+        f"K={k}: {v * 1e3:.0f}" for k, v in g["step_s_by_components"].items()))
+    rows.append("step time (ms, batch 32) by cube: " + ", ".join(
+        f"{k}^3: {v * 1e3:.0f}" for k, v in g["step_s_by_cube"].items()))
+    rows.append("epoch time (s) by training set: " + ", ".join(
+        f"{k}: {v:.1f}" for k, v in g["epoch_s_by_train_size"].items()))
+    rows.append("strong-scaling epoch predicted (s) by workers: " + ", ".join(
+        f"{k}: {v:.2f}" for k, v in g["epoch_s_predicted_by_workers"].items()))
+    return "\n".join(rows)
+
+
+def _main(argv=None) -> int:
+    """The multi-rank probes: ``mpirun -np N python -m gmmkit.bench --probe allreduce|epoch ...``."""
+    import argparse
+
+    from .distributed import launcher_rank
+
+    p = argparse.ArgumentParser(prog="python -m gmmkit.bench")
+    p.add_argument("--probe", choices=("allreduce", "epoch"), required=True)
+    p.add_argument("--bytes", type=int, default=4 << 20)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--config", default=None, help="a RunConfig as JSON (epoch probe)")
+    args = p.parse_args(argv)
+    result = (_probe_allreduce(args.bytes, args.repeats) if args.probe == "allreduce"
+              else _probe_epoch(args.config or RunConfig().to_json()))
+    if launcher_rank() == 0:
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

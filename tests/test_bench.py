@@ -1,0 +1,35 @@
+"""gmmkit bench: the analytic FLOP count against the built Keras model, and the 2-rank allreduce probe.
+The benchmark's figures themselves are measurements; no test asserts a timing."""
+import numpy as np
+import pytest
+
+from gmmkit import bench
+from gmmkit.config import RunConfig
+
+
+@pytest.mark.parametrize("cube,filters,latent,k", [(16, 32, 256, 50), (24, 8, 64, 7)])
+def test_forward_flops_match_the_layers_of_the_built_model(cube, filters, latent, k):
+    from gmmkit.model import from_config
+
+    cfg = RunConfig().replace(data={"cube": cube}, model={"filters": filters, "latent": latent, "components": k})
+    model = from_config(cfg)
+    expected = 0.0
+    for layer in model.layers:
+        if layer.name.startswith("conv"):
+            out = np.prod(layer.output_shape[1:4])
+            expected += 2.0 * out * np.prod(layer.kernel_size) * layer.input_shape[-1] * layer.filters
+        elif layer.name == "latent":
+            expected += 2.0 * layer.input_shape[-1] * layer.units
+    mixture = model.get_layer("mixture")
+    expected += sum(2.0 * d.kernel.shape[0] * d.kernel.shape[1] for d in (mixture.alpha, mixture.mu, mixture.sigma,
+                                                                            mixture.corr))
+    expected += 2.0 * k * 10 * cube ** 3 + 2.0 * k * cube ** 3  # renderer: features x coefficients, exp, sum
+    assert bench.forward_flops(cfg) == pytest.approx(expected)
+    assert bench.train_flops(cfg) == pytest.approx(3 * expected)
+
+
+@pytest.mark.mpi
+def test_allreduce_probe_times_horovod_and_mpi4py_in_one_world():
+    result = bench.run_probe(2, "--probe", "allreduce", "--bytes", str(1 << 20), "--repeats", "5")
+    assert result["ranks"] == 2 and result["bytes"] == 1 << 20
+    assert result["horovod_s"] > 0 and result["mpi_s"] > 0
