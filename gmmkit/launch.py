@@ -7,17 +7,19 @@ directly.
 """
 from __future__ import annotations
 
+import collections
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
-from typing import Sequence
+import threading
+from typing import Optional, Sequence
 
 from .errors import LaunchError
 
 LAUNCHERS = ("mpirun", "horovodrun")
-
-
 
 
 def available_cores() -> int:
@@ -57,13 +59,47 @@ def mpirun_command(n: int, argv: Sequence[str], launcher: str = "mpirun") -> lis
     return [*cmd, *argv]
 
 
+# What OpenMPI's mpirun prints when a rank dies (signal) or fails (non-zero exit) and it ends the job.
+_SIGNALLED = re.compile(r"process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+)")
+_EXITED = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(\d+)")
+
+
+def rank_failure(launcher_output: str) -> Optional[str]:
+    """Which rank ended an mpirun job and how, from what mpirun printed (None when it does not say)."""
+    m = _SIGNALLED.search(launcher_output)
+    if m:
+        rank, pid, node, sig = m.groups()
+        try:
+            name = signal.Signals(int(sig)).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"rank {rank} (pid {pid} on {node}) was killed by {name}"
+    m = _EXITED.search(launcher_output)
+    if m:
+        return f"rank {m.group(1)} exited with status {m.group(2)}"
+    return None
+
+
 def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", timeout: float | None = None,
-              **popen_kwargs) -> int:
-    """Run ``argv`` on ``n`` ranks and wait; returns the launcher's exit code."""
+              env: dict | None = None) -> tuple[int, Optional[str]]:
+    """Run ``argv`` on ``n`` ranks and wait; returns the launcher's exit code and, when a rank died or
+    failed, which one (:func:`rank_failure`). The ranks' output passes through unchanged.
+
+    mpirun ends the whole job as soon as one rank dies, so the others never hang in an allreduce."""
     cmd = mpirun_command(n, argv, launcher)
-    proc = subprocess.Popen(cmd, env=mpi_env(popen_kwargs.pop("env", None)), **popen_kwargs)
+    proc = subprocess.Popen(cmd, env=mpi_env(env), stderr=subprocess.PIPE, text=True, errors="replace")
+    tail: collections.deque = collections.deque(maxlen=400)
+
+    def forward():
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            tail.append(line)
+
+    reader = threading.Thread(target=forward, daemon=True)
+    reader.start()
     try:
-        return proc.wait(timeout=timeout)
+        code = proc.wait(timeout=timeout)
     except BaseException:
         proc.terminate()
         try:
@@ -71,6 +107,8 @@ def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", timeout: fl
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
+    reader.join(timeout=5)
+    return code, (rank_failure("".join(tail)) if code else None)
 
 
 def python_module_argv(*args: str) -> list[str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..cli import CLIError, add_run_flags, config_from_args
 from ..config import STRATEGIES
@@ -47,7 +48,11 @@ def run(args, parser) -> int:
     n = cfg.train.workers
     if n > 1 and not args.simulate and not distributed.launched_in_parallel():
         print(f"launching {n} ranks with {args.launcher}", flush=True)
-        return launch.run_ranks(n, launch.python_module_argv(*args.argv), args.launcher)
+        code, failure = launch.run_ranks(n, launch.python_module_argv(*args.argv), args.launcher)
+        if failure:
+            print(f"gmmkit train: error: {failure}; {args.launcher} stopped the other ranks. The metrics of "
+                  f"every finished epoch are in {cfg.out}; continue with --resume.", file=sys.stderr, flush=True)
+        return code
     if distributed.launched_in_parallel() and not args.simulate and distributed.launcher_size() != n:
         raise CLIError(f"--workers {n}: this job was started with {distributed.launcher_size()} ranks")
     from ..training import train

@@ -1,0 +1,155 @@
+"""Reliability: a rank that dies mid-run, a long sweep that must not leak, and readers fed random input."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gmmkit.config import RunConfig
+from gmmkit.errors import InputError
+from gmmkit.io import read_jsonl
+from gmmkit.launch import mpi_env, rank_failure
+
+from conftest import tiny_config
+
+
+def test_rank_failure_reads_what_mpirun_prints():
+    killed = ("--------------------------------------------------------------------------\n"
+              "mpirun noticed that process rank 1 with PID 4242 on node ci exited on signal 9 (Killed).\n")
+    assert rank_failure(killed) == "rank 1 (pid 4242 on ci) was killed by SIGKILL"
+    failed = ("mpirun detected that one or more processes exited with non-zero status, thus causing\n"
+              "the job to be terminated. The first process to do so was:\n\n"
+              "  Process name: [[25703,1],2]\n  Exit code:    3\n")
+    assert rank_failure(failed) == "rank 2 exited with status 3"
+    assert rank_failure("all good") is None
+
+
+def _rank_processes(root: psutil.Process, rank: str) -> list:
+    found = []
+    for child in root.children(recursive=True):
+        try:
+            if child.environ().get("OMPI_COMM_WORLD_RANK") == rank:
+                found.append(child)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+@pytest.mark.mpi
+def test_a_dying_rank_is_named_stops_the_job_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(run, epochs=40, strategy="strong", workers=2)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(cfg.to_json())
+    cmd = [sys.executable, "-m", "gmmkit", "train", "--config", str(cfg_file)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    try:
+        deadline = time.monotonic() + 300
+        while len(read_jsonl(run / "metrics.jsonl")) < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch"
+            time.sleep(0.2)
+        victims = _rank_processes(psutil.Process(proc.pid), "1")
+        assert len(victims) == 1
+        victims[0].kill()
+        killed_at = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        ended_after = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and ended_after < 30
+    assert "rank 1" in stderr and "SIGKILL" in stderr and "--resume" in stderr
+    assert not _rank_processes(psutil.Process(), "0")  # no rank left behind
+    finished = read_jsonl(run / "metrics.jsonl")  # every line whole
+    assert finished and [r["epoch"] for r in finished] == list(range(1, len(finished) + 1))
+
+    # --resume continues from the last checkpoint to the end
+    more = cfg.replace(train={"epochs": len(finished) + 1})
+    cfg_file.write_text(more.to_json())
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=mpi_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    resumed = read_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in resumed] == list(range(1, len(finished) + 2))
+    assert json.loads((run / "summary.json").read_text())["status"] == "max_epochs"
+
+
+def test_a_sweep_of_twenty_one_runs_leaks_no_processes_or_memory(tmp_path):
+    from gmmkit import study
+    from gmmkit.training import Trainer
+
+    base = tiny_config(tmp_path / "unused", epochs=1, target_loss=1.0)
+    trainer = Trainer(base, simulate=True)
+    me = psutil.Process()
+    rss = []
+    for i in range(2):
+        rows = study.sweep(base, tmp_path / f"sweep{i}", workers=(1, 2, 3, 4, 5, 6), max_real=1, simulate=True,
+                           progress=False, trainer=trainer)
+        assert len({(r.strategy, r.workers) for r in rows if r.workers > 1}) == 20
+        assert all(r.status == "reached_target" for r in rows)
+        rss.append(me.memory_info().rss)
+    assert me.children(recursive=True) == []
+    assert rss[1] - rss[0] < 64 * 2 ** 20, f"memory grew by {(rss[1] - rss[0]) / 2 ** 20:.0f} MiB over 21 runs"
+
+
+# --- random input: a clear InputError or a valid result, never anything else ---------------------
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-10 ** 6, 10 ** 6) | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                       max_size=3), max_leaves=8)
+sections = st.fixed_dictionaries({}, optional={
+    "data": st.dictionaries(st.sampled_from(["size", "val_size", "train_size", "cube", "dataset", "seed", "x"]),
+                            json_values, max_size=3),
+    "model": st.dictionaries(st.sampled_from(["components", "filters", "latent", "sigma_min", "sigma_max"]),
+                             json_values, max_size=3),
+    "train": st.dictionaries(st.sampled_from(["strategy", "workers", "batch_size", "lr", "epochs", "target_loss",
+                                              "warmup_epochs", "threads"]), json_values, max_size=4),
+    "out": json_values})
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=sections | json_values)
+def test_the_config_parser_accepts_or_names_the_field(raw):
+    try:
+        cfg = RunConfig.from_dict(raw)
+    except InputError as exc:
+        assert str(exc)
+    else:
+        assert RunConfig.from_json(cfg.to_json()) == cfg
+
+
+MHD_KEYS = ["ObjectType", "NDims", "DimSize", "ElementSpacing", "Offset", "TransformMatrix", "ElementType",
+            "ElementDataFile", "BinaryData", "CompressedData"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.tuples(st.sampled_from(MHD_KEYS), st.text(max_size=20)), max_size=8),
+       raw=st.binary(max_size=64))
+def test_the_metaimage_reader_reads_or_names_the_file(tmp_path, lines, raw):
+    from gmmkit.ct import read_mhd
+
+    mhd = tmp_path / "scan.mhd"
+    mhd.write_text("".join(f"{k} = {v}\n" for k, v in lines).replace("\x00", ""), encoding="utf-8",
+                   errors="replace")
+    (tmp_path / "scan.raw").write_bytes(raw)
+    try:
+        read_mhd(mhd)
+    except InputError as exc:
+        assert "scan.mhd" in str(exc) or "scan.raw" in str(exc)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.sampled_from(list("seriuidcoordXYZ,.-0123456789e\n \"_ab")), max_size=200))
+def test_the_annotations_reader_reads_or_names_the_file(tmp_path, text):
+    from gmmkit.data.luna import read_annotations
+
+    csv = tmp_path / "annotations.csv"
+    csv.write_text(text)
+    try:
+        read_annotations(csv)
+    except InputError as exc:
+        assert "annotations.csv" in str(exc)
