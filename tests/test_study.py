@@ -66,3 +66,17 @@ def test_sweep_runs_the_grid_and_writes_tables_and_figures(tmp_path, capsys):
     for name in ("fig2_time_to_target.html", "fig4_strong_losses.html"):
         html = (out / name).read_text(encoding="utf-8")
         assert "plotly" in html.lower() and len(html) > 100_000  # self-contained: plotly.js inlined
+
+
+def test_lr_find_brackets_the_largest_rate_that_still_converges(tmp_path, capsys):
+    cfg_file = tmp_path / "base.json"
+    cfg_file.write_text(tiny_config(tmp_path / "lr").to_json())
+    assert main(["lr-find", "--config", str(cfg_file), "--lr-min", "1e-5", "--lr-max", "1e3", "--steps", "40"]) == 0
+    result = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
+    lrs = [h["lr"] for h in result["history"]]
+    assert lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-5)
+    assert result["lr_diverged"] is not None and result["lr_diverged"] > result["suggested_lr"] >= 1e-5
+    assert min(h["smoothed"] for h in result["history"]) < result["history"][0]["smoothed"]  # it learnt first
+    assert "plotly" in (tmp_path / "lr" / "lr_find.html").read_text(encoding="utf-8").lower()
+    assert "suggested lr" in capsys.readouterr().out
+    assert main(["lr-find", "--config", str(cfg_file), "--lr-min", "1", "--lr-max", "0.1"]) == 2
