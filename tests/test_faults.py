@@ -153,3 +153,27 @@ def test_the_annotations_reader_reads_or_names_the_file(tmp_path, text):
         read_annotations(csv)
     except InputError as exc:
         assert "annotations.csv" in str(exc)
+
+
+def test_ctrl_c_ends_a_run_as_stopped_with_its_files(tmp_path):
+    import signal
+
+    run = tmp_path / "run"
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(tiny_config(run, epochs=40).to_json())
+    proc = subprocess.Popen([sys.executable, "-m", "gmmkit", "train", "--config", str(cfg_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(read_jsonl(run / "metrics.jsonl")) < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = json.loads((run / "summary.json").read_text())
+    assert proc.returncode == 1 and summary["status"] == "stopped" and "status stopped" in stdout
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == list(range(1, summary["epochs"] + 1))
+    assert (run / "checkpoint.npz").exists()
