@@ -127,6 +127,28 @@ def test_stop_ends_the_run_within_seconds_and_keeps_the_cluster(cluster, tmp_pat
 
 
 @pytest.mark.mpi
+@needs_horovod
+def test_a_dying_engine_is_reported_and_restart_recovers(cluster, tmp_path):
+    pids = cluster.client[:].apply_sync(os.getpid)
+    pid_of_rank = {cluster.rank_map()[e]: pid for e, pid in zip(cluster.client.ids, pids)}
+    run = cluster.train(tiny(tmp_path / "k", workers=2, epochs=10000))
+    deadline = time.monotonic() + 300
+    while not run.metrics and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(pid_of_rank[1], 9)
+    killed_at = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"rank \d failed"):
+        run.wait(timeout=90)
+    print(f"failure reported {time.monotonic() - killed_at:.1f} s after the kill")
+    assert time.monotonic() - killed_at < 60
+    finished = [json.loads(line) for line in open(tmp_path / "k" / "metrics.jsonl")]
+    assert finished and [r["epoch"] for r in finished] == list(range(1, len(finished) + 1))
+    cluster.restart(2)  # a fresh MPI world
+    assert sorted(cluster.rank_map(refresh=True).values()) == [0, 1]
+    assert cluster.train(tiny(tmp_path / "after", workers=2, epochs=1)).wait(timeout=120)["status"] == "max_epochs"
+
+
+@pytest.mark.mpi
 def test_resize_restarts_the_engines_as_a_new_world(cluster):
     t0 = time.perf_counter()
     cluster.resize(1)
