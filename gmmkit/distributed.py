@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 _LAUNCHER_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "HOROVOD_RANK", "MV2_COMM_WORLD_SIZE")
 
@@ -93,6 +95,8 @@ class HorovodContext:
         return self.hvd.grouped_allreduce(list(grads), op=self.hvd.Sum)
 
     def sum(self, values: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
         tensor = tf.constant(np.asarray(values, dtype=np.float64))
         return self.hvd.allreduce(tensor, op=self.hvd.Sum).numpy()
 
@@ -118,6 +122,8 @@ def init(threads: int | None = None, use_horovod: bool | None = None):
 
 
 def _configure_devices(local_rank: int, local_size: int, threads: int | None) -> None:
+    import tensorflow as tf
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = threads or max(1, cores // max(local_size, 1))
     try:
@@ -140,6 +146,8 @@ def _configure_devices(local_rank: int, local_size: int, threads: int | None) ->
 def time_allreduce(nbytes: int, repeats: int = 20, warmup: int = 3) -> float:
     """Mean seconds of one Horovod sum-allreduce of ``nbytes`` of float32, in the current Horovod job."""
     import time
+
+    import tensorflow as tf
 
     ctx = HorovodContext()
     buf = tf.ones((max(1, nbytes // 4),), tf.float32)

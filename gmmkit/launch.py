@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .errors import LaunchError
 
@@ -81,13 +81,20 @@ def rank_failure(launcher_output: str) -> Optional[str]:
 
 
 def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", timeout: float | None = None,
-              env: dict | None = None) -> tuple[int, Optional[str]]:
+              env: dict | None = None, on_interrupt: Optional[Callable[[], None]] = None,
+              grace_s: float = 120.0) -> tuple[int, Optional[str]]:
     """Run ``argv`` on ``n`` ranks and wait; returns the launcher's exit code and, when a rank died or
     failed, which one (:func:`rank_failure`). The ranks' output passes through unchanged.
 
-    mpirun ends the whole job as soon as one rank dies, so the others never hang in an allreduce."""
+    mpirun ends the whole job as soon as one rank dies, so the others never hang in an allreduce.
+
+    Ctrl-C: the job runs in its own session, so the terminal's SIGINT reaches only this process (mpirun
+    would otherwise abort every rank at once). The first Ctrl-C calls ``on_interrupt`` (``gmmkit train``
+    asks the run to stop after its current step) and waits up to ``grace_s`` for the job to end; a second
+    Ctrl-C, or the end of the grace, terminates it."""
     cmd = mpirun_command(n, argv, launcher)
-    proc = subprocess.Popen(cmd, env=mpi_env(env), stderr=subprocess.PIPE, text=True, errors="replace")
+    proc = subprocess.Popen(cmd, env=mpi_env(env), stderr=subprocess.PIPE, text=True, errors="replace",
+                            start_new_session=True)
     tail: collections.deque = collections.deque(maxlen=400)
 
     def forward():
@@ -99,7 +106,15 @@ def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", timeout: fl
     reader = threading.Thread(target=forward, daemon=True)
     reader.start()
     try:
-        code = proc.wait(timeout=timeout)
+        try:
+            code = proc.wait(timeout=timeout)
+        except KeyboardInterrupt:
+            if on_interrupt is None:
+                raise
+            on_interrupt()
+            print(f"stopping after the current step (up to {grace_s:.0f} s; Ctrl-C again to kill the job)",
+                  file=sys.stderr, flush=True)
+            code = proc.wait(timeout=grace_s)
     except BaseException:
         proc.terminate()
         try:

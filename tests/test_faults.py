@@ -177,3 +177,29 @@ def test_ctrl_c_ends_a_run_as_stopped_with_its_files(tmp_path):
     assert proc.returncode == 1 and summary["status"] == "stopped" and "status stopped" in stdout
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == list(range(1, summary["epochs"] + 1))
     assert (run / "checkpoint.npz").exists()
+
+
+@pytest.mark.mpi
+def test_ctrl_c_stops_a_multi_rank_run_after_its_step(tmp_path):
+    import signal
+
+    run = tmp_path / "run"
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(tiny_config(run, epochs=40, workers=2).to_json())
+    proc = subprocess.Popen([sys.executable, "-m", "gmmkit", "train", "--config", str(cfg_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    try:
+        deadline = time.monotonic() + 300
+        while len(read_jsonl(run / "metrics.jsonl")) < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends to gmmkit (the job has its own session)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["workers"] == 2, stderr
+    assert proc.returncode == 1 and "stopping after the current step" in stderr
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == list(range(1, summary["epochs"] + 1))
+    assert not _rank_processes(psutil.Process(), "0")

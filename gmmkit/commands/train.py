@@ -48,8 +48,12 @@ def run(args, parser) -> int:
     n = cfg.train.workers
     if n > 1 and not args.simulate and not distributed.launched_in_parallel():
         print(f"launching {n} ranks with {args.launcher}", flush=True)
-        code, failure = launch.run_ranks(n, launch.python_module_argv(*args.argv), args.launcher)
-        if failure:
+        from ..training import RunDir
+
+        code, failure = launch.run_ranks(n, launch.python_module_argv(*args.argv), args.launcher,
+                                         on_interrupt=RunDir(cfg.out).request_stop)
+        ended = (RunDir(cfg.out).summary() or {}).get("status")  # a run that stopped or diverged says so itself
+        if failure and ended in (None, "running", "failed"):
             print(f"gmmkit train: error: {failure}; {args.launcher} stopped the other ranks. The metrics of "
                   f"every finished epoch are in {cfg.out}; continue with --resume.", file=sys.stderr, flush=True)
         return code
