@@ -203,3 +203,17 @@ def test_ctrl_c_stops_a_multi_rank_run_after_its_step(tmp_path):
     assert proc.returncode == 1 and "stopping after the current step" in stderr
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == list(range(1, summary["epochs"] + 1))
     assert not _rank_processes(psutil.Process(), "0")
+
+
+def test_a_sweep_goes_on_past_diverged_runs(tmp_path):
+    from gmmkit import study
+
+    base = tiny_config(tmp_path / "unused", epochs=4, lr=1e4, target_loss=0.001)
+    rows = study.sweep(base, tmp_path / "sweep", strategies_=("strong", "lsr"), workers=(1, 2), max_real=1,
+                       simulate=True, progress=False)
+    assert [(r.strategy, r.workers, r.status) for r in rows] == [
+        ("strong", 1, "diverged"), ("strong", 2, "diverged"), ("lsr", 1, "diverged"), ("lsr", 2, "diverged")]
+    for r in rows:  # each log intact up to its last epoch
+        records = read_jsonl(os.path.join(r.run_dir, "metrics.jsonl"))
+        assert 1 <= len(records) == r.epochs < 4
+    assert "| 2 | simulated | diverged |" in (tmp_path / "sweep" / "tables.md").read_text()
