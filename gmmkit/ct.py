@@ -110,7 +110,14 @@ def _scan_from_image(image, source: str) -> Scan:
         geometry = Geometry.of(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
     except ValueError as exc:
         raise DatasetError(f"{source}: {exc}") from None
-    return Scan(volume=sitk.GetArrayFromImage(image), geometry=geometry, source=source)
+    volume = sitk.GetArrayFromImage(image)
+    if np.issubdtype(volume.dtype, np.floating):
+        bad = ~np.isfinite(volume)
+        if bad.any():
+            z, y, x = (int(i) for i in np.argwhere(bad)[0])
+            raise DatasetError(f"{source}: holds {int(bad.sum())} non-finite voxels (NaN or Inf; the first at "
+                               f"voxel x={x}, y={y}, z={z})")
+    return Scan(volume=volume, geometry=geometry, source=source)
 
 
 # MetaImage element types and their sizes in bytes

@@ -278,3 +278,16 @@ def test_annotations_reader(tmp_path):
     assert np.all(np.isnan(ann.diameter_mm))  # no diameter_mm column: NaN
     with pytest.raises(DatasetError, match="no such annotations file"):
         read_annotations(tmp_path / "missing.csv")
+
+
+def test_a_scan_with_non_finite_voxels_is_named(tmp_path):
+    import SimpleITK as sitk
+
+    from gmmkit.ct import read_mhd
+    from gmmkit.errors import DatasetError
+
+    volume = np.full((4, 5, 6), -800.0, np.float32)
+    volume[1, 2, 3] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp_path / "nan.mhd"))
+    with pytest.raises(DatasetError, match=r"nan\.mhd: holds 1 non-finite voxels .* x=3, y=2, z=1"):
+        read_mhd(tmp_path / "nan.mhd")
