@@ -23,18 +23,16 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from typing import Optional
 
 import numpy as np
 
-from .config import RunConfig
+from .config import KERNELS, RunConfig
 
 TARGETS = {"render_overhead": ("<=", 1.2), "mfu": (">=", 0.7), "allreduce_vs_mpi": (">=", 0.9),
            "strong_efficiency_n2": (">=", 0.95)}
-KERNELS = (7, 5, 3)  # gmmkit.model.deepdensity.KERNELS, repeated so FLOP counting needs no TensorFlow
 
 
 def bench_config(components: int = 50, cube: int = 16, train_size: int = 256) -> RunConfig:
@@ -76,15 +74,9 @@ def _trainer(cfg: RunConfig):
 
 def step_time(cfg: RunConfig, batch: int = 32, repeats: int = 10, trainer=None) -> float:
     """Median seconds of one training step of ``batch`` samples."""
-    trainer = trainer or _trainer(cfg)
-    x = np.resize(trainer.data.train, (batch, *trainer.data.train.shape[1:]))
-    trainer._train_step(x, float(batch))  # trace and warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        trainer._train_step(x, float(batch))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    from .perfmodel import time_steps
+
+    return float(np.median(time_steps(trainer or _trainer(cfg), batch, repeats)))
 
 
 def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
@@ -103,14 +95,13 @@ def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
     return 2.0 * n ** 3 / float(np.median(times))
 
 
-def epoch_time(cfg: RunConfig, out: str, trainer=None) -> float:
-    """Seconds of one training epoch (validation excluded) with a traced model."""
+def epoch_time(cfg: RunConfig, out: str, trainer=None) -> Optional[float]:
+    """Seconds of one training epoch with a traced model (on every rank of a Horovod job: the trainer's)."""
     from .training import train
 
-    trainer = trainer or _trainer(cfg)
     records = []
-    train(cfg.replace(train={"epochs": 1}, out=out), callbacks=[records.append], trainer=trainer)
-    return float(records[0]["epoch_time_s"])
+    train(cfg.replace(train={"epochs": 1}, out=out), callbacks=[records.append], trainer=trainer or _trainer(cfg))
+    return float(records[0]["epoch_time_s"]) if records else None
 
 
 # --- multi-rank probes ----------------------------------------------------------------------
@@ -119,13 +110,7 @@ def run_probe(ranks: int, *args: str, timeout: float = 600) -> dict:
     """``mpirun -np ranks python -m gmmkit.bench --probe ...``; the JSON line rank 0 prints."""
     from . import launch
 
-    cmd = launch.mpirun_command(ranks, [sys.executable, "-m", "gmmkit.bench", *args])
-    proc = subprocess.run(cmd, env=launch.mpi_env(), capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            return json.loads(line)
-    raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return launch.run_json(ranks, [sys.executable, "-m", "gmmkit.bench", *args], timeout=timeout)
 
 
 def _probe_allreduce(nbytes: int, repeats: int) -> dict:
@@ -153,17 +138,14 @@ def _probe_epoch(cfg_json: str) -> dict:
     """In a Horovod job of n ranks: one strong-scaling epoch of the config, timed on a traced model."""
     import tempfile
 
-    cfg = RunConfig.from_json(cfg_json)
     from . import distributed
-    from .training import Trainer, train
+    from .training import Trainer
 
     ctx = distributed.init(1)
-    cfg = cfg.replace(train={"workers": ctx.size, "strategy": "strong", "epochs": 1})
-    records = []
+    cfg = RunConfig.from_json(cfg_json).replace(train={"workers": ctx.size, "strategy": "strong"})
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg.replace(out=tmp), ctx=ctx)
-        train(cfg.replace(out=tmp), callbacks=[records.append], trainer=trainer)
-    return {"epoch_time_s": records[0]["epoch_time_s"] if records else None, "ranks": ctx.size}
+        seconds = epoch_time(cfg.replace(out=tmp), tmp, Trainer(cfg, ctx=ctx))
+    return {"epoch_time_s": seconds, "ranks": ctx.size}
 
 
 # --- the whole benchmark --------------------------------------------------------------------
@@ -209,9 +191,11 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
         cfg = bench_config(50, train_size=n)
         by_size[n] = epoch_time(cfg, os.path.join(tmp, f"size-{n}"), _trainer(cfg))
 
+    progress("wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
+    perf = calibrate(bench_config(50, train_size=sizes[-1]), ranks=2, trainer=base)
+
     progress("Horovod allreduce against mpi4py (2 ranks) ...")
-    grad_bytes = int(sum(np.prod(v.shape) * 4 for v in base.model.trainable_variables))
-    ar = run_probe(2, "--probe", "allreduce", "--bytes", str(grad_bytes), "--repeats", str(repeats * 4))
+    ar = run_probe(2, "--probe", "allreduce", "--bytes", str(perf.gradient_bytes), "--repeats", str(repeats * 4))
     result["allreduce_vs_mpi"] = ar["mpi_s"] / ar["horovod_s"]
     result["allreduce"] = ar
 
@@ -222,8 +206,6 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     result["strong_efficiency_n2"] = t1 / (2 * t2)
     result["epoch_s"] = {"1": t1, "2": t2}
 
-    progress("wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
-    perf = calibrate(bench_config(50, train_size=sizes[-1]), ranks=2, trainer=base)
     predicted = {str(n): perf.epoch_time("strong", n, 32, sizes[-1], 64) for n in (1, 2, 4, 8, 16, 32)}
     result["growth"] = {
         "step_s_by_components": {str(k): v for k, v in by_k.items()},
@@ -238,8 +220,9 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
 
 
 def machine() -> dict:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cores": cores}
+    from .launch import available_cores
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cores": available_cores()}
     try:
         with open("/proc/cpuinfo") as fh:
             info["cpu"] = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)

@@ -21,7 +21,8 @@ from .strategies import STRATEGIES
 # rule; measured with `gmmkit train --epochs 100 --target-loss none`, see README "Default target loss").
 DEFAULT_TARGET_LOSS = 0.003131
 
-# The encoder's three valid convolutions (7, 5, 3) shrink a cube by 6 + 4 + 2 voxels.
+# The encoder's three valid convolutions (kernel sides) shrink a cube by 6 + 4 + 2 voxels.
+KERNELS = (7, 5, 3)
 MIN_CUBE = 15
 
 

@@ -126,6 +126,19 @@ def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", timeout: fl
     return code, (rank_failure("".join(tail)) if code else None)
 
 
+def run_json(n: int, argv: Sequence[str], timeout: float = 600) -> dict:
+    """Run a probe (``argv``) on ``n`` ranks and return the JSON object its rank 0 printed on a line."""
+    import json
+
+    cmd = mpirun_command(n, argv)
+    proc = subprocess.run(cmd, env=mpi_env(), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+
+
 def python_module_argv(*args: str) -> list[str]:
     """``python -m gmmkit ARGS`` with this interpreter, for the ranks."""
     return [sys.executable, "-m", "gmmkit", *args]

@@ -63,6 +63,20 @@ def fit_step_times(batches: list[int], times: list[float]) -> tuple[float, float
     return max(float(t_fixed), 0.0), max(float(t_sample), 1e-9)
 
 
+def time_steps(trainer, batch: int, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` training steps of ``batch`` samples, after one untimed step (tracing).
+    The trainer's weights move: reset it before a run."""
+    x = trainer.data.train
+    xb = x[:batch] if len(x) >= batch else np.resize(x, (batch, *x.shape[1:]))
+    trainer._train_step(xb, float(batch))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        trainer._train_step(xb, float(batch))
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None) -> dict:
     """Time training steps at several batch sizes and the validation pass, in this process
     (with ``trainer`` when given, else a new :class:`~gmmkit.training.Trainer` of ``cfg``)."""
@@ -70,15 +84,7 @@ def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None) -> dic
 
     if trainer is None:
         trainer = Trainer(cfg.replace(train={"workers": 1}), simulate=True)
-    x = trainer.data.train
-    times = []
-    for b in batches:
-        xb = x[:b] if len(x) >= b else np.resize(x, (b, *x.shape[1:]))
-        trainer._train_step(xb, float(b))  # trace and warm up
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            trainer._train_step(xb, float(b))
-        times.append((time.perf_counter() - t0) / repeats)
+    times = [float(np.mean(time_steps(trainer, b, repeats))) for b in batches]
     trainer._eval_step(trainer.data.val)
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -92,19 +98,12 @@ def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None) -> dic
 
 def measure_allreduce(nbytes: int, ranks: int = 2, repeats: int = 20) -> float:
     """Seconds per Horovod allreduce of ``nbytes`` between ``ranks`` real MPI ranks on this machine."""
-    import json
-    import subprocess
     import sys
 
     from . import launch
 
-    cmd = launch.mpirun_command(ranks, [sys.executable, "-m", "gmmkit.distributed", "--allreduce-bytes",
-                                        str(nbytes), "--repeats", str(repeats)])
-    proc = subprocess.run(cmd, env=launch.mpi_env(), capture_output=True, text=True, timeout=300)
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            return float(json.loads(line)["allreduce_s"])
-    raise RuntimeError(f"allreduce probe failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    probe = [sys.executable, "-m", "gmmkit.distributed", "--allreduce-bytes", str(nbytes), "--repeats", str(repeats)]
+    return float(launch.run_json(ranks, probe, timeout=300)["allreduce_s"])
 
 
 def calibrate(cfg, ranks: int = 2, trainer=None) -> PerfModel:

@@ -70,14 +70,10 @@ class _LocalRuns:
         self.trainer = trainer
 
     def __call__(self, cfg: RunConfig, simulate: bool) -> None:
-        from .training import Trainer, train
+        from .training import Trainer, train_many
 
-        if self.trainer is None or not self.trainer.can_run(cfg):
-            self.trainer = Trainer(cfg, simulate=simulate)
-        try:
-            train(cfg, simulate=simulate, trainer=self.trainer)
-        except Exception:  # recorded as failed in the run's summary.json; the sweep goes on
-            pass
+        self.trainer = Trainer.for_config(cfg, simulate, reuse=self.trainer)
+        train_many([cfg], simulate=simulate, trainer=self.trainer)  # a failure is recorded; the sweep goes on
 
 
 def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strategies.STRATEGIES,

@@ -4,9 +4,8 @@ from __future__ import annotations
 import tensorflow as tf
 from tensorflow import keras
 
+from ..config import KERNELS
 from .layers import DeepDensity, GaussianMixtureHeads
-
-KERNELS = (7, 5, 3)
 
 
 def build_deepdensity(cube: int = 16, components: int = 50, filters: int = 32, latent: int = 256,

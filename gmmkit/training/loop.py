@@ -76,6 +76,14 @@ class Trainer:
         t = cfg.train
         return (cfg.data, cfg.model, t.seed, t.beta_1, t.beta_2, t.epsilon, t.threads)
 
+    @classmethod
+    def for_config(cls, cfg: RunConfig, simulate: bool = False, reuse: Optional["Trainer"] = None) -> "Trainer":
+        """``reuse`` when it :meth:`can_run` ``cfg`` (:func:`train` resets it), else a new trainer on the same
+        Horovod context."""
+        if reuse is not None and reuse.can_run(cfg):
+            return reuse
+        return cls(cfg, ctx=getattr(reuse, "ctx", None), simulate=simulate)
+
     def can_run(self, cfg: RunConfig) -> bool:
         """True when ``cfg`` differs from this trainer's run only in settings :meth:`reset` can change
         (strategy, workers, batch, learning rate, epochs, target, warm-up, output)."""
@@ -286,8 +294,7 @@ def train_many(cfgs: Sequence[RunConfig], simulate: bool = False, callbacks: Ite
             summaries.append({"status": "stopped", "epochs": 0})
             continue
         try:
-            if trainer is None or not trainer.can_run(cfg):
-                trainer = Trainer(cfg, ctx=getattr(trainer, "ctx", None), simulate=simulate)
+            trainer = Trainer.for_config(cfg, simulate, reuse=trainer)
             summaries.append(train(cfg, callbacks=callbacks, simulate=simulate, trainer=trainer, stop=stop))
         except Exception as exc:  # the run's summary.json already says failed, with the error
             summaries.append({"status": "failed", "error": f"{type(exc).__name__}: {exc}", "epochs": 0})
