@@ -72,8 +72,20 @@ class _LocalRuns:
     def __call__(self, cfg: RunConfig, simulate: bool) -> None:
         from .training import Trainer, train_many
 
+        from tqdm.auto import tqdm
+
+        t = cfg.train
+        label = f"{'sequential' if t.workers == 1 else t.strategy} n={t.workers}{' (simulated)' if simulate else ''}"
+
+        def show(record: dict) -> None:  # above the progress bar
+            tqdm.write(f"{label}: epoch {record['epoch']}/{t.epochs}  val {record['val_loss']:.6f}  "
+                       f"{record['time_s']:.1f} s")
+
         self.trainer = Trainer.for_config(cfg, simulate, reuse=self.trainer)
-        train_many([cfg], simulate=simulate, trainer=self.trainer)  # a failure is recorded; the sweep goes on
+        # a failure is recorded in the run's summary.json; the sweep goes on
+        summary, = train_many([cfg], simulate=simulate, callbacks=[show], trainer=self.trainer)
+        tqdm.write(f"{label}: {summary['status']}" + (f" in {summary['time_to_target_s']:.1f} s"
+                                                       if summary.get("time_to_target_s") and not simulate else ""))
 
 
 def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strategies.STRATEGIES,
