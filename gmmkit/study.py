@@ -41,6 +41,7 @@ class RunResult:
     predicted_s: Optional[float]  # from the perf model, at the epochs the run took to reach the target
     run_dir: str
     efficiency: float = math.nan
+    error: Optional[str] = None  # why a failed run failed (its own error, or the rank that ended its job)
 
     @property
     def time_s(self) -> Optional[float]:
@@ -52,15 +53,22 @@ def run_dir_for(out: Path, strategy: str, n: int) -> Path:
     return out / "runs" / f"{'sequential' if n == 1 else strategy}-n{n}"
 
 
-def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path) -> int:
-    """Train ``cfgs`` (all with ``n`` workers) one after another in one n-rank Horovod job; its exit code."""
+def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path) -> Optional[str]:
+    """Train ``cfgs`` (all with ``n`` workers) one after another in one n-rank Horovod job, its output in
+    ``log``. Returns None when the job ended well, else what ended it, e.g. "rank 1 (pid 4242 on ci) was
+    killed by SIGKILL" (mpirun then stops the other ranks, so the job never hangs)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    for cfg in cfgs:  # a run the job does not get to must not show an earlier sweep's result
+        (Path(cfg.out) / "summary.json").unlink(missing_ok=True)
     plan = log.with_suffix(".json")
     atomic_write_json(plan, [cfg.to_dict() for cfg in cfgs])
     cmd = launch.mpirun_command(n, [sys.executable, "-m", "gmmkit.study", "--batch", str(plan)])
     with open(log, "w") as fh:
-        return subprocess.run(cmd, env=launch.mpi_env(), stdout=fh, stderr=subprocess.STDOUT,
+        code = subprocess.run(cmd, env=launch.mpi_env(), stdout=fh, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL).returncode
+    if code == 0:
+        return None
+    return launch.rank_failure(log.read_text(errors="replace")) or f"the {n}-rank job exited with status {code}"
 
 
 class _LocalRuns:
@@ -122,15 +130,23 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
     for n in dict.fromkeys(n for _, n in grid):
         points = [(s, n, mode_of(s, n)) for s, m in grid if m == n]
         real = [config(s, n) for s, _, mode in points if mode == "real" and n > 1]
+        job_failure = None
         if real:  # one mpirun job trains all strategies of this n
             bar.set_postfix_str(f"n={n}: {len(real)} runs on {n} Horovod ranks")
-            run_real_batch(real, n, out / "logs" / f"real-n{n}.log")
+            log = out / "logs" / f"real-n{n}.log"
+            failure = run_real_batch(real, n, log)
+            if failure:
+                job_failure = f"{failure}; mpirun stopped the {n}-rank job before this run finished (see {log})"
+                tqdm.write(f"error: n={n}: {failure}; mpirun stopped the other ranks. The runs the job had not "
+                           f"finished are recorded as failed; see {log}", file=sys.stderr)
         for strategy, _, mode in points:
             cfg = config(strategy, n)
             if mode in ("simulated",) or (mode == "real" and n == 1):
                 bar.set_postfix_str(f"{strategy} n={n} ({mode})")
                 local(cfg, simulate=mode == "simulated")
-            results[(strategy, n)] = (collect(cfg, Path(cfg.out), mode, perf) if mode != "skipped" else
+            results[(strategy, n)] = (collect(cfg, Path(cfg.out), mode, perf,
+                                              job_failure if mode == "real" and n > 1 else None)
+                                      if mode != "skipped" else
                                       RunResult(strategy, n, "skipped", "skipped", 0, None, None, cfg.out))
             bar.update(1)
     bar.close()
@@ -179,18 +195,27 @@ def _epoch_time(perf: PerfModel, cfg: RunConfig) -> float:
     return perf.epoch_time(t.strategy, t.workers, t.batch_size, len(split.train), len(split.val))
 
 
-def collect(cfg: RunConfig, run_dir: Path, mode: str, perf: Optional[PerfModel]) -> RunResult:
-    """Read a finished run's summary and predict its wall time."""
+def collect(cfg: RunConfig, run_dir: Path, mode: str, perf: Optional[PerfModel],
+            job_failure: Optional[str] = None) -> RunResult:
+    """Read a finished run's summary and predict its wall time.
+
+    ``job_failure``: why the run's mpirun job ended early. A run it cut short has no summary; it is
+    recorded as failed for that reason, in its run directory too when the run had started."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
         summary = {"status": "failed", "epochs": len(read_jsonl(run_dir / "metrics.jsonl"))}
+        if job_failure:
+            summary["error"] = job_failure
+            if run_dir.is_dir():
+                atomic_write_json(run_dir / "summary.json", summary)
     t = cfg.train
     predicted = None
     if perf is not None and summary.get("status") == "reached_target":
         predicted = summary["epochs"] * _epoch_time(perf, cfg)
     return RunResult(t.strategy, t.workers, mode, summary.get("status", "failed"), int(summary.get("epochs", 0)),
-                     summary.get("time_to_target_s") if mode == "real" else None, predicted, str(run_dir))
+                     summary.get("time_to_target_s") if mode == "real" else None, predicted, str(run_dir),
+                     error=summary.get("error"))
 
 
 def add_efficiency(rows: Iterable[RunResult]) -> None:

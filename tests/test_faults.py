@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
@@ -77,6 +78,56 @@ def test_a_dying_rank_is_named_stops_the_job_and_the_run_resumes(tmp_path):
     assert [r["epoch"] for r in resumed] == list(range(1, len(finished) + 2))
     assert json.loads((run / "summary.json").read_text())["status"] == "max_epochs"
 
+
+
+@pytest.mark.mpi
+def test_a_dying_rank_in_a_sweep_fails_its_batch_and_the_sweep_goes_on(tmp_path):
+    out = tmp_path / "sweep"
+    cfg_file = tmp_path / "base.json"
+    base = tiny_config(tmp_path / "unused", epochs=6).replace(data={"size": 64, "val_size": 16, "train_size": 48})
+    cfg_file.write_text(base.to_json())
+    cmd = [sys.executable, "-m", "gmmkit", "sweep", "--config", str(cfg_file), "--strategies", "strong,lsr",
+           "--workers", "1,2,4", "--max-real", "2", "--simulate", "--no-calibrate", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    stderr_lines = []  # (arrival time, line)
+    reader = threading.Thread(target=lambda: stderr_lines.extend((time.monotonic(), ln) for ln in proc.stderr),
+                              daemon=True)
+    reader.start()
+    killed = out / "runs" / "strong-n2"  # the first run of the n = 2 job (strong, then lsr)
+    try:
+        deadline = time.monotonic() + 300
+        while len(read_jsonl(killed / "metrics.jsonl")) < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before the real runs"
+            time.sleep(0.1)
+        job = psutil.Process(proc.pid).children(recursive=True)  # mpirun and both ranks
+        victim, = _rank_processes(psutil.Process(proc.pid), "1")
+        victim.kill()
+        killed_at = time.monotonic()
+        stdout = proc.stdout.read()
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # reported within seconds, naming the rank; the sweep ends, saying runs failed
+    named = [t - killed_at for t, line in stderr_lines if "rank 1" in line and "SIGKILL" in line]
+    assert named and named[0] < 30, "".join(line for _, line in stderr_lines)
+    assert proc.returncode == 1
+    assert not [p for p in job if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # no rank left behind
+    # both runs of the job are failed, with the dead rank named; the killed one keeps its finished epochs
+    runs = {(r["strategy"], r["workers"]): r for r in json.loads((out / "results.json").read_text())["runs"]}
+    for strategy in ("strong", "lsr"):
+        assert runs[(strategy, 2)]["status"] == "failed" and "rank 1" in runs[(strategy, 2)]["error"]
+    finished = read_jsonl(killed / "metrics.jsonl")
+    assert 1 <= len(finished) < 6 and [r["epoch"] for r in finished] == list(range(1, len(finished) + 1))
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["status"] == "failed" and "SIGKILL" in summary["error"] and summary["epochs"] == len(finished)
+    assert "rank 1" in (out / "logs" / "real-n2.log").read_text()
+    # the sequential and simulated runs are intact
+    for key in (("strong", 1), ("lsr", 1), ("strong", 4), ("lsr", 4)):
+        assert runs[key]["status"] == "max_epochs" and runs[key]["epochs"] == 6, runs[key]
+        assert len(read_jsonl(os.path.join(runs[key]["run_dir"], "metrics.jsonl"))) == 6
+    assert "| 2 | real | failed |" in stdout and "| 4 | simulated | max_epochs |" in stdout
 
 def test_a_sweep_of_twenty_one_runs_leaks_no_processes_or_memory(tmp_path):
     from gmmkit import study

@@ -1,6 +1,8 @@
 """``gmmkit sweep``: the grid of strategies x worker counts, with tables and figures (paper Section VII)."""
 from __future__ import annotations
 
+import sys
+
 from ..cli import CLIError, add_run_flags, config_from_args
 from ..config import STRATEGIES
 
@@ -73,4 +75,10 @@ def run(args, parser) -> int:
                        perf=perf, target_epoch=args.target_epoch, trainer=trainer)
     print(study.format_tables(rows), flush=True)
     print(f"tables, results.json and figures in {args.out}", flush=True)
+    failed = {r.run_dir: r for r in rows if r.status == "failed"}  # n = 1 is one run shared by every strategy
+    if failed:
+        names = ", ".join(f"{'sequential' if r.workers == 1 else r.strategy} n={r.workers}" for r in failed.values())
+        print(f"gmmkit sweep: error: {len(failed)} run(s) failed ({names}); why is in {args.out}/results.json",
+              file=sys.stderr, flush=True)
+        return 1
     return 0
