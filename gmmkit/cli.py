@@ -7,7 +7,9 @@ files print one line naming them and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from . import __version__
@@ -17,6 +19,11 @@ from .errors import CLIError, ConfigError, InputError
 EXIT_BAD_INPUT = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors (unknown flag, bad number, unknown choice) in one line like gmmkit's own."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # --- flags -----------------------------------------------------------------------------------
@@ -55,9 +62,41 @@ def add_run_flags(p: argparse.ArgumentParser, out_default: str = "runs/latest") 
                    help="start from this config.json; flags given explicitly override it")
 
 
+def input_path(flag: str, path: str, kind: str = "file") -> Path:
+    """The ``path`` an input flag names, checked: an existing ``kind`` ("file" or "folder")."""
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"{flag} {path}: no such {kind}")
+    if p.is_dir() != (kind == "folder"):
+        raise CLIError(f"{flag} {path}: expected a {kind}, found a {'folder' if p.is_dir() else 'file'}")
+    return p
+
+
+def output_path(flag: str, path: str, kind: str = "folder") -> Path:
+    """The ``path`` an output flag names, checked without creating anything: a ``kind`` ("file" or
+    "folder") that exists or can be created, in a folder this process may write."""
+    p = Path(path).absolute()
+    existing = next(q for q in (p, *p.parents) if q.exists())
+    if existing == p:
+        if p.is_dir() != (kind == "folder"):
+            raise CLIError(f"{flag} {path}: expected a {kind}, found a {'folder' if p.is_dir() else 'file'}")
+        where = p if kind == "folder" else p.parent
+    elif not existing.is_dir():
+        raise CLIError(f"{flag} {path}: expected a {kind} that can be created, but {existing} is a file")
+    else:
+        where = existing
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path}: cannot write in {where} (permission denied)")
+    return p
+
+
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunConfig:
-    """A validated RunConfig from the flags (explicit flags override ``--config``)."""
-    base = RunConfig.load(args.config) if args.config else RunConfig()
+    """A validated RunConfig from the flags (explicit flags override ``--config``); its dataset exists and
+    its output folder can be written."""
+    try:
+        base = RunConfig.load(args.config) if args.config else RunConfig()
+    except ConfigError as exc:
+        raise CLIError(f"--config {exc}") from None
     explicit = {a.dest for a in parser._actions if a.dest in vars(args)
                 and getattr(args, a.dest) != parser.get_default(a.dest)}
 
@@ -80,9 +119,13 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             raw["train"][key] = pick(dest, base.train.__dict__[key])
     raw["out"] = pick("out", base.out)
     try:
-        return RunConfig.from_dict(raw)
+        cfg = RunConfig.from_dict(raw)
     except ConfigError as exc:
         raise CLIError(_flag_name(str(exc))) from None
+    if cfg.data.dataset != "phantoms":
+        input_path("--dataset", cfg.data.dataset)
+    output_path("--out", cfg.out)
+    return cfg
 
 
 _FLAG_OF_FIELD = {
@@ -112,7 +155,7 @@ COMMANDS = ("train", "sweep", "lr-find", "demo", "stop", "prepare-luna", "synthe
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="gmmkit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="gmmkit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"gmmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

@@ -49,7 +49,7 @@ class DataConfig:
         _int("data.cube", self.cube)
         if self.cube < MIN_CUBE:
             _fail("data.cube", f"at least {MIN_CUBE} (the encoder's receptive field is 15 voxels)", self.cube)
-        _int("data.seed", self.seed)
+        _non_negative_int("data.seed", self.seed)
         if self.dataset == "phantoms":
             need = self.val_size + (self.train_size or 1)
             if self.size < need:
@@ -107,10 +107,8 @@ class TrainConfig:
         _positive_int("train.epochs", self.epochs)
         if self.target_loss is not None:
             _positive_float("train.target_loss", self.target_loss)
-        _int("train.warmup_epochs", self.warmup_epochs)
-        if self.warmup_epochs < 0:
-            _fail("train.warmup_epochs", "0 or more", self.warmup_epochs)
-        _int("train.seed", self.seed)
+        _non_negative_int("train.warmup_epochs", self.warmup_epochs)
+        _non_negative_int("train.seed", self.seed)
         if self.threads is not None:
             _positive_int("train.threads", self.threads)
         if self.strategy == "strong" and self.workers > self.batch_size:
@@ -208,6 +206,12 @@ def _fail(name: str, expected: str, received: Any) -> None:
 def _int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         _fail(name, "an integer", value)
+
+
+def _non_negative_int(name: str, value: Any) -> None:
+    _int(name, value)
+    if value < 0:
+        _fail(name, "0 or more", value)
 
 
 def _positive_int(name: str, value: Any) -> None:

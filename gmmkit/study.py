@@ -77,7 +77,7 @@ class _LocalRuns:
     def __init__(self, trainer=None):
         self.trainer = trainer
 
-    def __call__(self, cfg: RunConfig, simulate: bool) -> None:
+    def __call__(self, cfg: RunConfig, simulate: bool) -> dict:
         from .training import Trainer, train_many
 
         from tqdm.auto import tqdm
@@ -93,7 +93,9 @@ class _LocalRuns:
         # a failure is recorded in the run's summary.json; the sweep goes on
         summary, = train_many([cfg], simulate=simulate, callbacks=[show], trainer=self.trainer)
         tqdm.write(f"{label}: {summary['status']}" + (f" in {summary['time_to_target_s']:.1f} s"
-                                                       if summary.get("time_to_target_s") and not simulate else ""))
+                                                       if summary.get("time_to_target_s") and not simulate else "")
+                   + (f" ({summary['error']})" if summary.get("error") else ""))
+        return summary
 
 
 def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strategies.STRATEGIES,
@@ -141,12 +143,11 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
                            f"finished are recorded as failed; see {log}", file=sys.stderr)
         for strategy, _, mode in points:
             cfg = config(strategy, n)
+            failure = job_failure if mode == "real" and n > 1 else None
             if mode in ("simulated",) or (mode == "real" and n == 1):
                 bar.set_postfix_str(f"{strategy} n={n} ({mode})")
-                local(cfg, simulate=mode == "simulated")
-            results[(strategy, n)] = (collect(cfg, Path(cfg.out), mode, perf,
-                                              job_failure if mode == "real" and n > 1 else None)
-                                      if mode != "skipped" else
+                failure = local(cfg, simulate=mode == "simulated").get("error")
+            results[(strategy, n)] = (collect(cfg, Path(cfg.out), mode, perf, failure) if mode != "skipped" else
                                       RunResult(strategy, n, "skipped", "skipped", 0, None, None, cfg.out))
             bar.update(1)
     bar.close()
@@ -196,17 +197,18 @@ def _epoch_time(perf: PerfModel, cfg: RunConfig) -> float:
 
 
 def collect(cfg: RunConfig, run_dir: Path, mode: str, perf: Optional[PerfModel],
-            job_failure: Optional[str] = None) -> RunResult:
+            failure: Optional[str] = None) -> RunResult:
     """Read a finished run's summary and predict its wall time.
 
-    ``job_failure``: why the run's mpirun job ended early. A run it cut short has no summary; it is
-    recorded as failed for that reason, in its run directory too when the run had started."""
+    ``failure``: why the run may have ended without a summary (its mpirun job died, or it was refused
+    before it started). Such a run is recorded as failed for that reason, in its run directory too when
+    it has one."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
         summary = {"status": "failed", "epochs": len(read_jsonl(run_dir / "metrics.jsonl"))}
-        if job_failure:
-            summary["error"] = job_failure
+        if failure:
+            summary["error"] = failure
             if run_dir.is_dir():
                 atomic_write_json(run_dir / "summary.json", summary)
     t = cfg.train
@@ -277,7 +279,7 @@ def _main(argv=None) -> int:
     summaries = train_many(cfgs)
     for cfg, summary in zip(cfgs, summaries if launcher_rank() == 0 else []):
         print(f"{cfg.train.strategy} n={cfg.train.workers}: {summary['status']} after {summary.get('epochs')} "
-              f"epochs", flush=True)
+              f"epochs" + (f" ({summary['error']})" if summary.get("error") else ""), flush=True)
     return 0
 
 

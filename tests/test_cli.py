@@ -2,33 +2,114 @@
 import numpy as np
 import pytest
 
-from gmmkit.cli import main
+from gmmkit.cli import COMMANDS, build_parser, main
 
-
-@pytest.mark.parametrize("argv,named", [
-    (["train", "--components", "0"], "--components"),
-    (["train", "--cube", "8"], "--cube"),
+# One bad value per flag of every subcommand: (argv, the flag its one-line error must name). In the working
+# folder, `file` is a file where a folder would have to be created, `a.csv` an annotations file and `run`
+# a run directory (config.json only). The flags of add_run_flags are checked under each command using them.
+RUN_FLAGS = [
+    ("--dataset", "cubes.csv"), ("--dataset", "missing.npz"), ("--phantoms", "0"), ("--train-size", "0"),
+    ("--val-size", "0"), ("--cube", "8"), ("--components", "0"), ("--batch-size", "0"), ("--lr", "-1"),
+    ("--epochs", "0"), ("--target-loss", "-1"), ("--target-loss", "abc"), ("--warmup-epochs", "-1"),
+    ("--seed", "-1"), ("--threads", "0"), ("--out", "file/run"), ("--out", "file"), ("--config", "missing.json"),
+]
+LUNA = ["prepare-luna", "--scans", ".", "--annotations", "a.csv"]
+SYNTH = ["synthesize", "--run", "run", "--out", "new"]
+BAD_FLAGS = [
+    *[([command, flag, value], flag) for command in ("train", "sweep", "lr-find") for flag, value in RUN_FLAGS],
+    (["train", "--phantoms", "40", "--val-size", "8", "--train-size", "4", "--batch-size", "8", "--components", "2",
+      "--threads", "1"], "--train-size"),  # fewer training cubes than one batch: refused before the run starts
+    (["frobnicate"], "COMMAND"),
     (["train", "--workers", "64"], "--workers"),
-    (["train", "--lr", "-1"], "--lr"),
-    (["train", "--epochs", "0"], "--epochs"),
-    (["train", "--dataset", "cubes.csv"], "--dataset"),
+    (["train", "--workers", "0"], "--workers"),
+    (["train", "--strategy", "fast"], "--strategy"),
+    (["train", "--launcher", "srun"], "--launcher"),
     (["sweep", "--workers", "2,4"], "--workers"),
+    (["sweep", "--workers", "1,two"], "--workers"),
     (["sweep", "--strategies", "strong,fast"], "--strategies"),
+    (["sweep", "--max-real", "0"], "--max-real"),
+    (["sweep", "--target-epoch", "0"], "--target-epoch"),
+    (["lr-find", "--lr-min", "0"], "--lr-min"),
+    (["lr-find", "--lr-max", "inf"], "--lr-max"),
+    (["lr-find", "--steps", "1"], "--steps"),
+    (["demo", "--out", "file/demo"], "--out"),
+    (["demo", "--target-epoch", "0"], "--target-epoch"),
+    (["demo", "--epochs", "0"], "--epochs"),
+    (["stop", "nowhere"], "RUN_DIR"),
+    (["prepare-luna", "--scans", "nowhere", "--annotations", "a.csv", "--out", "cubes.npz"], "--scans"),
+    (["prepare-luna", "--dicom", "a.csv", "--annotations", "a.csv", "--out", "cubes.npz"], "--dicom"),
+    (["prepare-luna", "--scans", ".", "--dicom", ".", "--annotations", "a.csv", "--out", "cubes.npz"], "--dicom"),
+    (["prepare-luna", "--scans", ".", "--annotations", "missing.csv", "--out", "cubes.npz"], "--annotations"),
+    ([*LUNA, "--out", "cubes.txt"], "--out"),
+    ([*LUNA, "--out", "file/cubes.npz"], "--out"),
+    ([*LUNA, "--out", "cubes.npz", "--cube", "8"], "--cube"),
+    ([*LUNA, "--out", "cubes.npz", "--spacing", "0"], "--spacing"),
+    ([*LUNA, "--out", "cubes.npz", "--spacing", "inf"], "--spacing"),
+    ([*LUNA, "--out", "cubes.npz", "--jobs", "0"], "--jobs"),
+    (["synthesize", "--run", "nowhere", "--out", "new"], "--run"),
+    (["synthesize", "--run", "run", "--out", "file/new"], "--out"),
+    ([*SYNTH, "--n", "0"], "--n"),
+    ([*SYNTH, "--size", "0"], "--size"),
+    ([*SYNTH, "--method", "dream"], "--method"),
+    ([*SYNTH, "--format", "png"], "--format"),
+    ([*SYNTH, "--seed", "-1"], "--seed"),
+    ([*SYNTH, "--from", "missing.npz"], "--from"),
+    ([*SYNTH, "--spacing", "inf"], "--spacing"),
+    ([*SYNTH, "--gallery", "-1"], "--gallery"),
+    ([*SYNTH, "--mean-jitter", "-1"], "--mean-jitter"),
+    ([*SYNTH, "--sigma-jitter", "nan"], "--sigma-jitter"),
+    ([*SYNTH, "--concentration", "inf"], "--concentration"),
+    ([*SYNTH, "--method", "sample", "--groups", "0"], "--groups"),
+    ([*SYNTH, "--method", "sample", "--temperature", "-1"], "--temperature"),
     (["bench", "--json", "out.txt"], "--json"),
-    (["prepare-luna", "--scans", "x", "--annotations", "a.csv", "--out", "cubes.txt"], "--out"),
-])
+    (["bench", "--json", "file/bench.json"], "--json"),
+]
+
+# Flags that have no bad value: on/off switches, --help and --version. A flag added later must get a row
+# in BAD_FLAGS or an entry here (test_every_flag_has_a_bad_value_test).
+NO_BAD_VALUE = {
+    ("gmmkit", "--help"), ("gmmkit", "--version"), *((command, "--help") for command in COMMANDS),
+    ("train", "--simulate"), ("train", "--resume"), ("sweep", "--simulate"), ("sweep", "--no-calibrate"),
+    ("prepare-luna", "--no-progress"), ("synthesize", "--hu"), ("synthesize", "--no-progress"),
+    ("bench", "--quick"),
+}
+
+
+def _files(root):
+    return {p.relative_to(root): (p.read_bytes() if p.is_file() else None) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("argv,named", BAD_FLAGS, ids=[" ".join(argv) for argv, _ in BAD_FLAGS])
 def test_bad_flags_name_the_flag_and_exit_2(argv, named, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(argv) == 2
+    (tmp_path / "file").write_text("in the way\n")
+    (tmp_path / "a.csv").write_text("seriesuid,coordX,coordY,coordZ\n1.2.3,0,0,0\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    before = _files(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own checks: numbers, choices, required and exclusive flags
+        code = exc.code
     err = capsys.readouterr().err.strip()
-    assert named in err and len(err.splitlines()) == 1, err
-    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert code == 2 and len(err.splitlines()) == 1 and named in err, err
+    assert _files(tmp_path) == before  # nothing written
 
 
-def test_unknown_strategy_is_refused_by_the_parser(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--strategy", "fast"])
-    assert exc.value.code == 2 and "--strategy" in capsys.readouterr().err
+def _flags(parser):
+    """(command, flag) for every option of gmmkit and of each subcommand; a positional by its metavar."""
+    found = {("gmmkit", a.option_strings[-1] if a.option_strings else a.metavar) for a in parser._actions}
+    for command, sub in parser._subparsers._group_actions[0].choices.items():
+        found |= {(command, a.option_strings[-1] if a.option_strings else a.metavar) for a in sub._actions}
+    return found
+
+
+def test_every_flag_has_a_bad_value_test():
+    flags = _flags(build_parser())
+    tested = {(argv[0] if argv[0] in COMMANDS else "gmmkit", named) for argv, named in BAD_FLAGS}
+    assert flags - tested - NO_BAD_VALUE == set(), "flags with neither a row in BAD_FLAGS nor one in NO_BAD_VALUE"
+    assert (tested | NO_BAD_VALUE) - flags == set(), "rows for flags that do not exist"
+    assert tested & NO_BAD_VALUE == set()
 
 
 @pytest.mark.parametrize("cubes,problem", [

@@ -1,7 +1,7 @@
 """``gmmkit bench``: the performance figures of this machine, measured in one run (see gmmkit.bench)."""
 from __future__ import annotations
 
-from ..cli import CLIError
+from ..cli import CLIError, output_path
 
 
 def register(sub) -> None:
@@ -14,6 +14,8 @@ def register(sub) -> None:
 def run(args, parser) -> int:
     if args.json is not None and not str(args.json).endswith(".json"):
         raise CLIError(f"--json: expected a file name ending in .json, received {args.json!r}")
+    if args.json is not None:
+        output_path("--json", args.json, "file")  # before minutes of measuring, not after
     from .. import bench
     from ..io import atomic_write_json
 

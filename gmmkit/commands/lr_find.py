@@ -1,6 +1,8 @@
 """``gmmkit lr-find``: a learning-rate range test to find the largest rate that still converges."""
 from __future__ import annotations
 
+import math
+
 from ..cli import CLIError, add_run_flags, config_from_args
 
 
@@ -16,6 +18,8 @@ def register(sub) -> None:
 def run(args, parser) -> int:
     if not 0 < args.lr_min < args.lr_max:
         raise CLIError(f"--lr-min/--lr-max: expected 0 < lr-min < lr-max, received {args.lr_min}, {args.lr_max}")
+    if not math.isfinite(args.lr_max):
+        raise CLIError(f"--lr-max: expected a finite number, received {args.lr_max}")
     if args.steps < 2:
         raise CLIError(f"--steps: expected at least 2, received {args.steps}")
     cfg = config_from_args(args, parser)

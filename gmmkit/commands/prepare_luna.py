@@ -8,9 +8,10 @@ outside their scan, are skipped with a warning; an unreadable scan stops with an
 """
 from __future__ import annotations
 
+import math
 import sys
 
-from ..cli import CLIError
+from ..cli import CLIError, input_path, output_path
 from ..config import MIN_CUBE
 
 
@@ -36,13 +37,19 @@ def run(args, parser) -> int:
 
     if args.cube < MIN_CUBE:
         raise CLIError(f"--cube: expected at least {MIN_CUBE} (the encoder's receptive field), received {args.cube}")
-    if not args.spacing > 0:
+    if not (math.isfinite(args.spacing) and args.spacing > 0):
         raise CLIError(f"--spacing: expected a positive number of mm, received {args.spacing}")
     if args.jobs < 1:
         raise CLIError(f"--jobs: expected a positive integer, received {args.jobs}")
     if not str(args.out).endswith(".npz"):
         raise CLIError(f"--out: expected a file name ending in .npz (gmmkit train --dataset needs one), "
                        f"received {args.out!r}")
+    if args.scans is not None:
+        input_path("--scans", args.scans, "folder")
+    if args.dicom is not None:
+        input_path("--dicom", args.dicom, "folder")
+    input_path("--annotations", args.annotations)
+    output_path("--out", args.out, "file")
     prepared = prepare_luna(args.annotations, scans=args.scans, dicom=args.dicom, cube=args.cube,
                             spacing_mm=args.spacing, jobs=args.jobs, progress=not args.no_progress)
     for line in prepared.warnings():

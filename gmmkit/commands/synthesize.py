@@ -9,7 +9,10 @@ manifest.json to --out.
 """
 from __future__ import annotations
 
-from ..cli import CLIError
+import math
+from pathlib import Path
+
+from ..cli import CLIError, input_path, output_path
 from ..errors import InputError
 
 
@@ -49,24 +52,31 @@ def run(args, parser) -> int:
         raise CLIError(f"--n: expected a positive number of nodules, received {args.n}")
     if args.size is not None and args.size < 1:
         raise CLIError(f"--size: expected a positive number of voxels, received {args.size}")
-    if args.spacing is not None and not args.spacing > 0:
+    if args.spacing is not None and not (math.isfinite(args.spacing) and args.spacing > 0):
         raise CLIError(f"--spacing: expected a positive number of mm, received {args.spacing}")
     if args.gallery < 0:
         raise CLIError(f"--gallery: expected 0 or more rows, received {args.gallery}")
     if args.method == "perturb":
         for flag, value in (("--mean-jitter", args.mean_jitter), ("--sigma-jitter", args.sigma_jitter)):
-            if not value >= 0:
-                raise CLIError(f"{flag}: expected a number >= 0, received {value}")
-        if not args.concentration > 0:
-            raise CLIError(f"--concentration: expected a positive number, received {args.concentration}")
+            if not (math.isfinite(value) and value >= 0):
+                raise CLIError(f"{flag}: expected a finite number >= 0, received {value}")
+        if not (math.isfinite(args.concentration) and args.concentration > 0):
+            raise CLIError(f"--concentration: expected a positive finite number, received {args.concentration}")
         options = {"mean_jitter": args.mean_jitter, "sigma_jitter": args.sigma_jitter,
                    "concentration": args.concentration}
     else:
         if args.groups < 1:
             raise CLIError(f"--groups: expected a positive integer, received {args.groups}")
-        if not args.temperature >= 0:
-            raise CLIError(f"--temperature: expected a number >= 0, received {args.temperature}")
+        if not (math.isfinite(args.temperature) and args.temperature >= 0):
+            raise CLIError(f"--temperature: expected a finite number >= 0, received {args.temperature}")
         options = {"groups": args.groups, "temperature": args.temperature}
+    if args.seed < 0:
+        raise CLIError(f"--seed: expected 0 or more, received {args.seed}")
+    if not (Path(args.run) / "config.json").is_file():
+        raise CLIError(f"--run {args.run}: not a gmmkit run directory (no config.json)")
+    if args.source is not None:
+        input_path("--from", args.source)
+    output_path("--out", args.out)
     try:
         result = synthesize(args.run, args.out, n=args.n, size=args.size, method=args.method, format=args.format,
                             seed=args.seed, source=args.source, spacing_mm=args.spacing, hu=args.hu,

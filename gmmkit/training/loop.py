@@ -19,6 +19,7 @@ from tensorflow import keras
 from .. import distributed, model as model_lib, strategies
 from ..config import RunConfig
 from ..data import load_split
+from ..errors import ConfigError
 from .rundir import RunDir
 
 EVAL_BATCH = 256
@@ -68,6 +69,17 @@ class Trainer:
         # the update plan is computed for the configured worker count even when simulated on one process
         strategies.plan(t.strategy, t.workers, t.batch_size, t.lr)  # validates strategy x workers x batch
         self.cfg, self.simulate = cfg, simulate
+
+    def steps_per_epoch(self) -> int:
+        """Whole global batches in the training split; a split smaller than one global batch is refused."""
+        t = self.cfg.train
+        batch = strategies.global_batch(t.strategy, t.workers, t.batch_size)
+        steps = strategies.steps_per_epoch(len(self.data.train), batch)
+        if steps == 0:
+            raise ConfigError(f"--train-size (data.train_size): expected at least one global batch of {batch} "
+                              f"samples (--batch-size {t.batch_size}, {t.strategy} scaling with {t.workers} "
+                              f"workers), received {len(self.data.train)}")
+        return steps
 
     # --- reuse across runs -------------------------------------------------------------------
     @staticmethod
@@ -177,10 +189,7 @@ class Trainer:
 
         n_train = len(self.data.train)
         first = strategies.plan(t.strategy, t.workers, t.batch_size, t.lr, 0.0, t.warmup_epochs)
-        steps = strategies.steps_per_epoch(n_train, first.global_batch)
-        if steps == 0:
-            raise ValueError(f"--train-size {n_train}: smaller than one global batch of {first.global_batch} "
-                             f"({t.strategy} scaling with {t.workers} workers)")
+        steps = self.steps_per_epoch()
         summary = {"status": "running", "strategy": t.strategy, "workers": t.workers, "backend": ctx.backend,
                    "simulated": self.simulate, "time_to_target_s": None, "epochs": start_epoch,
                    "best_val_loss": None, "final_val_loss": None, "target_loss": t.target_loss,
@@ -266,6 +275,7 @@ def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool 
         else:
             trainer = Trainer(cfg, ctx=ctx if ctx is not None else getattr(trainer, "ctx", None),
                               simulate=simulate)
+        trainer.steps_per_epoch()  # refuse a training split smaller than one batch before writing anything
         prepared = RunDir(cfg.out, chief=trainer.ctx.is_chief)
         prepared.prepare(cfg, resume=resume)
         run = prepared  # from here on a failure is recorded in the run's summary
