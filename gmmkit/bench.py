@@ -45,14 +45,21 @@ def bench_config(components: int = 50, cube: int = 16, train_size: int = 256) ->
 
 # --- analytic FLOPs ------------------------------------------------------------------------
 
+def _conv_flops(cfg: RunConfig) -> list:
+    """Forward FLOPs of each Conv3D of the encoder, for one sample."""
+    size, channels, flops = cfg.data.cube, 1, []
+    for k in KERNELS:
+        size -= k - 1
+        flops.append(2.0 * size ** 3 * k ** 3 * channels * cfg.model.filters)
+        channels = cfg.model.filters
+    return flops
+
+
 def forward_flops(cfg: RunConfig) -> float:
     """Floating-point operations of one sample's forward pass (a multiply-add counts 2)."""
     s, f, k_mix, latent = cfg.data.cube, cfg.model.filters, cfg.model.components, cfg.model.latent
-    flops, size, channels = 0.0, s, 1
-    for k in KERNELS:
-        size -= k - 1
-        flops += 2.0 * size ** 3 * k ** 3 * channels * f
-        channels = f
+    size = s - sum(k - 1 for k in KERNELS)
+    flops = sum(_conv_flops(cfg))
     flops += 2.0 * size ** 3 * f * latent  # dense latent
     flops += 2.0 * latent * 10 * k_mix  # heads: alpha K, mu 3K, sigma 3K, correlations 3K
     flops += 2.0 * k_mix * 10 * s ** 3 + 2.0 * k_mix * s ** 3  # renderer: quadratic features, exp and sum
@@ -60,8 +67,9 @@ def forward_flops(cfg: RunConfig) -> float:
 
 
 def train_flops(cfg: RunConfig) -> float:
-    """One sample's training step: forward plus backward, the usual 3 x forward."""
-    return 3.0 * forward_flops(cfg)
+    """One sample's training step: forward plus backward (gradients of weights and of inputs), 3 x forward,
+    less the first convolution's input gradient, which nothing needs (its input is the data)."""
+    return 3.0 * forward_flops(cfg) - _conv_flops(cfg)[0]
 
 
 # --- single-process measurements ----------------------------------------------------------
@@ -219,6 +227,13 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     return result
 
 
+def onednn_enabled() -> bool:
+    """Whether this process's TensorFlow runs its CPU kernels through oneDNN (see gmmkit/__init__.py)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def machine() -> dict:
     from .launch import available_cores
 
@@ -234,6 +249,7 @@ def machine() -> dict:
 
         info["tensorflow"], info["horovod"] = tf.__version__, horovod.__version__
         info["gpus"] = len(tf.config.list_physical_devices("GPU"))
+        info["onednn"] = onednn_enabled()
     except ImportError:
         pass
     return info
