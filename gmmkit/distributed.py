@@ -72,9 +72,6 @@ class LocalContext:
     def broadcast_variables(self, variables: Sequence[tf.Variable]) -> None:
         pass
 
-    def broadcast_flag(self, flag: bool) -> bool:
-        return bool(flag)
-
 
 class HorovodContext:
     """One rank of a Horovod job."""
@@ -102,10 +99,6 @@ class HorovodContext:
 
     def broadcast_variables(self, variables: Sequence[tf.Variable]) -> None:
         self.hvd.broadcast_variables(list(variables), root_rank=0)
-
-    def broadcast_flag(self, flag: bool) -> bool:
-        """Rank 0's ``flag`` on every rank (e.g. 'the user asked to stop')."""
-        return bool(self.sum(np.array([float(flag) if self.is_chief else 0.0]))[0] > 0)
 
 
 def init(threads: int | None = None, use_horovod: bool | None = None):

@@ -68,11 +68,11 @@ def time_steps(trainer, batch: int, repeats: int) -> list[float]:
     The trainer's weights move: reset it before a run."""
     x = trainer.data.train
     xb = x[:batch] if len(x) >= batch else np.resize(x, (batch, *x.shape[1:]))
-    trainer._train_step(xb, float(batch))
+    trainer.step(xb, batch)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        trainer._train_step(xb, float(batch))
+        trainer.step(xb, batch)
         times.append(time.perf_counter() - t0)
     return times
 

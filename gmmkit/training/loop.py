@@ -118,19 +118,27 @@ class Trainer:
     # --- compiled steps ------------------------------------------------------------------------
     def _make_train_step(self):
         model, optimizer, ctx, s = self.model, self.optimizer, self.ctx, self.cfg.data.cube
-        spec = [tf.TensorSpec((None, s, s, s), tf.float32), tf.TensorSpec((), tf.float32)]
+        spec = [tf.TensorSpec((None, s, s, s), tf.float32), tf.TensorSpec((), tf.float32),
+                tf.TensorSpec((), tf.float32)]
 
         @tf.function(input_signature=spec)
-        def train_step(x, global_batch):
+        def train_step(x, global_batch, stop):
             with tf.GradientTape() as tape:
                 per_sample = model_lib.per_sample_msle(x, model(x, training=True))
                 loss_sum = tf.reduce_sum(per_sample)
                 scaled = loss_sum / global_batch
-            grads = ctx.sum_gradients(tape.gradient(scaled, model.trainable_variables))
+            # the stop vote rides in the gradients' allreduce: no collective of its own on every step
+            *grads, stop = ctx.sum_gradients([*tape.gradient(scaled, model.trainable_variables), stop])
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return loss_sum
+            return loss_sum, stop
 
         return train_step
+
+    def step(self, x: np.ndarray, global_batch: int, stop: bool = False) -> tuple[float, bool]:
+        """One optimiser step on this rank's samples ``x`` of a ``global_batch``: returns this rank's loss sum
+        and whether any rank voted ``stop`` (every rank gets the same answer, after the same step)."""
+        loss_sum, votes = self._train_step(x, float(global_batch), float(stop))
+        return float(loss_sum), float(votes) > 0
 
     def _make_eval_step(self):
         model, s = self.model, self.cfg.data.cube
@@ -147,8 +155,8 @@ class Trainer:
         if self._warm:
             return
         weights, moments = self.state()
-        self._train_step(self.data.train[:max(share, 1)], float(global_batch))
-        self._eval_step(self.data.val[:min(len(self.data.val), EVAL_BATCH)])
+        self.step(self.data.train[:max(share, 1)], global_batch)
+        self.validation_loss()  # this rank's own shard shapes: oneDNN builds its kernels per input shape
         self.restore({"weights": weights, "optimizer": moments})
         self._warm = True
 
@@ -214,9 +222,10 @@ class Trainer:
                 else:
                     idx = strategies.worker_indices(perm, p, step, ctx.rank)
                 self.optimizer.learning_rate.assign(p.lr)
-                loss_sum += float(self._train_step(self.data.train[np.sort(idx)], float(p.global_batch)))
-                if ctx.broadcast_flag(bool(stop) or (ctx.is_chief and run.stop_requested())):
-                    stopped = True
+                asked = ctx.is_chief and (bool(stop) or run.stop_requested())
+                loss, stopped = self.step(self.data.train[np.sort(idx)], p.global_batch, stop=asked)
+                loss_sum += loss
+                if stopped:
                     break
             if stopped:
                 summary["status"] = "stopped"
