@@ -18,8 +18,12 @@ test: $(READY)
 lab: $(READY)
 	$(BIN)/jupyter lab notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
+# The growth curves as HTML, and as a PNG for RESULTS.md when Debian's chromium is there to render it.
 bench: $(READY)
-	$(BIN)/gmmkit bench --json benchmarks/results.json
+	$(BIN)/gmmkit bench --json benchmarks/results.json --plot benchmarks/growth.html
+	command -v chromium >/dev/null && chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
+		--window-size=1120,780 --virtual-time-budget=10000 --screenshot=benchmarks/growth.png \
+		file://$(CURDIR)/benchmarks/growth.html || true
 
 clean:
 	rm -rf runs .pytest_cache

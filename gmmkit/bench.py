@@ -9,10 +9,12 @@ key                         what it is
                             of a dense float32 matmul, same process, same thread count
 ``allreduce_vs_mpi``        Horovod allreduce throughput over a plain mpi4py ``Allreduce`` of the same
                             buffer (the model's gradient bytes), 2 ranks
-``strong_efficiency_n2``    one epoch, 1 worker over 2 Horovod workers (1 thread each): T1 / (2 T2)
+``strong_efficiency_n2``    one epoch, 1 worker over 2 Horovod workers (1 thread each): T1 / (2 T2),
+                            each T the median of three epochs
 ``growth``                  step time against K and cube size, epoch time against the data set size,
                             and the fitted T(n) = Ts + Tp/n + c log2(n) predicted out to 32 workers
-``notebook_latency_s``      from Start on the dashboard to the first streamed epoch
+``notebook_latency_s``      from Start on the dashboard to the first streamed epoch, 2 MPI engines
+                            started beforehand (``notebook_latency``: also later Starts, warm)
 ==========================  ===========================================================================
 
 Multi-rank figures run as ``mpirun -np N python -m gmmkit.bench --probe ...`` jobs that print one JSON
@@ -103,13 +105,14 @@ def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
     return 2.0 * n ** 3 / float(np.median(times))
 
 
-def epoch_time(cfg: RunConfig, out: str, trainer=None) -> Optional[float]:
-    """Seconds of one training epoch with a traced model (on every rank of a Horovod job: the trainer's)."""
+def epoch_times(cfg: RunConfig, out: str, trainer=None, epochs: int = 1) -> list[float]:
+    """Seconds of each of ``epochs`` training epochs with a traced model (in a Horovod job: on rank 0)."""
     from .training import train
 
     records = []
-    train(cfg.replace(train={"epochs": 1}, out=out), callbacks=[records.append], trainer=trainer or _trainer(cfg))
-    return float(records[0]["epoch_time_s"]) if records else None
+    train(cfg.replace(train={"epochs": epochs}, out=out), callbacks=[records.append],
+          trainer=trainer or _trainer(cfg))
+    return [float(r["epoch_time_s"]) for r in records]
 
 
 # --- multi-rank probes ----------------------------------------------------------------------
@@ -142,8 +145,9 @@ def _probe_allreduce(nbytes: int, repeats: int) -> dict:
     return {"horovod_s": hvd_s, "mpi_s": mpi_s, "bytes": nbytes, "ranks": comm.Get_size()}
 
 
-def _probe_epoch(cfg_json: str) -> dict:
-    """In a Horovod job of n ranks: one strong-scaling epoch of the config, timed on a traced model."""
+def _probe_epoch(cfg_json: str, epochs: int = 3) -> dict:
+    """In a Horovod job of n ranks: strong-scaling epochs of the config on a traced model; the median epoch
+    (this shared machine's noise moves single epochs by 10 % and more)."""
     import tempfile
 
     from . import distributed
@@ -152,8 +156,41 @@ def _probe_epoch(cfg_json: str) -> dict:
     ctx = distributed.init(1)
     cfg = RunConfig.from_json(cfg_json).replace(train={"workers": ctx.size, "strategy": "strong"})
     with tempfile.TemporaryDirectory() as tmp:
-        seconds = epoch_time(cfg.replace(out=tmp), tmp, Trainer(cfg, ctx=ctx))
-    return {"epoch_time_s": seconds, "ranks": ctx.size}
+        times = epoch_times(cfg.replace(out=tmp), tmp, Trainer(cfg, ctx=ctx), epochs)
+    return {"epoch_time_s": float(np.median(times)) if times else None, "epochs_s": times, "ranks": ctx.size}
+
+
+# --- the notebook path ---------------------------------------------------------------------
+
+def notebook_latency(cfg: RunConfig, workers: int = 2, starts: int = 2, timeout: float = 300) -> dict:
+    """Seconds from Start on a :class:`~gmmkit.widgets.Dashboard` to its first streamed epoch, on an
+    :class:`~gmmkit.cluster.MPICluster` of ``workers`` engines started beforehand (as a notebook's earlier
+    cell does). The first Start pays the engines' imports and tracing; later ones find them warm. Each run
+    is stopped after its first epoch. ``epoch_time_s``: that epoch's own training time, for comparison."""
+    import tempfile
+
+    from .cluster import MPICluster
+    from .widgets import Dashboard
+
+    latencies, epochs = [], []
+    with MPICluster(n=workers) as cluster, tempfile.TemporaryDirectory(prefix="gmmkit-latency-") as tmp:
+        dash = Dashboard(cluster, base=cfg.replace(train={"workers": workers, "target_loss": None}), out=tmp,
+                         viewer=False, poll_interval=0.02)
+        for _ in range(starts):
+            run = dash.start()
+            deadline = time.monotonic() + timeout
+            while run.first_epoch_s is None and not run.finished.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if run.first_epoch_s is None:
+                dash.stop()
+                raise RuntimeError(f"notebook latency: no epoch streamed within {timeout} s "
+                                   f"({run.error or 'still running'})")
+            latencies.append(run.first_epoch_s)
+            epochs.append(run.records[0]["epoch_time_s"])
+            dash.stop()
+            dash.wait(timeout=timeout)
+    return {"first_start_s": latencies[0], "later_starts_s": latencies[1:], "epoch_time_s": epochs,
+            "workers": workers}
 
 
 # --- the whole benchmark --------------------------------------------------------------------
@@ -197,7 +234,7 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     by_size = {}
     for n in sizes:
         cfg = bench_config(50, train_size=n)
-        by_size[n] = epoch_time(cfg, os.path.join(tmp, f"size-{n}"), _trainer(cfg))
+        by_size[n] = epoch_times(cfg, os.path.join(tmp, f"size-{n}"), _trainer(cfg))[0]
 
     progress("wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
     perf = calibrate(bench_config(50, train_size=sizes[-1]), ranks=2, trainer=base)
@@ -209,10 +246,10 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
 
     progress("one epoch on 1 and 2 Horovod workers ...")
     cfg = bench_config(50, train_size=sizes[-1])
-    t1 = run_probe(1, "--probe", "epoch", "--config", cfg.to_json())["epoch_time_s"]
-    t2 = run_probe(2, "--probe", "epoch", "--config", cfg.to_json())["epoch_time_s"]
-    result["strong_efficiency_n2"] = t1 / (2 * t2)
-    result["epoch_s"] = {"1": t1, "2": t2}
+    probes = {n: run_probe(n, "--probe", "epoch", "--config", cfg.to_json()) for n in (1, 2)}
+    result["strong_efficiency_n2"] = probes[1]["epoch_time_s"] / (2 * probes[2]["epoch_time_s"])
+    result["epoch_s"] = {str(n): p["epoch_time_s"] for n, p in probes.items()}
+    result["epochs_s"] = {str(n): p["epochs_s"] for n, p in probes.items()}
 
     predicted = {str(n): perf.epoch_time("strong", n, 32, sizes[-1], 64) for n in (1, 2, 4, 8, 16, 32)}
     result["growth"] = {
@@ -221,7 +258,10 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
         "epoch_s_by_train_size": {str(k): v for k, v in by_size.items()},
         "epoch_s_predicted_by_workers": predicted, "perf_model": perf.to_dict(),
     }
-    result["notebook_latency_s"] = None  # not measured yet: needs the dashboard driven headless
+    progress("notebook latency: Start on the dashboard to the first streamed epoch (2 engines) ...")
+    latency = notebook_latency(bench_config(50, train_size=sizes[0]).replace(train={"epochs": 3}))
+    result["notebook_latency_s"] = latency["first_start_s"]
+    result["notebook_latency"] = latency
     result["targets"] = {k: f"{op} {v}" for k, (op, v) in TARGETS.items()}
     result["seconds"] = time.perf_counter() - began
     return result

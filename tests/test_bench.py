@@ -53,3 +53,22 @@ def test_gmmkit_turns_on_onednn_unless_the_user_turned_it_off(setting, expected)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == str(expected)
+
+
+def test_the_growth_figure_draws_each_curve_from_the_json(tmp_path):
+    from gmmkit.plots.bench import growth_figure, write_growth_figure
+
+    result = {"machine": {"cpu": "test cpu", "cores": 2}, "epoch_s": {"1": 1.3, "2": 0.8},
+              "growth": {"step_s_by_components": {"1": 0.115, "50": 0.139, "10": 0.118},
+                         "step_s_by_cube": {"16": 0.139, "24": 1.321},
+                         "epoch_s_by_train_size": {"128": 0.7, "256": 1.2},
+                         "epoch_s_predicted_by_workers": {"1": 1.24, "2": 0.67, "32": 0.21}}}
+    fig = growth_figure(result)
+    by_k, by_cube, by_size, predicted, measured = fig.data
+    assert list(by_k.x) == [1, 10, 50] and list(by_k.y) == pytest.approx([115, 118, 139])  # sorted, in ms
+    assert list(by_cube.y) == pytest.approx([139, 1321])
+    assert list(by_size.x) == [128, 256] and list(by_size.y) == pytest.approx([0.7, 1.2])
+    assert list(predicted.x) == [1, 2, 32] and list(measured.y) == pytest.approx([1.3, 0.8])
+    path = write_growth_figure(result, tmp_path / "growth.html")
+    html = path.read_text(encoding="utf-8")
+    assert "plotly" in html and "test cpu" in html

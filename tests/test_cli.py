@@ -63,6 +63,8 @@ BAD_FLAGS = [
     ([*SYNTH, "--method", "sample", "--temperature", "-1"], "--temperature"),
     (["bench", "--json", "out.txt"], "--json"),
     (["bench", "--json", "file/bench.json"], "--json"),
+    (["bench", "--plot", "growth.png"], "--plot"),
+    (["bench", "--plot", "file/growth.html"], "--plot"),
 ]
 
 # Flags that have no bad value: on/off switches, --help and --version. A flag added later must get a row
