@@ -172,7 +172,7 @@ def notebook_latency(cfg: RunConfig, workers: int = 2, starts: int = 2, timeout:
     from .cluster import MPICluster
     from .widgets import Dashboard
 
-    latencies, epochs = [], []
+    latencies, epochs, statuses = [], [], []
     with MPICluster(n=workers) as cluster, tempfile.TemporaryDirectory(prefix="gmmkit-latency-") as tmp:
         dash = Dashboard(cluster, base=cfg.replace(train={"workers": workers, "target_loss": None}), out=tmp,
                          viewer=False, poll_interval=0.02)
@@ -189,8 +189,9 @@ def notebook_latency(cfg: RunConfig, workers: int = 2, starts: int = 2, timeout:
             epochs.append(run.records[0]["epoch_time_s"])
             dash.stop()
             dash.wait(timeout=timeout)
+            statuses.append(run.status)
     return {"first_start_s": latencies[0], "later_starts_s": latencies[1:], "epoch_time_s": epochs,
-            "workers": workers}
+            "status": statuses, "workers": workers}
 
 
 # --- the whole benchmark --------------------------------------------------------------------

@@ -84,7 +84,7 @@ def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None) -> dic
 
     if trainer is None:
         trainer = Trainer(cfg.replace(train={"workers": 1}), simulate=True)
-    times = [float(np.mean(time_steps(trainer, b, repeats))) for b in batches]
+    times = [float(np.median(time_steps(trainer, b, repeats))) for b in batches]  # median: a shared machine
     trainer._eval_step(trainer.data.val)
     t0 = time.perf_counter()
     for _ in range(repeats):

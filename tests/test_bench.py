@@ -72,3 +72,16 @@ def test_the_growth_figure_draws_each_curve_from_the_json(tmp_path):
     path = write_growth_figure(result, tmp_path / "growth.html")
     html = path.read_text(encoding="utf-8")
     assert "plotly" in html and "test cpu" in html
+
+
+@pytest.mark.mpi
+def test_notebook_latency_drives_the_dashboard_on_a_real_cluster(tmp_path):
+    from conftest import tiny_config
+
+    cfg = tiny_config(tmp_path / "unused", epochs=50)
+    result = bench.notebook_latency(cfg, workers=2, starts=2, timeout=120)
+    assert result["workers"] == 2 and len(result["later_starts_s"]) == 1 and len(result["epoch_time_s"]) == 2
+    # measured from Start, so each latency holds its first epoch; each run was stopped, not run to 50 epochs
+    assert result["first_start_s"] > result["epoch_time_s"][0] > 0
+    assert result["later_starts_s"][0] > result["epoch_time_s"][1] > 0
+    assert result["status"] == ["stopped", "stopped"]

@@ -27,8 +27,10 @@ def growth_figure(result: dict) -> go.Figure:
         name = "predicted" if key == "epoch_s_predicted_by_workers" else "measured"
         fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
                                  name=name, showlegend=False, line={"color": "#1f77b4"}), row=row + 1, col=col + 1)
-        fig.update_xaxes(title_text=xlabel, row=row + 1, col=col + 1,
-                         type="log" if key == "epoch_s_predicted_by_workers" else "linear")
+        if key == "epoch_s_predicted_by_workers":
+            fig.update_xaxes(type="log", tickvals=[p[0] for p in points], ticktext=[f"{p[0]:g}" for p in points],
+                             row=row + 1, col=col + 1)
+        fig.update_xaxes(title_text=xlabel, row=row + 1, col=col + 1)
         fig.update_yaxes(title_text=ylabel, row=row + 1, col=col + 1, rangemode="tozero")
     measured = result.get("epoch_s") or {}
     if measured:
@@ -38,12 +40,13 @@ def growth_figure(result: dict) -> go.Figure:
     machine = result.get("machine", {})
     fig.update_layout(title=f"gmmkit bench: cost growth ({machine.get('cpu', '?')}, {machine.get('cores', '?')} "
                             f"cores, one thread per worker)", template="plotly_white", width=1100, height=760,
-                      legend={"x": 0.99, "xanchor": "right", "y": 0.42})
+                      legend={"x": 0.99, "xanchor": "right", "y": 0.36})
     return fig
 
 
 def write_growth_figure(result: dict, path) -> Path:
     """Write :func:`growth_figure` as a standalone HTML file (plotly.js inside; opens offline)."""
     path = Path(path)
-    atomic_write_text(path, growth_figure(result).to_html(include_plotlyjs=True, full_html=True))
+    html = growth_figure(result).to_html(include_plotlyjs=True, full_html=True, config={"displayModeBar": False})
+    atomic_write_text(path, html)
     return path
