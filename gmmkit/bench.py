@@ -200,7 +200,7 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     """Measure everything; returns the JSON-ready dict (keys in the module docstring)."""
     import tempfile
 
-    from .perfmodel import calibrate
+    from .perfmodel import from_measurements, measure_compute
 
     repeats = 5 if quick else 20
     components = (1, 10, 50) if quick else (1, 10, 25, 50, 100)
@@ -238,12 +238,14 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
         by_size[n] = epoch_times(cfg, os.path.join(tmp, f"size-{n}"), _trainer(cfg))[0]
 
     progress("wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
-    perf = calibrate(bench_config(50, train_size=sizes[-1]), ranks=2, trainer=base)
+    compute = measure_compute(bench_config(50, train_size=sizes[-1]), trainer=base)
 
     progress("Horovod allreduce against mpi4py (2 ranks) ...")
-    ar = run_probe(2, "--probe", "allreduce", "--bytes", str(perf.gradient_bytes), "--repeats", str(repeats * 4))
+    ar = run_probe(2, "--probe", "allreduce", "--bytes", str(compute["gradient_bytes"]),
+                   "--repeats", str(repeats * 4))
     result["allreduce_vs_mpi"] = ar["mpi_s"] / ar["horovod_s"]
     result["allreduce"] = ar
+    perf = from_measurements(compute, ar["horovod_s"])  # the model's c: the same Horovod allreduce
 
     progress("one epoch on 1 and 2 Horovod workers ...")
     cfg = bench_config(50, train_size=sizes[-1])

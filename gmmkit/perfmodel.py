@@ -106,11 +106,15 @@ def measure_allreduce(nbytes: int, ranks: int = 2, repeats: int = 20) -> float:
     return float(launch.run_json(ranks, probe, timeout=300)["allreduce_s"])
 
 
+def from_measurements(compute: dict, allreduce_s: float) -> PerfModel:
+    """The model from :func:`measure_compute`'s result and the seconds of one gradient allreduce."""
+    return PerfModel(t_fixed=compute["t_fixed"], t_sample=compute["t_sample"],
+                     t_eval_sample=compute["t_eval_sample"], allreduce_s=allreduce_s,
+                     gradient_bytes=compute["gradient_bytes"], threads=1)
+
+
 def calibrate(cfg, ranks: int = 2, trainer=None) -> PerfModel:
     """Measure every term of the model for ``cfg`` on this machine (one thread per rank); ``trainer``: a
     :class:`~gmmkit.training.Trainer` of ``cfg`` with one thread to time (its weights move: reset it)."""
     compute = measure_compute(cfg.replace(train={"threads": 1}), trainer=trainer)
-    allreduce = measure_allreduce(compute["gradient_bytes"], ranks) if ranks > 1 else 0.0
-    return PerfModel(t_fixed=compute["t_fixed"], t_sample=compute["t_sample"],
-                     t_eval_sample=compute["t_eval_sample"], allreduce_s=allreduce,
-                     gradient_bytes=compute["gradient_bytes"], threads=1)
+    return from_measurements(compute, measure_allreduce(compute["gradient_bytes"], ranks) if ranks > 1 else 0.0)
