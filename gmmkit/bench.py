@@ -4,7 +4,8 @@ beside it (``gmmkit bench``).
 ==========================  ===========================================================================
 key                         what it is
 ==========================  ===========================================================================
-``render_overhead``         training step time with K = 50 over the same step with K = 1
+``render_overhead``         training step time with K = 50 over the same step with K = 1, the two
+                            measured in turns (:func:`interleaved_step_times`)
 ``mfu``                     training FLOP/s (counted analytically, :func:`train_flops`) over the FLOP/s
                             of a dense float32 matmul, same process, same thread count
 ``allreduce_vs_mpi``        Horovod allreduce throughput over a plain mpi4py ``Allreduce`` of the same
@@ -87,6 +88,19 @@ def step_time(cfg: RunConfig, batch: int = 32, repeats: int = 10, trainer=None) 
     from .perfmodel import time_steps
 
     return float(np.median(time_steps(trainer or _trainer(cfg), batch, repeats)))
+
+
+def interleaved_step_times(trainers: dict, batch: int = 32, repeats: int = 10) -> dict:
+    """Median seconds of one training step of each trainer in ``{key: trainer}``, the trainers taking
+    turns step by step: on a shared host whose speed drifts during the measurement, the drift then moves
+    every trainer alike and leaves their ratios (``render_overhead``) alone."""
+    from .perfmodel import time_steps
+
+    times = {key: time_steps(trainer, batch, 0) for key, trainer in trainers.items()}  # traces each
+    for _ in range(repeats):
+        for key, trainer in trainers.items():
+            times[key] += time_steps(trainer, batch, 1, warm=False)
+    return {key: float(np.median(t)) for key, t in times.items()}
 
 
 def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
@@ -211,11 +225,9 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     tmp = out_dir or tempfile.mkdtemp(prefix="gmmkit-bench-")
 
     progress("step time against K (batch 32, one thread) ...")
-    base = _trainer(bench_config(50))
-    by_k = {}
-    for k in components:
-        trainer = base if k == 50 else _trainer(bench_config(k))
-        by_k[k] = step_time(bench_config(k), 32, repeats, trainer)
+    trainers = {k: _trainer(bench_config(k)) for k in components}
+    base = trainers[50]
+    by_k = interleaved_step_times(trainers, 32, repeats)
     result["render_overhead"] = by_k[50] / by_k[1]
 
     progress("matmul reference and model FLOPs ...")

@@ -63,12 +63,13 @@ def fit_step_times(batches: list[int], times: list[float]) -> tuple[float, float
     return max(float(t_fixed), 0.0), max(float(t_sample), 1e-9)
 
 
-def time_steps(trainer, batch: int, repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` training steps of ``batch`` samples, after one untimed step (tracing).
-    The trainer's weights move: reset it before a run."""
+def time_steps(trainer, batch: int, repeats: int, warm: bool = True) -> list[float]:
+    """Seconds of each of ``repeats`` training steps of ``batch`` samples, after one untimed step (tracing)
+    unless ``warm`` is False. The trainer's weights move: reset it before a run."""
     x = trainer.data.train
     xb = x[:batch] if len(x) >= batch else np.resize(x, (batch, *x.shape[1:]))
-    trainer.step(xb, batch)
+    if warm:
+        trainer.step(xb, batch)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

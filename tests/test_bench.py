@@ -1,5 +1,7 @@
 """gmmkit bench: the analytic FLOP count against the built Keras model, and the 2-rank allreduce probe.
 The benchmark's figures themselves are measurements; no test asserts a timing."""
+import time
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,25 @@ def test_notebook_latency_drives_the_dashboard_on_a_real_cluster(tmp_path):
     assert result["first_start_s"] > result["epoch_time_s"][0] > 0
     assert result["later_starts_s"][0] > result["epoch_time_s"][1] > 0
     assert result["status"] == ["stopped", "stopped"]
+
+
+def test_interleaved_step_times_take_turns_and_keep_each_trainers_own_times():
+    from types import SimpleNamespace
+
+    from gmmkit.bench import interleaved_step_times
+
+    log = []
+
+    class Fake:
+        def __init__(self, key, seconds):
+            self.key, self.seconds = key, seconds
+            self.data = SimpleNamespace(train=np.zeros((4, 2, 2, 2), np.float32))
+
+        def step(self, x, batch):
+            assert x.shape == (8, 2, 2, 2) and batch == 8  # the batch is tiled up from a smaller split
+            log.append(self.key)
+            time.sleep(self.seconds)
+
+    times = interleaved_step_times({"fast": Fake("fast", 0.001), "slow": Fake("slow", 0.03)}, batch=8, repeats=3)
+    assert log == ["fast", "slow"] + ["fast", "slow"] * 3  # one tracing step each, then turns
+    assert set(times) == {"fast", "slow"} and 0 < times["fast"] < times["slow"]

@@ -1,4 +1,5 @@
-"""DeepDensity: the renderer against scipy, positive-definite covariances, shapes and units."""
+"""DeepDensity: the renderer and its gradients against scipy, the convolutions against TensorFlow's,
+positive-definite covariances, shapes and units."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -83,3 +84,80 @@ def test_layers_round_trip_through_get_config():
     clone.set_weights(model.get_weights())
     x = np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-5)
+
+
+def test_renderer_gradients_match_the_closed_form():
+    """d/d alpha_k and d/d mu_k of sum_x g(x) M(x), against alpha_k N_k(x) Sigma_k^-1 (x - mu_k) from scipy."""
+    rng = np.random.default_rng(2)
+    alpha, mu, tril = random_mixture(rng, b=2, k=4)
+    alpha, mu = tf.constant(alpha), tf.constant(mu)
+    size = 8
+    g = rng.uniform(0, 1, (2, size, size, size)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([alpha, mu])
+        loss = tf.reduce_sum(render_grid(alpha, mu, tril, size) * g)
+    d_alpha, d_mu = (t.numpy() for t in tape.gradient(loss, [alpha, mu]))
+    cov, pts = covariance(tril).numpy().astype(np.float64), grid_coordinates(size).astype(np.float64)
+    for b in range(2):
+        for k in range(4):
+            pdf = multivariate_normal(mu[b, k].numpy(), cov[b, k]).pdf(pts) * g[b].reshape(-1)
+            np.testing.assert_allclose(d_alpha[b, k], pdf.sum(), rtol=2e-4)
+            ref = alpha[b, k].numpy() * np.linalg.solve(cov[b, k], ((pts - mu[b, k].numpy()) * pdf[:, None]).sum(0))
+            np.testing.assert_allclose(d_mu[b, k], ref, rtol=2e-3, atol=2e-4 * np.abs(ref).max())
+
+
+def test_sum_of_exponentials_gradient_is_autodiffs_for_every_coefficient():
+    from gmmkit.model.mixture import quadratic_features, sum_of_exponentials
+
+    rng = np.random.default_rng(3)
+    coef = tf.constant(rng.normal(0, 0.5, (3, 4, 10)).astype(np.float32))
+    features = tf.constant(quadratic_features(grid_coordinates(6)))
+    dy = tf.constant(rng.uniform(-1, 1, (3, 6 ** 3)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(coef)
+        fast = sum_of_exponentials(coef, features)
+        plain = tf.reduce_sum(tf.exp(tf.einsum("bkf,pf->bkp", coef, features)), axis=1)
+    np.testing.assert_allclose(fast.numpy(), plain.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(tape.gradient(fast, coef, output_gradients=dy).numpy(),
+                               tape.gradient(plain, coef, output_gradients=dy).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,path", [
+    ((16, (7, 7, 7), 1, 4), "folded"), ((9, (2, 3, 1), 1, 3), "folded"),
+    ((9, (5, 5, 5), 3, 4), "forward"), ((4, (3, 2, 4), 2, 5), "forward"),
+    ((10, (3, 3, 3), 3, 4), "tensorflow"),
+], ids=["first-layer", "odd-single-channel", "kernel-gradient-as-forward", "odd-kernel", "large-output"])
+def test_convolutions_match_tensorflows_values_and_gradients(shape, path):
+    """Each path of :mod:`gmmkit.model.conv` (folded single channel, kernel gradient as a forward
+    convolution, TensorFlow's own) against ``tf.nn.conv3d`` and its gradients, on non-cubic inputs."""
+    from gmmkit.model.conv import conv3d_valid, kernel_gradient_as_forward
+
+    size, kernel, cin, cout = shape
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(2, size, size + 1, size + 2, cin)).astype(np.float32))
+    w = tf.constant(rng.normal(size=(*kernel, cin, cout)).astype(np.float32))
+    if path != "folded":
+        assert kernel_gradient_as_forward(x.shape, w.shape) == (path == "forward")
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, w])
+        ours, theirs = conv3d_valid(x, w), tf.nn.conv3d(x, w, [1] * 5, "VALID")
+        dy = tf.constant(rng.normal(size=theirs.shape).astype(np.float32))
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-4)
+    for a, b in zip(tape.gradient(ours, [x, w], output_gradients=dy),
+                    tape.gradient(theirs, [x, w], output_gradients=dy)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4 * np.abs(b.numpy()).max())
+
+
+def test_the_encoder_uses_gmmkits_convolution_and_other_settings_stay_keras():
+    from gmmkit.model.conv import Conv3D
+
+    model = build_deepdensity(cube=16, components=2, filters=4, latent=8, seed=0)
+    assert all(type(model.get_layer(f"conv{i}")) is Conv3D for i in (1, 2, 3))
+    x = tf.constant(np.random.default_rng(5).normal(size=(2, 9, 9, 9, 2)).astype(np.float32))
+    strided = Conv3D(3, 3, strides=2, padding="same")  # not the rewritten case: plain Keras
+    plain = tf.keras.layers.Conv3D(3, 3, strides=2, padding="same")
+    plain.build(x.shape)
+    strided.build(x.shape)
+    strided.set_weights(plain.get_weights())
+    np.testing.assert_allclose(strided(x).numpy(), plain(x).numpy(), rtol=1e-5, atol=1e-6)

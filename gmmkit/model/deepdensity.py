@@ -5,6 +5,7 @@ import tensorflow as tf
 from tensorflow import keras
 
 from ..config import KERNELS
+from .conv import Conv3D
 from .layers import DeepDensity, GaussianMixtureHeads
 
 
@@ -20,7 +21,7 @@ def build_deepdensity(cube: int = 16, components: int = 50, filters: int = 32, l
     inputs = keras.Input((cube, cube, cube), name="cube")
     x = keras.layers.Reshape((cube, cube, cube, 1))(inputs)
     for i, k in enumerate(KERNELS):
-        x = keras.layers.Conv3D(filters, k, padding="valid", activation="relu", name=f"conv{i + 1}")(x)
+        x = Conv3D(filters, k, padding="valid", activation="relu", name=f"conv{i + 1}")(x)
     x = keras.layers.Flatten()(x)
     z = keras.layers.Dense(latent, activation="relu", name="latent")(x)
     alpha, mu, tril = GaussianMixtureHeads(components, sigma_min, sigma_max, name="mixture")(z)
