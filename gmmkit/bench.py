@@ -4,8 +4,7 @@ beside it (``gmmkit bench``).
 ==========================  ===========================================================================
 key                         what it is
 ==========================  ===========================================================================
-``render_overhead``         training step time with K = 50 over the same step with K = 1, the two
-                            measured in turns (:func:`interleaved_step_times`)
+``render_overhead``         training step time with K = 50 over the same step with K = 1
 ``mfu``                     training FLOP/s (counted analytically, :func:`train_flops`) over the FLOP/s
                             of a dense float32 matmul, same process, same thread count
 ``allreduce_vs_mpi``        Horovod allreduce throughput over a plain mpi4py ``Allreduce`` of the same
@@ -18,6 +17,8 @@ key                         what it is
                             started beforehand (``notebook_latency``: also later Starts, warm)
 ==========================  ===========================================================================
 
+The steps for every K and the matmul are timed in turns (:func:`take_turns`): on this shared host the
+speed drifts by tens of percent within minutes, and taking turns keeps that out of both ratios.
 Multi-rank figures run as ``mpirun -np N python -m gmmkit.bench --probe ...`` jobs that print one JSON
 line on rank 0. No figure here is asserted by a test: they are measurements, not pass/fail checks.
 """
@@ -34,6 +35,7 @@ import numpy as np
 
 from .config import KERNELS, RunConfig
 
+MATMUL_N = 1024  # the dense-matmul reference: (1024 x 1024) @ (1024 x 1024), float32
 TARGETS = {"render_overhead": ("<=", 1.2), "mfu": (">=", 0.7), "allreduce_vs_mpi": (">=", 0.9),
            "strong_efficiency_n2": (">=", 0.95)}
 
@@ -90,33 +92,42 @@ def step_time(cfg: RunConfig, batch: int = 32, repeats: int = 10, trainer=None) 
     return float(np.median(time_steps(trainer or _trainer(cfg), batch, repeats)))
 
 
-def interleaved_step_times(trainers: dict, batch: int = 32, repeats: int = 10) -> dict:
-    """Median seconds of one training step of each trainer in ``{key: trainer}``, the trainers taking
-    turns step by step: on a shared host whose speed drifts during the measurement, the drift then moves
-    every trainer alike and leaves their ratios (``render_overhead``) alone."""
-    from .perfmodel import time_steps
-
-    times = {key: time_steps(trainer, batch, 0) for key, trainer in trainers.items()}  # traces each
+def take_turns(timers: dict, repeats: int = 10) -> dict:
+    """Median seconds of each zero-argument timer in ``{key: timer}`` (each returns the seconds of one
+    measurement), the timers taking turns: one untimed round (tracing, oneDNN's kernel set-up), then
+    ``repeats`` rounds. On a shared host whose speed drifts during a measurement the drift then moves every
+    timer alike and leaves their ratios (``render_overhead``, ``mfu``) alone."""
+    for timer in timers.values():
+        timer()
+    times = {key: [] for key in timers}
     for _ in range(repeats):
-        for key, trainer in trainers.items():
-            times[key] += time_steps(trainer, batch, 1, warm=False)
+        for key, timer in timers.items():
+            times[key].append(timer())
     return {key: float(np.median(t)) for key, t in times.items()}
 
 
-def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
-    """FLOP/s of a dense float32 (n x n) @ (n x n) product on this process's TensorFlow threads."""
+def step_timer(trainer, batch: int = 32):
+    """A :func:`take_turns` timer: seconds of one training step of ``batch`` samples of ``trainer``."""
+    from .perfmodel import time_steps
+
+    return lambda: time_steps(trainer, batch, 1, warm=False)[0]
+
+
+def matmul_timer(n: int = 1024):
+    """A :func:`take_turns` timer: seconds of one dense float32 (n x n) @ (n x n) product on this process's
+    TensorFlow threads (``2 n^3`` FLOPs)."""
     import tensorflow as tf
 
     a = tf.random.stateless_normal((n, n), seed=(1, 2))
     b = tf.random.stateless_normal((n, n), seed=(3, 4))
     mm = tf.function(lambda x, y: tf.reduce_sum(tf.linalg.matmul(x, y)))
-    mm(a, b).numpy()
-    times = []
-    for _ in range(repeats):
+
+    def timer():
         t0 = time.perf_counter()
         mm(a, b).numpy()
-        times.append(time.perf_counter() - t0)
-    return 2.0 * n ** 3 / float(np.median(times))
+        return time.perf_counter() - t0
+
+    return timer
 
 
 def epoch_times(cfg: RunConfig, out: str, trainer=None, epochs: int = 1) -> list[float]:
@@ -224,14 +235,13 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     result: dict = {"quick": quick, "machine": machine()}
     tmp = out_dir or tempfile.mkdtemp(prefix="gmmkit-bench-")
 
-    progress("step time against K (batch 32, one thread) ...")
+    progress("step time against K and the matmul reference, in turns (batch 32, one thread) ...")
     trainers = {k: _trainer(bench_config(k)) for k in components}
     base = trainers[50]
-    by_k = interleaved_step_times(trainers, 32, repeats)
+    by_k = take_turns({**{k: step_timer(t, 32) for k, t in trainers.items()}, "matmul": matmul_timer(MATMUL_N)},
+                      repeats)
     result["render_overhead"] = by_k[50] / by_k[1]
-
-    progress("matmul reference and model FLOPs ...")
-    peak = matmul_flops_per_s(repeats=repeats)
+    peak = 2.0 * MATMUL_N ** 3 / by_k.pop("matmul")
     achieved = 32 * train_flops(bench_config(50)) / by_k[50]
     result["mfu"] = achieved / peak
     result["flops"] = {"train_step_per_sample": train_flops(bench_config(50)), "achieved_per_s": achieved,

@@ -89,10 +89,10 @@ def test_notebook_latency_drives_the_dashboard_on_a_real_cluster(tmp_path):
     assert result["status"] == ["stopped", "stopped"]
 
 
-def test_interleaved_step_times_take_turns_and_keep_each_trainers_own_times():
+def test_timers_take_turns_and_each_keeps_its_own_times():
     from types import SimpleNamespace
 
-    from gmmkit.bench import interleaved_step_times
+    from gmmkit.bench import step_timer, take_turns
 
     log = []
 
@@ -106,6 +106,11 @@ def test_interleaved_step_times_take_turns_and_keep_each_trainers_own_times():
             log.append(self.key)
             time.sleep(self.seconds)
 
-    times = interleaved_step_times({"fast": Fake("fast", 0.001), "slow": Fake("slow", 0.03)}, batch=8, repeats=3)
-    assert log == ["fast", "slow"] + ["fast", "slow"] * 3  # one tracing step each, then turns
-    assert set(times) == {"fast", "slow"} and 0 < times["fast"] < times["slow"]
+    def matmul():
+        log.append("matmul")
+        return 42.0
+
+    times = take_turns({"fast": step_timer(Fake("fast", 0.001), 8), "slow": step_timer(Fake("slow", 0.03), 8),
+                        "matmul": matmul}, repeats=3)
+    assert log == ["fast", "slow", "matmul"] * 4  # one untimed round (tracing), then three in turns
+    assert times["matmul"] == 42.0 and 0 < times["fast"] < times["slow"]

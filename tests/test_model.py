@@ -161,3 +161,30 @@ def test_the_encoder_uses_gmmkits_convolution_and_other_settings_stay_keras():
     strided.build(x.shape)
     strided.set_weights(plain.get_weights())
     np.testing.assert_allclose(strided(x).numpy(), plain(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_component_coefficients_match_the_linear_algebra_and_its_gradients():
+    """The element-wise closed form against tf.linalg: triangular solve, precision, log-determinant."""
+    from gmmkit.model.mixture import component_coefficients
+
+    def reference(alpha, mu, tril):
+        inv = tf.linalg.triangular_solve(tril, tf.eye(3, batch_shape=tf.shape(tril)[:-2]), lower=True)
+        prec = tf.matmul(inv, inv, transpose_a=True)
+        log_det = tf.linalg.logdet(tf.matmul(tril, tril, transpose_b=True))
+        p_mu = tf.linalg.matvec(prec, mu)
+        const = tf.math.log(alpha) - 0.5 * (3 * np.log(2 * np.pi) + log_det) - 0.5 * tf.reduce_sum(mu * p_mu, -1)
+        quad = [-0.5 * prec[..., 0, 0], -0.5 * prec[..., 1, 1], -0.5 * prec[..., 2, 2],
+                -prec[..., 0, 1], -prec[..., 0, 2], -prec[..., 1, 2]]
+        return tf.stack([*quad, p_mu[..., 0], p_mu[..., 1], p_mu[..., 2], const], axis=-1)
+
+    rng = np.random.default_rng(6)
+    alpha, mu, tril = (tf.constant(t) for t in random_mixture(rng, b=3, k=6))
+    g = tf.constant(rng.normal(size=(3, 6, 10)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([alpha, mu, tril])
+        ours, ref = component_coefficients(alpha, mu, tril), reference(alpha, mu, tril)
+        ours_loss, ref_loss = tf.reduce_sum(ours * g), tf.reduce_sum(ref * g)
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+    for a, b in zip(tape.gradient(ours_loss, [alpha, mu, tril]), tape.gradient(ref_loss, [alpha, mu, tril])):
+        b = b.numpy() * (np.tril(np.ones((3, 3))) if b.ndim == 4 else 1)  # only L's lower triangle is free
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-3, atol=1e-4 * np.abs(b).max())
