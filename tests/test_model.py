@@ -188,3 +188,4 @@ def test_component_coefficients_match_the_linear_algebra_and_its_gradients():
     for a, b in zip(tape.gradient(ours_loss, [alpha, mu, tril]), tape.gradient(ref_loss, [alpha, mu, tril])):
         b = b.numpy() * (np.tril(np.ones((3, 3))) if b.ndim == 4 else 1)  # only L's lower triangle is free
         np.testing.assert_allclose(a.numpy(), b, rtol=1e-3, atol=1e-4 * np.abs(b).max())
+
