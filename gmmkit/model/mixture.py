@@ -105,12 +105,10 @@ def render_mixture(alpha: tf.Tensor, mu: tf.Tensor, tril: tf.Tensor, features: t
 def sum_of_exponentials(coef: tf.Tensor, features: tf.Tensor) -> tf.Tensor:
     """``sum_k exp(features . coef[b, k])``: (B, K, 10), (P, 10) -> (B, P).
 
-    Each sample's result does not depend on how many samples share the batch, so that 1 and n Horovod
-    ranks compute the same per-sample numbers (``tests/test_model.py``). A faster form (the sum over K as
-    a batched product with ones, and a batched product for the gradient: 22 ms against 28 ms forward and
-    gradient at B = 32, K = 50) was measured and dropped for that reason: oneDNN's batched products round
-    differently for 16 and 32 samples, and a 2-rank strong-scaling run drifted 2 % from the sequential
-    one in two epochs instead of 1e-7.
+    Kept in TensorFlow's plain form on purpose. A faster form (the sum over K as a batched product with
+    ones and a hand-written batched-product gradient: 22 ms against 28 ms forward and gradient at B = 32,
+    K = 50) was measured and dropped: with it, a real 2-rank strong-scaling run of the paper's model left
+    the sequential path by 2 % within two epochs, against 1e-7 with this form (``benchmarks/RESULTS.md``).
     """
     b, k = tf.shape(coef)[0], tf.shape(coef)[1]
     logits = tf.matmul(tf.reshape(coef, (b * k, N_FEATURES)), features, transpose_b=True)  # (B K, P)
