@@ -78,8 +78,9 @@ def _conv3d_forward_kernel_gradient(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tenso
 class Conv3D(keras.layers.Conv3D):
     """``keras.layers.Conv3D`` that trains through :func:`conv3d_valid` when it can.
 
-    Same weights, configuration and outputs; only the kernel gradient is computed differently. Any
-    other set-up (strides, dilation, padding, groups, channels first) is plain Keras.
+    Same weights, configuration and outputs (up to float32 summation order): a single input channel runs
+    folded into a Conv2D, and the kernel gradient may run as a forward convolution (module docstring).
+    Any other set-up (strides, dilation, padding, groups, channels first) is plain Keras.
     """
 
     def _fast(self) -> bool:
