@@ -85,13 +85,6 @@ def _trainer(cfg: RunConfig):
     return Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)
 
 
-def step_time(cfg: RunConfig, batch: int = 32, repeats: int = 10, trainer=None) -> float:
-    """Median seconds of one training step of ``batch`` samples."""
-    from .perfmodel import time_steps
-
-    return float(np.median(time_steps(trainer or _trainer(cfg), batch, repeats)))
-
-
 def take_turns(timers: dict, repeats: int = 10) -> dict:
     """Median seconds of each zero-argument timer in ``{key: timer}`` (each returns the seconds of one
     measurement), the timers taking turns: one untimed round (tracing, oneDNN's kernel set-up), then
@@ -248,10 +241,8 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
                        "matmul_per_s": peak}
 
     progress("step time against cube size ...")
-    by_cube = {16: by_k[50]}
-    for s in cubes:
-        if s != 16:
-            by_cube[s] = step_time(bench_config(50, cube=s), 32, repeats)
+    by_cube = {16: by_k[50], **take_turns({s: step_timer(_trainer(bench_config(50, cube=s)), 32)
+                                           for s in cubes if s != 16}, repeats)}
 
     progress("epoch time against data set size ...")
     by_size = {}

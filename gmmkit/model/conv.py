@@ -36,7 +36,7 @@ def conv3d_valid(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 
     Same values and gradients as TensorFlow's up to float32 summation order.
     """
-    if x.shape[-1] == 1 and x.shape[1] is not None and kernel.shape[0] is not None:
+    if x.shape[-1] == 1 and None not in x.shape[1:4]:
         return _folded_single_channel(x, kernel)
     if kernel_gradient_as_forward(x.shape, kernel.shape):
         return _conv3d_forward_kernel_gradient(x, kernel)
