@@ -21,7 +21,8 @@ Rendering as one matrix product
     log(alpha_k N(x; mu_k, Sigma_k)) is a quadratic polynomial in x. With the ten features
     ``phi(x) = (x0^2, x1^2, x2^2, x0 x1, x0 x2, x1 x2, x0, x1, x2, 1)`` it equals ``phi(x) . c_k`` for
     coefficients c_k computed once per component, so the log-density of every component at every voxel
-    is a single (B K, 10) x (10, S^3) matrix product, followed by exp and a sum over components.
+    is a single (B K, 10) x (10, S^3) matrix product, followed by exp and a sum over components
+    (:func:`sum_of_exponentials`).
 """
 from __future__ import annotations
 
@@ -105,14 +106,34 @@ def render_mixture(alpha: tf.Tensor, mu: tf.Tensor, tril: tf.Tensor, features: t
 def sum_of_exponentials(coef: tf.Tensor, features: tf.Tensor) -> tf.Tensor:
     """``sum_k exp(features . coef[b, k])``: (B, K, 10), (P, 10) -> (B, P).
 
-    Kept in TensorFlow's plain form on purpose. A faster form (the sum over K as a batched product with
-    ones and a hand-written batched-product gradient: 22 ms against 28 ms forward and gradient at B = 32,
-    K = 50) was measured and dropped: with it, a real 2-rank strong-scaling run of the paper's model left
-    the sequential path by 2 % within two epochs, against 1e-7 with this form (``benchmarks/RESULTS.md``).
+    The B K P exponentials are the renderer's whole cost, and on a CPU it is bound by passes over them,
+    so each pass is one kernel (at B = 32, K = 50, one thread: 25 ms forward and gradient against 36 ms
+    for TensorFlow's plain form, ``benchmarks/RESULTS.md``):
+
+    * forward: the logits as one (B K, 10) x (10, P) product, exp, and the sum over K as a batched
+      product with ones, a running sum per voxel (``reduce_sum`` over the middle axis is twice as slow);
+    * gradient: ``d coef[b, k] = sum_p e[b, k, p] g[b, p] phi(p)`` as one batched product of the kept
+      exponentials with ``g phi`` (B, 10, P), instead of broadcasting ``g`` over K, multiplying and
+      reducing (three passes over B K P).
+
+    The plain form's values and gradients agree to float32 rounding (tested).
     """
+    return _sum_of_exponentials(coef, features)
+
+
+@tf.custom_gradient
+def _sum_of_exponentials(coef, features):
     b, k = tf.shape(coef)[0], tf.shape(coef)[1]
-    logits = tf.matmul(tf.reshape(coef, (b * k, N_FEATURES)), features, transpose_b=True)  # (B K, P)
-    return tf.reduce_sum(tf.reshape(tf.exp(logits), (b, k, -1)), axis=1)
+    features_t = tf.transpose(features)  # (10, P)
+    logits = tf.matmul(tf.reshape(coef, (b * k, N_FEATURES)), features_t)
+    e = tf.reshape(tf.exp(logits), (b, k, -1))  # (B, K, P)
+    density = tf.matmul(tf.ones((b, 1, k), e.dtype), e)[:, 0, :]
+
+    def grad(upstream):
+        weighted = features_t[None] * upstream[:, None, :]  # (B, 10, P)
+        return tf.matmul(e, weighted, transpose_b=True), None  # features: constants of the grid
+
+    return density, grad
 
 
 def render_grid(alpha, mu, tril, size: int) -> tf.Tensor:
