@@ -20,6 +20,7 @@ from .. import distributed, model as model_lib, strategies
 from ..config import RunConfig
 from ..data import load_split
 from ..errors import ConfigError
+from .optimizer import Adam
 from .rundir import RunDir
 
 EVAL_BATCH = 256
@@ -54,7 +55,7 @@ class Trainer:
         t = cfg.train
         self.data = load_split(cfg.data)
         self.model = model_lib.from_config(cfg)
-        self.optimizer = keras.optimizers.Adam(t.lr, beta_1=t.beta_1, beta_2=t.beta_2, epsilon=t.epsilon)
+        self.optimizer = Adam(t.lr, beta_1=t.beta_1, beta_2=t.beta_2, epsilon=t.epsilon)
         self.optimizer.build(self.model.trainable_variables)
         self._initial_weights = self.model.get_weights()
         self._train_step = self._make_train_step()
