@@ -10,7 +10,7 @@ key                         what it is
 ``allreduce_vs_mpi``        Horovod allreduce throughput over a plain mpi4py ``Allreduce`` of the same
                             buffer (the model's gradient bytes), 2 ranks
 ``strong_efficiency_n2``    one epoch, 1 worker over 2 Horovod workers (1 thread each): T1 / (2 T2),
-                            each T the median of three epochs
+                            each T the median of three epochs, the two taking turns in one 2-rank job
 ``growth``                  step time against K and cube size, epoch time against the data set size,
                             and the fitted T(n) = Ts + Tp/n + c log2(n) predicted out to 32 workers
 ``notebook_latency_s``      from Start on the dashboard to the first streamed epoch, 2 MPI engines
@@ -163,19 +163,40 @@ def _probe_allreduce(nbytes: int, repeats: int) -> dict:
     return {"horovod_s": hvd_s, "mpi_s": mpi_s, "bytes": nbytes, "ranks": comm.Get_size()}
 
 
-def _probe_epoch(cfg_json: str, epochs: int = 3) -> dict:
-    """In a Horovod job of n ranks: strong-scaling epochs of the config on a traced model; the median epoch
-    (this shared machine's noise moves single epochs by 10 % and more)."""
+def _probe_scaling(cfg_json: str, rounds: int = 3) -> dict:
+    """In a Horovod job of n ranks: one-worker epochs (rank 0 alone while the others sleep) and n-worker
+    strong-scaling epochs, taking turns ``rounds`` times, each epoch from the config's initial weights on
+    traced models. Measured in turns for the reason :func:`take_turns` gives: this host's speed drifts by
+    tens of percent within minutes, more than the efficiency's distance from 1."""
     import tempfile
+
+    from mpi4py import MPI  # after hvd.init(): joins the same MPI world
 
     from . import distributed
     from .training import Trainer
 
     ctx = distributed.init(1)
-    cfg = RunConfig.from_json(cfg_json).replace(train={"workers": ctx.size, "strategy": "strong"})
-    with tempfile.TemporaryDirectory() as tmp:
-        times = epoch_times(cfg.replace(out=tmp), tmp, Trainer(cfg, ctx=ctx), epochs)
-    return {"epoch_time_s": float(np.median(times)) if times else None, "epochs_s": times, "ranks": ctx.size}
+    comm = MPI.COMM_WORLD
+    cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
+    alone = cfg.replace(train={"workers": 1})
+    together = cfg.replace(train={"workers": ctx.size})
+    solo = Trainer(alone, ctx=distributed.LocalContext()) if ctx.is_chief else None
+    team = Trainer(together, ctx=ctx)
+    times: dict = {"1": [], str(ctx.size): []}
+    with tempfile.TemporaryDirectory(prefix="gmmkit-scaling-") as tmp:
+        for i in range(rounds):
+            if solo is not None:
+                times["1"] += epoch_times(alone, os.path.join(tmp, f"one-{i}"), solo)
+            _wait_for_every_rank(comm)
+            times[str(ctx.size)] += epoch_times(together, os.path.join(tmp, f"all-{i}"), team)
+    return {"epochs_s": times, "ranks": ctx.size}
+
+
+def _wait_for_every_rank(comm) -> None:
+    """A barrier that sleeps instead of spinning, so a waiting rank leaves its core to the one working."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(0.002)
 
 
 # --- the notebook path ---------------------------------------------------------------------
@@ -260,12 +281,12 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     result["allreduce"] = ar
     perf = from_measurements(compute, ar["horovod_s"])  # the model's c: the same Horovod allreduce
 
-    progress("one epoch on 1 and 2 Horovod workers ...")
+    progress("one epoch on 1 and on 2 Horovod workers, in turns ...")
     cfg = bench_config(50, train_size=sizes[-1])
-    probes = {n: run_probe(n, "--probe", "epoch", "--config", cfg.to_json()) for n in (1, 2)}
-    result["strong_efficiency_n2"] = probes[1]["epoch_time_s"] / (2 * probes[2]["epoch_time_s"])
-    result["epoch_s"] = {str(n): p["epoch_time_s"] for n, p in probes.items()}
-    result["epochs_s"] = {str(n): p["epochs_s"] for n, p in probes.items()}
+    scaling = run_probe(2, "--probe", "scaling", "--config", cfg.to_json(), "--rounds", "2" if quick else "3")
+    result["epochs_s"] = scaling["epochs_s"]
+    result["epoch_s"] = {n: float(np.median(t)) for n, t in scaling["epochs_s"].items()}
+    result["strong_efficiency_n2"] = result["epoch_s"]["1"] / (2 * result["epoch_s"]["2"])
 
     predicted = {str(n): perf.epoch_time("strong", n, 32, sizes[-1], 64) for n in (1, 2, 4, 8, 16, 32)}
     result["growth"] = {
@@ -329,19 +350,20 @@ def format_table(result: dict) -> str:
 
 
 def _main(argv=None) -> int:
-    """The multi-rank probes: ``mpirun -np N python -m gmmkit.bench --probe allreduce|epoch ...``."""
+    """The multi-rank probes: ``mpirun -np N python -m gmmkit.bench --probe allreduce|scaling ...``."""
     import argparse
 
     from .distributed import launcher_rank
 
     p = argparse.ArgumentParser(prog="python -m gmmkit.bench")
-    p.add_argument("--probe", choices=("allreduce", "epoch"), required=True)
+    p.add_argument("--probe", choices=("allreduce", "scaling"), required=True)
     p.add_argument("--bytes", type=int, default=4 << 20)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--config", default=None, help="a RunConfig as JSON (epoch probe)")
+    p.add_argument("--config", default=None, help="a RunConfig as JSON (scaling probe)")
+    p.add_argument("--rounds", type=int, default=3, help="epochs of each worker count (scaling probe)")
     args = p.parse_args(argv)
     result = (_probe_allreduce(args.bytes, args.repeats) if args.probe == "allreduce"
-              else _probe_epoch(args.config or RunConfig().to_json()))
+              else _probe_scaling(args.config or RunConfig().to_json(), args.rounds))
     if launcher_rank() == 0:
         print(json.dumps(result), flush=True)
     return 0

@@ -40,6 +40,17 @@ def test_allreduce_probe_times_horovod_and_mpi4py_in_one_world():
     assert result["horovod_s"] > 0 and result["mpi_s"] > 0
 
 
+@pytest.mark.mpi
+def test_scaling_probe_times_one_worker_and_two_in_turns_in_one_job(tmp_path):
+    from conftest import tiny_config
+
+    cfg = tiny_config(tmp_path / "unused", epochs=5)
+    result = bench.run_probe(2, "--probe", "scaling", "--config", cfg.to_json(), "--rounds", "2")
+    assert result["ranks"] == 2
+    assert set(result["epochs_s"]) == {"1", "2"}
+    assert all(len(t) == 2 and all(s > 0 for s in t) for t in result["epochs_s"].values())
+
+
 @pytest.mark.parametrize("setting,expected", [(None, True), ("0", False)])
 def test_gmmkit_turns_on_onednn_unless_the_user_turned_it_off(setting, expected):
     # Without oneDNN, TensorFlow 2.15's CPU Conv3D backward is Eigen's, several times slower (see
