@@ -8,7 +8,7 @@ key                         what it is
 ``mfu``                     training FLOP/s (counted analytically, :func:`train_flops`) over the FLOP/s
                             of a dense float32 matmul, same process, same thread count
 ``allreduce_vs_mpi``        Horovod allreduce throughput over a plain mpi4py ``Allreduce`` of the same
-                            buffer (the model's gradient bytes), 2 ranks
+                            buffer (the model's gradient bytes), 2 ranks, the two taking turns
 ``strong_efficiency_n2``    one epoch, 1 worker over 2 Horovod workers (1 thread each): T1 / (2 T2),
                             each T the median of three epochs, the two taking turns in one 2-rank job
 ``growth``                  step time against K and cube size, epoch time against the data set size,
@@ -142,12 +142,13 @@ def run_probe(ranks: int, *args: str, timeout: float = 600) -> dict:
     return launch.run_json(ranks, [sys.executable, "-m", "gmmkit.bench", *args], timeout=timeout)
 
 
-def _probe_allreduce(nbytes: int, repeats: int) -> dict:
-    """In a Horovod job: seconds per Horovod sum-allreduce and per mpi4py Allreduce of ``nbytes``."""
+def _probe_allreduce(nbytes: int, repeats: int, rounds: int = 8) -> dict:
+    """In a Horovod job: seconds per Horovod sum-allreduce and per mpi4py Allreduce of ``nbytes``, the two
+    taking turns in ``rounds`` blocks of ``repeats / rounds`` (medians of the blocks' means)."""
     from . import distributed
 
     distributed._configure_devices(0, distributed.launcher_size(), 1)
-    hvd_s = distributed.time_allreduce(nbytes, repeats)
+    distributed.time_allreduce(nbytes, 1)  # Horovod's warm-up
     from mpi4py import MPI  # after hvd.init(): joins the same MPI world
 
     comm = MPI.COMM_WORLD
@@ -155,12 +156,17 @@ def _probe_allreduce(nbytes: int, repeats: int) -> dict:
     recv = np.empty_like(send)
     for _ in range(3):
         comm.Allreduce(send, recv, op=MPI.SUM)
-    comm.Barrier()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        comm.Allreduce(send, recv, op=MPI.SUM)
-    mpi_s = (time.perf_counter() - t0) / repeats
-    return {"horovod_s": hvd_s, "mpi_s": mpi_s, "bytes": nbytes, "ranks": comm.Get_size()}
+    block = max(1, repeats // rounds)
+    hvd_s, mpi_s = [], []
+    for _ in range(rounds):
+        hvd_s.append(distributed.time_allreduce(nbytes, block, warmup=0))
+        comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(block):
+            comm.Allreduce(send, recv, op=MPI.SUM)
+        mpi_s.append((time.perf_counter() - t0) / block)
+    return {"horovod_s": float(np.median(hvd_s)), "mpi_s": float(np.median(mpi_s)), "bytes": nbytes,
+            "ranks": comm.Get_size()}
 
 
 def _probe_scaling(cfg_json: str, rounds: int = 3) -> dict:
