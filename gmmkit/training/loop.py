@@ -14,7 +14,6 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow import keras
 
 from .. import distributed, model as model_lib, strategies
 from ..config import RunConfig
