@@ -8,9 +8,12 @@ key                         what it is
 ``mfu``                     training FLOP/s (counted analytically, :func:`train_flops`) over the FLOP/s
                             of a dense float32 matmul, same process, same thread count
 ``allreduce_vs_mpi``        Horovod allreduce throughput over a plain mpi4py ``Allreduce`` of the same
-                            buffer (the model's gradient bytes), 2 ranks, the two taking turns
+                            buffer (the model's gradient bytes), 2 ranks, the two taking turns, mpi4py
+                            with Horovod shut down (:func:`_probe_allreduce`)
 ``strong_efficiency_n2``    one epoch, 1 worker over 2 Horovod workers (1 thread each): T1 / (2 T2),
                             each T the median of three epochs, the two taking turns in one 2-rank job
+``strong_efficiency_        the same efficiency as a product of four factors measured step by step in
+factors``                   that job: batch split, shared host, Horovod, rest (:func:`efficiency_factors`)
 ``growth``                  step time against K and cube size, epoch time against the data set size,
                             and the fitted T(n) = Ts + Tp/n + c log2(n) predicted out to 32 workers
 ``notebook_latency_s``      from Start on the dashboard to the first streamed epoch, 2 MPI engines
@@ -33,6 +36,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import strategies
 from .config import KERNELS, RunConfig
 
 MATMUL_N = 1024  # the dense-matmul reference: (1024 x 1024) @ (1024 x 1024), float32
@@ -143,37 +147,50 @@ def run_probe(ranks: int, *args: str, timeout: float = 600) -> dict:
 
 
 def _probe_allreduce(nbytes: int, repeats: int, rounds: int = 8) -> dict:
-    """In a Horovod job: seconds per Horovod sum-allreduce and per mpi4py Allreduce of ``nbytes``, the two
-    taking turns in ``rounds`` blocks of ``repeats / rounds`` (medians of the blocks' means)."""
+    """In an MPI job: seconds per sum-allreduce of ``nbytes`` through Horovod and through mpi4py, the two
+    taking turns in ``rounds`` blocks of ``repeats / rounds`` (medians of the blocks' means).
+
+    Plain MPI runs with Horovod shut down: Horovod's background thread keeps negotiating over MPI and,
+    measured here, slows an mpi4py ``Allreduce`` of the model's gradients from 1.0 to 3.8 ms. That slowed
+    figure is reported too, as ``mpi_beside_horovod_s``."""
+    from mpi4py import MPI  # first: MPI then outlives each hvd.shutdown()
+
     from . import distributed
 
-    distributed._configure_devices(0, distributed.launcher_size(), 1)
-    distributed.time_allreduce(nbytes, 1)  # Horovod's warm-up
-    from mpi4py import MPI  # after hvd.init(): joins the same MPI world
-
     comm = MPI.COMM_WORLD
+    distributed._configure_devices(0, comm.Get_size(), 1)
     send = np.ones(max(1, nbytes // 4), np.float32)
     recv = np.empty_like(send)
-    for _ in range(3):
-        comm.Allreduce(send, recv, op=MPI.SUM)
     block = max(1, repeats // rounds)
-    hvd_s, mpi_s = [], []
-    for _ in range(rounds):
-        hvd_s.append(distributed.time_allreduce(nbytes, block, warmup=0))
+
+    def plain_mpi() -> float:
         comm.Barrier()
         t0 = time.perf_counter()
         for _ in range(block):
             comm.Allreduce(send, recv, op=MPI.SUM)
-        mpi_s.append((time.perf_counter() - t0) / block)
-    return {"horovod_s": float(np.median(hvd_s)), "mpi_s": float(np.median(mpi_s)), "bytes": nbytes,
-            "ranks": comm.Get_size()}
+        return (time.perf_counter() - t0) / block
+
+    plain_mpi()  # warm-up
+    times: dict = {"horovod_s": [], "mpi_s": [], "mpi_beside_horovod_s": []}
+    for _ in range(rounds):
+        times["mpi_s"].append(plain_mpi())
+        comm.Barrier()
+        times["horovod_s"].append(distributed.time_allreduce(nbytes, block))  # joins Horovod: hvd.init()
+        times["mpi_beside_horovod_s"].append(plain_mpi())
+        distributed.shutdown()
+    return {**{key: float(np.median(t)) for key, t in times.items()}, "bytes": nbytes, "ranks": comm.Get_size()}
 
 
 def _probe_scaling(cfg_json: str, rounds: int = 3) -> dict:
     """In a Horovod job of n ranks: one-worker epochs (rank 0 alone while the others sleep) and n-worker
     strong-scaling epochs, taking turns ``rounds`` times, each epoch from the config's initial weights on
     traced models. Measured in turns for the reason :func:`take_turns` gives: this host's speed drifts by
-    tens of percent within minutes, more than the efficiency's distance from 1."""
+    tens of percent within minutes, more than the efficiency's distance from 1.
+
+    Then single steps, also in turns, that split the efficiency into factors (``steps_s``):
+    ``alone_batch`` and ``alone_share``, rank 0 stepping the global batch and one rank's share with the
+    other ranks asleep; ``side_by_side_share``, every rank stepping its share at once without Horovod;
+    ``horovod_share``, the real n-worker step."""
     import tempfile
 
     from mpi4py import MPI  # after hvd.init(): joins the same MPI world
@@ -186,16 +203,60 @@ def _probe_scaling(cfg_json: str, rounds: int = 3) -> dict:
     cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
     alone = cfg.replace(train={"workers": 1})
     together = cfg.replace(train={"workers": ctx.size})
-    solo = Trainer(alone, ctx=distributed.LocalContext()) if ctx.is_chief else None
+    solo = Trainer(alone, ctx=distributed.LocalContext())
     team = Trainer(together, ctx=ctx)
     times: dict = {"1": [], str(ctx.size): []}
     with tempfile.TemporaryDirectory(prefix="gmmkit-scaling-") as tmp:
         for i in range(rounds):
-            if solo is not None:
+            if ctx.is_chief:
                 times["1"] += epoch_times(alone, os.path.join(tmp, f"one-{i}"), solo)
             _wait_for_every_rank(comm)
             times[str(ctx.size)] += epoch_times(together, os.path.join(tmp, f"all-{i}"), team)
-    return {"epochs_s": times, "ranks": ctx.size}
+
+    batch = cfg.train.batch_size
+    plan = strategies.plan("strong", ctx.size, batch, cfg.train.lr)
+    start = plan.offset(ctx.rank)
+    x_batch, x_share = solo.data.train[:batch], solo.data.train[start:start + plan.shares[ctx.rank]]
+    steps = {"alone_batch": (True, lambda: solo.step(x_batch, batch)),
+             "alone_share": (True, lambda: solo.step(x_share, batch)),
+             "side_by_side_share": (False, lambda: solo.step(x_share, batch)),
+             "horovod_share": (False, lambda: team.step(x_share, batch))}
+    step_times: dict = {key: [] for key in steps}
+    for i in range(1 + 2 * rounds):  # the first round is untimed: oneDNN sets up its kernels per shape
+        for key, (chief_only, step) in steps.items():
+            _wait_for_every_rank(comm)
+            if ctx.is_chief or not chief_only:
+                seconds = _mean_seconds(step, 4)
+                if i:
+                    step_times[key].append(seconds)
+    return {"epochs_s": times, "ranks": ctx.size,
+            "steps_s": {key: float(np.median(t)) for key, t in step_times.items()} if ctx.is_chief else {}}
+
+
+def efficiency_factors(steps_s: dict, efficiency: float, n: int) -> dict:
+    """Split a strong-scaling efficiency into four factors whose product it is, from the single-step times
+    of :func:`_probe_scaling` (``steps_s``):
+
+    ``batch_split``  ``alone_batch / (n alone_share)``: what cutting the batch into n shares costs the
+                     kernels of one rank, nothing else running (the most the efficiency can reach here)
+    ``shared_host``  ``alone_share / side_by_side_share``: the ranks' steps slowing each other down on one
+                     host (caches, memory bandwidth), still without Horovod
+    ``horovod``      ``side_by_side_share / horovod_share``: the allreduce and the ranks waiting for each other
+    ``rest``         ``efficiency`` over the product of the three: what an epoch adds around its steps
+                     (validation, the loop, the data), and the noise between the two measurements
+    """
+    factors = {"batch_split": steps_s["alone_batch"] / (n * steps_s["alone_share"]),
+               "shared_host": steps_s["alone_share"] / steps_s["side_by_side_share"],
+               "horovod": steps_s["side_by_side_share"] / steps_s["horovod_share"]}
+    factors["rest"] = efficiency / float(np.prod(list(factors.values())))
+    return factors
+
+
+def _mean_seconds(fn, repeats: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
 
 
 def _wait_for_every_rank(comm) -> None:
@@ -293,6 +354,8 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     result["epochs_s"] = scaling["epochs_s"]
     result["epoch_s"] = {n: float(np.median(t)) for n, t in scaling["epochs_s"].items()}
     result["strong_efficiency_n2"] = result["epoch_s"]["1"] / (2 * result["epoch_s"]["2"])
+    result["steps_s"] = scaling["steps_s"]
+    result["strong_efficiency_factors"] = efficiency_factors(scaling["steps_s"], result["strong_efficiency_n2"], 2)
 
     predicted = {str(n): perf.epoch_time("strong", n, 32, sizes[-1], 64) for n in (1, 2, 4, 8, 16, 32)}
     result["growth"] = {
@@ -342,6 +405,10 @@ def format_table(result: dict) -> str:
     rows = ["| figure | measured | target |", "|---|---:|---|"]
     for key, (op, target) in TARGETS.items():
         rows.append(f"| {key} | {result[key]:.3f} | {op} {target} |")
+    factors = result.get("strong_efficiency_factors")
+    if factors:
+        rows.append("")
+        rows.append("strong_efficiency_n2 = " + " x ".join(f"{k} {v:.3f}" for k, v in factors.items()))
     g = result["growth"]
     rows.append("")
     rows.append("step time (ms, batch 32) by K: " + ", ".join(

@@ -35,9 +35,10 @@ def test_forward_flops_match_the_layers_of_the_built_model(cube, filters, latent
 
 @pytest.mark.mpi
 def test_allreduce_probe_times_horovod_and_mpi4py_in_one_world():
-    result = bench.run_probe(2, "--probe", "allreduce", "--bytes", str(1 << 20), "--repeats", "5")
+    # eight rounds: Horovod joins and shuts down eight times while MPI, initialised by mpi4py, stays up
+    result = bench.run_probe(2, "--probe", "allreduce", "--bytes", str(1 << 20), "--repeats", "6")
     assert result["ranks"] == 2 and result["bytes"] == 1 << 20
-    assert result["horovod_s"] > 0 and result["mpi_s"] > 0
+    assert result["horovod_s"] > 0 and result["mpi_s"] > 0 and result["mpi_beside_horovod_s"] > 0
 
 
 @pytest.mark.mpi
@@ -49,6 +50,18 @@ def test_scaling_probe_times_one_worker_and_two_in_turns_in_one_job(tmp_path):
     assert result["ranks"] == 2
     assert set(result["epochs_s"]) == {"1", "2"}
     assert all(len(t) == 2 and all(s > 0 for s in t) for t in result["epochs_s"].values())
+    steps = result["steps_s"]
+    assert set(steps) == {"alone_batch", "alone_share", "side_by_side_share", "horovod_share"}
+    assert all(s > 0 for s in steps.values())
+
+
+def test_efficiency_factors_multiply_to_the_efficiency():
+    steps = {"alone_batch": 0.180, "alone_share": 0.100, "side_by_side_share": 0.104, "horovod_share": 0.110}
+    factors = bench.efficiency_factors(steps, efficiency=0.75, n=2)
+    assert factors["batch_split"] == pytest.approx(0.9)
+    assert factors["shared_host"] == pytest.approx(0.100 / 0.104)
+    assert factors["horovod"] == pytest.approx(0.104 / 0.110)
+    assert np.prod(list(factors.values())) == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("setting,expected", [(None, True), ("0", False)])
