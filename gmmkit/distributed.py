@@ -130,8 +130,8 @@ def _configure_devices(local_rank: int, local_size: int, threads: int | None) ->
     except RuntimeError:
         # TensorFlow was initialised earlier in this process (a notebook kernel or a reused engine):
         # devices and threads can no longer change, which is fine if they were set the same way before.
-        current = tf.config.threading.get_intra_op_parallelism_threads()
-        if current not in (0, threads):
+        current = tf.config.threading.get_intra_op_parallelism_threads() or cores  # 0: TF's default, every core
+        if current != threads:
             warnings.warn(f"TensorFlow already runs with {current} threads per rank; asked for {threads}",
                           RuntimeWarning, stacklevel=3)
 

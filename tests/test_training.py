@@ -133,3 +133,29 @@ def test_unwritable_output_is_reported(tmp_path):
     with pytest.raises(RunDirError, match="--out"):
         train(tiny_config(blocker / "run"))
     assert blocker.read_text() == "not a directory"
+
+
+
+@pytest.mark.parametrize("asked", ["one", "every core"])
+def test_threads_asked_for_after_tensorflow_started_warn_unless_they_match(asked):
+    # Once TensorFlow has run an op its thread pools are fixed, by default (0) one thread per core. A rank
+    # that then asks for fewer threads must hear that it did not get them.
+    import os
+    import subprocess
+    import sys
+
+    cores = len(os.sched_getaffinity(0))
+    if asked == "one" and cores == 1:
+        pytest.skip("one core: one thread is TensorFlow's default")
+    threads = 1 if asked == "one" else cores
+    code = ("import warnings, tensorflow as tf\n"
+            "from gmmkit import distributed\n"
+            "tf.constant(1.0) + 1.0\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            f"    distributed._configure_devices(0, 1, {threads})\n"
+            "print([str(w.message) for w in caught if w.category is RuntimeWarning])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    warned = f"already runs with {cores} threads per rank; asked for {threads}" in out.stdout
+    assert warned == (asked == "one")
