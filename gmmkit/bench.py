@@ -165,10 +165,7 @@ def _probe_allreduce(nbytes: int, repeats: int, rounds: int = 8) -> dict:
 
     def plain_mpi() -> float:
         comm.Barrier()
-        t0 = time.perf_counter()
-        for _ in range(block):
-            comm.Allreduce(send, recv, op=MPI.SUM)
-        return (time.perf_counter() - t0) / block
+        return _mean_seconds(lambda: comm.Allreduce(send, recv, op=MPI.SUM), block)
 
     plain_mpi()  # warm-up
     times: dict = {"horovod_s": [], "mpi_s": [], "mpi_beside_horovod_s": []}
@@ -405,10 +402,9 @@ def format_table(result: dict) -> str:
     rows = ["| figure | measured | target |", "|---|---:|---|"]
     for key, (op, target) in TARGETS.items():
         rows.append(f"| {key} | {result[key]:.3f} | {op} {target} |")
-    factors = result.get("strong_efficiency_factors")
-    if factors:
-        rows.append("")
-        rows.append("strong_efficiency_n2 = " + " x ".join(f"{k} {v:.3f}" for k, v in factors.items()))
+    rows.append("")
+    rows.append("strong_efficiency_n2 = " + " x ".join(
+        f"{k} {v:.3f}" for k, v in result["strong_efficiency_factors"].items()))
     g = result["growth"]
     rows.append("")
     rows.append("step time (ms, batch 32) by K: " + ", ".join(

@@ -5,6 +5,9 @@ Every training run costs tens of seconds of graph tracing on a small CPU, so the
 """
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,15 +138,10 @@ def test_unwritable_output_is_reported(tmp_path):
     assert blocker.read_text() == "not a directory"
 
 
-
 @pytest.mark.parametrize("asked", ["one", "every core"])
 def test_threads_asked_for_after_tensorflow_started_warn_unless_they_match(asked):
     # Once TensorFlow has run an op its thread pools are fixed, by default (0) one thread per core. A rank
     # that then asks for fewer threads must hear that it did not get them.
-    import os
-    import subprocess
-    import sys
-
     cores = len(os.sched_getaffinity(0))
     if asked == "one" and cores == 1:
         pytest.skip("one core: one thread is TensorFlow's default")
