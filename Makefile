@@ -3,7 +3,7 @@ VENV  ?= .venv
 BIN   := $(VENV)/bin
 READY := $(VENV)/.gmmkit-ready
 
-.PHONY: setup demo test lab bench clean
+.PHONY: setup demo test lab bench screenshots clean
 setup: $(READY)
 
 $(READY): pyproject.toml scripts/setup-env.sh
@@ -14,6 +14,10 @@ demo: $(READY)
 
 test: $(READY)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The README's screenshots: the browser test, copying its final screenshots into docs/screenshots/.
+screenshots: $(READY)
+	GMMKIT_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest tests/test_browser.py
 
 lab: $(READY)
 	$(BIN)/jupyter lab notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)

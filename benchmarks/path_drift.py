@@ -19,8 +19,8 @@ import sys
 import tempfile
 
 from gmmkit.config import RunConfig
-from gmmkit.io import atomic_write_json, read_jsonl
-from gmmkit.launch import mpi_env
+from gmmkit.files import atomic_write_json, read_jsonl
+from gmmkit.parallel.launch import mpi_env
 
 
 def seeds_arg(text: str) -> list[int]:

@@ -4,14 +4,18 @@ Light at import: TensorFlow, Horovod, ipyparallel, ipywidgets, plotly and Simple
 modules that own them, when those are imported.
 """
 import os as _os
+import sys as _sys
 
 __version__ = "0.1.0"
 
+# Whether TensorFlow was already imported when gmmkit was: the setting below cannot reach it then.
+TENSORFLOW_IMPORTED_FIRST = "tensorflow" in _sys.modules
+
 # TensorFlow's oneDNN kernels, before anything imports TensorFlow (it reads this once, at import). TF 2.15
 # turns them on by default only on recent Intel CPUs; elsewhere (AMD, older Intel) its CPU Conv3D falls
-# back to Eigen, whose backward passes are slow: the paper's model trained at 1068 ms a step (batch 32,
-# one thread, 2-core AMD EPYC) against 144 ms with oneDNN. TF_ENABLE_ONEDNN_OPTS=0 in the environment wins.
-# If TensorFlow was imported before gmmkit, this has no effect: see gmmkit.bench.onednn_enabled().
+# back to Eigen, whose backward passes are several times slower (README "Performance").
+# TF_ENABLE_ONEDNN_OPTS=0 in the environment wins.
+# If TensorFlow was imported before gmmkit, this has no effect: see gmmkit.study.bench.onednn_enabled().
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402

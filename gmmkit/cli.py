@@ -1,15 +1,15 @@
 """The ``gmmkit`` command line (also ``python -m gmmkit``).
 
-Every subcommand turns its flags into a :class:`~gmmkit.config.RunConfig` (or reads one with
-``--config``) and calls the library; nothing here computes anything itself. Errors in flags, fields or
-files print one line naming them and exit with status 2.
+Every subcommand turns its flags into a configuration (:class:`~gmmkit.config.RunConfig`, or the
+command's own, read with ``--config`` where it has one) and calls the library; nothing here computes or
+checks anything itself. Errors in flags, fields or files print one line naming them and exit with status 2:
+the library's errors carry the config field they are about, and :func:`main` shows the field's flag.
 """
 from __future__ import annotations
 
 import argparse
-import os
+import importlib
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from . import __version__
@@ -62,37 +62,9 @@ def add_run_flags(p: argparse.ArgumentParser, out_default: str = "runs/latest") 
                    help="start from this config.json; flags given explicitly override it")
 
 
-def input_path(flag: str, path: str, kind: str = "file") -> Path:
-    """The ``path`` an input flag names, checked: an existing ``kind`` ("file" or "folder")."""
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"{flag} {path}: no such {kind}")
-    if p.is_dir() != (kind == "folder"):
-        raise CLIError(f"{flag} {path}: expected a {kind}, found a {'folder' if p.is_dir() else 'file'}")
-    return p
-
-
-def output_path(flag: str, path: str, kind: str = "folder") -> Path:
-    """The ``path`` an output flag names, checked without creating anything: a ``kind`` ("file" or
-    "folder") that exists or can be created, in a folder this process may write."""
-    p = Path(path).absolute()
-    existing = next(q for q in (p, *p.parents) if q.exists())
-    if existing == p:
-        if p.is_dir() != (kind == "folder"):
-            raise CLIError(f"{flag} {path}: expected a {kind}, found a {'folder' if p.is_dir() else 'file'}")
-        where = p if kind == "folder" else p.parent
-    elif not existing.is_dir():
-        raise CLIError(f"{flag} {path}: expected a {kind} that can be created, but {existing} is a file")
-    else:
-        where = existing
-    if not os.access(where, os.W_OK | os.X_OK):
-        raise CLIError(f"{flag} {path}: cannot write in {where} (permission denied)")
-    return p
-
-
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunConfig:
     """A validated RunConfig from the flags (explicit flags override ``--config``); its dataset exists and
-    its output folder can be written."""
+    its output folder can be written (:meth:`RunConfig.check_paths`)."""
     try:
         base = RunConfig.load(args.config) if args.config else RunConfig()
     except ConfigError as exc:
@@ -118,17 +90,11 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         if dest in vars(args):
             raw["train"][key] = pick(dest, base.train.__dict__[key])
     raw["out"] = pick("out", base.out)
-    try:
-        cfg = RunConfig.from_dict(raw)
-    except ConfigError as exc:
-        raise CLIError(_flag_name(str(exc))) from None
-    if cfg.data.dataset != "phantoms":
-        input_path("--dataset", cfg.data.dataset)
-    output_path("--out", cfg.out)
-    return cfg
+    return RunConfig.from_dict(raw).check_paths()
 
 
-_FLAG_OF_FIELD = {
+# The flag of each config field that add_run_flags sets; a command adds its own with set_defaults(flags=...).
+FLAG_OF_FIELD = {
     "data.dataset": "--dataset", "data.size": "--phantoms", "data.train_size": "--train-size",
     "data.val_size": "--val-size", "data.cube": "--cube", "data.seed": "--seed",
     "model.components": "--components", "train.batch_size": "--batch-size", "train.lr": "--lr",
@@ -138,11 +104,12 @@ _FLAG_OF_FIELD = {
 }
 
 
-def _flag_name(message: str) -> str:
-    """Rewrite 'train.lr: expected ...' as '--lr (train.lr): expected ...'."""
-    field, _, rest = message.partition(":")
-    flag = _FLAG_OF_FIELD.get(field)
-    return f"{flag} ({field}):{rest}" if flag else message
+def describe(exc: InputError, flags: dict) -> str:
+    """The one-line message of ``exc``, naming the flag of the field it is about when there is one."""
+    flag = flags.get(exc.field) if exc.field else None
+    if flag is None:
+        return str(exc)
+    return f"{flag} ({exc.field}): {exc.detail}" if exc.detail else f"{flag}: {exc}"
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -153,8 +120,6 @@ COMMANDS = ("train", "sweep", "lr-find", "demo", "stop", "prepare-luna", "synthe
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
     parser = _Parser(prog="gmmkit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"gmmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -171,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args, sub)
     except InputError as exc:
-        print(f"gmmkit {args.command}: error: {exc}", file=sys.stderr)
+        flags = {**FLAG_OF_FIELD, **getattr(args, "flags", {})}
+        print(f"gmmkit {args.command}: error: {describe(exc, flags)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

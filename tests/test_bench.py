@@ -5,8 +5,10 @@ import time
 import numpy as np
 import pytest
 
-from gmmkit import bench
 from gmmkit.config import RunConfig
+from gmmkit.study import bench
+from gmmkit.study.perfmodel import measure_allreduce
+from gmmkit.timing import take_turns
 
 
 @pytest.mark.parametrize("cube,filters,latent,k", [(16, 32, 256, 50), (24, 8, 64, 7)])
@@ -36,7 +38,7 @@ def test_forward_flops_match_the_layers_of_the_built_model(cube, filters, latent
 @pytest.mark.mpi
 def test_allreduce_probe_times_horovod_and_mpi4py_in_one_world():
     # eight rounds: Horovod joins and shuts down eight times while MPI, initialised by mpi4py, stays up
-    result = bench.run_probe(2, "--probe", "allreduce", "--bytes", str(1 << 20), "--repeats", "6")
+    result = measure_allreduce(1 << 20, ranks=2, repeats=6)
     assert result["ranks"] == 2 and result["bytes"] == 1 << 20
     assert result["horovod_s"] > 0 and result["mpi_s"] > 0 and result["mpi_beside_horovod_s"] > 0
 
@@ -46,7 +48,7 @@ def test_scaling_probe_times_one_worker_and_two_in_turns_in_one_job(tmp_path):
     from conftest import tiny_config
 
     cfg = tiny_config(tmp_path / "unused", epochs=5)
-    result = bench.run_probe(2, "--probe", "scaling", "--config", cfg.to_json(), "--rounds", "2")
+    result = bench.run_probe(2, "scaling", "--config", cfg.to_json(), "--rounds", "2")
     assert result["ranks"] == 2
     assert set(result["epochs_s"]) == {"1", "2"}
     assert all(len(t) == 2 and all(s > 0 for s in t) for t in result["epochs_s"].values())
@@ -68,17 +70,20 @@ def test_efficiency_factors_multiply_to_the_efficiency():
 def test_gmmkit_turns_on_onednn_unless_the_user_turned_it_off(setting, expected):
     # Without oneDNN, TensorFlow 2.15's CPU Conv3D backward is Eigen's, several times slower (see
     # gmmkit/__init__.py); gmmkit must set it before TensorFlow loads, and leave a user's choice alone.
+    # TensorFlow's own start-up log says whether its oneDNN operations are on: the reference.
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "0"
     if setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
-    code = "import gmmkit.bench as b; print(b.onednn_enabled())"
+    code = "import gmmkit.study.bench as b; import tensorflow; print(b.onednn_enabled())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == str(expected)
+    assert ("oneDNN custom operations are on" in out.stderr) == expected, out.stderr
 
 
 def test_the_growth_figure_draws_each_curve_from_the_json(tmp_path):
@@ -116,7 +121,7 @@ def test_notebook_latency_drives_the_dashboard_on_a_real_cluster(tmp_path):
 def test_timers_take_turns_and_each_keeps_its_own_times():
     from types import SimpleNamespace
 
-    from gmmkit.bench import step_timer, take_turns
+    from gmmkit.study.bench import step_timer
 
     log = []
 

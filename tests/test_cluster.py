@@ -1,9 +1,9 @@
 """MPICluster: ipyparallel engines as MPI ranks, training streamed from rank 0, Stop, resize, connect.
 
-One 2-engine cluster (in a temporary profile) serves the module; its tests run in file order and the
-resize test comes last. Runs are tiny (a few cubes, four components, one thread per rank).
+One cluster (in a temporary profile) serves the module; each test that needs two healthy engines gets them
+from the ``cluster`` fixture, which resizes or restarts the shared cluster first, so the tests run in any
+order. Runs are tiny (a few cubes, four components, one thread per rank).
 """
-import importlib.util
 import json
 import os
 import stat
@@ -13,23 +13,17 @@ import time
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from gmmkit.errors import InputError, LaunchError
+from gmmkit.parallel import launch
+from gmmkit.parallel.cluster import MPICluster
 
-from gmmkit import launch  # noqa: E402
-from gmmkit.cluster import MPICluster  # noqa: E402
-from gmmkit.config import RunConfig  # noqa: E402
-from gmmkit.errors import InputError, LaunchError  # noqa: E402
+from conftest import needs_horovod, tiny_config
 
-needs_horovod = pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
-                                   reason="Horovod is not installed (make setup builds it)")
-
-TINY = dict(data={"size": 48, "val_size": 8, "train_size": 32}, model={"components": 4, "filters": 4, "latent": 16},
-            train={"epochs": 3, "batch_size": 8, "target_loss": None, "threads": 1})
+SMALL = {"data": {"size": 48, "val_size": 8, "train_size": 32}, "model": {"filters": 4, "latent": 16}}
 
 
 def tiny(out, **train):
-    return RunConfig().replace(**TINY, out=str(out)).replace(train=train) if train else \
-        RunConfig().replace(**TINY, out=str(out))
+    return tiny_config(out, **SMALL, **{"epochs": 3, **train})
 
 
 # --- no cluster needed -----------------------------------------------------------------------
@@ -60,13 +54,23 @@ def test_engine_launch_settings():
 # --- a real cluster --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def shared_cluster(tmp_path_factory):
     profile = tmp_path_factory.mktemp("ipython") / "profile_gmmkit"
-    t0 = time.perf_counter()
     c = MPICluster(n=2, profile_dir=str(profile)).start()
-    c.start_seconds = time.perf_counter() - t0
     yield c
     c.stop()
+
+
+@pytest.fixture
+def cluster(shared_cluster):
+    """The shared cluster with two engines that answer, whatever an earlier test did to it."""
+    try:
+        healthy = shared_cluster.n == 2 and sorted(shared_cluster.rank_map(refresh=True).values()) == [0, 1]
+    except Exception:
+        healthy = False
+    if not healthy:
+        shared_cluster.restart(2)
+    return shared_cluster
 
 
 @pytest.mark.mpi
@@ -81,7 +85,6 @@ def test_engines_are_the_ranks_of_one_world_and_files_are_private(cluster):
     assert stat.S_IMODE(files[0].parent.stat().st_mode) == 0o700
     client_info = json.loads(next(p for p in files if p.name.endswith("-client.json")).read_text())
     assert client_info["interface"] == "tcp://127.0.0.1"  # the controller listens on localhost only
-    print(f"cluster of 2 engines started in {cluster.start_seconds:.1f} s")
 
 
 @pytest.mark.mpi
@@ -117,10 +120,8 @@ def test_stop_ends_the_run_within_seconds_and_keeps_the_cluster(cluster, tmp_pat
     deadline = time.monotonic() + 300
     while not run.metrics and time.monotonic() < deadline:
         time.sleep(0.05)
-    summary = run.stop(wait=True, timeout=30)
+    summary = run.stop(wait=True, timeout=10)  # a bounded wait: the run ends after its current step
     assert summary["status"] == "stopped"
-    print(f"stop took {run.stop_seconds:.2f} s")
-    assert run.stop_seconds < 5
     assert sorted(cluster.rank_map(refresh=True).values()) == [0, 1]
     again = cluster.train(tiny(tmp_path / "again", workers=2, epochs=1))
     assert again.wait(timeout=120)["status"] == "max_epochs"
@@ -136,11 +137,8 @@ def test_a_dying_engine_is_reported_and_restart_recovers(cluster, tmp_path):
     while not run.metrics and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(pid_of_rank[1], 9)
-    killed_at = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"rank \d failed"):
-        run.wait(timeout=90)
-    print(f"failure reported {time.monotonic() - killed_at:.1f} s after the kill")
-    assert time.monotonic() - killed_at < 60
+    with pytest.raises(RuntimeError, match=r"rank \d failed"):  # not TimeoutError: reported within the wait
+        run.wait(timeout=60)
     finished = [json.loads(line) for line in open(tmp_path / "k" / "metrics.jsonl")]
     assert finished and [r["epoch"] for r in finished] == list(range(1, len(finished) + 1))
     cluster.restart(2)  # a fresh MPI world
@@ -150,12 +148,14 @@ def test_a_dying_engine_is_reported_and_restart_recovers(cluster, tmp_path):
 
 @pytest.mark.mpi
 def test_resize_restarts_the_engines_as_a_new_world(cluster):
-    t0 = time.perf_counter()
+    old = set(cluster.client.ids)
     cluster.resize(1)
-    print(f"resize 2 -> 1 took {time.perf_counter() - t0:.1f} s")
     assert cluster.n == 1 and sorted(cluster.rank_map().values()) == [0]
+    assert not set(cluster.client.ids) & old  # new engines, not the old ones left over
     for path in cluster.connection_files():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    cluster.restart()  # ipyparallel's own restart of the engine set, same size and launch settings
+    assert cluster.n == 1 and sorted(cluster.rank_map(refresh=True).values()) == [0]
 
 
 @pytest.mark.mpi

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from gmmkit.config import RunConfig
 from gmmkit.errors import InputError
-from gmmkit.io import read_jsonl
-from gmmkit.launch import mpi_env, rank_failure
+from gmmkit.files import read_jsonl
+from gmmkit.parallel.launch import mpi_env, rank_failure
 
 from conftest import tiny_config
 
@@ -57,13 +57,11 @@ def test_a_dying_rank_is_named_stops_the_job_and_the_run_resumes(tmp_path):
         victims = _rank_processes(psutil.Process(proc.pid), "1")
         assert len(victims) == 1
         victims[0].kill()
-        killed_at = time.monotonic()
-        _, stderr = proc.communicate(timeout=60)
-        ended_after = time.monotonic() - killed_at
+        _, stderr = proc.communicate(timeout=30)  # a bounded wait: mpirun ends the job, nothing hangs
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0 and ended_after < 30
+    assert proc.returncode != 0
     assert "rank 1" in stderr and "SIGKILL" in stderr and "--resume" in stderr
     assert not _rank_processes(psutil.Process(), "0")  # no rank left behind
     finished = read_jsonl(run / "metrics.jsonl")  # every line whole
@@ -102,16 +100,16 @@ def test_a_dying_rank_in_a_sweep_fails_its_batch_and_the_sweep_goes_on(tmp_path)
         job = psutil.Process(proc.pid).children(recursive=True)  # mpirun and both ranks
         victim, = _rank_processes(psutil.Process(proc.pid), "1")
         victim.kill()
-        killed_at = time.monotonic()
+        deadline = time.monotonic() + 30  # a bounded wait: the dead rank is named while the sweep goes on
+        while not any("rank 1" in line and "SIGKILL" in line for _, line in stderr_lines):
+            assert time.monotonic() < deadline, "".join(line for _, line in stderr_lines)
+            time.sleep(0.1)
         stdout = proc.stdout.read()
         proc.wait(timeout=120)
         reader.join(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    # reported within seconds, naming the rank; the sweep ends, saying runs failed
-    named = [t - killed_at for t, line in stderr_lines if "rank 1" in line and "SIGKILL" in line]
-    assert named and named[0] < 30, "".join(line for _, line in stderr_lines)
     assert proc.returncode == 1
     assert not [p for p in job if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # no rank left behind
     # both runs of the job are failed, with the dead rank named; the killed one keeps its finished epochs
@@ -130,7 +128,7 @@ def test_a_dying_rank_in_a_sweep_fails_its_batch_and_the_sweep_goes_on(tmp_path)
     assert "| 2 | real | failed |" in stdout and "| 4 | simulated | max_epochs |" in stdout
 
 def test_a_sweep_of_twenty_one_runs_leaks_no_processes_or_memory(tmp_path):
-    from gmmkit import study
+    from gmmkit.study import sweep as study
     from gmmkit.training import Trainer
 
     base = tiny_config(tmp_path / "unused", epochs=1, target_loss=1.0)
@@ -181,7 +179,7 @@ MHD_KEYS = ["ObjectType", "NDims", "DimSize", "ElementSpacing", "Offset", "Trans
 @given(lines=st.lists(st.tuples(st.sampled_from(MHD_KEYS), st.text(max_size=20)), max_size=8),
        raw=st.binary(max_size=64))
 def test_the_metaimage_reader_reads_or_names_the_file(tmp_path, lines, raw):
-    from gmmkit.ct import read_mhd
+    from gmmkit.data.images import read_image as read_mhd
 
     mhd = tmp_path / "scan.mhd"
     mhd.write_text("".join(f"{k} = {v}\n" for k, v in lines).replace("\x00", ""), encoding="utf-8",
@@ -257,7 +255,7 @@ def test_ctrl_c_stops_a_multi_rank_run_after_its_step(tmp_path):
 
 
 def test_a_sweep_goes_on_past_diverged_runs(tmp_path):
-    from gmmkit import study
+    from gmmkit.study import sweep as study
 
     base = tiny_config(tmp_path / "unused", epochs=4, lr=1e4, target_loss=0.001)
     rows = study.sweep(base, tmp_path / "sweep", strategies_=("strong", "lsr"), workers=(1, 2), max_real=1,

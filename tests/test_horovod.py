@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from gmmkit.io import read_jsonl
-from gmmkit.launch import mpi_env
+from gmmkit.files import read_jsonl
+from gmmkit.parallel.launch import mpi_env, mpirun_command
 from gmmkit.strategies import learning_rate
 from gmmkit.training import train
 
@@ -29,7 +29,7 @@ def gmmkit_train(cfg, *flags, mpirun=None, timeout=900):
         fh.write(cfg.to_json())
     cmd = [sys.executable, "-m", "gmmkit", "train", "--config", cfg_file, *flags]
     if mpirun:
-        cmd = ["mpirun", "-np", str(mpirun), "--bind-to", "none", "--oversubscribe", *cmd]
+        cmd = mpirun_command(mpirun, cmd)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env())
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout, json.loads((open(os.path.join(out, "summary.json")).read()))

@@ -9,15 +9,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sitk = pytest.importorskip("SimpleITK")
 
-from gmmkit import ct  # noqa: E402
 from gmmkit.cli import main  # noqa: E402
-from gmmkit.data import load_cubes  # noqa: E402
+from gmmkit.data.cubes import CubeSet  # noqa: E402
+from gmmkit.data.fake_luna import LUNG_HU, make_fake_luna  # noqa: E402
+from gmmkit.data.geometry import Geometry, cut_cube, index_to_world, world_to_index  # noqa: E402
 from gmmkit.data.intensity import normalize_hu  # noqa: E402
-from gmmkit.data.luna import (CubeSet, Geometry, cut_cube, index_to_world, read_annotations,  # noqa: E402
-                              world_to_index)
+from gmmkit.data.luna import prepare_luna, read_annotations  # noqa: E402
 from gmmkit.errors import DatasetError  # noqa: E402
 
-LUNG = float(normalize_hu(ct.LUNG_HU))
+LUNG = float(normalize_hu(LUNG_HU))
 
 
 def _rotation(rng):
@@ -86,7 +86,7 @@ def test_cut_cube_pads_with_air_beyond_the_border():
 
 @pytest.fixture(scope="module")
 def fake_luna(tmp_path_factory):
-    return ct.make_fake_luna(tmp_path_factory.mktemp("luna"), n_scans=3, nodules_per_scan=2, seed=3)
+    return make_fake_luna(tmp_path_factory.mktemp("luna"), n_scans=3, nodules_per_scan=2, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -163,18 +163,18 @@ def test_output_loads_for_training_without_pickle(prepared):
         assert f["cubes"].dtype == np.float32 and f["cubes"].shape[1:] == (16, 16, 16)
         assert float(f["spacing_mm"]) == 1.0
         assert f["center_xyz_mm"].shape == (len(f["cubes"]), 3)
-    cubes = load_cubes(out, cube=16)
+    cubes = CubeSet.load(out, cube=16).cubes
     assert 0.0 <= cubes.min() and cubes.max() <= 1.0
 
 
 def test_one_process_gives_the_same_cubes(fake_luna, prepared):
-    alone = ct.prepare_luna(fake_luna.annotations, scans=fake_luna.scans, jobs=1, progress=False)
+    alone = prepare_luna(fake_luna.annotations, scans=fake_luna.scans, jobs=1, progress=False)
     np.testing.assert_array_equal(alone.cubes.cubes, CubeSet.load(prepared[2]).cubes)
     assert alone.scans_read == 3
 
 
 def test_dicom_series(tmp_path):
-    fake = ct.make_fake_luna(tmp_path / "dicom", n_scans=2, nodules_per_scan=1, format="dicom",
+    fake = make_fake_luna(tmp_path / "dicom", n_scans=2, nodules_per_scan=1, format="dicom",
                              edge_cases=False, seed=5)
     out = tmp_path / "cubes.npz"
     assert main(["prepare-luna", "--dicom", str(fake.scans), "--annotations", str(fake.annotations),
@@ -189,7 +189,7 @@ def test_dicom_series(tmp_path):
 
 @pytest.fixture(scope="module")
 def one_scan(tmp_path_factory):
-    return ct.make_fake_luna(tmp_path_factory.mktemp("one"), n_scans=1, nodules_per_scan=1, edge_cases=False)
+    return make_fake_luna(tmp_path_factory.mktemp("one"), n_scans=1, nodules_per_scan=1, edge_cases=False)
 
 
 @pytest.fixture
@@ -281,13 +281,10 @@ def test_annotations_reader(tmp_path):
 
 
 def test_a_scan_with_non_finite_voxels_is_named(tmp_path):
-    import SimpleITK as sitk
-
-    from gmmkit.ct import read_mhd
-    from gmmkit.errors import DatasetError
+    from gmmkit.data.images import read_image
 
     volume = np.full((4, 5, 6), -800.0, np.float32)
     volume[1, 2, 3] = np.nan
     sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp_path / "nan.mhd"))
     with pytest.raises(DatasetError, match=r"nan\.mhd: holds 1 non-finite voxels .* x=3, y=2, z=1"):
-        read_mhd(tmp_path / "nan.mhd")
+        read_image(tmp_path / "nan.mhd")

@@ -1,41 +1,20 @@
 """Every notebook runs top to bottom, headless, on a tiny configuration (papermill replaces the cell tagged
 ``parameters``), in a temporary directory; the notebooks in the repository stay with their outputs cleared.
+04 (LUNA16: prepare, train, view) builds a fake LUNA16 folder itself; 05 (augmentation) uses the run 04
+trained.
 """
-import importlib.util
 import json
-import os
-from pathlib import Path
 
 import nbformat
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+from conftest import NOTEBOOKS, execute_notebook, needs_horovod, notebook_outputs, notebook_text
+
 TINY = {"phantoms": 40, "val_size": 6, "components": 4, "batch_size": 8}
-
-needs_horovod = pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
-                                   reason="Horovod is not installed (make setup builds it)")
+ALL = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 
 
-def execute(name: str, tmp_path: Path, parameters: dict, timeout: int = 600) -> nbformat.NotebookNode:
-    import papermill
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    out = tmp_path / name
-    papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters, cwd=str(tmp_path),
-                               kernel_name="python3", progress_bar=False, execution_timeout=timeout)
-    return nbformat.read(out, as_version=4)
-
-
-def text_of(nb) -> str:
-    parts = []
-    for cell in nb.cells:
-        for output in cell.get("outputs", []):
-            parts.append(output.get("text", ""))
-            parts.extend(str(v) for k, v in output.get("data", {}).items() if k.startswith("text/"))
-    return "\n".join(parts)
-
-
-@pytest.mark.parametrize("name", ["01_quickstart.ipynb", "02_distributed.ipynb", "03_reproduce_paper.ipynb"])
+@pytest.mark.parametrize("name", ALL)
 def test_committed_notebooks_are_clean_and_parameterised(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
@@ -48,22 +27,20 @@ def test_committed_notebooks_are_clean_and_parameterised(name):
 
 
 def test_01_quickstart(tmp_path):
-    nb = execute("01_quickstart.ipynb", tmp_path, {**TINY, "epochs": 2, "out": "runs/quickstart"})
+    nb = execute_notebook("01_quickstart.ipynb", tmp_path, {**TINY, "epochs": 2, "out": "runs/quickstart"})
     summary = json.loads((tmp_path / "runs/quickstart/summary.json").read_text())
     assert summary["status"] == "max_epochs" and summary["epochs"] == 2
-    text = text_of(nb)
+    text = notebook_text(nb)
     assert "the five heaviest components" in text and "alpha" in text
-    widgets = [o for c in nb.cells for o in c.get("outputs", [])
-               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert len(widgets) >= 2  # the live loss figure and the slice viewer
+    assert len(notebook_outputs(nb, "application/vnd.jupyter.widget-view+json")) >= 2  # loss figure, viewer
 
 
 @pytest.mark.mpi
 @needs_horovod
 def test_02_distributed(tmp_path):
-    nb = execute("02_distributed.ipynb", tmp_path, {**TINY, "workers": 2, "epochs": 3, "target_loss": None,
-                                                     "out": "runs/dashboard"})
-    text = text_of(nb)
+    nb = execute_notebook("02_distributed.ipynb", tmp_path, {**TINY, "workers": 2, "epochs": 3,
+                                                              "target_loss": None, "out": "runs/dashboard"})
+    text = notebook_text(nb)
     assert "max_epochs after 3 epochs" in text
     assert "status stopped; the run ended" in text
     runs = sorted(p.name for p in (tmp_path / "runs/dashboard").iterdir())
@@ -75,11 +52,29 @@ def test_02_distributed(tmp_path):
 @pytest.mark.mpi
 @needs_horovod
 def test_03_reproduce_paper(tmp_path):
-    nb = execute("03_reproduce_paper.ipynb", tmp_path, {**TINY, "epochs": 2, "target_loss": 1.0,
-                                                         "strategies": ["strong", "weak"], "workers": [1, 2],
-                                                         "max_real": 2, "out": "runs/paper"})
+    nb = execute_notebook("03_reproduce_paper.ipynb", tmp_path, {
+        **TINY, "epochs": 2, "target_loss": 1.0, "strategies": ["strong", "weak"], "workers": [1, 2],
+        "max_real": 2, "out": "runs/paper"})
     tables = (tmp_path / "runs/paper/tables.md").read_text()
     assert "### strong" in tables and "### weak" in tables and "reached_target" in tables
-    text = text_of(nb)
+    text = notebook_text(nb)
     assert "allreduce of" in text and "fig2_time_to_target.html" in text
     assert "| n | mode | status |" in text  # the tables, displayed
+
+
+def test_04_then_05(tmp_path):
+    pytest.importorskip("SimpleITK")
+    nb = execute_notebook("04_luna16.ipynb", tmp_path, {
+        "luna_dir": None, "work_dir": "luna", "fake_scans": 3, "fake_nodules_per_scan": 3, "jobs": 1,
+        "components": 4, "val_size": 4, "epochs": 1, "batch_size": 4})
+    assert (tmp_path / "luna/cubes.npz").is_file()
+    summary = json.loads((tmp_path / "luna/run/summary.json").read_text())
+    assert summary["status"] == "max_epochs"
+    assert len(notebook_outputs(nb, "application/vnd.plotly.v1+json")) == 2  # the cubes, then cube beside mixture
+
+    nb = execute_notebook("05_augmentation.ipynb", tmp_path, {
+        "run_dir": "luna/run", "out_dir": "synthetic", "n": 4, "size": 24, "image_format": "mhd"})
+    manifest = json.loads((tmp_path / "synthetic/manifest.json").read_text())
+    assert manifest["size"] == 24 and manifest["spacing_mm"] == pytest.approx(16 / 24)
+    assert len(list((tmp_path / "synthetic").glob("nodule_*_hu.mhd"))) == 4
+    assert len(notebook_outputs(nb, "application/vnd.plotly.v1+json")) == 2

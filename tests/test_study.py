@@ -5,9 +5,9 @@ import math
 import pytest
 
 from gmmkit.cli import main
-from gmmkit.io import read_jsonl
-from gmmkit.perfmodel import PerfModel, fit_step_times
-from gmmkit.study import TARGET_RTOL, RunResult, add_efficiency
+from gmmkit.files import read_jsonl
+from gmmkit.study.perfmodel import PerfModel, fit_step_times
+from gmmkit.study.sweep import TARGET_RTOL, RunResult, add_efficiency
 
 from conftest import tiny_config
 

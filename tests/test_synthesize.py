@@ -123,26 +123,30 @@ def run_dir(tmp_path_factory):
 
 def test_the_model_renders_what_its_parameters_say(run_dir):
     from gmmkit.data import load_split
+    from gmmkit.training import RunDir
 
-    cfg, model = synthesis.load_run(run_dir)
+    run = RunDir.open(run_dir)
+    cfg, (model, _) = run.config(), run.load_model()
     cubes = load_split(cfg.data).val
     rendered = synthesis.render(synthesis.encode(model, cubes), cfg.data.cube)
     np.testing.assert_allclose(rendered, model.predict(cubes, verbose=0), rtol=1e-4, atol=1e-5)
 
 
 def test_synthesize_writes_images_of_the_right_size_and_spacing(run_dir, tmp_path, capsys):
-    ct = pytest.importorskip("gmmkit.ct")
+    pytest.importorskip("SimpleITK")
+    from gmmkit.data.images import read_image
+
     out = tmp_path / "new"
     assert main(["synthesize", "--run", str(run_dir), "--out", str(out), "--n", "5", "--size", "32",
                  "--hu", "--seed", "7", "--no-progress"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["size"] == 32 and manifest["spacing_mm"] == 0.5 and len(manifest["files"]) == 5
     for record in manifest["files"]:
-        scan = ct.read_image(out / record["file"])
+        scan = read_image(out / record["file"])
         assert scan.volume.shape == (32, 32, 32) and scan.volume.dtype == np.float32
         np.testing.assert_allclose(scan.geometry.spacing, 0.5)
         np.testing.assert_allclose(scan.geometry.origin, -7.75)  # centred on the world origin
-        hu = ct.read_image(out / record["file_hu"]).volume
+        hu = read_image(out / record["file_hu"]).volume
         assert hu.dtype == np.int16 and hu.min() >= -1000 and hu.max() <= 400
     with np.load(out / "mixtures.npz", allow_pickle=False) as f:
         assert f["alpha"].shape == (5, 4) and f["tril"].shape == (5, 4, 3, 3) and f["source"].max() < 8
@@ -153,9 +157,10 @@ def test_synthesize_writes_images_of_the_right_size_and_spacing(run_dir, tmp_pat
 
 
 def test_synthesize_from_cubes_npz_keeps_their_spacing(run_dir, tmp_path):
-    ct = pytest.importorskip("gmmkit.ct")
+    pytest.importorskip("SimpleITK")
     from gmmkit.data import load_phantoms
-    from gmmkit.data.luna import CubeSet
+    from gmmkit.data.images import read_image
+    from gmmkit.data.cubes import CubeSet
 
     cubes = load_phantoms(6, seed=1).cubes
     source = tmp_path / "cubes.npz"
@@ -165,7 +170,7 @@ def test_synthesize_from_cubes_npz_keeps_their_spacing(run_dir, tmp_path):
     assert main(["synthesize", "--run", str(run_dir), "--out", str(out), "--n", "4", "--method", "sample",
                  "--groups", "2", "--format", "mhd", "--from", str(source), "--gallery", "0",
                  "--no-progress"]) == 0
-    scan = ct.read_image(out / "nodule_0003.mhd")
+    scan = read_image(out / "nodule_0003.mhd")
     assert scan.volume.shape == (16, 16, 16)
     np.testing.assert_allclose(scan.geometry.spacing, 0.8)
     records = json.loads((out / "manifest.json").read_text())["files"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gmmkit.errors import RunDirError
-from gmmkit.io import read_jsonl
+from gmmkit.files import read_jsonl
 from gmmkit.training import RunDir, StopFlag, train
 
 from conftest import tiny_config
@@ -79,7 +79,7 @@ def test_two_shares_of_a_batch_give_the_sequential_gradient_on_the_papers_model(
     beyond rounding fails here; a whole multi-epoch run cannot tell that from chaos (benchmarks/RESULTS.md)."""
     import tensorflow as tf
 
-    from gmmkit import distributed
+    from gmmkit.parallel import distributed
     from gmmkit.config import RunConfig
     from gmmkit.data import load_split
     from gmmkit.model import build_deepdensity, per_sample_msle
@@ -147,11 +147,11 @@ def test_threads_asked_for_after_tensorflow_started_warn_unless_they_match(asked
         pytest.skip("one core: one thread is TensorFlow's default")
     threads = 1 if asked == "one" else cores
     code = ("import warnings, tensorflow as tf\n"
-            "from gmmkit import distributed\n"
+            "from gmmkit.parallel import distributed\n"
             "tf.constant(1.0) + 1.0\n"
             "with warnings.catch_warnings(record=True) as caught:\n"
             "    warnings.simplefilter('always')\n"
-            f"    distributed._configure_devices(0, 1, {threads})\n"
+            f"    distributed.configure_devices(0, 1, {threads})\n"
             "print([str(w.message) for w in caught if w.category is RuntimeWarning])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

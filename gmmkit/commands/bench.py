@@ -1,7 +1,8 @@
-"""``gmmkit bench``: the performance figures of this machine, measured in one run (see gmmkit.bench)."""
+"""``gmmkit bench``: the performance figures of this machine, measured in one run (see gmmkit.study.bench)."""
 from __future__ import annotations
 
-from ..cli import CLIError, output_path
+from ..cli import CLIError
+from ..files import writable_path
 
 
 def register(sub) -> None:
@@ -14,15 +15,13 @@ def register(sub) -> None:
 
 
 def run(args, parser) -> int:
-    if args.json is not None and not str(args.json).endswith(".json"):
-        raise CLIError(f"--json: expected a file name ending in .json, received {args.json!r}")
-    if args.plot is not None and not str(args.plot).endswith(".html"):
-        raise CLIError(f"--plot: expected a file name ending in .html, received {args.plot!r}")
-    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+    for flag, path, suffix in (("--json", args.json, ".json"), ("--plot", args.plot, ".html")):
         if path is not None:
-            output_path(flag, path, "file")  # before minutes of measuring, not after
-    from .. import bench
-    from ..io import atomic_write_json
+            if not str(path).endswith(suffix):
+                raise CLIError(f"{flag}: expected a file name ending in {suffix}, received {path!r}")
+            writable_path(flag, path, "file")  # before minutes of measuring, not after
+    from ..files import atomic_write_json
+    from ..study import bench
 
     result = bench.run(quick=args.quick, progress=lambda msg: print(msg, flush=True))
     print(bench.format_table(result), flush=True)

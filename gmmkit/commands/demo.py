@@ -8,40 +8,34 @@ scaled-down data set so the whole grid fits in minutes: 1024 training and 64 val
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 
 from ..config import RunConfig
+from ..study.config import StudyConfig
+from .sweep import report
 
-DEMO = RunConfig().replace(
-    data={"size": 1088, "train_size": 1024, "val_size": 64},
-    model={"components": 50, "filters": 32, "latent": 256},  # the paper's
-    train={"epochs": 6, "threads": 1},
-    out="runs/demo")
-WORKERS = "1,2,8,32"
-TARGET_EPOCH = 3
+DEMO = StudyConfig(
+    run=RunConfig().replace(data={"size": 1088, "train_size": 1024, "val_size": 64},
+                            model={"components": 50, "filters": 32, "latent": 256},  # the paper's
+                            train={"epochs": 6, "threads": 1}),
+    workers=(1, 2, 8, 32), max_real=2, simulate=True, calibrate=True, target_epoch=3, out="runs/demo")
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="the compact study of `make demo`: 4 strategies, n = 1..32, tables, figures")
     p.add_argument("--out", default=DEMO.out, metavar="DIR")
-    p.add_argument("--target-epoch", type=int, default=TARGET_EPOCH, metavar="E")
-    p.add_argument("--epochs", type=int, default=DEMO.train.epochs, metavar="MAX")
-    p.set_defaults(func=run)
+    p.add_argument("--target-epoch", type=int, default=DEMO.target_epoch, metavar="E")
+    p.add_argument("--epochs", type=int, default=DEMO.run.train.epochs, metavar="MAX")
+    p.set_defaults(func=run, flags={"study.out": "--out", "out": "--out", "study.target_epoch": "--target-epoch",
+                                    "train.epochs": "--epochs"})
 
 
 def run(args, parser) -> int:
-    from . import sweep
+    study = dataclasses.replace(DEMO, run=DEMO.run.replace(train={"epochs": args.epochs}, out=args.out),
+                                target_epoch=args.target_epoch, out=args.out).validate()
+    study.run.check_paths()
+    from ..study.sweep import run_study  # heavy: TensorFlow
 
-    sweep_parser = argparse.ArgumentParser()
-    sub = sweep_parser.add_subparsers()
-    sweep.register(sub)
-    d = DEMO
-    argv = ["sweep", "--out", args.out, "--phantoms", str(d.data.size), "--train-size", str(d.data.train_size),
-            "--val-size", str(d.data.val_size), "--components", str(d.model.components),
-            "--epochs", str(args.epochs), "--threads", "1", "--target-epoch", str(args.target_epoch),
-            "--workers", WORKERS, "--max-real", "2", "--simulate"]
-    sweep_args = sweep_parser.parse_args(argv)
-    sweep_args.argv = argv
-    sweep_args.model_overrides = {"filters": d.model.filters, "latent": d.model.latent}
-    print("gmmkit demo: " + " ".join(argv), flush=True)
-    return sweep.run(sweep_args, sub.choices["sweep"])
+    print(f"gmmkit demo: {', '.join(study.strategies)} at n = {', '.join(map(str, study.workers))} (real up to "
+          f"{study.max_real}, simulated above), target at epoch {study.target_epoch}, into {study.out}", flush=True)
+    return report(run_study(study, say=lambda line: print(line, flush=True)), study.out)

@@ -1,9 +1,7 @@
 """``gmmkit lr-find``: a learning-rate range test to find the largest rate that still converges."""
 from __future__ import annotations
 
-import math
-
-from ..cli import CLIError, add_run_flags, config_from_args
+from ..cli import add_run_flags, config_from_args
 
 
 def register(sub) -> None:
@@ -12,18 +10,13 @@ def register(sub) -> None:
     p.add_argument("--lr-min", type=float, default=1e-5)
     p.add_argument("--lr-max", type=float, default=1e-1)
     p.add_argument("--steps", type=int, default=100)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags={"lr_find.lr_min": "--lr-min", "lr_find.lr_max": "--lr-max",
+                                    "lr_find.steps": "--steps"})
 
 
 def run(args, parser) -> int:
-    if not 0 < args.lr_min < args.lr_max:
-        raise CLIError(f"--lr-min/--lr-max: expected 0 < lr-min < lr-max, received {args.lr_min}, {args.lr_max}")
-    if not math.isfinite(args.lr_max):
-        raise CLIError(f"--lr-max: expected a finite number, received {args.lr_max}")
-    if args.steps < 2:
-        raise CLIError(f"--steps: expected at least 2, received {args.steps}")
     cfg = config_from_args(args, parser)
-    from ..lr_find import lr_range_test, write_lr_find
+    from ..study.lr_find import lr_range_test, write_lr_find  # heavy: TensorFlow
 
     result = lr_range_test(cfg, args.lr_min, args.lr_max, args.steps)
     write_lr_find(result, cfg.out)

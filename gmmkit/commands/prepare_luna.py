@@ -8,11 +8,13 @@ outside their scan, are skipped with a warning; an unreadable scan stops with an
 """
 from __future__ import annotations
 
-import math
 import sys
 
-from ..cli import CLIError, input_path, output_path
-from ..config import MIN_CUBE
+from ..cli import CLIError
+from ..files import writable_path
+
+FLAGS = {"luna.scans": "--scans", "luna.dicom": "--dicom", "luna.annotations": "--annotations",
+         "luna.cube": "--cube", "luna.spacing_mm": "--spacing", "luna.jobs": "--jobs"}
 
 
 def register(sub) -> None:
@@ -29,27 +31,16 @@ def register(sub) -> None:
     p.add_argument("--spacing", type=float, default=1.0, metavar="MM", help="isotropic voxel size (default %(default)s)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="scans read in parallel (processes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=FLAGS)
 
 
 def run(args, parser) -> int:
-    from ..ct import prepare_luna
-
-    if args.cube < MIN_CUBE:
-        raise CLIError(f"--cube: expected at least {MIN_CUBE} (the encoder's receptive field), received {args.cube}")
-    if not (math.isfinite(args.spacing) and args.spacing > 0):
-        raise CLIError(f"--spacing: expected a positive number of mm, received {args.spacing}")
-    if args.jobs < 1:
-        raise CLIError(f"--jobs: expected a positive integer, received {args.jobs}")
     if not str(args.out).endswith(".npz"):
         raise CLIError(f"--out: expected a file name ending in .npz (gmmkit train --dataset needs one), "
                        f"received {args.out!r}")
-    if args.scans is not None:
-        input_path("--scans", args.scans, "folder")
-    if args.dicom is not None:
-        input_path("--dicom", args.dicom, "folder")
-    input_path("--annotations", args.annotations)
-    output_path("--out", args.out, "file")
+    writable_path("--out", args.out, "file")  # before minutes of work, not after
+    from ..data.luna import prepare_luna
+
     prepared = prepare_luna(args.annotations, scans=args.scans, dicom=args.dicom, cube=args.cube,
                             spacing_mm=args.spacing, jobs=args.jobs, progress=not args.no_progress)
     for line in prepared.warnings():

@@ -1,9 +1,7 @@
 """``gmmkit stop RUN_DIR``: ask a running training run to stop after its current step."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..cli import CLIError
+from ..training.rundir import RunDir
 
 
 def register(sub) -> None:
@@ -13,10 +11,6 @@ def register(sub) -> None:
 
 
 def run(args, parser) -> int:
-    from ..training import RunDir
-
-    if not (Path(args.run_dir) / "config.json").is_file():
-        raise CLIError(f"RUN_DIR {args.run_dir}: not a gmmkit run directory (no config.json)")
-    RunDir(args.run_dir).request_stop()
+    RunDir.open(args.run_dir, "RUN_DIR").request_stop()
     print(f"asked {args.run_dir} to stop", flush=True)
     return 0

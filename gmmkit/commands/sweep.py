@@ -4,25 +4,19 @@ from __future__ import annotations
 import sys
 
 from ..cli import CLIError, add_run_flags, config_from_args
-from ..config import STRATEGIES
+from ..strategies import STRATEGIES
+from ..study.config import StudyConfig
+
+FLAGS = {"study.strategies": "--strategies", "study.workers": "--workers", "study.max_real": "--max-real",
+         "study.target_epoch": "--target-epoch"}
 
 
-def _csv(kind, choices=None):
-    def parse(text: str):
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        try:
-            values = [kind(t) for t in items]
-        except ValueError:
-            raise CLIError(f"expected a comma-separated list of {kind.__name__}, received {text!r}") from None
-        if not values:
-            raise CLIError(f"expected a non-empty comma-separated list, received {text!r}")
-        for v in values:
-            if choices and v not in choices:
-                raise CLIError(f"expected values among {', '.join(choices)}, received {v!r}")
-            if kind is int and v < 1:
-                raise CLIError(f"expected positive worker counts, received {v}")
-        return values
-    return parse
+def _csv(flag: str, kind, text: str) -> list:
+    """A comma-separated flag value as a list of ``kind`` (parsing only: the study config checks values)."""
+    try:
+        return [kind(t.strip()) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise CLIError(f"{flag}: expected a comma-separated list of {kind.__name__}, received {text!r}") from None
 
 
 def register(sub) -> None:
@@ -38,47 +32,33 @@ def register(sub) -> None:
     p.add_argument("--target-epoch", type=int, default=None, metavar="E",
                    help="set the target to the validation loss the sequential run reaches after E epochs "
                         "(the paper's rule, with E about 100) instead of --target-loss")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=FLAGS)
 
 
-def run(args, parser) -> int:
-    try:
-        strategies_ = _csv(str, STRATEGIES)(args.strategy_list)
-    except CLIError as exc:
-        raise CLIError(f"--strategies: {exc}") from None
-    try:
-        workers = sorted(set(_csv(int)(args.worker_list)))
-    except CLIError as exc:
-        raise CLIError(f"--workers: {exc}") from None
-    if workers[0] != 1:
-        raise CLIError(f"--workers: must include 1 (the sequential baseline of every efficiency), "
-                       f"received {args.worker_list}")
-    if args.max_real < 1:
-        raise CLIError(f"--max-real: expected a positive integer, received {args.max_real}")
-    cfg = config_from_args(args, parser)
-    if getattr(args, "model_overrides", None):
-        cfg = cfg.replace(model=args.model_overrides)
-    from .. import perfmodel, study
-    from ..training import Trainer
+def study_from_args(args, parser) -> StudyConfig:
+    return StudyConfig(run=config_from_args(args, parser), strategies=_csv("--strategies", str, args.strategy_list),
+                       workers=_csv("--workers", int, args.worker_list), max_real=args.max_real,
+                       simulate=args.simulate, calibrate=not args.no_calibrate, target_epoch=args.target_epoch,
+                       out=args.out).validate()
 
-    if args.target_epoch is not None and args.target_epoch < 1:
-        raise CLIError(f"--target-epoch: expected a positive integer, received {args.target_epoch}")
-    perf = None
-    trainer = Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)  # traced once
-    if not args.no_calibrate:
-        print("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...", flush=True)
-        perf = perfmodel.calibrate(cfg, ranks=min(2, args.max_real),
-                                   trainer=trainer if trainer.ctx.size == 1 and cfg.train.threads == 1 else None)
-        print(f"  t_fixed {perf.t_fixed * 1e3:.2f} ms/step, t_sample {perf.t_sample * 1e3:.3f} ms/sample, "
-              f"allreduce {perf.allreduce_s * 1e3:.2f} ms for {perf.gradient_bytes / 1e6:.1f} MB", flush=True)
-    rows = study.sweep(cfg, args.out, strategies_, workers, max_real=args.max_real, simulate=args.simulate,
-                       perf=perf, target_epoch=args.target_epoch, trainer=trainer)
-    print(study.format_tables(rows), flush=True)
-    print(f"tables, results.json and figures in {args.out}", flush=True)
+
+def report(rows, out: str) -> int:
+    """Print the tables; exit status 1 when a run failed (naming them), else 0."""
+    from ..study.sweep import format_tables
+
+    print(format_tables(rows), flush=True)
+    print(f"tables, results.json and figures in {out}", flush=True)
     failed = {r.run_dir: r for r in rows if r.status == "failed"}  # n = 1 is one run shared by every strategy
     if failed:
         names = ", ".join(f"{'sequential' if r.workers == 1 else r.strategy} n={r.workers}" for r in failed.values())
-        print(f"gmmkit sweep: error: {len(failed)} run(s) failed ({names}); why is in {args.out}/results.json",
+        print(f"gmmkit sweep: error: {len(failed)} run(s) failed ({names}); why is in {out}/results.json",
               file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def run(args, parser) -> int:
+    study = study_from_args(args, parser)
+    from ..study.sweep import run_study  # heavy: TensorFlow
+
+    return report(run_study(study, say=lambda line: print(line, flush=True)), study.out)

@@ -9,24 +9,23 @@ manifest.json to --out.
 """
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
-from ..cli import CLIError, input_path, output_path
-from ..errors import InputError
+FLAGS = {"synthesis.n": "--n", "synthesis.size": "--size", "synthesis.method": "--method",
+         "synthesis.format": "--format", "synthesis.seed": "--seed", "synthesis.source": "--from",
+         "synthesis.spacing_mm": "--spacing", "synthesis.gallery_rows": "--gallery",
+         "synthesis.mean_jitter": "--mean-jitter", "synthesis.sigma_jitter": "--sigma-jitter",
+         "synthesis.concentration": "--concentration", "synthesis.groups": "--groups",
+         "synthesis.temperature": "--temperature"}
 
 
 def register(sub) -> None:
-    from ..synthesis import FORMATS, METHODS
-
     p = sub.add_parser("synthesize", help="generate new nodules from a trained run",
                        description=__doc__.replace("``", "").strip())
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory (config.json, checkpoint.npz)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--n", type=int, default=100, help="how many nodules (default %(default)s)")
     p.add_argument("--size", type=int, default=None, metavar="S", help="voxels per side (default: the training cube)")
-    p.add_argument("--method", choices=METHODS, default="perturb")
-    p.add_argument("--format", choices=FORMATS, default="nii.gz")
+    p.add_argument("--method", default="perturb", help="perturb or sample (default %(default)s)")
+    p.add_argument("--format", default="nii.gz", help="nii.gz or mhd (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--from", dest="source", default=None, metavar="NPZ",
                    help="encode these cubes instead of the run's validation split")
@@ -42,50 +41,19 @@ def register(sub) -> None:
     g.add_argument("--groups", type=int, default=1, metavar="G", help="k-means groups of the encoded set")
     g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="spread of the draws (0: group means)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=FLAGS)
 
 
 def run(args, parser) -> int:
-    from ..synthesis import synthesize
+    from ..synthesis.export import SynthesisConfig, synthesize
 
-    if args.n < 1:
-        raise CLIError(f"--n: expected a positive number of nodules, received {args.n}")
-    if args.size is not None and args.size < 1:
-        raise CLIError(f"--size: expected a positive number of voxels, received {args.size}")
-    if args.spacing is not None and not (math.isfinite(args.spacing) and args.spacing > 0):
-        raise CLIError(f"--spacing: expected a positive number of mm, received {args.spacing}")
-    if args.gallery < 0:
-        raise CLIError(f"--gallery: expected 0 or more rows, received {args.gallery}")
-    if args.method == "perturb":
-        for flag, value in (("--mean-jitter", args.mean_jitter), ("--sigma-jitter", args.sigma_jitter)):
-            if not (math.isfinite(value) and value >= 0):
-                raise CLIError(f"{flag}: expected a finite number >= 0, received {value}")
-        if not (math.isfinite(args.concentration) and args.concentration > 0):
-            raise CLIError(f"--concentration: expected a positive finite number, received {args.concentration}")
-        options = {"mean_jitter": args.mean_jitter, "sigma_jitter": args.sigma_jitter,
-                   "concentration": args.concentration}
-    else:
-        if args.groups < 1:
-            raise CLIError(f"--groups: expected a positive integer, received {args.groups}")
-        if not (math.isfinite(args.temperature) and args.temperature >= 0):
-            raise CLIError(f"--temperature: expected a finite number >= 0, received {args.temperature}")
-        options = {"groups": args.groups, "temperature": args.temperature}
-    if args.seed < 0:
-        raise CLIError(f"--seed: expected 0 or more, received {args.seed}")
-    if not (Path(args.run) / "config.json").is_file():
-        raise CLIError(f"--run {args.run}: not a gmmkit run directory (no config.json)")
-    if args.source is not None:
-        input_path("--from", args.source)
-    output_path("--out", args.out)
-    try:
-        result = synthesize(args.run, args.out, n=args.n, size=args.size, method=args.method, format=args.format,
-                            seed=args.seed, source=args.source, spacing_mm=args.spacing, hu=args.hu,
-                            gallery_rows=args.gallery, options=options, progress=not args.no_progress)
-    except ValueError as exc:  # the number of groups is checked once the real cubes are loaded
-        if isinstance(exc, InputError) or not str(exc).startswith("groups:"):
-            raise
-        raise CLIError(f"--groups: {str(exc).partition(': ')[2]}") from None
+    what = SynthesisConfig(n=args.n, size=args.size, method=args.method, format=args.format, seed=args.seed,
+                           source=args.source, spacing_mm=args.spacing, hu=args.hu, gallery_rows=args.gallery,
+                           mean_jitter=args.mean_jitter, sigma_jitter=args.sigma_jitter,
+                           concentration=args.concentration, groups=args.groups,
+                           temperature=args.temperature).validate()
+    result = synthesize(args.run, args.out, what, progress=not args.no_progress)
     print(f"wrote {len(result.files)} nodules of {result.volumes.shape[1]}^3 at {result.spacing_mm:g} mm "
-          f"({args.method}, from {len(result.real)} real cubes) to {result.out}; see {result.manifest.name}"
+          f"({what.method}, from {len(result.real)} real cubes) to {result.out}; see {result.manifest.name}"
           + (f" and {result.gallery.name}" if result.gallery else ""), flush=True)
     return 0

@@ -5,7 +5,9 @@ import argparse
 import sys
 
 from ..cli import CLIError, add_run_flags, config_from_args
-from ..config import STRATEGIES
+from ..parallel import launch
+from ..strategies import STRATEGIES
+from ..training.rundir import RunDir
 
 
 def register(sub) -> None:
@@ -42,27 +44,23 @@ def print_summary(summary: dict, out: str) -> None:
 
 
 def run(args, parser) -> int:
-    from .. import distributed, launch
-
     cfg = config_from_args(args, parser)
     n = cfg.train.workers
-    if n > 1 and not args.simulate and not distributed.launched_in_parallel():
+    if n > 1 and not args.simulate and not launch.launched_in_parallel():
         print(f"launching {n} ranks with {args.launcher}", flush=True)
-        from ..training import RunDir
-
-        code, failure = launch.run_ranks(n, launch.python_module_argv(*args.argv), args.launcher,
+        code, failure = launch.run_ranks(n, launch.gmmkit_argv(*args.argv), args.launcher,
                                          on_interrupt=RunDir(cfg.out).request_stop)
         ended = (RunDir(cfg.out).summary() or {}).get("status")  # a run that stopped or diverged says so itself
         if failure and ended in (None, "running", "failed"):
             print(f"gmmkit train: error: {failure}; {args.launcher} stopped the other ranks. The metrics of "
                   f"every finished epoch are in {cfg.out}; continue with --resume.", file=sys.stderr, flush=True)
         return code
-    if distributed.launched_in_parallel() and not args.simulate and distributed.launcher_size() != n:
-        raise CLIError(f"--workers {n}: this job was started with {distributed.launcher_size()} ranks")
-    from ..training import train
+    if launch.launched_in_parallel() and not args.simulate and launch.launcher_size() != n:
+        raise CLIError(f"--workers {n}: this job was started with {launch.launcher_size()} ranks")
+    from ..training import train  # heavy: TensorFlow
 
     summary = train(cfg, callbacks=[lambda r: print_epoch(r, cfg.train.epochs)], resume=args.resume,
                     simulate=args.simulate, handle_sigint=True)
-    if distributed.launcher_rank() == 0:
+    if launch.launcher_rank() == 0:
         print_summary(summary, cfg.out)
     return 0 if summary["status"] in ("reached_target", "max_epochs") else 1

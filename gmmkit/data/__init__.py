@@ -1,7 +1,8 @@
-"""Data sources: synthetic phantoms, gmmkit .npz files, and the shared HU normalisation."""
-from .datasets import DatasetError, Split, load_cubes, load_split
-from .intensity import HU_WINDOW, normalize_hu
+"""Data sources, all ending as normalised nodule cubes: the synthetic phantoms, LUNA16 scans and DICOM
+series, and the ``cubes.npz`` format that holds them (:mod:`.cubes`)."""
+from .cubes import CubeSet, Split, load_cubes, load_split
+from .intensity import AIR_HU, HU_WINDOW, normalize_hu
 from .phantoms import CATEGORIES, PhantomSet, generate_phantoms, load_phantoms
 
-__all__ = ["CATEGORIES", "DatasetError", "HU_WINDOW", "PhantomSet", "Split", "generate_phantoms",
+__all__ = ["AIR_HU", "CATEGORIES", "CubeSet", "HU_WINDOW", "PhantomSet", "Split", "generate_phantoms",
            "load_cubes", "load_phantoms", "load_split", "normalize_hu"]

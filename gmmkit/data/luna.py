@@ -1,142 +1,40 @@
-"""Real-CT geometry in plain numpy: world millimetres to voxels, and nodule cubes cut from a scan.
+"""LUNA16: the annotations CSV, and cubes cut around every annotated nodule of a set of scans.
 
-A CT scan is a voxel array plus three things that place it in the patient (all in the order x, y, z, as
-SimpleITK and the .mhd header give them):
-
-``origin``
-    the world position in mm of the centre of voxel (0, 0, 0);
-``spacing``
-    the voxel size in mm along each array axis (LUNA16: about 0.7 mm in-plane, 0.6 to 2.5 mm between
-    slices);
-``direction``
-    a 3x3 matrix (row-major, 9 numbers) whose columns are the world directions of the array axes; the
-    identity for most scans, a flipped axis (``-1`` on the diagonal) for some.
-
-A world point ``p`` and a continuous voxel index ``i`` (x, y, z order) are related by
-``p = origin + direction @ (spacing * i)``, so ``i = direction^-1 (p - origin) / spacing``
-(:func:`world_to_index`, :func:`index_to_world`). The voxel array itself is indexed the other way round,
-``volume[z, y, x]`` (``SimpleITK.GetArrayFromImage``).
-
-A nodule cube (:func:`cut_cube`) is an ``S x S x S`` grid of isotropic spacing (1 mm by default) aligned with
-the world axes, centred exactly on the annotated world position: the centre of the cube, between its two
-middle voxels when S is even, is the nodule centre. Its array axes are world (z, y, x), the same as the
-cube's ``mu[..., d]`` axes in :mod:`gmmkit.model.mixture`, whatever the scan's direction, so every cube
-has the same orientation. Each cube voxel is read from the scan by trilinear interpolation at its world
-position: resampling to isotropic spacing, converting the centre to voxels and cutting are one step, one
-interpolation (not two) and exact to a fraction of a voxel. Cube voxels beyond the scan's border are air
-(-1000 HU).
-
-The annotations CSV (:func:`read_annotations`) and the ``cubes.npz`` format that ``gmmkit prepare-luna``
-writes and ``gmmkit train --dataset`` reads (:class:`CubeSet`) are defined here too. Nothing here imports
-SimpleITK: :mod:`gmmkit.ct` reads the scans and hands the arrays in.
+:func:`prepare_luna` reads each annotated scan once (however many nodules it has), in a pool of processes,
+and cuts a world-aligned cube of isotropic spacing centred on every annotated nodule
+(:func:`gmmkit.data.geometry.cut_cube`), normalised like every other data source
+(:func:`gmmkit.data.intensity.normalize_hu`). Annotations whose scan is not found, and annotations whose
+centre lies outside their scan, are skipped and reported; a cube that reaches past the scan's border is
+padded with air. A scan that cannot be read stops everything with an error naming the file. The scans are
+read by :mod:`gmmkit.data.images` (SimpleITK); the result is a :class:`~gmmkit.data.cubes.CubeSet`.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import math
-from dataclasses import dataclass
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
+from tqdm.auto import tqdm
 
+from .. import checks
 from ..errors import DatasetError
-from .intensity import AIR_HU, HU_WINDOW
+from ..files import atomic_open, existing_path
+from ..model.config import MIN_CUBE
+from .cubes import CubeSet
+from .geometry import cut_cube, inside_extent, world_to_index
+from .images import ScanSource, find_dicom_series, find_mhd_scans
+from .intensity import AIR_HU, HU_WINDOW, normalize_hu
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 REQUIRED_COLUMNS = ANNOTATION_COLUMNS[:4]  # diameter_mm is optional (NaN when absent)
 
-
-# --- geometry ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where a voxel array sits in the world: origin (3,), spacing (3,), direction (3, 3); all x, y, z."""
-
-    origin: np.ndarray
-    spacing: np.ndarray
-    direction: np.ndarray
-
-    @classmethod
-    def of(cls, origin, spacing, direction=None) -> "Geometry":
-        """Checked geometry from sequences (``direction``: 9 numbers row-major or a 3x3 matrix; default identity)."""
-        origin = np.asarray(origin, dtype=np.float64).reshape(-1)
-        spacing = np.asarray(spacing, dtype=np.float64).reshape(-1)
-        direction = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64)
-        if origin.shape != (3,) or not np.all(np.isfinite(origin)):
-            raise ValueError(f"origin: expected 3 finite numbers (x, y, z), received {origin.tolist()}")
-        if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or not np.all(spacing > 0):
-            raise ValueError(f"spacing: expected 3 positive numbers (x, y, z), received {spacing.tolist()}")
-        if direction.size != 9:
-            raise ValueError(f"direction: expected 9 numbers (a 3x3 matrix, row-major), received {direction.size}")
-        direction = direction.reshape(3, 3)
-        if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6:
-            raise ValueError(f"direction: expected an invertible 3x3 matrix, received {direction.tolist()}")
-        return cls(origin, spacing, direction)
-
-
-def world_to_index(points_xyz: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Continuous voxel indices (x, y, z) of world points in mm: (..., 3) -> (..., 3).
-
-    ``i = direction^-1 (p - origin) / spacing``; integer results are voxel centres.
-    """
-    p = np.asarray(points_xyz, dtype=np.float64)
-    inverse = np.linalg.inv(geometry.direction)
-    return ((p - geometry.origin) @ inverse.T) / geometry.spacing
-
-
-def index_to_world(index_xyz: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """World points in mm of continuous voxel indices (x, y, z): (..., 3) -> (..., 3)."""
-    i = np.asarray(index_xyz, dtype=np.float64)
-    return geometry.origin + (i * geometry.spacing) @ geometry.direction.T
-
-
-def inside_extent(index_xyz: np.ndarray, shape_zyx: tuple[int, int, int]) -> np.ndarray:
-    """Whether each continuous index lies within the scan's voxels (their half-voxel extent included)."""
-    size_xyz = np.asarray(shape_zyx[::-1], dtype=np.float64)
-    i = np.asarray(index_xyz, dtype=np.float64)
-    return np.all((i >= -0.5) & (i <= size_xyz - 0.5), axis=-1)
-
-
-def cube_points(center_xyz_mm, size: int, spacing_mm: float = 1.0) -> np.ndarray:
-    """World positions (x, y, z) of the voxel centres of a world-aligned cube: (size, size, size, 3).
-
-    Array axes are (z, y, x); voxel ``k`` along an axis sits ``(k - (size - 1) / 2) * spacing_mm`` from the
-    centre, so the cube's centre is exactly ``center_xyz_mm``.
-    """
-    offsets = (np.arange(size, dtype=np.float64) - (size - 1) / 2.0) * spacing_mm
-    z, y, x = np.meshgrid(offsets, offsets, offsets, indexing="ij")
-    return np.stack([x, y, z], axis=-1) + np.asarray(center_xyz_mm, dtype=np.float64)
-
-
-def cut_cube(volume_zyx: np.ndarray, geometry: Geometry, center_xyz_mm, size: int = 16,
-             spacing_mm: float = 1.0, fill: float = AIR_HU) -> tuple[np.ndarray, float]:
-    """A world-aligned ``size``-cube of ``volume_zyx`` centred on a world point, and the fraction inside.
-
-    Each cube voxel is the trilinear interpolation of the scan at its world position
-    (:func:`cube_points`); voxels beyond the scan's extent are ``fill`` (air, -1000 HU, by default).
-    Returns the cube in the volume's units as float32 (z, y, x), and the fraction of its voxels that lie
-    inside the scan (1.0: entirely inside, 0.0: entirely outside).
-    """
-    volume_zyx = np.asarray(volume_zyx)
-    if volume_zyx.ndim != 3:
-        raise ValueError(f"volume_zyx: expected a 3-D array, received shape {volume_zyx.shape}")
-    if not (isinstance(size, (int, np.integer)) and size > 0):
-        raise ValueError(f"size: expected a positive integer, received {size!r}")
-    if not spacing_mm > 0:
-        raise ValueError(f"spacing_mm: expected a positive number, received {spacing_mm!r}")
-    index = world_to_index(cube_points(center_xyz_mm, size, spacing_mm), geometry)
-    inside = inside_extent(index, volume_zyx.shape)
-    upper = np.asarray(volume_zyx.shape[::-1], dtype=np.float64) - 1.0
-    clamped = np.clip(index, 0.0, upper)  # the half-voxel rims read their edge voxel
-    coords = clamped[..., ::-1].reshape(-1, 3).T  # (3, P) in array order z, y, x
-    values = ndimage.map_coordinates(volume_zyx, coords, order=1, mode="nearest", output=np.float32)
-    cube = values.reshape(size, size, size)
-    cube[~inside] = fill
-    return cube, float(inside.mean())
-
-
-# --- annotations ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Annotations:
@@ -214,8 +112,6 @@ def _number(path: Path, line: int, column: str, text: str) -> float:
 
 def write_annotations(path: str | Path, annotations: Annotations) -> None:
     """Write ``annotations`` as a LUNA16 CSV (atomically)."""
-    from ..io import atomic_open
-
     with atomic_open(path, "w") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(ANNOTATION_COLUMNS)
@@ -224,71 +120,146 @@ def write_annotations(path: str | Path, annotations: Annotations) -> None:
                              "" if math.isnan(d) else repr(float(d))])
 
 
-# --- the cubes.npz format ------------------------------------------------------------------------
+# --- scans to cubes ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class CubeSet:
-    """Nodule cubes and where they came from: the arrays of a ``cubes.npz``.
+class Skipped:
+    """An annotation that produced no cube, and why."""
 
-    ===================  ===========================  =================================================
-    ``cubes``            (N, S, S, S) float32         normalised by :func:`normalize_hu` (0 is air)
-    ``seriesuid``        (N,) unicode ('U')           the scan each cube was cut from
-    ``center_xyz_mm``    (N, 3) float64               nodule centre in world mm (x, y, z)
-    ``diameter_mm``      (N,) float32                 from the annotations (NaN if not given)
-    ``inside_fraction``  (N,) float32                 fraction of the cube inside the scan (rest is air)
-    ``spacing_mm``       () float64                   voxel size of the cubes (isotropic)
-    ``hu_window``        (2,) float64                 the window ``normalize_hu`` used
-    ===================  ===========================  =================================================
+    row: int  # 0-based index among the annotations (the CSV's data rows)
+    seriesuid: str
+    center_xyz_mm: tuple[float, float, float]
+    reason: str  # "no scan" or "outside the scan ..."
 
-    Strings are fixed-width unicode, never objects, so everything loads with ``allow_pickle=False``;
-    :func:`gmmkit.data.load_cubes` reads the ``cubes`` of such a file for training.
+
+@dataclass
+class Prepared:
+    """What :func:`prepare_luna` made: the cubes, the annotations it skipped, and how long it took."""
+
+    cubes: CubeSet
+    skipped: list[Skipped] = field(default_factory=list)
+    scans_read: int = 0
+    seconds: float = 0.0
+
+    def save(self, path: str | os.PathLike) -> None:
+        self.cubes.save(path)
+
+    def warnings(self) -> list[str]:
+        """One line per problem: scans not found (naming their seriesuids), then each annotation outside."""
+        return describe_skipped(self.skipped)
+
+
+def describe_skipped(skipped: Sequence[Skipped]) -> list[str]:
+    """Warning lines for skipped annotations: one naming every missing scan, then one per other skip."""
+    lines = []
+    missing = sorted({s.seriesuid for s in skipped if s.reason == "no scan"})
+    if missing:
+        rows = sum(s.reason == "no scan" for s in skipped)
+        lines.append(f"{rows} annotation(s) skipped, their scan was not found: {', '.join(missing)}")
+    for s in skipped:
+        if s.reason != "no scan":
+            x, y, z = s.center_xyz_mm
+            lines.append(f"annotation row {s.row + 1} skipped ({s.seriesuid} at x={x:.1f}, y={y:.1f}, "
+                         f"z={z:.1f} mm): {s.reason}")
+    return lines
+
+
+def prepare_luna(annotations: str | os.PathLike | Annotations, scans: str | os.PathLike | None = None,
+                 dicom: str | os.PathLike | None = None, cube: int = 16, spacing_mm: float = 1.0,
+                 jobs: int = 1, progress: bool = True) -> Prepared:
+    """Cut a normalised cube around every annotated nodule.
+
+    ``annotations``: a LUNA16 CSV (or :class:`Annotations`); ``scans``: folder of .mhd files, or ``dicom``:
+    folder of DICOM series. ``cube`` voxels per side at ``spacing_mm``; ``jobs`` processes read scans in
+    parallel, each scan once; ``progress`` shows a tqdm bar. Rows come out in CSV order.
+    Raises :class:`DatasetError` when a scan is unreadable (naming it) or when no cube could be cut.
     """
+    if (scans is None) == (dicom is None):
+        raise ValueError("prepare_luna: pass exactly one of scans= (.mhd folder) or dicom= (DICOM folder)")
+    if scans is not None:
+        existing_path("luna.scans", scans, "folder")
+    if dicom is not None:
+        existing_path("luna.dicom", dicom, "folder")
+    if not isinstance(annotations, Annotations):
+        existing_path("luna.annotations", annotations)
+    checks.integer("luna.cube", cube)
+    if cube < MIN_CUBE:
+        checks.fail("luna.cube", f"at least {MIN_CUBE} (the encoder's receptive field)", cube)
+    checks.positive_float("luna.spacing_mm", spacing_mm)
+    checks.positive_int("luna.jobs", jobs)
+    began = time.perf_counter()
+    ann = annotations if isinstance(annotations, Annotations) else read_annotations(annotations)
+    sources = find_mhd_scans(scans) if scans is not None else find_dicom_series(dicom)
 
-    cubes: np.ndarray
-    seriesuid: np.ndarray
-    center_xyz_mm: np.ndarray
-    diameter_mm: np.ndarray
-    inside_fraction: np.ndarray
-    spacing_mm: float = 1.0
-    hu_window: tuple[float, float] = HU_WINDOW
+    skipped: list[Skipped] = []
+    tasks = []
+    for uid, rows in ann.by_series().items():
+        if uid not in sources:
+            skipped += [Skipped(int(r), uid, tuple(ann.center_xyz_mm[r]), "no scan") for r in rows]
+        else:
+            tasks.append((uid, sources[uid], rows, ann.center_xyz_mm[rows], cube, float(spacing_mm)))
 
-    def __len__(self) -> int:
-        return len(self.cubes)
-
-    def save(self, path: str | Path) -> None:
-        """Write the arrays to ``path`` atomically (a crash never leaves a half-written file)."""
-        from ..io import atomic_savez
-
-        atomic_savez(path, cubes=np.asarray(self.cubes, dtype=np.float32),
-                     seriesuid=np.asarray(self.seriesuid, dtype=str).astype("U"),
-                     center_xyz_mm=np.asarray(self.center_xyz_mm, dtype=np.float64).reshape(-1, 3),
-                     diameter_mm=np.asarray(self.diameter_mm, dtype=np.float32),
-                     inside_fraction=np.asarray(self.inside_fraction, dtype=np.float32),
-                     spacing_mm=np.float64(self.spacing_mm), hu_window=np.asarray(self.hu_window, np.float64))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "CubeSet":
-        """Read a ``cubes.npz``; only ``cubes`` is required (other arrays get neutral defaults)."""
-        from .datasets import load_cubes
-
-        cubes = load_cubes(path)  # checks the file and the cubes' shape
-        with np.load(path, allow_pickle=False) as f:
-            n = len(cubes)
-            get = (lambda key, default: f[key] if key in f.files else default)
-            return cls(cubes=cubes,
-                       seriesuid=np.asarray(get("seriesuid", np.full(n, "", dtype="U1"))).astype(str),
-                       center_xyz_mm=np.asarray(get("center_xyz_mm", np.full((n, 3), np.nan)), np.float64),
-                       diameter_mm=np.asarray(get("diameter_mm", np.full(n, np.nan)), np.float32),
-                       inside_fraction=np.asarray(get("inside_fraction", np.ones(n)), np.float32),
-                       spacing_mm=float(get("spacing_mm", 1.0)),
-                       hu_window=tuple(float(v) for v in get("hu_window", HU_WINDOW)))
+    results: dict[int, tuple[np.ndarray, float]] = {}
+    for uid, outcome in _run_tasks(tasks, jobs, progress):
+        for row, cube_values, fraction, reason in outcome:
+            if reason is None:
+                results[row] = (cube_values, fraction)
+            else:
+                skipped.append(Skipped(row, uid, tuple(ann.center_xyz_mm[row]), reason))
+    skipped.sort(key=lambda s: s.row)
+    if not results:
+        raise DatasetError("no annotation produced a cube: " + "; ".join(describe_skipped(skipped)))
+    rows = np.array(sorted(results))
+    cubes = CubeSet(cubes=np.stack([results[r][0] for r in rows]), seriesuid=ann.seriesuid[rows],
+                    center_xyz_mm=ann.center_xyz_mm[rows], diameter_mm=ann.diameter_mm[rows],
+                    inside_fraction=np.array([results[r][1] for r in rows], dtype=np.float32),
+                    spacing_mm=float(spacing_mm), hu_window=HU_WINDOW)
+    return Prepared(cubes, skipped, scans_read=len(tasks), seconds=time.perf_counter() - began)
 
 
-def stored_spacing(path: str | Path, default: float = 1.0) -> float:
-    """The ``spacing_mm`` a cubes.npz records (``default`` when it has none, e.g. hand-made files)."""
+def cut_scan(source: ScanSource, rows: np.ndarray, centres_xyz: np.ndarray, cube: int,
+             spacing_mm: float) -> list[tuple[int, np.ndarray | None, float, str | None]]:
+    """Read one scan and cut the cubes of its annotations: ``(row, normalised cube, inside fraction, reason)``.
+
+    ``reason`` is None for a cube, or says why the annotation was skipped (its centre is outside the scan).
+    """
+    scan = source.read()
+    out = []
+    for row, centre in zip(rows, centres_xyz):
+        if not inside_extent(world_to_index(centre, scan.geometry), scan.volume.shape):
+            lo, hi = scan.world_bounds()
+            span = ", ".join(f"{a} {l:.1f} to {h:.1f}" for a, l, h in zip("xyz", lo, hi))
+            out.append((int(row), None, 0.0, f"its centre lies outside the scan ({span} mm)"))
+            continue
+        hu, fraction = cut_cube(scan.volume, scan.geometry, centre, cube, spacing_mm, fill=AIR_HU)
+        out.append((int(row), normalize_hu(hu), fraction, None))
+    return out
+
+
+def _cut_task(task):
+    uid, source, rows, centres, cube, spacing = task
+    return uid, cut_scan(source, rows, centres, cube, spacing)
+
+
+def _run_tasks(tasks, jobs: int, progress: bool):
+    """Yield ``(uid, outcome)`` per scan, in this process (jobs=1) or in a pool of ``jobs`` processes."""
+    bar = tqdm(total=len(tasks), desc="scans", unit="scan", disable=not progress)
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return float(f["spacing_mm"]) if "spacing_mm" in f.files else default
-    except Exception as exc:
-        raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
+        if jobs == 1 or len(tasks) <= 1:
+            for task in tasks:
+                yield _cut_task(task)
+                bar.update()
+            return
+        # forkserver/spawn: the workers start clean even when the caller has threads (TensorFlow, Jupyter)
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        pool = concurrent.futures.ProcessPoolExecutor(min(jobs, len(tasks)), multiprocessing.get_context(method))
+        try:
+            futures = [pool.submit(_cut_task, task) for task in tasks]
+            for future in concurrent.futures.as_completed(futures):
+                yield future.result()
+                bar.update()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        bar.close()
 

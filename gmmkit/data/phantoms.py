@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..files import atomic_savez
 from .intensity import normalize_hu
 
 CATEGORIES = ("solid", "part-solid", "ground-glass", "calcified")
@@ -148,8 +149,6 @@ def load_phantoms(n: int = 2100, seed: int = 0, cube: int = 16, cache: bool = Tr
             pass  # a corrupt cache entry is regenerated below
     data = generate_phantoms(n, seed, cube)
     if cache:
-        from ..io import atomic_savez
-
         try:
             atomic_savez(path, cubes=data.cubes, category=data.category, attachment=data.attachment,
                          diameter_mm=data.diameter_mm)

@@ -76,6 +76,7 @@ def _conv3d_forward_kernel_gradient(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tenso
     return tf.nn.conv3d(x, kernel, _STRIDES, "VALID"), grad
 
 
+@keras.saving.register_keras_serializable(package="gmmkit")
 class Conv3D(keras.layers.Conv3D):
     """``keras.layers.Conv3D`` that trains through :func:`conv3d_valid` when it can.
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import tensorflow as tf
 from tensorflow import keras
 
-from ..config import KERNELS
+from .config import KERNELS
 from .conv import Conv3D
-from .layers import DeepDensity, GaussianMixtureHeads
+from .layers import CubeMass, DeepDensity, GaussianMixtureHeads
 
 
 def build_deepdensity(cube: int = 16, components: int = 50, filters: int = 32, latent: int = 256,
@@ -33,10 +33,7 @@ def mixture_model(model: keras.Model) -> keras.Model:
     """A model sharing ``model``'s weights that returns ``(alpha, mu, tril, mass)`` instead of the density."""
     cube = model.input
     alpha, mu, tril = model.get_layer("mixture").output
-    size = model.get_layer("density").size
-    mass = keras.layers.Lambda(
-        lambda c: tf.reduce_sum(tf.reshape(c, (tf.shape(c)[0], -1)), axis=1) * (2.0 / size) ** 3,
-        name="mass")(cube)
+    mass = CubeMass(name="mass")(cube)
     return keras.Model(cube, [alpha, mu, tril, mass], name="deepdensity_mixture")
 
 
@@ -44,3 +41,10 @@ def per_sample_msle(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Mean squared log error per sample: ``mean((log(1 + y) - log(1 + y_hat))^2)`` over voxels, shape (B,)."""
     diff = tf.math.log1p(y_true) - tf.math.log1p(tf.maximum(y_pred, 0.0))
     return tf.reduce_mean(tf.reshape(tf.square(diff), (tf.shape(diff)[0], -1)), axis=1)
+
+
+def from_config(cfg) -> keras.Model:
+    """Build the model a :class:`gmmkit.config.RunConfig` describes (weights seeded by ``train.seed``)."""
+    m = cfg.model
+    return build_deepdensity(cube=cfg.data.cube, components=m.components, filters=m.filters, latent=m.latent,
+                             sigma_min=m.sigma_min, sigma_max=m.sigma_max, seed=cfg.train.seed)

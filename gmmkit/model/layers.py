@@ -7,6 +7,7 @@ from tensorflow import keras
 from . import mixture
 
 
+@keras.saving.register_keras_serializable(package="gmmkit")
 class GaussianMixtureHeads(keras.layers.Layer):
     """Parallel dense heads from the latent vector to K trivariate Gaussian components (paper Eqs. 10-13).
 
@@ -45,6 +46,7 @@ class GaussianMixtureHeads(keras.layers.Layer):
                 "sigma_max": self.sigma_max}
 
 
+@keras.saving.register_keras_serializable(package="gmmkit")
 class DeepDensity(keras.layers.Layer):
     """Renders ``mass * M(x)`` on the input's voxel grid, where M is the mixture density (paper Eq. 7).
 
@@ -58,13 +60,19 @@ class DeepDensity(keras.layers.Layer):
         super().__init__(**kwargs)
         self.size = int(size)
         self.features = tf.constant(mixture.quadratic_features(mixture.grid_coordinates(self.size)))
-        self.voxel_volume = (2.0 / self.size) ** 3
 
     def call(self, inputs):
         cube, alpha, mu, tril = inputs
-        mass = tf.reduce_sum(tf.reshape(cube, (tf.shape(cube)[0], -1)), axis=1, keepdims=True) * self.voxel_volume
-        density = mixture.render_mixture(alpha, mu, tril, self.features) * mass
+        density = mixture.render_mixture(alpha, mu, tril, self.features) * mixture.cube_mass(cube)[:, None]
         return tf.reshape(density, (-1, self.size, self.size, self.size))
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}
+
+
+@keras.saving.register_keras_serializable(package="gmmkit")
+class CubeMass(keras.layers.Layer):
+    """A cube's mass, its integral over [-1, 1]^3 (:func:`gmmkit.model.mixture.cube_mass`): (B, S, S, S) -> (B,)."""
+
+    def call(self, cube):
+        return mixture.cube_mass(cube)

@@ -65,6 +65,13 @@ def scale_tril(sigma: tf.Tensor, corr: tf.Tensor) -> tf.Tensor:
     return sigma[..., :, None] * w
 
 
+def cube_mass(cube: tf.Tensor) -> tf.Tensor:
+    """Each cube's integral over [-1, 1]^3, ``sum(x) * (2 / S)^3``: (B, S, S, S) -> (B,). The renderer scales
+    the mixture (which integrates to 1) by it, so input and rendering are in the same units."""
+    size = cube.shape[-1]
+    return tf.reduce_sum(tf.reshape(cube, (tf.shape(cube)[0], -1)), axis=1) * (2.0 / size) ** 3
+
+
 def covariance(tril: tf.Tensor) -> tf.Tensor:
     """``Sigma = L L^T``."""
     return tf.matmul(tril, tril, transpose_b=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..io import atomic_write_text
+from . import write_html
 
 PANELS = (("step_s_by_components", "step time against K (batch 32)", "components K", "ms per step", 1e3),
           ("step_s_by_cube", "step time against cube side", "cube side S (voxels)", "ms per step", 1e3),
@@ -16,7 +16,7 @@ PANELS = (("step_s_by_components", "step time against K (batch 32)", "components
 
 
 def growth_figure(result: dict) -> go.Figure:
-    """Four panels from ``result["growth"]`` (the JSON of :func:`gmmkit.bench.run`); the workers panel also
+    """Four panels from ``result["growth"]`` (the JSON of :func:`gmmkit.study.bench.run`); the workers panel also
     marks the measured 1- and 2-worker epochs when the result has them."""
     growth = result["growth"]
     fig = make_subplots(rows=2, cols=2, subplot_titles=[p[1] for p in PANELS], horizontal_spacing=0.1,
@@ -46,7 +46,4 @@ def growth_figure(result: dict) -> go.Figure:
 
 def write_growth_figure(result: dict, path) -> Path:
     """Write :func:`growth_figure` as a standalone HTML file (plotly.js inside; opens offline)."""
-    path = Path(path)
-    html = growth_figure(result).to_html(include_plotlyjs=True, full_html=True, config={"displayModeBar": False})
-    atomic_write_text(path, html)
-    return path
+    return write_html(growth_figure(result), path, config={"displayModeBar": False})

@@ -7,7 +7,7 @@ sized by their weight alpha and faded with their distance from the slice plane.
 
 The figures are built once, empty, and updated in place (:func:`update_slices`, :func:`update_volume`), so a
 slider moving through slices changes the image without rebuilding the widget. The arrays come from
-:mod:`gmmkit.inspect`; nothing here knows about models or files.
+:mod:`gmmkit.ui.inspector`; nothing here knows about models or files.
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """Figures of a sweep (paper Figs. 2 to 5) as self-contained HTML files."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import plotly.graph_objects as go
 
-from ..io import atomic_write_text
+from ..checks import is_finite_number
+from . import write_html
 
 STRATEGY_COLOURS = {"strong": "#1f77b4", "weak": "#ff7f0e", "lsr": "#d62728", "warmup": "#2ca02c"}
 
@@ -35,7 +35,7 @@ def loss_curves_figure(curves: dict, strategy: str, target: float | None, title:
         if (s != strategy and n != 1) or (workers is not None and n not in workers) or not records:
             continue
         fig.add_trace(go.Scatter(x=[r["epoch"] for r in records],
-                                 y=[r["val_loss"] if _finite(r["val_loss"]) else None for r in records],
+                                 y=[r["val_loss"] if is_finite_number(r["val_loss"]) else None for r in records],
                                  mode="lines", name=f"n = {n}"))
     if target:
         fig.add_hline(y=target, line_dash="dash", annotation_text="target")
@@ -56,13 +56,4 @@ def write_figures(rows, curves: dict, out: Path, target: float | None) -> list[P
         if strategy in strategies:
             figures[name] = loss_curves_figure(curves, strategy, target,
                                                f"{strategy.capitalize()} scaling losses (Fig. {fig_no})")
-    paths = []
-    for name, fig in figures.items():
-        path = Path(out) / name
-        atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
-        paths.append(path)
-    return paths
-
-
-def _finite(x) -> bool:
-    return x is not None and math.isfinite(x)
+    return [write_html(fig, Path(out) / name) for name, fig in figures.items()]

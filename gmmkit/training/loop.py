@@ -1,12 +1,11 @@
 """The training loop: one function, the same on one process and on every Horovod rank.
 
 It is a plain TensorFlow custom loop over a plain Keras model. Distribution enters through the context
-of :mod:`gmmkit.distributed` (gradient and metric sums, the initial broadcast) and through the sample
-indices each rank takes from :mod:`gmmkit.strategies`.
+of :mod:`gmmkit.parallel.distributed` (gradient and metric sums, the initial broadcast) and through the
+sample indices each rank takes from :mod:`gmmkit.strategies`.
 """
 from __future__ import annotations
 
-import math
 import signal
 import threading
 import time
@@ -15,10 +14,12 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from .. import distributed, model as model_lib, strategies
+from .. import checks, strategies
+from ..checks import is_finite_number
 from ..config import RunConfig
-from ..data import load_split
-from ..errors import ConfigError
+from ..data.cubes import load_split
+from ..model.deepdensity import from_config, per_sample_msle
+from ..parallel import distributed
 from .optimizer import Adam
 from .rundir import RunDir
 
@@ -53,7 +54,7 @@ class Trainer:
         self._configure(cfg, simulate)
         t = cfg.train
         self.data = load_split(cfg.data)
-        self.model = model_lib.from_config(cfg)
+        self.model = from_config(cfg)
         self.optimizer = Adam(t.lr, beta_1=t.beta_1, beta_2=t.beta_2, epsilon=t.epsilon)
         self.optimizer.build(self.model.trainable_variables)
         self._initial_weights = self.model.get_weights()
@@ -76,9 +77,8 @@ class Trainer:
         batch = strategies.global_batch(t.strategy, t.workers, t.batch_size)
         steps = strategies.steps_per_epoch(len(self.data.train), batch)
         if steps == 0:
-            raise ConfigError(f"--train-size (data.train_size): expected at least one global batch of {batch} "
-                              f"samples (--batch-size {t.batch_size}, {t.strategy} scaling with {t.workers} "
-                              f"workers), received {len(self.data.train)}")
+            checks.fail("data.train_size", f"at least one global batch of {batch} samples (batch size "
+                        f"{t.batch_size}, {t.strategy} scaling with {t.workers} workers)", len(self.data.train))
         return steps
 
     # --- reuse across runs -------------------------------------------------------------------
@@ -124,7 +124,7 @@ class Trainer:
         @tf.function(input_signature=spec)
         def train_step(x, global_batch, stop):
             with tf.GradientTape() as tape:
-                per_sample = model_lib.per_sample_msle(x, model(x, training=True))
+                per_sample = per_sample_msle(x, model(x, training=True))
                 loss_sum = tf.reduce_sum(per_sample)
                 scaled = loss_sum / global_batch
             # the stop vote rides in the gradients' allreduce: no collective of its own on every step
@@ -145,7 +145,7 @@ class Trainer:
 
         @tf.function(input_signature=[tf.TensorSpec((None, s, s, s), tf.float32)])
         def eval_step(x):
-            return tf.reduce_sum(model_lib.per_sample_msle(x, model(x, training=False)))
+            return tf.reduce_sum(per_sample_msle(x, model(x, training=False)))
 
         return eval_step
 
@@ -176,13 +176,17 @@ class Trainer:
         for var, value in zip(optimizer_variables(self.optimizer), ckpt["optimizer"]):
             var.assign(value)
 
+    def gradient_bytes(self) -> int:
+        """Bytes of one gradient of every trainable weight (float32): what each step's allreduce moves."""
+        return int(sum(np.prod(v.shape) * 4 for v in self.model.trainable_variables))
+
     def state(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         return self.model.get_weights(), [v.numpy() for v in optimizer_variables(self.optimizer)]
 
     # --- the loop --------------------------------------------------------------------------
     def fit(self, run: RunDir, callbacks: Iterable[EpochCallback] = (), stop: Optional[StopFlag] = None,
             resume: bool = False) -> dict:
-        cfg, t, ctx = self.cfg, self.cfg.train, self.ctx
+        t, ctx = self.cfg.train, self.ctx
         callbacks = list(callbacks) if ctx.is_chief else []
         stop = stop if stop is not None else StopFlag()
         start_epoch, time_offset = 0, 0.0
@@ -203,7 +207,7 @@ class Trainer:
                    "best_val_loss": None, "final_val_loss": None, "target_loss": t.target_loss,
                    "global_batch": first.global_batch, "steps_per_epoch": steps}
         previous = run.metrics() if (resume and ctx.is_chief) else []
-        finite = [r["val_loss"] for r in previous if _finite(r.get("val_loss"))]
+        finite = [r["val_loss"] for r in previous if is_finite_number(r.get("val_loss"))]
         summary["best_val_loss"] = min(finite) if finite else None
         summary["final_val_loss"] = previous[-1]["val_loss"] if previous else None
 
@@ -240,9 +244,9 @@ class Trainer:
             run.append_metrics(record)
             summary["epochs"] = epoch + 1
             summary["final_val_loss"] = val_loss
-            if _finite(val_loss) and (summary["best_val_loss"] is None or val_loss < summary["best_val_loss"]):
+            if is_finite_number(val_loss) and (summary["best_val_loss"] is None or val_loss < summary["best_val_loss"]):
                 summary["best_val_loss"] = val_loss
-            if not (_finite(train_loss) and _finite(val_loss)):
+            if not (is_finite_number(train_loss) and is_finite_number(val_loss)):
                 summary["status"] = "diverged"
             else:
                 run.save_checkpoint(*self.state(), epoch=epoch + 1, time_s=record["time_s"])
@@ -258,10 +262,6 @@ class Trainer:
         summary["elapsed_s"] = time.perf_counter() - began
         run.write_summary(summary)
         return summary
-
-
-def _finite(x) -> bool:
-    return x is not None and math.isfinite(x)
 
 
 def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool = False,

@@ -11,7 +11,9 @@
                    ends after the current step with status ``stopped``
 =================  ==============================================================================
 
-Only the chief (rank 0) writes; every write is atomic (:mod:`gmmkit.io`).
+Only the chief (rank 0) writes; every write is atomic (:mod:`gmmkit.files`). This module is the one
+place that knows what a run directory is (:meth:`RunDir.open`) and how to load a run's model and weights
+(:meth:`RunDir.load_model`); the launcher and ``gmmkit stop`` import it without loading TensorFlow.
 """
 from __future__ import annotations
 
@@ -24,17 +26,28 @@ import numpy as np
 
 from ..config import RunConfig
 from ..errors import RunDirError
-from ..io import append_jsonl, atomic_savez, atomic_write_json, atomic_write_text, read_jsonl
+from ..files import append_jsonl, atomic_savez, atomic_write_json, atomic_write_text, read_jsonl
 
 STATUSES = ("reached_target", "diverged", "max_epochs", "stopped", "failed", "running")
-
-
 
 
 class RunDir:
     def __init__(self, path: str | os.PathLike, chief: bool = True):
         self.path = Path(path)
         self.chief = chief
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, what: str = "run") -> "RunDir":
+        """An existing run directory, or a :class:`RunDirError` naming ``what`` (a flag such as ``--run``)."""
+        run = cls(path)
+        if not run.exists():
+            raise RunDirError(f"{what} {path}: not a gmmkit run directory (no config.json); train one first "
+                              "(gmmkit train --out DIR, or gmmkit.training.train(cfg))")
+        return run
+
+    def exists(self) -> bool:
+        """Whether this is a run directory: it holds the ``config.json`` every run writes first."""
+        return self.config_path.is_file()
 
     # --- paths -----------------------------------------------------------------------------
     config_path = property(lambda self: self.path / "config.json")
@@ -122,3 +135,24 @@ class RunDir:
                 }
         except Exception as exc:
             raise RunDirError(f"{self.checkpoint_path}: unreadable checkpoint ({exc})") from None
+
+    def load_model(self, checkpoint: bool = True):
+        """The run's Keras model with the weights of its last checkpoint, and that checkpoint's epoch.
+
+        Without a checkpoint yet: a :class:`RunDirError` when ``checkpoint`` is required, else the model's
+        seeded initial weights and epoch 0."""
+        from ..model import from_config  # heavy: TensorFlow, only for the callers that need the model
+
+        cfg = self.config()
+        model = from_config(cfg)
+        ckpt = self.load_checkpoint()
+        if ckpt is None:
+            if checkpoint:
+                raise RunDirError(f"{self.path}: no checkpoint.npz (the run has not finished an epoch)")
+            return model, 0
+        try:
+            model.set_weights(ckpt["weights"])
+        except ValueError as exc:
+            raise RunDirError(f"{self.checkpoint_path}: its weights do not fit the model config.json describes "
+                              f"({exc})") from None
+        return model, ckpt["epoch"]

@@ -1,25 +1,18 @@
-"""Notebook widgets: the training :class:`Dashboard` and the :class:`SliceViewer`.
+"""The training dashboard of a notebook: start, watch, stop and compare runs on an MPI cluster.
 
-This is the only module that imports ipywidgets. The logic behind every control is a plain method
-(``Dashboard.start``, ``Dashboard.stop``, ``Dashboard.update``, ``SliceViewer.show``), so it runs, and is
-tested, without a browser; the buttons and sliders only call those methods.
+Pick a strategy, the number of workers (one MPI rank, one GPU each), the base learning rate and batch, the
+target loss and the epoch limit, then Start. The run goes to the cluster's engines (see
+:mod:`gmmkit.parallel.cluster`); a background thread follows it, adding each epoch to the live loss plot
+and the status line while the notebook stays free. Stop asks the run to end after its current step. Every
+run keeps its curves, so successive runs compare on one plot, and the table below fills in as they finish.
 
-Dashboard
-    Pick a strategy, the number of workers (one MPI rank, one GPU each), the base learning rate and batch,
-    the target loss and the epoch limit, then Start. The run goes to the cluster's engines (see
-    :mod:`gmmkit.cluster`); a background thread follows it, adding each epoch to the live loss plot and the
-    status line while the notebook stays free. Stop asks the run to end after its current step. Every run
-    keeps its curves, so successive runs compare on one plot, and the table below fills in as they finish.
-
-SliceViewer
-    One validation cube beside the model's rendering of it and their difference, on one colour scale,
-    with the mixture's centres drawn on the slice; a 3D view shows isosurfaces of both. It reads a run
-    directory's latest checkpoint and can reload it while the run is still training.
+The logic behind every control is a plain method (``Dashboard.start``, ``Dashboard.stop``,
+``Dashboard.update``), so it runs, and is tested, without a browser; the buttons only call those methods.
+The modules of :mod:`gmmkit.ui` are the only ones that import ipywidgets.
 """
 from __future__ import annotations
 
 import html
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,81 +20,14 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
-from .config import RunConfig
-from .errors import InputError
-from .strategies import STRATEGIES
+from ..config import RunConfig
+from ..errors import InputError
+from ..plots import live
+from ..strategies import STRATEGIES
+from ..study.perfmodel import efficiency
+from .format import estimate_remaining, format_number, format_seconds, parse_target
+from .viewer import SliceViewer
 
-# --- pure helpers ------------------------------------------------------------------------------
-
-
-def parse_target(text: str) -> Optional[float]:
-    """The target-loss box: a positive number, or 'none' / empty for 'run every epoch'."""
-    text = str(text).strip()
-    if text.lower() in ("", "none", "off"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"target loss: expected a positive number or 'none', received {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"target loss: expected a positive number or 'none', received {text!r}")
-    return value
-
-
-def estimate_remaining(records: list[dict], epochs: int, target: Optional[float] = None) -> Optional[float]:
-    """Seconds left: epochs still to run times the recent epoch time.
-
-    Without a target (or while the loss is not falling) the run goes to ``epochs``; with one, a straight
-    line through the last five log validation losses says when it will cross the target, if sooner.
-    """
-    if not records:
-        return None
-    last = records[-1]
-    recent = [r.get("epoch_time_s") for r in records[-3:] if _finite(r.get("epoch_time_s"))]
-    per_epoch = sum(recent) / len(recent) if recent else last["time_s"] / max(last["epoch"], 1)
-    left = max(epochs - int(last["epoch"]), 0)
-    tail = [(r["epoch"], math.log(r["val_loss"])) for r in records[-5:]
-            if _finite(r.get("val_loss")) and r["val_loss"] > 0]
-    if target is not None and len(tail) >= 3:
-        n = len(tail)
-        mx, my = sum(e for e, _ in tail) / n, sum(v for _, v in tail) / n
-        sxx = sum((e - mx) ** 2 for e, _ in tail)
-        slope = sum((e - mx) * (v - my) for e, v in tail) / sxx if sxx else 0.0
-        if slope < 0:
-            to_target = max(math.ceil((math.log(target) - tail[-1][1]) / slope - 1e-9), 0)
-            left = min(left, to_target)
-    return left * per_epoch
-
-
-def format_seconds(seconds: Optional[float]) -> str:
-    if seconds is None or not _finite(seconds):
-        return "-"
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {sec:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def efficiency(t1: Optional[float], n: int, tn: Optional[float]) -> Optional[float]:
-    """Parallel efficiency ``T1 / (n Tn)`` of reaching the target (None when either time is missing)."""
-    if not (t1 and tn and _finite(t1) and _finite(tn)) or n < 1:
-        return None
-    return t1 / (n * tn)
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _fmt(x, spec=".4g") -> str:
-    return format(x, spec) if _finite(x) else "-"
-
-
-# --- the dashboard -----------------------------------------------------------------------------
 
 @dataclass
 class DashboardRun:
@@ -131,9 +57,9 @@ class DashboardRun:
 class Dashboard:
     """Start, watch, stop and compare training runs on an MPI cluster, from a notebook.
 
-    ``cluster``: an :class:`gmmkit.cluster.MPICluster` (or anything with ``train(cfg)`` returning a handle
-    with ``metrics``, ``done()``, ``wait()`` and ``stop()``, and ``resize(n)``), or a factory ``n ->
-    cluster`` called when a run needs one. ``base``: the :class:`RunConfig` the controls start from (data
+    ``cluster``: an :class:`gmmkit.parallel.cluster.MPICluster` (or anything with ``train(cfg)`` returning a
+    :class:`~gmmkit.parallel.training_run.RunHandle`, and ``resize(n)``), or a factory ``n -> cluster``
+    called when a run needs one. ``base``: the :class:`RunConfig` the controls start from (data
     and model settings are taken from it as they are). Runs write to ``out/NN-strategy-nN``.
     ``viewer=True`` adds a :class:`SliceViewer` that follows the current run's checkpoints.
     ``poll_interval``: seconds between looks at a running run; ``None`` follows nothing by itself (call
@@ -145,9 +71,6 @@ class Dashboard:
 
     def __init__(self, cluster: Any, base: Optional[RunConfig] = None, out: str = "runs/dashboard",
                  viewer: bool = True, poll_interval: Optional[float] = 0.5, max_workers: int = 64):
-        from .plots import live
-
-        self._live = live
         if cluster is None:
             raise InputError("cluster: expected an MPICluster, a factory n -> cluster, or an object with "
                              "train(cfg), received None")
@@ -247,9 +170,9 @@ class Dashboard:
             label = f"#{number} {t.strategy} n={t.workers}"
             cfg = cfg.replace(out=f"{self.out}/{number:02d}-{t.strategy}-n{t.workers}")
             run = DashboardRun(number=number, label=label, cfg=cfg, clicked=time.perf_counter(),
-                               trace=self._live.add_run(self.figure, label, t.strategy))
+                               trace=live.add_run(self.figure, label, t.strategy))
             self.runs.append(run)
-            self._live.set_target(self.figure, t.target_loss)
+            live.set_target(self.figure, t.target_loss)
             self.start_button.disabled, self.stop_button.disabled = True, False
         if self.poll_interval is None:
             self._submit(run)
@@ -345,11 +268,11 @@ class Dashboard:
             run.records.append(record)
             if run.first_epoch_s is None:
                 run.first_epoch_s = now - run.clicked
-            self._live.add_record(self.figure, run.trace, record)
+            live.add_record(self.figure, run.trace, record)
         t = run.cfg.train
         left = estimate_remaining(run.records, t.epochs, t.target_loss)
         self._set_status(f"{run.label}: epoch {record['epoch']}/{t.epochs} &middot; train "
-                         f"{_fmt(record['train_loss'])} &middot; val {_fmt(record['val_loss'])} &middot; "
+                         f"{format_number(record['train_loss'])} &middot; val {format_number(record['val_loss'])} &middot; "
                          f"{format_seconds(record['time_s'])} elapsed &middot; about {format_seconds(left)} left",
                          escape=False)
         if self.viewer is not None:
@@ -371,7 +294,7 @@ class Dashboard:
             ttt = summary.get("time_to_target_s")
             reached = f", target reached in {format_seconds(ttt)}" if ttt is not None else ""
             self._set_status(f"{run.label}: {summary['status']} after {summary['epochs']} epochs{reached}; "
-                             f"best val {_fmt(summary.get('best_val_loss'))}")
+                             f"best val {format_number(summary.get('best_val_loss'))}")
         if self.viewer is not None and not error:
             self.viewer.follow(run.cfg.out)
 
@@ -409,174 +332,10 @@ class Dashboard:
         head = ("run", "status", "epochs", "best val", "time to target", "efficiency")
         cells = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                r["run"], r["status"], r["epochs"], _fmt(r["best_val_loss"]),
+                r["run"], r["status"], r["epochs"], format_number(r["best_val_loss"]),
                 format_seconds(r["time_to_target_s"]),
                 "-" if r["efficiency"] is None else f"{100 * r['efficiency']:.1f} %")) + "</tr>"
             for r in rows)
         return ('<table class="gmmkit-runs" style="border-collapse:collapse">'
                 + "<tr>" + "".join(f"<th style='padding:0 12px 0 0;text-align:left'>{h}</th>" for h in head)
                 + "</tr>" + cells + "</table>")
-
-
-# --- the slice viewer --------------------------------------------------------------------------
-
-class SliceViewer:
-    """Input, rendered density and difference of one validation cube, slice by slice, from a checkpoint.
-
-    ``SliceViewer("runs/demo")`` opens a run directory (its ``config.json`` and latest ``checkpoint.npz``;
-    see :class:`gmmkit.inspect.Inspector`). Controls: the axis (axial, coronal, sagittal = array axes 0, 1,
-    2), the slice, and the validation cube; "reload" picks up a newer checkpoint, as :meth:`refresh` does
-    from code and :meth:`follow` does for a run that is still training. ``volume=True`` adds the 3D view.
-    """
-
-    def __init__(self, run: Any = None, sample: int = 0, axis: str = "axial", index: Optional[int] = None,
-                 volume: bool = True, max_samples: Optional[int] = 32, min_refresh_s: float = 2.0):
-        from .inspect import AXES
-        from .plots import slices
-
-        self._slices = slices
-        self.max_samples = max_samples
-        self.min_refresh_s = min_refresh_s
-        self.inspector = None
-        self._lock = threading.RLock()
-        self._following: Optional[str] = None
-        self._last_refresh = 0.0
-        self._worker: Optional[threading.Thread] = None
-        self._wanted: Optional[str] = None
-        self._wake = threading.Event()
-        self._quiet = False
-        self.axis = W.ToggleButtons(options=list(AXES), value=axis, description="axis",
-                                    style={"button_width": "80px"})
-        self.slice = W.IntSlider(value=0, min=0, max=1, description="slice", continuous_update=True)
-        self.slice.add_class("gmmkit-slice-slider")
-        self.sample = W.Dropdown(options=[("-", 0)], value=0, description="sample", layout=W.Layout(width="230px"))
-        self.reload_button = W.Button(description="reload", icon="refresh", layout=W.Layout(width="90px"))
-        self.info = W.HTML(value="<i>no checkpoint loaded</i>")
-        self.figure = slices.slice_figure()
-        self.volume = slices.volume_figure() if volume else None
-        self.axis.observe(self._on_control, names="value")
-        self.slice.observe(self._on_control, names="value")
-        self.sample.observe(self._on_sample, names="value")
-        self.reload_button.on_click(lambda _b: self.refresh(force=True))
-        parts = [W.HBox([self.axis, self.sample, self.reload_button]), self.slice, self.info, self.figure]
-        if self.volume is not None:
-            parts.append(self.volume)
-        self.widget = W.VBox(parts)
-        self.widget.add_class("gmmkit-slice-viewer")
-        self._initial = (sample, index)
-        if run is not None:
-            self.load(run)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    # --- loading ------------------------------------------------------------------------------
-    def load(self, run: Any) -> "SliceViewer":
-        """Show a run directory (or an :class:`~gmmkit.inspect.Inspector`)."""
-        from .inspect import Inspector
-
-        inspector = run if isinstance(run, Inspector) else Inspector(run, max_samples=self.max_samples)
-        with self._lock:
-            self.inspector = inspector
-            self._following = str(inspector.run.path) if inspector.run is not None else None
-            size = inspector.size
-            sample, index = self._initial
-            self._quiet = True
-            try:
-                self.sample.options = [(f"validation cube {i}", i) for i in range(len(inspector))]
-                self.sample.value = min(max(int(sample), 0), len(inspector) - 1)
-                self.slice.max = size - 1
-                self.slice.value = size // 2 if index is None else min(max(int(index), 0), size - 1)
-            finally:
-                self._quiet = False
-            self._last_refresh = time.monotonic()
-        self.redraw(volume=True)
-        return self
-
-    def refresh(self, force: bool = False) -> bool:
-        """Reload the checkpoint if it changed (at most every ``min_refresh_s`` unless ``force``)."""
-        if self.inspector is None:
-            return False
-        now = time.monotonic()
-        if not force and now - self._last_refresh < self.min_refresh_s:
-            return False
-        self._last_refresh = now
-        with self._lock:
-            changed = self.inspector.reload()
-        if changed or force:
-            self.redraw(volume=True)
-        return changed
-
-    def follow(self, run: Any) -> None:
-        """Keep showing ``run``'s latest checkpoint, loading and refreshing in a background thread.
-
-        Loading the model takes a few seconds the first time (TensorFlow), so the caller (the dashboard's
-        epoch handler) never waits for it.
-        """
-        self._wanted = str(run)
-        self._wake.set()
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._follow_loop, name="gmmkit-slice-viewer", daemon=True)
-            self._worker.start()
-
-    def _follow_loop(self) -> None:
-        while True:  # a daemon thread: it sleeps on the event between epochs and ends with the kernel
-            self._wake.wait()
-            self._wake.clear()
-            wanted = self._wanted
-            try:
-                if wanted != self._following:
-                    self.load(wanted)
-                else:
-                    self.refresh(force=True)
-            except Exception as exc:  # a half-written run: say so, try again at the next epoch
-                self.info.value = f"<span style='color:#b00020'>{html.escape(str(exc))}</span>"
-
-    # --- drawing ----------------------------------------------------------------------------
-    def show(self, sample: Optional[int] = None, axis: Optional[str] = None, index: Optional[int] = None) -> None:
-        """Move the controls (each given one) and redraw once."""
-        self._quiet = True
-        try:
-            if axis is not None:
-                self.axis.value = axis
-            if sample is not None:
-                self.sample.value = sample
-            if index is not None:
-                self.slice.value = index
-        finally:
-            self._quiet = False
-        self.redraw(volume=sample is not None)
-
-    def redraw(self, volume: bool = False) -> None:
-        """Draw the current sample, axis and slice (and the 3D view when ``volume``)."""
-        from .inspect import centres_on_slice, shared_range, slice_volume, to_voxel
-
-        if self.inspector is None:
-            return
-        with self._lock:
-            s = self.inspector.sample(int(self.sample.value))
-            axis, index = self.axis.value, int(self.slice.value)
-            images = [slice_volume(v, axis, index) for v in (s.input, s.density, s.difference)]
-            zrange = shared_range(s.input, s.density, s.difference)  # whole cube: stable while sliding
-            centres = centres_on_slice(s.alpha, s.mu, axis, index, s.size)
-            title = f"validation cube {s.index}, {axis} slice {index}/{s.size - 1}, cube MSLE {s.loss:.4g}"
-            self._slices.update_slices(self.figure, *images, centres=centres, zrange=zrange, title=title,
-                                       size=s.size)
-            if volume and self.volume is not None:
-                self._slices.update_volume(self.volume, s.input, s.density, centres=to_voxel(s.mu, s.size),
-                                           alpha=s.alpha)
-            self.info.value = html.escape(self.inspector.describe())
-
-    def image(self) -> list:
-        """The three slice images as drawn now (for tests and for saving)."""
-        import numpy as np
-
-        return [np.asarray(t.z) for t in self.figure.data if t.type == "heatmap"]
-
-    def _on_control(self, _change) -> None:
-        if not self._quiet:
-            self.redraw()
-
-    def _on_sample(self, _change) -> None:
-        if not self._quiet:
-            self.redraw(volume=True)

@@ -1,6 +1,6 @@
 """An ipyparallel cluster whose engines are the ranks of one MPI job, driven from a notebook.
 
-This is the only module that imports ipyparallel. ``MPICluster(n=4).start()`` does from Python what
+This module and :mod:`gmmkit.parallel.training_run` are the only ones that import ipyparallel. ``MPICluster(n=4).start()`` does from Python what
 
     ipcluster start --engines=MPI -n 4
 
@@ -23,16 +23,14 @@ What it takes care of:
   the engines: :meth:`MPICluster.resize`.
 * **Launch environment.** The engines' mpiexec gets ``--bind-to none --map-by slot`` (and
   ``--oversubscribe`` when n exceeds this machine's cores), and OpenMPI's run-as-root switches when the
-  user is root (:func:`gmmkit.launch.mpi_env`). Each rank runs TensorFlow with ``cores / ranks`` threads
-  unless ``train.threads`` says otherwise (:mod:`gmmkit.distributed`).
+  user is root (:func:`gmmkit.parallel.launch.mpi_env`). They are set in the cluster's configuration, so
+  ipyparallel's own ``restart_engines`` keeps them. Each rank runs TensorFlow with ``cores / ranks``
+  threads unless ``train.threads`` says otherwise (:mod:`gmmkit.parallel.distributed`).
 * **Exposure.** The controller listens on 127.0.0.1 only, unless you pass ``controller_ip`` (e.g. ``"*"``
   for engines on other hosts), and the connection files, which hold the keys that let anyone who reads
   them run code on the engines, are made readable by their owner only (mode 600).
-* **Streaming.** On every engine :func:`engine_train` calls :func:`gmmkit.training.train`; rank 0 publishes
-  each epoch's record with ``ipyparallel.datapub.publish_data``, which arrives in the notebook's
-  ``AsyncResult.data`` without the notebook waiting. Stop writes the run directory's ``STOP`` file; the
-  training loop checks it at every step and all ranks agree through an allreduce, so the run ends cleanly
-  with status ``stopped`` and the engines are free for the next run.
+* **Runs.** :meth:`MPICluster.train` starts a run on every engine and returns a
+  :class:`~gmmkit.parallel.training_run.TrainingRun` at once: rank 0 streams each epoch to the notebook.
 """
 from __future__ import annotations
 
@@ -45,44 +43,15 @@ from typing import Optional, Sequence
 
 import ipyparallel as ipp
 
-from . import launch
-from .config import RunConfig
-from .errors import InputError, LaunchError
+from traitlets.config import Config
 
-METRIC_KEY = "epoch-{:06d}"
+from ..config import RunConfig
+from ..errors import InputError, LaunchError
+from . import launch
+from .training_run import TrainingRun, engine_identity, engine_train
+
 DEFAULT_ENGINE_TIMEOUT = 120.0
 
-
-# --- functions that run on the engines (imports inside: they run in the engines' processes) -----------
-
-def engine_rank() -> tuple[int, int]:
-    """On an engine: ``(rank, size)`` of its MPI world."""
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-
-
-def engine_train(cfg_json: str) -> dict:
-    """On every engine: train the run ``cfg_json`` describes under Horovod; returns the run summary.
-
-    Rank 0 (the only rank that calls epoch callbacks) publishes each epoch's metrics record under the key
-    ``epoch-NNNNNN``; the notebook reads them from ``AsyncResult.data`` while the run goes on.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ipyparallel.datapub import publish_data
-
-    from gmmkit.config import RunConfig as Config
-    from gmmkit.training import train
-
-    cfg = Config.from_json(cfg_json)
-
-    def publish(record: dict) -> None:
-        publish_data({METRIC_KEY.format(int(record["epoch"])): dict(record)})
-
-    return train(cfg, callbacks=[publish])
-
-
-# --- the cluster ----------------------------------------------------------------------------
 
 class MPICluster:
     """A controller and n MPI-rank engines on this machine; see the module docstring.
@@ -135,7 +104,7 @@ class MPICluster:
             raise LaunchError("mpiexec is not on PATH: install OpenMPI (apt-get install openmpi-bin "
                               "libopenmpi-dev) or run scripts/setup-env.sh")
         kwargs = {"engines": "mpi", "n": self.n, "controller_ip": self.controller_ip,
-                  "engine_timeout": int(self.engine_timeout)}
+                  "engine_timeout": int(self.engine_timeout), "config": self._engine_config()}
         for name in ("profile", "profile_dir", "cluster_id"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
@@ -218,32 +187,57 @@ class MPICluster:
     # --- engines ---------------------------------------------------------------------------
     def engine_env(self) -> dict:
         """Environment the engines get on top of this process's: run-as-root switches, quiet TF, ``env``."""
-        extra = launch.mpi_env({})  # only OpenMPI's run-as-root switches, and only for root
+        extra = launch.mpi_env({})  # only OpenMPI's own settings, and the run-as-root switches for root
         extra.setdefault("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
         extra.update(self.env)
         return extra
 
     def engine_mpi_args(self, n: int) -> list[str]:
         """mpiexec arguments of an n-rank engine set (the same placement as ``gmmkit train --workers n``)."""
-        args = ["--bind-to", "none", "--map-by", "slot"]
-        if n > launch.available_cores():
-            args.append("--oversubscribe")
-        return args + self.mpi_args
+        return launch.placement_args(n) + self.mpi_args
+
+    def _engine_config(self, n: Optional[int] = None) -> Config:
+        """ipyparallel configuration of the MPI engine launcher; in the cluster's config (not in one call's
+        arguments) so that ``restart_engines`` starts the engines the same way."""
+        config = Config()
+        config.MPIEngineSetLauncher.mpi_args = self.engine_mpi_args(self.n if n is None else n)
+        config.MPIEngineSetLauncher.environment = self.engine_env()
+        return config
 
     def _start_engines(self, n: int) -> None:
-        self._cluster.start_engines_sync(n, mpi_args=self.engine_mpi_args(n), environment=self.engine_env())
+        self._cluster.config.MPIEngineSetLauncher.update(self._engine_config(n).MPIEngineSetLauncher)
+        self._cluster.start_engines_sync(n)
         self._ranks = None
 
-    def _wait_for_engines(self, n: int, timeout: Optional[float] = None) -> None:
+    def _wait_for_engines(self, n: int, timeout: Optional[float] = None, replacing: frozenset = frozenset()) -> None:
+        """Wait until exactly ``n`` engines answer, none of them one of ``replacing`` (the ``(host, pid)`` of
+        engines just stopped: ipyparallel gives a restarted MPI engine its old id, so ids cannot tell)."""
         timeout = self.engine_timeout if timeout is None else timeout
-        try:
-            self._client.wait_for_engines(n, timeout=timeout)
-        except TimeoutError:
-            output = ""
-            for engine_set in (self._cluster.engines or {}).values():
-                output += engine_set.get_output(remove=False)[-3000:]
-            raise LaunchError(f"expected {n} engines to register within {timeout:.0f} s, "
-                              f"{len(self._client.ids)} did. Engine output:\n{output}") from None
+        deadline = time.monotonic() + timeout
+        answering: dict = {}
+        while time.monotonic() < deadline:
+            if len(self._client.ids) >= n:
+                answering = self._identities(timeout=min(5.0, max(deadline - time.monotonic(), 0.1)))
+                fresh = [a for a in answering.values() if (a["host"], a["pid"]) not in replacing]
+                if len(fresh) == len(answering) == len(self._client.ids) == n:
+                    return
+            time.sleep(0.1)
+        output = "".join(es.get_output(remove=False)[-3000:] for es in (self._cluster.engines or {}).values())
+        raise LaunchError(f"expected {n} engines to register within {timeout:.0f} s, {len(answering)} answered. "
+                          f"Engine output:\n{output}")
+
+    def _identities(self, timeout: float = 5.0) -> dict[int, dict]:
+        """``{engine id: engine_identity()}`` of the engines that answer within ``timeout`` (dead ones are left
+        out)."""
+        pending = {eid: self._client[eid].apply_async(engine_identity) for eid in self._client.ids}
+        deadline = time.monotonic() + timeout
+        found = {}
+        for eid, result in pending.items():
+            try:
+                found[eid] = result.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except Exception:  # an engine that died or hangs: not one of the live ones
+                pass
+        return found
 
     def resize(self, n: int) -> "MPICluster":
         """Run exactly n engines: restart them as one new n-rank MPI world (starts the cluster if stopped)."""
@@ -268,12 +262,15 @@ class MPICluster:
         return self._restart(n)
 
     def _restart(self, n: int) -> "MPICluster":
-        self._cluster.stop_engines_sync()
-        deadline = time.monotonic() + 30
-        while self._client.ids and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self._start_engines(n)
-        self._wait_for_engines(n)
+        replacing = frozenset((a["host"], a["pid"]) for a in self._identities(timeout=2.0).values())
+        self._cluster.config.MPIEngineSetLauncher.update(self._engine_config(n).MPIEngineSetLauncher)
+        if n == self.n:
+            self._cluster.restart_engines_sync()  # ipyparallel's own: stop the MPI job, start it again
+        else:  # a new engine set of another size
+            self._cluster.stop_engines_sync()
+            self._start_engines(n)
+        self._ranks = None
+        self._wait_for_engines(n, replacing=replacing)
         self.n = n
         self.secure()
         return self
@@ -283,9 +280,9 @@ class MPICluster:
         if self._ranks is not None and not refresh and sorted(self._ranks) == sorted(self.client.ids):
             return dict(self._ranks)
         ids = sorted(self.client.ids)
-        answers = self.client[ids].apply_async(engine_rank).get(timeout=30)
-        sizes = {size for _rank, size in answers}
-        ranks = [rank for rank, _size in answers]
+        answers = self.client[ids].apply_async(engine_identity).get(timeout=30)
+        sizes = {a["size"] for a in answers}
+        ranks = [a["rank"] for a in answers]
         if sizes != {len(ids)} or sorted(ranks) != list(range(len(ids))):
             raise LaunchError(f"engines {ids}: expected the ranks 0..{len(ids) - 1} of one MPI world, found ranks "
                               f"{ranks} of world sizes {sorted(sizes)}; start them with "
@@ -344,117 +341,6 @@ class MPICluster:
         results = {rank: self.client[engine].apply_async(engine_train, cfg_json) for engine, rank in ranks.items()}
         self._active = TrainingRun(cfg, results)
         return self._active
-
-
-class TrainingRun:
-    """A run in progress on the engines.
-
-    ``metrics``: the epoch records rank 0 has streamed so far; ``done()``; ``wait()`` returns the summary;
-    ``stop()`` ends the run after its current step (status ``stopped``), leaving the engines usable.
-    """
-
-    def __init__(self, cfg: RunConfig, results: dict):
-        from .training.rundir import RunDir
-
-        if 0 not in results:
-            raise InputError(f"results: expected one AsyncResult per rank including rank 0, received ranks "
-                             f"{sorted(results)}")
-        self.cfg = cfg
-        self.run_dir = RunDir(cfg.out)
-        self.results = results
-        self.started = time.perf_counter()
-        self.stop_requested_at: Optional[float] = None
-        self.ended_at: Optional[float] = None
-
-    def __repr__(self) -> str:
-        return (f"TrainingRun({self.cfg.train.strategy}, workers={self.cfg.train.workers}, "
-                f"epochs so far={len(self.metrics)}, {'done' if self.done() else 'running'})")
-
-    @property
-    def metrics(self) -> list[dict]:
-        """Epoch records streamed by rank 0 so far, in epoch order."""
-        self._keep_stop_request()
-        data = self.results[0].data or {}
-        return [dict(data[k]) for k in sorted(data) if k.startswith("epoch-")]
-
-    def done(self) -> bool:
-        finished = all(ar.done() for ar in self.results.values())
-        if finished and self.ended_at is None:
-            self.ended_at = time.perf_counter()
-        elif not finished:
-            self._keep_stop_request()
-        return finished
-
-    def wait(self, timeout: Optional[float] = None) -> dict:
-        """Wait for every rank; returns rank 0's summary. A failure on any rank raises, naming the rank."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.done():
-            if deadline is not None and time.monotonic() > deadline:
-                failed = self._failures()
-                hint = f" (rank {failed[0][0]} failed: {failed[0][1]})" if failed else ""
-                raise TimeoutError(f"run {self.cfg.out}: still running after {timeout} s{hint}; if ranks are "
-                                   "stuck, restart the engines with cluster.restart(n)")
-            failed = self._failures()
-            if failed:  # one rank died: the others wait in a collective forever
-                rank, error = failed[0]
-                raise RuntimeError(f"run {self.cfg.out}: rank {rank} failed: {error}; the other ranks may "
-                                   "be blocked, restart the engines with cluster.restart(n)")
-            time.sleep(0.05)
-        failed = self._failures()
-        if failed:
-            rank, error = failed[0]
-            raise RuntimeError(f"run {self.cfg.out}: rank {rank} failed: {error}")
-        return self.results[0].get()
-
-    def stop(self, wait: bool = True, timeout: float = 30.0) -> Optional[dict]:
-        """Ask the run to stop after its current step; with ``wait``, return its summary once it has."""
-        if self.stop_requested_at is None:
-            self.stop_requested_at = time.perf_counter()
-        if not self.done():
-            self.run_dir.request_stop()
-        return self.wait(timeout=timeout) if wait else None
-
-    @property
-    def summary(self) -> Optional[dict]:
-        """Rank 0's summary once the run has ended, else None."""
-        if not self.done() or self._failures():
-            return None
-        return self.results[0].get()
-
-    @property
-    def stop_seconds(self) -> Optional[float]:
-        """Seconds from the stop request to the end of the run (None if not stopped or not ended)."""
-        if self.stop_requested_at is None or not self.done():
-            return None
-        return self.ended_at - self.stop_requested_at
-
-    def output(self, rank: int = 0) -> str:
-        """What rank ``rank`` printed (stdout and stderr) so far."""
-        ar = self.results[rank]
-        return (ar.stdout or "") + (ar.stderr or "")
-
-    def _failures(self) -> list[tuple[int, str]]:
-        failed = []
-        for rank, ar in sorted(self.results.items()):
-            if ar.done():
-                try:
-                    ar.get(0)
-                except Exception as exc:
-                    failed.append((rank, _error_text(exc)))
-        return failed
-
-    def _keep_stop_request(self) -> None:
-        # The run deletes a stale STOP file when it prepares its directory; a stop requested before that
-        # moment is repeated here until the run has ended.
-        if self.stop_requested_at is not None and not self.run_dir.stop_requested() \
-                and not all(ar.done() for ar in self.results.values()):
-            self.run_dir.request_stop()
-
-
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, ipp.error.RemoteError):
-        return f"{exc.ename}: {exc.evalue}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _check_n(n) -> None:

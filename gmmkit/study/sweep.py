@@ -9,8 +9,8 @@ beside measured.
 Building and tracing the model costs more than a small run's epochs on a CPU, so runs share it: the
 sequential run and every simulated run go through one :class:`~gmmkit.training.Trainer` in this process,
 and each real worker count is one mpirun job whose ranks train its strategies one after another
-(:func:`gmmkit.training.train_many`; ``python -m gmmkit.study --batch``). Each run still starts from the
-same initial weights and a fresh optimiser, and measures its own time from its first step.
+(:func:`gmmkit.training.train_many`; ``python -m gmmkit.parallel.ranks batch``). Each run still starts from
+the same initial weights and a fresh optimiser, and measures its own time from its first step.
 
 Every strategy at n = 1 is the same sequential run, so it is run once and shared.
 """
@@ -18,16 +18,21 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from . import launch, strategies
-from .config import RunConfig
-from .io import atomic_write_json, atomic_write_text, read_jsonl
-from .perfmodel import PerfModel
+from tqdm.auto import tqdm
+
+from .. import strategies
+from ..config import RunConfig
+from ..data.cubes import load_split
+from ..files import atomic_write_json, atomic_write_text, read_jsonl
+from ..parallel import launch
+from ..training import Trainer, train_many
+from .config import StudyConfig
+from .perfmodel import PerfModel, calibrate, efficiency
 
 
 @dataclass
@@ -62,13 +67,10 @@ def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path) -> Optional[str
         (Path(cfg.out) / "summary.json").unlink(missing_ok=True)
     plan = log.with_suffix(".json")
     atomic_write_json(plan, [cfg.to_dict() for cfg in cfgs])
-    cmd = launch.mpirun_command(n, [sys.executable, "-m", "gmmkit.study", "--batch", str(plan)])
-    with open(log, "w") as fh:
-        code = subprocess.run(cmd, env=launch.mpi_env(), stdout=fh, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL).returncode
+    code, failure = launch.run_ranks(n, launch.ranks_argv("batch", str(plan)), log=log)
     if code == 0:
         return None
-    return launch.rank_failure(log.read_text(errors="replace")) or f"the {n}-rank job exited with status {code}"
+    return failure or f"the {n}-rank job exited with status {code}"
 
 
 class _LocalRuns:
@@ -78,10 +80,6 @@ class _LocalRuns:
         self.trainer = trainer
 
     def __call__(self, cfg: RunConfig, simulate: bool) -> dict:
-        from .training import Trainer, train_many
-
-        from tqdm.auto import tqdm
-
         t = cfg.train
         label = f"{'sequential' if t.workers == 1 else t.strategy} n={t.workers}{' (simulated)' if simulate else ''}"
 
@@ -108,8 +106,6 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
     after that many epochs (the paper: about 100), instead of ``base.train.target_loss``.
     ``trainer``: a :class:`~gmmkit.training.Trainer` of ``base`` to reuse (e.g. the calibration's).
     """
-    from tqdm.auto import tqdm
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     grid = [(s, n) for n in workers for s in strategies_ if not (n == 1 and s != strategies_[0])]
@@ -189,8 +185,6 @@ def sequential_target(base: RunConfig, out: Path, epochs: int, perf: Optional[Pe
 
 
 def _epoch_time(perf: PerfModel, cfg: RunConfig) -> float:
-    from .data import load_split
-
     split = load_split(cfg.data)
     t = cfg.train
     return perf.epoch_time(t.strategy, t.workers, t.batch_size, len(split.train), len(split.val))
@@ -225,11 +219,8 @@ def add_efficiency(rows: Iterable[RunResult]) -> None:
     rows = list(rows)
     for r in rows:
         base = next((b for b in rows if b.strategy == r.strategy and b.workers == 1), None)
-        t1, tn = (base.time_s if base else None), r.time_s
-        if r.status == "reached_target" and t1 and tn:
-            r.efficiency = t1 / (r.workers * tn)
-        else:
-            r.efficiency = math.nan
+        value = efficiency(base.time_s if base else None, r.workers, r.time_s)
+        r.efficiency = value if r.status == "reached_target" and value is not None else math.nan
 
 
 def format_tables(rows: Sequence[RunResult]) -> str:
@@ -251,7 +242,7 @@ def _num(x) -> str:
 
 
 def write_report(rows: Sequence[RunResult], out: Path, base: RunConfig, perf: Optional[PerfModel]) -> None:
-    from .plots import sweep as sweep_plots
+    from ..plots import sweep as sweep_plots  # heavy: plotly
 
     tables = format_tables(rows)
     atomic_write_text(out / "tables.md", tables)
@@ -264,24 +255,21 @@ def write_report(rows: Sequence[RunResult], out: Path, base: RunConfig, perf: Op
     sweep_plots.write_figures(rows, curves, out, target=base.train.target_loss)
 
 
-def _main(argv=None) -> int:
-    """``mpirun -np N python -m gmmkit.study --batch PLAN.json``: each rank trains the plan's configs."""
-    import argparse
-
-    from .training import train_many
-
-    p = argparse.ArgumentParser(prog="python -m gmmkit.study")
-    p.add_argument("--batch", required=True, metavar="PLAN.json", help="a JSON list of run configs")
-    args = p.parse_args(argv)
-    cfgs = [RunConfig.from_dict(raw) for raw in json.loads(Path(args.batch).read_text())]
-    from .distributed import launcher_rank
-
-    summaries = train_many(cfgs)
-    for cfg, summary in zip(cfgs, summaries if launcher_rank() == 0 else []):
-        print(f"{cfg.train.strategy} n={cfg.train.workers}: {summary['status']} after {summary.get('epochs')} "
-              f"epochs" + (f" ({summary['error']})" if summary.get("error") else ""), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
+def run_study(study: StudyConfig, progress: bool = True, say=print) -> list[RunResult]:
+    """The whole study of ``study``: trace the model once, measure the wall-time model (unless
+    ``study.calibrate`` is off), then :func:`sweep` the grid into ``study.out``. ``say`` gets one line per
+    stage. Returns the table rows (also in ``results.json``)."""
+    study = study.validate()
+    cfg = study.run
+    atomic_write_json(Path(study.out) / "study.json", study.to_dict())
+    trainer = Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)  # traced once
+    perf = None
+    if study.calibrate:
+        say("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
+        reuse = trainer.ctx.size == 1 and cfg.train.threads == 1  # calibration times one thread
+        perf = calibrate(cfg, ranks=min(2, study.max_real), trainer=trainer if reuse else None)
+        say(f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; Horovod "
+            f"allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms")
+    return sweep(cfg, study.out, study.strategies, study.workers, max_real=study.max_real,
+                 simulate=study.simulate, perf=perf, progress=progress, target_epoch=study.target_epoch,
+                 trainer=trainer)

@@ -16,10 +16,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 
-from . import strategies
+from .. import strategies
+from ..checks import is_finite_number
+from ..parallel import launch
+from ..timing import mean_seconds
 
 
 @dataclass
@@ -81,30 +85,22 @@ def time_steps(trainer, batch: int, repeats: int, warm: bool = True) -> list[flo
 def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None) -> dict:
     """Time training steps at several batch sizes and the validation pass, in this process
     (with ``trainer`` when given, else a new :class:`~gmmkit.training.Trainer` of ``cfg``)."""
-    from .training.loop import Trainer
+    from ..training import Trainer  # heavy: TensorFlow
 
     if trainer is None:
         trainer = Trainer(cfg.replace(train={"workers": 1}), simulate=True)
     times = [float(np.median(time_steps(trainer, b, repeats))) for b in batches]  # median: a shared machine
-    trainer._eval_step(trainer.data.val)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        trainer._eval_step(trainer.data.val)
-    t_eval = (time.perf_counter() - t0) / repeats / len(trainer.data.val)
+    t_eval = mean_seconds(trainer.validation_loss, repeats, warmup=1) / len(trainer.data.val)
     t_fixed, t_sample = fit_step_times(list(batches), times)
-    grad_bytes = int(sum(np.prod(v.shape) * 4 for v in trainer.model.trainable_variables))
-    return {"t_fixed": t_fixed, "t_sample": t_sample, "t_eval_sample": t_eval, "gradient_bytes": grad_bytes,
-            "step_times": dict(zip(map(str, batches), times))}
+    return {"t_fixed": t_fixed, "t_sample": t_sample, "t_eval_sample": t_eval,
+            "gradient_bytes": trainer.gradient_bytes(), "step_times": dict(zip(map(str, batches), times))}
 
 
-def measure_allreduce(nbytes: int, ranks: int = 2, repeats: int = 20) -> float:
-    """Seconds per Horovod allreduce of ``nbytes`` between ``ranks`` real MPI ranks on this machine."""
-    import sys
-
-    from . import launch
-
-    probe = [sys.executable, "-m", "gmmkit.distributed", "--allreduce-bytes", str(nbytes), "--repeats", str(repeats)]
-    return float(launch.run_json(ranks, probe, timeout=300)["allreduce_s"])
+def measure_allreduce(nbytes: int, ranks: int = 2, repeats: int = 20) -> dict:
+    """Seconds per allreduce of ``nbytes`` between ``ranks`` real MPI ranks on this machine, through Horovod
+    (``horovod_s``, the model's c) and through plain MPI (``mpi_s``): :func:`gmmkit.parallel.distributed.allreduce_probe`."""
+    probe = launch.ranks_argv("allreduce", "--bytes", str(nbytes), "--repeats", str(repeats))
+    return launch.run_json(ranks, probe, timeout=600)
 
 
 def from_measurements(compute: dict, allreduce_s: float) -> PerfModel:
@@ -118,4 +114,13 @@ def calibrate(cfg, ranks: int = 2, trainer=None) -> PerfModel:
     """Measure every term of the model for ``cfg`` on this machine (one thread per rank); ``trainer``: a
     :class:`~gmmkit.training.Trainer` of ``cfg`` with one thread to time (its weights move: reset it)."""
     compute = measure_compute(cfg.replace(train={"threads": 1}), trainer=trainer)
-    return from_measurements(compute, measure_allreduce(compute["gradient_bytes"], ranks) if ranks > 1 else 0.0)
+    allreduce = measure_allreduce(compute["gradient_bytes"], ranks)["horovod_s"] if ranks > 1 else 0.0
+    return from_measurements(compute, allreduce)
+
+
+def efficiency(t1: Optional[float], n: int, tn: Optional[float]) -> Optional[float]:
+    """Parallel efficiency ``T1 / (n Tn)`` of reaching the target (paper Section VII); None when either time
+    is missing."""
+    if not (is_finite_number(t1) and is_finite_number(tn) and t1 > 0 and tn > 0) or n < 1:
+        return None
+    return t1 / (n * tn)

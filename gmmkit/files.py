@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file.
+"""Files: atomic writes (a reader, or a crash, never sees a half-written file) and path checks.
 
 Every file gmmkit writes goes through here: the content is written to a temporary file in the same
 directory, flushed and fsynced, then renamed over the destination (``os.replace`` is atomic on POSIX).
+:func:`existing_path` and :func:`writable_path` check, before any work, the paths a configuration names;
+their errors carry the field (or flag) that named the path.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from .errors import InputError
 
 
 @contextlib.contextmanager
@@ -74,3 +78,35 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def _path_error(field: str, detail: str) -> InputError:
+    return InputError(f"{field}: {detail}", field=field, detail=detail)
+
+
+def existing_path(field: str, path: str | os.PathLike, kind: str = "file") -> Path:
+    """``path`` checked to be an existing ``kind`` ("file" or "folder"); ``field`` names who asked for it."""
+    p = Path(path)
+    if not p.exists():
+        raise _path_error(field, f"{path}: no such {kind}")
+    if p.is_dir() != (kind == "folder"):
+        raise _path_error(field, f"{path}: expected a {kind}, found a {'folder' if p.is_dir() else 'file'}")
+    return p
+
+
+def writable_path(field: str, path: str | os.PathLike, kind: str = "folder") -> Path:
+    """``path`` checked without creating anything: a ``kind`` ("file" or "folder") that exists or can be
+    created, in a folder this process may write."""
+    p = Path(path).absolute()
+    existing = next(q for q in (p, *p.parents) if q.exists())
+    if existing == p:
+        if p.is_dir() != (kind == "folder"):
+            raise _path_error(field, f"{path}: expected a {kind}, found a {'folder' if p.is_dir() else 'file'}")
+        where = p if kind == "folder" else p.parent
+    elif not existing.is_dir():
+        raise _path_error(field, f"{path}: expected a {kind} that can be created, but {existing} is a file")
+    else:
+        where = existing
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise _path_error(field, f"{path}: cannot write in {where} (permission denied)")
+    return p

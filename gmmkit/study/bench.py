@@ -9,7 +9,8 @@ key                         what it is
                             of a dense float32 matmul, same process, same thread count
 ``allreduce_vs_mpi``        Horovod allreduce throughput over a plain mpi4py ``Allreduce`` of the same
                             buffer (the model's gradient bytes), 2 ranks, the two taking turns, mpi4py
-                            with Horovod shut down (:func:`_probe_allreduce`)
+                            with Horovod shut down (:func:`gmmkit.parallel.distributed.allreduce_probe`,
+                            the same probe that gives the wall-time model its c)
 ``strong_efficiency_n2``    one epoch, 1 worker over 2 Horovod workers (1 thread each): T1 / (2 T2),
                             each T the median of three epochs, the two taking turns in one 2-rank job
 ``strong_efficiency_        the same efficiency as a product of four factors measured step by step in
@@ -20,24 +21,27 @@ factors``                   that job: batch split, shared host, Horovod, rest (:
                             started beforehand (``notebook_latency``: also later Starts, warm)
 ==========================  ===========================================================================
 
-The steps for every K and the matmul are timed in turns (:func:`take_turns`): on this shared host the
-speed drifts by tens of percent within minutes, and taking turns keeps that out of both ratios.
-Multi-rank figures run as ``mpirun -np N python -m gmmkit.bench --probe ...`` jobs that print one JSON
-line on rank 0. No figure here is asserted by a test: they are measurements, not pass/fail checks.
+The steps for every K and the matmul are timed in turns (:func:`gmmkit.timing.take_turns`): on a shared
+host the speed drifts by tens of percent within minutes, and taking turns keeps that out of both ratios.
+Multi-rank figures run as ``mpirun -np N python -m gmmkit.parallel.ranks allreduce|scaling`` jobs that print
+one JSON line on rank 0. No figure here is asserted by a test: they are measurements, not pass/fail checks.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
-import sys
+import tempfile
 import time
 from typing import Optional
 
 import numpy as np
 
-from . import strategies
-from .config import KERNELS, RunConfig
+from .. import TENSORFLOW_IMPORTED_FIRST, strategies
+from ..config import RunConfig
+from ..model.config import KERNELS
+from ..parallel import distributed, launch
+from ..timing import mean_seconds, take_turns
+from .perfmodel import from_measurements, measure_allreduce, measure_compute, time_steps
 
 MATMUL_N = 1024  # the dense-matmul reference: (1024 x 1024) @ (1024 x 1024), float32
 TARGETS = {"render_overhead": ("<=", 1.2), "mfu": (">=", 0.7), "allreduce_vs_mpi": (">=", 0.9),
@@ -84,36 +88,20 @@ def train_flops(cfg: RunConfig) -> float:
 # --- single-process measurements ----------------------------------------------------------
 
 def _trainer(cfg: RunConfig):
-    from .training import Trainer
+    from ..training import Trainer  # heavy: TensorFlow
 
     return Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)
 
 
-def take_turns(timers: dict, repeats: int = 10) -> dict:
-    """Median seconds of each zero-argument timer in ``{key: timer}`` (each returns the seconds of one
-    measurement), the timers taking turns: one untimed round (tracing, oneDNN's kernel set-up), then
-    ``repeats`` rounds. On a shared host whose speed drifts during a measurement the drift then moves every
-    timer alike and leaves their ratios (``render_overhead``, ``mfu``) alone."""
-    for timer in timers.values():
-        timer()
-    times = {key: [] for key in timers}
-    for _ in range(repeats):
-        for key, timer in timers.items():
-            times[key].append(timer())
-    return {key: float(np.median(t)) for key, t in times.items()}
-
-
 def step_timer(trainer, batch: int = 32):
     """A :func:`take_turns` timer: seconds of one training step of ``batch`` samples of ``trainer``."""
-    from .perfmodel import time_steps
-
     return lambda: time_steps(trainer, batch, 1, warm=False)[0]
 
 
 def matmul_timer(n: int = 1024):
     """A :func:`take_turns` timer: seconds of one dense float32 (n x n) @ (n x n) product on this process's
     TensorFlow threads (``2 n^3`` FLOPs)."""
-    import tensorflow as tf
+    import tensorflow as tf  # heavy
 
     a = tf.random.stateless_normal((n, n), seed=(1, 2))
     b = tf.random.stateless_normal((n, n), seed=(3, 4))
@@ -129,7 +117,7 @@ def matmul_timer(n: int = 1024):
 
 def epoch_times(cfg: RunConfig, out: str, trainer=None, epochs: int = 1) -> list[float]:
     """Seconds of each of ``epochs`` training epochs with a traced model (in a Horovod job: on rank 0)."""
-    from .training import train
+    from ..training import train  # heavy: TensorFlow
 
     records = []
     train(cfg.replace(train={"epochs": epochs}, out=out), callbacks=[records.append],
@@ -140,63 +128,23 @@ def epoch_times(cfg: RunConfig, out: str, trainer=None, epochs: int = 1) -> list
 # --- multi-rank probes ----------------------------------------------------------------------
 
 def run_probe(ranks: int, *args: str, timeout: float = 600) -> dict:
-    """``mpirun -np ranks python -m gmmkit.bench --probe ...``; the JSON line rank 0 prints."""
-    from . import launch
-
-    return launch.run_json(ranks, [sys.executable, "-m", "gmmkit.bench", *args], timeout=timeout)
+    """``mpirun -np ranks python -m gmmkit.parallel.ranks ...``; the JSON line rank 0 prints."""
+    return launch.run_json(ranks, launch.ranks_argv(*args), timeout=timeout)
 
 
-def _probe_allreduce(nbytes: int, repeats: int, rounds: int = 8) -> dict:
-    """In an MPI job: seconds per sum-allreduce of ``nbytes`` through Horovod and through mpi4py, the two
-    taking turns in ``rounds`` blocks of ``repeats / rounds`` (medians of the blocks' means).
-
-    Plain MPI runs with Horovod shut down: Horovod's background thread keeps negotiating over MPI and,
-    measured here, slows an mpi4py ``Allreduce`` of the model's gradients from 1.0 to 3.8 ms. That slowed
-    figure is reported too, as ``mpi_beside_horovod_s``."""
-    from mpi4py import MPI  # first: MPI then outlives each hvd.shutdown()
-
-    from . import distributed
-
-    comm = MPI.COMM_WORLD
-    distributed._configure_devices(0, comm.Get_size(), 1)
-    send = np.ones(max(1, nbytes // 4), np.float32)
-    recv = np.empty_like(send)
-    block = max(1, repeats // rounds)
-
-    def plain_mpi() -> float:
-        comm.Barrier()
-        return _mean_seconds(lambda: comm.Allreduce(send, recv, op=MPI.SUM), block)
-
-    plain_mpi()  # warm-up
-    times: dict = {"horovod_s": [], "mpi_s": [], "mpi_beside_horovod_s": []}
-    for _ in range(rounds):
-        times["mpi_s"].append(plain_mpi())
-        comm.Barrier()
-        times["horovod_s"].append(distributed.time_allreduce(nbytes, block))  # joins Horovod: hvd.init()
-        times["mpi_beside_horovod_s"].append(plain_mpi())
-        distributed.shutdown()
-    return {**{key: float(np.median(t)) for key, t in times.items()}, "bytes": nbytes, "ranks": comm.Get_size()}
-
-
-def _probe_scaling(cfg_json: str, rounds: int = 3) -> dict:
+def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
     """In a Horovod job of n ranks: one-worker epochs (rank 0 alone while the others sleep) and n-worker
     strong-scaling epochs, taking turns ``rounds`` times, each epoch from the config's initial weights on
-    traced models. Measured in turns for the reason :func:`take_turns` gives: this host's speed drifts by
-    tens of percent within minutes, more than the efficiency's distance from 1.
+    traced models. Measured in turns for the reason :func:`gmmkit.timing.take_turns` gives: a shared
+    host's speed drifts by more than the efficiency's distance from 1.
 
     Then single steps, also in turns, that split the efficiency into factors (``steps_s``):
     ``alone_batch`` and ``alone_share``, rank 0 stepping the global batch and one rank's share with the
     other ranks asleep; ``side_by_side_share``, every rank stepping its share at once without Horovod;
     ``horovod_share``, the real n-worker step."""
-    import tempfile
-
-    from mpi4py import MPI  # after hvd.init(): joins the same MPI world
-
-    from . import distributed
-    from .training import Trainer
+    from ..training import Trainer  # heavy: TensorFlow
 
     ctx = distributed.init(1)
-    comm = MPI.COMM_WORLD
     cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
     alone = cfg.replace(train={"workers": 1})
     together = cfg.replace(train={"workers": ctx.size})
@@ -207,7 +155,7 @@ def _probe_scaling(cfg_json: str, rounds: int = 3) -> dict:
         for i in range(rounds):
             if ctx.is_chief:
                 times["1"] += epoch_times(alone, os.path.join(tmp, f"one-{i}"), solo)
-            _wait_for_every_rank(comm)
+            ctx.barrier()
             times[str(ctx.size)] += epoch_times(together, os.path.join(tmp, f"all-{i}"), team)
 
     batch = cfg.train.batch_size
@@ -221,9 +169,9 @@ def _probe_scaling(cfg_json: str, rounds: int = 3) -> dict:
     step_times: dict = {key: [] for key in steps}
     for i in range(1 + 2 * rounds):  # the first round is untimed: oneDNN sets up its kernels per shape
         for key, (chief_only, step) in steps.items():
-            _wait_for_every_rank(comm)
+            ctx.barrier()
             if ctx.is_chief or not chief_only:
-                seconds = _mean_seconds(step, 4)
+                seconds = mean_seconds(step, 4)
                 if i:
                     step_times[key].append(seconds)
     return {"epochs_s": times, "ranks": ctx.size,
@@ -232,7 +180,7 @@ def _probe_scaling(cfg_json: str, rounds: int = 3) -> dict:
 
 def efficiency_factors(steps_s: dict, efficiency: float, n: int) -> dict:
     """Split a strong-scaling efficiency into four factors whose product it is, from the single-step times
-    of :func:`_probe_scaling` (``steps_s``):
+    of :func:`scaling_probe` (``steps_s``):
 
     ``batch_split``  ``alone_batch / (n alone_share)``: what cutting the batch into n shares costs the
                      kernels of one rank, nothing else running (the most the efficiency can reach here)
@@ -249,20 +197,6 @@ def efficiency_factors(steps_s: dict, efficiency: float, n: int) -> dict:
     return factors
 
 
-def _mean_seconds(fn, repeats: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t0) / repeats
-
-
-def _wait_for_every_rank(comm) -> None:
-    """A barrier that sleeps instead of spinning, so a waiting rank leaves its core to the one working."""
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(0.002)
-
-
 # --- the notebook path ---------------------------------------------------------------------
 
 def notebook_latency(cfg: RunConfig, workers: int = 2, starts: int = 2, timeout: float = 300) -> dict:
@@ -270,10 +204,8 @@ def notebook_latency(cfg: RunConfig, workers: int = 2, starts: int = 2, timeout:
     :class:`~gmmkit.cluster.MPICluster` of ``workers`` engines started beforehand (as a notebook's earlier
     cell does). The first Start pays the engines' imports and tracing; later ones find them warm. Each run
     is stopped after its first epoch. ``epoch_time_s``: that epoch's own training time, for comparison."""
-    import tempfile
-
-    from .cluster import MPICluster
-    from .widgets import Dashboard
+    from ..parallel.cluster import MPICluster  # heavy: ipyparallel
+    from ..ui.dashboard import Dashboard  # heavy: ipywidgets
 
     latencies, epochs, statuses = [], [], []
     with MPICluster(n=workers) as cluster, tempfile.TemporaryDirectory(prefix="gmmkit-latency-") as tmp:
@@ -301,10 +233,6 @@ def notebook_latency(cfg: RunConfig, workers: int = 2, starts: int = 2, timeout:
 
 def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> dict:
     """Measure everything; returns the JSON-ready dict (keys in the module docstring)."""
-    import tempfile
-
-    from .perfmodel import from_measurements, measure_compute
-
     repeats = 5 if quick else 20
     components = (1, 10, 50) if quick else (1, 10, 25, 50, 100)
     cubes = (16, 24) if quick else (16, 24, 32)
@@ -339,15 +267,14 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     compute = measure_compute(bench_config(50, train_size=sizes[-1]), trainer=base)
 
     progress("Horovod allreduce against mpi4py (2 ranks) ...")
-    ar = run_probe(2, "--probe", "allreduce", "--bytes", str(compute["gradient_bytes"]),
-                   "--repeats", str(repeats * 4))
+    ar = measure_allreduce(compute["gradient_bytes"], 2, repeats * 4)
     result["allreduce_vs_mpi"] = ar["mpi_s"] / ar["horovod_s"]
     result["allreduce"] = ar
     perf = from_measurements(compute, ar["horovod_s"])  # the model's c: the same Horovod allreduce
 
     progress("one epoch on 1 and on 2 Horovod workers, in turns ...")
     cfg = bench_config(50, train_size=sizes[-1])
-    scaling = run_probe(2, "--probe", "scaling", "--config", cfg.to_json(), "--rounds", "2" if quick else "3")
+    scaling = run_probe(2, "scaling", "--config", cfg.to_json(), "--rounds", "2" if quick else "3")
     result["epochs_s"] = scaling["epochs_s"]
     result["epoch_s"] = {n: float(np.median(t)) for n, t in scaling["epochs_s"].items()}
     result["strong_efficiency_n2"] = result["epoch_s"]["1"] / (2 * result["epoch_s"]["2"])
@@ -370,25 +297,28 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     return result
 
 
-def onednn_enabled() -> bool:
-    """Whether this process's TensorFlow runs its CPU kernels through oneDNN (see gmmkit/__init__.py)."""
-    from tensorflow.python.util import _pywrap_util_port
-
-    return bool(_pywrap_util_port.IsMklEnabled())
+def onednn_enabled() -> Optional[bool]:
+    """Whether TensorFlow runs its CPU kernels through oneDNN. TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS``
+    once, when it is imported; gmmkit sets it to 1 at its own import (``gmmkit/__init__.py``) unless it is
+    set already. None when TensorFlow was imported before gmmkit and the variable was unset (TensorFlow's
+    own default then decides, by CPU)."""
+    value = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    if TENSORFLOW_IMPORTED_FIRST and value is None:
+        return None
+    return value == "1"
 
 
 def machine() -> dict:
-    from .launch import available_cores
-
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cores": available_cores()}
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cores": launch.available_cores()}
     try:
         with open("/proc/cpuinfo") as fh:
             info["cpu"] = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
     except OSError:
         pass
     try:
+        import horovod  # heavy: only to report the versions
         import tensorflow as tf
-        import horovod
 
         info["tensorflow"], info["horovod"] = tf.__version__, horovod.__version__
         info["gpus"] = len(tf.config.list_physical_devices("GPU"))
@@ -416,27 +346,3 @@ def format_table(result: dict) -> str:
     rows.append("strong-scaling epoch predicted (s) by workers: " + ", ".join(
         f"{k}: {v:.2f}" for k, v in g["epoch_s_predicted_by_workers"].items()))
     return "\n".join(rows)
-
-
-def _main(argv=None) -> int:
-    """The multi-rank probes: ``mpirun -np N python -m gmmkit.bench --probe allreduce|scaling ...``."""
-    import argparse
-
-    from .distributed import launcher_rank
-
-    p = argparse.ArgumentParser(prog="python -m gmmkit.bench")
-    p.add_argument("--probe", choices=("allreduce", "scaling"), required=True)
-    p.add_argument("--bytes", type=int, default=4 << 20)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--config", default=None, help="a RunConfig as JSON (scaling probe)")
-    p.add_argument("--rounds", type=int, default=3, help="epochs of each worker count (scaling probe)")
-    args = p.parse_args(argv)
-    result = (_probe_allreduce(args.bytes, args.repeats) if args.probe == "allreduce"
-              else _probe_scaling(args.config or RunConfig().to_json(), args.rounds))
-    if launcher_rank() == 0:
-        print(json.dumps(result), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -17,19 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RunConfig
-from .io import atomic_write_json
+from .. import checks, strategies
+from ..config import RunConfig
+from ..files import atomic_write_json
 
 
 def lr_range_test(cfg: RunConfig, lr_min: float = 1e-5, lr_max: float = 1e-1, steps: int = 100,
                   smoothing: float = 0.9, diverge_factor: float = 4.0) -> dict:
-    from . import strategies
-    from .training.loop import Trainer
+    from ..training import Trainer  # heavy: TensorFlow
 
-    if not 0 < lr_min < lr_max:
-        raise ValueError(f"lr range: expected 0 < lr_min < lr_max, received {lr_min}, {lr_max}")
+    checks.positive_float("lr_find.lr_min", lr_min)
+    checks.positive_float("lr_find.lr_max", lr_max)
+    if lr_max <= lr_min:
+        checks.fail("lr_find.lr_max", f"greater than lr_min={lr_min}", lr_max)
+    checks.integer("lr_find.steps", steps)
     if steps < 2:
-        raise ValueError(f"steps: expected at least 2, received {steps}")
+        checks.fail("lr_find.steps", "at least 2", steps)
     trainer = Trainer(cfg.replace(train={"workers": 1}), simulate=True)
     t = cfg.train
     lrs = np.geomspace(lr_min, lr_max, steps)
@@ -64,11 +67,10 @@ def lr_range_test(cfg: RunConfig, lr_min: float = 1e-5, lr_max: float = 1e-1, st
 
 
 def write_lr_find(result: dict, out: str | Path) -> Path:
-    from .plots.lr_find import lr_find_figure
+    from ..plots import write_html  # heavy: plotly
+    from ..plots.lr_find import lr_find_figure
 
     out = Path(out)
     atomic_write_json(out / "lr_find.json", result)
-    from .io import atomic_write_text
-
-    atomic_write_text(out / "lr_find.html", lr_find_figure(result).to_html(include_plotlyjs=True))
+    write_html(lr_find_figure(result), out / "lr_find.html")
     return out

@@ -28,26 +28,20 @@ Two ways to make new parameters (both keep every covariance positive definite):
     not necessarily the same structure, so samples far from the data can look implausible; ``temperature``
     below 1 keeps them closer to the mean.
 
-:func:`synthesize` runs the whole export for ``gmmkit synthesize``: load a run, encode, generate, render,
-write images (normalised intensities, and HU with ``hu=True``), a ``manifest.json``/``manifest.csv``, the
-parameters (``mixtures.npz``) and a gallery.
+:func:`gmmkit.synthesis.export.synthesize` runs the whole export for ``gmmkit synthesize``.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from scipy.cluster.vq import kmeans2
 
-from .errors import DatasetError, InputError, RunDirError
+from .. import checks
 
 METHODS = ("perturb", "sample")
-FORMATS = ("nii.gz", "mhd")
 _MU_LIMIT = 0.999  # atanh is finite inside (-1, 1)
 _TINY = 1e-12
 
@@ -89,7 +83,7 @@ class Mixtures:
 
 def encode(model, cubes: np.ndarray, batch_size: int = 64) -> Mixtures:
     """Mixture parameters of ``cubes`` (N, S, S, S) under a trained DeepDensity ``model``."""
-    from .model import mixture_model
+    from ..model import mixture_model  # heavy: TensorFlow
 
     encoder = mixture_model(model)
     parts = [encoder(np.asarray(cubes[i:i + batch_size], dtype=np.float32), training=False)
@@ -105,7 +99,7 @@ def render(mixtures: Mixtures, size: int, max_elements: int = 2 ** 25) -> np.nda
     Normalised intensities, the units of the cubes the model was trained on, at any ``size``. Batches are
     sized so that at most ``max_elements`` component-voxel values exist at once.
     """
-    from .model import render_grid
+    from ..model import render_grid  # heavy: TensorFlow
 
     if not (isinstance(size, (int, np.integer)) and size > 0):
         raise ValueError(f"size: expected a positive integer, received {size!r}")
@@ -198,11 +192,8 @@ def perturb(encoded: Mixtures, n: int, rng: np.random.Generator, mean_jitter: fl
 
 def cluster(encoded: Mixtures, groups: int, rng: np.random.Generator) -> np.ndarray:
     """k-means labels (N,) of the encoded set in the standardised :func:`to_vector` space."""
-    from scipy.cluster.vq import kmeans2
-
     if not (isinstance(groups, (int, np.integer)) and 1 <= groups <= len(encoded)):
-        raise ValueError(f"groups: expected an integer from 1 to the {len(encoded)} encoded nodules, "
-                         f"received {groups!r}")
+        checks.fail("synthesis.groups", f"an integer from 1 to the {len(encoded)} encoded nodules", groups)
     if groups == 1:
         return np.zeros(len(encoded), dtype=np.int64)
     x = _standardise(to_vector(encoded))
@@ -279,173 +270,3 @@ def _check_count(n: int, encoded: Mixtures) -> None:
 
 def _standardise(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
-
-
-# --- a trained run -------------------------------------------------------------------------------
-
-def load_run(run_dir: str | os.PathLike):
-    """The :class:`~gmmkit.config.RunConfig` and trained model of a run directory (its last checkpoint)."""
-    from .config import RunConfig
-    from .model import from_config
-    from .training import RunDir
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise RunDirError(f"RUN_DIR {run_dir}: not a gmmkit run directory (no config.json)")
-    cfg = RunConfig.load(run_dir / "config.json")
-    ckpt = RunDir(run_dir).load_checkpoint()
-    if ckpt is None:
-        raise RunDirError(f"RUN_DIR {run_dir}: no checkpoint.npz (the run has not finished an epoch)")
-    model = from_config(cfg)
-    try:
-        model.set_weights(ckpt["weights"])
-    except ValueError as exc:
-        raise RunDirError(f"{run_dir / 'checkpoint.npz'}: its weights do not fit the model config.json "
-                          f"describes ({exc})") from None
-    return cfg, model
-
-
-# --- the export ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Synthesis:
-    """What :func:`synthesize` wrote and computed."""
-
-    out: Path
-    files: list[Path]  # one image per generated nodule (normalised intensities)
-    hu_files: list[Path]  # the same in HU, when asked for
-    generated: Generated
-    encoded: Mixtures
-    real: np.ndarray  # (N, S, S, S) the encoded real cubes
-    volumes: np.ndarray  # (n, size, size, size) rendered, normalised intensities
-    spacing_mm: float  # voxel size of the written images
-    manifest: Path
-    gallery: Path | None
-
-
-def synthesize(run_dir: str | os.PathLike, out: str | os.PathLike, n: int = 100, size: int | None = None,
-               method: str = "perturb", format: str = "nii.gz", seed: int = 0,
-               source: str | os.PathLike | None = None, spacing_mm: float | None = None, hu: bool = False,
-               gallery_rows: int = 6, options: dict | None = None, progress: bool = True) -> Synthesis:
-    """Generate ``n`` nodules from a trained run and write them to ``out``.
-
-    Real cubes to start from: ``source`` (a cubes.npz) or the run's validation split. ``size``: voxels per
-    side of the output (default: the training cube). ``spacing_mm``: the training voxel size (default: the
-    ``spacing_mm`` stored in the cubes' .npz, else 1.0); images are written at ``spacing_mm * cube / size``
-    so that they span the same millimetres as the training cubes, centred on the world origin.
-    ``options`` go to :func:`perturb` or :func:`sample`.
-
-    Files in ``out``: ``nodule_0000.<format>`` ... in normalised intensities (float32, the units of
-    :func:`gmmkit.data.normalize_hu`; 0 is -1000 HU, 1 is +400 HU), with ``hu=True`` also
-    ``nodule_0000_hu.<format>`` (int16 HU, intensities clipped to the window first); ``mixtures.npz`` (the
-    generated parameters, their source and group); ``gallery.html`` (central slices of generated nodules
-    beside their source, self-contained); ``manifest.csv`` and, written last, ``manifest.json``.
-    """
-    from .ct import write_image
-    from .data import load_split
-    from .data.intensity import denormalize
-    from .data.luna import CubeSet, stored_spacing
-    from .io import atomic_savez, atomic_write_json, atomic_write_text
-
-    if format not in FORMATS:
-        raise ValueError(f"format: expected one of {', '.join(FORMATS)}, received {format!r}")
-    cfg, model = load_run(run_dir)
-    cube = cfg.data.cube
-    size = cube if size is None else size
-    if not (isinstance(size, (int, np.integer)) and size > 0):
-        raise ValueError(f"size: expected a positive integer, received {size!r}")
-    seriesuid = None
-    if source is not None:
-        cubes = CubeSet.load(source)
-        if cubes.cubes.shape[1] != cube:
-            raise DatasetError(f"{source}: cubes are {cubes.cubes.shape[1]} voxels wide, the run was trained on "
-                               f"{cube}")
-        real, seriesuid = cubes.cubes, cubes.seriesuid
-        stored = cubes.spacing_mm
-        real_from = str(source)
-    else:
-        try:
-            real = load_split(cfg.data).val
-        except InputError as exc:
-            raise DatasetError(f"{exc} (needed for the run's validation split; pass a cubes.npz as source)") from None
-        is_file = cfg.data.dataset != "phantoms"
-        stored = stored_spacing(cfg.data.dataset) if is_file else 1.0
-        real_from = f"validation split of {cfg.data.dataset}"
-    spacing_mm = stored if spacing_mm is None else float(spacing_mm)
-    if not (math.isfinite(spacing_mm) and spacing_mm > 0):
-        raise ValueError(f"spacing_mm: expected a positive number, received {spacing_mm!r}")
-    out_spacing = spacing_mm * cube / size
-
-    encoded = encode(model, real)
-    generated = generate(method, encoded, n, seed, **(options or {}))
-    volumes = render(generated.mixtures, size)
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "." + format
-    origin_xyz = (-(size - 1) / 2.0 * out_spacing,) * 3  # the cube's centre at the world origin
-    files, hu_files = [], []
-    from tqdm.auto import tqdm
-
-    for i in tqdm(range(n), desc="writing", unit="nodule", disable=not progress):
-        files.append(write_image(out / f"nodule_{i:04d}{suffix}", volumes[i], (out_spacing,) * 3, origin_xyz))
-        if hu:
-            hu_volume = np.round(denormalize(np.clip(volumes[i], 0.0, 1.0))).astype(np.int16)
-            hu_files.append(write_image(out / f"nodule_{i:04d}_hu{suffix}", hu_volume, (out_spacing,) * 3,
-                                        origin_xyz))
-    g = generated
-    atomic_savez(out / "mixtures.npz", **g.mixtures.arrays(), source=g.source, group=g.group,
-                 size=np.int64(size), spacing_mm=np.float64(out_spacing))
-    gallery = _write_gallery(out / "gallery.html", real, volumes, g, gallery_rows, seriesuid) if gallery_rows else None
-
-    records = []
-    for i in range(n):
-        s = int(g.source[i])
-        records.append({"index": i, "file": files[i].name, "file_hu": hu_files[i].name if hu else "",
-                        "source": s, "source_seriesuid": str(seriesuid[s]) if seriesuid is not None else "",
-                        "group": int(g.group[i]), "mass": float(g.mixtures.mass[i])})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    atomic_write_text(out / "manifest.csv", buffer.getvalue())
-    manifest = out / "manifest.json"
-    atomic_write_json(manifest, {
-        "run": str(run_dir), "real_cubes": real_from, "n_real": int(len(real)), "method": method,
-        "options": options or {}, "seed": seed, "n": n, "size": size, "format": format,
-        "training_cube": cube, "training_spacing_mm": spacing_mm, "spacing_mm": out_spacing,
-        "origin_mm": list(origin_xyz), "components": encoded.components,
-        "values": "normalised intensities (gmmkit.data.normalize_hu units: 0 = -1000 HU, 1 = +400 HU), float32",
-        "values_hu": "int16 Hounsfield units (window -1000..400)" if hu else None,
-        "mixtures": "mixtures.npz", "gallery": gallery.name if gallery else None, "files": records,
-    })
-    return Synthesis(out, files, hu_files, generated, encoded, real, volumes, out_spacing, manifest, gallery)
-
-
-def gallery_figure(real: np.ndarray, volumes: np.ndarray, generated: Generated, rows: int = 6,
-                   per_row: int = 4, seriesuid: np.ndarray | None = None):
-    """Plotly figure: for up to ``rows`` real nodules, their central slice beside those of their offspring."""
-    from .plots.gallery import nodule_gallery
-
-    sources = list(dict.fromkeys(int(s) for s in generated.source))[:rows]
-    real_slices = central_slices(real)
-    new_slices = central_slices(volumes)
-    grid, labels = [], []
-    for s in sources:
-        children = np.flatnonzero(generated.source == s)[:per_row]
-        grid.append([real_slices[s]] + [new_slices[c] for c in children])
-        label = f"real {s}"
-        if seriesuid is not None and str(seriesuid[s]):
-            label += f"<br>…{str(seriesuid[s])[-8:]}"
-        labels.append(label)
-    titles = ["real"] + [f"generated {j + 1}" for j in range(max(len(r) for r in grid) - 1)]
-    return nodule_gallery(grid, column_titles=titles, row_titles=labels,
-                          title="Central axial slices (z = 0): real nodules and nodules generated from them")
-
-
-def _write_gallery(path: Path, real, volumes, generated, rows, seriesuid) -> Path:
-    from .io import atomic_write_text
-
-    fig = gallery_figure(real, volumes, generated, rows=rows, seriesuid=seriesuid)
-    atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
-    return path

@@ -1,4 +1,4 @@
-"""Every Horovod touch-point of gmmkit lives here, and nowhere else.
+"""Every Horovod and mpi4py touch-point of gmmkit lives here, and nowhere else.
 
 The training loop talks to a small *context* with the same interface whether it runs alone or as one of
 n Horovod ranks:
@@ -7,14 +7,16 @@ n Horovod ranks:
 touch-point            where
 =====================  ==========================================================================
 ``hvd.init()``         :func:`init`, when the process was started by mpirun, horovodrun or an
-                       ipyparallel MPI engine set
-GPU pinning            :func:`_configure_devices`: one visible GPU per local rank, memory growth
-CPU threads            :func:`_configure_devices`: ``cores / local ranks`` intra-op threads
+                       ipyparallel MPI engine set (:func:`gmmkit.parallel.launch.launched_in_parallel`)
+GPU pinning            :func:`configure_devices`: one visible GPU per local rank, memory growth
+CPU threads            :func:`configure_devices`: ``cores / local ranks`` intra-op threads
 gradient averaging     :meth:`HorovodContext.sum_gradients`: ``hvd.grouped_allreduce(op=Sum)``
                        (NCCL on GPUs when Horovod was built with it, MPI or Gloo on CPUs)
 metric reduction       :meth:`HorovodContext.sum`: sums of losses and sample counts over ranks
 initial broadcast      :meth:`HorovodContext.broadcast_variables` from rank 0
+idle wait              :meth:`HorovodContext.barrier`: a barrier that sleeps instead of spinning
 rank-0-only writes     ``context.is_chief``, checked by :mod:`gmmkit.training.rundir`
+allreduce timing       :func:`allreduce_probe`: Horovod against plain MPI, for the wall-time model
 =====================  ==========================================================================
 
 Gradients are *summed*, not averaged: each rank contributes ``sum of its per-sample gradients / global
@@ -23,37 +25,17 @@ samples (strong scaling with n not dividing B).
 """
 from __future__ import annotations
 
-import os
+import time
 import warnings
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from ..timing import mean_seconds
+from .launch import available_cores, launched_in_parallel
+
 if TYPE_CHECKING:
     import tensorflow as tf
-
-_LAUNCHER_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "HOROVOD_RANK", "MV2_COMM_WORLD_SIZE")
-
-
-def launched_in_parallel() -> bool:
-    """True when this process is one rank of a job started by mpirun, horovodrun or ipyparallel's MPI launcher."""
-    return any(name in os.environ for name in _LAUNCHER_ENV)
-
-
-def launcher_size() -> int:
-    """The job's rank count as the launcher announced it (1 outside a parallel job)."""
-    for name in ("OMPI_COMM_WORLD_SIZE", "HOROVOD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"):
-        if name in os.environ:
-            return int(os.environ[name])
-    return 1
-
-
-def launcher_rank() -> int:
-    """This process's rank as the launcher announced it (0 outside a parallel job)."""
-    for name in ("OMPI_COMM_WORLD_RANK", "HOROVOD_RANK", "PMI_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK"):
-        if name in os.environ:
-            return int(os.environ[name])
-    return 0
 
 
 class LocalContext:
@@ -72,12 +54,15 @@ class LocalContext:
     def broadcast_variables(self, variables: Sequence[tf.Variable]) -> None:
         pass
 
+    def barrier(self) -> None:
+        pass
+
 
 class HorovodContext:
     """One rank of a Horovod job."""
 
     def __init__(self):
-        import horovod.tensorflow as hvd  # imported here only: single-process use needs no Horovod
+        import horovod.tensorflow as hvd  # heavy, and single-process use needs no Horovod
 
         hvd.init()
         self.hvd = hvd
@@ -100,6 +85,15 @@ class HorovodContext:
     def broadcast_variables(self, variables: Sequence[tf.Variable]) -> None:
         self.hvd.broadcast_variables(list(variables), root_rank=0)
 
+    def barrier(self) -> None:
+        """Wait for every rank, sleeping: a rank that waits leaves its core to the ones still working (a
+        plain MPI barrier spins)."""
+        from mpi4py import MPI
+
+        request = MPI.COMM_WORLD.Ibarrier()
+        while not request.Test():
+            time.sleep(0.002)
+
 
 def init(threads: int | None = None, use_horovod: bool | None = None):
     """Join the Horovod job this process belongs to (or run alone) and configure devices.
@@ -110,14 +104,19 @@ def init(threads: int | None = None, use_horovod: bool | None = None):
     if use_horovod is None:
         use_horovod = launched_in_parallel()
     ctx = HorovodContext() if use_horovod else LocalContext()
-    _configure_devices(ctx.local_rank, ctx.local_size, threads)
+    configure_devices(ctx.local_rank, ctx.local_size, threads)
     return ctx
 
 
-def _configure_devices(local_rank: int, local_size: int, threads: int | None) -> None:
+def configure_devices(local_rank: int, local_size: int, threads: int | None) -> None:
+    """One GPU per local rank (memory growth on), and ``threads`` CPU threads (default ``cores / local_size``).
+
+    TensorFlow fixes both when it first runs an op: in a process where it already ran (a notebook kernel,
+    a reused engine) they can no longer change, which is fine if they were set the same way before; a
+    different thread count is warned about."""
     import tensorflow as tf
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     threads = threads or max(1, cores // max(local_size, 1))
     try:
         gpus = tf.config.list_physical_devices("GPU")
@@ -128,30 +127,10 @@ def _configure_devices(local_rank: int, local_size: int, threads: int | None) ->
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     except RuntimeError:
-        # TensorFlow was initialised earlier in this process (a notebook kernel or a reused engine):
-        # devices and threads can no longer change, which is fine if they were set the same way before.
         current = tf.config.threading.get_intra_op_parallelism_threads() or cores  # 0: TF's default, every core
         if current != threads:
             warnings.warn(f"TensorFlow already runs with {current} threads per rank; asked for {threads}",
                           RuntimeWarning, stacklevel=3)
-
-
-def time_allreduce(nbytes: int, repeats: int = 20, warmup: int = 3) -> float:
-    """Mean seconds of one Horovod sum-allreduce of ``nbytes`` of float32 in the current Horovod job, run as
-    the training step runs it: inside a ``tf.function`` (eagerly each call costs about 2 ms more here)."""
-    import time
-
-    import tensorflow as tf
-
-    ctx = HorovodContext()
-    buf = tf.ones((max(1, nbytes // 4),), tf.float32)
-    reduce = tf.function(lambda x: ctx.hvd.allreduce(x, op=ctx.hvd.Sum))
-    for _ in range(max(1, warmup)):  # the first call traces
-        reduce(buf).numpy()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        reduce(buf).numpy()
-    return (time.perf_counter() - t0) / repeats
 
 
 def shutdown() -> None:
@@ -162,21 +141,43 @@ def shutdown() -> None:
     hvd.shutdown()
 
 
-def _main(argv=None) -> int:
-    """``mpirun -np N python -m gmmkit.distributed --allreduce-bytes B``: rank 0 prints the timing as JSON."""
-    import argparse
-    import json
+def time_horovod_allreduce(nbytes: int, repeats: int = 20) -> float:
+    """Mean seconds of one Horovod sum-allreduce of ``nbytes`` of float32 in the current Horovod job, run as
+    the training step runs it: inside a ``tf.function`` (eagerly each call costs more)."""
+    import tensorflow as tf
 
-    p = argparse.ArgumentParser(prog="python -m gmmkit.distributed")
-    p.add_argument("--allreduce-bytes", type=int, required=True)
-    p.add_argument("--repeats", type=int, default=20)
-    args = p.parse_args(argv)
-    _configure_devices(0, launcher_size(), 1)
-    seconds = time_allreduce(args.allreduce_bytes, args.repeats)
-    if launcher_rank() == 0:
-        print(json.dumps({"allreduce_s": seconds, "bytes": args.allreduce_bytes, "ranks": launcher_size()}))
-    return 0
+    ctx = HorovodContext()
+    buf = tf.ones((max(1, nbytes // 4),), tf.float32)
+    reduce = tf.function(lambda x: ctx.hvd.allreduce(x, op=ctx.hvd.Sum))
+    return mean_seconds(lambda: reduce(buf).numpy(), repeats, warmup=3)  # the first call traces
 
 
-if __name__ == "__main__":
-    raise SystemExit(_main())
+def allreduce_probe(nbytes: int, repeats: int = 20, rounds: int = 8) -> dict:
+    """In an MPI job: seconds per sum-allreduce of ``nbytes`` through Horovod and through mpi4py, the two
+    taking turns in ``rounds`` blocks of ``repeats / rounds`` (medians of the blocks' means).
+
+    Plain MPI runs with Horovod shut down: Horovod's background thread keeps negotiating over MPI and slows
+    an mpi4py ``Allreduce`` in the same process. That slowed figure is reported too, as
+    ``mpi_beside_horovod_s``. Returns ``horovod_s``, ``mpi_s``, ``mpi_beside_horovod_s``, ``bytes``, ``ranks``.
+    """
+    from mpi4py import MPI  # first: MPI then outlives each hvd.shutdown()
+
+    comm = MPI.COMM_WORLD
+    configure_devices(0, comm.Get_size(), 1)
+    send = np.ones(max(1, nbytes // 4), np.float32)
+    recv = np.empty_like(send)
+    block = max(1, repeats // rounds)
+
+    def plain_mpi() -> float:
+        comm.Barrier()
+        return mean_seconds(lambda: comm.Allreduce(send, recv, op=MPI.SUM), block)
+
+    plain_mpi()  # warm-up
+    times: dict = {"horovod_s": [], "mpi_s": [], "mpi_beside_horovod_s": []}
+    for _ in range(rounds):
+        times["mpi_s"].append(plain_mpi())
+        comm.Barrier()
+        times["horovod_s"].append(time_horovod_allreduce(nbytes, block))  # joins Horovod: hvd.init()
+        times["mpi_beside_horovod_s"].append(plain_mpi())
+        shutdown()
+    return {**{key: float(np.median(t)) for key, t in times.items()}, "bytes": nbytes, "ranks": comm.Get_size()}

@@ -1,7 +1,7 @@
 """Looking inside a checkpoint: what the model renders for a validation cube, and where its Gaussians sit.
 
 Everything here is numpy and the model API; the figures are drawn by :mod:`gmmkit.plots.slices` and the
-widgets by :mod:`gmmkit.widgets`. The pieces:
+widgets by :mod:`gmmkit.ui.viewer`. The pieces:
 
 * :class:`Inspector` loads a run directory's config and latest checkpoint (or any config and weights),
   builds the model, and gives, for validation cube ``i``, a :class:`Sample`: the input, the rendered
@@ -20,13 +20,14 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from .config import RunConfig
-from .errors import InputError
+from ..config import RunConfig
+from ..data.cubes import load_split
+from ..errors import InputError
+from ..training.rundir import RunDir
 
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 
@@ -126,12 +127,7 @@ class Inspector:
     """
 
     def __init__(self, run: str | os.PathLike, max_samples: Optional[int] = None):
-        from .training.rundir import RunDir
-
-        self.run = RunDir(run)
-        if not self.run.config_path.is_file():
-            raise InputError(f"run {run}: not a gmmkit run directory (no config.json); train one first "
-                             "(gmmkit train --out DIR, or gmmkit.training.train(cfg))")
+        self.run = RunDir.open(run)
         self._setup(self.run.config(), max_samples)
         self.reload()
 
@@ -147,12 +143,12 @@ class Inspector:
         return self
 
     def _setup(self, cfg: RunConfig, max_samples: Optional[int]) -> None:
-        from . import model as model_lib
-        from .data import load_split
+        from .. import model as model_lib  # heavy: TensorFlow
 
         self.cfg = cfg
         self.model = model_lib.from_config(cfg)
         self.mixture = model_lib.mixture_model(self.model)
+        self._msle = model_lib.per_sample_msle
         val = load_split(cfg.data).val
         self.val = val if max_samples is None else val[:max_samples]
         self.epoch: Optional[int] = 0
@@ -209,7 +205,7 @@ class Inspector:
                 x = self.val[index:index + 1]
                 density = np.asarray(self.model(x, training=False))[0]
                 alpha, mu, tril, mass = (np.asarray(t) for t in self.mixture(x, training=False))
-                loss = float(np.mean((np.log1p(x[0]) - np.log1p(np.maximum(density, 0.0))) ** 2))
+                loss = float(np.asarray(self._msle(x, density[None]))[0])
                 self._cache[index] = Sample(index=index, input=x[0], density=density, alpha=alpha[0], mu=mu[0],
                                             tril=tril[0], mass=float(mass[0]), loss=loss)
             return self._cache[index]
@@ -219,14 +215,3 @@ class Inspector:
         epoch = "initial weights" if self.epoch == 0 else ("" if self.epoch is None else f"epoch {self.epoch}")
         return ", ".join(p for p in (where, epoch, f"{len(self.val)} validation cubes",
                                      f"K = {self.components}") if p)
-
-
-def find_run(path: str | os.PathLike) -> Path:
-    """``path`` if it is a run directory, else the most recently modified run directory beneath it."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    runs = sorted(path.glob("**/config.json"), key=lambda p: p.stat().st_mtime) if path.is_dir() else []
-    if not runs:
-        raise InputError(f"run {path}: no gmmkit run directory there (no config.json)")
-    return runs[-1].parent

@@ -1,0 +1,172 @@
+"""Nodule cubes: the ``cubes.npz`` format (its one reader and writer), and the training/validation split.
+
+Every data source ends as a :class:`CubeSet`: the synthetic phantoms, LUNA16 scans (``gmmkit prepare-luna``)
+and hand-made files. :func:`load_split` turns a :class:`~gmmkit.config.DataConfig` into the arrays the
+training loop reads.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import DatasetError
+from ..files import atomic_savez
+from ..model.config import MIN_CUBE
+from .intensity import HU_WINDOW
+from .phantoms import load_phantoms
+
+_KNOWN = ("cubes", "seriesuid", "center_xyz_mm", "diameter_mm", "inside_fraction", "spacing_mm", "hu_window")
+
+
+@dataclass(frozen=True)
+class CubeSet:
+    """Nodule cubes and where they came from: the arrays of a ``cubes.npz``.
+
+    ===================  ===========================  =================================================
+    ``cubes``            (N, S, S, S) float32         normalised by :func:`normalize_hu` (0 is air)
+    ``seriesuid``        (N,) unicode ('U')           the scan each cube was cut from
+    ``center_xyz_mm``    (N, 3) float64               nodule centre in world mm (x, y, z)
+    ``diameter_mm``      (N,) float32                 from the annotations (NaN if not given)
+    ``inside_fraction``  (N,) float32                 fraction of the cube inside the scan (rest is air)
+    ``spacing_mm``       () float64                   voxel size of the cubes (isotropic)
+    ``hu_window``        (2,) float64                 the window ``normalize_hu`` used
+    ``columns``          any other (N, ...) arrays    per-cube facts a source adds, e.g. ``patient_id``
+    ===================  ===========================  =================================================
+
+    Strings are fixed-width unicode, never objects, so everything loads with ``allow_pickle=False``. Only
+    ``cubes`` is required in a file; the other arrays get neutral defaults. A ``patient_id`` column makes
+    :func:`load_split` keep each patient's cubes on one side of the split.
+    """
+
+    cubes: np.ndarray
+    seriesuid: np.ndarray
+    center_xyz_mm: np.ndarray
+    diameter_mm: np.ndarray
+    inside_fraction: np.ndarray
+    spacing_mm: float = 1.0
+    hu_window: tuple[float, float] = HU_WINDOW
+    columns: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.cubes)
+
+    @classmethod
+    def of(cls, cubes: np.ndarray, spacing_mm: float = 1.0, **columns: np.ndarray) -> "CubeSet":
+        """A set with neutral provenance (no scan, no centre, unknown diameter) and ``columns``."""
+        n = len(cubes)
+        return cls(cubes=np.asarray(cubes, np.float32), seriesuid=np.full(n, "", dtype="U1"),
+                   center_xyz_mm=np.full((n, 3), np.nan), diameter_mm=np.full(n, np.nan, np.float32),
+                   inside_fraction=np.ones(n, np.float32), spacing_mm=float(spacing_mm), columns=columns)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the arrays to ``path`` atomically (a crash never leaves a half-written file)."""
+        atomic_savez(path, cubes=np.asarray(self.cubes, dtype=np.float32),
+                     seriesuid=np.asarray(self.seriesuid, dtype=str).astype("U"),
+                     center_xyz_mm=np.asarray(self.center_xyz_mm, dtype=np.float64).reshape(-1, 3),
+                     diameter_mm=np.asarray(self.diameter_mm, dtype=np.float32),
+                     inside_fraction=np.asarray(self.inside_fraction, dtype=np.float32),
+                     spacing_mm=np.float64(self.spacing_mm), hu_window=np.asarray(self.hu_window, np.float64),
+                     **{k: np.asarray(v) for k, v in self.columns.items()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, cube: int | None = None) -> "CubeSet":
+        """Read and check a ``cubes.npz``: (N, S, S, S) finite numbers with S at least the encoder's
+        receptive field (and equal to ``cube`` when given). Errors name the file and what is wrong."""
+        path = Path(path)
+        if not path.is_file():
+            raise DatasetError(f"{path}: no such file")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if "cubes" not in f.files:
+                    raise DatasetError(f"{path}: expected an array named 'cubes', found {sorted(f.files)}")
+                arrays = {name: f[name] for name in f.files}
+        except DatasetError:
+            raise
+        except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
+            raise DatasetError(f"{path}: not a readable .npz file ({exc})") from None
+        cubes = _checked_cubes(path, arrays.pop("cubes"), cube)
+        n = len(cubes)
+        get = arrays.pop
+        return cls(cubes=cubes,
+                   seriesuid=np.asarray(get("seriesuid", np.full(n, "", dtype="U1"))).astype(str),
+                   center_xyz_mm=np.asarray(get("center_xyz_mm", np.full((n, 3), np.nan)), np.float64),
+                   diameter_mm=np.asarray(get("diameter_mm", np.full(n, np.nan)), np.float32),
+                   inside_fraction=np.asarray(get("inside_fraction", np.ones(n)), np.float32),
+                   spacing_mm=float(get("spacing_mm", 1.0)),
+                   hu_window=tuple(float(v) for v in get("hu_window", HU_WINDOW)),
+                   columns={k: v for k, v in arrays.items() if v.ndim >= 1 and len(v) == n})
+
+
+def _checked_cubes(path: Path, cubes: np.ndarray, cube: int | None) -> np.ndarray:
+    if cubes.ndim != 4 or len(set(cubes.shape[1:])) != 1:
+        raise DatasetError(f"{path}: 'cubes' must have shape (N, S, S, S), found {cubes.shape}")
+    if cubes.shape[1] < MIN_CUBE:
+        raise DatasetError(f"{path}: cubes of {cubes.shape[1]} voxels are smaller than the encoder's "
+                           f"receptive field ({MIN_CUBE})")
+    if cube is not None and cubes.shape[1] != cube:
+        raise DatasetError(f"{path}: cubes are {cubes.shape[1]} voxels wide, the config asks for {cube} "
+                           f"(pass --cube {cubes.shape[1]})")
+    if not np.issubdtype(cubes.dtype, np.number):
+        raise DatasetError(f"{path}: 'cubes' must be numeric, found dtype {cubes.dtype}")
+    cubes = cubes.astype(np.float32, copy=False)
+    bad = ~np.isfinite(cubes)
+    if bad.any():
+        first = int(np.argwhere(bad.reshape(len(cubes), -1).any(axis=1))[0, 0])
+        raise DatasetError(f"{path}: 'cubes' holds {int(bad.sum())} non-finite voxels (first in cube {first})")
+    return cubes
+
+
+# --- splits ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Split:
+    train: np.ndarray  # (N_train, S, S, S) float32
+    val: np.ndarray  # (N_val, S, S, S) float32
+    train_index: np.ndarray  # rows of the source set
+    val_index: np.ndarray
+
+
+def load_cubes(cfg: DataConfig) -> CubeSet:
+    """The whole data set a config names: the phantoms, or a ``cubes.npz``."""
+    if cfg.dataset == "phantoms":
+        return CubeSet.of(load_phantoms(cfg.size, cfg.seed, cfg.cube).cubes)
+    return CubeSet.load(cfg.dataset, cfg.cube)
+
+
+def split_indices(n: int, val_size: int, train_size: int | None, seed: int,
+                  groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Validation and training rows: the first ``val_size`` of a seeded permutation are validation, the next
+    ``train_size`` (default: the rest) training. With ``groups`` (e.g. patient ids) whole groups are taken
+    in a seeded order until the validation side holds ``val_size`` rows, so no group is on both sides."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(n)
+    else:
+        names, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        order = np.concatenate([np.flatnonzero(inverse == g) for g in rng.permutation(len(names))])
+        boundary = _group_boundary(inverse[order], val_size)
+        val_size = boundary
+    train_size = n - val_size if train_size is None else train_size
+    return order[:val_size], order[val_size:val_size + train_size]
+
+
+def _group_boundary(grouped: np.ndarray, val_size: int) -> int:
+    """The first position at or after ``val_size`` where a new group starts in an order sorted by group."""
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    later = starts[starts >= val_size]
+    return int(later[0]) if len(later) else len(grouped)
+
+
+def load_split(cfg: DataConfig) -> Split:
+    """The training and validation cubes of ``cfg`` (see :func:`split_indices`)."""
+    data = load_cubes(cfg)
+    val, train = split_indices(len(data), cfg.val_size, cfg.train_size, cfg.seed, data.columns.get("patient_id"))
+    if len(train) == 0 or len(val) + len(train) > len(data) or (cfg.train_size and len(train) < cfg.train_size):
+        raise DatasetError(f"{cfg.dataset}: holds {len(data)} cubes, fewer than val_size={cfg.val_size} + "
+                           f"train_size={cfg.train_size if cfg.train_size is not None else len(train)}")
+    return Split(train=np.ascontiguousarray(data.cubes[train]), val=np.ascontiguousarray(data.cubes[val]),
+                 train_index=train, val_index=val)

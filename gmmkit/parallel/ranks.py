@@ -1,0 +1,71 @@
+"""The program every rank of a gmmkit job runs, other than ``gmmkit train`` itself.
+
+``mpirun -np N python -m gmmkit.parallel.ranks TASK ...`` (started by :mod:`gmmkit.parallel.launch`):
+
+``batch PLAN.json``
+    train the run configs listed in the file one after another in this Horovod job, reusing one traced
+    model (a sweep's real runs of one worker count: :func:`gmmkit.study.sweep.run_real_batch`);
+``allreduce --bytes B [--repeats R]``
+    time Horovod's allreduce against plain MPI (:func:`gmmkit.parallel.distributed.allreduce_probe`);
+``scaling --config JSON [--rounds R]``
+    time 1-worker and n-worker epochs and steps in turns (:func:`gmmkit.study.bench.scaling_probe`).
+
+Rank 0 prints the result: one line per run for ``batch``, one JSON object on a line for the probes
+(:func:`gmmkit.parallel.launch.run_json` reads it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .launch import launcher_rank
+
+
+def _batch(args) -> int:
+    from ..config import RunConfig
+    from ..training import train_many
+
+    cfgs = [RunConfig.from_dict(raw) for raw in json.loads(Path(args.plan).read_text())]
+    summaries = train_many(cfgs)
+    for cfg, summary in zip(cfgs, summaries if launcher_rank() == 0 else []):
+        print(f"{cfg.train.strategy} n={cfg.train.workers}: {summary['status']} after {summary.get('epochs')} "
+              f"epochs" + (f" ({summary['error']})" if summary.get("error") else ""), flush=True)
+    return 0
+
+
+def _allreduce(args) -> dict:
+    from .distributed import allreduce_probe
+
+    return allreduce_probe(args.bytes, args.repeats)
+
+
+def _scaling(args) -> dict:
+    from ..study.bench import scaling_probe
+
+    return scaling_probe(args.config, args.rounds)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gmmkit.parallel.ranks")
+    sub = p.add_subparsers(dest="task", required=True)
+    b = sub.add_parser("batch")
+    b.add_argument("plan", metavar="PLAN.json", help="a JSON list of run configs")
+    a = sub.add_parser("allreduce")
+    a.add_argument("--bytes", type=int, default=4 << 20)
+    a.add_argument("--repeats", type=int, default=20)
+    s = sub.add_parser("scaling")
+    s.add_argument("--config", required=True, help="a RunConfig as JSON")
+    s.add_argument("--rounds", type=int, default=3, help="epochs of each worker count")
+    args = p.parse_args(argv)
+    if args.task == "batch":
+        return _batch(args)
+    result = _allreduce(args) if args.task == "allreduce" else _scaling(args)
+    if launcher_rank() == 0:
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

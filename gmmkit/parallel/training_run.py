@@ -1,0 +1,180 @@
+"""A training run on an MPI cluster's engines: what runs on each engine, and the notebook's handle of it.
+
+On every engine :func:`engine_train` calls :func:`gmmkit.training.train`; rank 0 publishes each epoch's
+record with ``ipyparallel.datapub.publish_data``, which arrives in the notebook's ``AsyncResult.data``
+without the notebook waiting. :class:`TrainingRun` reads those records, waits, and stops the run: Stop
+writes the run directory's ``STOP`` file; the training loop checks it at every step and all ranks agree
+through an allreduce, so the run ends cleanly with status ``stopped`` and the engines are free for the next
+run. Functions that run on the engines import what they need themselves: they execute in the engines'
+processes, where this module's globals do not travel.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional, Protocol, runtime_checkable
+
+import ipyparallel as ipp
+
+from ..config import RunConfig
+from ..errors import InputError
+from ..training.rundir import RunDir
+
+METRIC_KEY = "epoch-{:06d}"
+
+
+# --- functions that run on the engines ----------------------------------------------------------
+
+def engine_identity() -> dict:
+    """On an engine: its MPI ``rank`` and world ``size`` (as the launcher announced them), its ``host`` and
+    its ``pid``."""
+    import socket
+
+    from gmmkit.parallel.launch import launcher_rank, launcher_size
+
+    return {"rank": launcher_rank(), "size": launcher_size(), "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def engine_train(cfg_json: str) -> dict:
+    """On every engine: train the run ``cfg_json`` describes under Horovod; returns the run summary.
+
+    Rank 0 (the only rank that calls epoch callbacks) publishes each epoch's metrics record under the key
+    ``epoch-NNNNNN``; the notebook reads them from ``AsyncResult.data`` while the run goes on.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ipyparallel.datapub import publish_data
+
+    from gmmkit.config import RunConfig
+    from gmmkit.training import train
+
+    cfg = RunConfig.from_json(cfg_json)
+
+    def publish(record: dict) -> None:
+        publish_data({METRIC_KEY.format(int(record["epoch"])): dict(record)})
+
+    return train(cfg, callbacks=[publish])
+
+
+# --- the notebook's handle ----------------------------------------------------------------------
+
+@runtime_checkable
+class RunHandle(Protocol):
+    """What the dashboard needs of a run it started (:class:`TrainingRun` is one): its epoch records so
+    far, whether it has ended, its summary once it has, and a way to ask it to stop."""
+
+    @property
+    def metrics(self) -> list[dict]: ...
+
+    def done(self) -> bool: ...
+
+    def wait(self, timeout: Optional[float] = None) -> dict: ...
+
+    def stop(self, wait: bool = True, timeout: float = 30.0) -> Optional[dict]: ...
+
+
+class TrainingRun:
+    """A run in progress on the engines.
+
+    ``metrics``: the epoch records rank 0 has streamed so far; ``done()``; ``wait()`` returns the summary;
+    ``stop()`` ends the run after its current step (status ``stopped``), leaving the engines usable.
+    """
+
+    def __init__(self, cfg: RunConfig, results: dict):
+        if 0 not in results:
+            raise InputError(f"results: expected one AsyncResult per rank including rank 0, received ranks "
+                             f"{sorted(results)}")
+        self.cfg = cfg
+        self.run_dir = RunDir(cfg.out)
+        self.results = results
+        self.started = time.perf_counter()
+        self.stop_requested_at: Optional[float] = None
+        self.ended_at: Optional[float] = None
+
+    def __repr__(self) -> str:
+        return (f"TrainingRun({self.cfg.train.strategy}, workers={self.cfg.train.workers}, "
+                f"epochs so far={len(self.metrics)}, {'done' if self.done() else 'running'})")
+
+    @property
+    def metrics(self) -> list[dict]:
+        """Epoch records streamed by rank 0 so far, in epoch order."""
+        data = self.results[0].data or {}
+        return [dict(data[k]) for k in sorted(data) if k.startswith("epoch-")]
+
+    def done(self) -> bool:
+        finished = all(ar.done() for ar in self.results.values())
+        if finished and self.ended_at is None:
+            self.ended_at = time.perf_counter()
+        elif not finished:
+            self._keep_stop_request()
+        return finished
+
+    def wait(self, timeout: Optional[float] = None) -> dict:
+        """Wait for every rank; returns rank 0's summary. A failure on any rank raises, naming the rank."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done():
+            if deadline is not None and time.monotonic() > deadline:
+                failed = self._failures()
+                hint = f" (rank {failed[0][0]} failed: {failed[0][1]})" if failed else ""
+                raise TimeoutError(f"run {self.cfg.out}: still running after {timeout} s{hint}; if ranks are "
+                                   "stuck, restart the engines with cluster.restart(n)")
+            failed = self._failures()
+            if failed:  # one rank died: the others wait in a collective forever
+                rank, error = failed[0]
+                raise RuntimeError(f"run {self.cfg.out}: rank {rank} failed: {error}; the other ranks may "
+                                   "be blocked, restart the engines with cluster.restart(n)")
+            time.sleep(0.05)
+        failed = self._failures()
+        if failed:
+            rank, error = failed[0]
+            raise RuntimeError(f"run {self.cfg.out}: rank {rank} failed: {error}")
+        return self.results[0].get()
+
+    def stop(self, wait: bool = True, timeout: float = 30.0) -> Optional[dict]:
+        """Ask the run to stop after its current step; with ``wait``, return its summary once it has."""
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.perf_counter()
+        if not self.done():
+            self.run_dir.request_stop()
+        return self.wait(timeout=timeout) if wait else None
+
+    @property
+    def summary(self) -> Optional[dict]:
+        """Rank 0's summary once the run has ended, else None."""
+        if not self.done() or self._failures():
+            return None
+        return self.results[0].get()
+
+    @property
+    def stop_seconds(self) -> Optional[float]:
+        """Seconds from the stop request to the end of the run (None if not stopped or not ended)."""
+        if self.stop_requested_at is None or not self.done():
+            return None
+        return self.ended_at - self.stop_requested_at
+
+    def output(self, rank: int = 0) -> str:
+        """What rank ``rank`` printed (stdout and stderr) so far."""
+        ar = self.results[rank]
+        return (ar.stdout or "") + (ar.stderr or "")
+
+    def _failures(self) -> list[tuple[int, str]]:
+        failed = []
+        for rank, ar in sorted(self.results.items()):
+            if ar.done():
+                try:
+                    ar.get(0)
+                except Exception as exc:
+                    failed.append((rank, _error_text(exc)))
+        return failed
+
+    def _keep_stop_request(self) -> None:
+        # The run deletes a stale STOP file when it prepares its directory; a stop requested before that
+        # moment is repeated here until the run has ended.
+        if self.stop_requested_at is not None and not self.run_dir.stop_requested() \
+                and not all(ar.done() for ar in self.results.values()):
+            self.run_dir.request_stop()
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, ipp.error.RemoteError):
+        return f"{exc.ename}: {exc.evalue}"
+    return f"{type(exc).__name__}: {exc}"

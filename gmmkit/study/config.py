@@ -1,0 +1,86 @@
+"""The configuration of a scaling study: which strategies, which worker counts, how, and where.
+
+A :class:`StudyConfig` is what ``gmmkit sweep``, ``gmmkit demo`` and notebook 03 hand to
+:func:`gmmkit.study.sweep.run_study`; like :class:`~gmmkit.config.RunConfig` it is validated field by field
+and round-trips through JSON (``study.json`` in the study's folder).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .. import checks
+from ..config import RunConfig
+from ..strategies import STRATEGIES
+
+
+@dataclass
+class StudyConfig:
+    """A grid of (strategy, workers) runs of one base configuration (paper Section VII).
+
+    ``run``: every run's settings but strategy and workers. ``max_real``: real Horovod ranks up to this
+    many workers; above it the runs are simulated on one process (``simulate``) or skipped.
+    ``calibrate``: measure the wall-time model first (simulated runs need it for their times).
+    ``target_epoch``: set the target by the paper's rule, the sequential validation loss after that many
+    epochs, instead of ``run.train.target_loss``.
+    """
+
+    run: RunConfig = field(default_factory=RunConfig)
+    strategies: tuple = STRATEGIES
+    workers: tuple = (1, 2, 4, 8, 16, 32)
+    max_real: int = 2
+    simulate: bool = True
+    calibrate: bool = True
+    target_epoch: Optional[int] = None
+    out: str = "runs/sweep"
+
+    def validate(self) -> "StudyConfig":
+        self.run.validate()
+        self.strategies, self.workers = tuple(self.strategies), tuple(sorted(set(self.workers)))
+        if not self.strategies:
+            checks.fail("study.strategies", "at least one of " + ", ".join(STRATEGIES), "none")
+        for s in self.strategies:
+            checks.one_of("study.strategies", s, STRATEGIES)
+        if len(set(self.strategies)) != len(self.strategies):
+            checks.fail("study.strategies", "each strategy once", list(self.strategies))
+        for n in self.workers:
+            checks.positive_int("study.workers", n)
+        if not self.workers or self.workers[0] != 1:
+            checks.fail("study.workers", "a list that includes 1 (the sequential baseline of every efficiency)",
+                        list(self.workers))
+        checks.positive_int("study.max_real", self.max_real)
+        for name in ("simulate", "calibrate"):
+            if not isinstance(getattr(self, name), bool):
+                checks.fail(f"study.{name}", "true or false", getattr(self, name))
+        if self.target_epoch is not None:
+            checks.positive_int("study.target_epoch", self.target_epoch)
+        if not isinstance(self.out, str) or not self.out:
+            checks.fail("study.out", "a directory path", self.out)
+        return self
+
+    def to_dict(self) -> dict:
+        return {"run": self.run.to_dict(), "strategies": list(self.strategies), "workers": list(self.workers),
+                "max_real": self.max_real, "simulate": self.simulate, "calibrate": self.calibrate,
+                "target_epoch": self.target_epoch, "out": self.out}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "StudyConfig":
+        if not isinstance(raw, dict):
+            checks.fail("study", "a JSON object", type(raw).__name__)
+        known = {"run", "strategies", "workers", "max_real", "simulate", "calibrate", "target_epoch", "out"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            checks.fail(f"study.{unknown[0]}", "one of " + ", ".join(sorted(known)), "an unknown key")
+        values = {k: v for k, v in raw.items() if k != "run"}
+        for name in ("strategies", "workers"):
+            if name in values and not isinstance(values[name], (list, tuple)):
+                checks.fail(f"study.{name}", "a list", values[name])
+        return cls(run=RunConfig.from_dict(raw.get("run", {})), **values).validate()
+
+    @classmethod
+    def from_json(cls, text: str) -> "StudyConfig":
+        return cls.from_dict(json.loads(text))
