@@ -69,8 +69,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         base = RunConfig.load(args.config) if args.config else RunConfig()
     except ConfigError as exc:
         raise CLIError(f"--config {exc}") from None
-    explicit = {a.dest for a in parser._actions if a.dest in vars(args)
-                and getattr(args, a.dest) != parser.get_default(a.dest)}
+    explicit = {dest for dest, value in vars(args).items() if value != parser.get_default(dest)}
 
     def pick(dest, current):
         return getattr(args, dest) if (dest in explicit or not args.config) else current
@@ -115,7 +114,7 @@ def describe(exc: InputError, flags: dict) -> str:
 # --- commands --------------------------------------------------------------------------------
 
 # Each subcommand lives in gmmkit/commands/<name>.py and exposes register(subparsers), which adds its
-# parser and sets func=run(args, parser) -> exit code. Order here is the order of `gmmkit --help`.
+# parser, sets func=run(args, parser) -> exit code, and returns the parser. Order here is `gmmkit --help`'s.
 COMMANDS = ("train", "sweep", "lr-find", "demo", "stop", "prepare-luna", "synthesize", "bench")
 
 
@@ -124,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gmmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"gmmkit.commands.{name.replace('-', '_')}").register(sub)
+        command = importlib.import_module(f"gmmkit.commands.{name.replace('-', '_')}").register(sub)
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -132,9 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
-        return args.func(args, sub)
+        return args.func(args, args.command_parser)
     except InputError as exc:
         flags = {**FLAG_OF_FIELD, **getattr(args, "flags", {})}
         print(f"gmmkit {args.command}: error: {describe(exc, flags)}", file=sys.stderr)

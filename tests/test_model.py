@@ -189,3 +189,17 @@ def test_component_coefficients_match_the_linear_algebra_and_its_gradients():
         b = b.numpy() * (np.tril(np.ones((3, 3))) if b.ndim == 4 else 1)  # only L's lower triangle is free
         np.testing.assert_allclose(a.numpy(), b, rtol=1e-3, atol=1e-4 * np.abs(b).max())
 
+
+
+def test_a_saved_model_loads_without_custom_objects(tmp_path):
+    # every gmmkit layer is registered serializable: Keras finds it by name, as for its own layers
+    import tensorflow as tf
+
+    model = build_deepdensity(cube=16, components=3, filters=4, latent=8, seed=1)
+    path = tmp_path / "deepdensity.keras"
+    model.save(path)
+    loaded = tf.keras.models.load_model(path)
+    x = np.random.default_rng(0).random((2, 16, 16, 16), dtype=np.float32)
+    np.testing.assert_array_equal(loaded(x), model(x))
+    mixture = mixture_model(loaded)
+    assert [t.shape for t in mixture(x)] == [(2, 3), (2, 3, 3), (2, 3, 3, 3), (2,)]

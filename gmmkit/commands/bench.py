@@ -5,13 +5,14 @@ from ..cli import CLIError
 from ..files import writable_path
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("bench", help="measure step cost, MFU, allreduce and 2-worker efficiency on this machine")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a few minutes)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="also write the cost-growth curves as a standalone HTML figure")
     p.set_defaults(func=run)
+    return p
 
 
 def run(args, parser) -> int:

@@ -21,13 +21,14 @@ DEMO = StudyConfig(
     workers=(1, 2, 8, 32), max_real=2, simulate=True, calibrate=True, target_epoch=3, out="runs/demo")
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("demo", help="the compact study of `make demo`: 4 strategies, n = 1..32, tables, figures")
     p.add_argument("--out", default=DEMO.out, metavar="DIR")
     p.add_argument("--target-epoch", type=int, default=DEMO.target_epoch, metavar="E")
     p.add_argument("--epochs", type=int, default=DEMO.run.train.epochs, metavar="MAX")
     p.set_defaults(func=run, flags={"study.out": "--out", "out": "--out", "study.target_epoch": "--target-epoch",
                                     "train.epochs": "--epochs"})
+    return p
 
 
 def run(args, parser) -> int:

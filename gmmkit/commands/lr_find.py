@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..cli import add_run_flags, config_from_args
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("lr-find", help="learning-rate range test (the paper used the largest stable rate)")
     add_run_flags(p, out_default="runs/lr-find")
     p.add_argument("--lr-min", type=float, default=1e-5)
@@ -12,6 +12,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=100)
     p.set_defaults(func=run, flags={"lr_find.lr_min": "--lr-min", "lr_find.lr_max": "--lr-max",
                                     "lr_find.steps": "--steps"})
+    return p
 
 
 def run(args, parser) -> int:

@@ -17,7 +17,7 @@ FLAGS = {"luna.scans": "--scans", "luna.dicom": "--dicom", "luna.annotations": "
          "luna.cube": "--cube", "luna.spacing_mm": "--spacing", "luna.jobs": "--jobs"}
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("prepare-luna", help="cut nodule cubes from LUNA16 .mhd scans or DICOM series",
                        description=__doc__.replace("``", "").strip())
     where = p.add_mutually_exclusive_group(required=True)
@@ -32,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="scans read in parallel (processes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run, flags=FLAGS)
+    return p
 
 
 def run(args, parser) -> int:

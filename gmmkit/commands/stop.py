@@ -4,10 +4,11 @@ from __future__ import annotations
 from ..training.rundir import RunDir
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("stop", help="ask a running run to stop (it ends with status 'stopped')")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.set_defaults(func=run)
+    return p
 
 
 def run(args, parser) -> int:

@@ -19,7 +19,7 @@ def _csv(flag: str, kind, text: str) -> list:
         raise CLIError(f"{flag}: expected a comma-separated list of {kind.__name__}, received {text!r}") from None
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("sweep", help="time to target for strategies x worker counts, with tables and figures")
     add_run_flags(p, out_default="runs/sweep")
     p.add_argument("--strategies", dest="strategy_list", default=",".join(STRATEGIES), metavar="S,S,...")
@@ -33,6 +33,7 @@ def register(sub) -> None:
                    help="set the target to the validation loss the sequential run reaches after E epochs "
                         "(the paper's rule, with E about 100) instead of --target-loss")
     p.set_defaults(func=run, flags=FLAGS)
+    return p
 
 
 def study_from_args(args, parser) -> StudyConfig:

@@ -17,7 +17,7 @@ FLAGS = {"synthesis.n": "--n", "synthesis.size": "--size", "synthesis.method": "
          "synthesis.temperature": "--temperature"}
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("synthesize", help="generate new nodules from a trained run",
                        description=__doc__.replace("``", "").strip())
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory (config.json, checkpoint.npz)")
@@ -42,6 +42,7 @@ def register(sub) -> None:
     g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="spread of the draws (0: group means)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run, flags=FLAGS)
+    return p
 
 
 def run(args, parser) -> int:

@@ -10,13 +10,14 @@ from ..strategies import STRATEGIES
 from ..training.rundir import RunDir
 
 
-def register(sub) -> None:
+def register(sub):
     p = sub.add_parser("train", help="train DeepDensity (one process, or n Horovod ranks)",
                        description=__doc__.strip("`\n"))
     add_run_flags(p)
     add_parallel_flags(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.set_defaults(func=run)
+    return p
 
 
 def add_parallel_flags(p: argparse.ArgumentParser) -> None:

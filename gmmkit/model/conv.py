@@ -5,14 +5,14 @@ Two rewrites, each measured at DeepDensity's shapes (batch 32, one thread, oneDN
 * **Kernel gradient as a forward convolution.** The kernel gradient of ``y = conv3d(x, w)`` is itself a
   valid convolution: with the batch taken as the input channels and the input channels as the batch,
   ``dw = conv3d(x^T, dy^T)^T``, whose "kernel" is the output gradient. oneDNN's forward Conv3D runs it
-  faster than its own kernel-gradient kernel while that output is small next to the kernel: for the
-  second encoder layer on 16^3 cubes (10^3 x 32 -> 6^3 x 32, kernel 5^3) 27 ms against 35 ms, but on
-  24^3 cubes (18^3 -> 14^3) 865 ms against 520 ms. Of the shapes measured, it won or tied exactly where
-  the output's spatial volume is at most twice the kernel's (:func:`kernel_gradient_as_forward`).
+  faster than its own kernel-gradient kernel while that output is small next to the kernel (the second
+  encoder layer on 16^3 cubes), and slower once it is large (the same layer on 24^3 cubes). Of the shapes
+  measured, it won or tied exactly where the output's spatial volume is at most twice the kernel's
+  (:func:`kernel_gradient_as_forward`).
 * **One input channel: depth folded into channels.** A Conv3D on a single channel (the first layer, on
   the CT cube) leaves oneDNN little to vectorise. Stacking the ``kd`` depth windows of the input as
   channels turns it into a Conv2D with ``kd`` input channels over a batch of ``B x D'`` slices, with the
-  same multiply-adds: forward and kernel gradient 36 ms against 44 ms.
+  same multiply-adds, which oneDNN runs faster.
 
 The input gradient stays TensorFlow's own.
 """
@@ -57,7 +57,7 @@ def _folded_single_channel(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """One input channel: the ``kd`` depth windows as the channels of a Conv2D over (B D') slices."""
     kd, kh, kw, _, co = kernel.shape
     depth = x.shape[1] - kd + 1
-    # stacked in front, then moved last: 2 ms against 5.6 ms for a stack along the last axis (batch 32)
+    # stacked in front, then moved last: faster than a stack along the last axis (benchmarks/RESULTS.md)
     windows = tf.transpose(tf.stack([x[:, a:a + depth, :, :, 0] for a in range(kd)]), (1, 2, 3, 4, 0))
     slices = tf.reshape(windows, (-1, x.shape[2], x.shape[3], kd))
     kernel2d = tf.transpose(kernel[:, :, :, 0, :], (1, 2, 0, 3))  # (kh, kw, kd, Co)

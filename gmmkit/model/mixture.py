@@ -82,8 +82,8 @@ def component_coefficients(alpha: tf.Tensor, mu: tf.Tensor, tril: tf.Tensor) -> 
 
     With ``U = L^-1`` (lower triangular, in closed form) the precision is ``Sigma^-1 = U^T U`` and
     ``log det Sigma = 2 sum log diag(L)``. Everything is written out element by element: B K separate 3 x 3
-    products and solves as batched kernels cost 10 ms a step at B = 32, K = 50 (forward and gradient),
-    these element-wise lines 2 ms.
+    products and solves as batched kernels cost several times more, forward and gradient
+    (``benchmarks/RESULTS.md``).
     """
     l00, l10, l11 = tril[..., 0, 0], tril[..., 1, 0], tril[..., 1, 1]
     l20, l21, l22 = tril[..., 2, 0], tril[..., 2, 1], tril[..., 2, 2]
@@ -114,8 +114,7 @@ def sum_of_exponentials(coef: tf.Tensor, features: tf.Tensor) -> tf.Tensor:
     """``sum_k exp(features . coef[b, k])``: (B, K, 10), (P, 10) -> (B, P).
 
     The B K P exponentials are the renderer's whole cost, and on a CPU it is bound by passes over them,
-    so each pass is one kernel (at B = 32, K = 50, one thread: 25 ms forward and gradient against 36 ms
-    for TensorFlow's plain form, ``benchmarks/RESULTS.md``):
+    so each pass is one kernel (faster than TensorFlow's plain form, ``benchmarks/RESULTS.md``):
 
     * forward: the logits as one (B K, 10) x (10, P) product, exp, and the sum over K as a batched
       product with ones, a running sum per voxel (``reduce_sum`` over the middle axis is twice as slow);

@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from ..timing import mean_seconds
 from .launch import available_cores, launched_in_parallel
-
-if TYPE_CHECKING:
-    import tensorflow as tf
 
 
 class LocalContext:
@@ -77,8 +75,6 @@ class HorovodContext:
         return self.hvd.grouped_allreduce(list(grads), op=self.hvd.Sum)
 
     def sum(self, values: np.ndarray) -> np.ndarray:
-        import tensorflow as tf
-
         tensor = tf.constant(np.asarray(values, dtype=np.float64))
         return self.hvd.allreduce(tensor, op=self.hvd.Sum).numpy()
 
@@ -144,8 +140,6 @@ def shutdown() -> None:
 def time_horovod_allreduce(nbytes: int, repeats: int = 20) -> float:
     """Mean seconds of one Horovod sum-allreduce of ``nbytes`` of float32 in the current Horovod job, run as
     the training step runs it: inside a ``tf.function`` (eagerly each call costs more)."""
-    import tensorflow as tf
-
     ctx = HorovodContext()
     buf = tf.ones((max(1, nbytes // 4),), tf.float32)
     reduce = tf.function(lambda x: ctx.hvd.allreduce(x, op=ctx.hvd.Sum))

@@ -20,13 +20,14 @@ import json
 import sys
 from pathlib import Path
 
+from ..config import RunConfig
+from ..study.bench import scaling_probe
+from ..training import train_many
+from .distributed import allreduce_probe
 from .launch import launcher_rank
 
 
 def _batch(args) -> int:
-    from ..config import RunConfig
-    from ..training import train_many
-
     cfgs = [RunConfig.from_dict(raw) for raw in json.loads(Path(args.plan).read_text())]
     summaries = train_many(cfgs)
     for cfg, summary in zip(cfgs, summaries if launcher_rank() == 0 else []):
@@ -36,14 +37,10 @@ def _batch(args) -> int:
 
 
 def _allreduce(args) -> dict:
-    from .distributed import allreduce_probe
-
     return allreduce_probe(args.bytes, args.repeats)
 
 
 def _scaling(args) -> dict:
-    from ..study.bench import scaling_probe
-
     return scaling_probe(args.config, args.rounds)
 
 

@@ -11,8 +11,8 @@ class Adam(keras.optimizers.Adam):
 
     The rule of both: ``m += (g - m)(1 - beta_1)``, ``v += (g^2 - v)(1 - beta_2)``,
     ``w -= lr sqrt(1 - beta_2^t) / (1 - beta_1^t) m / (sqrt(v) + epsilon)``. For DeepDensity's 820 k
-    weights on one CPU thread the update takes 2.0 ms instead of 3.6 ms (profiled, ``benchmarks/RESULTS.md``),
-    and it runs on every rank of a data-parallel job whatever its share of the batch. Sparse gradients and
+    weights on a CPU the fused kernel is the faster (profiled, ``benchmarks/RESULTS.md``), and it runs on
+    every rank of a data-parallel job whatever its share of the batch. Sparse gradients and
     AMSGrad take Keras's own path.
     """
 
