@@ -10,7 +10,7 @@ $(READY): pyproject.toml scripts/setup-env.sh
 	VENV=$(VENV) bash scripts/setup-env.sh
 
 demo: $(READY)
-	$(BIN)/gmmkit demo --out runs/demo
+	$(BIN)/gmmkit demo --out runs/demo --overwrite
 
 test: $(READY)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -62,17 +62,21 @@ def add_run_flags(p: argparse.ArgumentParser, out_default: str = "runs/latest") 
                    help="start from this config.json; flags given explicitly override it")
 
 
-def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunConfig:
-    """A validated RunConfig from the flags (explicit flags override ``--config``); its dataset exists and
-    its output folder can be written (:meth:`RunConfig.check_paths`)."""
-    try:
-        base = RunConfig.load(args.config) if args.config else RunConfig()
-    except ConfigError as exc:
-        raise CLIError(f"--config {exc}") from None
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                     base: RunConfig | None = None) -> RunConfig:
+    """A validated RunConfig from the flags: explicit flags override ``base`` (default: the ``--config``
+    file, else the defaults); its dataset exists and its output folder can be written
+    (:meth:`RunConfig.check_paths`)."""
+    from_file = base is not None or bool(args.config)
+    if base is None:
+        try:
+            base = RunConfig.load(args.config) if args.config else RunConfig()
+        except ConfigError as exc:
+            raise CLIError(f"--config {exc}") from None
     explicit = {dest for dest, value in vars(args).items() if value != parser.get_default(dest)}
 
     def pick(dest, current):
-        return getattr(args, dest) if (dest in explicit or not args.config) else current
+        return getattr(args, dest) if (dest in explicit or not from_file) else current
 
     raw = base.to_dict()
     raw["data"].update(dataset=pick("dataset", base.data.dataset), size=pick("phantoms", base.data.size),

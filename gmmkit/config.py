@@ -109,6 +109,14 @@ class RunConfig:
             checks.fail("out", "a directory path", self.out)
         return self
 
+    def resolved(self) -> "RunConfig":
+        """This config with its paths absolute (the data set file, the output folder): a run's files then
+        open the same from any working directory."""
+        dataset = self.data.dataset
+        if dataset.endswith(".npz"):
+            dataset = os.path.abspath(dataset)
+        return self.replace(data={"dataset": dataset}, out=os.path.abspath(self.out))
+
     def check_paths(self) -> "RunConfig":
         """Check the paths the run reads and writes, before anything is written: the data set file exists and
         the output folder can be created. (Not part of :meth:`validate`: a stored config stays loadable

@@ -71,7 +71,8 @@ BAD_FLAGS = [
 # in BAD_FLAGS or an entry here (test_every_flag_has_a_bad_value_test).
 NO_BAD_VALUE = {
     ("gmmkit", "--help"), ("gmmkit", "--version"), *((command, "--help") for command in COMMANDS),
-    ("train", "--simulate"), ("train", "--resume"), ("sweep", "--simulate"), ("sweep", "--no-calibrate"),
+    ("train", "--simulate"), ("train", "--resume"), ("train", "--overwrite"), ("sweep", "--simulate"),
+    ("sweep", "--no-calibrate"), ("sweep", "--overwrite"), ("demo", "--overwrite"), ("synthesize", "--overwrite"),
     ("prepare-luna", "--no-progress"), ("synthesize", "--hu"), ("synthesize", "--no-progress"),
     ("bench", "--quick"),
 }

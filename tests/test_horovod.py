@@ -50,8 +50,8 @@ def test_strong_scaling_on_two_ranks_is_sequential_and_resumes(reference, tmp_pa
     assert summary["status"] == "max_epochs" and summary["global_batch"] == 8
     np.testing.assert_allclose(losses(run), losses(ref_run)[:2], rtol=RTOL)
     np.testing.assert_allclose(losses(run, "train_loss"), losses(ref_run, "train_loss")[:2], rtol=RTOL)
-    assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint.npz", "config.json", "input-config.json", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
+        "checkpoint.npz", "config.json", "input-config.json", "metrics.jsonl", "state", "summary.json"]
 
     # --resume continues from the epoch-2 checkpoint and lands on the uninterrupted path
     _, summary = gmmkit_train(two.replace(train={"epochs": 3}), "--resume")

@@ -326,9 +326,18 @@ def run_dir(tmp_path_factory):
 
     cfg = tiny_config(tmp_path_factory.mktemp("viewer") / "run", **SMALL, epochs=3)
     run = RunDir(cfg.out)
-    run.prepare(cfg)
-    run.save_checkpoint(model_lib.from_config(cfg).get_weights(), [], epoch=1, time_s=1.0)
+    run.claim(cfg)
+    run.begin(cfg, [], {"status": "running", "epochs": 0})
+    save_checkpoint(run, model_lib.from_config(cfg).get_weights(), epoch=1)
+    run.release()
     return cfg.out
+
+
+def save_checkpoint(run: RunDir, weights, epoch: int) -> None:
+    """What an epoch of training commits, with the given weights."""
+    records = [{"epoch": e, "val_loss": 0.1, "train_loss": 0.1, "time_s": float(e)} for e in range(1, epoch + 1)]
+    run.commit(records, {"status": "running", "epochs": epoch},
+               {"weights": weights, "optimizer": [], "epoch": epoch, "time_s": float(epoch)})
 
 
 def test_slice_viewer_shows_input_density_and_difference(run_dir):
@@ -354,14 +363,14 @@ def test_slice_viewer_shows_input_density_and_difference(run_dir):
 
 
 def test_slice_viewer_reloads_a_newer_checkpoint(run_dir, tmp_path):
-    run_dir = shutil.copytree(run_dir, tmp_path / "copy")
+    run_dir = shutil.copytree(run_dir, tmp_path / "copy", symlinks=True)
     viewer = SliceViewer(run_dir, volume=False, min_refresh_s=0.0)
     before = viewer.image()[1]
     assert viewer.refresh() is False
     run = RunDir(run_dir)
     weights = [w * 1.5 for w in run.load_checkpoint()["weights"]]
     time.sleep(0.01)
-    run.save_checkpoint(weights, [], epoch=2, time_s=2.0)
+    save_checkpoint(run, weights, epoch=2)
     assert viewer.refresh() is True and "epoch 2" in viewer.info.value
     assert not np.allclose(viewer.image()[1], before)
     with pytest.raises(InputError, match="not a gmmkit run directory"):

@@ -26,6 +26,7 @@ def register(sub):
     p.add_argument("--out", default=DEMO.out, metavar="DIR")
     p.add_argument("--target-epoch", type=int, default=DEMO.target_epoch, metavar="E")
     p.add_argument("--epochs", type=int, default=DEMO.run.train.epochs, metavar="MAX")
+    p.add_argument("--overwrite", action="store_true", help="replace the earlier demo --out holds")
     p.set_defaults(func=run, flags={"study.out": "--out", "out": "--out", "study.target_epoch": "--target-epoch",
                                     "train.epochs": "--epochs"})
     return p
@@ -39,4 +40,4 @@ def run(args, parser) -> int:
 
     print(f"gmmkit demo: {', '.join(study.strategies)} at n = {', '.join(map(str, study.workers))} (real up to "
           f"{study.max_real}, simulated above), target at epoch {study.target_epoch}, into {study.out}", flush=True)
-    return report(run_study(study, say=lambda line: print(line, flush=True)), study.out)
+    return report(run_study(study, say=lambda line: print(line, flush=True), overwrite=args.overwrite), study.out)

@@ -1,6 +1,11 @@
-"""``gmmkit stop RUN_DIR``: ask a running training run to stop after its current step."""
+"""``gmmkit stop RUN_DIR``: ask a running training run to stop after its current step.
+
+The run ends as ``stopped`` with its files consistent; a run that is still starting stops at its first step.
+A run directory where nothing runs is refused (a stop request there would stop its next --resume).
+"""
 from __future__ import annotations
 
+from ..errors import RunDirError
 from ..training.rundir import RunDir
 
 
@@ -12,6 +17,12 @@ def register(sub):
 
 
 def run(args, parser) -> int:
-    RunDir.open(args.run_dir, "RUN_DIR").request_stop()
+    run_dir = RunDir(args.run_dir)
+    if not run_dir.in_use():
+        if not run_dir.exists():
+            RunDir.open(args.run_dir, "RUN_DIR")  # says what is wrong with it
+        status = (run_dir.summary() or {}).get("status", "unknown")
+        raise RunDirError(f"RUN_DIR {args.run_dir}: no run is in progress there (status {status})")
+    run_dir.request_stop()
     print(f"asked {args.run_dir} to stop", flush=True)
     return 0

@@ -32,6 +32,7 @@ def register(sub):
     p.add_argument("--target-epoch", type=int, default=None, metavar="E",
                    help="set the target to the validation loss the sequential run reaches after E epochs "
                         "(the paper's rule, with E about 100) instead of --target-loss")
+    p.add_argument("--overwrite", action="store_true", help="replace the earlier study --out holds")
     p.set_defaults(func=run, flags=FLAGS)
     return p
 
@@ -44,11 +45,13 @@ def study_from_args(args, parser) -> StudyConfig:
 
 
 def report(rows, out: str) -> int:
-    """Print the tables; exit status 1 when a run failed (naming them), else 0."""
+    """Print the tables; exit status 1 when a run failed (naming them) or the study was stopped, else 0."""
     from ..study.sweep import format_tables
 
     print(format_tables(rows), flush=True)
     print(f"tables, results.json and figures in {out}", flush=True)
+    if any(r.status == "stopped" for r in rows):
+        return 1
     failed = {r.run_dir: r for r in rows if r.status == "failed"}  # n = 1 is one run shared by every strategy
     if failed:
         names = ", ".join(f"{'sequential' if r.workers == 1 else r.strategy} n={r.workers}" for r in failed.values())
@@ -62,4 +65,4 @@ def run(args, parser) -> int:
     study = study_from_args(args, parser)
     from ..study.sweep import run_study  # heavy: TensorFlow
 
-    return report(run_study(study, say=lambda line: print(line, flush=True)), study.out)
+    return report(run_study(study, say=lambda line: print(line, flush=True), overwrite=args.overwrite), study.out)

@@ -5,7 +5,8 @@ makes --n new parameter sets (--method perturb: jitter an encoded real nodule; s
 Gaussian fitted to the encoded set, per k-means group with --groups), renders them at --size voxels per
 side (the density is continuous: any size, same extent in mm), and writes nodule_0000.nii.gz ... in
 normalised intensities (plus *_hu files in HU with --hu), mixtures.npz, gallery.html, manifest.csv and
-manifest.json to --out.
+manifest.json to --out: a new or empty folder, or an earlier synthesis that --overwrite replaces once the
+new one is complete.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def register(sub):
     g = p.add_argument_group("sample")
     g.add_argument("--groups", type=int, default=1, metavar="G", help="k-means groups of the encoded set")
     g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="spread of the draws (0: group means)")
+    p.add_argument("--overwrite", action="store_true", help="replace the earlier synthesis --out holds")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run, flags=FLAGS)
     return p
@@ -53,8 +55,8 @@ def run(args, parser) -> int:
                            mean_jitter=args.mean_jitter, sigma_jitter=args.sigma_jitter,
                            concentration=args.concentration, groups=args.groups,
                            temperature=args.temperature).validate()
-    result = synthesize(args.run, args.out, what, progress=not args.no_progress)
-    print(f"wrote {len(result.files)} nodules of {result.volumes.shape[1]}^3 at {result.spacing_mm:g} mm "
+    result = synthesize(args.run, args.out, what, progress=not args.no_progress, overwrite=args.overwrite)
+    print(f"wrote {len(result.files)} nodules of {result.size}^3 at {result.spacing_mm:g} mm "
           f"({what.method}, from {len(result.real)} real cubes) to {result.out}; see {result.manifest.name}"
           + (f" and {result.gallery.name}" if result.gallery else ""), flush=True)
     return 0

@@ -142,9 +142,11 @@ def _sum_of_exponentials(coef, features):
     return density, grad
 
 
-def render_grid(alpha, mu, tril, size: int) -> tf.Tensor:
-    """The mixture density on the voxel-centre grid of a ``size``-cube: (B, size, size, size)."""
-    features = tf.constant(quadratic_features(grid_coordinates(size)))
-    density = render_mixture(tf.convert_to_tensor(alpha), tf.convert_to_tensor(mu),
-                             tf.convert_to_tensor(tril), features)
-    return tf.reshape(density, (-1, size, size, size))
+def render_grid(alpha, mu, tril, size: int, rows: tuple[int, int] | None = None) -> tf.Tensor:
+    """The mixture density on the voxel-centre grid of a ``size``-cube: (B, size, size, size), or only the
+    slices ``rows = (first, last)`` along axis 0: (B, last - first, size, size) (large cubes in pieces)."""
+    first, last = rows if rows is not None else (0, size)
+    points = grid_coordinates(size).reshape(size, size * size, 3)[first:last].reshape(-1, 3)
+    density = render_mixture(tf.convert_to_tensor(alpha), tf.convert_to_tensor(mu), tf.convert_to_tensor(tril),
+                             tf.constant(quadratic_features(points)))
+    return tf.reshape(density, (-1, last - first, size, size))

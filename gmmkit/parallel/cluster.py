@@ -335,7 +335,7 @@ class MPICluster:
                              f"{cfg.train.workers}; call cluster.resize({cfg.train.workers}) first")
         if self._active is not None and not self._active.done():
             raise InputError("train: a run is in progress on the engines; stop it or wait for it first")
-        cfg = cfg.replace(out=os.path.abspath(cfg.out))
+        cfg = cfg.resolved()  # absolute paths: the engines' working directory may differ from the notebook's
         ranks = self.rank_map()
         cfg_json = cfg.to_json()
         results = {rank: self.client[engine].apply_async(engine_train, cfg_json) for engine, rank in ranks.items()}

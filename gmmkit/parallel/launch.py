@@ -12,6 +12,8 @@ Nothing here imports TensorFlow, Horovod or MPI: a launcher process stays light.
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
 import json
 import os
 import re
@@ -20,9 +22,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Callable, Optional, Sequence
 
 from ..errors import LaunchError
+from ..signals import StopFlag, stop_on_signals
 
 LAUNCHERS = ("mpirun", "horovodrun")
 
@@ -130,64 +134,79 @@ def rank_failure(launcher_output: str) -> Optional[str]:
     return None
 
 
-def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", timeout: float | None = None,
-              env: dict | None = None, on_interrupt: Optional[Callable[[], None]] = None,
-              grace_s: float = 120.0, log: str | os.PathLike | None = None) -> tuple[int, Optional[str]]:
+def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", env: dict | None = None,
+              on_interrupt: Optional[Callable[[], None]] = None, grace_s: float = 120.0,
+              log: str | os.PathLike | None = None, stop: Optional[StopFlag] = None) -> tuple[int, Optional[str]]:
     """Run ``argv`` on ``n`` ranks and wait; returns the launcher's exit code and, when a rank died or
     failed, which one (:func:`rank_failure`). The ranks' output passes through unchanged, or goes to
     ``log`` (stdout and stderr together) when given.
 
-    mpirun ends the whole job as soon as one rank dies, so the others never hang in an allreduce.
+    mpirun ends the whole job as soon as one rank dies, so the others never hang in an allreduce. It runs
+    in a session of its own, so a terminal's Ctrl-C reaches only this process, and it dies with this
+    process (``PR_SET_PDEATHSIG``): no job is ever left running without its launcher.
 
-    Ctrl-C: the job runs in its own session, so the terminal's SIGINT reaches only this process (mpirun
-    would otherwise abort every rank at once). The first Ctrl-C calls ``on_interrupt`` (``gmmkit train``
+    SIGINT and SIGTERM (or ``stop``, a flag they set): the first calls ``on_interrupt`` (``gmmkit train``
     asks the run to stop after its current step) and waits up to ``grace_s`` for the job to end; a second
-    Ctrl-C, or the end of the grace, terminates it."""
+    signal, or the end of the grace, ends the job (SIGTERM to mpirun, which ends its ranks)."""
     cmd = mpirun_command(n, argv, launcher)
     tail: collections.deque = collections.deque(maxlen=400)
     sink = open(log, "w") if log is not None else None
     try:
-        proc = subprocess.Popen(cmd, env=mpi_env(env), stdin=subprocess.DEVNULL,
-                                stdout=sink, stderr=subprocess.PIPE, text=True, errors="replace",
-                                start_new_session=True)
+        with stop_on_signals(stop) as interrupted:
+            proc = subprocess.Popen(cmd, env=mpi_env(env), stdin=subprocess.DEVNULL, stdout=sink,
+                                    stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True,
+                                    preexec_fn=_die_with_parent)
 
-        def forward():
-            for line in proc.stderr:
-                (sink or sys.stderr).write(line)
-                (sink or sys.stderr).flush()
-                tail.append(line)
+            def forward():
+                for line in proc.stderr:
+                    (sink or sys.stderr).write(line)
+                    (sink or sys.stderr).flush()
+                    tail.append(line)
 
-        reader = threading.Thread(target=forward, daemon=True)
-        reader.start()
-        try:
-            try:
-                code = proc.wait(timeout=timeout)
-            except KeyboardInterrupt:
-                if on_interrupt is None:
-                    raise
-                on_interrupt()
-                print(f"stopping after the current step (up to {grace_s:.0f} s; Ctrl-C again to kill the job)",
-                      file=sys.stderr, flush=True)
-                code = proc.wait(timeout=grace_s)
-        except BaseException:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-        reader.join(timeout=5)
+            reader = threading.Thread(target=forward, daemon=True)
+            reader.start()
+            code = _wait(proc, interrupted, on_interrupt, grace_s)
+            reader.join(timeout=5)
     finally:
         if sink is not None:
             sink.close()
     return code, (rank_failure("".join(tail)) if code else None)
 
 
+def _wait(proc: subprocess.Popen, interrupted: StopFlag, on_interrupt, grace_s: float) -> int:
+    """Wait for ``proc``, handling stop requests as :func:`run_ranks` describes."""
+    deadline = None
+    while True:
+        try:
+            return proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass
+        if interrupted and deadline is None:
+            deadline = time.monotonic() + grace_s
+            if on_interrupt is not None:
+                on_interrupt()
+                print(f"stopping after the current step (up to {grace_s:.0f} s; Ctrl-C again to end the job now)",
+                      file=sys.stderr, flush=True)
+        if deadline is not None and (interrupted.count > 1 or time.monotonic() > deadline or on_interrupt is None):
+            proc.terminate()  # mpirun ends its ranks
+            try:
+                return proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent dies (even of SIGKILL)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def run_json(n: int, argv: Sequence[str], timeout: float = 600) -> dict:
     """Run a probe (``argv``) on ``n`` ranks and return the JSON object its rank 0 printed on a line."""
     cmd = mpirun_command(n, argv)
     proc = subprocess.run(cmd, env=mpi_env(), capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             return json.loads(line)

@@ -104,8 +104,6 @@ class TrainingRun:
         finished = all(ar.done() for ar in self.results.values())
         if finished and self.ended_at is None:
             self.ended_at = time.perf_counter()
-        elif not finished:
-            self._keep_stop_request()
         return finished
 
     def wait(self, timeout: Optional[float] = None) -> dict:
@@ -165,13 +163,6 @@ class TrainingRun:
                 except Exception as exc:
                     failed.append((rank, _error_text(exc)))
         return failed
-
-    def _keep_stop_request(self) -> None:
-        # The run deletes a stale STOP file when it prepares its directory; a stop requested before that
-        # moment is repeated here until the run has ended.
-        if self.stop_requested_at is not None and not self.run_dir.stop_requested() \
-                and not all(ar.done() for ar in self.results.values()):
-            self.run_dir.request_stop()
 
 
 def _error_text(exc: BaseException) -> str:

@@ -16,7 +16,6 @@ Every strategy at n = 1 is the same sequential run, so it is run once and shared
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -26,11 +25,13 @@ from typing import Iterable, Optional, Sequence
 from tqdm.auto import tqdm
 
 from .. import strategies
+from ..checks import is_finite_number
 from ..config import RunConfig
 from ..data.cubes import load_split
-from ..files import atomic_write_json, atomic_write_text, read_jsonl
+from ..files import atomic_write_json, atomic_write_text, fresh_folder, read_jsonl
 from ..parallel import launch
-from ..training import Trainer, train_many
+from ..signals import StopFlag, stop_on_signals
+from ..training import RunDir, Trainer, train_many
 from .config import StudyConfig
 from .perfmodel import PerfModel, calibrate, efficiency
 
@@ -58,16 +59,21 @@ def run_dir_for(out: Path, strategy: str, n: int) -> Path:
     return out / "runs" / f"{'sequential' if n == 1 else strategy}-n{n}"
 
 
-def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path) -> Optional[str]:
+def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path, stop: Optional[StopFlag] = None) -> Optional[str]:
     """Train ``cfgs`` (all with ``n`` workers) one after another in one n-rank Horovod job, its output in
     ``log``. Returns None when the job ended well, else what ended it, e.g. "rank 1 (pid 4242 on ci) was
-    killed by SIGKILL" (mpirun then stops the other ranks, so the job never hangs)."""
+    killed by SIGKILL" (mpirun then stops the other ranks, so the job never hangs). A stop request (``stop``,
+    SIGINT, SIGTERM) asks every run of the batch to stop: the current one after its step, the rest at once."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    for cfg in cfgs:  # a run the job does not get to must not show an earlier sweep's result
-        (Path(cfg.out) / "summary.json").unlink(missing_ok=True)
     plan = log.with_suffix(".json")
     atomic_write_json(plan, [cfg.to_dict() for cfg in cfgs])
-    code, failure = launch.run_ranks(n, launch.ranks_argv("batch", str(plan)), log=log)
+
+    def stop_all() -> None:
+        for cfg in cfgs:
+            RunDir(cfg.out).request_stop()
+
+    code, failure = launch.run_ranks(n, launch.ranks_argv("batch", str(plan)), log=log, on_interrupt=stop_all,
+                                     stop=stop)
     if code == 0:
         return None
     return failure or f"the {n}-rank job exited with status {code}"
@@ -76,8 +82,9 @@ def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path) -> Optional[str
 class _LocalRuns:
     """The sequential and simulated runs of a sweep, in this process, sharing one traced model."""
 
-    def __init__(self, trainer=None):
+    def __init__(self, trainer=None, stop: Optional[StopFlag] = None):
         self.trainer = trainer
+        self.stop = stop
 
     def __call__(self, cfg: RunConfig, simulate: bool) -> dict:
         t = cfg.train
@@ -89,7 +96,7 @@ class _LocalRuns:
 
         self.trainer = Trainer.for_config(cfg, simulate, reuse=self.trainer)
         # a failure is recorded in the run's summary.json; the sweep goes on
-        summary, = train_many([cfg], simulate=simulate, callbacks=[show], trainer=self.trainer)
+        summary, = train_many([cfg], simulate=simulate, callbacks=[show], trainer=self.trainer, stop=self.stop)
         tqdm.write(f"{label}: {summary['status']}" + (f" in {summary['time_to_target_s']:.1f} s"
                                                        if summary.get("time_to_target_s") and not simulate else "")
                    + (f" ({summary['error']})" if summary.get("error") else ""))
@@ -99,18 +106,21 @@ class _LocalRuns:
 def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strategies.STRATEGIES,
           workers: Sequence[int] = (1, 2, 4, 8, 16, 32), max_real: int = 2, simulate: bool = True,
           perf: Optional[PerfModel] = None, progress: bool = True,
-          target_epoch: Optional[int] = None, trainer=None) -> list[RunResult]:
+          target_epoch: Optional[int] = None, trainer=None, stop: Optional[StopFlag] = None) -> list[RunResult]:
     """Run the grid and write ``results.json``, ``tables.md`` and the figures under ``out``.
 
     ``target_epoch``: choose the target as the paper did, the validation loss the sequential run reaches
     after that many epochs (the paper: about 100), instead of ``base.train.target_loss``.
     ``trainer``: a :class:`~gmmkit.training.Trainer` of ``base`` to reuse (e.g. the calibration's).
+    ``stop`` (set by SIGINT or SIGTERM inside :func:`run_study`): the current run stops after its step, the
+    runs not started are recorded as ``stopped``, and the tables and figures of what ran are written.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    stop = stop if stop is not None else StopFlag()
     grid = [(s, n) for n in workers for s in strategies_ if not (n == 1 and s != strategies_[0])]
     results: dict[tuple[str, int], RunResult] = {}
-    local = _LocalRuns(trainer)
+    local = _LocalRuns(trainer, stop)
     if target_epoch:
         base, results[(strategies_[0], 1)] = sequential_target(base, out, target_epoch, perf, local)
         grid = [g for g in grid if g[1] != 1]
@@ -129,10 +139,10 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
         points = [(s, n, mode_of(s, n)) for s, m in grid if m == n]
         real = [config(s, n) for s, _, mode in points if mode == "real" and n > 1]
         job_failure = None
-        if real:  # one mpirun job trains all strategies of this n
+        if real and not stop:  # one mpirun job trains all strategies of this n
             bar.set_postfix_str(f"n={n}: {len(real)} runs on {n} Horovod ranks")
             log = out / "logs" / f"real-n{n}.log"
-            failure = run_real_batch(real, n, log)
+            failure = run_real_batch(real, n, log, stop)
             if failure:
                 job_failure = f"{failure}; mpirun stopped the {n}-rank job before this run finished (see {log})"
                 tqdm.write(f"error: n={n}: {failure}; mpirun stopped the other ranks. The runs the job had not "
@@ -140,17 +150,21 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
         for strategy, _, mode in points:
             cfg = config(strategy, n)
             failure = job_failure if mode == "real" and n > 1 else None
-            if mode in ("simulated",) or (mode == "real" and n == 1):
+            if (mode == "simulated" or (mode == "real" and n == 1)) and not stop:
                 bar.set_postfix_str(f"{strategy} n={n} ({mode})")
                 failure = local(cfg, simulate=mode == "simulated").get("error")
-            results[(strategy, n)] = (collect(cfg, Path(cfg.out), mode, perf, failure) if mode != "skipped" else
-                                      RunResult(strategy, n, "skipped", "skipped", 0, None, None, cfg.out))
+            if mode == "skipped":
+                results[(strategy, n)] = RunResult(strategy, n, "skipped", "skipped", 0, None, None, cfg.out)
+            else:
+                results[(strategy, n)] = collect(cfg, Path(cfg.out), mode, perf, failure, stopped=bool(stop))
             bar.update(1)
     bar.close()
     rows = []
     for strategy in strategies_:
         for n in workers:
-            r = results.get((strategy, n)) or results[(strategies_[0], 1)]
+            r = results.get((strategy, n)) or results.get((strategies_[0], 1))
+            if r is None:  # stopped before the sequential run
+                r = RunResult(strategy, n, "real", "stopped", 0, None, None, str(run_dir_for(out, strategy, n)))
             if n == 1:
                 r = RunResult(**{**r.__dict__, "strategy": strategy})
             rows.append(r)
@@ -171,9 +185,12 @@ def sequential_target(base: RunConfig, out: Path, epochs: int, perf: Optional[Pe
     run_dir = run_dir_for(out, "strong", 1)
     cfg = base.replace(train={"strategy": "strong", "workers": 1, "epochs": epochs, "target_loss": None,
                               "threads": base.train.threads or 1}, out=str(run_dir))
-    (local or _LocalRuns())(cfg, simulate=False)
+    local = local or _LocalRuns()
+    local(cfg, simulate=False)
     records = read_jsonl(run_dir / "metrics.jsonl")
-    if len(records) < epochs or not math.isfinite(records[-1]["val_loss"]):
+    if local.stop:  # stopped before the target was known: the sweep stops too
+        return base, collect(cfg, run_dir, "real", perf, stopped=True)
+    if len(records) < epochs or not is_finite_number(records[-1]["val_loss"]):
         raise RuntimeError(f"the sequential run in {run_dir} did not finish {epochs} finite epochs; "
                            f"see {run_dir / 'summary.json'}")
     target = records[-1]["val_loss"] * (1 + TARGET_RTOL)
@@ -191,20 +208,21 @@ def _epoch_time(perf: PerfModel, cfg: RunConfig) -> float:
 
 
 def collect(cfg: RunConfig, run_dir: Path, mode: str, perf: Optional[PerfModel],
-            failure: Optional[str] = None) -> RunResult:
+            failure: Optional[str] = None, stopped: bool = False) -> RunResult:
     """Read a finished run's summary and predict its wall time.
 
-    ``failure``: why the run may have ended without a summary (its mpirun job died, or it was refused
-    before it started). Such a run is recorded as failed for that reason, in its run directory too when
-    it has one."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        summary = {"status": "failed", "epochs": len(read_jsonl(run_dir / "metrics.jsonl"))}
+    ``failure``: why the run may have ended without finishing (its mpirun job died). Such a run is
+    recorded as failed for that reason, in its run directory too when it has one. ``stopped``: the sweep was
+    stopped, so a run that never began is recorded as stopped."""
+    run = RunDir(run_dir)
+    summary = run.summary()
+    if summary is None or summary.get("status") == "running":
+        summary = {**(summary or {}), "status": "stopped" if stopped and not failure else "failed",
+                   "epochs": len(run.metrics())}
         if failure:
             summary["error"] = failure
-            if run_dir.is_dir():
-                atomic_write_json(run_dir / "summary.json", summary)
+            if run.exists():  # the job died mid-run: its files say so (its ranks could not)
+                run.commit(run.metrics(), summary)
     t = cfg.train
     predicted = None
     if perf is not None and summary.get("status") == "reached_target":
@@ -255,21 +273,28 @@ def write_report(rows: Sequence[RunResult], out: Path, base: RunConfig, perf: Op
     sweep_plots.write_figures(rows, curves, out, target=base.train.target_loss)
 
 
-def run_study(study: StudyConfig, progress: bool = True, say=print) -> list[RunResult]:
+def run_study(study: StudyConfig, progress: bool = True, say=print, overwrite: bool = False,
+              stop: Optional[StopFlag] = None) -> list[RunResult]:
     """The whole study of ``study``: trace the model once, measure the wall-time model (unless
-    ``study.calibrate`` is off), then :func:`sweep` the grid into ``study.out``. ``say`` gets one line per
-    stage. Returns the table rows (also in ``results.json``)."""
+    ``study.calibrate`` is off), then :func:`sweep` the grid into ``study.out``, which must be new or empty,
+    or hold an earlier study that ``overwrite`` replaces as a whole. ``say`` gets one line per stage.
+    SIGINT and SIGTERM stop it (:func:`sweep`). Returns the table rows (also in ``results.json``)."""
     study = study.validate()
     cfg = study.run
-    atomic_write_json(Path(study.out) / "study.json", study.to_dict())
-    trainer = Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)  # traced once
-    perf = None
-    if study.calibrate:
-        say("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
-        reuse = trainer.ctx.size == 1 and cfg.train.threads == 1  # calibration times one thread
-        perf = calibrate(cfg, ranks=min(2, study.max_real), trainer=trainer if reuse else None)
-        say(f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; Horovod "
-            f"allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms")
-    return sweep(cfg, study.out, study.strategies, study.workers, max_real=study.max_real,
-                 simulate=study.simulate, perf=perf, progress=progress, target_epoch=study.target_epoch,
-                 trainer=trainer)
+    out = fresh_folder(study.out, "study.json", overwrite)
+    atomic_write_json(out / "study.json", study.to_dict())
+    with stop_on_signals(stop) as stop:
+        trainer = Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)  # traced once
+        perf = None
+        if study.calibrate and not stop:
+            say("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
+            reuse = trainer.ctx.size == 1 and cfg.train.threads == 1  # calibration times one thread
+            perf = calibrate(cfg, ranks=min(2, study.max_real), trainer=trainer if reuse else None)
+            say(f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; Horovod "
+                f"allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms")
+        rows = sweep(cfg, out, study.strategies, study.workers, max_real=study.max_real, simulate=study.simulate,
+                     perf=perf, progress=progress, target_epoch=study.target_epoch, trainer=trainer, stop=stop)
+        if stop:
+            say(f"stopped by signal {stop.signum}: the tables and figures in {out} hold the runs that finished"
+                if stop.signum else f"stopped: the tables and figures in {out} hold the runs that finished")
+        return rows

@@ -8,8 +8,10 @@ What to make is a :class:`SynthesisConfig`, validated field by field like every 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,9 +24,10 @@ from ..data.cubes import CubeSet, load_cubes, load_split
 from ..data.images import write_image
 from ..data.intensity import denormalize
 from ..errors import DatasetError, InputError
-from ..files import atomic_savez, atomic_write_json, atomic_write_text, existing_path, writable_path
+from ..files import (atomic_savez, atomic_write_json, atomic_write_text, existing_path, replace_folder,
+                     writable_path)
 from ..training.rundir import RunDir
-from .mixtures import METHODS, Generated, Mixtures, central_slices, encode, generate, render
+from .mixtures import METHODS, Generated, Mixtures, central_slices, encode, generate, render_each
 
 FORMATS = ("nii.gz", "mhd")
 
@@ -87,7 +90,8 @@ class Synthesis:
     generated: Generated
     encoded: Mixtures
     real: np.ndarray  # (N, S, S, S) the encoded real cubes
-    volumes: np.ndarray  # (n, size, size, size) rendered, normalised intensities
+    size: int  # voxels per side of the written nodules
+    central: np.ndarray  # (n, size, size): each written nodule's central axial slice
     spacing_mm: float  # voxel size of the written images
     manifest: Path
     gallery: Path | None
@@ -105,17 +109,37 @@ def _real_cubes(cfg, source: Optional[str]) -> tuple[np.ndarray, Optional[np.nda
     return real, None, load_cubes(cfg.data).spacing_mm, f"validation split of {cfg.data.dataset}"
 
 
-def synthesize(run_dir: str | os.PathLike, out: str | os.PathLike, what: Optional[SynthesisConfig] = None,
-               progress: bool = True) -> Synthesis:
-    """Generate ``what.n`` nodules from a trained run and write them to ``out``.
+def check_memory(size: int, components: int) -> None:
+    """Refuse a ``size`` whose one nodule (and its rendering workspace) would not fit in the memory available
+    now, before any work: rendering is done cube by cube, in slabs, so one cube is what has to fit."""
+    need = 3 * 4 * size ** 3 + 4 * min(components * size ** 3, 2 ** 25)  # float32 cube, HU copy, workspace
+    available = _available_memory()
+    if available is not None and need > available:
+        checks.fail("synthesis.size", f"a size whose nodule fits in the {available / 2**30:.1f} GiB of memory "
+                    f"available (one {size}^3 nodule needs {need / 2**30:.1f} GiB)", size)
 
-    Images are written at ``spacing_mm * cube / size`` so that they span the same millimetres as the
-    training cubes, centred on the world origin. Files in ``out``: ``nodule_0000.<format>`` ... in
-    normalised intensities (float32, the units of :func:`gmmkit.data.intensity.normalize_hu`; 0 is
-    -1000 HU, 1 is +400 HU), with ``hu`` also ``nodule_0000_hu.<format>`` (int16 HU, intensities clipped to
-    the window first); ``mixtures.npz`` (the generated parameters, their source and group); ``gallery.html``
-    (central slices of generated nodules beside their source, self-contained); ``manifest.csv`` and,
-    written last, ``manifest.json``.
+
+def _available_memory() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def synthesize(run_dir: str | os.PathLike, out: str | os.PathLike, what: Optional[SynthesisConfig] = None,
+               progress: bool = True, overwrite: bool = False) -> Synthesis:
+    """Generate ``what.n`` nodules from a trained run and write them to the folder ``out``.
+
+    ``out`` must be new or empty, or hold an earlier synthesis (``manifest.json``) that ``overwrite``
+    replaces; the new folder is written beside it and takes its place only once complete, so a failure (a
+    full disk: checked after the first nodule, and caught on every write) leaves ``out`` as it was. Images
+    are written at ``spacing_mm * cube / size`` so that they span the same millimetres as the training
+    cubes, centred on the world origin. Files in ``out``: ``nodule_0000.<format>`` ... in normalised
+    intensities (float32, the units of :func:`gmmkit.data.intensity.normalize_hu`; 0 is -1000 HU, 1 is
+    +400 HU), with ``hu`` also ``nodule_0000_hu.<format>`` (int16 HU, intensities clipped to the window
+    first); ``mixtures.npz`` (the generated parameters, their source and group); ``gallery.html`` (central
+    slices of generated nodules beside their source, self-contained); ``manifest.csv`` and ``manifest.json``.
     """
     what = (what or SynthesisConfig()).validate()
     if what.source is not None:
@@ -123,67 +147,87 @@ def synthesize(run_dir: str | os.PathLike, out: str | os.PathLike, what: Optiona
     writable_path("out", out)
     run = RunDir.open(run_dir, "--run")
     cfg = run.config()
-    model, _epoch = run.load_model()
     cube = cfg.data.cube
     size = cube if what.size is None else what.size
+    check_memory(size, cfg.model.components)
+    model, _epoch = run.load_model()
     real, seriesuid, stored, real_from = _real_cubes(cfg, what.source)
     spacing_mm = stored if what.spacing_mm is None else float(what.spacing_mm)
     out_spacing = spacing_mm * cube / size
-
     encoded = encode(model, real)
     generated = generate(what.method, encoded, what.n, what.seed, **what.options())
-    volumes = render(generated.mixtures, size)
 
+    with replace_folder(out, "manifest.json", overwrite) as staging:
+        try:
+            files, hu_files, central = _write_nodules(staging, generated, size, out_spacing, what, progress)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DatasetError(f"--out {out}: the disk is full ({exc.strerror}); nothing was written there") from None
+            raise
+        g = generated
+        atomic_savez(staging / "mixtures.npz", **g.mixtures.arrays(), source=g.source, group=g.group,
+                     size=np.int64(size), spacing_mm=np.float64(out_spacing))
+        gallery = _write_gallery(staging / "gallery.html", real, central, g, what.gallery_rows, seriesuid) \
+            if what.gallery_rows else None
+        records = [{"index": i, "file": files[i].name, "file_hu": hu_files[i].name if what.hu else "",
+                    "source": int(g.source[i]),
+                    "source_seriesuid": str(seriesuid[int(g.source[i])]) if seriesuid is not None else "",
+                    "group": int(g.group[i]), "mass": float(g.mixtures.mass[i])} for i in range(what.n)]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        atomic_write_text(staging / "manifest.csv", buffer.getvalue())
+        atomic_write_json(staging / "manifest.json", {
+            "run": str(Path(run_dir).resolve()), "real_cubes": real_from, "n_real": int(len(real)),
+            "method": what.method, "options": what.options(), "seed": what.seed, "n": what.n,
+            "format": what.format, "training_cube": cube, "training_spacing_mm": spacing_mm, "size": size,
+            "spacing_mm": out_spacing, "origin_mm": [-(size - 1) / 2.0 * out_spacing] * 3,
+            "components": encoded.components,
+            "values": "normalised intensities (gmmkit.data.intensity.normalize_hu units: 0 = -1000 HU, "
+                      "1 = +400 HU), float32",
+            "values_hu": "int16 Hounsfield units (window -1000..400)" if what.hu else None,
+            "mixtures": "mixtures.npz", "gallery": "gallery.html" if gallery else None, "files": records,
+        })
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "." + what.format
-    origin_xyz = (-(size - 1) / 2.0 * out_spacing,) * 3  # the cube's centre at the world origin
-    files, hu_files = [], []
-    for i in tqdm(range(what.n), desc="writing", unit="nodule", disable=not progress):
-        files.append(write_image(out / f"nodule_{i:04d}{suffix}", volumes[i], (out_spacing,) * 3, origin_xyz))
+    return Synthesis(out, [out / f.name for f in files], [out / f.name for f in hu_files], generated, encoded,
+                     real, size, central, out_spacing, out / "manifest.json",
+                     out / "gallery.html" if gallery else None)
+
+
+def _write_nodules(folder: Path, generated: Generated, size: int, spacing: float, what: SynthesisConfig,
+                   progress: bool) -> tuple[list[Path], list[Path], np.ndarray]:
+    """Render and write the nodules one at a time (memory: one cube); returns the files and central slices.
+    After the first nodule, the disk must hold the rest at the same size, else nothing more is written."""
+    suffix, origin = "." + what.format, (-(size - 1) / 2.0 * spacing,) * 3
+    files, hu_files, central = [], [], np.empty((what.n, size, size), np.float32)
+    bar = tqdm(total=what.n, desc="writing", unit="nodule", disable=not progress)
+    for i, volume in render_each(generated.mixtures, size):
+        files.append(write_image(folder / f"nodule_{i:04d}{suffix}", volume, (spacing,) * 3, origin))
         if what.hu:
-            hu_volume = np.round(denormalize(np.clip(volumes[i], 0.0, 1.0))).astype(np.int16)
-            hu_files.append(write_image(out / f"nodule_{i:04d}_hu{suffix}", hu_volume, (out_spacing,) * 3,
-                                        origin_xyz))
-    g = generated
-    atomic_savez(out / "mixtures.npz", **g.mixtures.arrays(), source=g.source, group=g.group,
-                 size=np.int64(size), spacing_mm=np.float64(out_spacing))
-    gallery = None
-    if what.gallery_rows:
-        gallery = _write_gallery(out / "gallery.html", real, volumes, g, what.gallery_rows, seriesuid)
-
-    records = []
-    for i in range(what.n):
-        s = int(g.source[i])
-        records.append({"index": i, "file": files[i].name, "file_hu": hu_files[i].name if what.hu else "",
-                        "source": s, "source_seriesuid": str(seriesuid[s]) if seriesuid is not None else "",
-                        "group": int(g.group[i]), "mass": float(g.mixtures.mass[i])})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    atomic_write_text(out / "manifest.csv", buffer.getvalue())
-    manifest = out / "manifest.json"
-    atomic_write_json(manifest, {
-        "run": str(run_dir), "real_cubes": real_from, "n_real": int(len(real)), "method": what.method,
-        "options": what.options(), "seed": what.seed, "n": what.n, "format": what.format, "training_cube": cube, "training_spacing_mm": spacing_mm, "size": size, "spacing_mm": out_spacing,
-        "origin_mm": list(origin_xyz), "components": encoded.components,
-        "values": "normalised intensities (gmmkit.data.intensity.normalize_hu units: 0 = -1000 HU, "
-                  "1 = +400 HU), float32",
-        "values_hu": "int16 Hounsfield units (window -1000..400)" if what.hu else None,
-        "mixtures": "mixtures.npz", "gallery": gallery.name if gallery else None, "files": records,
-    })
-    return Synthesis(out, files, hu_files, generated, encoded, real, volumes, out_spacing, manifest, gallery)
+            hu_volume = np.round(denormalize(np.clip(volume, 0.0, 1.0))).astype(np.int16)
+            hu_files.append(write_image(folder / f"nodule_{i:04d}_hu{suffix}", hu_volume, (spacing,) * 3, origin))
+        central[i] = central_slices(volume[None])[0]
+        if i == 0 and what.n > 1:
+            each = sum(f.stat().st_size for f in folder.iterdir())
+            free = shutil.disk_usage(folder).free
+            if free < 1.2 * each * (what.n - 1):
+                raise OSError(errno.ENOSPC, f"{free / 2**20:.0f} MB free, the {what.n} nodules need about "
+                                            f"{each * what.n / 2**20:.0f} MB")
+        bar.update()
+    bar.close()
+    return files, hu_files, central
 
 
-def gallery_figure(real: np.ndarray, volumes: np.ndarray, generated: Generated, rows: int = 6,
+def gallery_figure(real: np.ndarray, central: np.ndarray, generated: Generated, rows: int = 6,
                    per_row: int = 4, seriesuid: np.ndarray | None = None):
-    """Plotly figure: for up to ``rows`` real nodules, their central slice beside those of their offspring."""
+    """Plotly figure: for up to ``rows`` real nodules (cubes), their central slice beside those of their
+    offspring (``central``: the generated nodules' central slices, or the nodules themselves)."""
     from ..plots.gallery import nodule_gallery  # heavy: plotly
 
     sources = list(dict.fromkeys(int(s) for s in generated.source))[:rows]
     real_slices = central_slices(real)
-    new_slices = central_slices(volumes)
+    new_slices = central if np.ndim(central) == 3 else central_slices(central)
     grid, labels = [], []
     for s in sources:
         children = np.flatnonzero(generated.source == s)[:per_row]
@@ -197,7 +241,7 @@ def gallery_figure(real: np.ndarray, volumes: np.ndarray, generated: Generated, 
                           title="Central axial slices (z = 0): real nodules and nodules generated from them")
 
 
-def _write_gallery(path: Path, real, volumes, generated, rows, seriesuid) -> Path:
+def _write_gallery(path: Path, real, central, generated, rows, seriesuid) -> Path:
     from ..plots import write_html  # heavy: plotly
 
-    return write_html(gallery_figure(real, volumes, generated, rows=rows, seriesuid=seriesuid), path)
+    return write_html(gallery_figure(real, central, generated, rows=rows, seriesuid=seriesuid), path)

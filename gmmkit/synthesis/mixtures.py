@@ -96,21 +96,35 @@ def encode(model, cubes: np.ndarray, batch_size: int = 64) -> Mixtures:
 def render(mixtures: Mixtures, size: int, max_elements: int = 2 ** 25) -> np.ndarray:
     """``mass * mixture density`` on the voxel centres of a ``size``-cube: (N, size, size, size) float32.
 
-    Normalised intensities, the units of the cubes the model was trained on, at any ``size``. Batches are
-    sized so that at most ``max_elements`` component-voxel values exist at once.
+    Normalised intensities, the units of the cubes the model was trained on, at any ``size``. At most
+    ``max_elements`` component-voxel values exist at once (several cubes together, or one cube in slabs),
+    so the memory beyond the result is bounded whatever the size; :func:`render_each` bounds the result too.
     """
+    out = np.empty((len(mixtures), size, size, size), dtype=np.float32)
+    for index, volume in render_each(mixtures, size, max_elements):
+        out[index] = volume
+    return out
+
+
+def render_each(mixtures: Mixtures, size: int, max_elements: int = 2 ** 25):
+    """Yield ``(i, volume)`` for each mixture, one (size, size, size) float32 cube at a time (see :func:`render`)."""
     from ..model import render_grid  # heavy: TensorFlow
 
     if not (isinstance(size, (int, np.integer)) and size > 0):
         raise ValueError(f"size: expected a positive integer, received {size!r}")
-    batch = max(1, max_elements // (mixtures.components * size ** 3))
-    out = np.empty((len(mixtures), size, size, size), dtype=np.float32)
+    per_cube = mixtures.components * size ** 3
+    batch = max(1, max_elements // per_cube)
+    rows = max(1, min(size, max_elements // (mixtures.components * size * size)))  # slabs of one cube
     for i in range(0, len(mixtures), batch):
         part = mixtures.take(slice(i, i + batch))
-        density = render_grid(part.alpha.astype(np.float32), part.mu.astype(np.float32),
-                              part.tril.astype(np.float32), size)
-        out[i:i + batch] = np.asarray(density) * part.mass[:, None, None, None].astype(np.float32)
-    return out
+        block = np.empty((len(part), size, size, size), dtype=np.float32)
+        for first in range(0, size, rows):
+            last = min(size, first + rows)
+            block[:, first:last] = render_grid(part.alpha.astype(np.float32), part.mu.astype(np.float32),
+                                               part.tril.astype(np.float32), size, rows=(first, last))
+        block *= part.mass[:, None, None, None].astype(np.float32)
+        for j, volume in enumerate(block):
+            yield i + j, volume
 
 
 _OFF_DIAGONAL = ((1, 0), (2, 0), (2, 1))

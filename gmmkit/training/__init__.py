@@ -1,12 +1,13 @@
-"""Training: the loop, and the run directory it writes.
+"""Training: the loop, the run directory it writes, and stop requests.
 
-The loop needs TensorFlow; the run directory does not, so ``from gmmkit.training import RunDir`` (the
-launcher, ``gmmkit stop``) stays light and the loop is imported on first use.
+The loop needs TensorFlow; the run directory and the stop flag do not, so ``from gmmkit.training import
+RunDir`` (the launcher, ``gmmkit stop``) stays light and the loop is imported on first use.
 """
 from .rundir import RunDir, RunDirError
+from ..signals import StopFlag, stop_on_signals
 
-__all__ = ["RunDir", "RunDirError", "StopFlag", "Trainer", "train", "train_many"]
-_LOOP = {"StopFlag", "Trainer", "train", "train_many"}
+__all__ = ["RunDir", "RunDirError", "StopFlag", "Trainer", "stop_on_signals", "train", "train_many"]
+_LOOP = {"Trainer", "train", "train_many"}
 
 
 def __getattr__(name):

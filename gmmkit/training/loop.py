@@ -6,8 +6,7 @@ sample indices each rank takes from :mod:`gmmkit.strategies`.
 """
 from __future__ import annotations
 
-import signal
-import threading
+import contextlib
 import time
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -20,24 +19,13 @@ from ..config import RunConfig
 from ..data.cubes import load_split
 from ..model.deepdensity import from_config, per_sample_msle
 from ..parallel import distributed
+from ..parallel.launch import launcher_rank
 from .optimizer import Adam
-from .rundir import RunDir
+from .rundir import FINISHED, RunDir, changes
+from ..signals import StopFlag, stop_on_signals
 
 EVAL_BATCH = 256
 EpochCallback = Callable[[dict], None]
-
-
-class StopFlag:
-    """A stop request that a signal handler, a thread or a notebook button can raise."""
-
-    def __init__(self):
-        self._event = threading.Event()
-
-    def set(self, *_):
-        self._event.set()
-
-    def __bool__(self):
-        return self._event.is_set()
 
 
 def optimizer_variables(optimizer) -> list:
@@ -186,30 +174,31 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------
     def fit(self, run: RunDir, callbacks: Iterable[EpochCallback] = (), stop: Optional[StopFlag] = None,
             resume: bool = False) -> dict:
+        """Train the claimed run ``run`` (:meth:`RunDir.claim`) to its end; returns the summary.
+
+        Every epoch commits one state of the run directory (records, summary, checkpoint) at once. Every
+        rank votes on stopping at every step (its ``stop`` flag; the chief also reads the ``STOP`` file), and
+        the votes ride in the gradients' allreduce, so all ranks leave after the same step."""
         t, ctx = self.cfg.train, self.ctx
         callbacks = list(callbacks) if ctx.is_chief else []
         stop = stop if stop is not None else StopFlag()
-        start_epoch, time_offset = 0, 0.0
-        ckpt = run.load_checkpoint() if (resume and ctx.is_chief) else None
-        if resume:
-            start_epoch = int(ctx.sum(np.array([ckpt["epoch"] if ckpt else 0]))[0])
-            time_offset = float(ctx.sum(np.array([ckpt["time_s"] if ckpt else 0.0]))[0])
-            if ckpt:
-                self.restore(ckpt)
-                run.truncate_metrics(start_epoch)
+        ckpt, records = run.history() if (resume and ctx.is_chief) else (None, [])
+        start_epoch = int(ctx.sum(np.array([ckpt["epoch"] if ckpt else 0]))[0])
+        time_offset = float(ctx.sum(np.array([ckpt["time_s"] if ckpt else 0.0]))[0])
+        if ckpt:
+            self.restore(ckpt)
         ctx.broadcast_variables(self.model.variables + optimizer_variables(self.optimizer))
 
         n_train = len(self.data.train)
         first = strategies.plan(t.strategy, t.workers, t.batch_size, t.lr, 0.0, t.warmup_epochs)
         steps = self.steps_per_epoch()
-        summary = {"status": "running", "strategy": t.strategy, "workers": t.workers, "backend": ctx.backend,
-                   "simulated": self.simulate, "time_to_target_s": None, "epochs": start_epoch,
-                   "best_val_loss": None, "final_val_loss": None, "target_loss": t.target_loss,
-                   "global_batch": first.global_batch, "steps_per_epoch": steps}
-        previous = run.metrics() if (resume and ctx.is_chief) else []
-        finite = [r["val_loss"] for r in previous if is_finite_number(r.get("val_loss"))]
-        summary["best_val_loss"] = min(finite) if finite else None
-        summary["final_val_loss"] = previous[-1]["val_loss"] if previous else None
+        summary = self._summary_of(records, start_epoch, first.global_batch, steps)
+        if resume and ctx.is_chief:
+            previous = run.summary() or {}
+            summary["resumes"] = previous.get("resumes", []) + [
+                {"from_epoch": start_epoch, "changed": changes(run.previous_config or self.cfg, self.cfg)}]
+            summary["time_to_target_s"] = previous.get("time_to_target_s")
+        run.begin(self.cfg, records, summary)
 
         # time to target counts training, not graph tracing: every run's clock starts on a traced model
         self.warm_up(first.global_batch if self.simulate else first.shares[ctx.rank], first.global_batch)
@@ -226,7 +215,7 @@ class Trainer:
                 else:
                     idx = strategies.worker_indices(perm, p, step, ctx.rank)
                 self.optimizer.learning_rate.assign(p.lr)
-                asked = ctx.is_chief and (bool(stop) or run.stop_requested())
+                asked = bool(stop) or (ctx.is_chief and run.stop_requested())
                 loss, stopped = self.step(self.data.train[np.sort(idx)], p.global_batch, stop=asked)
                 loss_sum += loss
                 if stopped:
@@ -241,18 +230,19 @@ class Trainer:
                       "time_s": now - began, "epoch_time_s": now - epoch_began,
                       "samples_per_s": steps * p.global_batch / (now - epoch_began),
                       "global_batch": p.global_batch, "steps": steps}
-            run.append_metrics(record)
-            summary["epochs"] = epoch + 1
-            summary["final_val_loss"] = val_loss
+            records.append(record)
+            summary.update(epochs=epoch + 1, final_val_loss=val_loss)
             if is_finite_number(val_loss) and (summary["best_val_loss"] is None or val_loss < summary["best_val_loss"]):
                 summary["best_val_loss"] = val_loss
+            checkpoint = None
             if not (is_finite_number(train_loss) and is_finite_number(val_loss)):
-                summary["status"] = "diverged"
+                summary["status"] = "diverged"  # its weights are not finite: the last checkpoint stays
             else:
-                run.save_checkpoint(*self.state(), epoch=epoch + 1, time_s=record["time_s"])
+                weights, moments = self.state()
+                checkpoint = {"weights": weights, "optimizer": moments, "epoch": epoch + 1, "time_s": record["time_s"]}
                 if t.target_loss is not None and val_loss <= t.target_loss:
-                    summary["status"] = "reached_target"
-                    summary["time_to_target_s"] = record["time_s"]
+                    summary.update(status="reached_target", time_to_target_s=record["time_s"])
+            run.commit(records, summary, checkpoint)
             for callback in callbacks:
                 callback(record)
             if summary["status"] != "running":
@@ -260,45 +250,74 @@ class Trainer:
         if summary["status"] == "running":
             summary["status"] = "max_epochs"
         summary["elapsed_s"] = time.perf_counter() - began
-        run.write_summary(summary)
+        run.commit(records, summary)
+        run.stop_handled()
         return summary
+
+    def _summary_of(self, records: list[dict], epochs: int, global_batch: int, steps: int) -> dict:
+        t = self.cfg.train
+        finite = [r["val_loss"] for r in records if is_finite_number(r.get("val_loss"))]
+        return {"status": "running", "strategy": t.strategy, "workers": t.workers, "backend": self.ctx.backend,
+                "simulated": self.simulate, "time_to_target_s": None, "epochs": epochs,
+                "best_val_loss": min(finite) if finite else None,
+                "final_val_loss": records[-1]["val_loss"] if records else None, "target_loss": t.target_loss,
+                "global_batch": global_batch, "steps_per_epoch": steps}
 
 
 def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool = False,
-          stop: Optional[StopFlag] = None, simulate: bool = False, ctx=None,
-          handle_sigint: bool = False, trainer: Optional[Trainer] = None) -> dict:
+          stop: Optional[StopFlag] = None, simulate: bool = False, ctx=None, handle_signals: bool = False,
+          trainer: Optional[Trainer] = None, overwrite: bool = False) -> dict:
     """Train ``cfg`` and return its summary; files go to ``cfg.out`` (rank 0 only).
 
-    ``callbacks`` are called on rank 0 with each epoch's metrics record. ``stop`` ends the run after the
-    current step with status ``stopped``; so does a ``STOP`` file in the run directory, and Ctrl-C when
-    ``handle_sigint`` is set. Any exception writes ``status: failed`` with the error before propagating.
+    ``cfg.out`` must hold no run, unless ``overwrite`` (the run there is replaced once this one starts) or
+    ``resume`` (the run there continues from its last checkpoint and its own config, see
+    :func:`gmmkit.training.rundir.resume_config`; a run that reached its target or diverged is reported,
+    not trained on). ``callbacks`` are called on rank 0 with each epoch's metrics record. ``stop`` ends the
+    run after the current step with status ``stopped``; so does a ``STOP`` file in the run directory, and
+    SIGINT or SIGTERM when ``handle_signals`` is set. Any exception writes ``status: failed`` with the error
+    before propagating.
     """
-    run = None
-    stop = stop if stop is not None else StopFlag()
-    previous_handler = None
-    if handle_sigint and threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGINT, stop.set)
-    try:
-        if trainer is not None and trainer.can_run(cfg):
-            trainer.reset(cfg, simulate=simulate)
-        else:
-            trainer = Trainer(cfg, ctx=ctx if ctx is not None else getattr(trainer, "ctx", None),
-                              simulate=simulate)
-        trainer.steps_per_epoch()  # refuse a training split smaller than one batch before writing anything
-        prepared = RunDir(cfg.out, chief=trainer.ctx.is_chief)
-        prepared.prepare(cfg, resume=resume)
-        run = prepared  # from here on a failure is recorded in the run's summary
-        return trainer.fit(run, callbacks=callbacks, stop=stop, resume=resume)
-    except Exception as exc:
-        if run is not None and run.chief:
-            summary = run.summary() or {}
-            if summary.get("status") in (None, "running"):
-                run.write_summary({**summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                                   "epochs": len(run.metrics())})
-        raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+    cfg = cfg.validate().resolved()
+    run = RunDir(cfg.out, chief=(ctx.is_chief if ctx is not None else launcher_rank() == 0))
+    signals = stop_on_signals(stop) if handle_signals else contextlib.nullcontext(stop if stop is not None else StopFlag())
+    with signals as stop:
+        cfg = run.claim(cfg, "resume" if resume else "overwrite" if overwrite else "new")
+        try:
+            done = finished(run, cfg) if resume else None
+            if done is not None:
+                return done
+            if trainer is not None and trainer.can_run(cfg):
+                trainer.reset(cfg, simulate=simulate)
+            else:
+                trainer = Trainer(cfg, ctx=ctx if ctx is not None else getattr(trainer, "ctx", None),
+                                  simulate=simulate)
+            trainer.steps_per_epoch()  # refuse a training split smaller than one batch before writing anything
+            return trainer.fit(run, callbacks=callbacks, stop=stop, resume=resume)
+        except Exception as exc:
+            if run.begun and run.chief:
+                _record_failure(run, exc)
+            raise
+        finally:
+            run.release() if run.begun else run.abandon()
+
+
+def finished(run: RunDir, cfg: RunConfig) -> Optional[dict]:
+    """The summary of a run that has nothing left to do on resume (it reached its target or diverged, or
+    has run the epochs ``cfg`` asks for), marked ``"resumed": False``; None when it goes on."""
+    summary = run.summary() or {}
+    if summary.get("status") in FINISHED or (summary.get("status") == "max_epochs"
+                                            and summary.get("epochs", 0) >= cfg.train.epochs):
+        return {**summary, "resumed": False}
+    return None
+
+
+def _record_failure(run: RunDir, exc: BaseException) -> None:
+    """Commit ``failed`` with the error, unless the run already ended; a failure to write (a full disk) leaves
+    the last state as it is."""
+    summary = run.summary() or {}
+    if summary.get("status") in (None, "running"):
+        with contextlib.suppress(Exception):
+            run.commit(run.metrics(), {**summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
 
 
 def train_many(cfgs: Sequence[RunConfig], simulate: bool = False, callbacks: Iterable[EpochCallback] = (),

@@ -1,40 +1,66 @@
-"""A run directory: the files one training run leaves behind.
+"""A run directory: the files one training run leaves behind, and the rules that keep them whole.
 
 =================  ==============================================================================
-``config.json``    the :class:`~gmmkit.config.RunConfig`, written before the first epoch
-``metrics.jsonl``  one line per epoch, flushed at once: epoch, train_loss, val_loss, lr, time_s
-                   (since training began), epoch_time_s, samples_per_s, global_batch, steps
-``summary.json``   status (reached_target | diverged | max_epochs | stopped | failed),
-                   time_to_target_s, epochs, best/final validation loss, workers, backend
+``config.json``    the :class:`~gmmkit.config.RunConfig` (paths absolute), written when the run starts
+``metrics.jsonl``  one line per finished epoch: epoch, train_loss, val_loss, lr, time_s (since training
+                   began), epoch_time_s, samples_per_s, global_batch, steps
+``summary.json``   status (running | reached_target | diverged | max_epochs | stopped | failed),
+                   time_to_target_s, epochs, best/final validation loss, workers, backend, resumes
 ``checkpoint.npz`` weights, optimizer state and epoch after the last finished epoch
-``STOP``           created by whoever wants the run to stop (dashboard, ``gmmkit stop``): the run
-                   ends after the current step with status ``stopped``
+``STOP``           a stop request (``gmmkit stop``, the dashboard, a signal to the launcher): the run ends
+                   after the current step with status ``stopped`` and removes it
+``.lock``          held by the one process that owns the run while it runs (``flock``: a dead process
+                   holds nothing)
 =================  ==============================================================================
 
-Only the chief (rank 0) writes; every write is atomic (:mod:`gmmkit.files`). This module is the one
-place that knows what a run directory is (:meth:`RunDir.open`) and how to load a run's model and weights
+**The files agree at every instant.** ``metrics.jsonl``, ``summary.json`` and ``checkpoint.npz`` are links
+into ``state``, itself a link to one folder of ``.state/`` that is never changed once written. Each epoch
+(and the end of the run) writes a new state folder, then swaps the ``state`` link with one ``rename``: a
+reader, a crash or a kill at any moment sees either the previous state or the next, never a mix of the
+two, and never a half-written file. A killed writer's temporary files are removed by the next process that
+claims the run (:meth:`RunDir.claim`).
+
+**One run per directory.** :meth:`RunDir.claim` makes a process the run's owner: a new run needs an empty
+directory (or ``overwrite``), ``resume`` needs a run there, and a second process is refused while the first
+holds the lock. This module is also the one place that knows how to load a run's model
 (:meth:`RunDir.load_model`); the launcher and ``gmmkit stop`` import it without loading TensorFlow.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import shutil
+import socket
+import tempfile
+import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from ..config import RunConfig
 from ..errors import RunDirError
-from ..files import append_jsonl, atomic_savez, atomic_write_json, atomic_write_text, read_jsonl
+from ..files import atomic_write_text, read_jsonl, remove_temporaries, to_json, umask, write_jsonl
 
 STATUSES = ("reached_target", "diverged", "max_epochs", "stopped", "failed", "running")
+FINISHED = ("reached_target", "diverged")  # a resume reports these instead of training on
+STATE_FILES = ("metrics.jsonl", "summary.json", "checkpoint.npz")
+# A launcher that holds a run's lock for its ranks names the run directory here (the ranks skip the lock).
+LOCK_HELD_BY_PARENT = "GMMKIT_RUN_LOCKED"
 
 
 class RunDir:
     def __init__(self, path: str | os.PathLike, chief: bool = True):
         self.path = Path(path)
         self.chief = chief
+        self._lock_fd: Optional[int] = None
+        self._mode = "new"
+        self._created: list[Path] = []  # the folders the claim made (abandon removes them)
+        self.previous_config: Optional[RunConfig] = None  # a resumed run's config before the resume
+        self.begun = False  # this process has started writing the run (begin)
 
     @classmethod
     def open(cls, path: str | os.PathLike, what: str = "run") -> "RunDir":
@@ -55,54 +81,217 @@ class RunDir:
     summary_path = property(lambda self: self.path / "summary.json")
     checkpoint_path = property(lambda self: self.path / "checkpoint.npz")
     stop_path = property(lambda self: self.path / "STOP")
+    lock_path = property(lambda self: self.path / ".lock")
+    state_path = property(lambda self: self.path / "state")
 
-    # --- writing (chief only) ------------------------------------------------------------------
-    def prepare(self, cfg: RunConfig, resume: bool = False) -> None:
-        """Create the directory, check it is writable, write ``config.json``; start fresh unless resuming."""
+    # --- ownership ---------------------------------------------------------------------------
+    def claim(self, cfg: RunConfig, mode: str = "new") -> RunConfig:
+        """Become the owner of this run directory; returns the config the run goes on with.
+
+        ``mode``: ``"new"`` (the directory must hold no run), ``"overwrite"`` (a run there is replaced) or
+        ``"resume"`` (the run there continues from its own ``config.json``; ``cfg`` may change only what
+        :func:`resume_config` allows). Takes the lock (unless a launcher holds it for this process) and
+        removes what a killed writer left; nothing of the run changes until :meth:`begin`, and
+        :meth:`abandon` undoes the claim (a bad input found after it leaves nothing behind)."""
+        if mode not in ("new", "overwrite", "resume"):
+            raise ValueError(f"mode: expected new, overwrite or resume, received {mode!r}")
+        self._mode = mode
         if not self.chief:
-            return
+            return resume_config(self.config(), cfg) if mode == "resume" else cfg
+        missing = [q for q in (self.path, *self.path.absolute().parents) if not q.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
+            probe = self.path / ".write-test.tmp"
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
-            raise RunDirError(f"--out {self.path}: cannot write there ({exc.strerror})") from None
-        with contextlib.suppress(FileNotFoundError):
-            self.stop_path.unlink()
-        if not resume:
-            for stale in (self.metrics_path, self.summary_path, self.checkpoint_path):
-                with contextlib.suppress(FileNotFoundError):
-                    stale.unlink()
+            detail = f"{self.path}: cannot write there ({exc.strerror})"
+            raise RunDirError(f"--out {detail}", field="out", detail=detail) from None
+        self._created = missing  # what abandon removes again, deepest first
+        self.lock()
+        try:
+            remove_temporaries(self.path)
+            if (self.path / ".state").is_dir():
+                remove_temporaries(self.path / ".state")
+            if mode == "resume":
+                if not self.exists():
+                    raise RunDirError(f"--out {self.path}: no run to resume here (no config.json)")
+                self.previous_config = self.config()
+                cfg = resume_config(self.previous_config, cfg)
+            elif self.exists() and mode == "new":
+                summary = self.summary() or {}
+                raise RunDirError(f"--out {self.path}: holds a run already (status "
+                                  f"{summary.get('status', 'unknown')}, {summary.get('epochs', 0)} epochs); "
+                                  "continue it with --resume, or replace it with --overwrite")
+            return cfg
+        except BaseException:
+            self.abandon()
+            raise
+
+    def begin(self, cfg: RunConfig, records: list[dict], summary: dict) -> None:
+        """The run starts writing: an earlier run is removed (``overwrite``), ``config.json`` written, and
+        the first state (``records`` so far, ``summary``) committed."""
+        if not self.chief:
+            self.begun = True
+            return
+        if self._mode == "overwrite":
+            self._remove_run()
         atomic_write_text(self.config_path, cfg.to_json() + "\n")
+        self._link_state_files()
+        self.commit(records, summary)
+        self.begun = True
+        self._created = []  # from here on the run's files are its own, kept whatever happens
 
-    def append_metrics(self, record: dict) -> None:
-        if self.chief:
-            append_jsonl(self.metrics_path, record)
+    def abandon(self) -> None:
+        """Undo a claim that never began: release the lock, and remove the directory if the claim made it."""
+        self.release()
+        if self._created and self.chief:
+            self.lock_path.unlink(missing_ok=True)
+            self.stop_path.unlink(missing_ok=True)
+            for folder in self._created:  # deepest first; one that is not empty stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            self._created = []
 
-    def write_summary(self, summary: dict) -> None:
-        if self.chief:
-            atomic_write_json(self.summary_path, summary)
+    def lock(self) -> None:
+        """Hold the run's lock (``flock`` on ``.lock``), or raise naming the process that holds it."""
+        if os.environ.get(LOCK_HELD_BY_PARENT) == str(self.path.resolve()) or self._lock_fd is not None:
+            return
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirError(f"--out {self.path}: in use by {holder}; one process per run directory "
+                              "(wait for it, or stop it with gmmkit stop)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"gmmkit pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._lock_fd = fd
 
-    def save_checkpoint(self, weights: list[np.ndarray], optimizer_state: list[np.ndarray], epoch: int,
-                        time_s: float) -> None:
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def in_use(self) -> bool:
+        """Whether some process holds this run's lock now (a run that is starting or running)."""
+        if self._lock_fd is not None:
+            return True
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def _remove_run(self) -> None:
+        for name in ("config.json", "state", *STATE_FILES, "STOP"):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / ".state", ignore_errors=True)
+
+    def _link_state_files(self) -> None:
+        """``metrics.jsonl`` and the others as links into ``state`` (replacing the plain files of an older
+        layout, or of a copy that followed the links)."""
+        if self.state_path.is_dir() and not self.state_path.is_symlink():  # a copy made with cp -L
+            staged = self._new_state_folder()
+            for name in STATE_FILES:
+                if (self.state_path / name).is_file():
+                    shutil.copy2(self.state_path / name, staged / name)
+            shutil.rmtree(self.state_path)
+            self._publish(staged)
+        for name in STATE_FILES:
+            link = self.path / name
+            if link.is_symlink():
+                continue
+            if link.exists():  # a run written before state folders: its file becomes the first state's
+                self._legacy_into_state()
+            tmp = self.path / f".{name}.link.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(Path("state") / name)
+            os.replace(tmp, link)
+
+    def _legacy_into_state(self) -> None:
+        if self.state_path.is_symlink():
+            return
+        staged = self._new_state_folder()
+        for name in STATE_FILES:
+            if (self.path / name).is_file():
+                shutil.copy2(self.path / name, staged / name)
+        self._publish(staged)
+
+    # --- writing (the owner only) ---------------------------------------------------------------
+    def commit(self, records: list[dict], summary: dict, checkpoint: Optional[dict] = None) -> None:
+        """Write the next state: every epoch record so far, the summary and, when given, a new checkpoint
+        (``{"weights", "optimizer", "epoch", "time_s"}``; else the previous one is kept). All three change
+        together (module docstring). A full disk raises :class:`RunDirError` and leaves the last state."""
         if not self.chief:
             return
-        arrays = {f"w{i:04d}": w for i, w in enumerate(weights)}
-        arrays.update({f"o{i:04d}": v for i, v in enumerate(optimizer_state)})
-        atomic_savez(self.checkpoint_path, epoch=np.int64(epoch), time_s=np.float64(time_s), **arrays)
+        if checkpoint is not None:
+            self._check_space(checkpoint)
+        try:
+            staged = self._new_state_folder()
+            try:
+                write_jsonl(staged / "metrics.jsonl", records)
+                atomic_write_text(staged / "summary.json", to_json(summary, indent=2) + "\n")
+                if checkpoint is not None:
+                    _save_checkpoint(staged / "checkpoint.npz", checkpoint, records)
+                elif (self.state_path / "checkpoint.npz").exists():
+                    os.link(self.state_path / "checkpoint.npz", staged / "checkpoint.npz")
+                self._publish(staged)
+            except BaseException:
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RunDirError(f"--out {self.path}: the disk is full ({exc.strerror}); the last good state "
+                                  f"(epoch {self._state_epoch()}) stays; free space and continue with "
+                                  "--resume") from None
+            raise
 
-    def truncate_metrics(self, last_epoch: int) -> None:
-        """Keep the metric lines up to ``last_epoch`` (on resume, drop epochs after the checkpoint)."""
-        if not self.chief:
-            return
-        kept = [r for r in read_jsonl(self.metrics_path) if r.get("epoch", 0) <= last_epoch]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    def _check_space(self, checkpoint: dict) -> None:
+        need = sum(np.asarray(a).nbytes for key in ("weights", "optimizer") for a in checkpoint[key])
+        free = shutil.disk_usage(self.path).free
+        if free < 2 * need + (1 << 20):  # the new state beside the old one, and room to spare
+            raise RunDirError(f"--out {self.path}: {free / 2**20:.1f} MB free, a checkpoint needs "
+                              f"{need / 2**20:.1f} MB; the last good state (epoch {self._state_epoch()}) stays; "
+                              "free space and continue with --resume")
+
+    def _new_state_folder(self) -> Path:
+        root = self.path / ".state"
+        root.mkdir(exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".state.", suffix=".tmp", dir=root))
+
+    def _publish(self, staged: Path) -> None:
+        """Make ``staged`` the current state: rename it into place, swap the ``state`` link, then drop all
+        but the previous state (a reader may still be reading it)."""
+        root = staged.parent
+        staged.chmod(0o777 & ~umask())
+        number = 1 + max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0)
+        final = root / f"{number:06d}"
+        os.replace(staged, final)
+        link = self.path / ".state.link.tmp"
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path(".state") / final.name)
+        os.replace(link, self.state_path)
+        _fsync_dir(self.path)
+        for old in sorted(p for p in root.iterdir() if p.name.isdigit() and int(p.name) < number - 1):
+            shutil.rmtree(old, ignore_errors=True)
 
     def request_stop(self) -> None:
-        """Ask a running run to stop (any process may call this)."""
+        """Ask the run to stop after its current step (any process may call this)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self.stop_path.write_text("stop\n")
+        atomic_write_text(self.stop_path, f"stop requested at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+
+    def stop_handled(self) -> None:
+        """The run ended: a stop request is consumed (or came too late); either way it is done with."""
+        if self.chief:
+            self.stop_path.unlink(missing_ok=True)
 
     # --- reading (anyone) ------------------------------------------------------------------
     def stop_requested(self) -> bool:
@@ -120,18 +309,31 @@ class RunDir:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def history(self) -> tuple[Optional[dict], list[dict]]:
+        """The last checkpoint (None without one) and the epoch records up to it: what a resumed run goes on
+        from. The checkpoint carries its records; a run written before it did gives them from metrics."""
+        ckpt = self.load_checkpoint()
+        if ckpt is None:
+            return None, []
+        return ckpt, ckpt["records"] or [r for r in self.metrics() if r.get("epoch", 0) <= ckpt["epoch"]]
+
+    def _state_epoch(self) -> int:
+        return int((self.summary() or {}).get("epochs", 0))
+
     def load_checkpoint(self) -> dict | None:
-        """``{"epoch", "time_s", "weights", "optimizer"}`` or None when there is no checkpoint."""
+        """``{"epoch", "time_s", "weights", "optimizer", "records"}`` or None when there is no checkpoint."""
         if not self.checkpoint_path.exists():
             return None
         try:
             with np.load(self.checkpoint_path, allow_pickle=False) as f:
                 names = sorted(f.files)
+                records = json.loads(str(f["records"])) if "records" in f.files else []
                 return {
                     "epoch": int(f["epoch"]),
                     "time_s": float(f["time_s"]),
                     "weights": [f[n] for n in names if n.startswith("w")],
                     "optimizer": [f[n] for n in names if n.startswith("o")],
+                    "records": records,
                 }
         except Exception as exc:
             raise RunDirError(f"{self.checkpoint_path}: unreadable checkpoint ({exc})") from None
@@ -156,3 +358,69 @@ class RunDir:
             raise RunDirError(f"{self.checkpoint_path}: its weights do not fit the model config.json describes "
                               f"({exc})") from None
         return model, ckpt["epoch"]
+
+
+def _save_checkpoint(path: Path, checkpoint: dict, records: list[dict]) -> None:
+    arrays = {f"w{i:04d}": w for i, w in enumerate(checkpoint["weights"])}
+    arrays.update({f"o{i:04d}": v for i, v in enumerate(checkpoint["optimizer"])})
+    with open(path, "wb") as fh:
+        np.savez(fh, epoch=np.int64(checkpoint["epoch"]), time_s=np.float64(checkpoint["time_s"]),
+                 records=np.array(to_json(records)), **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    path.chmod(0o666 & ~umask())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# Settings a resumed run may change: they do not change the experiment, only how long or on what it runs.
+RESUMABLE = ("train.epochs", "train.threads")
+
+
+def resume_config(stored: RunConfig, requested: RunConfig) -> RunConfig:
+    """The config a resumed run goes on with: ``stored`` (the run's own) with the changes of ``requested``
+    that keep the experiment: more or fewer epochs, other threads, and another worker count for strong
+    scaling (whose path does not depend on it). Any other difference raises, naming every field."""
+    allowed = set(RESUMABLE) | ({"train.workers"} if stored.train.strategy == "strong" else set())
+    old, new = _flat(stored.to_dict()), _flat(requested.to_dict())
+    for key in ("data.dataset", "out"):
+        old[key], new[key] = _resolved(old[key]), _resolved(new[key])
+    changed = sorted(k for k in old if old[k] != new.get(k))
+    refused = [k for k in changed if k not in allowed]
+    if refused:
+        raise RunDirError(f"--resume: the run in {stored.out} was made with other values of "
+                          f"{', '.join(refused)}; a resumed run continues the same experiment (it may change "
+                          f"{', '.join(sorted(allowed))})", field=refused[0],
+                          detail=f"the run in {stored.out} was made with {_show(old, refused)}; a resumed run "
+                                 f"continues the same experiment (it may change {', '.join(sorted(allowed))})")
+    return requested.replace(out=stored.out, data={"dataset": stored.data.dataset})
+
+
+def changes(old: RunConfig, new: RunConfig) -> dict:
+    """``{field: [old, new]}`` of every setting that differs between two configs."""
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    return {k: [a[k], b.get(k)] for k in sorted(a) if a[k] != b.get(k)}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _resolved(path: str) -> str:
+    return path if path in ("phantoms", "lidc") else str(Path(path).resolve())
+
+
+def _show(values: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k}={values[k]!r}" for k in keys)

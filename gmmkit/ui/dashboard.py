@@ -16,6 +16,7 @@ import html
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import ipywidgets as W
@@ -165,7 +166,7 @@ class Dashboard:
             if self.running:
                 raise InputError("a run is in progress: press Stop (or call dashboard.stop()) first")
             cfg = self.config()
-            number = len(self.runs) + 1
+            number = self._next_number()
             t = cfg.train
             label = f"#{number} {t.strategy} n={t.workers}"
             cfg = cfg.replace(out=f"{self.out}/{number:02d}-{t.strategy}-n{t.workers}")
@@ -181,6 +182,15 @@ class Dashboard:
                                             daemon=True)
             self._thread.start()
         return run
+
+    def _next_number(self) -> int:
+        """The next run's number: after this dashboard's runs and after any run directory already in ``out``
+        (a run directory belongs to one run; an earlier session's runs stay as they are)."""
+        taken = [r.number for r in self.runs]
+        folder = Path(self.out)
+        if folder.is_dir():
+            taken += [int(p.name.split("-", 1)[0]) for p in folder.iterdir() if p.name.split("-", 1)[0].isdigit()]
+        return max(taken, default=0) + 1
 
     def stop(self) -> None:
         """Ask the current run to stop after its current step (it ends with status ``stopped``)."""

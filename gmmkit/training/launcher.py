@@ -1,0 +1,55 @@
+"""One training run on n ranks, started from one process (``gmmkit train --workers N`` from a shell).
+
+The launching process owns the run directory while the ranks train in it: it claims it (the checks and the
+lock, so a second process is refused and ``gmmkit stop`` works from the first moment), tells the ranks it
+holds the lock, starts them through :func:`gmmkit.parallel.launch.run_ranks`, turns SIGINT and SIGTERM into
+a stop request, and when the ranks could not finish the run's files themselves (a rank died, or the job was
+ended), it does: the run ends ``stopped`` or ``failed`` on the last state the ranks committed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..config import RunConfig
+from ..parallel import launch
+from ..signals import StopFlag
+from .rundir import LOCK_HELD_BY_PARENT, RunDir
+
+
+@dataclass(frozen=True)
+class Launched:
+    """How a launched run ended: mpirun's exit ``code``, the rank that ended the job (``failure``), and the
+    run's final ``summary`` (None when the ranks never started writing it)."""
+
+    code: int
+    failure: Optional[str]
+    summary: Optional[dict]
+    finished_by_launcher: bool  # the ranks could not end the run themselves; the launcher did
+
+
+def run_on_ranks(cfg: RunConfig, argv: Sequence[str], mode: str = "new", launcher: str = "mpirun",
+                 stop: Optional[StopFlag] = None, grace_s: float = 120.0) -> Launched:
+    """Run ``argv`` (the same ``gmmkit train`` on every rank) on ``cfg.train.workers`` ranks for the run
+    ``cfg`` describes, owning its directory meanwhile (``mode`` as :meth:`RunDir.claim` takes it)."""
+    cfg = cfg.resolved()
+    run = RunDir(cfg.out)
+    run.claim(cfg, mode)
+    stop = stop if stop is not None else StopFlag()
+    try:
+        env = {**os.environ, LOCK_HELD_BY_PARENT: str(run.path.resolve())}
+        code, failure = launch.run_ranks(cfg.train.workers, argv, launcher, env=env, on_interrupt=run.request_stop,
+                                         grace_s=grace_s, stop=stop)
+        if not run.exists():  # the ranks refused the run before writing anything (bad input)
+            return Launched(code, failure, None, False)
+        summary = run.summary() or {}
+        ended_by_us = summary.get("status") in (None, "running")
+        if ended_by_us:  # the ranks died or were ended before they could say how the run ended
+            reason = failure or (f"ended by signal {stop.signum}" if stop else f"{launcher} exited with status {code}")
+            summary = {**summary, "status": "stopped" if stop and not failure else "failed", "error": reason}
+            run.commit(run.metrics(), summary)
+        run.stop_handled()
+        return Launched(code, failure, summary, ended_by_us)
+    finally:
+        run.release() if run.exists() else run.abandon()
