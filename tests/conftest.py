@@ -8,6 +8,9 @@ import pytest  # noqa: E402
 
 from gmmkit.config import RunConfig  # noqa: E402
 
+# emulated hosts and a real SLURM (issue 17): fixtures emulated_hosts, slurm_cluster
+pytest_plugins = ["support.fixtures"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _phantom_cache(tmp_path_factory):
