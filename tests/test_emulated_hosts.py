@@ -202,9 +202,23 @@ def leftovers(names) -> list[str]:
 def test_teardown_leaves_nothing(hosts_pool, slurm_cluster):
     names = [slurm_cluster.hosts.head_name, *slurm_cluster.nodes]
     daemons = [p.pid for p in slurm_cluster.procs.values()]
-    hosts_pool.close()  # the next test that needs hosts makes them again
+    hosts_pool.close()  # the next test that uses the fixtures gets them back
     assert leftovers(names) == []
     assert [pid for pid in daemons if is_alive(pid)] == []
+
+
+def test_fixtures_come_back_after_a_close(emulated_hosts, slurm_cluster):
+    assert emulated_hosts.run(0, "hostname").stdout.strip() == "gmk-node0"
+    out = subprocess.run(["srun", "-N2", "hostname"], env=slurm_cluster.env(), capture_output=True,
+                         text=True, timeout=60)
+    assert sorted(out.stdout.split()) == slurm_cluster.nodes[:2], out.stderr
+
+
+@pytest.mark.parametrize("emulated_hosts", [3], indirect=True)
+def test_three_hosts(emulated_hosts):
+    ranks = reports(mpirun(emulated_hosts, PY, str(PROBE)).stdout)
+    assert [r["hostname"] for r in ranks] == ["gmk-node0", "gmk-node1", "gmk-node2"]
+    assert [r["mpi_sum"] for r in ranks] == [6, 6, 6]
 
 
 def test_leftovers_of_a_killed_run_are_removed(hosts_pool):
