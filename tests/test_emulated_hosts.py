@@ -1,26 +1,40 @@
 """Smoke tests of the issue-17 test infrastructure: emulated hosts, the rsh agent, a real SLURM.
 
-What these tests establish, so that gmmkit's multi-host features can be tested on them:
+The fixtures (``emulated_hosts``, ``slurm_cluster``, ``hosts_pool``) live in ``tests/support/``; each of
+its modules says why it is built the way it is. What was needed, in short:
 
-* ``mpirun --hostfile`` with ``OMPI_MCA_plm_rsh_agent=tests/support/gmk-rsh`` puts one rank on each
-  emulated host; ranks see different hostnames, local rank 0 each, and talk over TCP (OpenMPI's tcp BTL
-  between 10.213.0.x addresses). No ``btl_tcp_if_include``/``oob_tcp_if_include`` is needed: inside a
-  host the only non-loopback interface is its veth, and the root namespace's other addresses (which
-  mpirun advertises to its daemons) are unreachable from the hosts at once (no default route), so the
-  daemons fall through to 10.213.0.1.
-* Horovod over MPI across the hosts: local rank 0, cross size 2.
-* A lost host ends the job within 30 s and mpirun names it. Killing every process of the host: mpirun
-  notices the daemon's closed connection at once. Cutting the link: nothing is closed, so OpenMPI only
-  notices through TCP keepalive on its daemon connections, 300 s + 9 x 20 s by default; with
-  ``oob_tcp_keepalive_time=5``, ``_intvl=2``, ``_probes=3`` it takes about 11 s.
-* SLURM: ``srun -N2`` runs on both hosts; ``sbatch --wait`` of a script that runs ``mpirun`` (which
-  starts its daemons through srun) and ``salloc -N2 mpirun`` both allreduce across the two hosts.
+* **Hosts**: a network namespace per host with a veth into a bridge in the root namespace
+  (10.213.0.0/24; root namespace 10.213.0.1 = ``gmk-head``, host i 10.213.0.(10+i) = ``gmk-nodeI``), no
+  default route, IPv6 off, its hostname in a UTS namespace bound to a file, and every name in a marked
+  block of /etc/hosts (the root namespace must resolve them too, and an unknown name would go to DNS,
+  off the machine). ``/etc/netns`` would not do: only ``ip netns exec`` applies it, nsenter does not.
+* **mpirun**: ``OMPI_MCA_plm_rsh_agent=tests/support/gmk-rsh`` and OpenMPI's run-as-root switches, that
+  is all. The agent behaves like ssh: the command's words joined for ``$SHELL -c`` (OpenMPI quotes
+  its MCA values for that remote shell), a clean ssh-like environment (so ranks are started with
+  absolute paths and ``-x VAR``), and it stays outside the host and exits 255 when the host dies. No
+  ``btl_tcp_if_include``/``oob_tcp_if_include``: inside a host the only non-loopback interface is its
+  veth, and the root namespace's other addresses, which mpirun advertises to its daemons (192.0.2.2 on
+  the project machine), fail at once with ENETUNREACH (no default route), so the daemons fall through to
+  10.213.0.1. Ranks talk over OpenMPI's tcp BTL between 10.213.0.x (``btl_base_verbose`` says so).
+* **A lost host** ends the job within 30 s and mpirun names it ("ORTE has lost communication with a
+  remote daemon ... on node gmk-node1"). Killing every process of the host: mpirun sees the daemon's
+  connection close at once (about 1 s). Cutting its link closes nothing, so OpenMPI only notices through
+  TCP keepalive on its daemon connections: 300 s + 9 x 20 s by default (the job was still running after
+  90 s); with ``oob_tcp_keepalive_time=5``, ``_intvl=2``, ``_probes=3`` about 11-12 s.
+* **SLURM** (``tests/support/slurm.py`` explains every setting): munged on its own key and socket,
+  slurmctld in the root network namespace with hostname ``gmk-head`` in a UTS namespace of its own
+  (slurmctld only starts on the host ``SlurmctldHost`` names), one ``slurmd -N gmk-nodeI`` inside each
+  host (same port in each, one namespace each), ``NodeAddr`` = host address (no DNS),
+  proctrack/linuxproc, task/none, no cgroups, ``MpiDefault=none``, ``MinJobAge=4`` (so ``sbatch --wait``
+  polls every 2 s instead of sleeping 8 s), everything in a temporary folder under /run/gmk-hosts. The
+  clients need ``SLURM_CONF`` only. OpenMPI inside a job starts its daemons with srun (plm/slurm).
 
 Set-up/tear-down times of the fixtures are printed at the end of the session.
 """
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -70,7 +84,12 @@ def test_hosts_have_their_names_and_resolve_each_other(emulated_hosts):
 
 
 def test_mpirun_hostfile_one_rank_per_host(emulated_hosts):
-    ranks = reports(mpirun(emulated_hosts, PY, str(PROBE)).stdout)
+    proc = mpirun(emulated_hosts, "--mca", "btl_base_verbose", "30", PY, str(PROBE))
+    ranks = reports(proc.stdout)
+    # OpenMPI says which transport each pair uses: TCP between the hosts, over their veth addresses
+    said = proc.stdout + proc.stderr
+    assert "mca: bml: Using tcp btl for send to [[" in said and "on node gmk-node1" in said, said
+    assert re.search(r"btl:tcp: path from 10\.213\.0\.\d+ to 10\.213\.0\.\d+", said), said
     assert [r["hostname"] for r in ranks] == emulated_hosts.names
     assert [r["local_rank_env"] for r in ranks] == ["0"] * emulated_hosts.n
     n = emulated_hosts.n

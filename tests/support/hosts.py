@@ -206,9 +206,13 @@ class EmulatedHosts:
         try:
             self.stale_removed = remove_stale()
             self._create()
-        except BaseException:
-            self._teardown()
-            self._lock.__exit__(None, None, None)
+        except BaseException as exc:
+            try:
+                self._teardown()
+            except Exception as cleanup:  # keep the first failure as the error, this one as a note
+                exc.add_note(f"removing what had been made failed too: {cleanup}")
+            finally:
+                self._lock.__exit__(None, None, None)
             raise
         self.setup_s = time.monotonic() - t0
         return self
@@ -252,12 +256,14 @@ class EmulatedHosts:
 
     def _teardown(self) -> None:
         errors = []
-        for step in (kill_registered_daemons, self._remove_hosts, etc_hosts.remove,
-                     lambda: shutil.rmtree(STATE_DIR, ignore_errors=True)):
+        def remove_state_dir():
+            shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+        for step in (kill_registered_daemons, self._remove_hosts, etc_hosts.remove, remove_state_dir):
             try:
                 step()
             except Exception as exc:  # keep removing the rest, then report every failure
-                errors.append(f"{getattr(step, '__name__', step)}: {exc}")
+                errors.append(f"{step.__name__}: {exc}")
         if errors:
             raise HostSetupError("removing the emulated hosts: " + "; ".join(errors))
 
