@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -81,6 +82,22 @@ def test_hosts_have_their_names_and_resolve_each_other(emulated_hosts):
         assert lines[0] == host.name
         assert {line.split()[1]: line.split()[0] for line in lines[1:]} == {
             h.head_name: h.head_address, **{x.name: x.address for x in h.hosts}}
+
+
+def test_hosts_reach_a_service_in_the_root_namespace(emulated_hosts):
+    """What ipyparallel engines on the hosts do: connect to a controller listening on the head address."""
+    h = emulated_hosts
+    with socket.create_server((h.head_address, 0)) as server:
+        port = server.getsockname()[1]
+        for host in h.hosts:
+            client = h.popen(host.name, PY, "-c", "import socket, sys; "
+                             f"socket.create_connection(('{h.head_address}', {port}), timeout=10)"
+                             ".sendall(socket.gethostname().encode())")
+            server.settimeout(15)
+            conn, (peer, _) = server.accept()
+            with conn:
+                assert (peer, conn.recv(64).decode()) == (host.address, host.name)
+            assert client.wait(timeout=15) == 0
 
 
 def test_mpirun_hostfile_one_rank_per_host(emulated_hosts):

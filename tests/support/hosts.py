@@ -40,7 +40,8 @@ from pathlib import Path
 
 from . import etc_hosts
 from .netns import (NETNS_DIR, HostSetupError, empty_netns, enter_prefix, kill_pids, our_links,
-                    our_netns, pids_in_netns, process_start_time, sh, unbind, wait_for)
+                    our_netns, pids_in_netns, process_start_time, sh, tool, unbind, wait_for,
+                    which)
 
 STATE_DIR = Path(os.environ.get("GMK_HOSTS_STATE", "/run/gmk-hosts"))
 LOCK_FILE = Path(str(STATE_DIR) + ".lock")
@@ -71,14 +72,14 @@ def can_make_namespaces() -> str | None:
     """None when this process can create emulated hosts, else why not (the tests' skip reason)."""
     if os.geteuid() != 0:
         return "emulated hosts need root (network namespaces, veth links, /etc/hosts)"
-    for tool in ("ip", "unshare", "nsenter", "findmnt"):
-        if shutil.which(tool) is None:
-            return f"emulated hosts need '{tool}' (apt-get install iproute2 util-linux)"
+    for name in ("ip", "sysctl", "unshare", "nsenter", "findmnt", "hostname"):
+        if which(name) is None:
+            return f"emulated hosts need '{name}' (apt-get install iproute2 procps util-linux hostname)"
     probe = f"gmk-probe{os.getpid()}"
-    proc = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    proc = subprocess.run([which("ip"), "netns", "add", probe], capture_output=True, text=True)
     if proc.returncode != 0:
         return f"cannot create a network namespace here: ip netns add: {proc.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    subprocess.run([which("ip"), "netns", "del", probe], capture_output=True)
     return None
 
 
@@ -236,13 +237,13 @@ class EmulatedHosts:
             sh("ip", "link", "add", h.link, "type", "veth", "peer", "name", "eth0", "netns", h.name)
             sh("sysctl", "-qw", f"net.ipv6.conf.{h.link}.disable_ipv6=1")
             sh("ip", "link", "set", h.link, "master", BRIDGE, "up")
-            sh("ip", "netns", "exec", h.name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+            sh("ip", "netns", "exec", h.name, tool("sysctl"), "-qw", "net.ipv6.conf.all.disable_ipv6=1",
                "net.ipv6.conf.default.disable_ipv6=1")
             sh("ip", "-n", h.name, "addr", "add", f"{h.address}/24", "dev", "eth0")
             sh("ip", "-n", h.name, "link", "set", "lo", "up")
             sh("ip", "-n", h.name, "link", "set", "eth0", "up")
             h.uts.touch()
-            sh("unshare", f"--uts={h.uts}", "hostname", h.name)
+            sh("unshare", f"--uts={h.uts}", tool("hostname"), h.name)
         etc_hosts.add([(self.head_address, self.head_name)] + [(h.address, h.name) for h in self.hosts])
         # the rsh agent's table: it may run inside a host (OpenMPI's tree spawn), with an ssh-like clean
         # environment, so it finds the table at a fixed path rather than through a variable

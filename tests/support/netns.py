@@ -7,6 +7,7 @@ anybody else's namespaces or links.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,12 +22,24 @@ class HostSetupError(RuntimeError):
     """A step of creating or removing emulated hosts failed; the message names the step and its output."""
 
 
+def which(name: str) -> str | None:
+    """A tool's absolute path, also looking in /usr/sbin and /sbin (ip, sysctl, munged, slurmctld and
+    slurmd live there, and a PATH need not name them)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
+def tool(name: str) -> str:
+    path = which(name)
+    if path is None:
+        raise HostSetupError(f"'{name}' is not installed; run scripts/setup-env.sh (apt-get install "
+                             "iproute2 procps util-linux slurm-wlm munge)")
+    return path
+
+
 def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run one command, capturing its output; on failure raise naming the command and what it printed."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError as exc:
-        raise HostSetupError(f"{cmd[0]} is not installed ({exc}); run scripts/setup-env.sh") from exc
+        proc = subprocess.run([tool(cmd[0]), *cmd[1:]], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise HostSetupError(f"{' '.join(cmd)} did not finish within {timeout} s") from exc
     if check and proc.returncode != 0:

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from .hosts import EmulatedHosts, register_daemon
-from .netns import HostSetupError, empty_netns, wait_for
+from .netns import HostSetupError, empty_netns, tool, wait_for, which
 
 CTLD_PORT, SLURMD_PORT = 26817, 26818
 START_TIMEOUT_S = 30.0
@@ -62,9 +62,9 @@ def tail(path: Path, lines: int = 25) -> str:
 
 def slurm_available() -> str | None:
     """None when Debian's SLURM and munge are installed, else the skip reason."""
-    for tool in ("munged", "mungekey", "slurmctld", "slurmd", "srun", "sbatch", "salloc", "sinfo"):
-        if shutil.which(tool) is None:
-            return f"SLURM tests need '{tool}' (apt-get install slurm-wlm munge; scripts/setup-env.sh)"
+    for name in ("munged", "mungekey", "munge", "slurmctld", "slurmd", "srun", "sbatch", "salloc", "sinfo"):
+        if which(name) is None:
+            return f"SLURM tests need '{name}' (apt-get install slurm-wlm munge; scripts/setup-env.sh)"
     return None
 
 
@@ -164,10 +164,10 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     def _start_munged(self) -> None:
         m = self.dir / "munge"
         m.mkdir(mode=0o700)
-        subprocess.run(["mungekey", "--create", f"--keyfile={m / 'munge.key'}"], check=True,
+        subprocess.run([tool("mungekey"), "--create", f"--keyfile={m / 'munge.key'}"], check=True,
                        capture_output=True)
         sock = m / "munge.socket"
-        self._start("munged", ["munged", "--foreground", "--force", f"--socket={sock}",
+        self._start("munged", [tool("munged"), "--foreground", "--force", f"--socket={sock}",
                                f"--key-file={m / 'munge.key'}", f"--pid-file={m / 'munged.pid'}",
                                f"--log-file={self.log('munged')}", f"--seed-file={m / 'munged.seed'}"])
 
@@ -181,8 +181,8 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def _start_slurmctld(self) -> None:
         # its own UTS namespace, hostname gmk-head: slurmctld only runs on the host SlurmctldHost names
-        self._start("slurmctld", ["unshare", "--uts", "--", "sh", "-c",
-                                  f'hostname {self.hosts.head_name} && exec slurmctld -D -i'])
+        start = f'{tool("hostname")} {self.hosts.head_name} && exec {tool("slurmctld")} -D -i'
+        self._start("slurmctld", [tool("unshare"), "--uts", "--", "sh", "-c", start])
 
         def ready():
             self._check_alive("slurmctld", self.log("slurmctld"))
@@ -194,7 +194,7 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def _start_slurmd(self, name: str) -> None:
         host = self.hosts.host(name)
-        self._start(f"slurmd-{name}", [*host.enter, "slurmd", "-D", "-N", name])
+        self._start(f"slurmd-{name}", [*host.enter, tool("slurmd"), "-D", "-N", name])
 
     def node_states(self) -> dict[str, str]:
         out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env(), capture_output=True,
