@@ -34,6 +34,8 @@ Set-up/tear-down times of the fixtures are printed at the end of the session.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 import socket
 import subprocess
@@ -98,6 +100,20 @@ def test_hosts_reach_a_service_in_the_root_namespace(emulated_hosts):
             with conn:
                 assert (peer, conn.recv(64).decode()) == (host.address, host.name)
             assert client.wait(timeout=15) == 0
+
+
+def test_rsh_agent_behaves_like_ssh(emulated_hosts):
+    """ssh options and user@ are accepted, the words go to the remote shell, the environment is ssh's."""
+    h = emulated_hosts
+    agent = [str(h.rsh_agent), "-x", "-p", "22", "-oBatchMode=yes", "-o", "StrictHostKeyChecking=no"]
+    words = ["echo", '"$(hostname)"', "$PWD", "${GMK_SECRET:-clean}"]
+    out = subprocess.run([*agent, f"root@{h.names[1]}", *words], env={**h.mpi_env(), "GMK_SECRET": "leaked"},
+                         capture_output=True, text=True, timeout=30)
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    assert (out.returncode, out.stdout.split()) == (0, [h.names[1], home, "clean"]), out.stderr
+    assert subprocess.run([*agent, h.hosts[0].address, "exit 7"], timeout=30).returncode == 7
+    unknown = subprocess.run([*agent, "nosuchhost", "true"], capture_output=True, text=True, timeout=30)
+    assert unknown.returncode == 255 and "nosuchhost is not an emulated host" in unknown.stderr
 
 
 def test_mpirun_hostfile_one_rank_per_host(emulated_hosts):
