@@ -8,10 +8,12 @@ its modules says why it is built the way it is. What was needed, in short:
   default route, IPv6 off, its hostname in a UTS namespace bound to a file, and every name in a marked
   block of /etc/hosts (the root namespace must resolve them too, and an unknown name would go to DNS,
   off the machine). ``/etc/netns`` would not do: only ``ip netns exec`` applies it, nsenter does not.
-* **mpirun**: ``OMPI_MCA_plm_rsh_agent=tests/support/gmk-rsh`` and OpenMPI's run-as-root switches, that
-  is all. The agent behaves like ssh: the command's words joined for ``$SHELL -c`` (OpenMPI quotes
-  its MCA values for that remote shell), a clean ssh-like environment (so ranks are started with
-  absolute paths and ``-x VAR``), and it stays outside the host and exits 255 when the host dies. No
+* **mpirun**: ``OMPI_MCA_plm_rsh_agent=tests/support/gmk-rsh``, OpenMPI's run-as-root switches and
+  ``OMPI_MCA_hwloc_base_binding_policy=none`` (each orted thinks it has the machine to itself and would
+  bind its first rank to core 0, so all hosts' ranks shared one core), that is all. The agent behaves
+  like ssh: the command's words joined for ``$SHELL -c`` (OpenMPI quotes its MCA values for that
+  remote shell), a clean ssh-like environment (so ranks are started with absolute paths and
+  ``-x VAR``), and it stays outside the host and exits 255 when the host dies. No
   ``btl_tcp_if_include``/``oob_tcp_if_include``: inside a host the only non-loopback interface is its
   veth, and the root namespace's other addresses, which mpirun advertises to its daemons (192.0.2.2 on
   the project machine), fail at once with ENETUNREACH (no default route), so the daemons fall through to
@@ -61,8 +63,8 @@ KEEPALIVE = {"OMPI_MCA_oob_tcp_keepalive_time": "5", "OMPI_MCA_oob_tcp_keepalive
 
 
 def reports(stdout: str) -> list[dict]:
-    """The probe's JSON lines, in rank order."""
-    found = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    """The probe's JSON reports, in rank order (found anywhere: mpirun's own messages may sit between)."""
+    found = [json.loads(m) for m in re.findall(r"\{[^{}]*\}", stdout)]
     return sorted(found, key=lambda r: r["rank"])
 
 
@@ -127,6 +129,8 @@ def test_mpirun_hostfile_one_rank_per_host(emulated_hosts):
     assert [r["local_rank_env"] for r in ranks] == ["0"] * emulated_hosts.n
     n = emulated_hosts.n
     assert [r["mpi_sum"] for r in ranks] == [n * (n + 1) // 2] * n
+    # not bound: the hosts share this machine's cores, and binding would pin every host's rank to core 0
+    assert all(r["cpus"] == sorted(os.sched_getaffinity(0)) for r in ranks), ranks
 
 
 def test_horovod_allreduce_across_hosts(emulated_hosts):
@@ -143,7 +147,7 @@ def _lose_host(hosts, how: str, env: dict) -> tuple[float, str]:
     """Start an endless allreduce on every host, lose the last host (``kill`` or ``cut``), and return
     how many seconds mpirun took to end and everything it printed."""
     lost = hosts.hosts[-1]
-    cmd = ["mpirun", "--hostfile", str(hosts.hostfile), "-np", str(hosts.n), PY, "-u", str(PROBE), "--loop"]
+    cmd = ["mpirun", "--hostfile", str(hosts.hostfile), "-np", str(hosts.n), PY, str(PROBE), "--loop"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=hosts.state_dir, start_new_session=True)
     lines: list[str] = []
@@ -152,7 +156,7 @@ def _lose_host(hosts, how: str, env: dict) -> tuple[float, str]:
     def read():
         for line in proc.stdout:
             lines.append(line)
-            if sum('"ready"' in x for x in lines) == hosts.n:
+            if "".join(lines).count('"ready"') >= hosts.n:
                 ready.set()
 
     reader = threading.Thread(target=read, daemon=True)
@@ -228,6 +232,7 @@ def test_salloc_mpirun_across_hosts(slurm_cluster):
     assert [r["hostname"] for r in ranks] == slurm_cluster.nodes[:2]
     assert [r["local_rank_env"] for r in ranks] == ["0", "0"]
     assert [r["mpi_sum"] for r in ranks] == [3, 3]
+    assert all(r["cpus"] == sorted(os.sched_getaffinity(0)) for r in ranks), ranks
 
 
 # --- the fixtures themselves ---------------------------------------------------------------------------

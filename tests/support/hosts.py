@@ -294,12 +294,10 @@ class EmulatedHosts:
         return Path(path)
 
     def mpi_env(self, base: dict | None = None) -> dict:
-        """The environment for ``mpirun --hostfile`` over these hosts: the rsh agent, and OpenMPI's
-        run-as-root switches (the tests run as root). Nothing else is needed (see the module doc)."""
-        env = dict(os.environ if base is None else base)
+        """The environment for ``mpirun --hostfile`` over these hosts: the rsh agent, OpenMPI's
+        run-as-root switches (the tests run as root) and no binding (:func:`emulation_mpi_env`)."""
+        env = emulation_mpi_env(base)
         env["OMPI_MCA_plm_rsh_agent"] = str(self.rsh_agent)
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         return env
 
     def run(self, host, *cmd: str, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
@@ -326,6 +324,22 @@ class EmulatedHosts:
 
     def restore(self, host) -> None:
         sh("ip", "link", "set", self.host(host).link, "up")
+
+
+def emulation_mpi_env(base: dict | None = None) -> dict:
+    """OpenMPI settings every job on emulated hosts needs (values already in ``base`` win):
+
+    * ``OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)``: the tests run as root;
+    * ``OMPI_MCA_hwloc_base_binding_policy=none``: every emulated host is the same machine, but each
+      orted thinks its host is its own, so OpenMPI's default (bind to core for up to 2 ranks) pins
+      the first rank of every host to core 0: two "hosts" then share one core (seen with
+      ``--report-bindings``: both ranks ``[B/.]``). The same holds for mpirun inside SLURM jobs.
+    """
+    env = dict(os.environ if base is None else base)
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    env.setdefault("OMPI_MCA_hwloc_base_binding_policy", "none")
+    return env
 
 
 def install_sigterm_handler():

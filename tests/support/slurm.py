@@ -45,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .hosts import EmulatedHosts, register_daemon
+from .hosts import EmulatedHosts, emulation_mpi_env, register_daemon
 from .netns import HostSetupError, empty_netns, tool, wait_for, which
 
 CTLD_PORT, SLURMD_PORT = 26817, 26818
@@ -138,11 +138,11 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
 
     def env(self, base: dict | None = None) -> dict:
-        """Environment for the SLURM clients (and for mpirun inside jobs, which runs as root)."""
-        env = dict(os.environ if base is None else base)
+        """Environment for the SLURM clients: ``SLURM_CONF``, and for mpirun inside jobs (sbatch and
+        srun pass the environment on) what every job on emulated hosts needs (``emulation_mpi_env``:
+        run as root, no binding)."""
+        env = emulation_mpi_env(base)
         env["SLURM_CONF"] = str(self.conf)
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         return env
 
     # --- daemons -------------------------------------------------------------------------------
