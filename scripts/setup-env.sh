@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything gmmkit needs on a Debian machine, idempotently:
-#   1. system packages (OpenMPI, cmake, g++, Chromium for the browser test) through apt-get when missing;
+#   1. system packages (OpenMPI, cmake, g++, Chromium for the browser test, iproute2/procps/SLURM/munge for
+#      the emulated-host tests) through apt-get when missing;
 #   2. .venv with Python 3.11 and the pinned Python stack (pyproject.toml extras cpu,lab,test);
 #   3. Horovod 0.28.1 built from source with TensorFlow, MPI and Gloo, once per machine (a wheelhouse).
 # A second run only checks and returns. Override the interpreter with PYTHON=..., the venv with VENV=...
@@ -20,6 +21,13 @@ command -v mpicc  >/dev/null || need_apt+=(libopenmpi-dev)
 command -v cmake  >/dev/null || need_apt+=(cmake)
 command -v g++    >/dev/null || need_apt+=(g++)
 command -v chromium >/dev/null || need_apt+=(chromium)  # the browser test drives Debian's Chromium
+# emulated hosts and a real SLURM for the multi-host tests (tests/support/): network namespaces, veths
+# and sysctls; SLURM 22.05 (slurmctld, slurmd, srun/sbatch/salloc) with munge for its authentication
+have_sbin() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null; }  # not on a user's PATH
+have_sbin ip        || need_apt+=(iproute2)
+have_sbin sysctl    || need_apt+=(procps)
+have_sbin slurmctld || need_apt+=(slurm-wlm)
+have_sbin munged    || need_apt+=(munge)
 command -v "$PYTHON" >/dev/null || need_apt+=(python3 python3-venv python3-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else

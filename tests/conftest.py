@@ -17,6 +17,9 @@ NOTEBOOKS = ROOT / "notebooks"
 needs_horovod = pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
                                    reason="Horovod is not installed (make setup builds it)")
 
+# emulated hosts and a real SLURM (issue 17): fixtures emulated_hosts, slurm_cluster
+pytest_plugins = ["support.fixtures"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _phantom_cache(tmp_path_factory):
