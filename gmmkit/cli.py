@@ -149,7 +149,7 @@ def _flag_name(message: str) -> str:
 
 # Each subcommand lives in gmmkit/commands/<name>.py and exposes register(subparsers), which adds its
 # parser and sets func=run(args, parser) -> exit code. Order here is the order of `gmmkit --help`.
-COMMANDS = ("train", "sweep", "lr-find", "demo", "stop", "prepare-luna", "synthesize", "bench")
+COMMANDS = ("train", "sweep", "lr-find", "demo", "stop", "prepare-luna", "prepare-lidc", "synthesize", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
