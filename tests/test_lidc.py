@@ -15,13 +15,14 @@ import pytest
 
 from gmmkit.cli import main
 from gmmkit.data import lidc_db
-from gmmkit.data.lidc import LidcOptions, LidcSet, build_lidc, find_nodules, patient_split, prepare_lidc
+from gmmkit.data.lidc import (LidcOptions, LidcSet, build_lidc, find_nodules, nodule_cube, patient_split,
+                              prepare_lidc)
 from gmmkit.data.lidc_cache import cache_path, load_lidc
 from gmmkit.data.lidc_db import (Annotation, Contour, Nodule, Scan, all_nodules, annotation_diameter,
                                  annotation_mask, cluster_annotations, read_database,
                                  select_nodules)
 from gmmkit.data.lidc_intensity import Appearance, nodule_hu
-from gmmkit.data.lidc_shape import consensus_shape
+from gmmkit.data.lidc_shape import NoConsensus, consensus_shape
 from gmmkit.data.phantoms import CATEGORIES
 from gmmkit.errors import ConfigError, DatasetError
 
@@ -150,6 +151,16 @@ def test_consensus_of_a_ball_is_centred():
     assert shape.sdf_mm[0, 0, 0] > 8
 
 
+def test_readers_without_consensus_give_no_cube():
+    scan = Scan(id=1, series_uid="1.2.3", study_uid="1.2", patient_id="LIDC-IDRI-9999", slice_thickness=1.25,
+                pixel_spacing=0.7, slice_zvals=np.arange(80) * 1.25 - 40.3)
+    apart = Nodule(scan, (_sphere_annotation(1, np.array([0.0, 70.0, 140.0]), 3.0, scan),
+                          _sphere_annotation(2, np.array([0.0, 70.0, 149.0]), 3.0, scan)))  # 3 mm between them
+    with pytest.raises(NoConsensus, match=r"annotations \[1, 2\]: the readers' masks share no voxel"):
+        consensus_shape(apart)
+    assert nodule_cube(apart, LidcOptions()) is None
+
+
 def test_real_nodules_are_centred_and_large_ones_clipped(db):
     nodules = find_nodules(db, LidcOptions(min_readers=4, max_slice_thickness=0.75))
     for nodule in nodules[:6]:
@@ -201,6 +212,8 @@ def test_same_bytes_whatever_the_pool(small, tmp_path):
     assert _arrays_digest(again) == _arrays_digest(data)
     prepare_lidc(tmp_path / "a.npz", SMALL, progress=False)
     assert _arrays_digest(LidcSet.load(tmp_path / "a.npz")) == _arrays_digest(data)
+    data.save(tmp_path / "b.npz")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()  # the files too, byte for byte
     with np.load(tmp_path / "a.npz", allow_pickle=False) as f:
         assert f["seriesuid"].dtype.kind == "U" and f["annotation_ids"].shape == (6, 4)
 

@@ -42,8 +42,8 @@ def run(args, parser) -> int:
                           min_diameter_mm=args.min_diameter, cube=args.cube, spacing_mm=args.spacing)
     report = prepare_lidc(args.out, options, database=args.database, jobs=args.jobs, progress=not args.no_progress)
     if report.skipped:
-        print(f"gmmkit prepare-lidc: warning: {report.skipped} nodules skipped: none of their readers' contours "
-              f"encloses a voxel", file=sys.stderr, flush=True)
+        print(f"gmmkit prepare-lidc: warning: {report.skipped} of the {report.nodules + report.skipped} nodules "
+              f"skipped: their readers' masks share no voxel on average", file=sys.stderr, flush=True)
     print(f"wrote {report.nodules} cubes of {args.cube}^3 at {args.spacing:g} mm from {report.series} series "
           f"({report.patients} patients) to {args.out} in {report.seconds:.1f} s; {report.clipped} nodules reach "
           f"beyond the cube (--cube {2 * args.cube} keeps more of them whole)", flush=True)

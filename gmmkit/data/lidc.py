@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..config import MIN_CUBE
 from ..errors import ConfigError, DatasetError
@@ -55,7 +56,7 @@ from .intensity import HU_WINDOW, normalize_hu
 from .lidc_db import (CALCIFICATION_ABSENT, RATINGS, LidcDatabase, Nodule, cluster_annotations, read_database,
                       select_nodules)
 from .lidc_intensity import appearance, nodule_hu
-from .lidc_shape import consensus_shape
+from .lidc_shape import NoConsensus, consensus_shape
 
 GENERATOR_VERSION = 1  # bump when a cube's values change, to invalidate caches
 MAX_READERS = 4  # LIDC had four readers per scan
@@ -163,7 +164,7 @@ class Report:
     series: int
     patients: int
     clipped: int  # nodules whose consensus reaches beyond the cube
-    skipped: int  # nodules none of whose readers' contours enclose a voxel
+    skipped: int  # selected nodules without a cube: their readers' masks share no voxel on average
     seconds: float
 
 
@@ -177,11 +178,12 @@ def find_nodules(db: LidcDatabase, options: LidcOptions) -> tuple[Nodule, ...]:
 
 
 def nodule_cube(nodule: Nodule, options: LidcOptions) -> tuple[np.ndarray, dict] | None:
-    """One nodule's normalised cube and what was measured on it, or None when no reader's contour encloses
-    a voxel. Depends only on the nodule, the options and the generator version."""
+    """One nodule's normalised cube and what was measured on it, or None when its readers have no consensus
+    (:class:`~gmmkit.data.lidc_shape.NoConsensus`). Depends only on the nodule, the options and the generator
+    version."""
     try:
         shape = consensus_shape(nodule, options.cube, options.spacing_mm)
-    except ValueError:
+    except NoConsensus:
         return None
     per_reader = {name: np.array([a.rating(name) for a in nodule.annotations]) for name in RATINGS}
     look = appearance(per_reader["texture"], per_reader["calcification"], per_reader["internalStructure"],
@@ -200,8 +202,6 @@ def _cube_task(task):
 
 def _cubes(nodules: tuple[Nodule, ...], options: LidcOptions, jobs: int, progress: bool):
     """Every nodule's :func:`nodule_cube`, in order, in this process (jobs=1) or in a pool of ``jobs``."""
-    from tqdm.auto import tqdm
-
     tasks = [(n, options) for n in nodules]
     with tqdm(total=len(tasks), desc="nodules", unit="nodule", disable=not progress) as bar:
         if jobs == 1 or len(tasks) <= 1:
@@ -211,7 +211,8 @@ def _cubes(nodules: tuple[Nodule, ...], options: LidcOptions, jobs: int, progres
             return
         # forkserver/spawn: the workers start clean even when the caller has threads (TensorFlow, Jupyter, MPI)
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(tasks)), multiprocessing.get_context(method)) as pool:
+        context = multiprocessing.get_context(method)
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(tasks)), context) as pool:
             for result in pool.map(_cube_task, tasks, chunksize=8):
                 yield result
                 bar.update()
@@ -235,6 +236,9 @@ def build_lidc(options: LidcOptions = LidcOptions(), database: str | os.PathLike
             kept.append(nodule)
             cubes.append(result[0])
             infos.append(result[1])
+    if not kept:
+        raise DatasetError(f"none of the {len(nodules)} selected LIDC nodules has a consensus shape: their readers' "
+                           f"masks share no voxel on average")
     width = max(MAX_READERS, max(n.readers for n in kept))
     ids = np.full((len(kept), width), -1, dtype=np.int64)
     for row, nodule in enumerate(kept):
@@ -264,7 +268,6 @@ def prepare_lidc(out: str | os.PathLike, options: LidcOptions = LidcOptions(),
     """Build the set (:func:`build_lidc`) and write it to ``out`` (a ``.npz``), atomically: an existing file
     is replaced only by the whole new one, and nothing is written when anything fails."""
     out = check_output(out)
-    options.validate()
     data, report = build_lidc(options, database, jobs, progress)
     data.save(out)
     return report

@@ -16,8 +16,9 @@ relative positions matter here). The cube's axes are (z, y, x), like every gmmki
 The centre: the centroid (mean position, each voxel weighted by its volume) of the consensus, the voxels
 of the scan grid where the mean field is negative. Voxel ``k`` of the cube lies ``(k - (cube - 1) / 2) *
 spacing_mm`` from it along each axis (as :func:`gmmkit.data.luna.cube_points`), so the centroid is the
-cube's exact centre. Should the readers' masks not overlap at all (the mean field nowhere negative), the
-centre is the centroid of the voxels where the mean field is lowest.
+cube's exact centre. Where the readers' masks overlap too little for the mean field to be negative anywhere
+(pylidc's clustering sometimes groups 5 to 8 annotations of neighbouring nodules), there is no consensus:
+:func:`consensus_shape` raises :class:`NoConsensus`.
 
 The distance transform assumes evenly spaced slices; a few LIDC scans have a missing or doubled slice. The
 field then uses the median spacing while the resampling places every slice at its true position.
@@ -33,6 +34,10 @@ from scipy import ndimage
 from .lidc_db import Nodule, annotation_mask
 
 MARGIN_VOXELS = 2  # beyond the cube on the scan grid, so that its border voxels interpolate between real samples
+
+
+class NoConsensus(ValueError):
+    """The readers' masks of a nodule share no voxel on average: there is no shape to build."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,13 +70,13 @@ def _slice_positions(zvals: np.ndarray, first: int, count: int, step: float) -> 
 
 def consensus_shape(nodule: Nodule, cube: int = 16, spacing_mm: float = 1.0) -> Consensus:
     """The readers' mean signed distance field of ``nodule`` on a ``cube``-voxel isotropic grid centred on
-    the consensus centroid (see the module docstring). Raises ValueError when no reader's contours enclose
-    a voxel."""
+    the consensus centroid (see the module docstring). Raises :class:`NoConsensus` when no reader's contours
+    enclose a voxel, or when the readers' mean field is nowhere negative."""
     scan = nodule.scan
     masks = [annotation_mask(a, scan) for a in nodule.annotations]
     masks = [(m, box) for m, box in masks if m.any()]
     if not masks:
-        raise ValueError(f"annotations {list(nodule.annotation_ids)}: no reader's contours enclose a voxel")
+        raise NoConsensus(f"annotations {list(nodule.annotation_ids)}: no reader's contours enclose a voxel")
     ps, dz = scan.pixel_spacing, scan.slice_spacing
     half = cube * spacing_mm / 2.0
     # the scan grid: the readers' boxes, padded so that a cube centred anywhere inside them fits, plus a margin
@@ -92,14 +97,14 @@ def consensus_shape(nodule: Nodule, cube: int = 16, spacing_mm: float = 1.0) -> 
     x = (lo[1] + np.arange(shape[1])) * ps
     inside = mean < 0
     if not inside.any():
-        inside = mean == mean.min()
+        raise NoConsensus(f"annotations {list(nodule.annotation_ids)}: the readers' masks share no voxel on average")
     # voxel volumes: slices may be unevenly spaced, each counts for half the gaps to its neighbours
     dzk = np.gradient(z) if len(z) > 1 else np.array([dz])
     weight = inside * dzk[None, None, :]
     total_weight = float(weight.sum())
     centre = np.array([float((weight.sum(axis=(0, 1)) * z).sum()), float((weight.sum(axis=(1, 2)) * y).sum()),
                        float((weight.sum(axis=(0, 2)) * x).sum())]) / total_weight
-    volume = float((mean < 0).sum(axis=(0, 1)) @ dzk) * ps * ps
+    volume = float(inside.sum(axis=(0, 1)) @ dzk) * ps * ps
 
     offsets = (np.arange(cube, dtype=np.float64) - (cube - 1) / 2.0) * spacing_mm
     cz, cy, cx = centre[0] + offsets, centre[1] + offsets, centre[2] + offsets
@@ -110,8 +115,7 @@ def consensus_shape(nodule: Nodule, cube: int = 16, spacing_mm: float = 1.0) -> 
     sampled = ndimage.map_coordinates(mean, [gi.ravel(), gj.ravel(), gk.ravel()], order=1, mode="nearest")
     sdf = sampled.reshape(cube, cube, cube).transpose(2, 0, 1)  # (i, j, k) -> (z, y, x)
 
-    core = mean < 0
     outside_cube = ((np.abs(y - centre[1]) > half)[:, None, None] | (np.abs(x - centre[2]) > half)[None, :, None]
                     | (np.abs(z - centre[0]) > half)[None, None, :])
     return Consensus(sdf_mm=np.ascontiguousarray(sdf, dtype=np.float32), centre_mm=centre, volume_mm3=volume,
-                     clipped=bool((core & outside_cube).any()), readers_with_shape=len(masks))
+                     clipped=bool((inside & outside_cube).any()), readers_with_shape=len(masks))
