@@ -269,7 +269,10 @@ def prepare_lidc(out: str | os.PathLike, options: LidcOptions = LidcOptions(),
     is replaced only by the whole new one, and nothing is written when anything fails."""
     out = check_output(out)
     data, report = build_lidc(options, database, jobs, progress)
-    data.save(out)
+    try:
+        data.save(out)
+    except OSError as exc:  # what check_output could not foresee (a full disk, a pseudo file system)
+        raise DatasetError(f"--out (out) {out}: cannot write it ({exc.strerror or exc})") from None
     return report
 
 
@@ -277,12 +280,12 @@ def check_output(out: str | os.PathLike) -> Path:
     """``out`` checked before any work: a ``.npz`` file name in a folder that exists or can be created."""
     path = Path(out)
     if path.suffix != ".npz":
-        raise DatasetError(f"out (--out) {out}: expected a file name ending in .npz")
+        raise DatasetError(f"--out (out): expected a file name ending in .npz, received {str(out)!r}")
     if path.is_dir():
-        raise DatasetError(f"out (--out) {out}: expected a file, found a folder")
+        raise DatasetError(f"--out (out) {out}: expected a file, found a folder")
     existing = next(p for p in path.absolute().parents if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise DatasetError(f"out (--out) {out}: cannot write in {existing}")
+        raise DatasetError(f"--out (out) {out}: cannot write in {existing}")
     return path
 
 
