@@ -15,6 +15,7 @@ RUN_FLAGS = [
 ]
 LUNA = ["prepare-luna", "--scans", ".", "--annotations", "a.csv"]
 SYNTH = ["synthesize", "--run", "run", "--out", "new"]
+LIDC = ["prepare-lidc", "--out", "lidc.npz"]
 BAD_FLAGS = [
     *[([command, flag, value], flag) for command in ("train", "sweep", "lr-find") for flag, value in RUN_FLAGS],
     (["train", "--phantoms", "40", "--val-size", "8", "--train-size", "4", "--batch-size", "8", "--components", "2",
@@ -46,6 +47,15 @@ BAD_FLAGS = [
     ([*LUNA, "--out", "cubes.npz", "--spacing", "0"], "--spacing"),
     ([*LUNA, "--out", "cubes.npz", "--spacing", "inf"], "--spacing"),
     ([*LUNA, "--out", "cubes.npz", "--jobs", "0"], "--jobs"),
+    (["prepare-lidc", "--out", "lidc.txt"], "--out"),
+    (["prepare-lidc", "--out", "file/lidc.npz"], "--out"),
+    ([*LIDC, "--min-readers", "0"], "--min-readers"),
+    ([*LIDC, "--max-slice-thickness", "0"], "--max-slice-thickness"),
+    ([*LIDC, "--min-diameter", "-1"], "--min-diameter"),
+    ([*LIDC, "--cube", "8"], "--cube"),
+    ([*LIDC, "--spacing", "inf"], "--spacing"),
+    ([*LIDC, "--jobs", "0"], "--jobs"),
+    ([*LIDC, "--database", "missing.sqlite"], "--database"),
     (["synthesize", "--run", "nowhere", "--out", "new"], "--run"),
     (["synthesize", "--run", "run", "--out", "file/new"], "--out"),
     ([*SYNTH, "--n", "0"], "--n"),
@@ -73,7 +83,8 @@ NO_BAD_VALUE = {
     ("gmmkit", "--help"), ("gmmkit", "--version"), *((command, "--help") for command in COMMANDS),
     ("train", "--simulate"), ("train", "--resume"), ("train", "--overwrite"), ("sweep", "--simulate"),
     ("sweep", "--no-calibrate"), ("sweep", "--overwrite"), ("demo", "--overwrite"), ("synthesize", "--overwrite"),
-    ("prepare-luna", "--no-progress"), ("synthesize", "--hu"), ("synthesize", "--no-progress"),
+    ("prepare-luna", "--no-progress"), ("prepare-lidc", "--no-progress"), ("synthesize", "--hu"),
+    ("synthesize", "--no-progress"),
     ("bench", "--quick"),
 }
 

