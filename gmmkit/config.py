@@ -21,7 +21,7 @@ from .strategies import STRATEGIES
 
 # Validation MSLE the sequential run reaches after 100 epochs on the default data set: the paper's rule
 # (README "Default target loss" has the measurement and the command that repeats it).
-DEFAULT_TARGET_LOSS = 0.002988
+DEFAULT_TARGET_LOSS = 0.004023
 
 # The data sets gmmkit builds itself (gmmkit.data.sources); any other dataset is a .npz path.
 BUILT_IN = ("lidc", "phantoms")
