@@ -21,7 +21,8 @@ from ..model.deepdensity import from_config, per_sample_msle
 from ..parallel import distributed
 from ..parallel.launch import launcher_rank
 from .optimizer import Adam
-from .rundir import FINISHED, RunDir, changes
+from .resume import changes
+from .rundir import FINISHED, RunDir
 from ..signals import StopFlag, stop_on_signals
 
 EVAL_BATCH = 256
@@ -271,7 +272,7 @@ def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool 
 
     ``cfg.out`` must hold no run, unless ``overwrite`` (the run there is replaced once this one starts) or
     ``resume`` (the run there continues from its last checkpoint and its own config, see
-    :func:`gmmkit.training.rundir.resume_config`; a run that reached its target or diverged is reported,
+    :func:`gmmkit.training.resume.resume_config`; a run that reached its target or diverged is reported,
     not trained on). ``callbacks`` are called on rank 0 with each epoch's metrics record. ``stop`` ends the
     run after the current step with status ``stopped``; so does a ``STOP`` file in the run directory, and
     SIGINT or SIGTERM when ``handle_signals`` is set. Any exception writes ``status: failed`` with the error
