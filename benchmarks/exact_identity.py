@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import gmmkit  # noqa: E402,F401  (oneDNN on before TensorFlow loads)
-from gmmkit import distributed, strategies  # noqa: E402
+from gmmkit import strategies  # noqa: E402
+from gmmkit.parallel import distributed  # noqa: E402
 
 
 def parse(argv=None):

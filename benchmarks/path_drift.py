@@ -1,6 +1,7 @@
 """How far a real 2-rank strong-scaling run drifts from the sequential run, over seeds.
 
     .venv/bin/python benchmarks/path_drift.py --seeds 0-7 --json benchmarks/path-drift.json
+    .venv/bin/python benchmarks/path_drift.py --seeds 0-3 --exact --json benchmarks/path-drift-exact.json
 
 For each seed (weight initialisation and sample order, ``train.seed``) it runs the paper's model on 512
 synthetic samples, batch 32, with ``gmmkit train`` on 1 and on 2 Horovod ranks, and prints the relative
@@ -8,6 +9,10 @@ difference of the validation losses after each epoch. Every step of the two agre
 (tests/test_training.py, the two-shares test); this measures what Adam makes of those last bits over
 whole epochs, which depends on the path, so one seed says little: compare versions over several.
 About 45 s a seed on 2 cores.
+
+``--exact`` runs each seed in both modes, the default one and exact mode (``train.exact``, 32 micro-shards
+of one sample), and prints both drifts side by side: exact mode's is 0 by construction, which the script
+checks on every loss rather than assumes.
 """
 from __future__ import annotations
 
@@ -51,21 +56,28 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=seeds_arg, default=seeds_arg("0-7"))
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--exact", action="store_true", help="also each seed in exact mode, beside the default mode")
     args = p.parse_args(argv)
+    modes = (False, True) if args.exact else (False,)
     rows = []
     for seed in args.seeds:
-        cfg = RunConfig().replace(data={"dataset": "phantoms", "size": 576, "train_size": 512, "val_size": 64},
-                                  train={"epochs": args.epochs, "target_loss": None, "threads": 1,
-                                         "strategy": "strong", "seed": seed})
-        with tempfile.TemporaryDirectory(prefix="gmmkit-drift-") as tmp:
-            one = val_losses(cfg.replace(out=os.path.join(tmp, "n1")))
-            two = val_losses(cfg.replace(train={"workers": 2}, out=os.path.join(tmp, "n2")))
-        rel = [abs(a - b) / a for a, b in zip(one, two)]
-        rows.append({"seed": seed, "n1": one, "n2": two, "rel": rel})
-        print(f"seed {seed}: " + ", ".join(f"epoch {e + 1}: {r:.1e}" for e, r in enumerate(rel)), flush=True)
-    for e in range(args.epochs):
-        rels = [r["rel"][e] for r in rows]
-        print(f"epoch {e + 1}: median {statistics.median(rels):.1e}, largest {max(rels):.1e}")
+        for exact in modes:
+            cfg = RunConfig().replace(data={"dataset": "phantoms", "size": 576, "train_size": 512, "val_size": 64},
+                                      train={"epochs": args.epochs, "target_loss": None, "threads": 1,
+                                             "strategy": "strong", "seed": seed, "exact": exact})
+            with tempfile.TemporaryDirectory(prefix="gmmkit-drift-") as tmp:
+                one = val_losses(cfg.replace(out=os.path.join(tmp, "n1")))
+                two = val_losses(cfg.replace(train={"workers": 2}, out=os.path.join(tmp, "n2")))
+            rel = [abs(a - b) / a for a, b in zip(one, two)]
+            rows.append({"seed": seed, "exact": exact, "n1": one, "n2": two, "rel": rel, "bitwise": one == two})
+            print(f"seed {seed}{' exact' if exact else ''}: "
+                  + ", ".join(f"epoch {e + 1}: {r:.1e}" for e, r in enumerate(rel))
+                  + (", identical to the last bit" if one == two else ""), flush=True)
+    for exact in modes:
+        for e in range(args.epochs):
+            rels = [r["rel"][e] for r in rows if r["exact"] == exact]
+            print(f"{'exact' if exact else 'default'} mode, epoch {e + 1}: median {statistics.median(rels):.1e}, "
+                  f"largest {max(rels):.1e}")
     if args.json:
         atomic_write_json(args.json, {"seeds": rows, "epochs": args.epochs, "train_size": 512, "batch": 32})
     return 0

@@ -58,6 +58,10 @@ def add_run_flags(p: argparse.ArgumentParser, out_default: str = "runs/latest") 
     g.add_argument("--warmup-epochs", type=int, default=d.train.warmup_epochs, metavar="E")
     g.add_argument("--seed", type=int, default=d.train.seed)
     g.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default: cores / ranks)")
+    g.add_argument("--exact", action="store_true",
+                   help="the same optimisation path to the last bit on any number of ranks (micro-shards, exact sums)")
+    g.add_argument("--micro-shards", type=int, default=None, metavar="M",
+                   help="exact mode: micro-shards per base batch (default: the batch size, one sample each)")
     p.add_argument("--out", default=out_default, metavar="DIR")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="start from this config.json; flags given explicitly override it")
@@ -89,7 +93,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
                         epochs=pick("epochs", base.train.epochs),
                         target_loss=pick("target_loss", base.train.target_loss),
                         warmup_epochs=pick("warmup_epochs", base.train.warmup_epochs),
-                        seed=pick("seed", base.train.seed), threads=pick("threads", base.train.threads))
+                        seed=pick("seed", base.train.seed), threads=pick("threads", base.train.threads),
+                        exact=pick("exact", base.train.exact), micro_shards=pick("micro_shards", base.train.micro_shards))
     for dest, key in (("strategy", "strategy"), ("workers", "workers")):
         if dest in vars(args):
             raw["train"][key] = pick(dest, base.train.__dict__[key])
@@ -104,6 +109,7 @@ FLAG_OF_FIELD = {
     "model.components": "--components", "train.batch_size": "--batch-size", "train.lr": "--lr",
     "train.epochs": "--epochs", "train.target_loss": "--target-loss", "train.seed": "--seed",
     "train.warmup_epochs": "--warmup-epochs", "train.threads": "--threads", "train.strategy": "--strategy",
+    "train.exact": "--exact", "train.micro_shards": "--micro-shards",
     "train.workers": "--workers", "out": "--out",
 }
 

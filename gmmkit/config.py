@@ -75,6 +75,13 @@ class TrainConfig:
     warmup_epochs: int = 5
     seed: int = 0
     threads: Optional[int] = None  # CPU threads per rank; None: cores / local ranks
+    exact: bool = False  # the same path to the last bit on any number of ranks (gmmkit.training.exact)
+    micro_shards: Optional[int] = None  # exact only: micro-shards per base batch; None: the batch size
+
+    @property
+    def micro_batch(self) -> int:
+        """Samples per micro-shard in exact mode: the base batch cut into ``micro_shards``."""
+        return self.batch_size // (self.micro_shards or self.batch_size)
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -97,6 +104,16 @@ class TrainConfig:
         if self.strategy == "strong" and self.workers > self.batch_size:
             checks.fail("train.workers", f"at most batch_size={self.batch_size} for strong scaling "
                   "(each worker needs at least one sample of the global batch)", self.workers)
+        if not isinstance(self.exact, bool):
+            checks.fail("train.exact", "true or false", self.exact)
+        if self.micro_shards is not None:
+            checks.positive_int("train.micro_shards", self.micro_shards)
+            if self.batch_size % self.micro_shards:
+                checks.fail("train.micro_shards", f"a divisor of batch_size={self.batch_size} (micro-shards of "
+                            "equal size)", self.micro_shards)
+        if self.exact and self.strategy == "strong" and self.workers > (self.micro_shards or self.batch_size):
+            checks.fail("train.workers", f"at most micro_shards={self.micro_shards or self.batch_size} in exact "
+                        "mode (each worker needs at least one micro-shard of the global batch)", self.workers)
 
 
 @dataclass

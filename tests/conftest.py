@@ -1,7 +1,10 @@
 """Shared test helpers: quiet TensorFlow, a private phantom cache, one tiny-config builder, one Horovod
-marker, one notebook executor."""
+marker, one notebook executor, ``gmmkit train`` as a user runs it."""
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -10,6 +13,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 from gmmkit.config import RunConfig  # noqa: E402
+from gmmkit.files import read_jsonl  # noqa: E402
+from gmmkit.parallel.launch import mpi_env, mpirun_command  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -77,3 +82,22 @@ def notebook_text(nb) -> str:
         parts.append(output.get("text", ""))
         parts.extend(str(v) for k, v in output.get("data", {}).items() if k.startswith("text/"))
     return "\n".join(parts)
+
+
+def gmmkit_train(cfg, *flags, mpirun=None, timeout=900):
+    """``gmmkit train --config cfg.json FLAGS`` as a user types it (optionally under ``mpirun -np N``)."""
+    out = cfg.out
+    os.makedirs(out, exist_ok=True)
+    cfg_file = os.path.join(out, "input-config.json")
+    with open(cfg_file, "w") as fh:
+        fh.write(cfg.to_json())
+    cmd = [sys.executable, "-m", "gmmkit", "train", "--config", cfg_file, *flags]
+    if mpirun:
+        cmd = mpirun_command(mpirun, cmd)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env())
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout, json.loads((open(os.path.join(out, "summary.json")).read()))
+
+
+def losses(run_dir, key="val_loss"):
+    return [r[key] for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))]

@@ -130,6 +130,9 @@ def test_timers_take_turns_and_each_keeps_its_own_times():
             self.key, self.seconds = key, seconds
             self.data = SimpleNamespace(train=np.zeros((4, 2, 2, 2), np.float32))
 
+        def batch_of(self, indices):
+            return self.data.train[indices]
+
         def step(self, x, batch):
             assert x.shape == (8, 2, 2, 2) and batch == 8  # the batch is tiled up from a smaller split
             log.append(self.key)

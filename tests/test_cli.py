@@ -12,6 +12,7 @@ RUN_FLAGS = [
     ("--val-size", "0"), ("--cube", "8"), ("--components", "0"), ("--batch-size", "0"), ("--lr", "-1"),
     ("--epochs", "0"), ("--target-loss", "-1"), ("--target-loss", "abc"), ("--warmup-epochs", "-1"),
     ("--seed", "-1"), ("--threads", "0"), ("--out", "file/run"), ("--out", "file"), ("--config", "missing.json"),
+    ("--micro-shards", "5"),
 ]
 LUNA = ["prepare-luna", "--scans", ".", "--annotations", "a.csv"]
 SYNTH = ["synthesize", "--run", "run", "--out", "new"]
@@ -22,6 +23,7 @@ BAD_FLAGS = [
       "--threads", "1"], "--train-size"),  # fewer training cubes than one batch: refused before the run starts
     (["frobnicate"], "COMMAND"),
     (["train", "--workers", "64"], "--workers"),
+    (["train", "--exact", "--micro-shards", "4", "--workers", "8"], "--workers"),
     (["train", "--workers", "0"], "--workers"),
     (["train", "--strategy", "fast"], "--strategy"),
     (["train", "--launcher", "srun"], "--launcher"),
@@ -85,7 +87,8 @@ BAD_FLAGS = [
 # in BAD_FLAGS or an entry here (test_every_flag_has_a_bad_value_test).
 NO_BAD_VALUE = {
     ("gmmkit", "--help"), ("gmmkit", "--version"), *((command, "--help") for command in COMMANDS),
-    ("train", "--simulate"), ("train", "--resume"), ("train", "--overwrite"), ("sweep", "--simulate"),
+    ("train", "--simulate"), ("train", "--resume"), ("train", "--exact"), ("sweep", "--exact"),
+    ("lr-find", "--exact"), ("train", "--overwrite"), ("sweep", "--simulate"),
     ("sweep", "--no-calibrate"), ("sweep", "--overwrite"), ("demo", "--overwrite"), ("reproduce", "--overwrite"), ("reproduce", "--no-progress"), ("synthesize", "--overwrite"),
     ("prepare-luna", "--no-progress"), ("prepare-lidc", "--no-progress"), ("synthesize", "--hu"),
     ("synthesize", "--no-progress"),

@@ -18,7 +18,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gmmkit.launch import mpi_env
+from gmmkit.parallel.launch import mpi_env
 from gmmkit.training import exact_sum as xs
 from gmmkit.training.exact import ExactStep, evaluation_chunks, local_micro_shards, shard_range
 
@@ -303,7 +303,7 @@ import gmmkit  # noqa: F401
 import tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(2)
-from gmmkit import distributed
+from gmmkit.parallel import distributed
 from gmmkit.data import generate_phantoms
 from gmmkit.model import build_deepdensity, per_sample_msle
 from gmmkit.training import exact_sum as xs

@@ -3,40 +3,18 @@
 Each rank is a separate process with one TensorFlow thread; n = 3 oversubscribes a 2-core machine, which
 is fine for correctness. The sequential reference is the shared 3-epoch run of ``conftest.reference``.
 """
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from gmmkit.files import read_jsonl
-from gmmkit.parallel.launch import mpi_env, mpirun_command
 from gmmkit.strategies import learning_rate
 from gmmkit.training import train
 
+from conftest import gmmkit_train, losses
+
 pytestmark = pytest.mark.mpi
 RTOL = 1e-4  # float32 reduction order differs between 1 and n ranks
-
-
-def gmmkit_train(cfg, *flags, mpirun=None, timeout=900):
-    """``gmmkit train --config cfg.json FLAGS`` as a user types it (optionally under ``mpirun -np N``)."""
-    out = cfg.out
-    os.makedirs(out, exist_ok=True)
-    cfg_file = os.path.join(out, "input-config.json")
-    with open(cfg_file, "w") as fh:
-        fh.write(cfg.to_json())
-    cmd = [sys.executable, "-m", "gmmkit", "train", "--config", cfg_file, *flags]
-    if mpirun:
-        cmd = mpirun_command(mpirun, cmd)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env())
-    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout, json.loads((open(os.path.join(out, "summary.json")).read()))
-
-
-def losses(run_dir, key="val_loss"):
-    return [r[key] for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))]
 
 
 def test_strong_scaling_on_two_ranks_is_sequential_and_resumes(reference, tmp_path):

@@ -15,6 +15,8 @@ gradient averaging     :meth:`HorovodContext.sum_gradients`: ``hvd.grouped_allre
 metric reduction       :meth:`HorovodContext.sum`: sums of losses and sample counts over ranks
 initial broadcast      :meth:`HorovodContext.broadcast_variables` from rank 0
 idle wait              :meth:`HorovodContext.barrier`: a barrier that sleeps instead of spinning
+exact sums             :meth:`HorovodContext.exact_reductions`: an int32 max and an int64 sum,
+                       grouped, for exact mode's fixed-point gradients
 rank-0-only writes     ``context.is_chief``, checked by :mod:`gmmkit.training.rundir`
 allreduce timing       :func:`allreduce_probe`: Horovod against plain MPI, for the wall-time model
 =====================  ==========================================================================
@@ -42,6 +44,7 @@ class LocalContext:
     backend = "local"
     rank, size, local_rank, local_size = 0, 1, 0, 1
     is_chief = True
+    threads = 1
 
     def sum_gradients(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         return list(grads)
@@ -54,6 +57,10 @@ class LocalContext:
 
     def barrier(self) -> None:
         pass
+
+    def exact_reductions(self) -> tuple[None, None]:
+        """The max and sum of exact mode across ranks: none in one process."""
+        return None, None
 
 
 class HorovodContext:
@@ -81,6 +88,13 @@ class HorovodContext:
     def broadcast_variables(self, variables: Sequence[tf.Variable]) -> None:
         self.hvd.broadcast_variables(list(variables), root_rank=0)
 
+    def exact_reductions(self):
+        """The max and sum of exact mode across ranks (:class:`gmmkit.training.exact.ExactStep`): grouped
+        integer allreduces, exact whatever algorithm Horovod uses."""
+        hvd = self.hvd
+        return (lambda tensors: hvd.grouped_allreduce(list(tensors), op=hvd.Max),
+                lambda tensors: hvd.grouped_allreduce(list(tensors), op=hvd.Sum))
+
     def barrier(self) -> None:
         """Wait for every rank, sleeping: a rank that waits leaves its core to the ones still working (a
         plain MPI barrier spins)."""
@@ -91,42 +105,48 @@ class HorovodContext:
             time.sleep(0.002)
 
 
-def init(threads: int | None = None, use_horovod: bool | None = None):
+def init(threads: int | None = None, use_horovod: bool | None = None, exact: bool = False):
     """Join the Horovod job this process belongs to (or run alone) and configure devices.
 
     ``use_horovod=None`` decides from the environment (:func:`launched_in_parallel`).
-    ``threads``: CPU threads per rank, default ``cores / local ranks``.
+    ``threads``: CPU threads per rank, default ``cores / local ranks``; ``exact``: see
+    :func:`configure_devices`. The context's ``threads`` says what the rank got.
     """
     if use_horovod is None:
         use_horovod = launched_in_parallel()
     ctx = HorovodContext() if use_horovod else LocalContext()
-    configure_devices(ctx.local_rank, ctx.local_size, threads)
+    ctx.threads = configure_devices(ctx.local_rank, ctx.local_size, threads, exact)
     return ctx
 
 
-def configure_devices(local_rank: int, local_size: int, threads: int | None) -> None:
-    """One GPU per local rank (memory growth on), and ``threads`` CPU threads (default ``cores / local_size``).
+def configure_devices(local_rank: int, local_size: int, threads: int | None, exact: bool = False) -> int:
+    """One GPU per local rank (memory growth on), and ``threads`` CPU threads (default ``cores / local_size``);
+    returns the thread count. ``exact``: one intra-op thread (oneDNN's results change with it) and the
+    threads as inter-op threads, on which exact mode computes micro-shards side by side; on GPUs,
+    TensorFlow's deterministic ops.
 
     TensorFlow fixes both when it first runs an op: in a process where it already ran (a notebook kernel,
     a reused engine) they can no longer change, which is fine if they were set the same way before; a
-    different thread count is warned about."""
-    import tensorflow as tf
-
+    different thread count is warned about (exact mode itself refuses more than one intra-op thread)."""
     cores = available_cores()
     threads = threads or max(1, cores // max(local_size, 1))
+    intra, inter = (1, max(2, threads)) if exact else (threads, min(2, threads))
     try:
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
             gpu = gpus[local_rank % len(gpus)]
             tf.config.set_visible_devices(gpu, "GPU")
             tf.config.experimental.set_memory_growth(gpu, True)
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+            if exact:
+                tf.config.experimental.enable_op_determinism()
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError:
         current = tf.config.threading.get_intra_op_parallelism_threads() or cores  # 0: TF's default, every core
-        if current != threads:
-            warnings.warn(f"TensorFlow already runs with {current} threads per rank; asked for {threads}",
+        if current != intra:
+            warnings.warn(f"TensorFlow already runs with {current} threads per rank; asked for {intra}",
                           RuntimeWarning, stacklevel=3)
+    return threads
 
 
 def shutdown() -> None:

@@ -16,11 +16,14 @@ def time_to_target_figure(rows) -> go.Figure:
     fig = go.Figure()
     for strategy in dict.fromkeys(r.strategy for r in rows):
         pts = [r for r in rows if r.strategy == strategy]
+        exact = all(r.exact for r in pts if r.mode != "skipped")
         fig.add_trace(go.Scatter(
             x=[r.workers for r in pts],
             y=[r.time_s if r.status == "reached_target" else None for r in pts],
-            mode="lines+markers", name=strategy, line={"color": STRATEGY_COLOURS.get(strategy)},
-            text=[f"{r.mode}, {r.status}, {r.epochs} epochs" for r in pts], connectgaps=False))
+            mode="lines+markers", name=f"{strategy} (exact)" if exact else strategy,
+            line={"color": STRATEGY_COLOURS.get(strategy)},
+            text=[f"{r.mode}{', exact' if r.exact else ''}, {r.status}, {r.epochs} epochs" for r in pts],
+            connectgaps=False))
     fig.update_layout(title="Time to target loss (Fig. 2)", xaxis={"title": "workers (GPUs)", "type": "log"},
                       yaxis={"title": "seconds (measured where real, predicted where simulated)", "type": "log"},
                       template="plotly_white")
@@ -45,15 +48,22 @@ def loss_curves_figure(curves: dict, strategy: str, target: float | None, title:
 
 
 def write_figures(rows, curves: dict, out: Path, target: float | None) -> list[Path]:
-    """Write the four figures next to the tables; returns their paths."""
+    """Write the four figures next to the tables (exact runs named in the titles); returns their paths."""
     strategies = {r.strategy for r in rows}
+    exact = {r.strategy for r in rows if r.exact}
     warm_n = max((n for (s, n) in curves if s == "warmup"), default=None)
     figures = {"fig2_time_to_target.html": time_to_target_figure(rows)}
     if warm_n:
         figures["fig3_warmup_loss.html"] = loss_curves_figure(
-            curves, "warmup", target, f"Warm-up with {warm_n} workers (Fig. 3)", workers=[warm_n])
+            curves, "warmup", target, f"Warm-up with {warm_n} workers{_exact('warmup', exact)} (Fig. 3)",
+            workers=[warm_n])
     for strategy, name, fig_no in (("strong", "fig4_strong_losses.html", 4), ("weak", "fig5_weak_losses.html", 5)):
         if strategy in strategies:
             figures[name] = loss_curves_figure(curves, strategy, target,
-                                               f"{strategy.capitalize()} scaling losses (Fig. {fig_no})")
+                                               f"{strategy.capitalize()} scaling losses{_exact(strategy, exact)} "
+                                               f"(Fig. {fig_no})")
     return [write_html(fig, Path(out) / name) for name, fig in figures.items()]
+
+
+def _exact(strategy: str, exact: set) -> str:
+    return ", exact mode" if strategy in exact else ""

@@ -15,6 +15,8 @@ key                         what it is
                             each T the median of three epochs, the two taking turns in one 2-rank job
 ``strong_efficiency_        the same efficiency as a product of four factors measured step by step in
 factors``                   that job: batch split, shared host, Horovod, rest (:func:`efficiency_factors`)
+``exact_overhead``          a whole exact training step (``train.exact``, M micro-shards of the batch of 32)
+                            over a default one, at M = 2, 8 and 32, the three and the default taking turns
 ``growth``                  step time against K and cube size, epoch time against the data set size,
                             and the fitted T(n) = Ts + Tp/n + c log2(n) predicted out to 32 workers
 ``notebook_latency_s``      from Start on the dashboard to the first streamed epoch, 2 MPI engines
@@ -45,7 +47,8 @@ from .perfmodel import from_measurements, measure_allreduce, measure_compute, ti
 
 MATMUL_N = 1024  # the dense-matmul reference: (1024 x 1024) @ (1024 x 1024), float32
 TARGETS = {"render_overhead": ("<=", 1.2), "mfu": (">=", 0.7), "allreduce_vs_mpi": (">=", 0.9),
-           "strong_efficiency_n2": (">=", 0.95)}
+           "strong_efficiency_n2": (">=", 0.95), "exact_overhead_m2": ("<=", 1.10), "exact_overhead_m8": ("<=", 1.5)}
+EXACT_SHARDS = (2, 8, 32)
 
 
 def bench_config(components: int = 50, cube: int = 16, train_size: int = 256) -> RunConfig:
@@ -113,6 +116,16 @@ def matmul_timer(n: int = 1024):
         return time.perf_counter() - t0
 
     return timer
+
+
+def exact_overhead(cfg: RunConfig, default, repeats: int, shards=EXACT_SHARDS) -> dict:
+    """An exact training step of ``cfg``'s batch in M micro-shards over ``default``'s step (a default-mode
+    trainer of ``cfg``), for each M of ``shards``, all taking turns."""
+    exact = {m: _trainer(cfg.replace(train={"exact": True, "micro_shards": m})) for m in shards}
+    batch = cfg.train.batch_size
+    times = take_turns({"default": step_timer(default, batch), **{m: step_timer(t, batch) for m, t in exact.items()}},
+                       repeats)
+    return {str(m): times[m] / times["default"] for m in shards}
 
 
 def epoch_times(cfg: RunConfig, out: str, trainer=None, epochs: int = 1) -> list[float]:
@@ -200,8 +213,8 @@ def efficiency_factors(steps_s: dict, efficiency: float, n: int) -> dict:
 # --- the notebook path ---------------------------------------------------------------------
 
 def notebook_latency(cfg: RunConfig, workers: int = 2, starts: int = 2, timeout: float = 300) -> dict:
-    """Seconds from Start on a :class:`~gmmkit.widgets.Dashboard` to its first streamed epoch, on an
-    :class:`~gmmkit.cluster.MPICluster` of ``workers`` engines started beforehand (as a notebook's earlier
+    """Seconds from Start on a :class:`~gmmkit.ui.dashboard.Dashboard` to its first streamed epoch, on an
+    :class:`~gmmkit.parallel.cluster.MPICluster` of ``workers`` engines started beforehand (as a notebook's earlier
     cell does). The first Start pays the engines' imports and tracing; later ones find them warm. Each run
     is stopped after its first epoch. ``epoch_time_s``: that epoch's own training time, for comparison."""
     from ..parallel.cluster import MPICluster  # heavy: ipyparallel
@@ -252,6 +265,11 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     result["mfu"] = achieved / peak
     result["flops"] = {"train_step_per_sample": train_flops(bench_config(50)), "achieved_per_s": achieved,
                        "matmul_per_s": peak}
+
+    progress(f"exact mode: a step in M = {', '.join(map(str, EXACT_SHARDS))} micro-shards over a default step ...")
+    result["exact_overhead"] = exact_overhead(bench_config(50), base, repeats)
+    for m in (2, 8):
+        result[f"exact_overhead_m{m}"] = result["exact_overhead"][str(m)]
 
     progress("step time against cube size ...")
     by_cube = {16: by_k[50], **take_turns({s: step_timer(_trainer(bench_config(50, cube=s)), 32)
@@ -333,6 +351,8 @@ def format_table(result: dict) -> str:
     for key, (op, target) in TARGETS.items():
         rows.append(f"| {key} | {result[key]:.3f} | {op} {target} |")
     rows.append("")
+    rows.append("exact_overhead by micro-shards M: " + ", ".join(
+        f"M={m}: {v:.2f}" for m, v in result["exact_overhead"].items()))
     rows.append("strong_efficiency_n2 = " + " x ".join(
         f"{k} {v:.3f}" for k, v in result["strong_efficiency_factors"].items()))
     g = result["growth"]

@@ -44,7 +44,7 @@ def lr_range_test(cfg: RunConfig, lr_min: float = 1e-5, lr_max: float = 1e-1, st
         start = (i * batch) % max(n - batch + 1, 1)
         idx = np.sort(perm[start:start + batch])
         trainer.optimizer.learning_rate.assign(float(lr))
-        loss = trainer.step(trainer.data.train[idx], batch)[0] / len(idx)
+        loss = trainer.step(trainer.batch_of(idx), batch)[0] / len(idx)
         if not math.isfinite(loss):
             diverged = float(lr)
             break

@@ -23,7 +23,7 @@ import numpy as np
 from .. import strategies
 from ..checks import is_finite_number
 from ..parallel import launch
-from ..timing import mean_seconds
+from ..timing import mean_seconds, take_turns
 
 
 @dataclass
@@ -34,16 +34,19 @@ class PerfModel:
     allreduce_s: float  # c: s per allreduce of the gradients at log2(n) = 1
     gradient_bytes: int
     threads: int = 1
+    exact_factor: float = 1.0  # an exact step's time over a default step's (micro-shards, exact sums)
 
-    def step_time(self, strategy: str, n: int, base_batch: int) -> float:
+    def step_time(self, strategy: str, n: int, base_batch: int, exact: bool = False) -> float:
         shares = strategies.shares(strategy, n, base_batch)
-        return self.t_fixed + self.t_sample * max(shares) + self.allreduce_s * math.log2(n)
+        compute = self.t_fixed + self.t_sample * max(shares)
+        return compute * (self.exact_factor if exact else 1.0) + self.allreduce_s * math.log2(n)
 
-    def epoch_time(self, strategy: str, n: int, base_batch: int, n_train: int, n_val: int) -> float:
+    def epoch_time(self, strategy: str, n: int, base_batch: int, n_train: int, n_val: int,
+                   exact: bool = False) -> float:
         gb = strategies.global_batch(strategy, n, base_batch)
         steps = strategies.steps_per_epoch(n_train, gb)
         val = self.t_eval_sample * math.ceil(n_val / n) + self.allreduce_s * math.log2(n)
-        return steps * self.step_time(strategy, n, base_batch) + val
+        return steps * self.step_time(strategy, n, base_batch, exact) + val
 
     def terms(self, strategy: str, n: int, base_batch: int, n_train: int, n_val: int) -> dict:
         """Ts, Tp and c of the paper's formula for one epoch."""
@@ -70,8 +73,7 @@ def fit_step_times(batches: list[int], times: list[float]) -> tuple[float, float
 def time_steps(trainer, batch: int, repeats: int, warm: bool = True) -> list[float]:
     """Seconds of each of ``repeats`` training steps of ``batch`` samples, after one untimed step (tracing)
     unless ``warm`` is False. The trainer's weights move: reset it before a run."""
-    x = trainer.data.train
-    xb = x[:batch] if len(x) >= batch else np.resize(x, (batch, *x.shape[1:]))
+    xb = trainer.batch_of(np.sort(np.arange(batch) % len(trainer.data.train)))  # tiled from a smaller split
     if warm:
         trainer.step(xb, batch)
     times = []
@@ -82,18 +84,30 @@ def time_steps(trainer, batch: int, repeats: int, warm: bool = True) -> list[flo
     return times
 
 
-def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None) -> dict:
+def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None, exact: bool = False) -> dict:
     """Time training steps at several batch sizes and the validation pass, in this process
-    (with ``trainer`` when given, else a new :class:`~gmmkit.training.Trainer` of ``cfg``)."""
+    (with ``trainer`` when given, else a new :class:`~gmmkit.training.Trainer` of ``cfg``); ``exact``: also
+    an exact step of the base batch, in turns with a default one (``exact_factor``). ``trainer`` may be an
+    exact one: the default steps are then timed on a new default trainer."""
     from ..training import Trainer  # heavy: TensorFlow
 
-    if trainer is None:
-        trainer = Trainer(cfg.replace(train={"workers": 1}), simulate=True)
-    times = [float(np.median(time_steps(trainer, b, repeats))) for b in batches]  # median: a shared machine
-    t_eval = mean_seconds(trainer.validation_loss, repeats, warmup=1) / len(trainer.data.val)
+    def trainer_of(exact_mode: bool):
+        if trainer is not None and (trainer.exact is not None) == exact_mode:
+            return trainer
+        return Trainer(cfg.replace(train={"workers": 1, "exact": exact_mode}), simulate=True)
+
+    default = trainer_of(False)
+    times = [float(np.median(time_steps(default, b, repeats))) for b in batches]  # median: a shared machine
+    t_eval = mean_seconds(default.validation_loss, repeats, warmup=1) / len(default.data.val)
     t_fixed, t_sample = fit_step_times(list(batches), times)
-    return {"t_fixed": t_fixed, "t_sample": t_sample, "t_eval_sample": t_eval,
-            "gradient_bytes": trainer.gradient_bytes(), "step_times": dict(zip(map(str, batches), times))}
+    factor = 1.0
+    if exact:
+        exact_trainer, b = trainer_of(True), cfg.train.batch_size
+        paired = take_turns({"default": lambda: time_steps(default, b, 1, warm=False)[0],
+                             "exact": lambda: time_steps(exact_trainer, b, 1, warm=False)[0]}, repeats)
+        factor = paired["exact"] / paired["default"]
+    return {"t_fixed": t_fixed, "t_sample": t_sample, "t_eval_sample": t_eval, "exact_factor": factor,
+            "gradient_bytes": default.gradient_bytes(), "step_times": dict(zip(map(str, batches), times))}
 
 
 def measure_allreduce(nbytes: int, ranks: int = 2, repeats: int = 20) -> dict:
@@ -107,13 +121,15 @@ def from_measurements(compute: dict, allreduce_s: float) -> PerfModel:
     """The model from :func:`measure_compute`'s result and the seconds of one gradient allreduce."""
     return PerfModel(t_fixed=compute["t_fixed"], t_sample=compute["t_sample"],
                      t_eval_sample=compute["t_eval_sample"], allreduce_s=allreduce_s,
-                     gradient_bytes=compute["gradient_bytes"], threads=1)
+                     gradient_bytes=compute["gradient_bytes"], threads=1,
+                     exact_factor=compute.get("exact_factor", 1.0))
 
 
-def calibrate(cfg, ranks: int = 2, trainer=None) -> PerfModel:
+def calibrate(cfg, ranks: int = 2, trainer=None, exact: bool = False) -> PerfModel:
     """Measure every term of the model for ``cfg`` on this machine (one thread per rank); ``trainer``: a
-    :class:`~gmmkit.training.Trainer` of ``cfg`` with one thread to time (its weights move: reset it)."""
-    compute = measure_compute(cfg.replace(train={"threads": 1}), trainer=trainer)
+    :class:`~gmmkit.training.Trainer` of ``cfg`` with one thread to time (its weights move: reset it);
+    ``exact``: also what exact mode costs a step."""
+    compute = measure_compute(cfg.replace(train={"threads": 1}), trainer=trainer, exact=exact)
     allreduce = measure_allreduce(compute["gradient_bytes"], ranks)["horovod_s"] if ranks > 1 else 0.0
     return from_measurements(compute, allreduce)
 

@@ -99,7 +99,8 @@ def reproduce(what: ReproduceConfig, say=print, progress: bool = True, overwrite
             _save(out, state)
         if "perf" not in state:
             say("   calibrating the wall-time model for the simulated runs' times ...")
-            state["perf"] = calibrate(what.run, ranks=min(2, what.max_real), trainer=trainer).to_dict()
+            state["perf"] = calibrate(what.run, ranks=min(2, what.max_real), trainer=trainer,
+                                       exact=what.run.train.exact).to_dict()
             _save(out, state)
         base = what.run.replace(train={"lr": state["lr"], "epochs": CAP * what.epochs})
         say(f"2. the sequential run at eta = {state['lr']:.4g} for E = {what.epochs} epochs; 3. cap {CAP * what.epochs} "

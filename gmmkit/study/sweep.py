@@ -3,7 +3,7 @@
 :func:`sweep` runs a grid of (strategy, n): ``n`` real Horovod ranks under mpirun where this machine can
 run them (``n <= max_real``), otherwise, with ``simulate``, one process that follows the exact optimisation
 path of n workers (the global batch and the learning-rate schedule are all that matter) and whose wall time
-the calibrated :class:`~gmmkit.perfmodel.PerfModel` predicts. Where both exist the table shows predicted
+the calibrated :class:`~gmmkit.study.perfmodel.PerfModel` predicts. Where both exist the table shows predicted
 beside measured.
 
 Building and tracing the model costs more than a small run's epochs on a CPU, so runs share it: the
@@ -48,6 +48,8 @@ class RunResult:
     run_dir: str
     efficiency: float = math.nan
     error: Optional[str] = None  # why a failed run failed (its own error, or the rank that ended its job)
+    exact: bool = False  # trained in exact mode (train.exact)
+    same_path: Optional[str] = None  # strong scaling: "yes" when its losses equal the sequential run's bits
 
     @property
     def time_s(self) -> Optional[float]:
@@ -174,6 +176,8 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
                 r = RunResult(strategy, n, "real", "stopped", 0, None, None, str(run_dir_for(out, strategy, n)))
             if n == 1:
                 r = RunResult(**{**r.__dict__, "strategy": strategy})
+            elif strategy == "strong" and r.mode != "skipped":  # the paper's claim: the sequential path
+                r.same_path = same_path(r.run_dir, run_dir_for(out, "strong", 1))
             rows.append(r)
     add_efficiency(rows)
     write_report(rows, out, base, perf)
@@ -224,7 +228,7 @@ def _todo(cfg: RunConfig, resume: bool) -> str:
 def _epoch_time(perf: PerfModel, cfg: RunConfig) -> float:
     split = load_split(cfg.data)
     t = cfg.train
-    return perf.epoch_time(t.strategy, t.workers, t.batch_size, len(split.train), len(split.val))
+    return perf.epoch_time(t.strategy, t.workers, t.batch_size, len(split.train), len(split.val), t.exact)
 
 
 def collect(cfg: RunConfig, run_dir: Path, mode: str, perf: Optional[PerfModel],
@@ -249,7 +253,20 @@ def collect(cfg: RunConfig, run_dir: Path, mode: str, perf: Optional[PerfModel],
         predicted = summary["epochs"] * _epoch_time(perf, cfg)
     return RunResult(t.strategy, t.workers, mode, summary.get("status", "failed"), int(summary.get("epochs", 0)),
                      summary.get("time_to_target_s") if mode == "real" else None, predicted, str(run_dir),
-                     error=summary.get("error"))
+                     error=summary.get("error"), exact=t.exact)
+
+
+def same_path(run_dir: str | Path, reference_dir: str | Path) -> Optional[str]:
+    """Whether a run's training and validation losses equal the reference run's to the last bit in every
+    epoch both have: ``"yes"``, ``"no (epoch k)"`` from the first epoch that differs, or None when either
+    has no epoch. JSON keeps a float's every bit, so the comparison is of the values the runs computed."""
+    ours, theirs = read_jsonl(Path(run_dir) / "metrics.jsonl"), read_jsonl(Path(reference_dir) / "metrics.jsonl")
+    if not ours or not theirs:
+        return None
+    for a, b in zip(ours, theirs):
+        if (a["train_loss"], a["val_loss"]) != (b["train_loss"], b["val_loss"]):
+            return f"no (epoch {a['epoch']})"
+    return "yes"
 
 
 def add_efficiency(rows: Iterable[RunResult]) -> None:
@@ -262,15 +279,21 @@ def add_efficiency(rows: Iterable[RunResult]) -> None:
 
 
 def format_tables(rows: Sequence[RunResult]) -> str:
-    """One markdown table per strategy: status, time to target (measured and predicted), epochs, efficiency."""
+    """One markdown table per strategy: status, time to target (measured and predicted), epochs, efficiency;
+    exact runs say so in their mode, and strong scaling's table says whether each run took the sequential
+    path to the last bit."""
     parts = []
     for strategy in dict.fromkeys(r.strategy for r in rows):
-        parts.append(f"### {strategy}\n\n| n | mode | status | epochs | measured s | predicted s | efficiency % |\n"
-                     "|---:|---|---|---:|---:|---:|---:|")
+        path = strategy == "strong"
+        parts.append(f"### {strategy}\n\n| n | mode | status | epochs | measured s | predicted s | efficiency % |"
+                     + (" losses = sequential's |" if path else "") + "\n|---:|---|---|---:|---:|---:|---:|"
+                     + ("---|" if path else ""))
         for r in (r for r in rows if r.strategy == strategy):
             eff = "NaN" if math.isnan(r.efficiency) else f"{100 * r.efficiency:.2f}"
-            parts.append(f"| {r.workers} | {r.mode} | {r.status} | {r.epochs} | {_num(r.time_to_target_s)} | "
-                         f"{_num(r.predicted_s)} | {eff} |")
+            same = ("(itself)" if r.workers == 1 else r.same_path or "-") if path else None
+            parts.append(f"| {r.workers} | {r.mode}{', exact' if r.exact else ''} | {r.status} | {r.epochs} | "
+                         f"{_num(r.time_to_target_s)} | {_num(r.predicted_s)} | {eff} |"
+                         + (f" {same} |" if path else ""))
         parts.append("")
     return "\n".join(parts)
 
@@ -309,7 +332,8 @@ def run_study(study: StudyConfig, progress: bool = True, say=print, overwrite: b
         if study.calibrate and not stop:
             say("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
             reuse = trainer.ctx.size == 1 and cfg.train.threads == 1  # calibration times one thread
-            perf = calibrate(cfg, ranks=min(2, study.max_real), trainer=trainer if reuse else None)
+            perf = calibrate(cfg, ranks=min(2, study.max_real), trainer=trainer if reuse else None,
+                              exact=cfg.train.exact)
             say(f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; Horovod "
                 f"allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms")
         rows = sweep(cfg, out, study.strategies, study.workers, max_real=study.max_real, simulate=study.simulate,

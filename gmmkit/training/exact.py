@@ -15,13 +15,24 @@ Why it is needed
       across ranks through the injected ``max_fn`` / ``sum_fn`` reductions.
 
 Threads
-    oneDNN's gradient of one micro-shard differs in its last bits between 1 and 2 intra-op threads (every
-    tensor of a 1-sample micro-shard of the paper's model; measured), so the micro-shard computation must
-    run with **one intra-op thread**: :class:`ExactStep` refuses to start otherwise. Inter-op threads do
-    not change any kernel's result (measured), so one process uses both cores by computing ``parallel``
-    micro-shards side by side: the micro-shard loop runs that many iterations at once, each op on one
-    thread (``inter_op_parallelism_threads >= parallel``). Adam's fused update, the fixed-point
-    conversion and the sums do not depend on the thread count (elementwise, or exact).
+    oneDNN's gradient of one micro-shard differs in its last bits between 1 and 2 intra-op threads (for
+    the paper's model every tensor of a 1-sample micro-shard, one or two tensors at 4 to 32 samples;
+    ``benchmarks/exact_threads.py``), so the micro-shard computation must run with **one intra-op
+    thread**: :class:`ExactStep` refuses to start otherwise. The inter-op thread count changes no bit
+    (same script), so one process uses both cores by computing ``parallel`` micro-shards side by side:
+    the micro-shard loop runs that many iterations at once, each op on one thread
+    (``inter_op_parallelism_threads >= parallel``). Adam's fused update is bitwise the same on 1 and 2
+    intra-op threads given the same gradients (same script), and the fixed-point conversion and sums are
+    exact.
+
+Evaluation
+    :meth:`ExactStep.eval_step` sums per-sample losses exactly. The evaluation set is cut once into
+    chunks of one size (:func:`evaluation_chunks`, the last one padded) and each rank takes a
+    :func:`shard_range` of them, so every sample is evaluated at the same place of a same-shaped input.
+
+No state of its own
+    The grid is agreed afresh at every step from the step's own gradients, so nothing beyond the weights
+    and Adam's state needs checkpointing: a resumed run repeats the uninterrupted one.
 
 What the caller provides
     * one intra-op thread, and as many inter-op threads as ``parallel``;

@@ -12,8 +12,9 @@ The algorithm (per tensor; M = ``total``, the number of terms over all ranks)
        passes; TensorFlow's min and max return NaN when any element is NaN, tested) as the float's bit
        pattern with the sign cleared: non-negative floats order like their bit patterns, NaN above Inf
        above every finite value, so the ranks agree on the largest through ``max_fn`` as an int32 max,
-       exact and free of NaN comparisons. From it, ``E`` with ``max |x| < 2^E`` (the biased exponent
-       - 126: the smallest such integer for normal values, -126 for zeros and subnormals).
+       exact and free of NaN comparisons. From it, ``E`` with ``max |x| < 2^E``: the bound's biased
+       exponent minus 126, the smallest such integer for normal values, and -126 for zeros and
+       subnormals.
     2. *Grid.* ``S = 63 - ceil(log2 M)`` fraction bits and the quantum ``q = 2^Q``,
        ``Q = max(E - S, -125)``. Every term becomes ``round(x / q)`` (round half to even) as an int64.
     3. *Sum.* The int64 terms are summed on each rank and across ranks through ``sum_fn``.
@@ -61,11 +62,12 @@ Collectives
     Both are exact whatever algorithm the allreduce uses (integer max and sum, no overflow).
 
 Threads and XLA
-    Every operation after the bound is exact (power-of-two scaling, rounding to an integer, integer
-    sums, one final rounding), so neither the thread count nor XLA can change a bit of the result. The
-    conversion of each tensor's terms runs as one XLA-compiled loop by default (``jit=True``): it reads
-    each term once and writes the int64 sum once, where TensorFlow's separate kernels write four
-    intermediate arrays per term.
+    Every operation here is exact or a single deterministic rounding of one value (max, power-of-two
+    scaling, rounding to an integer, integer sums, the final conversion), so neither the thread count nor
+    XLA can change a bit of the result (tested: XLA against TensorFlow's kernels). The conversion runs
+    through XLA by default (``jit=True``): adding one term of every tensor to the int64 sums is one call,
+    one fused loop per tensor that reads the term and the sum and writes the sum, where TensorFlow's own
+    kernels write four intermediate arrays (product, rounded, int64, sum) per term.
 """
 from __future__ import annotations
 

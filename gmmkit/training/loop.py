@@ -2,7 +2,9 @@
 
 It is a plain TensorFlow custom loop over a plain Keras model. Distribution enters through the context
 of :mod:`gmmkit.parallel.distributed` (gradient and metric sums, the initial broadcast) and through the
-sample indices each rank takes from :mod:`gmmkit.strategies`.
+sample indices each rank takes from :mod:`gmmkit.strategies`. In exact mode (``train.exact``) the steps are
+:class:`gmmkit.training.exact.ExactStep`'s: fixed micro-shards and exact sums, the same bits on any number
+of ranks.
 """
 from __future__ import annotations
 
@@ -20,12 +22,14 @@ from ..data.sources import load_split
 from ..model.deepdensity import from_config, per_sample_msle
 from ..parallel import distributed
 from ..parallel.launch import launcher_rank
+from .exact import ExactStep, evaluation_chunks, local_micro_shards, shard_range
 from .optimizer import Adam
 from .resume import changes
 from .rundir import FINISHED, RunDir
 from ..signals import StopFlag, stop_on_signals
 
 EVAL_BATCH = 256
+EVAL_CHUNK = 16  # exact mode: the validation set in chunks of this many, the same on any number of ranks
 EpochCallback = Callable[[dict], None]
 
 
@@ -39,14 +43,20 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, ctx=None, simulate: bool = False):
         cfg = cfg.validate()
-        self.ctx = ctx if ctx is not None else distributed.init(cfg.train.threads)
-        self._configure(cfg, simulate)
         t = cfg.train
+        self.ctx = ctx if ctx is not None else distributed.init(t.threads, exact=t.exact)
+        self._configure(cfg, simulate)
         self.data = load_split(cfg.data)
         self.model = from_config(cfg)
         self.optimizer = Adam(t.lr, beta_1=t.beta_1, beta_2=t.beta_2, epsilon=t.epsilon)
         self.optimizer.build(self.model.trainable_variables)
         self._initial_weights = self.model.get_weights()
+        self.exact = None
+        if t.exact:
+            max_fn, sum_fn = (None, None) if simulate else self.ctx.exact_reductions()
+            self.exact = ExactStep(self.model, self.optimizer, per_sample_msle, t.micro_batch, max_fn, sum_fn,
+                                   parallel=max(1, getattr(self.ctx, "threads", 1)))
+            self._chunks, _ = evaluation_chunks(self.data.val, EVAL_CHUNK)
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
         self._warm = False
@@ -75,7 +85,7 @@ class Trainer:
     def _shape_key(cfg: RunConfig) -> tuple:
         """What the data, the model, its initial weights and the compiled steps depend on."""
         t = cfg.train
-        return (cfg.data, cfg.model, t.seed, t.beta_1, t.beta_2, t.epsilon, t.threads)
+        return (cfg.data, cfg.model, t.seed, t.beta_1, t.beta_2, t.epsilon, t.threads, t.exact, t.micro_batch)
 
     @classmethod
     def for_config(cls, cfg: RunConfig, simulate: bool = False, reuse: Optional["Trainer"] = None) -> "Trainer":
@@ -116,18 +126,38 @@ class Trainer:
                 per_sample = per_sample_msle(x, model(x, training=True))
                 loss_sum = tf.reduce_sum(per_sample)
                 scaled = loss_sum / global_batch
-            # the stop vote rides in the gradients' allreduce: no collective of its own on every step
-            *grads, stop = ctx.sum_gradients([*tape.gradient(scaled, model.trainable_variables), stop])
+            # the stop vote and the loss ride in the gradients' allreduce: no collective of their own
+            *grads, loss_sum, stop = ctx.sum_gradients([*tape.gradient(scaled, model.trainable_variables),
+                                                        loss_sum, stop])
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return loss_sum, stop
 
         return train_step
 
     def step(self, x: np.ndarray, global_batch: int, stop: bool = False) -> tuple[float, bool]:
-        """One optimiser step on this rank's samples ``x`` of a ``global_batch``: returns this rank's loss sum
-        and whether any rank voted ``stop`` (every rank gets the same answer, after the same step)."""
-        loss_sum, votes = self._train_step(x, float(global_batch), float(stop))
+        """One optimiser step on this rank's part ``x`` of a ``global_batch`` (:meth:`batch`): returns the
+        loss sum of the whole global batch and whether any rank voted ``stop`` (every rank gets the same
+        answers, after the same step)."""
+        if self.exact is not None:
+            loss_sum, votes = self.exact.train_step(x, global_batch, stop)
+        else:
+            loss_sum, votes = self._train_step(x, float(global_batch), float(stop))
         return float(loss_sum), float(votes) > 0
+
+    def batch(self, perm: np.ndarray, plan: strategies.StepPlan, step: int) -> np.ndarray:
+        """This rank's part of global batch ``step`` of the epoch with sample order ``perm``: its share of
+        samples, or in exact mode its whole micro-shards; all of it when simulating."""
+        if self.exact is None and not self.simulate:
+            return self.data.train[np.sort(strategies.worker_indices(perm, plan, step, self.ctx.rank))]
+        return self.batch_of(np.sort(perm[step * plan.global_batch:(step + 1) * plan.global_batch]))
+
+    def batch_of(self, indices: np.ndarray) -> np.ndarray:
+        """The input of :meth:`step` for the global batch of the training samples ``indices`` (sorted): all of
+        them, or in exact mode this rank's micro-shards of them (m_local, micro_batch, S, S, S)."""
+        if self.exact is None:
+            return self.data.train[indices]
+        size, rank = (1, 0) if self.simulate else (self.ctx.size, self.ctx.rank)
+        return self.data.train[local_micro_shards(indices, self.cfg.train.micro_batch, size, rank)]
 
     def _make_eval_step(self):
         model, s = self.model, self.cfg.data.cube
@@ -138,20 +168,29 @@ class Trainer:
 
         return eval_step
 
-    def warm_up(self, share: int, global_batch: int) -> None:
+    def warm_up(self, plan: strategies.StepPlan) -> None:
         """Trace and optimise both compiled steps once, outside any run's clock, and leave the weights and
         the optimiser exactly as they were. Every rank calls it (the train step holds an allreduce)."""
         if self._warm:
             return
         weights, moments = self.state()
-        self.step(self.data.train[:max(share, 1)], global_batch)
+        self.step(self.batch(np.arange(len(self.data.train)), plan, 0), plan.global_batch)
         self.validation_loss()  # this rank's own shard shapes: oneDNN builds its kernels per input shape
         self.restore({"weights": weights, "optimizer": moments})
         self._warm = True
 
     # --- pieces --------------------------------------------------------------------------------
     def validation_loss(self) -> float:
-        """Mean per-sample MSLE over the validation set, each rank evaluating its shard."""
+        """Mean per-sample MSLE over the validation set, each rank evaluating its shard (in exact mode, whole
+        chunks of the set summed exactly)."""
+        if self.exact is not None:
+            size, rank = (1, 0) if self.simulate else (self.ctx.size, self.ctx.rank)
+            start, stop = shard_range(len(self._chunks), size, rank)
+            n = len(self.data.val)
+            count = min(max(n - start * EVAL_CHUNK, 0), (stop - start) * EVAL_CHUNK)
+            # a rank without a chunk (more ranks than chunks) still takes part in the sums, adding nothing
+            chunks = self._chunks[start:stop] if stop > start else np.zeros_like(self._chunks[:1])
+            return float(self.exact.eval_step(chunks, count, n)) / n
         val = self.data.val
         shard = np.array_split(np.arange(len(val)), self.ctx.size)[self.ctx.rank]
         total = 0.0
@@ -202,7 +241,7 @@ class Trainer:
         run.begin(self.cfg, records, summary)
 
         # time to target counts training, not graph tracing: every run's clock starts on a traced model
-        self.warm_up(first.global_batch if self.simulate else first.shares[ctx.rank], first.global_batch)
+        self.warm_up(first)
         began = time.perf_counter() - time_offset
         for epoch in range(start_epoch, t.epochs):
             epoch_began = time.perf_counter()
@@ -211,20 +250,16 @@ class Trainer:
             for step in range(steps):
                 p = strategies.plan(t.strategy, t.workers, t.batch_size, t.lr, epoch + step / steps,
                                     t.warmup_epochs)
-                if self.simulate:
-                    idx = perm[step * p.global_batch:(step + 1) * p.global_batch]
-                else:
-                    idx = strategies.worker_indices(perm, p, step, ctx.rank)
                 self.optimizer.learning_rate.assign(p.lr)
                 asked = bool(stop) or (ctx.is_chief and run.stop_requested())
-                loss, stopped = self.step(self.data.train[np.sort(idx)], p.global_batch, stop=asked)
+                loss, stopped = self.step(self.batch(perm, p, step), p.global_batch, stop=asked)
                 loss_sum += loss
                 if stopped:
                     break
             if stopped:
                 summary["status"] = "stopped"
                 break
-            train_loss = float(ctx.sum(np.array([loss_sum]))[0]) / (steps * p.global_batch)
+            train_loss = loss_sum / (steps * p.global_batch)
             val_loss = self.validation_loss()
             now = time.perf_counter()
             record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": p.lr,
@@ -259,7 +294,7 @@ class Trainer:
         t = self.cfg.train
         finite = [r["val_loss"] for r in records if is_finite_number(r.get("val_loss"))]
         return {"status": "running", "strategy": t.strategy, "workers": t.workers, "backend": self.ctx.backend,
-                "simulated": self.simulate, "time_to_target_s": None, "epochs": epochs,
+                "simulated": self.simulate, "exact": t.exact, "time_to_target_s": None, "epochs": epochs,
                 "best_val_loss": min(finite) if finite else None,
                 "final_val_loss": records[-1]["val_loss"] if records else None, "target_loss": t.target_loss,
                 "global_batch": global_batch, "steps_per_epoch": steps}
