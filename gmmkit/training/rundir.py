@@ -7,6 +7,8 @@
 ``summary.json``   status (running | reached_target | diverged | max_epochs | stopped | failed),
                    time_to_target_s, epochs, best/final validation loss, workers, backend, resumes
 ``checkpoint.npz`` weights, optimizer state and epoch after the last finished epoch
+``snapshots/``     the checkpoints of epochs 1, 2, 5, 10, 20, 50, ... (:mod:`gmmkit.training.snapshots`)
+``events.out.*``   TensorBoard's event files (:mod:`gmmkit.training.tensorboard`)
 ``STOP``           a stop request (``gmmkit stop``, the dashboard, a signal to the launcher): the run ends
                    after the current step with status ``stopped`` and removes it
 ``.lock``          held by the one process that owns the run while it runs (``flock``: a dead process
@@ -44,6 +46,8 @@ import numpy as np
 from ..config import RunConfig
 from ..errors import RunDirError
 from ..files import atomic_write_text, read_jsonl, remove_temporaries, to_json, umask, write_jsonl
+from . import snapshots
+from .resume import resume_config
 
 STATUSES = ("reached_target", "diverged", "max_epochs", "stopped", "failed", "running")
 FINISHED = ("reached_target", "diverged")  # a resume reports these instead of training on
@@ -193,7 +197,10 @@ class RunDir:
     def _remove_run(self) -> None:
         for name in ("config.json", "state", *STATE_FILES, "STOP"):
             (self.path / name).unlink(missing_ok=True)
+        for events in self.path.glob("events.out.tfevents.*"):
+            events.unlink()
         shutil.rmtree(self.path / ".state", ignore_errors=True)
+        snapshots.remove(self.path)
 
     def _link_state_files(self) -> None:
         """``metrics.jsonl`` and the others as links into ``state`` (replacing the plain files of an older
@@ -247,6 +254,8 @@ class RunDir:
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise
+            if checkpoint is not None:
+                snapshots.keep(self.path, self.state_path / "checkpoint.npz", int(checkpoint["epoch"]))
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise RunDirError(f"--out {self.path}: the disk is full ({exc.strerror}); the last good state "
@@ -322,21 +331,20 @@ class RunDir:
 
     def load_checkpoint(self) -> dict | None:
         """``{"epoch", "time_s", "weights", "optimizer", "records"}`` or None when there is no checkpoint."""
-        if not self.checkpoint_path.exists():
-            return None
-        try:
-            with np.load(self.checkpoint_path, allow_pickle=False) as f:
-                names = sorted(f.files)
-                records = json.loads(str(f["records"])) if "records" in f.files else []
-                return {
-                    "epoch": int(f["epoch"]),
-                    "time_s": float(f["time_s"]),
-                    "weights": [f[n] for n in names if n.startswith("w")],
-                    "optimizer": [f[n] for n in names if n.startswith("o")],
-                    "records": records,
-                }
-        except Exception as exc:
-            raise RunDirError(f"{self.checkpoint_path}: unreadable checkpoint ({exc})") from None
+        return read_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
+
+    def snapshot_epochs(self) -> list[int]:
+        """The epochs whose snapshot the run keeps (:mod:`gmmkit.training.snapshots`), in order."""
+        return list(snapshots.found(self.path))
+
+    def load_snapshot(self, epoch: int) -> dict:
+        """The checkpoint of epoch ``epoch`` (a snapshot, or the last checkpoint when it is of that epoch)."""
+        path = snapshots.found(self.path).get(epoch)
+        ckpt = read_checkpoint(path) if path is not None else self.load_checkpoint()
+        if ckpt is None or ckpt["epoch"] != epoch:
+            raise RunDirError(f"{self.path}: no snapshot of epoch {epoch!r} (kept: "
+                              f"{', '.join(map(str, self.snapshot_epochs())) or 'none'})")
+        return ckpt
 
     def load_model(self, checkpoint: bool = True):
         """The run's Keras model with the weights of its last checkpoint, and that checkpoint's epoch.
@@ -360,6 +368,19 @@ class RunDir:
         return model, ckpt["epoch"]
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint file as ``{"epoch", "time_s", "weights", "optimizer", "records"}``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = sorted(f.files)
+            records = json.loads(str(f["records"])) if "records" in f.files else []
+            return {"epoch": int(f["epoch"]), "time_s": float(f["time_s"]),
+                    "weights": [f[n] for n in names if n.startswith("w")],
+                    "optimizer": [f[n] for n in names if n.startswith("o")], "records": records}
+    except Exception as exc:
+        raise RunDirError(f"{path}: unreadable checkpoint ({exc})") from None
+
+
 def _save_checkpoint(path: Path, checkpoint: dict, records: list[dict]) -> None:
     arrays = {f"w{i:04d}": w for i, w in enumerate(checkpoint["weights"])}
     arrays.update({f"o{i:04d}": v for i, v in enumerate(checkpoint["optimizer"])})
@@ -377,50 +398,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# Settings a resumed run may change: they do not change the experiment, only how long or on what it runs.
-RESUMABLE = ("train.epochs", "train.threads")
-
-
-def resume_config(stored: RunConfig, requested: RunConfig) -> RunConfig:
-    """The config a resumed run goes on with: ``stored`` (the run's own) with the changes of ``requested``
-    that keep the experiment: more or fewer epochs, other threads, and another worker count for strong
-    scaling (whose path does not depend on it). Any other difference raises, naming every field."""
-    allowed = set(RESUMABLE) | ({"train.workers"} if stored.train.strategy == "strong" else set())
-    old, new = _flat(stored.to_dict()), _flat(requested.to_dict())
-    for key in ("data.dataset", "out"):
-        old[key], new[key] = _resolved(old[key]), _resolved(new[key])
-    changed = sorted(k for k in old if old[k] != new.get(k))
-    refused = [k for k in changed if k not in allowed]
-    if refused:
-        raise RunDirError(f"--resume: the run in {stored.out} was made with other values of "
-                          f"{', '.join(refused)}; a resumed run continues the same experiment (it may change "
-                          f"{', '.join(sorted(allowed))})", field=refused[0],
-                          detail=f"the run in {stored.out} was made with {_show(old, refused)}; a resumed run "
-                                 f"continues the same experiment (it may change {', '.join(sorted(allowed))})")
-    return requested.replace(out=stored.out, data={"dataset": stored.data.dataset})
-
-
-def changes(old: RunConfig, new: RunConfig) -> dict:
-    """``{field: [old, new]}`` of every setting that differs between two configs."""
-    a, b = _flat(old.to_dict()), _flat(new.to_dict())
-    return {k: [a[k], b.get(k)] for k in sorted(a) if a[k] != b.get(k)}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _resolved(path: str) -> str:
-    return path if path in ("phantoms", "lidc") else str(Path(path).resolve())
-
-
-def _show(values: dict, keys: list[str]) -> str:
-    return ", ".join(f"{k}={values[k]!r}" for k in keys)
