@@ -21,8 +21,11 @@ from ..model.deepdensity import from_config, per_sample_msle
 from ..parallel import distributed
 from ..parallel.launch import launcher_rank
 from .optimizer import Adam
-from .rundir import FINISHED, RunDir, changes
+from .progress import per_rank
+from .resume import changes
+from .rundir import FINISHED, RunDir
 from ..signals import StopFlag, stop_on_signals
+from .tensorboard import EventWriter
 
 EVAL_BATCH = 256
 EpochCallback = Callable[[dict], None]
@@ -49,6 +52,7 @@ class Trainer:
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
         self._warm = False
+        self.eval_s_per_sample = 0.0  # this rank's last validation pass (gmmkit.training.progress)
 
     def _configure(self, cfg: RunConfig, simulate: bool) -> None:
         t = cfg.train
@@ -153,9 +157,10 @@ class Trainer:
         """Mean per-sample MSLE over the validation set, each rank evaluating its shard."""
         val = self.data.val
         shard = np.array_split(np.arange(len(val)), self.ctx.size)[self.ctx.rank]
-        total = 0.0
+        total, began = 0.0, time.perf_counter()
         for start in range(0, len(shard), EVAL_BATCH):
             total += float(self._eval_step(val[shard[start:start + EVAL_BATCH]]))
+        self.eval_s_per_sample = (time.perf_counter() - began) / max(len(shard), 1)
         loss_sum, count = self.ctx.sum(np.array([total, len(shard)]))
         return float(loss_sum / count)
 
@@ -180,7 +185,8 @@ class Trainer:
         rank votes on stopping at every step (its ``stop`` flag; the chief also reads the ``STOP`` file), and
         the votes ride in the gradients' allreduce, so all ranks leave after the same step."""
         t, ctx = self.cfg.train, self.ctx
-        callbacks = list(callbacks) if ctx.is_chief else []
+        board = EventWriter(run.path, self.cfg, self.simulate) if ctx.is_chief else None
+        callbacks = [*callbacks, board] if ctx.is_chief else []
         stop = stop if stop is not None else StopFlag()
         ckpt, records = run.history() if (resume and ctx.is_chief) else (None, [])
         start_epoch = int(ctx.sum(np.array([ckpt["epoch"] if ckpt else 0]))[0])
@@ -223,13 +229,16 @@ class Trainer:
             if stopped:
                 summary["status"] = "stopped"
                 break
+            step_s = (time.perf_counter() - epoch_began) / steps
             train_loss = float(ctx.sum(np.array([loss_sum]))[0]) / (steps * p.global_batch)
             val_loss = self.validation_loss()
+            rank_step_s, rank_eval_s = per_rank(ctx, step_s, self.eval_s_per_sample)
             now = time.perf_counter()
             record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": p.lr,
                       "time_s": now - began, "epoch_time_s": now - epoch_began,
                       "samples_per_s": steps * p.global_batch / (now - epoch_began),
-                      "global_batch": p.global_batch, "steps": steps}
+                      "global_batch": p.global_batch, "steps": steps, "rank_step_s": rank_step_s,
+                      "rank_eval_s": rank_eval_s}
             records.append(record)
             summary.update(epochs=epoch + 1, final_val_loss=val_loss)
             if is_finite_number(val_loss) and (summary["best_val_loss"] is None or val_loss < summary["best_val_loss"]):
@@ -252,6 +261,8 @@ class Trainer:
         summary["elapsed_s"] = time.perf_counter() - began
         run.commit(records, summary)
         run.stop_handled()
+        if board is not None:
+            board.close(summary)
         return summary
 
     def _summary_of(self, records: list[dict], epochs: int, global_batch: int, steps: int) -> dict:
@@ -271,7 +282,7 @@ def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool 
 
     ``cfg.out`` must hold no run, unless ``overwrite`` (the run there is replaced once this one starts) or
     ``resume`` (the run there continues from its last checkpoint and its own config, see
-    :func:`gmmkit.training.rundir.resume_config`; a run that reached its target or diverged is reported,
+    :func:`gmmkit.training.resume.resume_config`; a run that reached its target or diverged is reported,
     not trained on). ``callbacks`` are called on rank 0 with each epoch's metrics record. ``stop`` ends the
     run after the current step with status ``stopped``; so does a ``STOP`` file in the run directory, and
     SIGINT or SIGTERM when ``handle_signals`` is set. Any exception writes ``status: failed`` with the error
