@@ -40,7 +40,8 @@ def _target(text: str):
 def add_run_flags(p: argparse.ArgumentParser, out_default: str = "runs/latest") -> None:
     d = RunConfig()
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.data.dataset, help="'phantoms' (built-in synthetic set) or cubes.npz")
+    g.add_argument("--dataset", default=d.data.dataset,
+                   help="'lidc' (LIDC-IDRI's nodules, the default), 'phantoms' (synthetic) or a cubes.npz")
     g.add_argument("--phantoms", type=int, default=d.data.size, metavar="N",
                    help="how many synthetic cubes to generate (default %(default)s)")
     g.add_argument("--train-size", type=int, default=None, metavar="N", help="default: all but the validation set")

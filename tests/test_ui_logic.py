@@ -109,11 +109,12 @@ def test_weights_set_opacity_and_the_table_lists_the_heaviest():
 
 def test_cube_facts_show_known_columns_first_and_skip_missing_values():
     columns = {"malignancy": np.array([4.0, np.nan]), "patient_id": np.array(["P1", "P2"]),
-               "zeta": np.array([1, 2]), "mask": np.zeros((2, 3))}
+               "zeta": np.array([1, 2]), "mask": np.zeros((2, 3)), "category": np.array([2, 0])}
     facts = cube_facts(columns, np.array([12.34, np.nan], np.float32), np.array([0, 1]))
-    assert list(facts[0]) == ["patient_id", "malignancy", "diameter_mm", "zeta"]  # 2-D columns left out
-    assert facts[1] == {"patient_id": "P2", "zeta": 2}
-    assert fact_label(0, facts[0]) == "cube 0 · P1 · malignancy 4 · 12.3 mm"
+    assert list(facts[0]) == ["patient_id", "category", "malignancy", "diameter_mm", "zeta"]  # 2-D left out
+    assert facts[1] == {"patient_id": "P2", "category": "solid", "zeta": 2}
+    assert fact_label(0, facts[0]) == "cube 0 · P1 · ground-glass · malignancy 4"
+    assert fact_label(0, facts[0], limit=4).endswith(" · 12.3 mm")
     assert cube_facts({}, np.full(2, np.nan), np.array([0, 1])) == [{}, {}] and facts_html({}) == ""
     assert "<b>malignancy</b> 4" in facts_html(facts[0])
 

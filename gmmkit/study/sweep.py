@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .. import strategies
 from ..checks import is_finite_number
 from ..config import RunConfig
-from ..data.cubes import load_split
+from ..data.sources import load_split
 from ..files import atomic_write_json, atomic_write_text, fresh_folder, read_jsonl
 from ..parallel import launch
 from ..signals import StopFlag, stop_on_signals

@@ -16,7 +16,7 @@ import tensorflow as tf
 from .. import checks, strategies
 from ..checks import is_finite_number
 from ..config import RunConfig
-from ..data.cubes import load_split
+from ..data.sources import load_split
 from ..model.deepdensity import from_config, per_sample_msle
 from ..parallel import distributed
 from ..parallel.launch import launcher_rank

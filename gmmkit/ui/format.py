@@ -68,10 +68,12 @@ def format_number(x, spec: str = ".4g") -> str:
 
 
 def format_fact(name: str, value) -> str:
-    """One per-cube fact for a label: ``12.3 mm``, ``malignancy 4``, a patient id as it is."""
+    """One per-cube fact for a label: ``12.3 mm``, ``malignancy 4``, a patient id or a category as it is."""
+    if isinstance(value, bool):
+        return name if value else f"not {name}"
     if isinstance(value, float):
         return f"{value:.1f} mm" if name.endswith("_mm") else f"{name} {value:.3g}"
-    return str(value) if name in ("patient_id", "seriesuid") else f"{name} {value}"
+    return str(value) if name in ("patient_id", "seriesuid", "category") else f"{name} {value}"
 
 
 def facts_html(facts: dict) -> str:

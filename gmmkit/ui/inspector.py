@@ -18,13 +18,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..config import RunConfig
-from ..data.cubes import load_cubes, load_split
+from ..data.phantoms import CATEGORIES
+from ..data.sources import load_cubes, load_split
 from ..errors import InputError
 from ..training.rundir import RunDir
 from .format import format_fact
 
 # the per-cube facts a data set may carry (CubeSet.columns), in the order the sample picker names them
-FACT_ORDER = ("patient_id", "texture", "malignancy", "calcification", "diameter_mm")
+FACT_ORDER = ("patient_id", "category", "malignancy", "texture", "calcification", "diameter_mm")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ def cube_facts(columns: dict, diameter_mm: Optional[np.ndarray], rows: np.ndarra
     ``columns``: a :class:`~gmmkit.data.cubes.CubeSet`'s ``columns`` (LIDC's ``texture``, ``malignancy``,
     ``patient_id``, ...). Known names come first (:data:`FACT_ORDER`), the others after, by name."""
     cols = {k: np.asarray(v) for k, v in (columns or {}).items() if np.ndim(v) == 1}
+    if "category" in cols and np.issubdtype(cols["category"].dtype, np.integer):  # an index into CATEGORIES
+        cols["category"] = np.array([CATEGORIES[i] if 0 <= i < len(CATEGORIES) else str(i) for i in cols["category"]])
     if diameter_mm is not None and "diameter_mm" not in cols and np.isfinite(diameter_mm).any():
         cols["diameter_mm"] = np.asarray(diameter_mm)
     names = [n for n in FACT_ORDER if n in cols] + sorted(n for n in cols if n not in FACT_ORDER)
