@@ -2,12 +2,12 @@
 
 =================  ==============================================================================
 ``config.json``    the :class:`~gmmkit.config.RunConfig` (paths absolute), written when the run starts
-``metrics.jsonl``  one line per finished epoch: epoch, train_loss, val_loss, lr, time_s (since training
-                   began), epoch_time_s, samples_per_s, global_batch, steps
+``metrics.jsonl``  one line per finished epoch: epoch, train_loss, val_loss, lr, time_s (since training began),
+                   epoch_time_s, samples_per_s, global_batch, steps, rank_step_s, rank_eval_s (each rank's)
 ``summary.json``   status (running | reached_target | diverged | max_epochs | stopped | failed),
                    time_to_target_s, epochs, best/final validation loss, workers, backend, resumes
 ``checkpoint.npz`` weights, optimizer state and epoch after the last finished epoch
-``snapshots/``     the checkpoints of epochs 1, 2, 5, 10, 20, 50, ... (:mod:`gmmkit.training.snapshots`)
+``snapshots/``     the weights of epochs 1, 2, 5, 10, 20, 50, ... (:mod:`gmmkit.training.snapshots`)
 ``events.out.*``   TensorBoard's event files (:mod:`gmmkit.training.tensorboard`)
 ``STOP``           a stop request (``gmmkit stop``, the dashboard, a signal to the launcher): the run ends
                    after the current step with status ``stopped`` and removes it
@@ -255,7 +255,7 @@ class RunDir:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise
             if checkpoint is not None:
-                snapshots.keep(self.path, self.state_path / "checkpoint.npz", int(checkpoint["epoch"]))
+                snapshots.keep(self.path, checkpoint)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise RunDirError(f"--out {self.path}: the disk is full ({exc.strerror}); the last good state "
@@ -338,7 +338,7 @@ class RunDir:
         return list(snapshots.found(self.path))
 
     def load_snapshot(self, epoch: int) -> dict:
-        """The checkpoint of epoch ``epoch`` (a snapshot, or the last checkpoint when it is of that epoch)."""
+        """Epoch ``epoch``'s weights: its snapshot (no optimiser state), or the checkpoint if of that epoch."""
         path = snapshots.found(self.path).get(epoch)
         ckpt = read_checkpoint(path) if path is not None else self.load_checkpoint()
         if ckpt is None or ckpt["epoch"] != epoch:

@@ -1,18 +1,21 @@
 """Epoch snapshots: the weights of a few chosen epochs, so the viewer can show how a run learned.
 
 A run keeps ``snapshots/epoch-NNNNNN.npz`` for the epochs of the 1-2-5 series (1, 2, 5, 10, 20, 50, 100,
-200, 500, ...); the last epoch is the run's ``checkpoint.npz`` itself. A snapshot is a hard link to the
-checkpoint of that epoch's state folder (:mod:`gmmkit.training.rundir`): making it copies nothing and the
-state folder's file never changes, so the link is a complete, immutable checkpoint (weights, optimiser state,
-records) readable with :func:`gmmkit.training.rundir.read_checkpoint`. A run keeps at most three per power of
-ten of its epochs (8 for the paper's 400), each the size of one checkpoint once the run has moved on.
+200, 500, ...); the last epoch is the run's ``checkpoint.npz`` itself. A snapshot holds the weights and the
+epoch, in the checkpoint's layout (:func:`gmmkit.training.rundir.read_checkpoint` reads it, with no optimiser
+state): a third of a checkpoint, since Adam's two moments are of no use to a viewer. It is written by rank 0
+when that epoch's state is committed, atomically, a few times per run (never inside the step loop). A run
+keeps at most three per power of ten of its epochs: 8 for the paper's 400.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
+
+import numpy as np
+
+from ..files import atomic_savez
 
 FOLDER = "snapshots"
 PATTERN = re.compile(r"^epoch-(\d{6})\.npz$")
@@ -36,21 +39,17 @@ def name(epoch: int) -> str:
     return f"epoch-{epoch:06d}.npz"
 
 
-def keep(run_path: Path, checkpoint: Path, epoch: int) -> Path | None:
-    """Link ``checkpoint`` (the file of epoch ``epoch``'s state folder) into ``snapshots/`` when ``epoch`` is a
-    milestone; returns the snapshot's path, or None. Atomic: a link under a temporary name, then a rename."""
+def keep(run_path: Path, checkpoint: dict) -> Path | None:
+    """Write the weights of ``checkpoint`` (``{"weights", "epoch", "time_s", ...}``) to ``snapshots/`` when its
+    epoch is a milestone; returns the snapshot's path, or None."""
+    epoch = int(checkpoint["epoch"])
     if not is_milestone(epoch):
         return None
     folder = run_path / FOLDER
     folder.mkdir(exist_ok=True)
-    final, tmp = folder / name(epoch), folder / f".{name(epoch)}.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(checkpoint, tmp)
-    except OSError:  # a file system without hard links: a copy costs the same disk in the end
-        shutil.copyfile(checkpoint, tmp)
-    os.replace(tmp, final)
-    return final
+    arrays = {f"w{i:04d}": w for i, w in enumerate(checkpoint["weights"])}
+    atomic_savez(folder / name(epoch), epoch=np.int64(epoch), time_s=np.float64(checkpoint["time_s"]), **arrays)
+    return folder / name(epoch)
 
 
 def found(run_path: Path) -> dict[int, Path]:
