@@ -251,16 +251,20 @@ def test_planes_figure_puts_each_image_and_outline_in_its_panel():
     a = np.zeros((4, 4))
     images = {p: (a - 800, a - 700, a + 100) for p in slices.PLANES}
     cut = {"component": 3, "sigma": 1.0, "alpha": 0.5, "opacity": 0.5, "row": np.array([1.0, 2.0]),
-           "col": np.array([0.0, 1.0])}
+           "col": np.array([0.0, 1.0]), "centre": (1.5, 0.5)}
     slices.update_planes(fig, images, {p: (1, 2) for p in slices.PLANES}, 4, (-1350, 150), (-100, 100),
-                         sections={"axial": [cut]}, labels={3: "component 3: alpha 0.500"}, title="t")
+                         sections={"axial": [cut, {**cut, "sigma": 2.0}]}, labels={3: "component 3: alpha 0.500"},
+                         title="t")
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-1350, 150)
     assert (fig.layout.coloraxis2.cmin, fig.layout.coloraxis2.cmax) == (-100, 100)
     drawn = [t for t in slices.traces(fig, "gaussians", "axial") if t.x]
-    assert [(t.meta["image"], t.meta["sigma"], t.meta["level"]) for t in drawn] == [("input", 1.0, 0.65),
-                                                                                  ("estimate", 1.0, 0.65)]
-    assert drawn[0].x == (0.0, 1.0, None) and drawn[0].text[0] == "component 3: alpha 0.500 (1 sigma)"
-    assert not any(t.x for t in slices.traces(fig, "gaussians", "coronal"))
+    assert [(t.meta["image"], t.meta["sigma"], t.meta["level"]) for t in drawn] == [
+        ("input", 1.0, 0.65), ("input", 2.0, 0.65), ("estimate", 1.0, 0.65), ("estimate", 2.0, 0.65)]
+    assert drawn[0].x == (0.0, 1.0, None) and {t.hoverinfo for t in drawn} == {"skip"}  # clicks pass through
+    centres = slices.traces(fig, "centres", "axial", "estimate")[0]
+    assert (centres.x, centres.y, centres.text) == ((0.5,), (1.5,), ("component 3: alpha 0.500",))
+    assert centres.marker.opacity == (0.5,)
+    assert not any(t.x for t in slices.traces(fig, "gaussians", "coronal") + slices.traces(fig, "centres", "coronal"))
     assert slices.traces(fig, "crosshair", "sagittal")[0].y == (1, 1, None, -0.5, 3.5)
     assert fig.layout.yaxis5.range == (3.5, -0.5)  # row 0 on top, the cube's extent
     with pytest.raises(ValueError, match="expected three 2D arrays of one shape"):

@@ -407,8 +407,9 @@ def test_three_planes_show_input_estimate_and_difference_in_hu(run_dir):
     assert layout.coloraxis2.cmid == 0 and layout.coloraxis2.cmin == -layout.coloraxis2.cmax
     viewer.sliders["axial"].value = 3  # what dragging a slider does
     assert np.allclose(viewer.image("axial")[0], hu(s.input[3]), atol=1e-3) and viewer.position == (3, 8, 8)
-    outlines = [t for t in slices.traces(viewer.figure, "gaussians") if t.x]
-    assert outlines and all("alpha" in t.text[0] and "mu" in t.text[0] and "sigma" in t.text[0] for t in outlines)
+    assert [t for t in slices.traces(viewer.figure, "gaussians") if t.x]
+    centres = [t for t in slices.traces(viewer.figure, "centres") if t.x]
+    assert centres and all("alpha" in t.text[0] and "mu (" in t.text[0] and "sigma (" in t.text[0] for t in centres)
     assert "the 4 heaviest components" in viewer.components.value
     assert len([t for t in viewer.volume.data if t.type == "isosurface"]) == 2 and len(viewer.volume.data[0].value) == 16 ** 3
 

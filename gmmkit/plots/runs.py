@@ -12,7 +12,7 @@ def parallel_figure(widget: bool = True, height: int = 300) -> go.Figure:
     fig = (go.FigureWidget if widget else go.Figure)()
     fig.add_trace(go.Parcoords(dimensions=[], line={"color": [], "colorscale": COLOURSCALE, "showscale": True,
                                                     "colorbar": {"title": {"text": "s"}, "thickness": 10}}))
-    fig.update_layout(height=height, template="plotly_white", margin={"l": 60, "r": 60, "t": 60, "b": 20},
+    fig.update_layout(height=height, template="plotly_white", margin={"l": 60, "r": 60, "t": 80, "b": 20},
                       title={"text": "settings against time to target (drag along an axis to filter)", "x": 0.01,
                              "font": {"size": 13}})
     return fig
@@ -25,6 +25,7 @@ def update_parallel(fig: go.Figure, columns: dict) -> None:
     with ctx:
         trace.dimensions = [dict(d) for d in columns["dimensions"]]
         trace.line.color = list(columns["colour"])
+        trace.line.showscale = len(set(columns["colour"])) > 1  # one colour says nothing
         if columns["colour"]:
             trace.line.cmin, trace.line.cmax = min(columns["colour"]), max(columns["colour"])
 

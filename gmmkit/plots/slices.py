@@ -4,8 +4,10 @@ A 3 x 3 grid: one row per plane (axial, coronal, sagittal), one column per image
 difference). Input and estimate are CT in greys on one colour axis, in HU, through the window the viewer
 chooses; the difference has its own diverging scale centred on 0 HU. On every panel a crosshair marks the
 other two planes; on the input and estimate panels each Gaussian's section by the plane is drawn as its 1-
-and 2-sigma ellipses (solid, dotted), more opaque for heavier components, hovering gives the component's
-alpha, mu and sigma.
+and 2-sigma ellipses (solid, dotted), more opaque for heavier components, with a marker at their centre
+whose hover gives the component's alpha, mu and sigma. (The outlines themselves take no hover: plotly
+reports a click as the closest point within ``hoverdistance``, and a click meant for a voxel would land on
+an outline passing by; a centre is where a click may rightly snap to.)
 
 The figure is built once, empty, and updated in place (:func:`update_planes`), so sliders and clicks change
 data without rebuilding the widget. Every trace carries ``meta`` = ``{"kind", "plane", "image", ...}`` so the
@@ -31,7 +33,7 @@ CROSSHAIR_COLOUR = "rgba(0, 200, 255, 0.75)"
 DIFFERENCE_SCALE = "RdBu_r"
 
 
-def planes_figure(widget: bool = True, height: int = 760) -> go.Figure:
+def planes_figure(widget: bool = True, height: int = 800) -> go.Figure:
     """The empty 3 x 3 figure for :func:`update_planes`."""
     base = make_subplots(rows=3, cols=3, column_titles=list(TITLES), row_titles=list(PLANES),
                          horizontal_spacing=0.03, vertical_spacing=0.04)
@@ -48,23 +50,30 @@ def planes_figure(widget: bool = True, height: int = 760) -> go.Figure:
                 for sigma, dash in SIGMA_DASH.items():
                     for level in LEVELS:
                         fig.add_trace(go.Scatter(
-                            x=[], y=[], mode="lines", opacity=level, showlegend=False, hoveron="points",
+                            x=[], y=[], mode="lines", opacity=level, showlegend=False, hoverinfo="skip",
                             line={"color": GAUSSIAN_COLOUR, "width": 1.6 if sigma == 1.0 else 1.0, "dash": dash},
-                            hovertemplate="%{text}<extra></extra>",
                             meta={"kind": "gaussians", "plane": plane, "image": image, "sigma": sigma,
                                   "level": level}), row=r, col=c)
+                fig.add_trace(go.Scatter(
+                    x=[], y=[], mode="markers", showlegend=False, hovertemplate="%{text}<extra></extra>",
+                    marker={"symbol": "x-thin", "size": 7, "line": {"color": GAUSSIAN_COLOUR, "width": 1.5}},
+                    meta={"kind": "centres", "plane": plane, "image": image}), row=r, col=c)
             fig.add_trace(go.Scatter(x=[], y=[], mode="lines", showlegend=False, hoverinfo="skip",
                                      line={"color": CROSSHAIR_COLOUR, "width": 1},
                                      meta={"kind": "crosshair", "plane": plane, "image": image}), row=r, col=c)
     fig.update_layout(
-        height=height, template="plotly_white", margin={"l": 30, "r": 30, "t": 70, "b": 20},
+        height=height, template="plotly_white", margin={"l": 40, "r": 30, "t": 70, "b": 20},
         title={"text": "", "x": 0.01, "font": {"size": 13}}, hovermode="closest", clickmode="event",
+        hoverdistance=8,
         coloraxis={"colorscale": "gray", "colorbar": {"title": {"text": "HU"}, "x": 1.01, "y": 0.76,
                                                        "len": 0.46, "thickness": 10}},
         coloraxis2={"colorscale": DIFFERENCE_SCALE, "cmid": 0.0,
                     "colorbar": {"title": {"text": "diff. HU"}, "x": 1.01, "y": 0.24, "len": 0.46,
                                  "thickness": 10}},
         plot_bgcolor="black")
+    for note in fig.layout.annotations:  # row titles on the left: the colour bars take the right
+        if note.text in PLANES:
+            note.update(x=-0.01, xanchor="right", textangle=-90)
     for i in range(1, 10):  # square voxels, no grid over the image (update_planes sets the ranges, row 0 on top)
         suffix = "" if i == 1 else str(i)
         fig.update_layout({f"yaxis{suffix}": {"scaleanchor": f"x{suffix}",
@@ -127,22 +136,26 @@ def update_planes(fig: go.Figure, images: dict, crosshairs: dict, size: int, win
 
 def _draw_sections(fig: go.Figure, plane: str, sections: Sequence[dict], labels: dict) -> None:
     groups: dict = {}
+    centres: dict = {}
     for s in sections:
-        key = (float(s["sigma"]), level_of(s["opacity"]))
-        xs, ys, texts = groups.setdefault(key, ([], [], []))
-        text = labels.get(s["component"], f"component {s['component']}") + f" ({s['sigma']:g} sigma)"
+        xs, ys = groups.setdefault((float(s["sigma"]), level_of(s["opacity"])), ([], []))
         xs.extend([*np.asarray(s["col"]).tolist(), None])
         ys.extend([*np.asarray(s["row"]).tolist(), None])
-        texts.extend([text] * (len(s["col"]) + 1))
+        centres.setdefault(s["component"], (s["centre"], s["opacity"]))
     for trace in traces(fig, "gaussians", plane):
-        xs, ys, texts = groups.get((trace.meta["sigma"], trace.meta["level"]), ((), (), ()))
-        trace.x, trace.y, trace.text = xs, ys, texts
+        trace.x, trace.y = groups.get((trace.meta["sigma"], trace.meta["level"]), ((), ()))
+    texts = [labels.get(k, f"component {k}") for k in centres]
+    for trace in traces(fig, "centres", plane):
+        trace.x = [c[1] for c, _ in centres.values()]
+        trace.y = [c[0] for c, _ in centres.values()]
+        trace.text = texts
+        trace.marker.opacity = [o for _, o in centres.values()]
 
 
 def set_gaussians_visible(fig: go.Figure, visible: bool) -> None:
     ctx = fig.batch_update() if isinstance(fig, go.FigureWidget) else _Nothing()
     with ctx:
-        for trace in traces(fig, "gaussians"):
+        for trace in traces(fig, "gaussians") + traces(fig, "centres"):
             trace.visible = visible
 
 

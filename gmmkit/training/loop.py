@@ -224,12 +224,14 @@ class Trainer:
                 asked = bool(stop) or (ctx.is_chief and run.stop_requested())
                 loss, stopped = self.step(self.data.train[np.sort(idx)], p.global_batch, stop=asked)
                 loss_sum += loss
+                if step == 0:  # ranks start an epoch apart (rank 0 writes the files); the first step aligns them
+                    first_step_done = time.perf_counter()
                 if stopped:
                     break
             if stopped:
                 summary["status"] = "stopped"
                 break
-            step_s = (time.perf_counter() - epoch_began) / steps
+            step_s = (time.perf_counter() - (first_step_done if steps > 1 else epoch_began)) / max(steps - 1, 1)
             train_loss = float(ctx.sum(np.array([loss_sum]))[0]) / (steps * p.global_batch)
             val_loss = self.validation_loss()
             rank_step_s, rank_eval_s = per_rank(ctx, step_s, self.eval_s_per_sample)

@@ -2,9 +2,10 @@
 
 Every step ends in an allreduce, so every rank's step takes the same wall time: a slow rank makes all of
 them wait. Two numbers per rank go into each record: ``rank_step_s``, the mean wall time of a training step
-as the rank saw it (waiting included: what the run costs), and ``rank_eval_s``, the seconds per validation
-sample of the rank's own forward passes, which involve no other rank (how fast that rank really is). The
-slowest rank is the one with the largest ``rank_eval_s``.
+as the rank saw it, waiting included (what the run costs; timed from the end of the epoch's first step, since
+ranks start an epoch apart while rank 0 writes the run's files), and ``rank_eval_s``, the seconds per
+validation sample of the rank's own forward passes, which involve no other rank (how fast that rank really
+is). The slowest rank is the one with the largest ``rank_eval_s``.
 """
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ def ranks_html(record: Optional[dict], hosts: Optional[list[str]] = None, label:
               f"height:9px;width:{max(2, int(160 * value / top))}px'></span>"
         step_text = f"step {1e3 * step[r]:.1f} ms" if step else ""
         own_text = f"own {1e3 * own[r]:.2f} ms/sample" if own else ""
-        lines.append(f"<tr><td>rank {r}{where}</td><td>{step_text}</td><td>{own_text}</td><td>{bar}</td></tr>")
+        cells = "".join(f"<td style='padding:0 14px 0 0'>{v}</td>" for v in (f"rank {r}{where}", step_text, own_text, bar))
+        lines.append(f"<tr>{cells}</tr>")
     fastest = min(own or step)
     verdict = ""
     if n > 1 and slow is not None:

@@ -10,8 +10,8 @@ import ipywidgets as W
 from .format import format_number, format_seconds
 from .runs import COLUMNS, sort_rows
 
-WIDTHS = {"run": "150px", "strategy": "70px", "workers": "36px", "hosts": "110px", "lr": "70px",
-          "batch_size": "52px", "exact": "48px", "status": "110px", "epochs": "52px", "best_val_loss": "76px",
+WIDTHS = {"run": "120px", "strategy": "70px", "workers": "36px", "hosts": "80px", "lr": "64px",
+          "batch_size": "50px", "exact": "50px", "status": "92px", "epochs": "56px", "best_val_loss": "72px",
           "time_to_target_s": "104px", "efficiency": "76px"}
 
 
@@ -43,8 +43,9 @@ class RunsTable:
         self.visible: dict[int, bool] = {}
         self._checks: dict[int, W.Checkbox] = {}
         self._cells: dict[tuple, W.HTML] = {}  # reused: a re-render only changes values and order
-        self.headers = {key: W.Button(description=title, layout=W.Layout(width=WIDTHS.get(key, "80px")),
-                                      tooltip=f"sort by {title}") for key, title in self.columns}
+        self.headers = {key: W.Button(description=title, tooltip=f"sort by {title}", style={"font_size": "12px"},
+                                      layout=W.Layout(width=WIDTHS.get(key, "80px"), padding="0px 2px"))
+                        for key, title in self.columns}
         for key, button in self.headers.items():
             button.add_class("gmmkit-runs-sort")
             button.on_click(lambda _b, key=key: self.sort_by(key, toggle=True))

@@ -142,8 +142,8 @@ def gaussian_sections(alpha: np.ndarray, mu: np.ndarray, tril: np.ndarray, axis:
     """The sections of each component's k-sigma ellipsoids by the slice ``index`` along ``axis``.
 
     Returns one dict per non-empty section: ``component``, ``sigma`` (k), ``row`` and ``col`` (closed
-    outlines of ``points + 1`` voxel coordinates, as :func:`slice_volume` lays the slice out), and
-    ``alpha``. Sections are listed heaviest component first."""
+    outlines of ``points + 1`` voxel coordinates, as :func:`slice_volume` lays the slice out), ``centre``
+    (the ellipses' common centre, (row, col)) and ``alpha``. Sections are listed heaviest component first."""
     alpha, mu = np.asarray(alpha, dtype=np.float64), np.asarray(mu, dtype=np.float64)
     k = alpha.shape[0] if alpha.ndim == 1 else -1
     if alpha.ndim != 1 or mu.shape != (k, 3) or np.shape(tril) != (k, 3, 3):
@@ -168,7 +168,7 @@ def gaussian_sections(alpha: np.ndarray, mu: np.ndarray, tril: np.ndarray, axis:
                 continue
             outline = m[:, None] + math.sqrt(sigma * sigma - delta2) * chol @ circle
             out.append({"component": int(c), "sigma": float(sigma), "alpha": float(alpha[c]),
-                        "row": outline[0], "col": outline[1]})
+                        "row": outline[0], "col": outline[1], "centre": (float(m[0]), float(m[1]))})
     return out
 
 
