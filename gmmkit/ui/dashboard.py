@@ -364,9 +364,11 @@ class Dashboard:
         run = next((r for r in self.runs if r.number == self.detail.value), None)
         if run is None:
             return
-        hosts = rank_hosts(run.summary)
-        self.ranks.value = ranks_html(run.records[-1] if run.records else None, hosts, label=run.label)
-        self.logs.update(run.handle if not run.attached else None, run.cfg.train.workers, label=run.label)
+        last = run.records[-1] if run.records else None
+        self.ranks.value = ranks_html(last, rank_hosts(run.summary), label=run.label)
+        # the processes that ran (one for a simulated run of n workers); a run found on disk left no output here
+        ranks = len((last or {}).get("rank_step_s") or ()) or run.cfg.train.workers
+        self.logs.update(run.handle if not run.attached else None, 1 if run.attached else ranks, label=run.label)
 
     def _set_status(self, text: str, error: bool = False, escape: bool = True) -> None:
         self.status.value = self._status_html(html.escape(text) if escape else text, error)
