@@ -120,7 +120,8 @@ def describe(exc: InputError, flags: dict) -> str:
 
 # Each subcommand lives in gmmkit/commands/<name>.py and exposes register(subparsers), which adds its
 # parser, sets func=run(args, parser) -> exit code, and returns the parser. Order here is `gmmkit --help`'s.
-COMMANDS = ("train", "sweep", "lr-find", "demo", "stop", "prepare-luna", "prepare-lidc", "synthesize", "bench")
+COMMANDS = ("train", "sweep", "lr-find", "demo", "reproduce", "stop", "prepare-luna", "prepare-lidc", "synthesize",
+            "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

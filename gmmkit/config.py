@@ -33,6 +33,7 @@ class DataConfig:
 
     dataset: str = "lidc"  # "lidc" (LIDC-IDRI's nodules), "phantoms" (synthetic) or a path to a .npz with `cubes`
     size: int = 2100  # phantoms only: how many cubes to generate
+    min_readers: int = 3  # lidc only: nodules marked by at least this many of the 4 readers (1: the paper's)
     val_size: int = 256
     train_size: Optional[int] = None  # None: every cube not in the validation split
     cube: int = 16
@@ -42,6 +43,9 @@ class DataConfig:
         if self.dataset not in BUILT_IN and not str(self.dataset).endswith(".npz"):
             checks.fail("data.dataset", "'lidc', 'phantoms' or a path to a .npz file", self.dataset)
         checks.positive_int("data.size", self.size)
+        checks.positive_int("data.min_readers", self.min_readers)
+        if self.min_readers > 4:
+            checks.fail("data.min_readers", "1 to 4 (LIDC-IDRI had four readers)", self.min_readers)
         checks.positive_int("data.val_size", self.val_size)
         if self.train_size is not None:
             checks.positive_int("data.train_size", self.train_size)

@@ -134,14 +134,6 @@ def _checked_cubes(path: Path, cubes: np.ndarray, cube: int | None) -> np.ndarra
 
 # --- splits ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Split:
-    train: np.ndarray  # (N_train, S, S, S) float32
-    val: np.ndarray  # (N_val, S, S, S) float32
-    train_index: np.ndarray  # rows of the source set
-    val_index: np.ndarray
-
-
 def split_indices(n: int, val_size: int, train_size: int | None, seed: int,
                   groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validation and training rows of a set of ``n``: ``(val, train)``.

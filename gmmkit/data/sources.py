@@ -32,7 +32,7 @@ def load_cubes(cfg: DataConfig) -> CubeSet:
     if cfg.dataset == "phantoms":
         return CubeSet.of(load_phantoms(cfg.size, cfg.seed, cfg.cube).cubes)
     if cfg.dataset == "lidc":
-        return load_lidc(LidcOptions(cube=cfg.cube))
+        return load_lidc(LidcOptions(cube=cfg.cube, min_readers=cfg.min_readers))
     try:
         return CubeSet.load(cfg.dataset, cfg.cube)
     except DatasetError as exc:

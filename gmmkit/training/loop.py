@@ -334,19 +334,23 @@ def _record_failure(run: RunDir, exc: BaseException) -> None:
 
 
 def train_many(cfgs: Sequence[RunConfig], simulate: bool = False, callbacks: Iterable[EpochCallback] = (),
-               trainer: Optional[Trainer] = None, stop: Optional[StopFlag] = None) -> list[dict]:
+               trainer: Optional[Trainer] = None, stop: Optional[StopFlag] = None,
+               resume: Sequence[bool] | bool = False) -> list[dict]:
     """Train ``cfgs`` one after another in this process (or Horovod job), reusing one traced model for all
     runs that :meth:`Trainer.can_run`. A run that raises is recorded as ``failed`` (its summary says why)
-    and the next one starts; ``stop`` ends the current run and skips the rest."""
+    and the next one starts; ``stop`` ends the current run and skips the rest. ``resume``: for every run,
+    or one flag per run, continue the run its directory holds (:func:`train`)."""
     summaries = []
     stop = stop if stop is not None else StopFlag()
-    for cfg in cfgs:
+    flags = [resume] * len(cfgs) if isinstance(resume, bool) else list(resume)
+    for cfg, again in zip(cfgs, flags):
         if stop:
             summaries.append({"status": "stopped", "epochs": 0})
             continue
         try:
             trainer = Trainer.for_config(cfg, simulate, reuse=trainer)
-            summaries.append(train(cfg, callbacks=callbacks, simulate=simulate, trainer=trainer, stop=stop))
+            summaries.append(train(cfg, callbacks=callbacks, simulate=simulate, trainer=trainer, stop=stop,
+                                   resume=again))
         except Exception as exc:  # the run's summary.json already says failed, with the error
             summaries.append({"status": "failed", "error": f"{type(exc).__name__}: {exc}", "epochs": 0})
     return summaries

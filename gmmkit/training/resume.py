@@ -1,13 +1,9 @@
-"""What a resumed run may change: the config it goes on with, and what changed.
-
-A resumed run continues the same experiment (:meth:`gmmkit.training.rundir.RunDir.claim` with ``resume``), so
-only settings that change how long or on what it runs may differ from the run's own ``config.json``.
-"""
+"""What a resumed run may change: the rules of ``gmmkit train --resume`` (:meth:`RunDir.claim`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import RunConfig
+from ..config import BUILT_IN, RunConfig
 from ..errors import RunDirError
 
 # Settings a resumed run may change: they do not change the experiment, only how long or on what it runs.
@@ -50,7 +46,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _resolved(path: str) -> str:
-    return path if path in ("phantoms", "lidc") else str(Path(path).resolve())
+    return path if path in BUILT_IN else str(Path(path).resolve())
 
 
 def _show(values: dict, keys: list[str]) -> str:
