@@ -3,7 +3,7 @@ VENV  ?= .venv
 BIN   := $(VENV)/bin
 READY := $(VENV)/.gmmkit-ready
 
-.PHONY: setup demo test lab bench screenshots clean
+.PHONY: setup demo test lab tensorboard bench screenshots clean
 setup: $(READY)
 
 $(READY): pyproject.toml scripts/setup-env.sh
@@ -21,6 +21,13 @@ screenshots: $(READY)
 
 lab: $(READY)
 	$(BIN)/jupyter lab notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# TensorBoard over every run under runs/ (RUNS=DIR for another folder): losses, learning rate, samples/s,
+# times and each run's settings in the HParams tab. On this machine only, like JupyterLab.
+RUNS    ?= runs
+TB_PORT ?= 6006
+tensorboard: $(READY)
+	$(BIN)/tensorboard --logdir $(RUNS) --host 127.0.0.1 --port $(TB_PORT)
 
 # The growth curves as HTML, and as a PNG for RESULTS.md when Debian's chromium is there to render it.
 bench: $(READY)

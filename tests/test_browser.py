@@ -1,15 +1,18 @@
 """02_distributed in a real browser: JupyterLab on 127.0.0.1 (random free port, a token), headless Debian
-Chromium driven by Playwright (no browser download), Run All, then what a user sees:
+Chromium driven by Playwright (no browser download), Run All, then what a user sees and does:
 
-* the dashboard appears;
-* its live loss plot gains points while the first run trains (the plotly graph's own data, read in the page);
-* moving the slice viewer's slider (keyboard on the slider handle) changes the image.
+* the dashboard appears; its live loss plot gains points while the first run trains (the plotly graph's own
+  data, read in the page), and the rank panel names both ranks;
+* a click on a runs-table header sorts the table;
+* the slice viewer: a slider moves a plane; a window preset changes the picture; a click in the axial plane
+  moves the crosshair in the coronal and sagittal planes; the epoch slider changes the estimate.
 
 Screenshots go to a temporary directory; ``make screenshots`` (``GMMKIT_SCREENSHOTS=docs/screenshots``) also
 copies the final ones there for the README. A plain ``make test`` leaves the tracked files alone.
 """
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -98,21 +101,57 @@ def lab(tmp_path):
         log.close()
 
 
-# JavaScript run in the page: the dashboard's loss plot and the viewer's slice figure are plotly graph divs,
-# whose `data` holds exactly what is drawn.
+# JavaScript run in the page: the dashboard's loss plot and the viewer's planes figure are plotly graph divs,
+# whose `data` and `layout` hold exactly what is drawn; every trace of the planes carries its panel in `meta`.
 VAL_POINTS = """() => {
   const g = document.querySelector('.gmmkit-dashboard .js-plotly-plot');
   if (!g || !g.data) return -1;
   return g.data.filter(t => (t.name || '').endsWith(' val')).reduce((n, t) => n + (t.x ? t.x.length : 0), 0);
 }"""
-SLICE_TITLE = """() => {
-  const g = document.querySelector('.gmmkit-dashboard .gmmkit-slice-viewer .js-plotly-plot');
+PLANES = "document.querySelector('.gmmkit-dashboard .gmmkit-slice-viewer .js-plotly-plot')"
+SLICE_TITLE = f"""() => {{
+  const g = {PLANES};
   return g && g.layout && g.layout.title ? (g.layout.title.text || '') : '';
-}"""
+}}"""
+TRACE = f"""([kind, plane, image]) => {{
+  const g = {PLANES};
+  const t = g && g.data && g.data.find(t => t.meta && t.meta.kind === kind && t.meta.plane === plane
+                                          && (!image || t.meta.image === image));
+  return t ? JSON.stringify([t.x, t.y, t.z]) : '';
+}}"""
+GREYS = f"() => {{ const g = {PLANES}; return g && g.layout.coloraxis ? [g.layout.coloraxis.cmin, g.layout.coloraxis.cmax] : []; }}"
+# page coordinates of voxel (row, col) in the axial input panel (the figure's first axes, x and y)
+AXIAL_POINT = f"""([row, col]) => {{
+  const g = {PLANES}, box = g.getBoundingClientRect(), xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
+  return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row)];
+}}"""
+FIRST_RUN = "() => { const c = document.querySelector('.gmmkit-runs .gmmkit-cell-run'); return c ? c.textContent : ''; }"
 ALL_CELLS_RAN = """() => {
   const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);
   return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p));
 }"""
+
+
+def state(page, script, arg=None) -> str:
+    """What ``script`` returns in the page now, as JSON (to wait for it to change)."""
+    return page.evaluate(f"(a) => JSON.stringify(({script})(a))", arg)
+
+
+def changed(page, script, before: str, arg=None, timeout=60_000):
+    """Wait until ``script`` returns something other than ``before`` (a :func:`state`); returns it."""
+    page.wait_for_function(f"(a) => JSON.stringify(({script})(a)) !== {json.dumps(before)}", arg=arg,
+                           timeout=timeout)
+    return page.evaluate(script, arg)
+
+
+def shoot(page, top, bottom, path) -> None:
+    """A screenshot of the page from the top of ``top`` to the bottom of ``bottom`` (scrolled to ``top``)."""
+    top.evaluate("e => e.scrollIntoView({block: 'start'})")
+    time.sleep(0.5)
+    a, b = top.bounding_box(), bottom.bounding_box()
+    y0, y1 = max(a["y"], 0), min(b["y"] + b["height"], page.viewport_size["height"])
+    page.screenshot(path=str(path), clip={"x": a["x"], "y": y0, "width": max(a["width"], b["width"]),
+                                          "height": y1 - y0})
 
 
 def test_dashboard_runs_in_jupyterlab(lab):
@@ -123,7 +162,7 @@ def test_dashboard_runs_in_jupyterlab(lab):
     with sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
             str(lab["tmp"] / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000})
+            viewport={"width": 1400, "height": 1300})
         page = browser.pages[0] if browser.pages else browser.new_page()
         try:
             page.set_default_timeout(120_000)
@@ -144,8 +183,8 @@ def test_dashboard_runs_in_jupyterlab(lab):
                     counts.append(n)
                     if n >= 3 and not status_mid_run:  # mid-run: the status line follows the epochs too
                         status_mid_run = dashboard.locator(".gmmkit-status").inner_text()
-                        dashboard.scroll_into_view_if_needed()
-                        dashboard.screenshot(path=str(shots / "dashboard-training.png"))
+                        shoot(page, dashboard, dashboard.locator(".js-plotly-plot").first,
+                              shots / "dashboard-training.png")
                 if n >= PARAMETERS["epochs"]:
                     break
                 time.sleep(0.1)
@@ -155,29 +194,70 @@ def test_dashboard_runs_in_jupyterlab(lab):
 
             page.wait_for_function(ALL_CELLS_RAN, timeout=400_000)
             page.wait_for_function("() => document.body.innerText.includes('| Idle')")
-            assert "#3 strong n=1" in dashboard.locator(".gmmkit-runs").inner_text()
-            page.wait_for_function(f"() => ({SLICE_TITLE})().includes('slice')", timeout=120_000)
-            dashboard.scroll_into_view_if_needed()
-            dashboard.screenshot(path=str(shots / "dashboard.png"))
+            runs = dashboard.locator(".gmmkit-runs")
+            assert "#3 strong n=1" in runs.inner_text()
+            # the runs table sorts on a header click: by n, the one-worker run comes first
+            first = state(page, FIRST_RUN)
+            assert first.startswith('"#1 ')
+            runs.get_by_role("button", name="n", exact=True).click()
+            assert changed(page, FIRST_RUN, first).startswith("#3 ")
+            # one run in detail: the first one's two ranks, the slowest named
+            dashboard.locator(".widget-dropdown", has_text="details of").locator("select").select_option(
+                label="#1 strong n=2")
+            page.wait_for_function("() => document.querySelector('.gmmkit-ranks').innerText.includes('rank 1')")
+            ranks = dashboard.locator(".gmmkit-ranks").inner_text()
+            assert "rank 0" in ranks and "slowest: rank" in ranks, ranks
+            assert "rank 1 output" in dashboard.locator(".gmmkit-logs").inner_text()
+            shoot(page, runs, dashboard.locator(".gmmkit-logs"), shots / "dashboard-runs.png")
 
-            # the slice viewer: keyboard on the slider handle, as a user would
+            # the slice viewer: keyboard on a slider handle, as a user would
+            page.wait_for_function(f"() => ({SLICE_TITLE})().includes('crosshair')", timeout=120_000)
             viewer = dashboard.locator(".gmmkit-slice-viewer")
             figure = viewer.locator(".js-plotly-plot").first
             figure.scroll_into_view_if_needed()
-            before_title = page.evaluate(SLICE_TITLE)
-            before_png = figure.screenshot(path=str(shots / "slices-before.png"))
+            before_title = state(page, SLICE_TITLE)
+            before_png = figure.screenshot()
             handle = viewer.locator(".gmmkit-slice-slider .noUi-handle").first
             handle.click()
             for _ in range(4):
                 page.keyboard.press("ArrowLeft")
-            page.wait_for_function(f"() => ({SLICE_TITLE})() !== {json.dumps(before_title)}", timeout=60_000)
+            assert "crosshair (axial " in changed(page, SLICE_TITLE, before_title)
             time.sleep(1.0)  # let plotly finish drawing
-            after_png = figure.screenshot(path=str(shots / "slices-after.png"))
-            after_title = page.evaluate(SLICE_TITLE)
-            assert after_title != before_title and "slice" in after_title
-            assert after_png != before_png, "moving the slider did not change the image"
-            viewer.scroll_into_view_if_needed()
-            viewer.screenshot(path=str(shots / "slice_viewer.png"))
+            assert figure.screenshot() != before_png, "moving the slider did not change the image"
+
+            # a window preset changes the greys
+            greys = state(page, GREYS)
+            viewer.locator(".gmmkit-window button", has_text="mediastinum").click()
+            assert changed(page, GREYS, greys) == [-125, 225]
+            time.sleep(1.0)
+            assert figure.screenshot() != before_png
+
+            # a click in the axial plane moves the crosshair in the coronal and sagittal planes
+            coronal = state(page, TRACE, ["crosshair", "coronal", "input"])
+            sagittal = state(page, TRACE, ["crosshair", "sagittal", "input"])
+            x, y = page.evaluate(AXIAL_POINT, [3, 12])
+            page.mouse.click(x, y)
+            changed(page, TRACE, coronal, ["crosshair", "coronal", "input"])
+            assert state(page, TRACE, ["crosshair", "sagittal", "input"]) != sagittal
+            title = page.evaluate(SLICE_TITLE)  # a click within 8 px of a Gaussian's centre snaps to it
+            where = re.search(r"coronal (\d+), sagittal (\d+)", title)
+            assert where and abs(int(where[1]) - 3) <= 1 and abs(int(where[2]) - 12) <= 1, title
+
+            # the epoch slider: the same cube's estimate at the first epoch kept (0, the initial weights)
+            estimate = state(page, TRACE, ["image", "axial", "estimate"])
+            viewer.locator(".gmmkit-epoch-slider .noUi-handle").first.click()
+            for _ in range(6):
+                page.keyboard.press("ArrowLeft")
+            page.wait_for_function(f"() => ({SLICE_TITLE})().includes('initial weights')")
+            changed(page, TRACE, estimate, ["image", "axial", "estimate"])
+            for _ in range(6):
+                page.keyboard.press("ArrowRight")
+            page.wait_for_function(f"() => ({SLICE_TITLE})().includes('epoch {PARAMETERS['epochs']}')")
+            viewer.locator(".gmmkit-window button", has_text="lung").click()  # the README's picture: lungs
+            page.wait_for_function(f"() => JSON.stringify(({GREYS})()) === '[-1350,150]'")
+            page.mouse.move(0, 0)  # no hover label or tooltip in the picture
+            time.sleep(1.0)
+            shoot(page, viewer, viewer.locator(".gmmkit-components"), shots / "slice_viewer.png")
         except Exception:
             page.screenshot(path=str(shots / "failure.png"), full_page=True)
             raise
@@ -186,5 +266,6 @@ def test_dashboard_runs_in_jupyterlab(lab):
     if os.environ.get("GMMKIT_SCREENSHOTS"):
         final = Path(os.environ["GMMKIT_SCREENSHOTS"])
         final.mkdir(parents=True, exist_ok=True)
-        for name in ("dashboard-training.png", "dashboard.png", "slice_viewer.png"):
+        for name in ("dashboard-training.png", "dashboard-runs.png", "slice_viewer.png"):
             shutil.copy(shots / name, final / name)
+

@@ -28,8 +28,12 @@ def test_strong_scaling_on_two_ranks_is_sequential_and_resumes(reference, tmp_pa
     assert summary["status"] == "max_epochs" and summary["global_batch"] == 8
     np.testing.assert_allclose(losses(run), losses(ref_run)[:2], rtol=RTOL)
     np.testing.assert_allclose(losses(run, "train_loss"), losses(ref_run, "train_loss")[:2], rtol=RTOL)
-    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
-        "checkpoint.npz", "config.json", "input-config.json", "metrics.jsonl", "state", "summary.json"]
+    names = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+    assert [n for n in names if not n.startswith("events.out.tfevents.")] == [
+        "checkpoint.npz", "config.json", "input-config.json", "metrics.jsonl", "snapshots", "state", "summary.json"]
+    assert len(names) == 8  # and one TensorBoard event file, from rank 0 alone
+    for record in read_jsonl(run / "metrics.jsonl"):  # each rank's own timings, gathered into every record
+        assert len(record["rank_step_s"]) == 2 and len(record["rank_eval_s"]) == 2 and min(record["rank_eval_s"]) > 0
 
     # --resume continues from the epoch-2 checkpoint and lands on the uninterrupted path
     _, summary = gmmkit_train(two.replace(train={"epochs": 3}), "--resume")

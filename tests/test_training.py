@@ -18,7 +18,7 @@ from gmmkit.training import RunDir, StopFlag, train
 from conftest import tiny_config
 
 METRIC_KEYS = {"epoch", "train_loss", "val_loss", "lr", "time_s", "epoch_time_s", "samples_per_s",
-               "global_batch", "steps"}
+               "global_batch", "steps", "rank_step_s", "rank_eval_s"}
 
 
 def val_losses(run_dir):

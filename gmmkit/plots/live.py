@@ -89,6 +89,13 @@ def add_record(fig: go.Figure, run: int, record: dict) -> None:
     _stretch_target(fig)
 
 
+def set_run_visible(fig: go.Figure, run: int, visible: bool) -> None:
+    """Show or hide run ``run``'s curves (legend entry included)."""
+    with _batch(fig):
+        for trace in run_traces(fig, run).values():
+            trace.visible = bool(visible)
+
+
 def point_count(fig: go.Figure, run: Optional[int] = None) -> int:
     """How many validation points are drawn (of one run, or of all)."""
     traces = [t for t in fig.data if isinstance(t.meta, dict) and t.meta.get("kind") == "val_loss"

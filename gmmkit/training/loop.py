@@ -24,9 +24,11 @@ from ..parallel import distributed
 from ..parallel.launch import launcher_rank
 from .exact import ExactStep, evaluation_chunks, local_micro_shards, shard_range
 from .optimizer import Adam
+from .progress import per_rank
 from .resume import changes
 from .rundir import FINISHED, RunDir
 from ..signals import StopFlag, stop_on_signals
+from .tensorboard import EventWriter
 
 EVAL_BATCH = 256
 EVAL_CHUNK = 16  # exact mode: the validation set in chunks of this many, the same on any number of ranks
@@ -60,6 +62,7 @@ class Trainer:
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
         self._warm = False
+        self.eval_s_per_sample = 0.0  # this rank's last validation pass (gmmkit.training.progress)
 
     def _configure(self, cfg: RunConfig, simulate: bool) -> None:
         t = cfg.train
@@ -186,16 +189,19 @@ class Trainer:
         if self.exact is not None:
             size, rank = (1, 0) if self.simulate else (self.ctx.size, self.ctx.rank)
             start, stop = shard_range(len(self._chunks), size, rank)
-            n = len(self.data.val)
+            n, began = len(self.data.val), time.perf_counter()
             count = min(max(n - start * EVAL_CHUNK, 0), (stop - start) * EVAL_CHUNK)
             # a rank without a chunk (more ranks than chunks) still takes part in the sums, adding nothing
             chunks = self._chunks[start:stop] if stop > start else np.zeros_like(self._chunks[:1])
-            return float(self.exact.eval_step(chunks, count, n)) / n
+            loss_sum = float(self.exact.eval_step(chunks, count, n))
+            self.eval_s_per_sample = (time.perf_counter() - began) / max(count, 1)
+            return loss_sum / n
         val = self.data.val
         shard = np.array_split(np.arange(len(val)), self.ctx.size)[self.ctx.rank]
-        total = 0.0
+        total, began = 0.0, time.perf_counter()
         for start in range(0, len(shard), EVAL_BATCH):
             total += float(self._eval_step(val[shard[start:start + EVAL_BATCH]]))
+        self.eval_s_per_sample = (time.perf_counter() - began) / max(len(shard), 1)
         loss_sum, count = self.ctx.sum(np.array([total, len(shard)]))
         return float(loss_sum / count)
 
@@ -220,7 +226,8 @@ class Trainer:
         rank votes on stopping at every step (its ``stop`` flag; the chief also reads the ``STOP`` file), and
         the votes ride in the gradients' allreduce, so all ranks leave after the same step."""
         t, ctx = self.cfg.train, self.ctx
-        callbacks = list(callbacks) if ctx.is_chief else []
+        board = EventWriter(run.path, self.cfg, self.simulate) if ctx.is_chief else None
+        callbacks = [*callbacks, board] if ctx.is_chief else []
         stop = stop if stop is not None else StopFlag()
         ckpt, records = run.history() if (resume and ctx.is_chief) else (None, [])
         start_epoch = int(ctx.sum(np.array([ckpt["epoch"] if ckpt else 0]))[0])
@@ -254,18 +261,23 @@ class Trainer:
                 asked = bool(stop) or (ctx.is_chief and run.stop_requested())
                 loss, stopped = self.step(self.batch(perm, p, step), p.global_batch, stop=asked)
                 loss_sum += loss
+                if step == 0:  # ranks start an epoch apart (rank 0 writes the files); the first step aligns them
+                    first_step_done = time.perf_counter()
                 if stopped:
                     break
             if stopped:
                 summary["status"] = "stopped"
                 break
-            train_loss = loss_sum / (steps * p.global_batch)
+            step_s = (time.perf_counter() - (first_step_done if steps > 1 else epoch_began)) / max(steps - 1, 1)
+            train_loss = loss_sum / (steps * p.global_batch)  # step() returns the global batch's loss sum
             val_loss = self.validation_loss()
+            rank_step_s, rank_eval_s = per_rank(ctx, step_s, self.eval_s_per_sample)
             now = time.perf_counter()
             record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": p.lr,
                       "time_s": now - began, "epoch_time_s": now - epoch_began,
                       "samples_per_s": steps * p.global_batch / (now - epoch_began),
-                      "global_batch": p.global_batch, "steps": steps}
+                      "global_batch": p.global_batch, "steps": steps, "rank_step_s": rank_step_s,
+                      "rank_eval_s": rank_eval_s}
             records.append(record)
             summary.update(epochs=epoch + 1, final_val_loss=val_loss)
             if is_finite_number(val_loss) and (summary["best_val_loss"] is None or val_loss < summary["best_val_loss"]):
@@ -288,6 +300,8 @@ class Trainer:
         summary["elapsed_s"] = time.perf_counter() - began
         run.commit(records, summary)
         run.stop_handled()
+        if board is not None:
+            board.close(summary)
         return summary
 
     def _summary_of(self, records: list[dict], epochs: int, global_batch: int, steps: int) -> dict:

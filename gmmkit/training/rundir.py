@@ -2,11 +2,13 @@
 
 =================  ==============================================================================
 ``config.json``    the :class:`~gmmkit.config.RunConfig` (paths absolute), written when the run starts
-``metrics.jsonl``  one line per finished epoch: epoch, train_loss, val_loss, lr, time_s (since training
-                   began), epoch_time_s, samples_per_s, global_batch, steps
+``metrics.jsonl``  one line per finished epoch: epoch, train_loss, val_loss, lr, time_s (since training began),
+                   epoch_time_s, samples_per_s, global_batch, steps, rank_step_s, rank_eval_s (each rank's)
 ``summary.json``   status (running | reached_target | diverged | max_epochs | stopped | failed),
                    time_to_target_s, epochs, best/final validation loss, workers, backend, resumes
 ``checkpoint.npz`` weights, optimizer state and epoch after the last finished epoch
+``snapshots/``     the weights of epochs 1, 2, 5, 10, 20, 50, ... (:mod:`gmmkit.training.snapshots`)
+``events.out.*``   TensorBoard's event files (:mod:`gmmkit.training.tensorboard`)
 ``STOP``           a stop request (``gmmkit stop``, the dashboard, a signal to the launcher): the run ends
                    after the current step with status ``stopped`` and removes it
 ``.lock``          held by the one process that owns the run while it runs (``flock``: a dead process
@@ -44,6 +46,7 @@ import numpy as np
 from ..config import RunConfig
 from ..errors import RunDirError
 from ..files import atomic_write_text, read_jsonl, remove_temporaries, to_json, umask, write_jsonl
+from . import snapshots
 from .resume import resume_config
 
 STATUSES = ("reached_target", "diverged", "max_epochs", "stopped", "failed", "running")
@@ -194,7 +197,10 @@ class RunDir:
     def _remove_run(self) -> None:
         for name in ("config.json", "state", *STATE_FILES, "STOP"):
             (self.path / name).unlink(missing_ok=True)
+        for events in self.path.glob("events.out.tfevents.*"):
+            events.unlink()
         shutil.rmtree(self.path / ".state", ignore_errors=True)
+        snapshots.remove(self.path)
 
     def _link_state_files(self) -> None:
         """``metrics.jsonl`` and the others as links into ``state`` (replacing the plain files of an older
@@ -248,6 +254,8 @@ class RunDir:
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise
+            if checkpoint is not None:
+                snapshots.keep(self.path, checkpoint)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise RunDirError(f"--out {self.path}: the disk is full ({exc.strerror}); the last good state "
@@ -323,21 +331,20 @@ class RunDir:
 
     def load_checkpoint(self) -> dict | None:
         """``{"epoch", "time_s", "weights", "optimizer", "records"}`` or None when there is no checkpoint."""
-        if not self.checkpoint_path.exists():
-            return None
-        try:
-            with np.load(self.checkpoint_path, allow_pickle=False) as f:
-                names = sorted(f.files)
-                records = json.loads(str(f["records"])) if "records" in f.files else []
-                return {
-                    "epoch": int(f["epoch"]),
-                    "time_s": float(f["time_s"]),
-                    "weights": [f[n] for n in names if n.startswith("w")],
-                    "optimizer": [f[n] for n in names if n.startswith("o")],
-                    "records": records,
-                }
-        except Exception as exc:
-            raise RunDirError(f"{self.checkpoint_path}: unreadable checkpoint ({exc})") from None
+        return read_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
+
+    def snapshot_epochs(self) -> list[int]:
+        """The epochs whose snapshot the run keeps (:mod:`gmmkit.training.snapshots`), in order."""
+        return list(snapshots.found(self.path))
+
+    def load_snapshot(self, epoch: int) -> dict:
+        """Epoch ``epoch``'s weights: its snapshot (no optimiser state), or the checkpoint if of that epoch."""
+        path = snapshots.found(self.path).get(epoch)
+        ckpt = read_checkpoint(path) if path is not None else self.load_checkpoint()
+        if ckpt is None or ckpt["epoch"] != epoch:
+            raise RunDirError(f"{self.path}: no snapshot of epoch {epoch!r} (kept: "
+                              f"{', '.join(map(str, self.snapshot_epochs())) or 'none'})")
+        return ckpt
 
     def load_model(self, checkpoint: bool = True):
         """The run's Keras model with the weights of its last checkpoint, and that checkpoint's epoch.
@@ -359,6 +366,19 @@ class RunDir:
             raise RunDirError(f"{self.checkpoint_path}: its weights do not fit the model config.json describes "
                               f"({exc})") from None
         return model, ckpt["epoch"]
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint file as ``{"epoch", "time_s", "weights", "optimizer", "records"}``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = sorted(f.files)
+            records = json.loads(str(f["records"])) if "records" in f.files else []
+            return {"epoch": int(f["epoch"]), "time_s": float(f["time_s"]),
+                    "weights": [f[n] for n in names if n.startswith("w")],
+                    "optimizer": [f[n] for n in names if n.startswith("o")], "records": records}
+    except Exception as exc:
+        raise RunDirError(f"{path}: unreadable checkpoint ({exc})") from None
 
 
 def _save_checkpoint(path: Path, checkpoint: dict, records: list[dict]) -> None:

@@ -1,6 +1,7 @@
 """The notebook's user interface: the training :class:`Dashboard`, the :class:`SliceViewer`, and the
 :class:`Inspector` that looks inside a checkpoint for both. ipywidgets is imported here and nowhere else."""
-from .dashboard import Dashboard, DashboardRun
+from .dashboard import Dashboard
+from .runs import DashboardRun
 from .inspector import Inspector, Sample
 from .viewer import SliceViewer
 

@@ -1,21 +1,25 @@
 """The training dashboard of a notebook: start, watch, stop and compare runs on an MPI cluster.
 
-Pick a strategy, the number of workers (one MPI rank, one GPU each), the base learning rate and batch, the
-target loss and the epoch limit, then Start. The run goes to the cluster's engines (see
-:mod:`gmmkit.parallel.cluster`); a background thread follows it, adding each epoch to the live loss plot
-and the status line while the notebook stays free. Stop asks the run to end after its current step. Every
-run keeps its curves, so successive runs compare on one plot, and the table below fills in as they finish.
+Pick a strategy, the number of workers (one MPI rank, one GPU each; at most the cluster's slots when it
+knows them), the base learning rate and batch, the target loss and the epoch limit, then Start. The run goes
+to the cluster's engines (see :mod:`gmmkit.parallel.cluster`); a background thread follows it, adding each
+epoch to the live loss plot, the runs table and the status line while the notebook stays free. Stop asks the
+run to end after its current step.
 
-The logic behind every control is a plain method (``Dashboard.start``, ``Dashboard.stop``,
-``Dashboard.update``), so it runs, and is tested, without a browser; the buttons only call those methods.
-The modules of :mod:`gmmkit.ui` are the only ones that import ipywidgets.
+Runs compare in a sortable table (click a header) and a parallel-coordinates view of their settings against
+the time to target; each run's curves can be hidden from the table. Below, one run's details: each rank's
+step time with the slowest rank named, and each rank's output (stdout and stderr) with errors marked
+(:mod:`gmmkit.ui.panels`). A dashboard opened in a new kernel re-attaches: it finds the runs already under
+its output folder, finished or still training, and follows the latter through their files.
+
+The logic behind every control is a plain method (``start``, ``stop``, ``poll``, ``update``, ``attach``), so
+it runs, and is tested, without a browser; the buttons only call those methods.
 """
 from __future__ import annotations
 
 import html
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -23,36 +27,15 @@ import ipywidgets as W
 
 from ..config import RunConfig
 from ..errors import InputError
-from ..plots import live
+from ..plots import live, runs as run_plots
 from ..strategies import STRATEGIES
-from ..study.perfmodel import efficiency
+from ..training.rundir import RunDir
+from . import runs as run_rows
+from .runs import DashboardRun
 from .format import estimate_remaining, format_number, format_seconds, parse_target
+from .panels import RankLogs, rank_hosts, ranks_html
+from .runs_table import RunsTable
 from .viewer import SliceViewer
-
-
-@dataclass
-class DashboardRun:
-    """One run started from the dashboard, as the dashboard tracks it."""
-
-    number: int
-    label: str
-    cfg: RunConfig
-    trace: int  # its run number on the loss figure
-    clicked: float  # time.perf_counter() at Start
-    handle: Any = None  # what cluster.train returned
-    records: list = field(default_factory=list)
-    first_epoch_s: Optional[float] = None  # Start to first epoch on the plot
-    stop_clicked: Optional[float] = None
-    stop_s: Optional[float] = None  # Stop to the run's end
-    summary: Optional[dict] = None
-    error: Optional[str] = None
-    finished: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def status(self) -> str:
-        if self.error:
-            return "failed"
-        return self.summary["status"] if self.summary else "running"
 
 
 class Dashboard:
@@ -60,44 +43,36 @@ class Dashboard:
 
     ``cluster``: an :class:`gmmkit.parallel.cluster.MPICluster` (or anything with ``train(cfg)`` returning a
     :class:`~gmmkit.parallel.training_run.RunHandle`, and ``resize(n)``), or a factory ``n -> cluster``
-    called when a run needs one. ``base``: the :class:`RunConfig` the controls start from (data
-    and model settings are taken from it as they are). Runs write to ``out/NN-strategy-nN``.
-    ``viewer=True`` adds a :class:`SliceViewer` that follows the current run's checkpoints.
-    ``poll_interval``: seconds between looks at a running run; ``None`` follows nothing by itself (call
-    :meth:`poll`), which is what tests do.
-
-    Display it by leaving it last in a cell. :meth:`start`, :meth:`stop` and :meth:`wait` do from code what
-    the buttons do.
+    called when a run needs one. ``base``: the :class:`RunConfig` the controls start from. Runs write to
+    ``out/NN-strategy-nN``; the runs already in ``out`` are shown at once. ``viewer=True`` adds a
+    :class:`SliceViewer` that follows the current run. ``poll_interval``: seconds between looks at running
+    runs; ``None`` follows nothing by itself (call :meth:`poll`), which is what tests do.
     """
 
     def __init__(self, cluster: Any, base: Optional[RunConfig] = None, out: str = "runs/dashboard",
                  viewer: bool = True, poll_interval: Optional[float] = 0.5, max_workers: int = 64):
-        if cluster is None:
-            raise InputError("cluster: expected an MPICluster, a factory n -> cluster, or an object with "
-                             "train(cfg), received None")
-        self._factory: Optional[Callable[[int], Any]] = None
-        self.cluster = None
-        if hasattr(cluster, "train"):
-            self.cluster = cluster
-        elif callable(cluster):
-            self._factory = cluster
-        else:
+        if cluster is None or not (hasattr(cluster, "train") or callable(cluster)):
             raise InputError(f"cluster: expected an MPICluster, a factory n -> cluster, or an object with "
-                             f"train(cfg), received {type(cluster).__name__}")
+                             f"train(cfg), received {type(cluster).__name__ if cluster is not None else None}")
+        self.cluster = cluster if hasattr(cluster, "train") else None
+        self._factory: Optional[Callable[[int], Any]] = None if self.cluster is not None else cluster
         self.base = (base or RunConfig()).validate()
         self.out = str(out)
         self.poll_interval = poll_interval
         self.runs: list[DashboardRun] = []
+        self.current: Optional[DashboardRun] = None  # the latest run started here
         self._lock = threading.RLock()
         self._thread: Optional[threading.Thread] = None
 
         t = self.base.train
-        style = {"description_width": "88px"}
-        layout = W.Layout(width="210px")
+        slots = getattr(self.cluster, "slots", None)
+        limit = min(max_workers, slots) if isinstance(slots, int) and slots > 0 else max_workers
+        style, layout = {"description_width": "88px"}, W.Layout(width="210px")
         self.strategy = W.Dropdown(options=list(STRATEGIES), value=t.strategy, description="strategy",
                                    style=style, layout=layout)
-        self.workers = W.BoundedIntText(value=t.workers, min=1, max=max_workers, description="workers (GPUs)",
-                                        style=style, layout=layout)
+        self.workers = W.BoundedIntText(value=min(t.workers, limit), min=1, max=limit, style=style,
+                                        description="workers (GPUs)", layout=layout,
+                                        tooltip=f"at most {limit} (the cluster's slots)" if limit < max_workers else "")
         self.lr = W.FloatText(value=t.lr, description="lr", style=style, layout=layout)
         self.batch = W.BoundedIntText(value=t.batch_size, min=1, max=1 << 16, description="batch",
                                       style=style, layout=layout)
@@ -105,6 +80,8 @@ class Dashboard:
                              description="target loss", style=style, layout=layout)
         self.epochs = W.BoundedIntText(value=t.epochs, min=1, max=100000, description="max epochs",
                                        style=style, layout=layout)
+        # exact mode (train.exact): the sequential path to the last bit on any number of workers
+        self.exact = W.Checkbox(value=bool(t.exact), description="exact", indent=False)
         self.start_button = W.Button(description="Start", button_style="success", icon="play",
                                      layout=W.Layout(width="100px"))
         self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
@@ -113,17 +90,24 @@ class Dashboard:
         self.stop_button.on_click(self.on_stop)
         self.status = W.HTML(value=self._status_html("ready: choose a strategy and press Start"))
         self.figure = live.loss_figure(self.base.train.target_loss)
-        self.table = W.HTML(value=self._table_html())
+        self.table = RunsTable(on_visible=self.show_curves)
+        self.parallel = run_plots.parallel_figure()
+        self.detail = W.Dropdown(options=[("-", None)], value=None, description="details of",
+                                 layout=W.Layout(width="330px"))
+        self.detail.observe(lambda _c: self._draw_details(), names="value")
+        self.ranks = W.HTML(value=ranks_html(None, label="no run yet"))
+        self.logs = RankLogs()
         self.viewer: Optional[SliceViewer] = SliceViewer(volume=False) if viewer else None
-        controls = W.HBox([
-            W.VBox([self.strategy, self.workers]), W.VBox([self.lr, self.batch]),
-            W.VBox([self.target, self.epochs]), W.VBox([self.start_button, self.stop_button]),
-        ])
-        parts = [controls, self.status, self.figure, self.table]
+        settings = [W.VBox([self.strategy, self.workers]), W.VBox([self.lr, self.batch]),
+                    W.VBox([self.target, self.epochs])]
+        buttons = [self.start_button, self.stop_button, self.exact]
+        parts = [W.HBox([*settings, W.VBox(buttons)]), self.status, self.figure, self.table.widget,
+                 self.parallel, W.HTML("<b>one run in detail</b>"), self.detail, self.ranks, self.logs.widget]
         if self.viewer is not None:
             parts.append(self.viewer.widget)
         self.widget = W.VBox(parts, layout=W.Layout(width="100%"))
         self.widget.add_class("gmmkit-dashboard")
+        self.attach()
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -131,15 +115,10 @@ class Dashboard:
     # --- what the controls do ----------------------------------------------------------------
     def config(self) -> RunConfig:
         """The RunConfig the controls describe (the next run's, before its ``out`` is chosen)."""
-        return self.base.replace(train={
-            "strategy": self.strategy.value, "workers": int(self.workers.value), "lr": float(self.lr.value),
-            "batch_size": int(self.batch.value), "target_loss": parse_target(self.target.value),
-            "epochs": int(self.epochs.value)})
-
-    @property
-    def current(self) -> Optional[DashboardRun]:
-        """The latest run (running or finished), or None before the first Start."""
-        return self.runs[-1] if self.runs else None
+        train = {"strategy": self.strategy.value, "workers": int(self.workers.value), "lr": float(self.lr.value),
+                 "batch_size": int(self.batch.value), "target_loss": parse_target(self.target.value),
+                 "epochs": int(self.epochs.value), "exact": bool(self.exact.value)}
+        return self.base.replace(train=train)
 
     @property
     def running(self) -> bool:
@@ -168,38 +147,74 @@ class Dashboard:
             cfg = self.config()
             number = self._next_number()
             t = cfg.train
-            label = f"#{number} {t.strategy} n={t.workers}"
             cfg = cfg.replace(out=f"{self.out}/{number:02d}-{t.strategy}-n{t.workers}")
-            run = DashboardRun(number=number, label=label, cfg=cfg, clicked=time.perf_counter(),
-                               trace=live.add_run(self.figure, label, t.strategy))
-            self.runs.append(run)
+            run = self._add(DashboardRun(number=number, label=f"#{number} {t.strategy} n={t.workers}", cfg=cfg,
+                                         clicked=time.perf_counter(), trace=-1))
+            self.current = run
             live.set_target(self.figure, t.target_loss)
             self.start_button.disabled, self.stop_button.disabled = True, False
         if self.poll_interval is None:
             self._submit(run)
         else:
-            self._thread = threading.Thread(target=self._follow, args=(run,), name=f"gmmkit-run-{number}",
-                                            daemon=True)
-            self._thread.start()
+            threading.Thread(target=self._submit, args=(run,), name=f"gmmkit-start-{number}", daemon=True).start()
+            self._watch()
+        return run
+
+    def _add(self, run: DashboardRun) -> DashboardRun:
+        run.trace = live.add_run(self.figure, run.label, run.cfg.train.strategy)
+        self.runs.append(run)
+        self.detail.options = [(r.label, r.number) for r in self.runs]
+        self.detail.value = run.number
+        self._redraw_tables()
         return run
 
     def _next_number(self) -> int:
-        """The next run's number: after this dashboard's runs and after any run directory already in ``out``
-        (a run directory belongs to one run; an earlier session's runs stay as they are)."""
+        """The next run's number: after every run shown and every numbered folder in ``out``."""
         taken = [r.number for r in self.runs]
         folder = Path(self.out)
         if folder.is_dir():
-            taken += [int(p.name.split("-", 1)[0]) for p in folder.iterdir() if p.name.split("-", 1)[0].isdigit()]
+            taken += [n for n in (run_rows.run_number(p) for p in folder.iterdir()) if n is not None]
         return max(taken, default=0) + 1
 
-    def stop(self) -> None:
-        """Ask the current run to stop after its current step (it ends with status ``stopped``)."""
-        run = self.current
+    def attach(self) -> list[DashboardRun]:
+        """Show the runs under ``out`` that the dashboard does not show yet (finished, or still training: those
+        are followed through their files); returns them."""
+        known = {Path(r.cfg.out).resolve() for r in self.runs}
+        added = []
+        for path in run_rows.discover(self.out):
+            if path.resolve() in known:
+                continue
+            run_dir = RunDir(path)
+            try:
+                cfg = run_dir.config()
+            except Exception:  # not readable (yet): the next look will try again
+                continue
+            t, number = cfg.train, run_rows.run_number(path) or self._next_number()
+            run = DashboardRun(number=number, label=f"#{number} {t.strategy} n={t.workers}", cfg=cfg,
+                               clicked=time.perf_counter(), trace=-1, attached=True,
+                               handle=run_rows.RunDirHandle(path))
+            self._add(run)
+            for record in run.handle.metrics:
+                self.update(record, run, quiet=True)
+            if run.handle.done():
+                self._finish(run, summary=run_rows.summary_status(run_dir.summary() or {}, running=False),
+                             quiet=True)
+            added.append(run)
+        if added:
+            self._redraw_tables()
+        if added and any(not r.finished.is_set() for r in added) and self.poll_interval is not None:
+            self._watch()
+        return added
+
+    def stop(self, run: Optional[DashboardRun] = None) -> None:
+        """Ask a run (default: the current one) to stop after its current step (status ``stopped``)."""
+        run = run or self.current
         if run is None or run.finished.is_set():
             self._set_status("nothing is running")
             return
         run.stop_clicked = time.perf_counter()
-        self.stop_button.disabled = True
+        if run is self.current:
+            self.stop_button.disabled = True
         self._set_status(f"{run.label}: stopping after the current step ...")
         if run.handle is not None:
             run.handle.stop(wait=False)
@@ -221,7 +236,14 @@ class Dashboard:
             raise RuntimeError(f"{run.label} failed: {run.error}")
         return run.summary
 
-    # --- following a run -------------------------------------------------------------------
+    def show_curves(self, number: int, visible: bool) -> None:
+        """Show or hide run ``number``'s curves on the loss plot (the table's checkboxes)."""
+        run = next((r for r in self.runs if r.number == number), None)
+        if run is None:
+            raise InputError(f"run: expected one of {[r.number for r in self.runs]}, received {number!r}")
+        live.set_run_visible(self.figure, run.trace, visible)
+
+    # --- following runs ---------------------------------------------------------------------
     def _cluster_for(self, n: int):
         if self.cluster is None:
             self._set_status(f"starting a cluster of {n} MPI engines ...")
@@ -241,54 +263,69 @@ class Dashboard:
         except Exception as exc:
             self._finish(run, error=f"{type(exc).__name__}: {exc}")
 
-    def _follow(self, run: DashboardRun) -> None:
-        self._submit(run)
-        while not run.finished.is_set():
-            self.poll()
-            if not run.finished.is_set():
-                time.sleep(self.poll_interval)
+    def _watch(self) -> None:
+        """Follow every unfinished run in one background thread, while there is any (the thread decides to end
+        under the lock that adding a run holds, so a run added meanwhile is never left unfollowed)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+
+            def loop():
+                while True:
+                    with self._lock:
+                        if all(r.finished.is_set() for r in self.runs):
+                            self._thread = None
+                            return
+                    self.poll()
+                    time.sleep(self.poll_interval)
+
+            self._thread = threading.Thread(target=loop, name="gmmkit-dashboard", daemon=True)
+            self._thread.start()
 
     def poll(self) -> int:
-        """Look at the current run once: draw its new epochs, and finish it if it ended. Returns new epochs."""
-        run = self.current
-        if run is None or run.finished.is_set() or run.handle is None:
-            return 0
-        records = list(run.handle.metrics)
-        new = records[len(run.records):]
-        for record in new:
-            self.update(record, run)
-        if run.handle.done():
-            try:
-                summary = run.handle.wait(timeout=10)
-            except Exception as exc:
-                self._finish(run, error=f"{type(exc).__name__}: {exc}")
-            else:
-                for record in list(run.handle.metrics)[len(run.records):]:
-                    self.update(record, run)
-                self._finish(run, summary=summary)
-        return len(new)
+        """Look at every unfinished run once: draw new epochs, finish the runs that ended. Returns new epochs."""
+        new = 0
+        for run in [r for r in self.runs if not r.finished.is_set() and r.handle is not None]:
+            records = list(run.handle.metrics)
+            for record in records[len(run.records):]:
+                self.update(record, run)
+                new += 1
+            if run.handle.done():
+                try:
+                    summary = run.handle.wait(timeout=10)
+                except Exception as exc:
+                    self._finish(run, error=f"{type(exc).__name__}: {exc}")
+                else:
+                    for record in list(run.handle.metrics)[len(run.records):]:
+                        self.update(record, run)
+                    self._finish(run, summary=summary)
+        self._draw_details()
+        return new
 
-    def update(self, record: dict, run: Optional[DashboardRun] = None) -> None:
-        """Add one epoch's metrics record to the plot and the status line."""
+    def update(self, record: dict, run: Optional[DashboardRun] = None, quiet: bool = False) -> None:
+        """Add one epoch's metrics record of ``run`` (default: the current one) to the plot and the status."""
         run = run or self.current
         if run is None:
             raise InputError("update: no run to add the record to; start one first")
-        now = time.perf_counter()
         with self._lock:
             run.records.append(record)
-            if run.first_epoch_s is None:
-                run.first_epoch_s = now - run.clicked
+            if run.first_epoch_s is None and not run.attached:
+                run.first_epoch_s = time.perf_counter() - run.clicked
             live.add_record(self.figure, run.trace, record)
+        if quiet:
+            return
+        self._redraw_tables()
         t = run.cfg.train
         left = estimate_remaining(run.records, t.epochs, t.target_loss)
         self._set_status(f"{run.label}: epoch {record['epoch']}/{t.epochs} &middot; train "
                          f"{format_number(record['train_loss'])} &middot; val {format_number(record['val_loss'])} &middot; "
                          f"{format_seconds(record['time_s'])} elapsed &middot; about {format_seconds(left)} left",
                          escape=False)
-        if self.viewer is not None:
+        if self.viewer is not None and (run is self.current or self.current is None):
             self.viewer.follow(run.cfg.out)
 
-    def _finish(self, run: DashboardRun, summary: Optional[dict] = None, error: Optional[str] = None) -> None:
+    def _finish(self, run: DashboardRun, summary: Optional[dict] = None, error: Optional[str] = None,
+                quiet: bool = False) -> None:
         with self._lock:
             if run.finished.is_set():
                 return
@@ -296,19 +333,41 @@ class Dashboard:
             if run.stop_clicked is not None:
                 run.stop_s = time.perf_counter() - run.stop_clicked
             run.finished.set()
-            self.start_button.disabled, self.stop_button.disabled = False, True
-            self.table.value = self._table_html()
+            if run is self.current:
+                self.start_button.disabled, self.stop_button.disabled = False, True
+        self._redraw_tables()
+        if quiet:
+            return
         if error:
             self._set_status(f"{run.label} failed: {error}", error=True)
         else:
             ttt = summary.get("time_to_target_s")
             reached = f", target reached in {format_seconds(ttt)}" if ttt is not None else ""
-            self._set_status(f"{run.label}: {summary['status']} after {summary['epochs']} epochs{reached}; "
-                             f"best val {format_number(summary.get('best_val_loss'))}")
-        if self.viewer is not None and not error:
+            self._set_status(f"{run.label}: {summary['status']} after {summary.get('epochs', len(run.records))} "
+                             f"epochs{reached}; best val {format_number(summary.get('best_val_loss'))}")
+        if self.viewer is not None and not error and run is self.current:
             self.viewer.follow(run.cfg.out)
 
     # --- rendering --------------------------------------------------------------------------
+    def rows(self) -> list[dict]:
+        """The runs table as dicts (:func:`gmmkit.ui.runs.table_rows`), in the order runs were added."""
+        return run_rows.table_rows(self.runs)
+
+    def _redraw_tables(self) -> None:
+        rows = self.rows()
+        self.table.set_rows(rows)
+        run_plots.update_parallel(self.parallel, run_rows.parallel_columns(rows))
+
+    def _draw_details(self) -> None:
+        run = next((r for r in self.runs if r.number == self.detail.value), None)
+        if run is None:
+            return
+        last = run.records[-1] if run.records else None
+        self.ranks.value = ranks_html(last, rank_hosts(run.summary), label=run.label)
+        # the processes that ran (one for a simulated run of n workers); a run found on disk left no output here
+        ranks = len((last or {}).get("rank_step_s") or ()) or run.cfg.train.workers
+        self.logs.update(run.handle if not run.attached else None, 1 if run.attached else ranks, label=run.label)
+
     def _set_status(self, text: str, error: bool = False, escape: bool = True) -> None:
         self.status.value = self._status_html(html.escape(text) if escape else text, error)
 
@@ -316,36 +375,3 @@ class Dashboard:
     def _status_html(text: str, error: bool = False) -> str:
         colour = "#b00020" if error else "#333"
         return f'<div class="gmmkit-status" style="font-family:monospace;color:{colour}">{text}</div>'
-
-    def rows(self) -> list[dict]:
-        """The runs table as dicts: time to target and efficiency against the first sequential run."""
-        done = [r for r in self.runs if r.finished.is_set()]
-        base = next((r for r in done if r.cfg.train.workers == 1 and r.summary
-                     and r.summary.get("time_to_target_s") is not None), None)
-        rows = []
-        for r in done:
-            s = r.summary or {}
-            ttt = s.get("time_to_target_s")
-            t1 = base.summary["time_to_target_s"] if base is not None else None
-            same_target = base is not None and base.cfg.train.target_loss == r.cfg.train.target_loss
-            rows.append({"run": r.label, "strategy": r.cfg.train.strategy, "workers": r.cfg.train.workers,
-                         "status": r.status, "epochs": s.get("epochs", len(r.records)),
-                         "best_val_loss": s.get("best_val_loss"), "time_to_target_s": ttt,
-                         "efficiency": efficiency(t1, r.cfg.train.workers, ttt) if same_target else None,
-                         "first_epoch_s": r.first_epoch_s, "stop_s": r.stop_s})
-        return rows
-
-    def _table_html(self) -> str:
-        rows = self.rows()
-        if not rows:
-            return "<i>finished runs appear here: time to target and efficiency T1 / (n Tn)</i>"
-        head = ("run", "status", "epochs", "best val", "time to target", "efficiency")
-        cells = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
-                r["run"], r["status"], r["epochs"], format_number(r["best_val_loss"]),
-                format_seconds(r["time_to_target_s"]),
-                "-" if r["efficiency"] is None else f"{100 * r['efficiency']:.1f} %")) + "</tr>"
-            for r in rows)
-        return ('<table class="gmmkit-runs" style="border-collapse:collapse">'
-                + "<tr>" + "".join(f"<th style='padding:0 12px 0 0;text-align:left'>{h}</th>" for h in head)
-                + "</tr>" + cells + "</table>")

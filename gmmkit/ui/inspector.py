@@ -1,19 +1,12 @@
-"""Looking inside a checkpoint: what the model renders for a validation cube, and where its Gaussians sit.
+"""Looking inside a run: what the model of a chosen epoch renders for a validation cube, and its mixture.
 
-Everything here is numpy and the model API; the figures are drawn by :mod:`gmmkit.plots.slices` and the
-widgets by :mod:`gmmkit.ui.viewer`. The pieces:
-
-* :class:`Inspector` loads a run directory's config and latest checkpoint (or any config and weights),
-  builds the model, and gives, for validation cube ``i``, a :class:`Sample`: the input, the rendered
-  density (same units), their difference, and the mixture (alpha, mu, covariance factors, mass).
-* :func:`slice_volume` cuts a cube along one of the three :data:`AXES` (axial, coronal, sagittal are array
-  axes 0, 1, 2 of a cube in CT order z, y, x).
-* :func:`centres_on_slice` projects the component means onto a slice, in voxel units, with each centre's
-  weight and its distance from the slice plane, so a figure can size markers by alpha and fade those far
-  from the plane.
-
-Coordinates: a cube of S voxels spans [-1, 1]; voxel i sits at ``-1 + (2 i + 1) / S`` (see
-:mod:`gmmkit.model.mixture`), so mean coordinate m is at fractional voxel index ``(m + 1) S / 2 - 1/2``.
+Everything here is numpy and the model API; the geometry is in :mod:`gmmkit.ui.sections`, the figures in
+:mod:`gmmkit.plots`, the widgets in :mod:`gmmkit.ui.viewer`. :class:`Inspector` loads a run directory's
+config, builds the model and gives, for validation cube ``i``, a :class:`Sample`: the input, the rendered
+density (same units), their difference, and the mixture (alpha, mu, covariance factors, mass). It can show
+any epoch the run kept: 0 (the seeded initial weights, rebuilt from the config), the snapshots
+(:mod:`gmmkit.training.snapshots`) and the latest checkpoint, which :meth:`Inspector.reload` follows while
+the run trains.
 """
 from __future__ import annotations
 
@@ -25,73 +18,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..config import RunConfig
-from ..data.sources import load_split
+from ..data.phantoms import CATEGORIES
+from ..data.sources import load_cubes, load_split
 from ..errors import InputError
 from ..training.rundir import RunDir
+from .format import format_fact
 
-AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
-
-
-def axis_index(axis: str | int) -> int:
-    """Array axis of ``axis``: a name in :data:`AXES` or 0, 1, 2."""
-    if isinstance(axis, str) and axis in AXES:
-        return AXES[axis]
-    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool) and 0 <= axis <= 2:
-        return int(axis)
-    raise InputError(f"axis: expected one of {', '.join(AXES)} or 0, 1, 2, received {axis!r}")
-
-
-def in_plane_axes(axis: str | int) -> tuple[int, int]:
-    """The two array axes a slice along ``axis`` keeps: (rows, columns) of the 2D image."""
-    a = axis_index(axis)
-    rows, cols = (b for b in range(3) if b != a)
-    return rows, cols
-
-
-def slice_volume(volume: np.ndarray, axis: str | int, index: int) -> np.ndarray:
-    """The 2D slice ``index`` of a cube along ``axis``; rows and columns follow :func:`in_plane_axes`."""
-    volume = np.asarray(volume)
-    if volume.ndim != 3:
-        raise InputError(f"volume: expected a 3D cube, received shape {volume.shape}")
-    a = axis_index(axis)
-    size = volume.shape[a]
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < size:
-        raise InputError(f"slice index: expected an integer in [0, {size - 1}], received {index!r}")
-    return np.take(volume, int(index), axis=a)
-
-
-def to_voxel(coords: np.ndarray, size: int) -> np.ndarray:
-    """Grid coordinates in [-1, 1] to fractional voxel indices of a ``size``-cube."""
-    return (np.asarray(coords, dtype=np.float64) + 1.0) * size / 2.0 - 0.5
-
-
-def centres_on_slice(alpha: np.ndarray, mu: np.ndarray, axis: str | int, index: int, size: int) -> dict:
-    """Component centres projected onto slice ``index`` along ``axis``, in voxel units.
-
-    ``alpha`` (K,) and ``mu`` (K, 3) are one sample's mixture. Returns arrays of length K: ``row`` and
-    ``col`` (image coordinates, as :func:`slice_volume` lays the slice out), ``alpha``, and ``distance``,
-    the distance in voxels from each centre to the slice plane.
-    """
-    alpha, mu = np.asarray(alpha, dtype=np.float64), np.asarray(mu, dtype=np.float64)
-    if alpha.ndim != 1 or mu.shape != (alpha.shape[0], 3):
-        raise InputError(f"mixture: expected alpha (K,) and mu (K, 3), received {alpha.shape} and {mu.shape}")
-    a = axis_index(axis)
-    rows, cols = in_plane_axes(a)
-    vox = to_voxel(mu, size)
-    return {"row": vox[:, rows], "col": vox[:, cols], "alpha": alpha, "distance": np.abs(vox[:, a] - index)}
-
-
-def shared_range(*arrays: np.ndarray, symmetric: bool = True) -> tuple[float, float]:
-    """One colour range for several images: ``(-m, m)`` with m the largest magnitude, or (min, max)."""
-    finite = [np.asarray(a)[np.isfinite(a)] for a in arrays]
-    finite = [f for f in finite if f.size]
-    if not finite:
-        return (-1.0, 1.0) if symmetric else (0.0, 1.0)
-    if symmetric:
-        m = max(float(np.abs(f).max()) for f in finite) or 1.0
-        return -m, m
-    lo, hi = min(float(f.min()) for f in finite), max(float(f.max()) for f in finite)
-    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+# the per-cube facts a data set may carry (CubeSet.columns), in the order the sample picker names them
+FACT_ORDER = ("patient_id", "category", "malignancy", "texture", "calcification", "diameter_mm")
 
 
 @dataclass(frozen=True)
@@ -106,6 +40,7 @@ class Sample:
     tril: np.ndarray  # (K, 3, 3)
     mass: float
     loss: float  # this cube's MSLE
+    epoch: Optional[int] = None  # the weights' epoch (0: initial, None: weights handed in)
 
     @property
     def difference(self) -> np.ndarray:
@@ -117,13 +52,40 @@ class Sample:
         return int(self.input.shape[0])
 
 
-class Inspector:
-    """A model loaded from a run directory's latest checkpoint, ready to look at validation cubes.
+def cube_facts(columns: dict, diameter_mm: Optional[np.ndarray], rows: np.ndarray) -> list[dict]:
+    """``{name: value}`` for each of ``rows``: every one-value-per-cube column, and a known diameter.
 
-    ``Inspector("runs/demo")`` reads ``config.json`` and ``checkpoint.npz``; without a checkpoint yet the
-    model keeps its seeded initial weights (``epoch == 0``). :meth:`reload` picks up a newer checkpoint
-    (the training loop rewrites it after every epoch), so a viewer can refresh during a run.
-    ``Inspector.from_config(cfg, weights)`` inspects any weights of a config's model.
+    ``columns``: a :class:`~gmmkit.data.cubes.CubeSet`'s ``columns`` (LIDC's ``texture``, ``malignancy``,
+    ``patient_id``, ...). Known names come first (:data:`FACT_ORDER`), the others after, by name."""
+    cols = {k: np.asarray(v) for k, v in (columns or {}).items() if np.ndim(v) == 1}
+    if "category" in cols and np.issubdtype(cols["category"].dtype, np.integer):  # an index into CATEGORIES
+        cols["category"] = np.array([CATEGORIES[i] if 0 <= i < len(CATEGORIES) else str(i) for i in cols["category"]])
+    if diameter_mm is not None and "diameter_mm" not in cols and np.isfinite(diameter_mm).any():
+        cols["diameter_mm"] = np.asarray(diameter_mm)
+    names = [n for n in FACT_ORDER if n in cols] + sorted(n for n in cols if n not in FACT_ORDER)
+    facts = []
+    for row in rows:
+        one = {}
+        for n in names:
+            value = cols[n][row].item()
+            if not (isinstance(value, float) and not np.isfinite(value)) and value != "":
+                one[n] = value
+        facts.append(one)
+    return facts
+
+
+def fact_label(index: int, facts: dict, limit: int = 3) -> str:
+    """The sample picker's label of validation cube ``index``: its number and its first facts."""
+    return " · ".join([f"cube {index}", *(format_fact(k, v) for k, v in list(facts.items())[:limit])])
+
+
+class Inspector:
+    """A run's model, at any epoch the run kept, ready to look at validation cubes.
+
+    ``Inspector("runs/demo")`` reads ``config.json`` and the latest ``checkpoint.npz`` (before the first
+    epoch: the seeded initial weights, epoch 0). :meth:`epochs` lists what can be shown, :meth:`use_epoch`
+    switches, and :meth:`reload` picks up a newer checkpoint while the run trains (moving on with it when
+    the latest was shown). ``Inspector.from_config(cfg, weights)`` inspects any weights of a config's model.
     """
 
     def __init__(self, run: str | os.PathLike, max_samples: Optional[int] = None):
@@ -149,9 +111,16 @@ class Inspector:
         self.model = model_lib.from_config(cfg)
         self.mixture = model_lib.mixture_model(self.model)
         self._msle = model_lib.per_sample_msle
-        val = load_split(cfg.data).val
-        self.val = val if max_samples is None else val[:max_samples]
+        self._initial = self.model.get_weights()  # seeded: the weights every rank started from
+        split = load_split(cfg.data)
+        keep = slice(None) if max_samples is None else slice(0, max_samples)
+        self.val = split.val[keep]
+        cubes = load_cubes(cfg.data)
+        self.spacing_mm = float(cubes.spacing_mm)
+        self.hu_window = (float(cubes.hu_window[0]), float(cubes.hu_window[1]))
+        self.facts = cube_facts(cubes.columns, cubes.diameter_mm, split.val_index[keep])
         self.epoch: Optional[int] = 0
+        self.latest = 0  # the latest checkpoint's epoch
         self._mtime = None
         self._cache: dict[int, Sample] = {}
         self._lock = threading.RLock()
@@ -167,6 +136,10 @@ class Inspector:
     def __len__(self) -> int:
         return len(self.val)
 
+    def label(self, index: int) -> str:
+        return fact_label(index, self.facts[index])
+
+    # --- weights -----------------------------------------------------------------------------
     def set_weights(self, weights: Sequence[np.ndarray], epoch: Optional[int] = None) -> None:
         with self._lock:
             try:
@@ -176,24 +149,46 @@ class Inspector:
             self.epoch = epoch
             self._cache.clear()
 
+    def epochs(self) -> list[int]:
+        """The epochs this inspector can show: 0, the run's snapshots, and its latest checkpoint."""
+        if self.run is None:
+            return [self.epoch if self.epoch is not None else 0]
+        return sorted({0, *self.run.snapshot_epochs(), self.latest})
+
+    def use_epoch(self, epoch: int) -> None:
+        """Show the weights of ``epoch`` (one of :meth:`epochs`)."""
+        with self._lock:
+            if epoch == self.epoch:
+                return
+            if epoch == 0:
+                self.set_weights(self._initial, epoch=0)
+            elif self.run is None:
+                raise InputError(f"epoch: expected {self.epoch} (weights handed in), received {epoch!r}")
+            else:
+                self.set_weights(self.run.load_snapshot(int(epoch))["weights"], epoch=int(epoch))
+
     def reload(self) -> bool:
-        """Load the run's checkpoint if it changed since the last call; True when it did."""
+        """Look for a newer checkpoint; True when there is one. The weights move on with it when the latest
+        epoch was shown (a viewer parked on an earlier epoch stays there)."""
         if self.run is None:
             return False
-        path = self.run.checkpoint_path
         try:
-            mtime = path.stat().st_mtime_ns
+            mtime = self.run.checkpoint_path.stat().st_mtime_ns
         except FileNotFoundError:
             return False
         if mtime == self._mtime:
             return False
-        ckpt = self.run.load_checkpoint()
-        if ckpt is None:
-            return False
-        self.set_weights(ckpt["weights"], epoch=ckpt["epoch"])
-        self._mtime = mtime
+        with self._lock:
+            at_latest = self.epoch == self.latest
+            ckpt = self.run.load_checkpoint()
+            if ckpt is None:
+                return False
+            self.latest, self._mtime = ckpt["epoch"], mtime
+            if at_latest:
+                self.set_weights(ckpt["weights"], epoch=ckpt["epoch"])
         return True
 
+    # --- samples -----------------------------------------------------------------------------
     def sample(self, index: int) -> Sample:
         """Validation cube ``index`` with the model's rendering of it (cached until the weights change)."""
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.val):
@@ -207,11 +202,12 @@ class Inspector:
                 alpha, mu, tril, mass = (np.asarray(t) for t in self.mixture(x, training=False))
                 loss = float(np.asarray(self._msle(x, density[None]))[0])
                 self._cache[index] = Sample(index=index, input=x[0], density=density, alpha=alpha[0], mu=mu[0],
-                                            tril=tril[0], mass=float(mass[0]), loss=loss)
+                                            tril=tril[0], mass=float(mass[0]), loss=loss, epoch=self.epoch)
             return self._cache[index]
 
     def describe(self) -> str:
         where = str(self.run.path) if self.run is not None else "weights in memory"
         epoch = "initial weights" if self.epoch == 0 else ("" if self.epoch is None else f"epoch {self.epoch}")
-        return ", ".join(p for p in (where, epoch, f"{len(self.val)} validation cubes",
+        latest = f"latest {self.latest}" if self.run is not None and self.epoch != self.latest else ""
+        return ", ".join(p for p in (where, epoch, latest, f"{len(self.val)} validation cubes",
                                      f"K = {self.components}") if p)
