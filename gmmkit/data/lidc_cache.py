@@ -1,33 +1,24 @@
 """The LIDC cube set, built at first use into gmmkit's cache and shared by every process that asks for it.
 
 Several processes may ask at once: the ranks of an MPI job, on one host or several sharing a file system.
-Exactly one builds; the others wait for it and read its file. Two mechanisms make that safe:
-
-* the file is written to a temporary name and renamed into place (:func:`gmmkit.io.atomic_savez`), so a
-  reader sees no file or the whole file, never part of one;
-* the builder holds an exclusive ``fcntl`` lock (POSIX record lock, ``lockf``, which NFS carries to the
-  server, unlike ``flock`` on some systems) on a sibling ``.lock`` file; whoever finds no file takes the
-  lock, looks again (someone may have finished meanwhile) and builds only if there is still none.
+Exactly one builds; the others wait for it and read its file (:func:`gmmkit.files.build_once`, the same
+mechanism as the phantom cache's: a lock file and an atomic rename).
 
 The entry's name holds a key: the options, the generator version and a hash of the database's content, so
 a different selection, a new generator or another database never reads a stale set.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
-import threading
 from pathlib import Path
 from typing import Callable
 
 from ..errors import DatasetError
+from ..files import build_once
 from .lidc import LidcOptions, LidcSet, build_lidc, options_json
 from .lidc_db import database_path
 from .phantoms import cache_dir
-
-_THREADS = threading.Lock()
 
 
 def file_digest(path: Path) -> str:
@@ -49,24 +40,7 @@ def cache_path(options: LidcOptions, database: str | os.PathLike | None = None) 
 def cached_build(path: Path, build: Callable[[], LidcSet]) -> tuple[LidcSet, bool]:
     """The set at ``path``, built by ``build`` and saved there if no one has yet; and whether this call built
     it. Concurrent callers (threads, processes, hosts sharing the file system) build it once between them."""
-    found = _read(path)
-    if found is not None:
-        return found, False
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(path.with_name(path.name + ".lock"), "a+b")
-    except OSError:
-        return build(), True  # a read-only cache is not an error: build in memory
-    # POSIX locks belong to the process, so threads of one process take turns on a lock of their own first
-    with _THREADS, lock_file:
-        fcntl.lockf(lock_file, fcntl.LOCK_EX)  # waits for a builder elsewhere; closing the file releases it
-        found = _read(path)
-        if found is not None:
-            return found, False
-        data = build()
-        with contextlib.suppress(OSError):  # a full or read-only cache is not an error either
-            data.save(path)
-        return data, True
+    return build_once(path, build, _read, lambda p, data: data.save(p))
 
 
 def load_lidc(options: LidcOptions = LidcOptions(), database: str | os.PathLike | None = None,

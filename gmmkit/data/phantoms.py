@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from ..files import atomic_savez
+from ..files import atomic_savez, build_once
 from .intensity import normalize_hu
 
 CATEGORIES = ("solid", "part-solid", "ground-glass", "calcified")
@@ -170,23 +170,29 @@ def cache_dir() -> Path:
 
 
 def load_phantoms(n: int = 2100, seed: int = 0, cube: int = 16, cache: bool = True) -> PhantomSet:
-    """:func:`generate_phantoms`, cached on disk by ``(n, seed, cube, generator version)``."""
+    """:func:`generate_phantoms`, cached on disk by ``(n, seed, cube, generator version)``. Ranks starting at
+    once, on this host or on others sharing the cache folder, generate it once between them and never read
+    a half-written file (:func:`gmmkit.files.build_once`)."""
+    if not cache:
+        return generate_phantoms(n, seed, cube)
     key = hashlib.sha1(f"{n}-{seed}-{cube}-{GENERATOR_VERSION}".encode()).hexdigest()[:12]
     path = cache_dir() / f"phantoms-{n}-{seed}-{cube}-{key}.npz"
-    if cache and path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                return PhantomSet(f["cubes"], f["category"], f["attachment"], f["diameter_mm"])
-        except (OSError, KeyError, ValueError):
-            pass  # a corrupt cache entry is regenerated below
-    data = generate_phantoms(n, seed, cube)
-    if cache:
-        try:
-            atomic_savez(path, cubes=data.cubes, category=data.category, attachment=data.attachment,
-                         diameter_mm=data.diameter_mm)
-        except OSError:
-            pass  # a read-only cache is not an error
+    data, _ = build_once(path, lambda: generate_phantoms(n, seed, cube), _read_phantoms, _save_phantoms)
     return data
+
+
+def _read_phantoms(path: Path) -> PhantomSet | None:
+    """The cached set at ``path``, or None when there is none or it cannot be read (it is then regenerated)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return PhantomSet(f["cubes"], f["category"], f["attachment"], f["diameter_mm"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _save_phantoms(path: Path, data: PhantomSet) -> None:
+    atomic_savez(path, cubes=data.cubes, category=data.category, attachment=data.attachment,
+                 diameter_mm=data.diameter_mm)
 
 
 def unit_vector(rng: np.random.Generator) -> np.ndarray:
