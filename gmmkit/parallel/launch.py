@@ -69,6 +69,12 @@ def launcher_rank() -> int:
     return int(os.environ.get(pair[1], 0)) if pair else 0
 
 
+def launcher_local_rank() -> Optional[int]:
+    """This process's place among the ranks on its host, when the launcher says (OpenMPI does)."""
+    value = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK")
+    return int(value) if value is not None and value.isdigit() else None
+
+
 def available_cores() -> int:
     """The cores this process may run on (its CPU affinity), not the machine's count."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -150,20 +156,24 @@ def mpi_env(base: dict | None = None) -> dict:
     return env
 
 
-def placement_args(n: int, placement: Placement = LOCAL, env: dict | None = None) -> list[str]:
+def forward_args(env: dict | None = None, also: Sequence[str] = ()) -> list[str]:
+    """``-x NAME`` for every variable of ``env`` that ranks on other hosts need (:data:`FORWARDED`), and for
+    the names in ``also``."""
+    env = os.environ if env is None else env
+    names = sorted({name for name in env if FORWARDED.match(name)} | set(also))
+    return [arg for name in names for arg in ("-x", name)]
+
+
+def placement_args(n: int, placement: Placement = LOCAL, env: dict | None = None, also: Sequence[str] = ()) -> list[str]:
     """mpirun's flags for n ranks placed by ``placement``: the hosts and their slots (``--host``; none inside a
     SLURM allocation, which mpirun reads itself), ``--oversubscribe`` when a local job has more ranks than
-    cores, and ``-x NAME`` for every variable of ``env`` that ranks on other hosts need (:data:`FORWARDED`)."""
-    env = os.environ if env is None else env
+    cores, and :func:`forward_args` (``env``, ``also``)."""
     args = []
     if placement.source in ("hosts", "hostfile"):
         args += ["--host", placement.host_list()]
     elif placement.is_local and n > placement.slots:
         args.append("--oversubscribe")
-    for name in sorted(env):
-        if FORWARDED.match(name):
-            args += ["-x", name]
-    return args
+    return args + forward_args(env, also)
 
 
 def mpirun_command(n: int, argv: Sequence[str], launcher: str = "mpirun", placement: Placement = LOCAL,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional, Protocol, runtime_checkable
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 import ipyparallel as ipp
 
@@ -26,13 +26,14 @@ METRIC_KEY = "epoch-{:06d}"
 # --- functions that run on the engines ----------------------------------------------------------
 
 def engine_identity() -> dict:
-    """On an engine: its MPI ``rank`` and world ``size`` (as the launcher announced them), its ``host`` and
-    its ``pid``."""
+    """On an engine: its MPI ``rank``, ``local_rank`` and world ``size`` (as the launcher announced them), its
+    ``host`` and its ``pid``."""
     import socket
 
-    from gmmkit.parallel.launch import launcher_rank, launcher_size
+    from gmmkit.parallel.launch import launcher_local_rank, launcher_rank, launcher_size
 
-    return {"rank": launcher_rank(), "size": launcher_size(), "host": socket.gethostname(), "pid": os.getpid()}
+    return {"rank": launcher_rank(), "size": launcher_size(), "local_rank": launcher_local_rank(),
+            "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def engine_train(cfg_json: str) -> dict:
@@ -67,7 +68,31 @@ class RunHandle(Protocol):
 
     def done(self) -> bool: ...
 
-    def wait(self, timeout: Optional[float] = None) -> dict: ...
+    def wait(self, timeout: Optional[float] = None) -> dict:
+        """Wait for every rank; returns rank 0's summary. A failure on any rank, or the end of the engines' MPI
+        job (a rank died, a host was lost), raises, naming the rank and its host."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done():
+            ended = self.engine_failure()
+            if ended:  # mpiexec ended the job: every rank is gone, whatever ipyparallel has noticed so far
+                raise RuntimeError(f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in its "
+                                   "folder; restart the engines with cluster.restart()")
+            failed = self._failures()
+            if failed:  # one rank died: the others wait in a collective forever
+                raise RuntimeError(f"run {self.cfg.out}: {self._failed(*failed[0])}; the other ranks may be "
+                                   "blocked, restart the engines with cluster.restart(n)")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {self.cfg.out}: still running after {timeout} s; if ranks are stuck, "
+                                   "restart the engines with cluster.restart(n)")
+            time.sleep(0.05)
+        failed = self._failures()
+        if failed:
+            raise RuntimeError(f"run {self.cfg.out}: {self._failed(*failed[0])}")
+        return self.results[0].get()
+
+    def _failed(self, rank: int, error: str) -> str:
+        host = self.hosts.get(rank)
+        return f"rank {rank}{f' on {host}' if host else ''} failed: {error}"
 
     def stop(self, wait: bool = True, timeout: float = 30.0) -> Optional[dict]: ...
 
@@ -77,15 +102,21 @@ class TrainingRun:
 
     ``metrics``: the epoch records rank 0 has streamed so far; ``done()``; ``wait()`` returns the summary;
     ``stop()`` ends the run after its current step (status ``stopped``), leaving the engines usable.
+    ``hosts``: the host of each rank, to name it in errors; ``engine_failure``: says why the engines' MPI
+    job ended, once it has (:meth:`gmmkit.parallel.cluster.MPICluster.engine_failure`), which ``wait()``
+    reports as soon as it happens.
     """
 
-    def __init__(self, cfg: RunConfig, results: dict):
+    def __init__(self, cfg: RunConfig, results: dict, hosts: Optional[dict] = None,
+                 engine_failure: Optional[Callable[[], Optional[str]]] = None):
         if 0 not in results:
             raise InputError(f"results: expected one AsyncResult per rank including rank 0, received ranks "
                              f"{sorted(results)}")
         self.cfg = cfg
         self.run_dir = RunDir(cfg.out)
         self.results = results
+        self.hosts = dict(hosts or {})
+        self.engine_failure = engine_failure or (lambda: None)
         self.started = time.perf_counter()
         self.stop_requested_at: Optional[float] = None
         self.ended_at: Optional[float] = None
