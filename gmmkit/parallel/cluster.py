@@ -187,7 +187,10 @@ class MPICluster:
     def stop(self) -> None:
         """Stop the engines and the controller (also of a cluster this object only connected to)."""
         if self._active is not None and not self._active.done():
-            self._active.stop(wait=True, timeout=15)
+            try:
+                self._active.stop(wait=True, timeout=15)
+            except (RuntimeError, TimeoutError):  # its engines died or hang: stopping them is what is left
+                pass
         self.close()
         if self._cluster is not None:
             self._cluster.stop_cluster_sync()

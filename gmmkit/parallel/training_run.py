@@ -21,6 +21,9 @@ from ..errors import InputError
 from ..training.rundir import RunDir
 
 METRIC_KEY = "epoch-{:06d}"
+# After an engine died: how long mpiexec may take to end the job, and say why, before wait() raises without
+# it (a rank that died alone, e.g. of an exception, leaves mpiexec running)
+ENDING_S = 10.0
 
 
 # --- functions that run on the engines ----------------------------------------------------------
@@ -68,31 +71,7 @@ class RunHandle(Protocol):
 
     def done(self) -> bool: ...
 
-    def wait(self, timeout: Optional[float] = None) -> dict:
-        """Wait for every rank; returns rank 0's summary. A failure on any rank, or the end of the engines' MPI
-        job (a rank died, a host was lost), raises, naming the rank and its host."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.done():
-            ended = self.engine_failure()
-            if ended:  # mpiexec ended the job: every rank is gone, whatever ipyparallel has noticed so far
-                raise RuntimeError(f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in its "
-                                   "folder; restart the engines with cluster.restart()")
-            failed = self._failures()
-            if failed:  # one rank died: the others wait in a collective forever
-                raise RuntimeError(f"run {self.cfg.out}: {self._failed(*failed[0])}; the other ranks may be "
-                                   "blocked, restart the engines with cluster.restart(n)")
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"run {self.cfg.out}: still running after {timeout} s; if ranks are stuck, "
-                                   "restart the engines with cluster.restart(n)")
-            time.sleep(0.05)
-        failed = self._failures()
-        if failed:
-            raise RuntimeError(f"run {self.cfg.out}: {self._failed(*failed[0])}")
-        return self.results[0].get()
-
-    def _failed(self, rank: int, error: str) -> str:
-        host = self.hosts.get(rank)
-        return f"rank {rank}{f' on {host}' if host else ''} failed: {error}"
+    def wait(self, timeout: Optional[float] = None) -> dict: ...
 
     def stop(self, wait: bool = True, timeout: float = 30.0) -> Optional[dict]: ...
 
@@ -138,25 +117,43 @@ class TrainingRun:
         return finished
 
     def wait(self, timeout: Optional[float] = None) -> dict:
-        """Wait for every rank; returns rank 0's summary. A failure on any rank raises, naming the rank."""
+        """Wait for every rank; returns rank 0's summary. A failure on any rank, or the end of the engines' MPI
+        job (a rank died, a host was lost), raises, naming the rank and its host."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done():
-            if deadline is not None and time.monotonic() > deadline:
-                failed = self._failures()
-                hint = f" (rank {failed[0][0]} failed: {failed[0][1]})" if failed else ""
-                raise TimeoutError(f"run {self.cfg.out}: still running after {timeout} s{hint}; if ranks are "
-                                   "stuck, restart the engines with cluster.restart(n)")
+            ended = self.engine_failure()
+            if ended:  # mpiexec ended the job: every rank is gone, whatever ipyparallel has noticed so far
+                raise RuntimeError(f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in its "
+                                   "folder; restart the engines with cluster.restart()")
             failed = self._failures()
             if failed:  # one rank died: the others wait in a collective forever
-                rank, error = failed[0]
-                raise RuntimeError(f"run {self.cfg.out}: rank {rank} failed: {error}; the other ranks may "
-                                   "be blocked, restart the engines with cluster.restart(n)")
+                ended = self._job_end(ENDING_S)  # mpiexec, ending the job, may say more: which host was lost
+                if ended:
+                    raise RuntimeError(f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in "
+                                       "its folder; restart the engines with cluster.restart()")
+                raise RuntimeError(f"run {self.cfg.out}: {self._failed(*failed[0])}; the other ranks may be "
+                                   "blocked, restart the engines with cluster.restart(n)")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {self.cfg.out}: still running after {timeout} s; if ranks are stuck, "
+                                   "restart the engines with cluster.restart(n)")
             time.sleep(0.05)
         failed = self._failures()
         if failed:
-            rank, error = failed[0]
-            raise RuntimeError(f"run {self.cfg.out}: rank {rank} failed: {error}")
+            raise RuntimeError(f"run {self.cfg.out}: {self._failed(*failed[0])}")
         return self.results[0].get()
+
+    def _job_end(self, within_s: float) -> Optional[str]:
+        """Why the engines' MPI job ended, waiting up to ``within_s`` for it to end."""
+        deadline = time.monotonic() + within_s
+        while True:
+            ended = self.engine_failure()
+            if ended or time.monotonic() > deadline:
+                return ended
+            time.sleep(0.05)
+
+    def _failed(self, rank: int, error: str) -> str:
+        host = self.hosts.get(rank)
+        return f"rank {rank}{f' on {host}' if host else ''} failed: {error}"
 
     def stop(self, wait: bool = True, timeout: float = 30.0) -> Optional[dict]:
         """Ask the run to stop after its current step; with ``wait``, return its summary once it has."""
