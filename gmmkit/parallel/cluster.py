@@ -39,6 +39,7 @@ What it takes care of:
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -171,6 +172,8 @@ class MPICluster:
             where = profile_dir or f"profile {profile or 'default'}"
             raise LaunchError(f"cluster_id {cluster_id!r}: no running cluster in {where} (expected the file "
                               f"security/cluster-{cluster_id}.json that 'ipcluster start' writes)") from None
+        if not _engines_started(cluster.cluster_file, timeout):  # ipcluster may still be starting them
+            cluster = ipp.Cluster.from_file(cluster_id=cluster_id, **found)
         n = sum(int(getattr(es, "n", 0) or 0) for es in cluster.engines.values())
         where = kwargs.pop("placement", None) or placing.resolve(kwargs.pop("hosts", None), kwargs.pop("hostfile", None))
         self = cls(max(n, 1), profile=profile, profile_dir=cluster.profile_dir, cluster_id=cluster.cluster_id,
@@ -385,6 +388,22 @@ class MPICluster:
         self._active = TrainingRun(cfg, results, hosts={int(r): r.host for r in ranks.values()},
                                    engine_failure=self.engine_failure)
         return self._active
+
+
+def _engines_started(cluster_file: str, timeout: float) -> bool:
+    """Wait (up to ``timeout``) until the cluster file lists engine sets that have all been started (their
+    count is final then); True when they had been at the first look."""
+    deadline = time.monotonic() + timeout
+    first = True
+    while True:
+        try:
+            sets = (json.loads(Path(cluster_file).read_text()).get("engines") or {}).get("sets") or {}
+        except (OSError, ValueError):
+            sets = {}
+        if (sets and all(es.get("state") != "before" for es in sets.values())) or time.monotonic() > deadline:
+            return first
+        first = False
+        time.sleep(0.2)
 
 
 def _check_n(n) -> None:
