@@ -65,9 +65,11 @@ def run(args, parser) -> int:
         cfg = config_from_args(args, parser, base=base)
         mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
         n = cfg.train.workers
-        if n > 1 and not args.simulate and not launch.launched_in_parallel():
-            where = placement_from_args(args)
+        launching = n > 1 and not args.simulate and not launch.launched_in_parallel()
+        if launching or ((args.hosts or args.hostfile) and not launch.launched_in_parallel()):
+            where = placement_from_args(args)  # checked even when unused: every flag is
             where.check_workers(n)
+        if launching:
             return _launch(cfg, args, mode, stop, where)
         if launch.launched_in_parallel() and not args.simulate and launch.launcher_size() != n:
             raise CLIError(f"--workers {n}: this job was started with {launch.launcher_size()} ranks")
