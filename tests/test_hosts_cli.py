@@ -15,6 +15,8 @@ import time
 import numpy as np
 import pytest
 
+from gmmkit.data import load_phantoms
+from gmmkit.data.cubes import CubeSet
 from gmmkit.files import read_jsonl
 
 from conftest import needs_horovod, tiny_config
@@ -58,7 +60,8 @@ def _train_until_first_epoch(hosts, cfg, *flags):
     with open(cfg_file, "w") as fh:
         fh.write(cfg.to_json())
     cmd = [sys.executable, "-m", "gmmkit", "train", "--config", cfg_file, *map(str, flags)]
-    proc = subprocess.Popen(cmd, env=hosts.mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=hosts.mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(cfg.out))
     deadline = time.monotonic() + 300
     while len(read_jsonl(os.path.join(cfg.out, "metrics.jsonl"))) < 1:
         assert proc.poll() is None and time.monotonic() < deadline, \
@@ -119,7 +122,9 @@ def test_a_host_whose_link_is_cut_is_named_within_30_s(emulated_hosts, tmp_path,
     """Nothing closes when a link is cut: only gmmkit's TCP keepalive settings for mpirun's daemon connections
     (the test sets none) end the job in time."""
     assert not [k for k in emulated_hosts.mpi_env() if "keepalive" in k]
-    cfg = tiny_config(tmp_path / "run", epochs=10000, workers=2)
+    # a cubes.npz named relative to the working folder: every rank reads it where it lies (a shared folder)
+    CubeSet.of(load_phantoms(120, seed=0, cube=16).cubes).save(tmp_path / "cubes.npz")
+    cfg = tiny_config(tmp_path / "run", {"dataset": "cubes.npz"}, epochs=10000, workers=2)
     proc, _ = _train_until_first_epoch(emulated_hosts, cfg, "--hosts", "gmk-node0,gmk-node1")
     took, stderr = _lose(emulated_hosts, proc, "cut", "gmk-node1")
     record_property("seconds_to_name_the_host", round(took, 2))
@@ -127,6 +132,7 @@ def test_a_host_whose_link_is_cut_is_named_within_30_s(emulated_hosts, tmp_path,
     assert proc.returncode != 0 and "host gmk-node1 (rank 1) was lost" in stderr
     finished = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert finished and [r["epoch"] for r in finished] == list(range(1, len(finished) + 1))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["dataset"] == str(tmp_path / "cubes.npz")
 
 
 def test_the_sweep_runs_real_ranks_across_hosts_up_to_the_slots(emulated_hosts, tmp_path):
