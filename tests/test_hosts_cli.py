@@ -140,7 +140,7 @@ def test_the_sweep_runs_real_ranks_across_hosts_up_to_the_slots(emulated_hosts, 
     cfg_file.write_text(tiny_config(tmp_path / "unused", epochs=2).to_json())
     out = tmp_path / "sweep"
     proc = gmmkit(emulated_hosts, "sweep", "--config", cfg_file, "--strategies", "strong", "--workers", "1,2,4",
-                  "--simulate", "--hostfile", emulated_hosts.hostfile, "--out", out)
+                  "--simulate", "--no-calibrate", "--hostfile", emulated_hosts.hostfile, "--out", out)
     results = json.loads((out / "results.json").read_text())
     modes = {r["workers"]: (r["mode"], r["status"]) for r in results["runs"]}
     assert modes == {1: ("real", "max_epochs"), 2: ("real", "max_epochs"), 4: ("simulated", "max_epochs")}, proc.stdout
@@ -148,7 +148,5 @@ def test_the_sweep_runs_real_ranks_across_hosts_up_to_the_slots(emulated_hosts, 
     assert real["hosts"] == ["gmk-node0", "gmk-node1"] and not real["simulated"]
     study = json.loads((out / "study.json").read_text())
     assert study["placement"]["hosts"] == [["gmk-node0", 1], ["gmk-node1", 1]] and study["max_real"] is None
-    # the model's c: the gradients' allreduce between the two hosts
-    assert results["perf_model"]["allreduce_s"] > 0
     np.testing.assert_allclose(losses(out / "runs" / "strong-n2"), losses(out / "runs" / "sequential-n1"),
                                rtol=RTOL)

@@ -6,6 +6,7 @@ from gmmkit.errors import ConfigError
 from gmmkit.parallel import launch, placement
 from gmmkit.parallel.placement import Placement
 from gmmkit.study.config import StudyConfig
+from gmmkit.study.perfmodel import allreduce_placement
 
 
 def test_hosts_flag():
@@ -86,6 +87,10 @@ def test_workers_are_checked_against_the_slots():
         StudyConfig(max_real=5, placement=p).validate()
     assert StudyConfig(placement=p).validate().real_limit == 4
     assert StudyConfig.from_dict(StudyConfig(placement=p).to_dict()).placement == p
+    # the wall-time model's c is measured across two hosts when there are two (what larger jobs cross)
+    assert allreduce_placement(p).hosts == (("a", 1), ("b", 1))
+    assert allreduce_placement(placement.parse_hosts("a:4")).hosts == (("a", 4),)
+    assert allreduce_placement(placement.LOCAL) is placement.LOCAL
 
 
 def test_mpirun_gets_the_hosts_and_forwards_what_ranks_need():

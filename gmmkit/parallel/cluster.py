@@ -56,6 +56,10 @@ from .placement import Placement
 from .training_run import TrainingRun, engine_identity, engine_train
 
 DEFAULT_ENGINE_TIMEOUT = 120.0
+# The controller drops an engine after 10 missed heartbeats. A restarted MPI engine asks for its old id and
+# waits until the dead one holding it is dropped, so this period sets how long cluster.restart() waits after
+# a rank or host was lost (ipyparallel's default, 3000 ms, makes it half a minute).
+HEARTBEAT_MS = 1000
 
 
 class MPICluster:
@@ -139,7 +143,8 @@ class MPICluster:
             raise LaunchError("mpiexec is not on PATH: install OpenMPI (apt-get install openmpi-bin "
                               "libopenmpi-dev) or run scripts/setup-env.sh")
         kwargs = {"engines": self.engine_kind, "n": self.n, "controller_ip": self.controller_ip,
-                  "engine_timeout": int(self.engine_timeout), "config": self._engine_config()}
+                  "engine_timeout": int(self.engine_timeout), "config": self._engine_config(),
+                  "controller_args": [f"--HeartMonitor.period={HEARTBEAT_MS}"]}
         for name in ("profile", "profile_dir", "cluster_id"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
