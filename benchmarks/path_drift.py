@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     rows = []
     for seed in args.seeds:
-        cfg = RunConfig().replace(data={"size": 576, "train_size": 512, "val_size": 64},
+        cfg = RunConfig().replace(data={"dataset": "phantoms", "size": 576, "train_size": 512, "val_size": 64},
                                   train={"epochs": args.epochs, "target_loss": None, "threads": 1,
                                          "strategy": "strong", "seed": seed})
         with tempfile.TemporaryDirectory(prefix="gmmkit-drift-") as tmp:

@@ -41,7 +41,8 @@ def _target(text: str):
 def add_run_flags(p: argparse.ArgumentParser, out_default: str = "runs/latest") -> None:
     d = RunConfig()
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.data.dataset, help="'phantoms' (built-in synthetic set) or cubes.npz")
+    g.add_argument("--dataset", default=d.data.dataset,
+                   help="'lidc' (LIDC-IDRI's nodules, the default), 'phantoms' (synthetic) or a cubes.npz")
     g.add_argument("--phantoms", type=int, default=d.data.size, metavar="N",
                    help="how many synthetic cubes to generate (default %(default)s)")
     g.add_argument("--train-size", type=int, default=None, metavar="N", help="default: all but the validation set")
@@ -138,7 +139,8 @@ def describe(exc: InputError, flags: dict) -> str:
 
 # Each subcommand lives in gmmkit/commands/<name>.py and exposes register(subparsers), which adds its
 # parser, sets func=run(args, parser) -> exit code, and returns the parser. Order here is `gmmkit --help`'s.
-COMMANDS = ("train", "sweep", "lr-find", "demo", "stop", "prepare-luna", "prepare-lidc", "synthesize", "bench")
+COMMANDS = ("train", "sweep", "lr-find", "demo", "reproduce", "stop", "prepare-luna", "prepare-lidc", "synthesize",
+            "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,21 +6,18 @@ get the permissions the user's umask gives (secrets such as ipyparallel's connec
 owner-only where they are written). JSON is strict: NaN and infinities are written as ``null``.
 :func:`replace_folder` replaces a whole folder of results at once, so old and new files never mix.
 :func:`existing_path` and :func:`writable_path` check, before any work, the paths a configuration names;
-their errors carry the field (or flag) that named the path. :func:`build_once` is the one way a cached file
-(a built-in data set) is made when many processes, on one host or several, ask for it at once.
+their errors carry the field (or flag) that named the path.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -89,42 +86,6 @@ def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """``np.savez`` to ``path`` atomically (the name is kept exactly, no ``.npz`` appended)."""
     with atomic_open(path, "wb") as fh:
         np.savez(fh, **arrays)
-
-
-T = TypeVar("T")
-_BUILDERS = threading.Lock()  # POSIX locks belong to a process: its threads take turns on this one first
-
-
-def build_once(path: str | os.PathLike, build: Callable[[], T], read: Callable[[Path], Optional[T]],
-               save: Callable[[Path, T], None]) -> tuple[T, bool]:
-    """The cached object at ``path``, made by ``build`` and saved there (``save``, which must write
-    atomically, e.g. with :func:`atomic_savez`) if no one has yet; and whether this call built it.
-
-    Concurrent callers (threads, processes, ranks on hosts sharing the file system) build it once between
-    them: whoever finds nothing takes an exclusive ``fcntl`` record lock (``lockf``, which NFS carries to
-    its server, unlike ``flock`` on some systems) on a sibling ``.lock`` file, looks again (someone may have
-    finished meanwhile) and builds only if there is still nothing; the others wait on the lock and read.
-    The atomic save means a reader sees no file or the whole file, never part of one. ``read`` returns
-    None for a missing or unreadable file (which is then rebuilt). A read-only or full cache is not an
-    error: the object is built in memory."""
-    path = Path(path)
-    found = read(path)
-    if found is not None:
-        return found, False
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(path.with_name(path.name + ".lock"), "a+b")
-    except OSError:
-        return build(), True
-    with _BUILDERS, lock_file:
-        fcntl.lockf(lock_file, fcntl.LOCK_EX)  # waits for a builder elsewhere; closing the file releases it
-        found = read(path)
-        if found is not None:
-            return found, False
-        data = build()
-        with contextlib.suppress(OSError):
-            save(path, data)
-        return data, True
 
 
 def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:

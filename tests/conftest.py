@@ -30,7 +30,7 @@ def tiny_config(out, data: dict | None = None, model: dict | None = None, **trai
     """A run that trains in seconds: 96 phantom cubes (24 for validation), K = 4, batch 8, one thread, two
     epochs; ``data``, ``model`` and keyword arguments (``train`` fields) change any of it."""
     return RunConfig().replace(
-        data={"size": 120, "val_size": 24, "train_size": 96, **(data or {})},
+        data={"dataset": "phantoms", "size": 120, "val_size": 24, "train_size": 96, **(data or {})},
         model={"components": 4, "latent": 32, "filters": 8, **(model or {})},
         train={"epochs": 2, "batch_size": 8, "target_loss": None, "threads": 1, **train},
         out=str(out))

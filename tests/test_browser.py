@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PARAMETERS = {"workers": 2, "phantoms": 72, "val_size": 8, "components": 4, "batch_size": 8, "epochs": 6,
+PARAMETERS = {"workers": 2, "dataset": "phantoms", "phantoms": 72, "val_size": 8, "components": 4, "batch_size": 8,
+              "epochs": 6,
               "target_loss": None, "out": "runs/dashboard", "run_examples": True}
 LAB_SETTINGS = {
     # every cell attached to the page, so widgets far down still render and can be read

@@ -1,6 +1,6 @@
-"""The phantom cache when many ranks start at once (issue 17): built once, never read half-written."""
+"""The phantom cache when many ranks start at once (issue 17): built once, never read half-written
+(``gmmkit.data.cache.cached_build``, which the LIDC set shares)."""
 import fcntl
-import hashlib
 import os
 import subprocess
 import sys
@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from gmmkit.data.cache import key
 from gmmkit.data.phantoms import GENERATOR_VERSION, PhantomSet, generate_phantoms, load_phantoms
 from gmmkit.files import atomic_savez
 
@@ -16,8 +17,7 @@ READ = ("import sys; from gmmkit.data.phantoms import load_phantoms; "
 
 
 def _path(cache, n=6, seed=3, cube=16):
-    key = hashlib.sha1(f"{n}-{seed}-{cube}-{GENERATOR_VERSION}".encode()).hexdigest()[:12]
-    return cache / f"phantoms-{n}-{seed}-{cube}-{key}.npz"
+    return cache / f"phantoms-{n}-{seed}-{cube}-{key(n, seed, cube, GENERATOR_VERSION)}.npz"
 
 
 def _waits_for_a_lock(pid: int) -> bool:

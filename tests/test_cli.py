@@ -36,6 +36,10 @@ BAD_FLAGS = [
     (["demo", "--out", "file/demo"], "--out"),
     (["demo", "--target-epoch", "0"], "--target-epoch"),
     (["demo", "--epochs", "0"], "--epochs"),
+    (["reproduce", "--out", "file/r"], "--out"),
+    (["reproduce", "--out", "r", "--scale", "huge"], "--scale"),
+    (["reproduce", "--out", "r", "--target-epoch", "0"], "--target-epoch"),
+    (["reproduce", "--out", "r", "--max-real", "0"], "--max-real"),
     (["stop", "nowhere"], "RUN_DIR"),
     (["prepare-luna", "--scans", "nowhere", "--annotations", "a.csv", "--out", "cubes.npz"], "--scans"),
     (["prepare-luna", "--dicom", "a.csv", "--annotations", "a.csv", "--out", "cubes.npz"], "--dicom"),
@@ -73,6 +77,9 @@ BAD_FLAGS = [
     ([*SYNTH, "--method", "sample", "--temperature", "-1"], "--temperature"),
     *[([command, "--hosts", "a:0"], "--hosts") for command in ("train", "sweep", "demo", "bench")],
     *[([command, "--hostfile", "missing.txt"], "--hostfile") for command in ("train", "sweep", "demo", "bench")],
+    (["reproduce", "--out", "r", "--hosts", "a:0"], "--hosts"),
+    (["reproduce", "--out", "r", "--hostfile", "missing.txt"], "--hostfile"),
+    (["reproduce", "--out", "r", "--hosts", "a:1,b:1", "--max-real", "3"], "--max-real"),
     (["train", "--workers", "2", "--hostfile", "file"], "--hostfile"),  # "in the way": file, line 1, not HOST slots=N
     (["train", "--workers", "3", "--hosts", "a:1,b:1"], "--workers"),  # more ranks than slots
     (["train", "--workers", "2", "--hosts", "a:1", "--hostfile", "file"], "--hostfile"),  # one or the other
@@ -89,7 +96,7 @@ BAD_FLAGS = [
 NO_BAD_VALUE = {
     ("gmmkit", "--help"), ("gmmkit", "--version"), *((command, "--help") for command in COMMANDS),
     ("train", "--simulate"), ("train", "--resume"), ("train", "--overwrite"), ("sweep", "--simulate"),
-    ("sweep", "--no-calibrate"), ("sweep", "--overwrite"), ("demo", "--overwrite"), ("synthesize", "--overwrite"),
+    ("sweep", "--no-calibrate"), ("sweep", "--overwrite"), ("demo", "--overwrite"), ("reproduce", "--overwrite"), ("reproduce", "--no-progress"), ("synthesize", "--overwrite"),
     ("prepare-luna", "--no-progress"), ("prepare-lidc", "--no-progress"), ("synthesize", "--hu"),
     ("synthesize", "--no-progress"),
     ("bench", "--quick"),

@@ -69,7 +69,7 @@ def test_the_papers_model_on_two_real_ranks_follows_the_sequential_run(tmp_path)
     (benchmarks/RESULTS.md, "Path fidelity"). Hence one epoch and rtol 1e-2."""
     from gmmkit.config import RunConfig
 
-    cfg = RunConfig().replace(data={"size": 576, "train_size": 512, "val_size": 64},
+    cfg = RunConfig().replace(data={"dataset": "phantoms", "size": 576, "train_size": 512, "val_size": 64},
                               train={"epochs": 1, "target_loss": None, "threads": 1, "strategy": "strong"})
     gmmkit_train(cfg.replace(out=str(tmp_path / "n1")))
     _, summary = gmmkit_train(cfg.replace(train={"workers": 2}, out=str(tmp_path / "n2")))

@@ -15,8 +15,8 @@ import pytest
 
 from gmmkit.cli import main
 from gmmkit.data import lidc_db
-from gmmkit.data.lidc import (LidcOptions, LidcSet, build_lidc, find_nodules, nodule_cube, patient_split,
-                              prepare_lidc)
+from gmmkit.data.cubes import CubeSet, split_indices
+from gmmkit.data.lidc import LidcOptions, build_lidc, find_nodules, nodule_cube, prepare_lidc
 from gmmkit.data.lidc_cache import cache_path, load_lidc
 from gmmkit.data.lidc_db import (Annotation, Contour, Nodule, Scan, all_nodules, annotation_diameter,
                                  annotation_mask, cluster_annotations, read_database,
@@ -64,9 +64,11 @@ def _annotation(db, annotation_id):
     return ann, scans[ann.scan_id]
 
 
-def _arrays_digest(data: LidcSet) -> str:
+def _arrays_digest(data: CubeSet) -> str:
     digest = hashlib.sha256()
-    for name, value in sorted(data.arrays().items()):
+    arrays = {"cubes": data.cubes, "seriesuid": data.seriesuid, "diameter_mm": data.diameter_mm, **data.columns,
+              **{k: np.asarray(v) for k, v in data.meta.items()}}
+    for name, value in sorted(arrays.items()):
         digest.update(name.encode() + np.ascontiguousarray(value).tobytes())
     return digest.hexdigest()
 
@@ -192,15 +194,15 @@ def test_ratings_are_carried_through(db, small):
     assert len(data) == report.nodules == 6 and report.skipped == 0
     con = sqlite3.connect(f"file:{lidc_db.database_path()}?mode=ro", uri=True)
     for row in range(len(data)):
-        ids = [int(i) for i in data.annotation_ids[row] if i >= 0]
-        assert len(ids) == data.readers[row] == 4
+        ids = [int(i) for i in data.columns["annotation_ids"][row] if i >= 0]
+        assert len(ids) == data.columns["readers"][row] == 4
         rows = con.execute(f"SELECT a.texture, a.calcification, a.malignancy, s.series_instance_uid, s.patient_id "
                            f"FROM annotations a JOIN scans s ON a.scan_id = s.id WHERE a.id IN "
                            f"({','.join(map(str, ids))})").fetchall()
-        assert data.texture[row] == np.median([r[0] for r in rows])
-        assert data.calcification[row] == np.median([r[1] for r in rows])
-        assert data.malignancy[row] == np.median([r[2] for r in rows])
-        assert {(r[3], r[4]) for r in rows} == {(data.seriesuid[row], data.patient_id[row])}
+        assert data.columns["texture"][row] == np.median([r[0] for r in rows])
+        assert data.columns["calcification"][row] == np.median([r[1] for r in rows])
+        assert data.columns["malignancy"][row] == np.median([r[2] for r in rows])
+        assert {(r[3], r[4]) for r in rows} == {(data.seriesuid[row], data.columns["patient_id"][row])}
     con.close()
     assert data.cubes.shape == (6, 16, 16, 16) and data.cubes.dtype == np.float32
     assert 0 <= data.cubes.min() and data.cubes.max() <= 1
@@ -211,7 +213,7 @@ def test_same_bytes_whatever_the_pool(small, tmp_path):
     again, _ = build_lidc(SMALL, jobs=2)
     assert _arrays_digest(again) == _arrays_digest(data)
     prepare_lidc(tmp_path / "a.npz", SMALL, progress=False)
-    assert _arrays_digest(LidcSet.load(tmp_path / "a.npz")) == _arrays_digest(data)
+    assert _arrays_digest(CubeSet.load(tmp_path / "a.npz")) == _arrays_digest(data)
     data.save(tmp_path / "b.npz")
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()  # the files too, byte for byte
     with np.load(tmp_path / "a.npz", allow_pickle=False) as f:
@@ -221,23 +223,37 @@ def test_same_bytes_whatever_the_pool(small, tmp_path):
 def test_patient_split():
     # 1 to 4 nodules a patient, as in LIDC
     patients = np.repeat([f"LIDC-IDRI-{i:04d}" for i in range(100)], np.random.default_rng(0).integers(1, 5, 100))[:200]
-    train, val = patient_split(patients, 40, seed=3)
+    val, train = split_indices(200, 40, None, 3, groups=patients)
     assert len(val) == 40 and len(train) == 160
     assert not set(patients[train]) & set(patients[val])
     assert sorted(np.r_[train, val].tolist()) == list(range(200))
-    assert all(np.array_equal(a, b) for a, b in zip((train, val), patient_split(patients, 40, seed=3)))
-    assert not np.array_equal(val, patient_split(patients, 40, seed=4)[1])
-    assert len(patient_split(patients, 40, seed=3, train_size=50)[0]) == 50
-    with pytest.raises(ConfigError, match="val_size"):
-        patient_split(patients, 200)
+    assert all(np.array_equal(a, b) for a, b in zip((val, train), split_indices(200, 40, None, 3, groups=patients)))
+    assert not np.array_equal(val, split_indices(200, 40, None, 4, groups=patients)[0])
+    assert len(split_indices(200, 40, 50, 3, groups=patients)[1]) == 50
+
+
+def test_the_lidc_data_set_splits_by_patient(monkeypatch, tmp_path, small):
+    from gmmkit.config import DataConfig
+    from gmmkit.data import sources
+
+    data = small[0]
+    monkeypatch.setattr(sources, "load_lidc", lambda options: data)  # the six nodules, not a full build
+    split = sources.load_split(DataConfig(dataset="lidc", val_size=2))
+    patients = data.columns["patient_id"]
+    assert len(split.val) == 2 and len(split.train) == 4
+    assert not set(patients[split.val_index]) & set(patients[split.train_index])
+    with pytest.raises(ConfigError, match="data.val_size"):
+        sources.load_split(DataConfig(dataset="lidc", val_size=6))
 
 
 def test_concurrent_builders_build_once(tmp_path):
     code = textwrap.dedent(f"""
         import hashlib, os, sys, time
         from pathlib import Path
+        from gmmkit.data.cache import cached_build
+        from gmmkit.data.cubes import CubeSet
         from gmmkit.data.lidc import LidcOptions, build_lidc
-        from gmmkit.data.lidc_cache import cache_path, cached_build
+        from gmmkit.data.lidc_cache import cache_path
         me, other = Path(sys.argv[1]), Path(sys.argv[2])
         me.touch()
         def build():
@@ -247,7 +263,9 @@ def test_concurrent_builders_build_once(tmp_path):
             with open({str(tmp_path / "builds")!r}, "a") as fh:
                 fh.write("built\\n")
             return build_lidc(LidcOptions(min_readers=4, max_slice_thickness=0.6))[0]
-        data, built = cached_build(cache_path(LidcOptions(min_readers=4, max_slice_thickness=0.6)), build)
+        load = lambda p: CubeSet.load(p) if p.is_file() else None
+        data, built = cached_build(cache_path(LidcOptions(min_readers=4, max_slice_thickness=0.6)), build, load,
+                                   CubeSet.save)
         print(built, hashlib.sha256(data.cubes.tobytes()).hexdigest())
     """)
     env = {**os.environ, "GMMKIT_CACHE": str(tmp_path / "cache")}
@@ -293,13 +311,14 @@ def test_missing_or_unreadable_database(tmp_path, monkeypatch):
         read_database()
 
 
-def test_options_name_their_flags():
-    for options, flag in ((LidcOptions(min_readers=5), "--min-readers"), (LidcOptions(cube=8), "--cube"),
-                          (LidcOptions(spacing_mm=0.0), "--spacing"),
-                          (LidcOptions(min_diameter_mm=-1), "--min-diameter"),
-                          (LidcOptions(max_slice_thickness=float("nan")), "--max-slice-thickness")):
-        with pytest.raises(ConfigError, match=flag):
+def test_options_name_their_fields():
+    for options, field in ((LidcOptions(min_readers=5), "lidc.min_readers"), (LidcOptions(cube=8), "lidc.cube"),
+                           (LidcOptions(spacing_mm=0.0), "lidc.spacing_mm"),
+                           (LidcOptions(min_diameter_mm=-1), "lidc.min_diameter_mm"),
+                           (LidcOptions(max_slice_thickness=float("nan")), "lidc.max_slice_thickness")):
+        with pytest.raises(ConfigError, match=field) as caught:
             options.validate()
+        assert caught.value.field == field
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -310,7 +329,7 @@ def test_prepare_lidc_command(tmp_path, capsys, small):
     flags = ["prepare-lidc", "--out", str(out), "--min-readers", "4", "--max-slice-thickness", "0.6", "--no-progress"]
     assert main(flags) == 0
     assert "wrote 6 cubes of 16^3" in capsys.readouterr().out
-    assert _arrays_digest(LidcSet.load(out)) == _arrays_digest(small[0])
+    assert _arrays_digest(CubeSet.load(out)) == _arrays_digest(small[0])
     before = out.read_bytes()
     for bad, expected in ((["--min-readers", "5"], "--min-readers"), (["--jobs", "0"], "--jobs"),
                           (["--cube", "8"], "--cube"), (["--database", str(tmp_path / "x.sqlite")], "x.sqlite"),

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import NOTEBOOKS, execute_notebook, needs_horovod, notebook_outputs, notebook_text
 
-TINY = {"phantoms": 40, "val_size": 6, "components": 4, "batch_size": 8}
+TINY = {"dataset": "phantoms", "phantoms": 40, "val_size": 6, "components": 4, "batch_size": 8}
 ALL = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 
 
@@ -64,17 +64,27 @@ def test_03_reproduce_paper(tmp_path):
 
 def test_04_then_05(tmp_path):
     pytest.importorskip("SimpleITK")
+    # LIDC: the six nodules all four readers marked on 0.6 mm slices (4 patients)
     nb = execute_notebook("04_luna16.ipynb", tmp_path, {
-        "luna_dir": None, "work_dir": "luna", "fake_scans": 3, "fake_nodules_per_scan": 3, "jobs": 1,
-        "components": 4, "val_size": 4, "epochs": 1, "batch_size": 4})
-    assert (tmp_path / "luna/cubes.npz").is_file()
-    summary = json.loads((tmp_path / "luna/run/summary.json").read_text())
+        "work_dir": "real", "lidc_min_readers": 4, "lidc_max_slice_thickness": 0.6, "luna_dir": None,
+        "fake_scans": 3, "fake_nodules_per_scan": 3, "jobs": 1, "components": 4, "val_size": 2, "epochs": 1,
+        "batch_size": 2})
+    assert (tmp_path / "real/lidc.npz").is_file() and (tmp_path / "real/cubes.npz").is_file()
+    summary = json.loads((tmp_path / "real/run/summary.json").read_text())
     assert summary["status"] == "max_epochs"
-    assert len(notebook_outputs(nb, "application/vnd.plotly.v1+json")) == 2  # the cubes, then cube beside mixture
+    assert "6 nodules of" in notebook_text(nb)
+    # LIDC's nodules with their ratings, LUNA's cubes, then cube beside mixture
+    figures = notebook_outputs(nb, "application/vnd.plotly.v1+json")
+    assert len(figures) == 3
+    labels = json.dumps(figures[0]["data"]["application/vnd.plotly.v1+json"]["layout"])
+    assert labels.count("malignancy") == 6 and labels.count("texture") == 6 and "LIDC" not in labels
 
     nb = execute_notebook("05_augmentation.ipynb", tmp_path, {
-        "run_dir": "luna/run", "out_dir": "synthetic", "n": 4, "size": 24, "image_format": "mhd"})
+        "run_dir": "real/run", "out_dir": "synthetic", "n": 4, "size": 24, "image_format": "mhd"})
     manifest = json.loads((tmp_path / "synthetic/manifest.json").read_text())
     assert manifest["size"] == 24 and manifest["spacing_mm"] == pytest.approx(16 / 24)
     assert len(list((tmp_path / "synthetic").glob("nodule_*_hu.mhd"))) == 4
-    assert len(notebook_outputs(nb, "application/vnd.plotly.v1+json")) == 2
+    figures = notebook_outputs(nb, "application/vnd.plotly.v1+json")
+    assert len(figures) == 3  # perturbed, sampled, and one row per texture category
+    rows = json.dumps(figures[2]["data"]["application/vnd.plotly.v1+json"]["layout"])
+    assert "real)" in rows and any(name in rows for name in ("solid", "ground-glass", "calcified"))

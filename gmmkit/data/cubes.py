@@ -1,8 +1,9 @@
-"""Nodule cubes: the ``cubes.npz`` format (its one reader and writer), and the training/validation split.
+"""Nodule cubes: the ``cubes.npz`` format (its one reader and writer), and how a set splits into training and
+validation.
 
-Every data source ends as a :class:`CubeSet`: the synthetic phantoms, LUNA16 scans (``gmmkit prepare-luna``)
-and hand-made files. :func:`load_split` turns a :class:`~gmmkit.config.DataConfig` into the arrays the
-training loop reads.
+Every data source ends as a :class:`CubeSet`: the synthetic phantoms, LIDC-IDRI's nodules
+(``gmmkit prepare-lidc``), LUNA16 scans (``gmmkit prepare-luna``) and hand-made files.
+:mod:`gmmkit.data.sources` turns a :class:`~gmmkit.config.DataConfig` into the arrays the training loop reads.
 """
 from __future__ import annotations
 
@@ -12,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig
 from ..errors import DatasetError
 from ..files import atomic_savez
 from ..model.config import MIN_CUBE
 from .intensity import HU_WINDOW
-from .phantoms import load_phantoms
 
 _KNOWN = ("cubes", "seriesuid", "center_xyz_mm", "diameter_mm", "inside_fraction", "spacing_mm", "hu_window")
 
@@ -34,7 +33,9 @@ class CubeSet:
     ``inside_fraction``  (N,) float32                 fraction of the cube inside the scan (rest is air)
     ``spacing_mm``       () float64                   voxel size of the cubes (isotropic)
     ``hu_window``        (2,) float64                 the window ``normalize_hu`` used
-    ``columns``          any other (N, ...) arrays    per-cube facts a source adds, e.g. ``patient_id``
+    ``columns``          any other (N, ...) arrays    per-cube facts a source adds, e.g. LIDC's ``patient_id``,
+                                                      ``texture``, ``malignancy``
+    ``meta``             any other () values          facts about the whole set, e.g. how it was built
     ===================  ===========================  =================================================
 
     Strings are fixed-width unicode, never objects, so everything loads with ``allow_pickle=False``. Only
@@ -50,17 +51,26 @@ class CubeSet:
     spacing_mm: float = 1.0
     hu_window: tuple[float, float] = HU_WINDOW
     columns: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.cubes)
 
     @classmethod
-    def of(cls, cubes: np.ndarray, spacing_mm: float = 1.0, **columns: np.ndarray) -> "CubeSet":
-        """A set with neutral provenance (no scan, no centre, unknown diameter) and ``columns``."""
+    def of(cls, cubes: np.ndarray, spacing_mm: float = 1.0, seriesuid=None, diameter_mm=None,
+           meta: dict | None = None, **columns: np.ndarray) -> "CubeSet":
+        """A set of cubes not cut from a scan (no world centre; every voxel inside), with ``columns``."""
         n = len(cubes)
-        return cls(cubes=np.asarray(cubes, np.float32), seriesuid=np.full(n, "", dtype="U1"),
-                   center_xyz_mm=np.full((n, 3), np.nan), diameter_mm=np.full(n, np.nan, np.float32),
-                   inside_fraction=np.ones(n, np.float32), spacing_mm=float(spacing_mm), columns=columns)
+        return cls(cubes=np.asarray(cubes, np.float32),
+                   seriesuid=np.asarray(seriesuid if seriesuid is not None else np.full(n, "", dtype="U1"), str),
+                   center_xyz_mm=np.full((n, 3), np.nan),
+                   diameter_mm=np.asarray(diameter_mm if diameter_mm is not None else np.full(n, np.nan), np.float32),
+                   inside_fraction=np.ones(n, np.float32), spacing_mm=float(spacing_mm), columns=columns,
+                   meta=dict(meta or {}))
+
+    def column(self, name: str, default=None):
+        """A per-cube fact (``columns[name]``), or ``default`` when this set has none."""
+        return self.columns.get(name, default)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the arrays to ``path`` atomically (a crash never leaves a half-written file)."""
@@ -70,7 +80,8 @@ class CubeSet:
                      diameter_mm=np.asarray(self.diameter_mm, dtype=np.float32),
                      inside_fraction=np.asarray(self.inside_fraction, dtype=np.float32),
                      spacing_mm=np.float64(self.spacing_mm), hu_window=np.asarray(self.hu_window, np.float64),
-                     **{k: np.asarray(v) for k, v in self.columns.items()})
+                     **{k: np.asarray(v) for k, v in self.columns.items()},
+                     **{k: np.asarray(v) for k, v in self.meta.items()})
 
     @classmethod
     def load(cls, path: str | os.PathLike, cube: int | None = None) -> "CubeSet":
@@ -98,7 +109,8 @@ class CubeSet:
                    inside_fraction=np.asarray(get("inside_fraction", np.ones(n)), np.float32),
                    spacing_mm=float(get("spacing_mm", 1.0)),
                    hu_window=tuple(float(v) for v in get("hu_window", HU_WINDOW)),
-                   columns={k: v for k, v in arrays.items() if v.ndim >= 1 and len(v) == n})
+                   columns={k: v for k, v in arrays.items() if v.ndim >= 1 and len(v) == n},
+                   meta={k: v.item() for k, v in arrays.items() if v.ndim == 0})
 
 
 def _checked_cubes(path: Path, cubes: np.ndarray, cube: int | None) -> np.ndarray:
@@ -122,51 +134,24 @@ def _checked_cubes(path: Path, cubes: np.ndarray, cube: int | None) -> np.ndarra
 
 # --- splits ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Split:
-    train: np.ndarray  # (N_train, S, S, S) float32
-    val: np.ndarray  # (N_val, S, S, S) float32
-    train_index: np.ndarray  # rows of the source set
-    val_index: np.ndarray
-
-
-def load_cubes(cfg: DataConfig) -> CubeSet:
-    """The whole data set a config names: the phantoms, or a ``cubes.npz``."""
-    if cfg.dataset == "phantoms":
-        return CubeSet.of(load_phantoms(cfg.size, cfg.seed, cfg.cube).cubes)
-    return CubeSet.load(cfg.dataset, cfg.cube)
-
-
 def split_indices(n: int, val_size: int, train_size: int | None, seed: int,
                   groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Validation and training rows: the first ``val_size`` of a seeded permutation are validation, the next
-    ``train_size`` (default: the rest) training. With ``groups`` (e.g. patient ids) whole groups are taken
-    in a seeded order until the validation side holds ``val_size`` rows, so no group is on both sides."""
-    rng = np.random.default_rng(seed)
+    """Validation and training rows of a set of ``n``: ``(val, train)``.
+
+    Without ``groups``, the first ``val_size`` rows of a seeded permutation are validation and the next
+    ``train_size`` (default: the rest) training. With ``groups`` (e.g. patient ids) no group is on both sides:
+    groups are visited in a seeded order, each joining the validation side whole while it fits, so it holds
+    exactly ``val_size`` rows unless no combination of the remaining groups fits; training takes the other
+    rows (the first ``train_size`` of them) in the same order."""
     if groups is None:
-        order = rng.permutation(n)
-    else:
-        names, inverse = np.unique(np.asarray(groups), return_inverse=True)
-        order = np.concatenate([np.flatnonzero(inverse == g) for g in rng.permutation(len(names))])
-        boundary = _group_boundary(inverse[order], val_size)
-        val_size = boundary
-    train_size = n - val_size if train_size is None else train_size
-    return order[:val_size], order[val_size:val_size + train_size]
-
-
-def _group_boundary(grouped: np.ndarray, val_size: int) -> int:
-    """The first position at or after ``val_size`` where a new group starts in an order sorted by group."""
-    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
-    later = starts[starts >= val_size]
-    return int(later[0]) if len(later) else len(grouped)
-
-
-def load_split(cfg: DataConfig) -> Split:
-    """The training and validation cubes of ``cfg`` (see :func:`split_indices`)."""
-    data = load_cubes(cfg)
-    val, train = split_indices(len(data), cfg.val_size, cfg.train_size, cfg.seed, data.columns.get("patient_id"))
-    if len(train) == 0 or len(val) + len(train) > len(data) or (cfg.train_size and len(train) < cfg.train_size):
-        raise DatasetError(f"{cfg.dataset}: holds {len(data)} cubes, fewer than val_size={cfg.val_size} + "
-                           f"train_size={cfg.train_size if cfg.train_size is not None else len(train)}")
-    return Split(train=np.ascontiguousarray(data.cubes[train]), val=np.ascontiguousarray(data.cubes[val]),
-                 train_index=train, val_index=val)
+        order = np.random.default_rng(seed).permutation(n)
+        train_size = n - val_size if train_size is None else train_size
+        return order[:val_size], order[val_size:val_size + train_size]
+    names, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    val: list[int] = []
+    train: list[int] = []
+    for g in np.random.default_rng(seed).permutation(len(names)):
+        rows = np.flatnonzero(inverse == g).tolist()
+        (val if len(val) + len(rows) <= val_size else train).extend(rows)
+    train = train if train_size is None else train[:train_size]
+    return np.asarray(val, dtype=np.int64), np.asarray(train, dtype=np.int64)

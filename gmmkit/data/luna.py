@@ -10,10 +10,8 @@ read by :mod:`gmmkit.data.images` (SimpleITK); the result is a :class:`~gmmkit.d
 """
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import math
-import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,7 +19,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import checks
 from ..errors import DatasetError
@@ -31,6 +28,7 @@ from .cubes import CubeSet
 from .geometry import cut_cube, inside_extent, world_to_index
 from .images import ScanSource, find_dicom_series, find_mhd_scans
 from .intensity import AIR_HU, HU_WINDOW, normalize_hu
+from .pool import map_in_processes
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 REQUIRED_COLUMNS = ANNOTATION_COLUMNS[:4]  # diameter_mm is optional (NaN when absent)
@@ -200,7 +198,7 @@ def prepare_luna(annotations: str | os.PathLike | Annotations, scans: str | os.P
             tasks.append((uid, sources[uid], rows, ann.center_xyz_mm[rows], cube, float(spacing_mm)))
 
     results: dict[int, tuple[np.ndarray, float]] = {}
-    for uid, outcome in _run_tasks(tasks, jobs, progress):
+    for uid, outcome in map_in_processes(_cut_task, tasks, jobs, progress, "scan"):
         for row, cube_values, fraction, reason in outcome:
             if reason is None:
                 results[row] = (cube_values, fraction)
@@ -239,27 +237,3 @@ def cut_scan(source: ScanSource, rows: np.ndarray, centres_xyz: np.ndarray, cube
 def _cut_task(task):
     uid, source, rows, centres, cube, spacing = task
     return uid, cut_scan(source, rows, centres, cube, spacing)
-
-
-def _run_tasks(tasks, jobs: int, progress: bool):
-    """Yield ``(uid, outcome)`` per scan, in this process (jobs=1) or in a pool of ``jobs`` processes."""
-    bar = tqdm(total=len(tasks), desc="scans", unit="scan", disable=not progress)
-    try:
-        if jobs == 1 or len(tasks) <= 1:
-            for task in tasks:
-                yield _cut_task(task)
-                bar.update()
-            return
-        # forkserver/spawn: the workers start clean even when the caller has threads (TensorFlow, Jupyter)
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        pool = concurrent.futures.ProcessPoolExecutor(min(jobs, len(tasks)), multiprocessing.get_context(method))
-        try:
-            futures = [pool.submit(_cut_task, task) for task in tasks]
-            for future in concurrent.futures.as_completed(futures):
-                yield future.result()
-                bar.update()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    finally:
-        bar.close()
-

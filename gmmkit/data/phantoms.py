@@ -24,8 +24,6 @@ Every cube depends only on ``(seed, index)``, so a set of 2100 contains the set 
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,7 +31,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from ..files import atomic_savez, build_once
+from ..files import atomic_savez
+from .cache import cache_dir, cached_build, key
 from .intensity import normalize_hu
 
 CATEGORIES = ("solid", "part-solid", "ground-glass", "calcified")
@@ -164,33 +163,24 @@ def generate_phantoms(n: int = 2100, seed: int = 0, cube: int = 16) -> PhantomSe
     return PhantomSet(cubes, category, attachment, diameter)
 
 
-def cache_dir() -> Path:
-    """Where generated sets are cached: ``$GMMKIT_CACHE`` or ``~/.cache/gmmkit``."""
-    return Path(os.environ.get("GMMKIT_CACHE") or Path.home() / ".cache" / "gmmkit")
-
-
 def load_phantoms(n: int = 2100, seed: int = 0, cube: int = 16, cache: bool = True) -> PhantomSet:
-    """:func:`generate_phantoms`, cached on disk by ``(n, seed, cube, generator version)``. Ranks starting at
-    once, on this host or on others sharing the cache folder, generate it once between them and never read
-    a half-written file (:func:`gmmkit.files.build_once`)."""
+    """:func:`generate_phantoms`, cached on disk by ``(n, seed, cube, generator version)`` and built once
+    however many processes ask at once (:func:`gmmkit.data.cache.cached_build`)."""
     if not cache:
         return generate_phantoms(n, seed, cube)
-    key = hashlib.sha1(f"{n}-{seed}-{cube}-{GENERATOR_VERSION}".encode()).hexdigest()[:12]
-    path = cache_dir() / f"phantoms-{n}-{seed}-{cube}-{key}.npz"
-    data, _ = build_once(path, lambda: generate_phantoms(n, seed, cube), _read_phantoms, _save_phantoms)
-    return data
+    path = cache_dir() / f"phantoms-{n}-{seed}-{cube}-{key(n, seed, cube, GENERATOR_VERSION)}.npz"
+    return cached_build(path, lambda: generate_phantoms(n, seed, cube), _read, _write)[0]
 
 
-def _read_phantoms(path: Path) -> PhantomSet | None:
-    """The cached set at ``path``, or None when there is none or it cannot be read (it is then regenerated)."""
+def _read(path: Path) -> PhantomSet | None:
     try:
         with np.load(path, allow_pickle=False) as f:
             return PhantomSet(f["cubes"], f["category"], f["attachment"], f["diameter_mm"])
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError):  # missing, or a corrupt entry: built again
         return None
 
 
-def _save_phantoms(path: Path, data: PhantomSet) -> None:
+def _write(data: PhantomSet, path: Path) -> None:
     atomic_savez(path, cubes=data.cubes, category=data.category, attachment=data.attachment,
                  diameter_mm=data.diameter_mm)
 

@@ -3,8 +3,9 @@
 ``mpirun -np N python -m gmmkit.parallel.ranks TASK ...`` (started by :mod:`gmmkit.parallel.launch`):
 
 ``batch PLAN.json``
-    train the run configs listed in the file one after another in this Horovod job, reusing one traced
-    model (a sweep's real runs of one worker count: :func:`gmmkit.study.sweep.run_real_batch`);
+    train the runs listed in the file (``[{"config": RunConfig as a dict, "resume": bool}, ...]``) one after
+    another in this Horovod job, reusing one traced model (a sweep's real runs of one worker count:
+    :func:`gmmkit.study.sweep.run_real_batch`);
 ``allreduce --bytes B [--repeats R]``
     time Horovod's allreduce against plain MPI (:func:`gmmkit.parallel.distributed.allreduce_probe`);
 ``scaling --config JSON [--rounds R]``
@@ -28,8 +29,9 @@ from .launch import launcher_rank
 
 
 def _batch(args) -> int:
-    cfgs = [RunConfig.from_dict(raw) for raw in json.loads(Path(args.plan).read_text())]
-    summaries = train_many(cfgs)
+    plan = json.loads(Path(args.plan).read_text())
+    cfgs = [RunConfig.from_dict(item["config"]) for item in plan]
+    summaries = train_many(cfgs, resume=[bool(item.get("resume")) for item in plan])
     for cfg, summary in zip(cfgs, summaries if launcher_rank() == 0 else []):
         print(f"{cfg.train.strategy} n={cfg.train.workers}: {summary['status']} after {summary.get('epochs')} "
               f"epochs" + (f" ({summary['error']})" if summary.get("error") else ""), flush=True)
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m gmmkit.parallel.ranks")
     sub = p.add_subparsers(dest="task", required=True)
     b = sub.add_parser("batch")
-    b.add_argument("plan", metavar="PLAN.json", help="a JSON list of run configs")
+    b.add_argument("plan", metavar="PLAN.json", help='a JSON list of {"config": ..., "resume": ...}')
     a = sub.add_parser("allreduce")
     a.add_argument("--bytes", type=int, default=4 << 20)
     a.add_argument("--repeats", type=int, default=20)

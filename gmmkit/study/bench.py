@@ -54,8 +54,8 @@ TARGETS = {"render_overhead": ("<=", 1.2), "mfu": (">=", 0.7), "allreduce_vs_mpi
 
 def bench_config(components: int = 50, cube: int = 16, train_size: int = 256) -> RunConfig:
     """The paper's model (32 filters, latent 256) on a small synthetic set, one thread, batch 32."""
-    return RunConfig().replace(data={"size": train_size + 64, "train_size": train_size, "val_size": 64,
-                                     "cube": cube},
+    return RunConfig().replace(data={"dataset": "phantoms", "size": train_size + 64, "train_size": train_size,
+                                     "val_size": 64, "cube": cube},
                                model={"components": components},
                                train={"threads": 1, "target_loss": None, "epochs": 1})
 

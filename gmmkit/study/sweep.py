@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .. import strategies
 from ..checks import is_finite_number
 from ..config import RunConfig
-from ..data.cubes import load_split
+from ..data.sources import load_split
 from ..files import atomic_write_json, atomic_write_text, fresh_folder, read_jsonl
 from ..parallel import launch
 from ..parallel.placement import LOCAL, Placement
@@ -62,14 +62,15 @@ def run_dir_for(out: Path, strategy: str, n: int) -> Path:
 
 
 def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path, stop: Optional[StopFlag] = None,
-                   placement: Placement = LOCAL) -> Optional[str]:
+                   resume: Sequence[bool] = (), placement: Placement = LOCAL) -> Optional[str]:
     """Train ``cfgs`` (all with ``n`` workers) one after another in one n-rank Horovod job placed by
-    ``placement``, its output in ``log``. Returns None when the job ended well, else what ended it, e.g. "rank 1 (pid 4242 on ci) was
-    killed by SIGKILL" (mpirun then stops the other ranks, so the job never hangs). A stop request (``stop``,
+    ``placement``, its output in ``log``. Returns None when the job ended well, else what ended it, e.g.
+    "rank 1 (pid 4242 on ci) was killed by SIGKILL" or "host node2 (rank 1) was lost" (mpirun then stops the other ranks, so the job never hangs). A stop request (``stop``,
     SIGINT, SIGTERM) asks every run of the batch to stop: the current one after its step, the rest at once."""
     log.parent.mkdir(parents=True, exist_ok=True)
     plan = log.with_suffix(".json")
-    atomic_write_json(plan, [cfg.to_dict() for cfg in cfgs])
+    resume = list(resume) or [False] * len(cfgs)
+    atomic_write_json(plan, [{"config": cfg.to_dict(), "resume": again} for cfg, again in zip(cfgs, resume)])
 
     def stop_all() -> None:
         for cfg in cfgs:
@@ -89,7 +90,7 @@ class _LocalRuns:
         self.trainer = trainer
         self.stop = stop
 
-    def __call__(self, cfg: RunConfig, simulate: bool) -> dict:
+    def __call__(self, cfg: RunConfig, simulate: bool, resume: bool = False) -> dict:
         t = cfg.train
         label = f"{'sequential' if t.workers == 1 else t.strategy} n={t.workers}{' (simulated)' if simulate else ''}"
 
@@ -99,7 +100,8 @@ class _LocalRuns:
 
         self.trainer = Trainer.for_config(cfg, simulate, reuse=self.trainer)
         # a failure is recorded in the run's summary.json; the sweep goes on
-        summary, = train_many([cfg], simulate=simulate, callbacks=[show], trainer=self.trainer, stop=self.stop)
+        summary, = train_many([cfg], simulate=simulate, callbacks=[show], trainer=self.trainer, stop=self.stop,
+                              resume=resume)
         tqdm.write(f"{label}: {summary['status']}" + (f" in {summary['time_to_target_s']:.1f} s"
                                                        if summary.get("time_to_target_s") and not simulate else "")
                    + (f" ({summary['error']})" if summary.get("error") else ""))
@@ -110,7 +112,7 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
           workers: Sequence[int] = (1, 2, 4, 8, 16, 32), max_real: Optional[int] = None, simulate: bool = True,
           perf: Optional[PerfModel] = None, progress: bool = True,
           target_epoch: Optional[int] = None, trainer=None, stop: Optional[StopFlag] = None,
-          placement: Placement = LOCAL) -> list[RunResult]:
+          resume: bool = False, placement: Placement = LOCAL) -> list[RunResult]:
     """Run the grid and write ``results.json``, ``tables.md`` and the figures under ``out``.
 
     ``placement``: where the real runs' ranks go; ``max_real``: the largest real worker count (None: the
@@ -120,6 +122,8 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
     ``trainer``: a :class:`~gmmkit.training.Trainer` of ``base`` to reuse (e.g. the calibration's).
     ``stop`` (set by SIGINT or SIGTERM inside :func:`run_study`): the current run stops after its step, the
     runs not started are recorded as ``stopped``, and the tables and figures of what ran are written.
+    ``resume``: ``out`` holds this grid from an earlier call that did not finish: runs that ended are kept
+    as they are, the others continue from their last checkpoint.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +133,7 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
     results: dict[tuple[str, int], RunResult] = {}
     local = _LocalRuns(trainer, stop)
     if target_epoch:
-        base, results[(strategies_[0], 1)] = sequential_target(base, out, target_epoch, perf, local)
+        base, results[(strategies_[0], 1)] = sequential_target(base, out, target_epoch, perf, local, resume)
         grid = [g for g in grid if g[1] != 1]
 
     def config(strategy: str, n: int) -> RunConfig:
@@ -144,12 +148,14 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
     bar = tqdm(total=len(grid), desc="sweep", unit="run", disable=not progress)
     for n in dict.fromkeys(n for _, n in grid):
         points = [(s, n, mode_of(s, n)) for s, m in grid if m == n]
-        real = [config(s, n) for s, _, mode in points if mode == "real" and n > 1]
+        todo = {s: _todo(config(s, n), resume) for s, _, mode in points if mode != "skipped"}
+        real = [config(s, n) for s, _, mode in points if mode == "real" and n > 1 and todo[s] != "done"]
         job_failure = None
         if real and not stop:  # one mpirun job trains all strategies of this n
             bar.set_postfix_str(f"n={n}: {len(real)} runs on {n} Horovod ranks")
             log = out / "logs" / f"real-n{n}.log"
-            failure = run_real_batch(real, n, log, stop, placement)
+            failure = run_real_batch(real, n, log, stop, [todo[c.train.strategy] == "resume" for c in real],
+                                     placement)
             if failure:
                 job_failure = f"{failure}; mpirun stopped the {n}-rank job before this run finished (see {log})"
                 tqdm.write(f"error: n={n}: {failure}; mpirun stopped the other ranks. The runs the job had not "
@@ -157,9 +163,9 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
         for strategy, _, mode in points:
             cfg = config(strategy, n)
             failure = job_failure if mode == "real" and n > 1 else None
-            if (mode == "simulated" or (mode == "real" and n == 1)) and not stop:
+            if (mode == "simulated" or (mode == "real" and n == 1)) and not stop and todo[strategy] != "done":
                 bar.set_postfix_str(f"{strategy} n={n} ({mode})")
-                failure = local(cfg, simulate=mode == "simulated").get("error")
+                failure = local(cfg, simulate=mode == "simulated", resume=todo[strategy] == "resume").get("error")
             if mode == "skipped":
                 results[(strategy, n)] = RunResult(strategy, n, "skipped", "skipped", 0, None, None, cfg.out)
             else:
@@ -180,20 +186,25 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
     return rows
 
 
+# How a run can end that a resumed study keeps as it is (stopped and failed runs go on).
+ENDED = ("reached_target", "diverged", "max_epochs")
+
 # A run on the sequential path reaches the sequential loss only up to float32 reduction noise (the order of
 # the sums differs between 1 and n ranks), so the target sits this far above it.
 TARGET_RTOL = 1e-4
 
 
 def sequential_target(base: RunConfig, out: Path, epochs: int, perf: Optional[PerfModel],
-                      local: Optional[_LocalRuns] = None):
-    """Run the sequential baseline for ``epochs`` epochs; its last validation loss, times 1 + TARGET_RTOL,
-    becomes the target."""
+                      local: Optional[_LocalRuns] = None, resume: bool = False):
+    """Run the sequential baseline for ``epochs`` epochs (``resume``: keep or continue the one ``out``
+    holds); its last validation loss, times 1 + TARGET_RTOL, becomes the target."""
     run_dir = run_dir_for(out, "strong", 1)
     cfg = base.replace(train={"strategy": "strong", "workers": 1, "epochs": epochs, "target_loss": None,
                               "threads": base.train.threads or 1}, out=str(run_dir))
     local = local or _LocalRuns()
-    local(cfg, simulate=False)
+    todo = _todo(cfg, resume)
+    if todo != "done":
+        local(cfg, simulate=False, resume=todo == "resume")
     records = read_jsonl(run_dir / "metrics.jsonl")
     if local.stop:  # stopped before the target was known: the sweep stops too
         return base, collect(cfg, run_dir, "real", perf, stopped=True)
@@ -206,6 +217,14 @@ def sequential_target(base: RunConfig, out: Path, epochs: int, perf: Optional[Pe
     if perf is not None:
         result.predicted_s = epochs * _epoch_time(perf, cfg)
     return base.replace(train={"target_loss": target}), result
+
+
+def _todo(cfg: RunConfig, resume: bool) -> str:
+    """What a grid point needs: ``"new"``, ``"resume"`` (its run started and did not end), or ``"done"``."""
+    run = RunDir(cfg.out)
+    if not (resume and run.exists()):
+        return "new"
+    return "done" if (run.summary() or {}).get("status") in ENDED else "resume"
 
 
 def _epoch_time(perf: PerfModel, cfg: RunConfig) -> float:

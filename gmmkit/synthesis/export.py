@@ -20,7 +20,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import checks
-from ..data.cubes import CubeSet, load_cubes, load_split
+from ..data.cubes import CubeSet
+from ..data.sources import load_cubes, load_split
 from ..data.images import write_image
 from ..data.intensity import denormalize
 from ..errors import DatasetError, InputError

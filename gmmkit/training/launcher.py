@@ -9,6 +9,7 @@ ended), it does: the run ends ``stopped`` or ``failed`` on the last state the ra
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -50,10 +51,21 @@ def run_on_ranks(cfg: RunConfig, argv: Sequence[str], mode: str = "new", launche
         summary = run.summary() or {}
         ended_by_us = summary.get("status") in (None, "running")
         if ended_by_us:  # the ranks died or were ended before they could say how the run ended
-            reason = failure or (f"ended by signal {stop.signum}" if stop else f"{launcher} exited with status {code}")
-            summary = {**summary, "status": "stopped" if stop and not failure else "failed", "error": reason}
+            # asked to stop (a signal to the launcher, maybe to every process of the job at once): stopped, even
+            # if mpirun had to end ranks that were slow to finish their step; else the job failed
+            reason = failure or f"{launcher} exited with status {code}"
+            if stop:
+                reason = f"stopped by {_signal_name(stop.signum)}" + (f" ({failure})" if failure else "")
+            summary = {**summary, "status": "stopped" if stop else "failed", "error": reason}
             run.commit(run.metrics(), summary)
         run.stop_handled()
         return Launched(code, failure, summary, ended_by_us)
     finally:
         run.release() if run.exists() else run.abandon()
+
+
+def _signal_name(signum: Optional[int]) -> str:
+    try:
+        return signal.Signals(signum).name if signum else "a stop request"
+    except ValueError:
+        return f"signal {signum}"

@@ -16,12 +16,13 @@ import tensorflow as tf
 from .. import checks, strategies
 from ..checks import is_finite_number
 from ..config import RunConfig
-from ..data.cubes import load_split
+from ..data.sources import load_split
 from ..model.deepdensity import from_config, per_sample_msle
 from ..parallel import distributed
 from ..parallel.launch import launcher_rank
 from .optimizer import Adam
-from .rundir import FINISHED, RunDir, changes
+from .resume import changes
+from .rundir import FINISHED, RunDir
 from ..signals import StopFlag, stop_on_signals
 
 EVAL_BATCH = 256
@@ -272,7 +273,7 @@ def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool 
 
     ``cfg.out`` must hold no run, unless ``overwrite`` (the run there is replaced once this one starts) or
     ``resume`` (the run there continues from its last checkpoint and its own config, see
-    :func:`gmmkit.training.rundir.resume_config`; a run that reached its target or diverged is reported,
+    :func:`gmmkit.training.resume.resume_config`; a run that reached its target or diverged is reported,
     not trained on). ``callbacks`` are called on rank 0 with each epoch's metrics record. ``stop`` ends the
     run after the current step with status ``stopped``; so does a ``STOP`` file in the run directory, and
     SIGINT or SIGTERM when ``handle_signals`` is set. Any exception writes ``status: failed`` with the error
@@ -322,19 +323,23 @@ def _record_failure(run: RunDir, exc: BaseException) -> None:
 
 
 def train_many(cfgs: Sequence[RunConfig], simulate: bool = False, callbacks: Iterable[EpochCallback] = (),
-               trainer: Optional[Trainer] = None, stop: Optional[StopFlag] = None) -> list[dict]:
+               trainer: Optional[Trainer] = None, stop: Optional[StopFlag] = None,
+               resume: Sequence[bool] | bool = False) -> list[dict]:
     """Train ``cfgs`` one after another in this process (or Horovod job), reusing one traced model for all
     runs that :meth:`Trainer.can_run`. A run that raises is recorded as ``failed`` (its summary says why)
-    and the next one starts; ``stop`` ends the current run and skips the rest."""
+    and the next one starts; ``stop`` ends the current run and skips the rest. ``resume``: for every run,
+    or one flag per run, continue the run its directory holds (:func:`train`)."""
     summaries = []
     stop = stop if stop is not None else StopFlag()
-    for cfg in cfgs:
+    flags = [resume] * len(cfgs) if isinstance(resume, bool) else list(resume)
+    for cfg, again in zip(cfgs, flags):
         if stop:
             summaries.append({"status": "stopped", "epochs": 0})
             continue
         try:
             trainer = Trainer.for_config(cfg, simulate, reuse=trainer)
-            summaries.append(train(cfg, callbacks=callbacks, simulate=simulate, trainer=trainer, stop=stop))
+            summaries.append(train(cfg, callbacks=callbacks, simulate=simulate, trainer=trainer, stop=stop,
+                                   resume=again))
         except Exception as exc:  # the run's summary.json already says failed, with the error
             summaries.append({"status": "failed", "error": f"{type(exc).__name__}: {exc}", "epochs": 0})
     return summaries

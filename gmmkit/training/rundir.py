@@ -44,6 +44,7 @@ import numpy as np
 from ..config import RunConfig
 from ..errors import RunDirError
 from ..files import atomic_write_text, read_jsonl, remove_temporaries, to_json, umask, write_jsonl
+from .resume import resume_config
 
 STATUSES = ("reached_target", "diverged", "max_epochs", "stopped", "failed", "running")
 FINISHED = ("reached_target", "diverged")  # a resume reports these instead of training on
@@ -377,50 +378,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# Settings a resumed run may change: they do not change the experiment, only how long or on what it runs.
-RESUMABLE = ("train.epochs", "train.threads")
-
-
-def resume_config(stored: RunConfig, requested: RunConfig) -> RunConfig:
-    """The config a resumed run goes on with: ``stored`` (the run's own) with the changes of ``requested``
-    that keep the experiment: more or fewer epochs, other threads, and another worker count for strong
-    scaling (whose path does not depend on it). Any other difference raises, naming every field."""
-    allowed = set(RESUMABLE) | ({"train.workers"} if stored.train.strategy == "strong" else set())
-    old, new = _flat(stored.to_dict()), _flat(requested.to_dict())
-    for key in ("data.dataset", "out"):
-        old[key], new[key] = _resolved(old[key]), _resolved(new[key])
-    changed = sorted(k for k in old if old[k] != new.get(k))
-    refused = [k for k in changed if k not in allowed]
-    if refused:
-        raise RunDirError(f"--resume: the run in {stored.out} was made with other values of "
-                          f"{', '.join(refused)}; a resumed run continues the same experiment (it may change "
-                          f"{', '.join(sorted(allowed))})", field=refused[0],
-                          detail=f"the run in {stored.out} was made with {_show(old, refused)}; a resumed run "
-                                 f"continues the same experiment (it may change {', '.join(sorted(allowed))})")
-    return requested.replace(out=stored.out, data={"dataset": stored.data.dataset})
-
-
-def changes(old: RunConfig, new: RunConfig) -> dict:
-    """``{field: [old, new]}`` of every setting that differs between two configs."""
-    a, b = _flat(old.to_dict()), _flat(new.to_dict())
-    return {k: [a[k], b.get(k)] for k in sorted(a) if a[k] != b.get(k)}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _resolved(path: str) -> str:
-    return path if path in ("phantoms", "lidc") else str(Path(path).resolve())
-
-
-def _show(values: dict, keys: list[str]) -> str:
-    return ", ".join(f"{k}={values[k]!r}" for k in keys)

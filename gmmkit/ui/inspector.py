@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..config import RunConfig
-from ..data.cubes import load_split
+from ..data.sources import load_split
 from ..errors import InputError
 from ..training.rundir import RunDir
 

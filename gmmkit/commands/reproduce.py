@@ -1,0 +1,50 @@
+"""``gmmkit reproduce``: the paper's protocol end to end, resumable (see gmmkit.study.reproduce).
+
+The learning-rate range test picks eta, the sequential run's validation loss after E epochs is the target
+(--scale paper: E = 100; quick: what a 2-core machine runs in about two hours), every run may take 4 E
+epochs, and strong, weak, lsr and warmup run at n = 1 to 32 (real ranks up to --max-real, simulated above).
+Tables I and II, Figures 2 to 5 and the paper's claims (claims.json, claims.md) go to --out. Run it again
+with the same flags to continue where it stopped.
+"""
+from __future__ import annotations
+
+import sys
+
+from ..cli import add_placement_flags, placement_from_args
+from ..signals import StopFlag
+from ..study.reproduce import SCALES, ReproduceConfig
+
+FLAGS = {"reproduce.scale": "--scale", "reproduce.target_epoch": "--target-epoch",
+         "reproduce.max_real": "--max-real", "out": "--out", "reproduce.out": "--out"}
+
+
+def register(sub):
+    p = sub.add_parser("reproduce", help="the paper's protocol end to end: eta, target, grid, tables, claims",
+                       description=__doc__.replace("``", "").strip())
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--scale", default="quick", help=f"{' or '.join(SCALES)} (default %(default)s)")
+    p.add_argument("--target-epoch", type=int, default=None, metavar="E", help="E instead of the scale's")
+    p.add_argument("--max-real", type=int, default=None, metavar="N",
+                   help="real Horovod ranks up to N workers, simulated above (default: every slot of the hosts, "
+                        "or of the SLURM allocation, else this machine's cores)")
+    p.add_argument("--overwrite", action="store_true", help="start over in a folder holding another reproduction")
+    p.add_argument("--no-progress", action="store_true")
+    add_placement_flags(p)
+    p.set_defaults(func=run, flags=FLAGS)
+    return p
+
+
+def run(args, parser) -> int:
+    from ..study.claims import to_markdown
+    from ..study.reproduce import reproduce
+
+    what = ReproduceConfig(out=args.out, scale=args.scale, target_epoch=args.target_epoch,
+                           max_real=args.max_real, placement=placement_from_args(args)).validate()
+    stop = StopFlag()
+    found = reproduce(what, say=lambda line: print(line, flush=True), progress=not args.no_progress,
+                      overwrite=args.overwrite, stop=stop)
+    print(to_markdown(found), flush=True)
+    if stop:
+        print("gmmkit reproduce: stopped; run it again with the same flags to continue", file=sys.stderr)
+        return 1
+    return 0

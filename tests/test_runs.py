@@ -1,0 +1,353 @@
+"""No run is ever lost or mixed (README "When things go wrong"): one run per directory, --resume from the
+run's own config, SIGTERM and stop requests at any moment (start-up included), kills at random moments, a
+full disk, output folders replaced only as a whole, paths that open from anywhere, the user's umask.
+Real processes and signals throughout; every run is tiny."""
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from gmmkit.cli import main
+from gmmkit.data import load_phantoms
+from gmmkit.files import read_jsonl
+from gmmkit.parallel.launch import mpi_env
+from gmmkit.training import RunDir
+
+from conftest import tiny_config
+
+GMMKIT = [sys.executable, "-m", "gmmkit"]
+TINY = ["--dataset", "phantoms", "--phantoms", "40", "--val-size", "8", "--components", "4", "--batch-size", "8",
+        "--threads", "1", "--target-loss", "none"]
+
+
+def start(*args, cwd=None, **popen):
+    return subprocess.Popen([*GMMKIT, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd, env=mpi_env(), **popen)
+
+
+def wait_for(condition, proc=None, timeout=240, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, f"the process ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.05)
+
+
+def epochs_of(run: Path) -> list[int]:
+    return [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")]
+
+
+def assert_files_agree(run: Path) -> int:
+    """metrics, summary and checkpoint describe the same last epoch; no temporary file is visible."""
+    r = RunDir(run)
+    records, summary, ckpt = r.metrics(), r.summary() or {}, r.load_checkpoint()
+    last = len(records)
+    assert [x["epoch"] for x in records] == list(range(1, last + 1))
+    assert summary.get("epochs", 0) == last, (summary, last)
+    assert (ckpt["epoch"] if ckpt else 0) == last
+    if ckpt:
+        assert [x["epoch"] for x in ckpt["records"]] == list(range(1, last + 1))
+    return last
+
+
+def no_process_left(parent_pid: int | None = None) -> bool:
+    me = psutil.Process()
+    alive = [p for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    return not alive
+
+
+# --- one run per directory; --resume ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cubes_npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "cubes.npz"
+    np.savez(path, cubes=load_phantoms(40, seed=5).cubes)
+    return path
+
+
+def test_resume_continues_the_run_from_its_own_config(cubes_npz, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "cubes.npz").write_bytes(cubes_npz.read_bytes())
+    monkeypatch.chdir(work)
+    base = [*TINY[2:], "--out", "run"]  # a relative --dataset and --out
+    assert main(["train", "--dataset", "cubes.npz", *base, "--epochs", "1"]) == 0
+    cfg = json.loads((work / "run" / "config.json").read_text())
+    assert cfg["data"]["dataset"] == str(work / "cubes.npz") and cfg["out"] == str(work / "run")  # absolute
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the run opens the same from anywhere
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(work / "run"), "--epochs", "2"]) == 0
+    assert epochs_of(work / "run") == [1, 2]
+    resumed = json.loads((work / "run" / "config.json").read_text())
+    assert resumed["data"]["dataset"] == str(work / "cubes.npz") and resumed["train"]["epochs"] == 2
+    summary = RunDir(work / "run").summary()
+    assert summary["resumes"] == [{"from_epoch": 1, "changed": {"train.epochs": [1, 2]}}]
+
+    # a flag that changes the experiment is refused, naming it; the run is untouched
+    before = {p.name: p.read_bytes() for p in (work / "run" / "state").iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(work / "run"), "--epochs", "3", "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--lr (train.lr)" in err and "train.lr=0.00105" in err, err
+    assert {p.name: p.read_bytes() for p in (work / "run" / "state").iterdir()} == before
+    assert main(["train", "--resume", "--out", str(tmp_path / "nowhere")]) == 2  # nothing to resume
+    assert "not a gmmkit run directory" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_finished_run_is_reported_not_retrained(tmp_path, capsys):
+    run = tmp_path / "done"
+    assert main(["train", *TINY[:-2], "--target-loss", "1", "--epochs", "5", "--out", str(run)]) == 0
+    assert RunDir(run).summary()["status"] == "reached_target" and epochs_of(run) == [1]
+    before = {p.name: p.read_bytes() for p in (run / "state").iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "9"]) == 0
+    assert "has already ended (reached_target after 1 epochs); nothing to do" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (run / "state").iterdir()} == before
+
+
+def test_a_run_directory_belongs_to_one_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    first = (run / "checkpoint.npz").read_bytes()
+    capsys.readouterr()
+    assert main(["train", *TINY, "--epochs", "1", "--seed", "3", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run already (status max_epochs, 1 epochs)" in err and "--overwrite" in err
+    assert (run / "checkpoint.npz").read_bytes() == first
+    assert main(["train", *TINY, "--epochs", "1", "--seed", "3", "--overwrite", "--out", str(run)]) == 0
+    assert (run / "checkpoint.npz").read_bytes() != first and RunDir(run).config().train.seed == 3
+    kept = [p / "checkpoint.npz" for p in (run / ".state").iterdir()]
+    assert kept and all(p.read_bytes() != first for p in kept if p.exists())  # no state of the old run is left
+
+
+def test_a_second_process_is_refused_and_a_dead_one_holds_nothing(tmp_path):
+    run = tmp_path / "run"
+    first = start("train", *TINY, "--epochs", "400", "--out", run)
+    try:
+        wait_for(lambda: len(epochs_of(run)) >= 1, first, what="the first epoch")
+        second = subprocess.run([*GMMKIT, "train", *TINY, "--epochs", "400", "--overwrite", "--out", str(run)],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and f"in use by gmmkit pid {first.pid}" in second.stderr, second.stderr
+        first.kill()  # a killed owner: its lock goes with it
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    done = epochs_of(run)
+    resumed = subprocess.run([*GMMKIT, "train", "--resume", "--out", str(run), "--epochs", str(len(done) + 1)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert epochs_of(run) == list(range(1, len(done) + 2))
+
+
+# --- signals and stop requests --------------------------------------------------------------
+
+@pytest.mark.parametrize("when", ["start-up", "training"])
+def test_sigterm_stops_a_run_with_its_files_consistent(tmp_path, when):
+    run = tmp_path / "run"
+    proc = start("train", *TINY, "--epochs", "400", "--out", run)
+    try:
+        if when == "start-up":  # the run owns its directory, TensorFlow is still tracing its steps
+            wait_for(lambda: RunDir(run).in_use(), proc, what="the claim")
+        else:
+            wait_for(lambda: len(epochs_of(run)) >= 1, proc, what="the first epoch")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    summary = RunDir(run).summary()
+    assert summary["status"] == "stopped" and "status stopped" in out
+    epochs = assert_files_agree(run)
+    assert (epochs == 0) == (when == "start-up")
+    assert not list(run.glob(".*.tmp")) and not (run / "STOP").exists()
+
+
+def test_a_stop_asked_for_while_the_run_starts_is_not_lost(tmp_path, capsys):
+    run = tmp_path / "run"
+    proc = start("train", *TINY, "--epochs", "400", "--out", run)
+    try:
+        wait_for(lambda: RunDir(run).in_use(), proc, what="the claim")
+        assert main(["stop", str(run)]) == 0  # before config.json exists, while TensorFlow traces
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert RunDir(run).summary()["status"] == "stopped" and assert_files_agree(run) == 0
+    capsys.readouterr()
+    assert main(["stop", str(run)]) == 2  # nothing runs there now: a request would stop its next --resume
+    assert "no run is in progress there (status stopped)" in capsys.readouterr().err
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("who", ["gmmkit", "every process"])
+def test_sigterm_ends_a_multi_rank_run_and_leaves_no_process(tmp_path, who):
+    run = tmp_path / "run"
+    proc = start("train", *TINY, "--epochs", "400", "--workers", "2", "--out", run, start_new_session=True)
+    try:
+        wait_for(lambda: len(epochs_of(run)) >= 1, proc, what="the first epoch")
+        job = psutil.Process(proc.pid).children(recursive=True)
+        assert len(job) >= 3  # mpirun and two ranks
+        targets = [proc.pid] + ([p.pid for p in job] if who == "every process" else [])
+        for pid in targets:  # a scheduler (scancel) signals them all at once
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    wait_for(lambda: not [p for p in job if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], timeout=30,
+             what="the job's processes ending")
+    summary = RunDir(run).summary()
+    assert summary["status"] == "stopped" and summary["workers"] == 2
+    assert_files_agree(run)
+    assert not RunDir(run).in_use()
+
+
+def test_a_launcher_killed_outright_takes_its_job_with_it(tmp_path):
+    run = tmp_path / "run"
+    proc = start("train", *TINY, "--epochs", "400", "--workers", "2", "--out", run)
+    try:
+        wait_for(lambda: len(epochs_of(run)) >= 1, proc, what="the first epoch")
+        job = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()  # SIGKILL: no handler runs; mpirun dies with its parent (PR_SET_PDEATHSIG), the ranks with it
+        proc.wait(timeout=30)
+        wait_for(lambda: not [p for p in job if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], timeout=60,
+                 what="the orphaned job ending")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    epochs = assert_files_agree(run)
+    assert subprocess.run([*GMMKIT, "train", "--resume", "--out", str(run), "--epochs", str(epochs + 1),
+                           "--workers", "1"], capture_output=True, timeout=300).returncode == 0
+    assert epochs_of(run) == list(range(1, epochs + 2))
+
+
+# --- kills at random moments -------------------------------------------------------------------
+
+def test_killed_at_random_moments_the_files_agree_and_resume_reaches_the_uninterrupted_result(tmp_path):
+    epochs, rng = 6, random.Random(11)
+    straight = tmp_path / "straight"
+    assert main(["train", *TINY, "--epochs", str(epochs), "--out", str(straight)]) == 0
+    run, kills = tmp_path / "run", 0
+    args = ["train", *TINY, "--epochs", str(epochs), "--out", run]
+    while not (RunDir(run).summary() or {}).get("status") == "max_epochs":
+        proc = start(*args)
+        time.sleep(rng.uniform(1.0, 9.0))
+        if proc.poll() is None and kills < 8:
+            proc.kill()
+            kills += 1
+        proc.communicate(timeout=300)
+        if RunDir(run).exists():
+            assert_files_agree(run)
+            args = ["train", "--resume", "--out", run]
+    assert kills >= 3
+    assert not [p for p in run.rglob("*.tmp")]  # the last claim removed what the killed writers left
+    for key in ("train_loss", "val_loss"):  # bit for bit the uninterrupted path
+        assert [r[key] for r in read_jsonl(run / "metrics.jsonl")] == [r[key] for r in read_jsonl(straight / "metrics.jsonl")]
+    a, b = RunDir(run).load_checkpoint(), RunDir(straight).load_checkpoint()
+    assert all(np.array_equal(x, y) for x, y in zip(a["weights"] + a["optimizer"], b["weights"] + b["optimizer"]))
+
+
+# --- resources ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MB tmpfs, to fill while a run writes to it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a small tmpfs cannot be mounted here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_a_one_line_error_and_the_last_good_state_stays(small_disk, tmp_path):
+    run = small_disk / "run"
+    proc = start("train", "--config", _write(tmp_path / "c.json", tiny_config(run, epochs=400).to_json()))
+    try:
+        wait_for(lambda: len(epochs_of(run)) >= 1, proc, what="the first epoch")
+        fd = os.open(small_disk / "ballast", os.O_WRONLY | os.O_CREAT)  # something else fills the disk
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 65536)
+        os.close(fd)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "free" in err and "last good state (epoch" in err and "--resume" in err, err
+    epochs = assert_files_agree(run)
+    assert epochs >= 1 and RunDir(run).summary()["status"] == "running"  # the last state it could write
+    assert not list(run.rglob("*.tmp"))
+    (small_disk / "ballast").unlink()  # room again: the run goes on from its last good state
+    done = subprocess.run([*GMMKIT, "train", "--resume", "--out", str(run), "--epochs", str(epochs + 1)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert epochs_of(run) == list(range(1, epochs + 2))
+
+
+def test_synthesis_sizes_are_checked_against_memory_before_any_work(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = tiny_config(run, epochs=1)
+    assert main(["train", "--config", _write(tmp_path / "c.json", cfg.to_json())]) == 0
+    capsys.readouterr()
+    assert main(["synthesize", "--run", str(run), "--out", str(tmp_path / "big"), "--size", "4096"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--size (synthesis.size)" in err and "GiB" in err and not (tmp_path / "big").exists(), err
+
+
+def test_results_folders_are_replaced_only_as_a_whole(tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "new"
+    assert main(["train", "--config", _write(tmp_path / "c.json", tiny_config(run, epochs=1).to_json())]) == 0
+    synth = ["synthesize", "--run", str(run), "--out", str(out), "--no-progress", "--gallery", "0"]
+    assert main([*synth, "--n", "5"]) == 0
+    assert main([*synth, "--n", "2"]) == 2  # an earlier output: not without --overwrite
+    assert "--overwrite" in capsys.readouterr().err and len(list(out.glob("nodule_*"))) == 5
+    assert main([*synth, "--n", "2", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "manifest.json", "mixtures.npz",
+                                                       "nodule_0000.nii.gz", "nodule_0001.nii.gz"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main([*synth[:3], "--out", str(tmp_path / "mine"), "--overwrite"]) == 2  # not ours: never removed
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+    sweep = ["sweep", "--config", str(tmp_path / "c.json"), "--strategies", "strong", "--workers", "1",
+             "--no-calibrate", "--out", str(tmp_path / "sweep")]
+    assert main(sweep) == 0
+    (tmp_path / "sweep" / "runs" / "stale").mkdir()
+    assert main(sweep) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main([*sweep, "--overwrite"]) == 0
+    assert not (tmp_path / "sweep" / "runs" / "stale").exists()
+
+
+def test_files_follow_the_umask(tmp_path):
+    run = tmp_path / "run"
+    cfg = _write(tmp_path / "c.json", tiny_config(run, epochs=1).to_json())
+    done = subprocess.run(["sh", "-c", f"umask 027 && exec {sys.executable} -m gmmkit train --config {cfg}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for path in [run / "config.json", *(run / "state").iterdir()]:
+        assert path.stat().st_mode & 0o777 == 0o640, path
+    assert (run / "state").stat().st_mode & 0o777 == 0o750
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
