@@ -4,7 +4,6 @@ Every training run costs tens of seconds of graph tracing on a small CPU, so the
 3-epoch reference run, and each other run compared with it.
 """
 import json
-import math
 import os
 import subprocess
 import sys

@@ -39,7 +39,6 @@ What it takes care of:
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -56,10 +55,6 @@ from .placement import Placement
 from .training_run import TrainingRun, engine_identity, engine_train
 
 DEFAULT_ENGINE_TIMEOUT = 120.0
-# The controller drops an engine after 10 missed heartbeats. A restarted MPI engine asks for its old id and
-# waits until the dead one holding it is dropped, so this period sets how long cluster.restart() waits after
-# a rank or host was lost (ipyparallel's default, 3000 ms, makes it half a minute).
-HEARTBEAT_MS = 1000
 
 
 class MPICluster:
@@ -144,7 +139,7 @@ class MPICluster:
                               "libopenmpi-dev) or run scripts/setup-env.sh")
         kwargs = {"engines": self.engine_kind, "n": self.n, "controller_ip": self.controller_ip,
                   "engine_timeout": int(self.engine_timeout), "config": self._engine_config(),
-                  "controller_args": [f"--HeartMonitor.period={HEARTBEAT_MS}"]}
+                  "controller_args": engines.CONTROLLER_ARGS}
         for name in ("profile", "profile_dir", "cluster_id"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
@@ -177,7 +172,7 @@ class MPICluster:
             where = profile_dir or f"profile {profile or 'default'}"
             raise LaunchError(f"cluster_id {cluster_id!r}: no running cluster in {where} (expected the file "
                               f"security/cluster-{cluster_id}.json that 'ipcluster start' writes)") from None
-        if not _engines_started(cluster.cluster_file, timeout):  # ipcluster may still be starting them
+        if not engines.wait_until_started(cluster.cluster_file, timeout):  # ipcluster may still be starting them
             cluster = ipp.Cluster.from_file(cluster_id=cluster_id, **found)
         n = sum(int(getattr(es, "n", 0) or 0) for es in cluster.engines.values())
         where = kwargs.pop("placement", None) or placing.resolve(kwargs.pop("hosts", None), kwargs.pop("hostfile", None))
@@ -247,7 +242,11 @@ class MPICluster:
         return engines.mpi_engine_config(n, self.placement, self.mpi_args, self.engine_env())
 
     def _update_engine_config(self, n: int) -> None:
-        for name, section in self._engine_config(n).items():
+        config = self._engine_config(n)
+        if self.engine_kind == "slurm":  # its batch script, written where the cluster's logs go
+            config.SlurmEngineSetLauncher.batch_file_name = str(engines.batch_file(self._cluster.profile_dir,
+                                                                                 self._cluster.cluster_id))
+        for name, section in config.items():
             getattr(self._cluster.config, name).update(section)
 
     def _start_engines(self, n: int) -> None:
@@ -393,22 +392,6 @@ class MPICluster:
         self._active = TrainingRun(cfg, results, hosts={int(r): r.host for r in ranks.values()},
                                    engine_failure=self.engine_failure)
         return self._active
-
-
-def _engines_started(cluster_file: str, timeout: float) -> bool:
-    """Wait (up to ``timeout``) until the cluster file lists engine sets that have all been started (their
-    count is final then); True when they had been at the first look."""
-    deadline = time.monotonic() + timeout
-    first = True
-    while True:
-        try:
-            sets = (json.loads(Path(cluster_file).read_text()).get("engines") or {}).get("sets") or {}
-        except (OSError, ValueError):
-            sets = {}
-        if (sets and all(es.get("state") != "before" for es in sets.values())) or time.monotonic() > deadline:
-            return first
-        first = False
-        time.sleep(0.2)
 
 
 def _check_n(n) -> None:

@@ -21,7 +21,9 @@ folder, on most clusters).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import time
 import shlex
 import stat
 from pathlib import Path
@@ -33,6 +35,10 @@ from traitlets.config import Config
 from . import launch
 from .placement import Placement
 
+# The controller drops an engine after 10 missed heartbeats. A restarted MPI engine asks for its old id and
+# waits until the dead one holding it is dropped, so this period sets how long cluster.restart() waits after
+# a rank or host was lost; ipyparallel's default period is three times this one.
+CONTROLLER_ARGS = ["--HeartMonitor.period=1000"]
 # set by ipyparallel's launcher for the engines it starts; remote engines need them as much as local ones
 IPP_VARIABLES = ("IPP_CLUSTER_ID", "IPP_PROFILE_DIR", "IPP_CONNECTION_INFO")
 
@@ -156,3 +162,26 @@ def ended_output(engine_set) -> Optional[str]:
     except psutil.NoSuchProcess:
         running = False
     return None if running else engine_set.get_output(remove=False)
+
+
+def wait_until_started(cluster_file: str, timeout: float) -> bool:
+    """Wait (up to ``timeout``) until the cluster file lists engine sets that have all been started (their
+    count is final then); True when they had been at the first look."""
+    deadline = time.monotonic() + timeout
+    first = True
+    while True:
+        try:
+            sets = (json.loads(Path(cluster_file).read_text()).get("engines") or {}).get("sets") or {}
+        except (OSError, ValueError):
+            sets = {}
+        if (sets and all(es.get("state") != "before" for es in sets.values())) or time.monotonic() > deadline:
+            return first
+        first = False
+        time.sleep(0.2)
+
+
+def batch_file(profile_dir: str, cluster_id: str) -> Path:
+    """Where the engines' SLURM batch script is written (ipyparallel's default: the working folder)."""
+    folder = Path(profile_dir) / "log"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"slurm_engine-{cluster_id}.sbatch"
