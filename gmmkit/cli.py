@@ -15,6 +15,7 @@ from typing import Sequence
 from . import __version__
 from .config import DEFAULT_TARGET_LOSS, RunConfig
 from .errors import CLIError, ConfigError, InputError
+from .parallel import placement
 
 EXIT_BAD_INPUT = 2
 
@@ -102,6 +103,23 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
     return RunConfig.from_dict(raw).check_paths()
 
 
+def add_placement_flags(p: argparse.ArgumentParser) -> None:
+    """``--hosts`` and ``--hostfile``: where real ranks run (default: the SLURM allocation this runs in, else
+    this machine); see :mod:`gmmkit.parallel.placement`."""
+    g = p.add_argument_group("hosts (default: the SLURM allocation gmmkit runs in, else this machine)")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--hosts", default=None, metavar="H:N,H:N",
+                       help="hosts and their slots, e.g. node1:2,node2:2 (OpenMPI's --host)")
+    where.add_argument("--hostfile", default=None, metavar="FILE",
+                       help="an OpenMPI hostfile: one 'HOST slots=N' per line")
+
+
+def placement_from_args(args: argparse.Namespace) -> "placement.Placement":
+    """The :class:`~gmmkit.parallel.placement.Placement` of ``--hosts``/``--hostfile``, or of the SLURM
+    allocation, or this machine."""
+    return placement.resolve(args.hosts, args.hostfile)
+
+
 # The flag of each config field that add_run_flags sets; a command adds its own with set_defaults(flags=...).
 FLAG_OF_FIELD = {
     "data.dataset": "--dataset", "data.size": "--phantoms", "data.train_size": "--train-size",
@@ -111,6 +129,7 @@ FLAG_OF_FIELD = {
     "train.warmup_epochs": "--warmup-epochs", "train.threads": "--threads", "train.strategy": "--strategy",
     "train.exact": "--exact", "train.micro_shards": "--micro-shards",
     "train.workers": "--workers", "out": "--out",
+    "placement.hosts": "--hosts", "placement.hostfile": "--hostfile",  # add_placement_flags
 }
 
 

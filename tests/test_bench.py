@@ -105,6 +105,22 @@ def test_the_growth_figure_draws_each_curve_from_the_json(tmp_path):
     assert "plotly" in html and "test cpu" in html
 
 
+def test_the_table_shows_the_cross_host_figures_beside_the_same_host_ones():
+    """What ``gmmkit bench --hostfile`` prints: the figures of benchmarks/results.json with the cross-host
+    ones of benchmarks/cross-host.json (measured on two emulated hosts) beside them."""
+    import json
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1] / "benchmarks"
+    result = json.loads((here / "results.json").read_text())
+    cross = json.loads((here / "cross-host.json").read_text())["cross_host"]
+    table = bench.format_table({**result, "cross_host": cross})
+    line = next(row for row in table.splitlines() if row.startswith("across hosts"))
+    assert "gmk-node0, gmk-node1" in line and f"{cross['allreduce']['horovod_s'] * 1e3:.2f} ms (same host" in line
+    assert f"strong_efficiency_n2 {cross['strong_efficiency_n2']:.3f} = batch_split" in line
+    assert "across hosts" not in bench.format_table(result)
+
+
 @pytest.mark.mpi
 def test_notebook_latency_drives_the_dashboard_on_a_real_cluster(tmp_path):
     from conftest import tiny_config

@@ -77,6 +77,16 @@ BAD_FLAGS = [
     ([*SYNTH, "--concentration", "inf"], "--concentration"),
     ([*SYNTH, "--method", "sample", "--groups", "0"], "--groups"),
     ([*SYNTH, "--method", "sample", "--temperature", "-1"], "--temperature"),
+    *[([command, "--hosts", "a:0"], "--hosts") for command in ("train", "sweep", "demo", "bench")],
+    *[([command, "--hostfile", "missing.txt"], "--hostfile") for command in ("train", "sweep", "demo", "bench")],
+    (["reproduce", "--out", "r", "--hosts", "a:0"], "--hosts"),
+    (["reproduce", "--out", "r", "--hostfile", "missing.txt"], "--hostfile"),
+    (["reproduce", "--out", "r", "--hosts", "a:1,b:1", "--max-real", "3"], "--max-real"),
+    (["train", "--workers", "2", "--hostfile", "file"], "--hostfile"),  # "in the way": file, line 1, not HOST slots=N
+    (["train", "--workers", "3", "--hosts", "a:1,b:1"], "--workers"),  # more ranks than slots
+    (["train", "--workers", "2", "--hosts", "a:1", "--hostfile", "file"], "--hostfile"),  # one or the other
+    (["sweep", "--hosts", "a:1,b:1", "--max-real", "3"], "--max-real"),
+    (["bench", "--hosts", "a:2"], "--hosts"),  # across hosts needs two of them
     (["bench", "--json", "out.txt"], "--json"),
     (["bench", "--json", "file/bench.json"], "--json"),
     (["bench", "--plot", "growth.png"], "--plot"),

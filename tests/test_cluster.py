@@ -39,16 +39,38 @@ def test_arguments_are_checked():
 
 def test_engine_launch_settings():
     c = MPICluster(n=1, mpi_args=["--report-bindings"], env={"GMMKIT_X": "1"})
-    assert c.engine_mpi_args(1)[:4] == ["--bind-to", "none", "--map-by", "slot"]
     assert c.engine_mpi_args(1)[-1] == "--report-bindings"
     assert "--oversubscribe" in c.engine_mpi_args(launch.available_cores() + 1)
     assert "--oversubscribe" not in c.engine_mpi_args(1)
+    assert "--host" not in c.engine_mpi_args(1)  # this machine only
     env = c.engine_env()
     assert env["GMMKIT_X"] == "1" and env["TF_CPP_MIN_LOG_LEVEL"]
     root = hasattr(os, "geteuid") and os.geteuid() == 0
     assert ("OMPI_ALLOW_RUN_AS_ROOT" in env) == root and ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM" in env) == root
+    # the placement of gmmkit train, as OpenMPI settings (a user's own setting wins: test_launch)
     assert env["OMPI_MCA_mpi_yield_when_idle"] == "1"  # idle ranks yield the CPU to TensorFlow
+    assert env["OMPI_MCA_hwloc_base_binding_policy"] == "none" and env["OMPI_MCA_rmaps_base_mapping_policy"] == "slot"
     assert "PATH" not in env  # only additions: the launcher merges them into the kernel's environment
+
+
+def test_engines_on_hosts_get_the_placement_of_gmmkit_train(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("nodeA slots=2\nnodeB slots=2\n")
+    c = MPICluster(n=3, hostfile=str(hostfile), controller_ip="10.0.0.1", env={"GMMKIT_CACHE": "/shared/cache"})
+    assert c.slots == 4
+    args = c.engine_mpi_args(3)
+    assert args[args.index("--host") + 1] == "nodeA:2,nodeB:2"
+    forwarded = {args[i + 1] for i, a in enumerate(args) if a == "-x"}
+    assert {"GMMKIT_CACHE", "IPP_CLUSTER_ID", "IPP_PROFILE_DIR", "IPP_CONNECTION_INFO"} <= forwarded
+    with pytest.raises(InputError, match="n: expected at most the 4 slots"):
+        MPICluster(n=5, hostfile=str(hostfile), controller_ip="10.0.0.1")
+    with pytest.raises(InputError, match="controller_ip: the engines on nodeA:2,nodeB:2 .* cannot reach"):
+        MPICluster(n=2, hostfile=str(hostfile))  # 127.0.0.1 is no address for engines on other hosts
+    with pytest.raises(InputError, match="n: expected at most the 4 slots"):
+        c.resize(5)
+    template = MPICluster.slurm(2, controller_ip="10.0.0.1", sbatch_options=["--nodes=2"])._engine_config()
+    script = template.SlurmEngineSetLauncher.batch_template
+    assert "#SBATCH --nodes=2" in script and "exec mpiexec -x " in script and "-n {n} {program_and_args}" in script
 
 
 # --- a real cluster --------------------------------------------------------------------------
@@ -137,7 +159,8 @@ def test_a_dying_engine_is_reported_and_restart_recovers(cluster, tmp_path):
     while not run.metrics and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(pid_of_rank[1], 9)
-    with pytest.raises(RuntimeError, match=r"rank \d failed"):  # not TimeoutError: reported within the wait
+    # not TimeoutError: reported within the wait, in mpiexec's words (which rank, how it ended)
+    with pytest.raises(RuntimeError, match=r"rank 1 \(pid \d+ on \S+\) was killed by SIGKILL"):
         run.wait(timeout=60)
     finished = [json.loads(line) for line in open(tmp_path / "k" / "metrics.jsonl")]
     assert finished and [r["epoch"] for r in finished] == list(range(1, len(finished) + 1))

@@ -1,7 +1,7 @@
 """``gmmkit bench``: the performance figures of this machine, measured in one run (see gmmkit.study.bench)."""
 from __future__ import annotations
 
-from ..cli import CLIError
+from ..cli import CLIError, add_placement_flags, placement_from_args
 from ..files import writable_path
 
 
@@ -11,6 +11,7 @@ def register(sub):
     p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="also write the cost-growth curves as a standalone HTML figure")
+    add_placement_flags(p)  # two hosts or more: the allreduce and the 2-worker efficiency across hosts too
     p.set_defaults(func=run)
     return p
 
@@ -21,10 +22,13 @@ def run(args, parser) -> int:
             if not str(path).endswith(suffix):
                 raise CLIError(f"{flag}: expected a file name ending in {suffix}, received {path!r}")
             writable_path(flag, path, "file")  # before minutes of measuring, not after
+    where = placement_from_args(args)
+    if not where.is_local:
+        where.one_per_host(2)  # refused now, not after minutes of measuring, when there is only one host
     from ..files import atomic_write_json
     from ..study import bench
 
-    result = bench.run(quick=args.quick, progress=lambda msg: print(msg, flush=True))
+    result = bench.run(quick=args.quick, progress=lambda msg: print(msg, flush=True), placement=where)
     print(bench.format_table(result), flush=True)
     print(f"({result['seconds']:.0f} s)", flush=True)
     if args.json:

@@ -1,15 +1,18 @@
 """``gmmkit demo``: the compact study that ``make demo`` runs (a few minutes on 2 CPU cores).
 
-All four strategies; real Horovod ranks at n = 1 and 2; n = 8 and 32 simulated on one process with the
-wall time predicted by the calibrated model. The paper's model (K = 50, 32 filters, latent 256) on the
-default data set, LIDC-IDRI's nodules, scaled down so the whole grid fits in minutes: 1024 training and 64
-validation nodules (whole patients), at most 6 epochs. The target is chosen by the paper's rule, the validation loss the sequential run reaches after
+All four strategies; real Horovod ranks at n = 1 and 2 (and at 8 and 32 when ``--hosts``, ``--hostfile``
+or a SLURM allocation gives that many slots); the rest simulated on one process with the wall time
+predicted by the calibrated model. The paper's model (K = 50, 32 filters, latent 256) on the default data
+set, LIDC-IDRI's nodules, scaled down so the whole grid fits in minutes: 1024 training and 64 validation
+nodules (whole patients), at most 6 epochs. The target is chosen by the paper's rule, the validation loss
+the sequential run reaches after
 ``--target-epoch`` epochs. The full-size study is ``gmmkit sweep`` with its defaults.
 """
 from __future__ import annotations
 
 import dataclasses
 
+from ..cli import add_placement_flags, placement_from_args
 from ..config import RunConfig
 from ..study.config import StudyConfig
 from .sweep import report
@@ -27,17 +30,22 @@ def register(sub):
     p.add_argument("--target-epoch", type=int, default=DEMO.target_epoch, metavar="E")
     p.add_argument("--epochs", type=int, default=DEMO.run.train.epochs, metavar="MAX")
     p.add_argument("--overwrite", action="store_true", help="replace the earlier demo --out holds")
+    add_placement_flags(p)
     p.set_defaults(func=run, flags={"study.out": "--out", "out": "--out", "study.target_epoch": "--target-epoch",
                                     "train.epochs": "--epochs"})
     return p
 
 
 def run(args, parser) -> int:
+    where = placement_from_args(args)
     study = dataclasses.replace(DEMO, run=DEMO.run.replace(train={"epochs": args.epochs}, out=args.out),
-                                target_epoch=args.target_epoch, out=args.out).validate()
+                                target_epoch=args.target_epoch, out=args.out, placement=where,
+                                max_real=DEMO.max_real if where.is_local else None).validate()
     study.run.check_paths()
     from ..study.sweep import run_study  # heavy: TensorFlow
 
+    on = "" if where.is_local else f" on {where.describe()}"
     print(f"gmmkit demo: {', '.join(study.strategies)} at n = {', '.join(map(str, study.workers))} (real up to "
-          f"{study.max_real}, simulated above), target at epoch {study.target_epoch}, into {study.out}", flush=True)
+          f"{study.real_limit}{on}, simulated above), target at epoch {study.target_epoch}, into {study.out}",
+          flush=True)
     return report(run_study(study, say=lambda line: print(line, flush=True), overwrite=args.overwrite), study.out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from ..cli import add_placement_flags, placement_from_args
 from ..signals import StopFlag
 from ..study.reproduce import SCALES, ReproduceConfig
 
@@ -23,10 +24,12 @@ def register(sub):
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--scale", default="quick", help=f"{' or '.join(SCALES)} (default %(default)s)")
     p.add_argument("--target-epoch", type=int, default=None, metavar="E", help="E instead of the scale's")
-    p.add_argument("--max-real", type=int, default=2, metavar="N",
-                   help="real Horovod ranks up to N workers, simulated above (default %(default)s)")
+    p.add_argument("--max-real", type=int, default=None, metavar="N",
+                   help="real Horovod ranks up to N workers, simulated above (default: every slot of the hosts, "
+                        "or of the SLURM allocation, else this machine's cores)")
     p.add_argument("--overwrite", action="store_true", help="start over in a folder holding another reproduction")
     p.add_argument("--no-progress", action="store_true")
+    add_placement_flags(p)
     p.set_defaults(func=run, flags=FLAGS)
     return p
 
@@ -36,7 +39,7 @@ def run(args, parser) -> int:
     from ..study.reproduce import reproduce
 
     what = ReproduceConfig(out=args.out, scale=args.scale, target_epoch=args.target_epoch,
-                           max_real=args.max_real).validate()
+                           max_real=args.max_real, placement=placement_from_args(args)).validate()
     stop = StopFlag()
     found = reproduce(what, say=lambda line: print(line, flush=True), progress=not args.no_progress,
                       overwrite=args.overwrite, stop=stop)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ..cli import CLIError, add_run_flags, config_from_args
+from ..cli import CLIError, add_placement_flags, add_run_flags, config_from_args, placement_from_args
 from ..strategies import STRATEGIES
 from ..study.config import StudyConfig
 
@@ -24,8 +24,9 @@ def register(sub):
     add_run_flags(p, out_default="runs/sweep")
     p.add_argument("--strategies", dest="strategy_list", default=",".join(STRATEGIES), metavar="S,S,...")
     p.add_argument("--workers", dest="worker_list", default="1,2,4,8,16,32", metavar="N,N,...")
-    p.add_argument("--max-real", type=int, default=2, metavar="N",
-                   help="run real Horovod ranks up to N workers (default %(default)s: this machine's cores)")
+    p.add_argument("--max-real", type=int, default=None, metavar="N",
+                   help="run real Horovod ranks up to N workers (default: every slot of the hosts, or of the "
+                        "SLURM allocation, else this machine's cores)")
     p.add_argument("--simulate", action="store_true",
                    help="simulate worker counts above --max-real on one process (else they are skipped)")
     p.add_argument("--no-calibrate", action="store_true", help="skip measuring the wall-time model")
@@ -33,6 +34,7 @@ def register(sub):
                    help="set the target to the validation loss the sequential run reaches after E epochs "
                         "(the paper's rule, with E about 100) instead of --target-loss")
     p.add_argument("--overwrite", action="store_true", help="replace the earlier study --out holds")
+    add_placement_flags(p)
     p.set_defaults(func=run, flags=FLAGS)
     return p
 
@@ -41,7 +43,7 @@ def study_from_args(args, parser) -> StudyConfig:
     return StudyConfig(run=config_from_args(args, parser), strategies=_csv("--strategies", str, args.strategy_list),
                        workers=_csv("--workers", int, args.worker_list), max_real=args.max_real,
                        simulate=args.simulate, calibrate=not args.no_calibrate, target_epoch=args.target_epoch,
-                       out=args.out).validate()
+                       out=args.out, placement=placement_from_args(args)).validate()
 
 
 def report(rows, out: str) -> int:

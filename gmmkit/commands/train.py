@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import CLIError, add_run_flags, config_from_args
+from ..cli import CLIError, add_placement_flags, add_run_flags, config_from_args, placement_from_args
 from ..parallel import launch
 from ..signals import stop_on_signals
 from ..strategies import STRATEGIES
@@ -22,6 +22,7 @@ def register(sub):
                        description=__doc__.replace("``", "").strip())
     add_run_flags(p)
     add_parallel_flags(p)
+    add_placement_flags(p)
     how = p.add_mutually_exclusive_group()
     how.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpoint, with its own config")
@@ -64,8 +65,12 @@ def run(args, parser) -> int:
         cfg = config_from_args(args, parser, base=base)
         mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
         n = cfg.train.workers
-        if n > 1 and not args.simulate and not launch.launched_in_parallel():
-            return _launch(cfg, args, mode, stop)
+        launching = n > 1 and not args.simulate and not launch.launched_in_parallel()
+        if launching or ((args.hosts or args.hostfile) and not launch.launched_in_parallel()):
+            where = placement_from_args(args)  # checked even when unused: every flag is
+            where.check_workers(n)
+        if launching:
+            return _launch(cfg, args, mode, stop, where)
         if launch.launched_in_parallel() and not args.simulate and launch.launcher_size() != n:
             raise CLIError(f"--workers {n}: this job was started with {launch.launcher_size()} ranks")
         from ..training import train  # heavy: TensorFlow
@@ -77,11 +82,12 @@ def run(args, parser) -> int:
     return 0 if summary["status"] in ("reached_target", "max_epochs") else 1
 
 
-def _launch(cfg, args, mode: str, stop) -> int:
+def _launch(cfg, args, mode: str, stop, where) -> int:
     from ..training.launcher import run_on_ranks
 
-    print(f"launching {cfg.train.workers} ranks with {args.launcher}", flush=True)
-    ended = run_on_ranks(cfg, launch.gmmkit_argv(*args.argv), mode, args.launcher, stop=stop)
+    on = "" if where.is_local else f" on {where.describe()}"
+    print(f"launching {cfg.train.workers} ranks with {args.launcher}{on}", flush=True)
+    ended = run_on_ranks(cfg, launch.gmmkit_argv(*args.argv), mode, args.launcher, stop=stop, placement=where)
     if ended.failure and ended.finished_by_launcher:
         print(f"gmmkit train: error: {ended.failure}; {args.launcher} stopped the other ranks. The metrics of "
               f"every finished epoch are in {cfg.out}; continue with --resume.", file=sys.stderr, flush=True)

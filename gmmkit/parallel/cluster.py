@@ -9,7 +9,7 @@ ranks 0..3 of one MPI world and Horovod can run across them. ``MPICluster.connec
 to a cluster someone already started that way. Both are context managers::
 
     with MPICluster(n=2) as cluster:
-        print(cluster.rank_map())        # {engine id: MPI rank}
+        print(cluster.rank_map())        # {engine id: Rank(0, host='node1', local_rank=0), ...}
         run = cluster.train(cfg)         # returns at once; rank 0 streams each epoch
         ...                              # the notebook stays free: look at run.metrics
         summary = run.wait()             # or run.stop() to end it after the current step
@@ -17,44 +17,48 @@ to a cluster someone already started that way. Both are context managers::
 What it takes care of:
 
 * **Ranks.** Engine ids are whatever the controller handed out; :meth:`MPICluster.rank_map` asks each
-  engine for its MPI rank, so "rank 0" (the chief, which writes the run directory and streams metrics)
-  is found explicitly, never assumed to be engine 0.
+  engine for its MPI rank and host, so "rank 0" (the chief, which writes the run directory and streams
+  metrics) is found explicitly, never assumed to be engine 0.
+* **Hosts.** ``hosts="a:2,b:2"``, ``hostfile=...`` or a SLURM allocation the notebook runs in place the
+  engines exactly as ``gmmkit train`` places its ranks (:mod:`gmmkit.parallel.placement`); ``slots`` is
+  how many engines fit. :meth:`MPICluster.slurm` starts the engines as a SLURM job instead. Engines on
+  other hosts connect back to the controller, so it must listen where they reach it: ``controller_ip``.
 * **World size.** An MPI world is fixed when mpiexec starts it, so changing the number of workers restarts
   the engines: :meth:`MPICluster.resize`.
-* **Launch environment.** The engines' mpiexec gets ``--bind-to none --map-by slot`` (and
-  ``--oversubscribe`` when n exceeds this machine's cores), and OpenMPI's run-as-root switches when the
-  user is root (:func:`gmmkit.parallel.launch.mpi_env`). They are set in the cluster's configuration, so
-  ipyparallel's own ``restart_engines`` keeps them. Each rank runs TensorFlow with ``cores / ranks``
-  threads unless ``train.threads`` says otherwise (:mod:`gmmkit.parallel.distributed`).
-* **Exposure.** The controller listens on 127.0.0.1 only, unless you pass ``controller_ip`` (e.g. ``"*"``
-  for engines on other hosts), and the connection files, which hold the keys that let anyone who reads
-  them run code on the engines, are made readable by their owner only (mode 600).
+* **Launch environment.** The engines' mpiexec gets the same placement flags, forwarded variables and
+  OpenMPI settings as ``gmmkit train``, set in the cluster's configuration, so ipyparallel's own
+  ``restart_engines`` keeps them (:mod:`gmmkit.parallel.engines`). Each rank runs TensorFlow with its
+  host's ``cores / local ranks`` threads unless ``train.threads`` says otherwise.
+* **Exposure.** The controller listens on 127.0.0.1 only, unless you pass ``controller_ip`` (the address of
+  the interface the engines' hosts reach), and the connection files, which hold the key without which
+  nothing runs on the engines, are made readable by their owner only (mode 600).
 * **Runs.** :meth:`MPICluster.train` starts a run on every engine and returns a
   :class:`~gmmkit.parallel.training_run.TrainingRun` at once: rank 0 streams each epoch to the notebook.
+  When the engines' MPI job ends under a run (a rank died, a host was lost), ``wait()`` raises naming the
+  rank or the host; :meth:`MPICluster.restart` starts a fresh world.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import stat
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import ipyparallel as ipp
-
 from traitlets.config import Config
 
 from ..config import RunConfig
 from ..errors import InputError, LaunchError
-from . import launch
+from . import engines, launch, placement as placing
+from .engines import Rank
+from .placement import Placement
 from .training_run import TrainingRun, engine_identity, engine_train
 
 DEFAULT_ENGINE_TIMEOUT = 120.0
 
 
 class MPICluster:
-    """A controller and n MPI-rank engines on this machine; see the module docstring.
+    """A controller and n MPI-rank engines, here or on other hosts; see the module docstring.
 
     Keyword arguments:
 
@@ -68,16 +72,28 @@ class MPICluster:
     ``engine_timeout``  seconds to wait for the engines to register
     ``mpi_args``        extra arguments for the engines' mpiexec
     ``env``             extra environment variables for the engines
+    ``hosts``, ``hostfile``, ``placement``
+                        where the engines run, as ``gmmkit train --hosts/--hostfile`` (default: the SLURM
+                        allocation this runs in, else this machine); the profile folder must then be on a
+                        file system those hosts see
     """
 
     def __init__(self, n: int = 2, *, profile: Optional[str] = None, profile_dir: Optional[str] = None,
                  cluster_id: Optional[str] = None, controller_ip: str = "127.0.0.1",
                  engine_timeout: float = DEFAULT_ENGINE_TIMEOUT, mpi_args: Sequence[str] = (),
-                 env: Optional[dict] = None):
+                 env: Optional[dict] = None, hosts: Optional[str] = None, hostfile: Optional[str] = None,
+                 placement: Optional[Placement] = None):
         _check_n(n)
         if not isinstance(controller_ip, str) or not controller_ip:
             raise InputError(f"controller_ip: expected an interface address such as '127.0.0.1', "
                              f"received {controller_ip!r}")
+        self.placement = placement.validate() if placement is not None else placing.resolve(hosts, hostfile)
+        self.placement.check_workers(n, "n")
+        if not engines.reaches(controller_ip, self.placement):
+            raise InputError(f"controller_ip: the engines on {self.placement.describe()} cannot reach a controller "
+                             f"on {controller_ip}; pass the address of this machine that they reach")
+        self.engine_kind = "mpi"
+        self.sbatch_options: list[str] = []
         self.n = n
         self.profile, self.profile_dir, self.cluster_id = profile, profile_dir, cluster_id
         self.controller_ip = controller_ip
@@ -87,8 +103,26 @@ class MPICluster:
         self.owned = True  # started here: stopping the context stops the cluster
         self._cluster: Optional[ipp.Cluster] = None
         self._client: Optional[ipp.Client] = None
-        self._ranks: Optional[dict[int, int]] = None
+        self._ranks: Optional[dict[int, Rank]] = None
         self._active: Optional[TrainingRun] = None
+
+    @classmethod
+    def slurm(cls, n: int = 2, *, controller_ip: str, sbatch_options: Sequence[str] = (), **kwargs) -> "MPICluster":
+        """A cluster whose n engines are one SLURM job (``sbatch``, ipyparallel's ``SlurmEngineSetLauncher``)
+        running ``mpiexec`` over its allocation: from a notebook on a login node, engines on compute nodes.
+        ``controller_ip``: this machine's address on the network the compute nodes reach;
+        ``sbatch_options``: e.g. ``["--partition=gpu", "--nodes=2", "--gres=gpu:4", "--time=2:00:00"]``.
+        The job's tasks are its slots; :meth:`resize` submits a new job."""
+        self = cls(n, controller_ip=controller_ip, placement=placing.LOCAL, **kwargs)
+        self.engine_kind = "slurm"
+        self.sbatch_options = [str(o) for o in sbatch_options]
+        return self
+
+    @property
+    def slots(self) -> int:
+        """How many engines this cluster can run: the slots of its hosts (or of the SLURM allocation), this
+        machine's cores, or for :meth:`slurm`, the engines its job asked for (a larger job can be asked for)."""
+        return self.n if self.engine_kind == "slurm" else self.placement.slots
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -103,8 +137,9 @@ class MPICluster:
         if shutil.which("mpiexec") is None:
             raise LaunchError("mpiexec is not on PATH: install OpenMPI (apt-get install openmpi-bin "
                               "libopenmpi-dev) or run scripts/setup-env.sh")
-        kwargs = {"engines": "mpi", "n": self.n, "controller_ip": self.controller_ip,
-                  "engine_timeout": int(self.engine_timeout), "config": self._engine_config()}
+        kwargs = {"engines": self.engine_kind, "n": self.n, "controller_ip": self.controller_ip,
+                  "engine_timeout": int(self.engine_timeout), "config": self._engine_config(),
+                  "controller_args": engines.CONTROLLER_ARGS}
         for name in ("profile", "profile_dir", "cluster_id"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
@@ -137,9 +172,13 @@ class MPICluster:
             where = profile_dir or f"profile {profile or 'default'}"
             raise LaunchError(f"cluster_id {cluster_id!r}: no running cluster in {where} (expected the file "
                               f"security/cluster-{cluster_id}.json that 'ipcluster start' writes)") from None
+        if not engines.wait_until_started(cluster.cluster_file, timeout):  # ipcluster may still be starting them
+            cluster = ipp.Cluster.from_file(cluster_id=cluster_id, **found)
         n = sum(int(getattr(es, "n", 0) or 0) for es in cluster.engines.values())
+        where = kwargs.pop("placement", None) or placing.resolve(kwargs.pop("hosts", None), kwargs.pop("hostfile", None))
         self = cls(max(n, 1), profile=profile, profile_dir=cluster.profile_dir, cluster_id=cluster.cluster_id,
-                   **kwargs)
+                   placement=placing.LOCAL, **kwargs)
+        self.placement = where  # its slots; the engines already run wherever their starter put them
         self.owned = False
         self._cluster = cluster
         self._client = cluster.connect_client_sync()
@@ -151,7 +190,10 @@ class MPICluster:
     def stop(self) -> None:
         """Stop the engines and the controller (also of a cluster this object only connected to)."""
         if self._active is not None and not self._active.done():
-            self._active.stop(wait=True, timeout=15)
+            try:
+                self._active.stop(wait=True, timeout=15)
+            except (RuntimeError, TimeoutError):  # its engines died or hang: stopping them is what is left
+                pass
         self.close()
         if self._cluster is not None:
             self._cluster.stop_cluster_sync()
@@ -186,26 +228,29 @@ class MPICluster:
 
     # --- engines ---------------------------------------------------------------------------
     def engine_env(self) -> dict:
-        """Environment the engines get on top of this process's: run-as-root switches, quiet TF, ``env``."""
-        extra = launch.mpi_env({})  # only OpenMPI's own settings, and the run-as-root switches for root
-        extra.setdefault("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-        extra.update(self.env)
-        return extra
+        """Environment the engines get on top of this process's: OpenMPI settings, quiet TF, ``env``."""
+        return engines.engine_env(self.env)
 
     def engine_mpi_args(self, n: int) -> list[str]:
         """mpiexec arguments of an n-rank engine set (the same placement as ``gmmkit train --workers n``)."""
-        return launch.placement_args(n) + self.mpi_args
+        return engines.mpi_args(n, self.placement, self.mpi_args, self.engine_env())
 
     def _engine_config(self, n: Optional[int] = None) -> Config:
-        """ipyparallel configuration of the MPI engine launcher; in the cluster's config (not in one call's
-        arguments) so that ``restart_engines`` starts the engines the same way."""
-        config = Config()
-        config.MPIEngineSetLauncher.mpi_args = self.engine_mpi_args(self.n if n is None else n)
-        config.MPIEngineSetLauncher.environment = self.engine_env()
-        return config
+        n = self.n if n is None else n
+        if self.engine_kind == "slurm":
+            return engines.slurm_engine_config(n, self.engine_env(), self.sbatch_options, self.mpi_args)
+        return engines.mpi_engine_config(n, self.placement, self.mpi_args, self.engine_env())
+
+    def _update_engine_config(self, n: int) -> None:
+        config = self._engine_config(n)
+        if self.engine_kind == "slurm":  # its batch script, written where the cluster's logs go
+            config.SlurmEngineSetLauncher.batch_file_name = str(engines.batch_file(self._cluster.profile_dir,
+                                                                                 self._cluster.cluster_id))
+        for name, section in config.items():
+            getattr(self._cluster.config, name).update(section)
 
     def _start_engines(self, n: int) -> None:
-        self._cluster.config.MPIEngineSetLauncher.update(self._engine_config(n).MPIEngineSetLauncher)
+        self._update_engine_config(n)
         self._cluster.start_engines_sync(n)
         self._ranks = None
 
@@ -242,6 +287,7 @@ class MPICluster:
     def resize(self, n: int) -> "MPICluster":
         """Run exactly n engines: restart them as one new n-rank MPI world (starts the cluster if stopped)."""
         _check_n(n)
+        self.placement.check_workers(n, "n")
         if not self.running:
             self.n = n
             return self.start()
@@ -255,6 +301,7 @@ class MPICluster:
         """Restart the engines (as n ranks, default the current n), also in the middle of a stuck run."""
         n = self.n if n is None else n
         _check_n(n)
+        self.placement.check_workers(n, "n")
         if not self.running:
             self.n = n
             return self.start()
@@ -263,7 +310,7 @@ class MPICluster:
 
     def _restart(self, n: int) -> "MPICluster":
         replacing = frozenset((a["host"], a["pid"]) for a in self._identities(timeout=2.0).values())
-        self._cluster.config.MPIEngineSetLauncher.update(self._engine_config(n).MPIEngineSetLauncher)
+        self._update_engine_config(n)
         if n == self.n:
             self._cluster.restart_engines_sync()  # ipyparallel's own: stop the MPI job, start it again
         else:  # a new engine set of another size
@@ -275,8 +322,9 @@ class MPICluster:
         self.secure()
         return self
 
-    def rank_map(self, refresh: bool = False) -> dict[int, int]:
-        """``{engine id: MPI rank}``, checked to be exactly ranks 0..n-1 of one world of size n."""
+    def rank_map(self, refresh: bool = False) -> dict[int, Rank]:
+        """``{engine id: Rank}``, each an int (the MPI rank) that also says its ``host`` and ``local_rank``;
+        checked to be exactly ranks 0..n-1 of one world of size n."""
         if self._ranks is not None and not refresh and sorted(self._ranks) == sorted(self.client.ids):
             return dict(self._ranks)
         ids = sorted(self.client.ids)
@@ -287,8 +335,22 @@ class MPICluster:
             raise LaunchError(f"engines {ids}: expected the ranks 0..{len(ids) - 1} of one MPI world, found ranks "
                               f"{ranks} of world sizes {sorted(sizes)}; start them with "
                               "'ipcluster start --engines=MPI' (or MPICluster)")
-        self._ranks = dict(zip(ids, ranks))
+        self._ranks = {e: Rank(a["rank"], a["host"], a.get("local_rank"), a["pid"]) for e, a in zip(ids, answers)}
         return dict(self._ranks)
+
+    def hosts(self) -> list[str]:
+        """The host of each rank, in rank order."""
+        return [r.host for r in sorted(self.rank_map().values())]
+
+    def engine_failure(self) -> Optional[str]:
+        """Why the engines' MPI job ended, once it has (a rank died, a host was lost), from what mpiexec
+        printed; None while it runs (or when it cannot be told: engines this object did not start)."""
+        for engine_set in list((self._cluster.engines if self._cluster is not None else {}).values()):
+            output = engines.ended_output(engine_set)
+            if output is not None:
+                hosts = [r.host for r in sorted(self._ranks.values())] if self._ranks else None
+                return launch.rank_failure(output, hosts) or f"the engines' mpiexec ended: {output[-500:].strip()}"
+        return None
 
     def engine_of_rank(self, rank: int) -> int:
         for engine, r in self.rank_map().items():
@@ -301,26 +363,14 @@ class MPICluster:
         """The cluster's files in the profile's ``security/`` directory (connection keys, cluster state)."""
         if self._cluster is None:
             return []
-        security = Path(self._cluster.profile_dir) / "security"
-        cid = self._cluster.cluster_id
-        stem = f"ipcontroller-{cid}-" if cid else "ipcontroller-"
-        found = [p for p in security.glob("*.json")
-                 if p.name.startswith(stem) and p.name[len(stem):] in ("client.json", "engine.json")]
-        cluster_file = Path(self._cluster.cluster_file)
-        if cluster_file.exists():
-            found.append(cluster_file)
-        return sorted(found)
+        return engines.connection_files(self._cluster.profile_dir, self._cluster.cluster_id,
+                                        self._cluster.cluster_file)
 
     def secure(self) -> list[Path]:
         """Make the connection files owner-only (600) and the security directory 700; returns the files."""
-        files = self.connection_files()
-        if self._cluster is not None:
-            security = Path(self._cluster.profile_dir) / "security"
-            if security.is_dir():
-                security.chmod(stat.S_IRWXU)
-        for path in files:
-            path.chmod(stat.S_IRUSR | stat.S_IWUSR)
-        return files
+        if self._cluster is None:
+            return []
+        return engines.secure(self._cluster.profile_dir, self.connection_files())
 
     # --- training ----------------------------------------------------------------------------
     def train(self, cfg: RunConfig) -> "TrainingRun":
@@ -338,8 +388,9 @@ class MPICluster:
         cfg = cfg.resolved()  # absolute paths: the engines' working directory may differ from the notebook's
         ranks = self.rank_map()
         cfg_json = cfg.to_json()
-        results = {rank: self.client[engine].apply_async(engine_train, cfg_json) for engine, rank in ranks.items()}
-        self._active = TrainingRun(cfg, results)
+        results = {int(rank): self.client[engine].apply_async(engine_train, cfg_json) for engine, rank in ranks.items()}
+        self._active = TrainingRun(cfg, results, hosts={int(r): r.host for r in ranks.values()},
+                                   engine_failure=self.engine_failure)
         return self._active
 
 

@@ -9,7 +9,10 @@ touch-point            where
 ``hvd.init()``         :func:`init`, when the process was started by mpirun, horovodrun or an
                        ipyparallel MPI engine set (:func:`gmmkit.parallel.launch.launched_in_parallel`)
 GPU pinning            :func:`configure_devices`: one visible GPU per local rank, memory growth
-CPU threads            :func:`configure_devices`: ``cores / local ranks`` intra-op threads
+CPU threads            :func:`configure_devices`: ``cores / local ranks`` intra-op threads, both counted
+                       on the rank's own host (Horovod's local size is the ranks sharing its host)
+where ranks run        ``context.layout``: every rank's host, local rank and threads, gathered once at
+                       :func:`init` (``hvd.allgather_object``), recorded in ``summary.json``
 gradient averaging     :meth:`HorovodContext.sum_gradients`: ``hvd.grouped_allreduce(op=Sum)``
                        (NCCL on GPUs when Horovod was built with it, MPI or Gloo on CPUs)
 metric reduction       :meth:`HorovodContext.sum`: sums of losses and sample counts over ranks
@@ -27,6 +30,7 @@ samples (strong scaling with n not dividing B).
 """
 from __future__ import annotations
 
+import socket
 import time
 import warnings
 from typing import Sequence
@@ -45,6 +49,12 @@ class LocalContext:
     rank, size, local_rank, local_size = 0, 1, 0, 1
     is_chief = True
     threads = 1
+
+    @property
+    def layout(self) -> dict:
+        """Where the ranks run: ``hosts``, ``local_ranks`` and ``threads``, one entry per rank."""
+        threads = tf.config.threading.get_intra_op_parallelism_threads() or available_cores()
+        return {"hosts": [socket.gethostname()], "local_ranks": [0], "threads": [threads]}
 
     def sum_gradients(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         return list(grads)
@@ -77,6 +87,15 @@ class HorovodContext:
         self.backend = "horovod-" + ("mpi" if hvd.mpi_enabled() else "gloo")
         if hvd.nccl_built():
             self.backend += "+nccl"
+        self.layout = {"hosts": [socket.gethostname()] * self.size, "local_ranks": [self.local_rank] * self.size,
+                       "threads": [None] * self.size}  # until gather_layout: what this rank alone knows
+
+    def gather_layout(self, threads: int) -> dict:
+        """Every rank's host, local rank and thread count, in rank order (a collective: every rank calls it)."""
+        mine = (socket.gethostname(), self.local_rank, threads)
+        hosts, local_ranks, counts = zip(*self.hvd.allgather_object(mine))
+        self.layout = {"hosts": list(hosts), "local_ranks": list(local_ranks), "threads": list(counts)}
+        return self.layout
 
     def sum_gradients(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         return self.hvd.grouped_allreduce(list(grads), op=self.hvd.Sum)
@@ -116,14 +135,20 @@ def init(threads: int | None = None, use_horovod: bool | None = None, exact: boo
         use_horovod = launched_in_parallel()
     ctx = HorovodContext() if use_horovod else LocalContext()
     ctx.threads = configure_devices(ctx.local_rank, ctx.local_size, threads, exact)
+    if use_horovod:
+        ctx.gather_layout(ctx.threads)  # after configure_devices: it runs TensorFlow ops, which fix the threads
     return ctx
 
 
 def configure_devices(local_rank: int, local_size: int, threads: int | None, exact: bool = False) -> int:
     """One GPU per local rank (memory growth on), and ``threads`` CPU threads (default ``cores / local_size``);
-    returns the thread count. ``exact``: one intra-op thread (oneDNN's results change with it) and the
-    threads as inter-op threads, on which exact mode computes micro-shards side by side; on GPUs,
-    TensorFlow's deterministic ops.
+    returns the thread count TensorFlow runs with. ``exact``: one intra-op thread (oneDNN's results change
+    with it) and the threads as inter-op threads, on which exact mode computes micro-shards side by side; on
+    GPUs, TensorFlow's deterministic ops.
+
+    ``local_rank`` and ``local_size`` are Horovod's, which count the ranks on this rank's host, and the
+    cores are this host's (those this process may use): on every host, its cores are shared by its own
+    ranks, and its GPUs handed out one per local rank.
 
     TensorFlow fixes both when it first runs an op: in a process where it already ran (a notebook kernel,
     a reused engine) they can no longer change, which is fine if they were set the same way before; a
@@ -146,6 +171,7 @@ def configure_devices(local_rank: int, local_size: int, threads: int | None, exa
         if current != intra:
             warnings.warn(f"TensorFlow already runs with {current} threads per rank; asked for {intra}",
                           RuntimeWarning, stacklevel=3)
+        return threads if exact else current
     return threads
 
 

@@ -5,7 +5,16 @@ the launcher's environment (:func:`launched_in_parallel`) and joins the Horovod 
 (``horovodrun -np 4 gmmkit train ...`` or ``mpirun -np 4 gmmkit train ...``) it joins directly. The sweep's
 batches and the benchmark's probes run ``python -m gmmkit.parallel.ranks`` the same way
 (:func:`ranks_argv`). ipyparallel's MPI engines take their placement flags and environment from here too
-(:func:`placement_args`, :func:`mpi_env`).
+(:func:`placement_args`, :func:`mpi_settings`).
+
+Where the ranks run is a :class:`~gmmkit.parallel.placement.Placement` (this machine, ``--hosts``,
+``--hostfile`` or a SLURM allocation). On other hosts a rank starts with the clean environment of an ssh
+login, so the variables gmmkit and its libraries read travel with ``-x`` (:data:`FORWARDED`).
+
+OpenMPI's own settings win: gmmkit's defaults (:data:`MCA_DEFAULTS`) are set only for the parameters the
+user has not set, in ``OMPI_MCA_*`` variables or in OpenMPI's parameter files (:func:`user_mca`), and as
+environment variables rather than command-line flags, which would override both. So a site's launch agent
+(``plm_rsh_agent``), networks (``btl_tcp_if_include``) or binding policy apply unchanged.
 
 Nothing here imports TensorFlow, Horovod or MPI: a launcher process stays light.
 """
@@ -27,6 +36,7 @@ from typing import Callable, Optional, Sequence
 
 from ..errors import LaunchError
 from ..signals import StopFlag, stop_on_signals
+from .placement import LOCAL, Placement
 
 LAUNCHERS = ("mpirun", "horovodrun")
 
@@ -59,48 +69,128 @@ def launcher_rank() -> int:
     return int(os.environ.get(pair[1], 0)) if pair else 0
 
 
+def launcher_local_rank() -> Optional[int]:
+    """This process's place among the ranks on its host, when the launcher says (OpenMPI does)."""
+    value = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK")
+    return int(value) if value is not None and value.isdigit() else None
+
+
 def available_cores() -> int:
     """The cores this process may run on (its CPU affinity), not the machine's count."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def mpi_env(base: dict | None = None) -> dict:
-    """The environment for mpirun: OpenMPI's run-as-root switches only when the user is root, and idle
-    ranks that yield the CPU.
+# gmmkit's OpenMPI settings, each applied only where the user has not set the parameter (user_mca):
+MCA_DEFAULTS = {
+    # Each rank keeps two threads busy, TensorFlow's and Horovod's background loop, which waits inside MPI.
+    # OpenMPI busy-polls by default, so with one core per rank the waiting thread starves the computing one
+    # (benchmarks/RESULTS.md has the measurement).
+    "mpi_yield_when_idle": "1",
+    # TensorFlow runs its own thread pools over the cores of a host: binding a rank to one core would
+    # squeeze them onto it (and every host's first rank would get core 0).
+    "hwloc_base_binding_policy": "none",
+    # ranks fill the slots host by host, so rank r's host is known before the job starts
+    "rmaps_base_mapping_policy": "slot",
+    # A host whose link is cut closes no connection: mpirun notices only through TCP keepalive on its daemon
+    # connections, whose defaults wait minutes before the first probe. With these, such a job ends (naming
+    # the host) within the time issue 17 allows a lost host; benchmarks/RESULTS.md has what was measured.
+    "oob_tcp_keepalive_time": "5",
+    "oob_tcp_keepalive_intvl": "2",
+    "oob_tcp_keepalive_probes": "3",
+}
+# What a rank on another host must see of the launcher's environment (mpirun -x NAME): Python's and gmmkit's
+# paths and settings, TensorFlow's, Horovod's and NCCL's switches, thread counts and library paths. Not
+# CUDA_VISIBLE_DEVICES: each host has its own GPUs, and each rank picks its local one.
+FORWARDED = re.compile(r"^(PATH|LD_LIBRARY_PATH|PYTHONPATH|PYTHONHASHSEED|VIRTUAL_ENV|GMMKIT_\w+|TF_\w+"
+                       r"|HOROVOD_\w+|NCCL_\w+|OMP_NUM_THREADS|OPENBLAS_NUM_THREADS|MKL_NUM_THREADS)$")
 
-    Each rank keeps two threads busy, TensorFlow's and Horovod's background loop, which waits inside MPI.
-    OpenMPI busy-polls by default, so with one core per rank the waiting thread starves the computing one;
-    ``mpi_yield_when_idle`` makes it yield (``benchmarks/RESULTS.md`` has the measurement). A value already
-    in the environment wins.
-    """
-    env = dict(os.environ if base is None else base)
-    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+
+def mca_param_files(env: dict) -> list[str]:
+    """OpenMPI's parameter files in the order it reads them (``mca_base_param_files``, else its default:
+    the user's, then the installation's)."""
+    listed = env.get("OMPI_MCA_mca_base_param_files") or env.get("OMPI_MCA_mca_param_files")
+    if listed:
+        return [p for p in listed.split(",") if p]
+    home = env.get("HOME") or os.path.expanduser("~")
+    files = [os.path.join(home, ".openmpi", "mca-params.conf")]
+    mpirun = shutil.which("mpirun", path=env.get("PATH"))
+    if mpirun:
+        prefix = os.path.dirname(os.path.dirname(os.path.realpath(mpirun)))
+        files.append(os.path.join(prefix, "etc", "openmpi-mca-params.conf"))
+    files.append("/etc/openmpi/openmpi-mca-params.conf")  # Debian's sysconfdir
+    return files
+
+
+def user_mca(env: dict | None = None) -> set[str]:
+    """The MCA parameters the user set: ``OMPI_MCA_NAME`` variables and ``NAME = value`` lines of
+    OpenMPI's parameter files."""
+    env = dict(os.environ if env is None else env)
+    names = {key[len("OMPI_MCA_"):] for key in env if key.startswith("OMPI_MCA_")}
+    for path in mca_param_files(env):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    name, eq, _ = line.split("#", 1)[0].partition("=")
+                    if eq and name.strip():
+                        names.add(name.strip())
+        except OSError:
+            pass
+    return names
+
+
+def mpi_settings(env: dict | None = None) -> dict:
+    """What gmmkit adds to ``env`` (default: this process's) for mpirun: :data:`MCA_DEFAULTS` where the
+    user set nothing, and OpenMPI's run-as-root switches when the user is root."""
+    env = dict(os.environ if env is None else env)
+    taken = user_mca(env)
+    extra = {f"OMPI_MCA_{name}": value for name, value in MCA_DEFAULTS.items() if name not in taken}
     if hasattr(os, "geteuid") and os.geteuid() == 0:
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        extra.update({k: "1" for k in ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM") if k not in env})
+    return extra
+
+
+def mpi_env(base: dict | None = None) -> dict:
+    """The environment for mpirun: ``base`` (default: this process's) with :func:`mpi_settings` added."""
+    env = dict(os.environ if base is None else base)
+    env.update(mpi_settings(env))
     return env
 
 
-def placement_args(n: int) -> list[str]:
-    """mpirun's placement flags for n ranks: no core binding (TensorFlow manages its own threads), ranks
-    filling slots in order, and oversubscription allowed when there are more ranks than cores."""
-    args = ["--bind-to", "none", "--map-by", "slot"]
-    if n > available_cores():
+def forward_args(env: dict | None = None, also: Sequence[str] = ()) -> list[str]:
+    """``-x NAME`` for every variable of ``env`` that ranks on other hosts need (:data:`FORWARDED`), and for
+    the names in ``also``."""
+    env = os.environ if env is None else env
+    names = sorted({name for name in env if FORWARDED.match(name)} | set(also))
+    return [arg for name in names for arg in ("-x", name)]
+
+
+def placement_args(n: int, placement: Placement = LOCAL, env: dict | None = None, also: Sequence[str] = ()) -> list[str]:
+    """mpirun's flags for n ranks placed by ``placement``: the hosts and their slots (``--host``; none inside a
+    SLURM allocation, which mpirun reads itself), ``--oversubscribe`` when a local job has more ranks than
+    cores, and :func:`forward_args` (``env``, ``also``)."""
+    args = []
+    if placement.source in ("hosts", "hostfile"):
+        args += ["--host", placement.host_list()]
+    elif placement.is_local and n > placement.slots:
         args.append("--oversubscribe")
-    return args
+    return args + forward_args(env, also)
 
 
-def mpirun_command(n: int, argv: Sequence[str], launcher: str = "mpirun") -> list[str]:
-    """The command line that runs ``argv`` (a program and its arguments) on ``n`` ranks."""
+def mpirun_command(n: int, argv: Sequence[str], launcher: str = "mpirun", placement: Placement = LOCAL,
+                   env: dict | None = None) -> list[str]:
+    """The command line that runs ``argv`` (a program and its arguments) on ``n`` ranks placed by
+    ``placement``; ``env``: the environment it will run with (what ``-x`` forwards)."""
     if launcher not in LAUNCHERS:
         raise LaunchError(f"--launcher: expected one of {', '.join(LAUNCHERS)}, received {launcher!r}")
+    placement.check_workers(n)
     exe = shutil.which(launcher) or shutil.which(launcher, path=os.path.dirname(sys.executable))
     if exe is None:
         hint = "apt-get install openmpi-bin libopenmpi-dev" if launcher == "mpirun" else "make setup"
         raise LaunchError(f"--launcher {launcher}: '{launcher}' is not on PATH ({hint})")
-    if launcher == "horovodrun":
-        return [exe, "-np", str(n), "--mpi", *argv]
-    return [exe, "-np", str(n), *placement_args(n), *argv]
+    if launcher == "horovodrun":  # it forwards the whole environment itself
+        hosts = ["-H", placement.host_list()] if placement.source in ("hosts", "hostfile") else []
+        return [exe, "-np", str(n), *hosts, "--mpi", *argv]
+    return [exe, "-np", str(n), *placement_args(n, placement, env), *argv]
 
 
 def gmmkit_argv(*args: str) -> list[str]:
@@ -113,13 +203,20 @@ def ranks_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "gmmkit.parallel.ranks", *args]
 
 
-# What OpenMPI's mpirun prints when a rank dies (signal) or fails (non-zero exit) and it ends the job.
+# What OpenMPI's mpirun prints when a rank dies (signal) or fails (non-zero exit) and it ends the job, and
+# when it loses a host's daemon (the host died or its link was cut): it names the host, never its ranks.
 _SIGNALLED = re.compile(r"process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+)")
 _EXITED = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(\d+)")
+_LOST_DAEMON = re.compile(r"ORTE has lost communication with a remote daemon\.\s*"
+                          r"HNP daemon\s*:.*?Remote daemon:\s*\S+ on node (\S+)", re.S)
 
 
-def rank_failure(launcher_output: str) -> Optional[str]:
-    """Which rank ended an mpirun job and how, from what mpirun printed (None when it does not say)."""
+def rank_failure(launcher_output: str, hosts: Optional[Sequence[str]] = None) -> Optional[str]:
+    """Which rank (or host) ended an mpirun job and how, from what mpirun printed (None when it does not say).
+    ``hosts``: the host of each rank, to name the ranks of a lost host."""
+    m = _LOST_DAEMON.search(launcher_output)
+    if m:
+        return lost_host(m.group(1), hosts)
     m = _SIGNALLED.search(launcher_output)
     if m:
         rank, pid, node, sig = m.groups()
@@ -134,26 +231,39 @@ def rank_failure(launcher_output: str) -> Optional[str]:
     return None
 
 
+def lost_host(host: str, hosts: Optional[Sequence[str]] = None) -> str:
+    """"host H (rank 1) was lost", its ranks found in ``hosts`` (the host of each rank) by name or by the
+    name's first label (mpirun may print a short or a full name)."""
+    short = host.split(".")[0]
+    ranks = [r for r, h in enumerate(hosts or []) if h == host or h.split(".")[0] == short]
+    which = (f" (rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))})" if ranks else "")
+    return f"host {host}{which} was lost: mpirun lost contact with it (the host died or its network failed)"
+
+
 def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", env: dict | None = None,
               on_interrupt: Optional[Callable[[], None]] = None, grace_s: float = 120.0,
-              log: str | os.PathLike | None = None, stop: Optional[StopFlag] = None) -> tuple[int, Optional[str]]:
-    """Run ``argv`` on ``n`` ranks and wait; returns the launcher's exit code and, when a rank died or
-    failed, which one (:func:`rank_failure`). The ranks' output passes through unchanged, or goes to
-    ``log`` (stdout and stderr together) when given.
+              log: str | os.PathLike | None = None, stop: Optional[StopFlag] = None,
+              placement: Placement = LOCAL,
+              rank_hosts: Optional[Callable[[], Optional[Sequence[str]]]] = None) -> tuple[int, Optional[str]]:
+    """Run ``argv`` on ``n`` ranks placed by ``placement`` and wait; returns the launcher's exit code and,
+    when a rank died or failed or a host was lost, which (:func:`rank_failure`, with the ranks' hosts from
+    ``rank_hosts()`` when it says, else as the placement puts them). The ranks' output passes through
+    unchanged, or goes to ``log`` (stdout and stderr together) when given.
 
-    mpirun ends the whole job as soon as one rank dies, so the others never hang in an allreduce. It runs
-    in a session of its own, so a terminal's Ctrl-C reaches only this process, and it dies with this
-    process (``PR_SET_PDEATHSIG``): no job is ever left running without its launcher.
+    mpirun ends the whole job as soon as one rank dies or a host is lost, so the others never hang in an
+    allreduce. It runs in a session of its own, so a terminal's Ctrl-C reaches only this process, and it
+    dies with this process (``PR_SET_PDEATHSIG``): no job is ever left running without its launcher.
 
     SIGINT and SIGTERM (or ``stop``, a flag they set): the first calls ``on_interrupt`` (``gmmkit train``
     asks the run to stop after its current step) and waits up to ``grace_s`` for the job to end; a second
     signal, or the end of the grace, ends the job (SIGTERM to mpirun, which ends its ranks)."""
-    cmd = mpirun_command(n, argv, launcher)
+    env = mpi_env(env)
+    cmd = mpirun_command(n, argv, launcher, placement, env)
     tail: collections.deque = collections.deque(maxlen=400)
     sink = open(log, "w") if log is not None else None
     try:
         with stop_on_signals(stop) as interrupted:
-            proc = subprocess.Popen(cmd, env=mpi_env(env), stdin=subprocess.DEVNULL, stdout=sink,
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=sink,
                                     stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True,
                                     preexec_fn=_die_with_parent)
 
@@ -166,11 +276,15 @@ def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", env: dict |
             reader = threading.Thread(target=forward, daemon=True)
             reader.start()
             code = _wait(proc, interrupted, on_interrupt, grace_s)
+            # a cut-off host's daemon may hold mpirun's stderr open after mpirun ended: wait a little only
             reader.join(timeout=5)
     finally:
         if sink is not None:
             sink.close()
-    return code, (rank_failure("".join(tail)) if code else None)
+    if not code:
+        return code, None
+    hosts = (rank_hosts() if rank_hosts is not None else None) or placement.host_of_ranks(n)
+    return code, rank_failure("".join(tail), hosts)
 
 
 def _wait(proc: subprocess.Popen, interrupted: StopFlag, on_interrupt, grace_s: float) -> int:
@@ -202,10 +316,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
-def run_json(n: int, argv: Sequence[str], timeout: float = 600) -> dict:
-    """Run a probe (``argv``) on ``n`` ranks and return the JSON object its rank 0 printed on a line."""
-    cmd = mpirun_command(n, argv)
-    proc = subprocess.run(cmd, env=mpi_env(), capture_output=True, text=True, timeout=timeout,
+def run_json(n: int, argv: Sequence[str], timeout: float = 600, placement: Placement = LOCAL) -> dict:
+    """Run a probe (``argv``) on ``n`` ranks placed by ``placement`` and return the JSON object its rank 0
+    printed on a line."""
+    env = mpi_env()
+    cmd = mpirun_command(n, argv, placement=placement, env=env)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     for line in proc.stdout.splitlines():
         if line.startswith("{"):

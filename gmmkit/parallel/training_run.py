@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional, Protocol, runtime_checkable
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 import ipyparallel as ipp
 
@@ -21,18 +21,22 @@ from ..errors import InputError
 from ..training.rundir import RunDir
 
 METRIC_KEY = "epoch-{:06d}"
+# After an engine died: how long mpiexec may take to end the job, and say why, before wait() raises without
+# it (a rank that died alone, e.g. of an exception, leaves mpiexec running)
+ENDING_S = 10.0
 
 
 # --- functions that run on the engines ----------------------------------------------------------
 
 def engine_identity() -> dict:
-    """On an engine: its MPI ``rank`` and world ``size`` (as the launcher announced them), its ``host`` and
-    its ``pid``."""
+    """On an engine: its MPI ``rank``, ``local_rank`` and world ``size`` (as the launcher announced them), its
+    ``host`` and its ``pid``."""
     import socket
 
-    from gmmkit.parallel.launch import launcher_rank, launcher_size
+    from gmmkit.parallel.launch import launcher_local_rank, launcher_rank, launcher_size
 
-    return {"rank": launcher_rank(), "size": launcher_size(), "host": socket.gethostname(), "pid": os.getpid()}
+    return {"rank": launcher_rank(), "size": launcher_size(), "local_rank": launcher_local_rank(),
+            "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def engine_train(cfg_json: str) -> dict:
@@ -77,15 +81,21 @@ class TrainingRun:
 
     ``metrics``: the epoch records rank 0 has streamed so far; ``done()``; ``wait()`` returns the summary;
     ``stop()`` ends the run after its current step (status ``stopped``), leaving the engines usable.
+    ``hosts``: the host of each rank, to name it in errors; ``engine_failure``: says why the engines' MPI
+    job ended, once it has (:meth:`gmmkit.parallel.cluster.MPICluster.engine_failure`), which ``wait()``
+    reports as soon as it happens.
     """
 
-    def __init__(self, cfg: RunConfig, results: dict):
+    def __init__(self, cfg: RunConfig, results: dict, hosts: Optional[dict] = None,
+                 engine_failure: Optional[Callable[[], Optional[str]]] = None):
         if 0 not in results:
             raise InputError(f"results: expected one AsyncResult per rank including rank 0, received ranks "
                              f"{sorted(results)}")
         self.cfg = cfg
         self.run_dir = RunDir(cfg.out)
         self.results = results
+        self.hosts = dict(hosts or {})
+        self.engine_failure = engine_failure or (lambda: None)
         self.started = time.perf_counter()
         self.stop_requested_at: Optional[float] = None
         self.ended_at: Optional[float] = None
@@ -107,25 +117,43 @@ class TrainingRun:
         return finished
 
     def wait(self, timeout: Optional[float] = None) -> dict:
-        """Wait for every rank; returns rank 0's summary. A failure on any rank raises, naming the rank."""
+        """Wait for every rank; returns rank 0's summary. A failure on any rank, or the end of the engines' MPI
+        job (a rank died, a host was lost), raises, naming the rank and its host."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done():
-            if deadline is not None and time.monotonic() > deadline:
-                failed = self._failures()
-                hint = f" (rank {failed[0][0]} failed: {failed[0][1]})" if failed else ""
-                raise TimeoutError(f"run {self.cfg.out}: still running after {timeout} s{hint}; if ranks are "
-                                   "stuck, restart the engines with cluster.restart(n)")
+            ended = self.engine_failure()
+            if ended:  # mpiexec ended the job: every rank is gone, whatever ipyparallel has noticed so far
+                raise RuntimeError(f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in its "
+                                   "folder; restart the engines with cluster.restart()")
             failed = self._failures()
             if failed:  # one rank died: the others wait in a collective forever
-                rank, error = failed[0]
-                raise RuntimeError(f"run {self.cfg.out}: rank {rank} failed: {error}; the other ranks may "
-                                   "be blocked, restart the engines with cluster.restart(n)")
+                ended = self._job_end(ENDING_S)  # mpiexec, ending the job, may say more: which host was lost
+                if ended:
+                    raise RuntimeError(f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in "
+                                       "its folder; restart the engines with cluster.restart()")
+                raise RuntimeError(f"run {self.cfg.out}: {self._failed(*failed[0])}; the other ranks may be "
+                                   "blocked, restart the engines with cluster.restart(n)")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {self.cfg.out}: still running after {timeout} s; if ranks are stuck, "
+                                   "restart the engines with cluster.restart(n)")
             time.sleep(0.05)
         failed = self._failures()
         if failed:
-            rank, error = failed[0]
-            raise RuntimeError(f"run {self.cfg.out}: rank {rank} failed: {error}")
+            raise RuntimeError(f"run {self.cfg.out}: {self._failed(*failed[0])}")
         return self.results[0].get()
+
+    def _job_end(self, within_s: float) -> Optional[str]:
+        """Why the engines' MPI job ended, waiting up to ``within_s`` for it to end."""
+        deadline = time.monotonic() + within_s
+        while True:
+            ended = self.engine_failure()
+            if ended or time.monotonic() > deadline:
+                return ended
+            time.sleep(0.05)
+
+    def _failed(self, rank: int, error: str) -> str:
+        host = self.hosts.get(rank)
+        return f"rank {rank}{f' on {host}' if host else ''} failed: {error}"
 
     def stop(self, wait: bool = True, timeout: float = 30.0) -> Optional[dict]:
         """Ask the run to stop after its current step; with ``wait``, return its summary once it has."""

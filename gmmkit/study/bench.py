@@ -21,6 +21,9 @@ factors``                   that job: batch split, shared host, Horovod, rest (:
                             and the fitted T(n) = Ts + Tp/n + c log2(n) predicted out to 32 workers
 ``notebook_latency_s``      from Start on the dashboard to the first streamed epoch, 2 MPI engines
                             started beforehand (``notebook_latency``: also later Starts, warm)
+``cross_host``              with ``--hostfile``/``--hosts`` of two hosts or more: the allreduce and the
+                            2-worker efficiency (with its factors) again, one rank on each of two hosts
+                            (:func:`cross_host`); the model's c then comes from there
 ==========================  ===========================================================================
 
 The steps for every K and the matmul are timed in turns (:func:`gmmkit.timing.take_turns`): on a shared
@@ -42,6 +45,7 @@ from .. import TENSORFLOW_IMPORTED_FIRST, strategies
 from ..config import RunConfig
 from ..model.config import KERNELS
 from ..parallel import distributed, launch
+from ..parallel.placement import LOCAL, Placement
 from ..timing import mean_seconds, take_turns
 from .perfmodel import from_measurements, measure_allreduce, measure_compute, time_steps
 
@@ -140,9 +144,10 @@ def epoch_times(cfg: RunConfig, out: str, trainer=None, epochs: int = 1) -> list
 
 # --- multi-rank probes ----------------------------------------------------------------------
 
-def run_probe(ranks: int, *args: str, timeout: float = 600) -> dict:
-    """``mpirun -np ranks python -m gmmkit.parallel.ranks ...``; the JSON line rank 0 prints."""
-    return launch.run_json(ranks, launch.ranks_argv(*args), timeout=timeout)
+def run_probe(ranks: int, *args: str, timeout: float = 600, placement: Placement = LOCAL) -> dict:
+    """``mpirun -np ranks python -m gmmkit.parallel.ranks ...`` placed by ``placement``; the JSON line rank 0
+    prints."""
+    return launch.run_json(ranks, launch.ranks_argv(*args), timeout=timeout, placement=placement)
 
 
 def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
@@ -244,8 +249,23 @@ def notebook_latency(cfg: RunConfig, workers: int = 2, starts: int = 2, timeout:
 
 # --- the whole benchmark --------------------------------------------------------------------
 
-def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> dict:
-    """Measure everything; returns the JSON-ready dict (keys in the module docstring)."""
+def two_workers(gradient_bytes: int, cfg: RunConfig, repeats: int, quick: bool,
+                placement: Placement = LOCAL) -> dict:
+    """The 2-rank figures, ranks placed by ``placement``: Horovod's allreduce of the gradients against
+    mpi4py's, and one epoch on 1 and on 2 workers in turns, the efficiency and its factors."""
+    ar = measure_allreduce(gradient_bytes, 2, repeats * 4, placement=placement)
+    scaling = run_probe(2, "scaling", "--config", cfg.to_json(), "--rounds", "2" if quick else "3",
+                        placement=placement)
+    epoch_s = {n: float(np.median(t)) for n, t in scaling["epochs_s"].items()}
+    efficiency = epoch_s["1"] / (2 * epoch_s["2"])
+    return {"allreduce": ar, "allreduce_vs_mpi": ar["mpi_s"] / ar["horovod_s"], "epochs_s": scaling["epochs_s"],
+            "epoch_s": epoch_s, "strong_efficiency_n2": efficiency, "steps_s": scaling["steps_s"],
+            "strong_efficiency_factors": efficiency_factors(scaling["steps_s"], efficiency, 2)}
+
+
+def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, placement: Placement = LOCAL) -> dict:
+    """Measure everything; returns the JSON-ready dict (keys in the module docstring). ``placement`` with two
+    hosts or more adds the cross-host figures."""
     repeats = 5 if quick else 20
     components = (1, 10, 50) if quick else (1, 10, 25, 50, 100)
     cubes = (16, 24) if quick else (16, 24, 32)
@@ -284,20 +304,17 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print) -> d
     progress("wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
     compute = measure_compute(bench_config(50, train_size=sizes[-1]), trainer=base)
 
-    progress("Horovod allreduce against mpi4py (2 ranks) ...")
-    ar = measure_allreduce(compute["gradient_bytes"], 2, repeats * 4)
-    result["allreduce_vs_mpi"] = ar["mpi_s"] / ar["horovod_s"]
-    result["allreduce"] = ar
-    perf = from_measurements(compute, ar["horovod_s"])  # the model's c: the same Horovod allreduce
-
-    progress("one epoch on 1 and on 2 Horovod workers, in turns ...")
+    progress("Horovod allreduce against mpi4py, and one epoch on 1 and on 2 workers in turns (2 ranks) ...")
     cfg = bench_config(50, train_size=sizes[-1])
-    scaling = run_probe(2, "scaling", "--config", cfg.to_json(), "--rounds", "2" if quick else "3")
-    result["epochs_s"] = scaling["epochs_s"]
-    result["epoch_s"] = {n: float(np.median(t)) for n, t in scaling["epochs_s"].items()}
-    result["strong_efficiency_n2"] = result["epoch_s"]["1"] / (2 * result["epoch_s"]["2"])
-    result["steps_s"] = scaling["steps_s"]
-    result["strong_efficiency_factors"] = efficiency_factors(scaling["steps_s"], result["strong_efficiency_n2"], 2)
+    result.update(two_workers(compute["gradient_bytes"], cfg, repeats, quick))
+    c = result["allreduce"]["horovod_s"]  # the model's c: the same Horovod allreduce
+    if len(placement.hosts) >= 2:
+        cross = placement.one_per_host(2)
+        progress(f"the same across hosts: one rank on each of {', '.join(cross.names)} ...")
+        result["cross_host"] = {"hosts": cross.names, **two_workers(compute["gradient_bytes"], cfg, repeats, quick,
+                                                                   cross)}
+        c = result["cross_host"]["allreduce"]["horovod_s"]  # larger jobs span hosts: their c is the network's
+    perf = from_measurements(compute, c)
 
     predicted = {str(n): perf.epoch_time("strong", n, 32, sizes[-1], 64) for n in (1, 2, 4, 8, 16, 32)}
     result["growth"] = {
@@ -355,6 +372,13 @@ def format_table(result: dict) -> str:
         f"M={m}: {v:.2f}" for m, v in result["exact_overhead"].items()))
     rows.append("strong_efficiency_n2 = " + " x ".join(
         f"{k} {v:.3f}" for k, v in result["strong_efficiency_factors"].items()))
+    cross = result.get("cross_host")
+    if cross:
+        rows.append(f"across hosts ({', '.join(cross['hosts'])}, one rank each): gradient allreduce "
+                    f"{cross['allreduce']['horovod_s'] * 1e3:.2f} ms (same host {result['allreduce']['horovod_s'] * 1e3:.2f}"
+                    f" ms), allreduce_vs_mpi {cross['allreduce_vs_mpi']:.3f}, strong_efficiency_n2 "
+                    f"{cross['strong_efficiency_n2']:.3f} = " + " x ".join(
+                        f"{k} {v:.3f}" for k, v in cross["strong_efficiency_factors"].items()))
     g = result["growth"]
     rows.append("")
     rows.append("step time (ms, batch 32) by K: " + ", ".join(

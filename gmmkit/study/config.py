@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from .. import checks
 from ..config import RunConfig
+from ..parallel.placement import LOCAL, Placement
 from ..strategies import STRATEGIES
 
 
@@ -19,8 +20,10 @@ from ..strategies import STRATEGIES
 class StudyConfig:
     """A grid of (strategy, workers) runs of one base configuration (paper Section VII).
 
-    ``run``: every run's settings but strategy and workers. ``max_real``: real Horovod ranks up to this
-    many workers; above it the runs are simulated on one process (``simulate``) or skipped.
+    ``run``: every run's settings but strategy and workers. ``placement``: where real ranks run (this
+    machine, hosts, a SLURM allocation: :class:`~gmmkit.parallel.placement.Placement`). ``max_real``:
+    real Horovod ranks up to this many workers (None: the placement's slots); above it the runs are
+    simulated on one process (``simulate``) or skipped.
     ``calibrate``: measure the wall-time model first (simulated runs need it for their times).
     ``target_epoch``: set the target by the paper's rule, the sequential validation loss after that many
     epochs, instead of ``run.train.target_loss``.
@@ -29,11 +32,17 @@ class StudyConfig:
     run: RunConfig = field(default_factory=RunConfig)
     strategies: tuple = STRATEGIES
     workers: tuple = (1, 2, 4, 8, 16, 32)
-    max_real: int = 2
+    max_real: Optional[int] = None
     simulate: bool = True
     calibrate: bool = True
     target_epoch: Optional[int] = None
     out: str = "runs/sweep"
+    placement: Placement = LOCAL
+
+    @property
+    def real_limit(self) -> int:
+        """The largest worker count run on real ranks: ``max_real``, or every slot of the placement."""
+        return self.placement.slots if self.max_real is None else self.max_real
 
     def validate(self) -> "StudyConfig":
         self.run.validate()
@@ -49,7 +58,12 @@ class StudyConfig:
         if not self.workers or self.workers[0] != 1:
             checks.fail("study.workers", "a list that includes 1 (the sequential baseline of every efficiency)",
                         list(self.workers))
-        checks.positive_int("study.max_real", self.max_real)
+        if not isinstance(self.placement, Placement):
+            checks.fail("study.placement", "a Placement", self.placement)
+        self.placement.validate()
+        if self.max_real is not None:
+            checks.positive_int("study.max_real", self.max_real)
+            self.placement.check_workers(self.max_real, "study.max_real")
         for name in ("simulate", "calibrate"):
             if not isinstance(getattr(self, name), bool):
                 checks.fail(f"study.{name}", "true or false", getattr(self, name))
@@ -62,7 +76,7 @@ class StudyConfig:
     def to_dict(self) -> dict:
         return {"run": self.run.to_dict(), "strategies": list(self.strategies), "workers": list(self.workers),
                 "max_real": self.max_real, "simulate": self.simulate, "calibrate": self.calibrate,
-                "target_epoch": self.target_epoch, "out": self.out}
+                "target_epoch": self.target_epoch, "out": self.out, "placement": self.placement.to_dict()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -71,11 +85,14 @@ class StudyConfig:
     def from_dict(cls, raw: Any) -> "StudyConfig":
         if not isinstance(raw, dict):
             checks.fail("study", "a JSON object", type(raw).__name__)
-        known = {"run", "strategies", "workers", "max_real", "simulate", "calibrate", "target_epoch", "out"}
+        known = {"run", "strategies", "workers", "max_real", "simulate", "calibrate", "target_epoch", "out",
+                 "placement"}
         unknown = sorted(set(raw) - known)
         if unknown:
             checks.fail(f"study.{unknown[0]}", "one of " + ", ".join(sorted(known)), "an unknown key")
-        values = {k: v for k, v in raw.items() if k != "run"}
+        values = {k: v for k, v in raw.items() if k not in ("run", "placement")}
+        if "placement" in raw:
+            values["placement"] = Placement.from_dict(raw["placement"])
         for name in ("strategies", "workers"):
             if name in values and not isinstance(values[name], (list, tuple)):
                 checks.fail(f"study.{name}", "a list", values[name])

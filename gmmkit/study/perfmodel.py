@@ -6,8 +6,9 @@ gradients are summed once:
     t_step(n) = t_fixed + t_sample * max(shares) + c * log2(n)
 
 ``t_fixed`` and ``t_sample`` come from a linear fit of measured step times against batch size on one rank;
-``c`` is the measured allreduce time of the model's gradient bytes between ranks (log2 n = 1 for the two
-ranks this machine can time). Under strong scaling ``t_sample * max(shares)`` is the paper's Tp / n. An
+``c`` is the measured allreduce time of the model's gradient bytes between two ranks (log2 n = 1): one
+rank on each of two hosts when the placement has several (the network is what larger jobs cross), else
+two ranks on this machine. Under strong scaling ``t_sample * max(shares)`` is the paper's Tp / n. An
 epoch adds the validation pass, split over the ranks. A simulated run's predicted wall time is its number
 of epochs times the predicted epoch time.
 """
@@ -23,6 +24,7 @@ import numpy as np
 from .. import strategies
 from ..checks import is_finite_number
 from ..parallel import launch
+from ..parallel.placement import LOCAL, Placement
 from ..timing import mean_seconds, take_turns
 
 
@@ -110,11 +112,18 @@ def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None, exact:
             "gradient_bytes": default.gradient_bytes(), "step_times": dict(zip(map(str, batches), times))}
 
 
-def measure_allreduce(nbytes: int, ranks: int = 2, repeats: int = 20) -> dict:
-    """Seconds per allreduce of ``nbytes`` between ``ranks`` real MPI ranks on this machine, through Horovod
-    (``horovod_s``, the model's c) and through plain MPI (``mpi_s``): :func:`gmmkit.parallel.distributed.allreduce_probe`."""
+def measure_allreduce(nbytes: int, ranks: int = 2, repeats: int = 20, placement: Placement = LOCAL) -> dict:
+    """Seconds per allreduce of ``nbytes`` between ``ranks`` real MPI ranks placed by ``placement`` (default:
+    this machine), through Horovod (``horovod_s``, the model's c) and through plain MPI (``mpi_s``):
+    :func:`gmmkit.parallel.distributed.allreduce_probe`."""
     probe = launch.ranks_argv("allreduce", "--bytes", str(nbytes), "--repeats", str(repeats))
-    return launch.run_json(ranks, probe, timeout=600)
+    return launch.run_json(ranks, probe, timeout=600, placement=placement)
+
+
+def allreduce_placement(placement: Placement, ranks: int = 2) -> Placement:
+    """Where the model's c is measured: one rank on each of ``ranks`` hosts when the placement has that many
+    hosts, else the placement as it is (this machine, or one host's slots)."""
+    return placement.one_per_host(ranks) if len(placement.hosts) >= ranks else placement
 
 
 def from_measurements(compute: dict, allreduce_s: float) -> PerfModel:
@@ -125,12 +134,13 @@ def from_measurements(compute: dict, allreduce_s: float) -> PerfModel:
                      exact_factor=compute.get("exact_factor", 1.0))
 
 
-def calibrate(cfg, ranks: int = 2, trainer=None, exact: bool = False) -> PerfModel:
-    """Measure every term of the model for ``cfg`` on this machine (one thread per rank); ``trainer``: a
-    :class:`~gmmkit.training.Trainer` of ``cfg`` with one thread to time (its weights move: reset it);
-    ``exact``: also what exact mode costs a step."""
+def calibrate(cfg, ranks: int = 2, trainer=None, placement: Placement = LOCAL, exact: bool = False) -> PerfModel:
+    """Measure every term of the model for ``cfg`` (one thread per rank): the compute here, the allreduce
+    where :func:`allreduce_placement` puts it; ``trainer``: a :class:`~gmmkit.training.Trainer` of ``cfg``
+    with one thread to time (its weights move: reset it); ``exact``: also what exact mode costs a step."""
     compute = measure_compute(cfg.replace(train={"threads": 1}), trainer=trainer, exact=exact)
-    allreduce = measure_allreduce(compute["gradient_bytes"], ranks)["horovod_s"] if ranks > 1 else 0.0
+    allreduce = (measure_allreduce(compute["gradient_bytes"], ranks, placement=allreduce_placement(placement, ranks))
+                 ["horovod_s"] if ranks > 1 else 0.0)
     return from_measurements(compute, allreduce)
 
 

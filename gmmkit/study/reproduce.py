@@ -25,6 +25,7 @@ from typing import Optional
 from .. import checks
 from ..config import RunConfig
 from ..files import atomic_write_json, atomic_write_text, read_jsonl, writable_path
+from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag, stop_on_signals
 from ..strategies import STRATEGIES
 from ..training import RunDir, Trainer
@@ -49,8 +50,9 @@ def paper_run() -> RunConfig:
 
 @dataclass
 class ReproduceConfig:
-    """What ``gmmkit reproduce`` runs. ``target_epoch`` overrides the scale's E; ``max_real``: real ranks up
-    to this many workers (the slots), simulated above."""
+    """What ``gmmkit reproduce`` runs. ``target_epoch`` overrides the scale's E; ``placement``: where real
+    ranks run (:class:`~gmmkit.parallel.placement.Placement`); ``max_real``: real ranks up to this many
+    workers (None: the placement's slots), simulated above."""
 
     out: str = "runs/reproduce"
     scale: str = "quick"
@@ -58,18 +60,27 @@ class ReproduceConfig:
     target_epoch: Optional[int] = None
     workers: tuple = (1, 2, 4, 8, 16, 32)
     strategies: tuple = STRATEGIES
-    max_real: int = 2
+    max_real: Optional[int] = None
     lr_range: tuple = (1e-5, 1e-1, 100)
+    placement: Placement = LOCAL
 
     def validate(self) -> "ReproduceConfig":
         checks.one_of("reproduce.scale", self.scale, tuple(SCALES))
         if self.target_epoch is not None:
             checks.positive_int("reproduce.target_epoch", self.target_epoch)
-        checks.positive_int("reproduce.max_real", self.max_real)
+        self.placement.validate()
+        if self.max_real is not None:
+            checks.positive_int("reproduce.max_real", self.max_real)
+            self.placement.check_workers(self.max_real, "reproduce.max_real")
         if not isinstance(self.out, str) or not self.out:
             checks.fail("reproduce.out", "a directory path", self.out)
         self.run.validate()
         return self
+
+    @property
+    def real_limit(self) -> int:
+        """The largest worker count run on real ranks."""
+        return self.placement.slots if self.max_real is None else self.max_real
 
     @property
     def epochs(self) -> int:
@@ -99,17 +110,17 @@ def reproduce(what: ReproduceConfig, say=print, progress: bool = True, overwrite
             _save(out, state)
         if "perf" not in state:
             say("   calibrating the wall-time model for the simulated runs' times ...")
-            state["perf"] = calibrate(what.run, ranks=min(2, what.max_real), trainer=trainer,
-                                       exact=what.run.train.exact).to_dict()
+            state["perf"] = calibrate(what.run, ranks=min(2, what.real_limit), trainer=trainer,
+                                      placement=what.placement, exact=what.run.train.exact).to_dict()
             _save(out, state)
         base = what.run.replace(train={"lr": state["lr"], "epochs": CAP * what.epochs})
         say(f"2. the sequential run at eta = {state['lr']:.4g} for E = {what.epochs} epochs; 3. cap {CAP * what.epochs} "
             "epochs; 4. the grid ...")
         while True:
             try:
-                rows = sweep(base, out, what.strategies, what.workers, max_real=what.max_real, simulate=True,
+                rows = sweep(base, out, what.strategies, what.workers, max_real=what.real_limit, simulate=True,
                              perf=PerfModel.from_dict(state["perf"]), progress=progress, target_epoch=what.epochs,
-                             trainer=trainer, stop=stop, resume=True)
+                             trainer=trainer, stop=stop, resume=True, placement=what.placement)
             except RuntimeError:  # the sequential run did not finish E finite epochs
                 if not _diverged_sequential(out) or state["halvings"] >= HALVINGS:
                     raise

@@ -1,7 +1,8 @@
 """The paper's study: time to target for each strategy and worker count (Section VII, Tables I and II).
 
-:func:`sweep` runs a grid of (strategy, n): ``n`` real Horovod ranks under mpirun where this machine can
-run them (``n <= max_real``), otherwise, with ``simulate``, one process that follows the exact optimisation
+:func:`sweep` runs a grid of (strategy, n): ``n`` real Horovod ranks under mpirun where the placement has
+the slots for them (``n <= max_real``, by default every slot: this machine's cores, the hosts of ``--hosts``
+or ``--hostfile``, or the SLURM allocation), otherwise, with ``simulate``, one process that follows the exact optimisation
 path of n workers (the global batch and the learning-rate schedule are all that matter) and whose wall time
 the calibrated :class:`~gmmkit.study.perfmodel.PerfModel` predicts. Where both exist the table shows predicted
 beside measured.
@@ -30,6 +31,7 @@ from ..config import RunConfig
 from ..data.sources import load_split
 from ..files import atomic_write_json, atomic_write_text, fresh_folder, read_jsonl
 from ..parallel import launch
+from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag, stop_on_signals
 from ..training import RunDir, Trainer, train_many
 from .config import StudyConfig
@@ -62,10 +64,10 @@ def run_dir_for(out: Path, strategy: str, n: int) -> Path:
 
 
 def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path, stop: Optional[StopFlag] = None,
-                   resume: Sequence[bool] = ()) -> Optional[str]:
-    """Train ``cfgs`` (all with ``n`` workers) one after another in one n-rank Horovod job, its output in
-    ``log``. Returns None when the job ended well, else what ended it, e.g. "rank 1 (pid 4242 on ci) was
-    killed by SIGKILL" (mpirun then stops the other ranks, so the job never hangs). A stop request (``stop``,
+                   resume: Sequence[bool] = (), placement: Placement = LOCAL) -> Optional[str]:
+    """Train ``cfgs`` (all with ``n`` workers) one after another in one n-rank Horovod job placed by
+    ``placement``, its output in ``log``. Returns None when the job ended well, else what ended it, e.g.
+    "rank 1 (pid 4242 on ci) was killed by SIGKILL" or "host node2 (rank 1) was lost" (mpirun then stops the other ranks, so the job never hangs). A stop request (``stop``,
     SIGINT, SIGTERM) asks every run of the batch to stop: the current one after its step, the rest at once."""
     log.parent.mkdir(parents=True, exist_ok=True)
     plan = log.with_suffix(".json")
@@ -77,7 +79,7 @@ def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path, stop: Optional[
             RunDir(cfg.out).request_stop()
 
     code, failure = launch.run_ranks(n, launch.ranks_argv("batch", str(plan)), log=log, on_interrupt=stop_all,
-                                     stop=stop)
+                                     stop=stop, placement=placement)
     if code == 0:
         return None
     return failure or f"the {n}-rank job exited with status {code}"
@@ -109,12 +111,14 @@ class _LocalRuns:
 
 
 def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strategies.STRATEGIES,
-          workers: Sequence[int] = (1, 2, 4, 8, 16, 32), max_real: int = 2, simulate: bool = True,
+          workers: Sequence[int] = (1, 2, 4, 8, 16, 32), max_real: Optional[int] = None, simulate: bool = True,
           perf: Optional[PerfModel] = None, progress: bool = True,
           target_epoch: Optional[int] = None, trainer=None, stop: Optional[StopFlag] = None,
-          resume: bool = False) -> list[RunResult]:
+          resume: bool = False, placement: Placement = LOCAL) -> list[RunResult]:
     """Run the grid and write ``results.json``, ``tables.md`` and the figures under ``out``.
 
+    ``placement``: where the real runs' ranks go; ``max_real``: the largest real worker count (None: the
+    placement's slots).
     ``target_epoch``: choose the target as the paper did, the validation loss the sequential run reaches
     after that many epochs (the paper: about 100), instead of ``base.train.target_loss``.
     ``trainer``: a :class:`~gmmkit.training.Trainer` of ``base`` to reuse (e.g. the calibration's).
@@ -126,6 +130,7 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stop = stop if stop is not None else StopFlag()
+    max_real = placement.slots if max_real is None else max_real
     grid = [(s, n) for n in workers for s in strategies_ if not (n == 1 and s != strategies_[0])]
     results: dict[tuple[str, int], RunResult] = {}
     local = _LocalRuns(trainer, stop)
@@ -151,7 +156,8 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
         if real and not stop:  # one mpirun job trains all strategies of this n
             bar.set_postfix_str(f"n={n}: {len(real)} runs on {n} Horovod ranks")
             log = out / "logs" / f"real-n{n}.log"
-            failure = run_real_batch(real, n, log, stop, [todo[c.train.strategy] == "resume" for c in real])
+            failure = run_real_batch(real, n, log, stop, [todo[c.train.strategy] == "resume" for c in real],
+                                     placement)
             if failure:
                 job_failure = f"{failure}; mpirun stopped the {n}-rank job before this run finished (see {log})"
                 tqdm.write(f"error: n={n}: {failure}; mpirun stopped the other ranks. The runs the job had not "
@@ -332,12 +338,13 @@ def run_study(study: StudyConfig, progress: bool = True, say=print, overwrite: b
         if study.calibrate and not stop:
             say("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
             reuse = trainer.ctx.size == 1 and cfg.train.threads == 1  # calibration times one thread
-            perf = calibrate(cfg, ranks=min(2, study.max_real), trainer=trainer if reuse else None,
-                              exact=cfg.train.exact)
+            perf = calibrate(cfg, ranks=min(2, study.real_limit), trainer=trainer if reuse else None,
+                             placement=study.placement, exact=cfg.train.exact)
             say(f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; Horovod "
                 f"allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms")
-        rows = sweep(cfg, out, study.strategies, study.workers, max_real=study.max_real, simulate=study.simulate,
-                     perf=perf, progress=progress, target_epoch=study.target_epoch, trainer=trainer, stop=stop)
+        rows = sweep(cfg, out, study.strategies, study.workers, max_real=study.real_limit, simulate=study.simulate,
+                     perf=perf, progress=progress, target_epoch=study.target_epoch, trainer=trainer, stop=stop,
+                     placement=study.placement)
         if stop:
             say(f"stopped by signal {stop.signum}: the tables and figures in {out} hold the runs that finished"
                 if stop.signum else f"stopped: the tables and figures in {out} hold the runs that finished")

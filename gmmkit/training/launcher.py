@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 from ..config import RunConfig
 from ..parallel import launch
+from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag
 from .rundir import LOCK_HELD_BY_PARENT, RunDir
 
@@ -31,9 +32,11 @@ class Launched:
 
 
 def run_on_ranks(cfg: RunConfig, argv: Sequence[str], mode: str = "new", launcher: str = "mpirun",
-                 stop: Optional[StopFlag] = None, grace_s: float = 120.0) -> Launched:
-    """Run ``argv`` (the same ``gmmkit train`` on every rank) on ``cfg.train.workers`` ranks for the run
-    ``cfg`` describes, owning its directory meanwhile (``mode`` as :meth:`RunDir.claim` takes it)."""
+                 stop: Optional[StopFlag] = None, grace_s: float = 120.0, placement: Placement = LOCAL) -> Launched:
+    """Run ``argv`` (the same ``gmmkit train`` on every rank) on ``cfg.train.workers`` ranks placed by
+    ``placement`` for the run ``cfg`` describes, owning its directory meanwhile (``mode`` as
+    :meth:`RunDir.claim` takes it). The ranks learn that the lock is held through ``GMMKIT_RUN_LOCKED``,
+    which :mod:`gmmkit.parallel.launch` forwards to other hosts with the rest of gmmkit's variables."""
     cfg = cfg.resolved()
     run = RunDir(cfg.out)
     run.claim(cfg, mode)
@@ -41,7 +44,8 @@ def run_on_ranks(cfg: RunConfig, argv: Sequence[str], mode: str = "new", launche
     try:
         env = {**os.environ, LOCK_HELD_BY_PARENT: str(run.path.resolve())}
         code, failure = launch.run_ranks(cfg.train.workers, argv, launcher, env=env, on_interrupt=run.request_stop,
-                                         grace_s=grace_s, stop=stop)
+                                         grace_s=grace_s, stop=stop, placement=placement,
+                                         rank_hosts=lambda: (run.summary() or {}).get("hosts"))
         if not run.exists():  # the ranks refused the run before writing anything (bad input)
             return Launched(code, failure, None, False)
         summary = run.summary() or {}

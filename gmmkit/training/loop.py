@@ -311,7 +311,8 @@ class Trainer:
                 "simulated": self.simulate, "exact": t.exact, "time_to_target_s": None, "epochs": epochs,
                 "best_val_loss": min(finite) if finite else None,
                 "final_val_loss": records[-1]["val_loss"] if records else None, "target_loss": t.target_loss,
-                "global_batch": global_batch, "steps_per_epoch": steps}
+                "global_batch": global_batch, "steps_per_epoch": steps,
+                **self.ctx.layout}  # hosts, local_ranks, threads: one entry per rank
 
 
 def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool = False,
