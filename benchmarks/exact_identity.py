@@ -58,23 +58,15 @@ def main(argv=None) -> int:
         return 0
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(args.parallel)
     from gmmkit.data import generate_phantoms
     from gmmkit.model import build_deepdensity, per_sample_msle
     from gmmkit.training.exact import ExactStep, local_micro_shards
     from gmmkit.training.optimizer import Adam
 
-    parallel = distributed.launched_in_parallel()
-    if parallel:
-        import horovod.tensorflow as hvd
-
-        hvd.init()
-        rank, size = hvd.rank(), hvd.size()
-        max_fn = lambda t: hvd.grouped_allreduce(t, op=hvd.Max)  # noqa: E731
-        sum_fn = lambda t: hvd.grouped_allreduce(t, op=hvd.Sum)  # noqa: E731
-    else:
-        rank, size, max_fn, sum_fn = 0, 1, None, None
+    # exact mode's threads (1 intra-op, args.parallel inter-op) and its two reductions across the ranks
+    ctx = distributed.init(threads=args.parallel, exact=True)
+    rank, size = ctx.rank, ctx.size
+    max_fn, sum_fn = ctx.exact_reductions()
     data = generate_phantoms(args.batch * args.steps, seed=0).cubes
     model = build_deepdensity(cube=16, components=50, filters=32, latent=256, seed=0)
     optimizer = Adam(1.05e-3)
@@ -95,8 +87,7 @@ def main(argv=None) -> int:
                 loss = tf.reduce_sum(per_sample_msle(x, model(x, training=True)))
                 scaled = loss / global_batch
             grads = tape.gradient(scaled, variables)
-            if parallel:
-                *grads, loss = hvd.grouped_allreduce([*grads, loss], op=hvd.Sum)
+            *grads, loss = ctx.sum_gradients([*grads, loss])  # one grouped Horovod allreduce (sum)
             optimizer.apply_gradients(zip(grads, variables))
             return loss
 

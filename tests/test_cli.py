@@ -98,7 +98,8 @@ BAD_FLAGS = [
 NO_BAD_VALUE = {
     ("gmmkit", "--help"), ("gmmkit", "--version"), *((command, "--help") for command in COMMANDS),
     ("train", "--simulate"), ("train", "--resume"), ("train", "--exact"), ("sweep", "--exact"),
-    ("lr-find", "--exact"), ("train", "--overwrite"), ("sweep", "--simulate"),
+    ("lr-find", "--exact"), ("demo", "--no-exact"), ("reproduce", "--no-exact"), ("train", "--overwrite"),
+    ("sweep", "--simulate"),
     ("sweep", "--no-calibrate"), ("sweep", "--overwrite"), ("demo", "--overwrite"), ("reproduce", "--overwrite"), ("reproduce", "--no-progress"), ("synthesize", "--overwrite"),
     ("prepare-luna", "--no-progress"), ("prepare-lidc", "--no-progress"), ("synthesize", "--hu"),
     ("synthesize", "--no-progress"),

@@ -311,14 +311,9 @@ from gmmkit.training.exact import ExactStep, evaluation_chunks, local_micro_shar
 from gmmkit.training.optimizer import Adam
 
 out, variants = sys.argv[1], sys.argv[2].split(",")
-if distributed.launched_in_parallel():
-    import horovod.tensorflow as hvd
-    hvd.init()
-    rank, size = hvd.rank(), hvd.size()
-    max_fn = lambda t: hvd.grouped_allreduce(t, op=hvd.Max)  # noqa: E731
-    sum_fn = lambda t: hvd.grouped_allreduce(t, op=hvd.Sum)  # noqa: E731
-else:
-    rank, size, max_fn, sum_fn = 0, 1, None, None
+ctx = distributed.init(threads=2, exact=True)  # the Trainer's way: Horovod when launched, grouped int reductions
+rank, size = ctx.rank, ctx.size
+max_fn, sum_fn = ctx.exact_reductions()
 res = {}
 # the exact sum alone: 12 terms across 200 binades with cancellations, ranks holding 7 and 5
 rng = np.random.default_rng(7)

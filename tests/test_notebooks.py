@@ -8,7 +8,7 @@ import json
 import nbformat
 import pytest
 
-from conftest import NOTEBOOKS, execute_notebook, needs_horovod, notebook_outputs, notebook_text
+from conftest import NOTEBOOKS, ROOT, execute_notebook, needs_horovod, notebook_outputs, notebook_text
 
 TINY = {"dataset": "phantoms", "phantoms": 40, "val_size": 6, "components": 4, "batch_size": 8}
 ALL = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
@@ -60,6 +60,10 @@ def test_03_reproduce_paper(tmp_path):
     text = notebook_text(nb)
     assert "allreduce of" in text and "fig2_time_to_target.html" in text
     assert "| n | mode | status |" in text  # the tables, displayed
+    # the recorded reproduction, opened (benchmarks/reproduction: its claims, every grid point ended)
+    recorded = json.loads((ROOT / "benchmarks/reproduction/protocol.json").read_text())
+    assert f"eta = {recorded['lr']}" in text and "still to run: none" in text
+    assert "| C1: " in text and "| C5: " in text
 
 
 def test_04_then_05(tmp_path):

@@ -21,6 +21,14 @@ def test_fit_and_formula_of_the_wall_time_model():
     assert perf.step_time("strong", 3, 32) == pytest.approx(0.01 + 0.002 * 11 + 0.005 * math.log2(3))
     # weak: n B samples per step, each worker B, and n times fewer steps per epoch
     assert perf.epoch_time("weak", 2, 32, 640, 0) == pytest.approx(10 * (0.01 + 0.002 * 32 + 0.005) + 0.005)  # + the validation allreduce
+    # exact mode: every micro-shard pays the fixed cost, so a step costs the base batch's exact step times
+    # the slowest rank's fraction of the base batch (16 of 32 on 2 workers; weak: a whole base batch each)
+    exact = PerfModel(t_fixed=0.01, t_sample=0.002, t_eval_sample=0.001, allreduce_s=0.005, gradient_bytes=4,
+                      exact_factor=2.5)
+    assert exact.step_time("strong", 1, 32, exact=True) == pytest.approx(2.5 * (0.01 + 0.002 * 32))
+    assert exact.step_time("strong", 2, 32, exact=True) == pytest.approx(2.5 * (0.01 + 0.002 * 32) / 2 + 0.005)
+    assert exact.step_time("weak", 4, 32, exact=True) == pytest.approx(2.5 * (0.01 + 0.002 * 32) + 0.005 * 2)
+    assert exact.step_time("strong", 2, 32) == perf.step_time("strong", 2, 32)  # default mode: as before
 
 
 def test_efficiency_is_t1_over_n_tn_and_nan_when_not_reached():

@@ -8,13 +8,14 @@ with the same flags to continue where it stopped.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 from ..cli import add_placement_flags, placement_from_args
 from ..signals import StopFlag
 from ..study.reproduce import SCALES, ReproduceConfig
 
-FLAGS = {"reproduce.scale": "--scale", "reproduce.target_epoch": "--target-epoch",
+FLAGS = {"train.exact": "--exact", "reproduce.scale": "--scale", "reproduce.target_epoch": "--target-epoch",
          "reproduce.max_real": "--max-real", "out": "--out", "reproduce.out": "--out"}
 
 
@@ -27,6 +28,8 @@ def register(sub):
     p.add_argument("--max-real", type=int, default=None, metavar="N",
                    help="real Horovod ranks up to N workers, simulated above (default: every slot of the hosts, "
                         "or of the SLURM allocation, else this machine's cores)")
+    p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True,
+                   help="every run in exact mode (default; --no-exact: float32 sums, whose real ranks drift)")
     p.add_argument("--overwrite", action="store_true", help="start over in a folder holding another reproduction")
     p.add_argument("--no-progress", action="store_true")
     add_placement_flags(p)
@@ -38,7 +41,9 @@ def run(args, parser) -> int:
     from ..study.claims import to_markdown
     from ..study.reproduce import reproduce
 
+    base = ReproduceConfig().run
     what = ReproduceConfig(out=args.out, scale=args.scale, target_epoch=args.target_epoch,
+                           run=base.replace(train={"exact": args.exact}),
                            max_real=args.max_real, placement=placement_from_args(args)).validate()
     stop = StopFlag()
     found = reproduce(what, say=lambda line: print(line, flush=True), progress=not args.no_progress,

@@ -36,12 +36,15 @@ class PerfModel:
     allreduce_s: float  # c: s per allreduce of the gradients at log2(n) = 1
     gradient_bytes: int
     threads: int = 1
-    exact_factor: float = 1.0  # an exact step's time over a default step's (micro-shards, exact sums)
+    exact_factor: float = 1.0  # an exact step of the base batch over a default one (micro-shards, exact sums)
 
     def step_time(self, strategy: str, n: int, base_batch: int, exact: bool = False) -> float:
         shares = strategies.shares(strategy, n, base_batch)
-        compute = self.t_fixed + self.t_sample * max(shares)
-        return compute * (self.exact_factor if exact else 1.0) + self.allreduce_s * math.log2(n)
+        if exact:  # micro-shards of one size, each paying the fixed cost: time in proportion to the samples
+            compute = self.exact_factor * (self.t_fixed + self.t_sample * base_batch) * max(shares) / base_batch
+        else:
+            compute = self.t_fixed + self.t_sample * max(shares)
+        return compute + self.allreduce_s * math.log2(n)
 
     def epoch_time(self, strategy: str, n: int, base_batch: int, n_train: int, n_val: int,
                    exact: bool = False) -> float:

@@ -341,7 +341,8 @@ def run_study(study: StudyConfig, progress: bool = True, say=print, overwrite: b
             perf = calibrate(cfg, ranks=min(2, study.real_limit), trainer=trainer if reuse else None,
                              placement=study.placement, exact=cfg.train.exact)
             say(f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; Horovod "
-                f"allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms")
+                f"allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms"
+                + (f"; an exact step takes {perf.exact_factor:.2f} times a default one" if cfg.train.exact else ""))
         rows = sweep(cfg, out, study.strategies, study.workers, max_real=study.real_limit, simulate=study.simulate,
                      perf=perf, progress=progress, target_epoch=study.target_epoch, trainer=trainer, stop=stop,
                      placement=study.placement)
