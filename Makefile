@@ -13,7 +13,7 @@ demo: $(READY)
 	$(BIN)/gmmkit demo --out runs/demo --overwrite
 
 test: $(READY)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	PYTHONUTF8=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The README's screenshots: the browser test, copying its final screenshots into docs/screenshots/.
 screenshots: $(READY)

@@ -10,6 +10,7 @@ Chromium driven by Playwright (no browser download), Run All, then what a user s
 Screenshots go to a temporary directory; ``make screenshots`` (``GMMKIT_SCREENSHOTS=docs/screenshots``) also
 copies the final ones there for the README. A plain ``make test`` leaves the tracked files alone.
 """
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,11 +95,24 @@ def lab(tmp_path):
             time.sleep(0.5)
         yield {"url": f"{base}/lab/tree/02_distributed.ipynb?token={token}", "work": work, "tmp": tmp_path}
     finally:
+        # the server, its kernels and what they started (the notebook's ipcluster: controller, mpiexec,
+        # engines), which outlive a failed test's kernel otherwise
+        try:
+            family = psutil.Process(server.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
         server.terminate()
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+        for proc in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(family, timeout=10)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
         log.close()
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gmmkit.study import claims
-from gmmkit.study.reproduce import CAP, ReproduceConfig, progress_of, reproduce
+from gmmkit.study.reproduce import CAP, ReproduceConfig, progress_of
 from gmmkit.study.sweep import RunResult
 from gmmkit.training import RunDir
 
@@ -103,9 +103,25 @@ def outcome(out):
     return {c["id"]: (c["holds"] if c["id"] != "C5" else None, c["evidence"].get("status")) for c in found}
 
 
+# One reproduction in a process of its own (TensorFlow's threads, and with them oneDNN's bits, are set once per
+# process): ``python -c REPRODUCE what.json``.
+REPRODUCE = ("import json, sys\nfrom gmmkit.config import RunConfig\nfrom gmmkit.study.reproduce import ReproduceConfig,"
+             " reproduce\nraw = json.load(open(sys.argv[1]))\nraw['run'] = RunConfig.from_dict(raw['run'])\n"
+             "raw['workers'], raw['strategies'], raw['lr_range'] = map(tuple, (raw['workers'], raw['strategies'], "
+             "raw['lr_range']))\nreproduce(ReproduceConfig(**raw), progress=False)\n")
+
+
+def reproduction(out, tmp_path) -> subprocess.Popen:
+    cfg_file = tmp_path / f"{out.name}.json"
+    cfg_file.write_text(json.dumps(tiny_protocol(out).to_dict()))
+    return subprocess.Popen([sys.executable, "-c", REPRODUCE, str(cfg_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
 def test_the_protocol_end_to_end_and_resumed_after_an_interruption(tmp_path):
     straight = tmp_path / "straight"
-    reproduce(tiny_protocol(straight), progress=False)
+    proc = reproduction(straight, tmp_path)
+    assert proc.wait(timeout=600) == 0, proc.communicate()
     state = json.loads((straight / "protocol.json").read_text())
     # eta: the range test's suggestion, halved while the sequential run diverged (the tiny model's range test
     # climbs to its last rate, 0.1, at which the sequential run diverges)
@@ -121,13 +137,7 @@ def test_the_protocol_end_to_end_and_resumed_after_an_interruption(tmp_path):
 
     # the same protocol, killed once a grid point has ended, then continued
     out = tmp_path / "resumed"
-    cfg_file = tmp_path / "what.json"
-    cfg_file.write_text(json.dumps(tiny_protocol(out).to_dict()))
-    code = ("import json, sys\nfrom gmmkit.config import RunConfig\nfrom gmmkit.study.reproduce import ReproduceConfig,"
-            " reproduce\nraw = json.load(open(sys.argv[1]))\nraw['run'] = RunConfig.from_dict(raw['run'])\n"
-            "raw['workers'], raw['strategies'], raw['lr_range'] = map(tuple, (raw['workers'], raw['strategies'], "
-            "raw['lr_range']))\nreproduce(ReproduceConfig(**raw), progress=False)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(cfg_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = reproduction(out, tmp_path)
     deadline = time.monotonic() + 300
     while not [s for name, s in progress_of(out)["runs"].items() if name != "sequential-n1"
                and s in ("reached_target", "diverged", "max_epochs")]:
@@ -138,7 +148,8 @@ def test_the_protocol_end_to_end_and_resumed_after_an_interruption(tmp_path):
     ended = {name: (out / "runs" / name / "state").resolve() for name, s in progress_of(out)["runs"].items()
              if s in ("reached_target", "diverged", "max_epochs")}
     assert ended
-    reproduce(tiny_protocol(out), progress=False)
+    proc = reproduction(out, tmp_path)  # continued
+    assert proc.wait(timeout=600) == 0, proc.communicate()
     for name, state_dir in ended.items():  # runs that had ended were not run again
         assert (out / "runs" / name / "state").resolve() == state_dir
     assert outcome(out) == outcome(straight)

@@ -88,3 +88,14 @@ def test_lr_find_brackets_the_largest_rate_that_still_converges(tmp_path, capsys
     assert "plotly" in (tmp_path / "lr" / "lr_find.html").read_text(encoding="utf-8").lower()
     assert "suggested lr" in capsys.readouterr().out
     assert main(["lr-find", "--config", str(cfg_file), "--lr-min", "1", "--lr-max", "0.1"]) == 2
+
+
+def test_a_loss_figure_draws_the_sequential_run_once_beside_its_strategys_runs():
+    from gmmkit.plots.sweep import loss_curves_figure
+
+    record = [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.25}]
+    curves = {("strong", 1): record, ("weak", 1): record, ("lsr", 1): record, ("strong", 2): record,
+              ("weak", 2): [{"epoch": 1, "val_loss": float("nan")}]}
+    fig = loss_curves_figure(curves, "weak", 0.3, "weak")
+    assert [t.name for t in fig.data] == ["n = 1", "n = 2"]
+    assert list(fig.data[1].y) == [None]  # a diverged epoch is a gap, not a point

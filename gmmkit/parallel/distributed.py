@@ -155,7 +155,7 @@ def configure_devices(local_rank: int, local_size: int, threads: int | None, exa
     different thread count is warned about (exact mode itself refuses more than one intra-op thread)."""
     cores = available_cores()
     threads = threads or max(1, cores // max(local_size, 1))
-    intra, inter = (1, max(2, threads)) if exact else (threads, min(2, threads))
+    intra, inter = (1, threads) if exact else (threads, min(2, threads))
     try:
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:

@@ -34,9 +34,11 @@ def loss_curves_figure(curves: dict, strategy: str, target: float | None, title:
                        workers: list[int] | None = None) -> go.Figure:
     """Validation loss against epoch for each n of one strategy (Figs. 3, 4, 5)."""
     fig = go.Figure()
-    for (s, n), records in sorted(curves.items(), key=lambda kv: kv[0][1]):
-        if (s != strategy and n != 1) or (workers is not None and n not in workers) or not records:
+    drawn = set()  # the sequential run (n = 1) may be in ``curves`` under every strategy: drawn once
+    for (s, n), records in sorted(curves.items(), key=lambda kv: (kv[0][1], kv[0][0] != strategy)):
+        if (s != strategy and n != 1) or (workers is not None and n not in workers) or not records or n in drawn:
             continue
+        drawn.add(n)
         fig.add_trace(go.Scatter(x=[r["epoch"] for r in records],
                                  y=[r["val_loss"] if is_finite_number(r["val_loss"]) else None for r in records],
                                  mode="lines", name=f"n = {n}"))
