@@ -85,6 +85,9 @@ def test_lr_find_brackets_the_largest_rate_that_still_converges(tmp_path, capsys
     assert lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-5)
     assert result["lr_diverged"] is not None and result["lr_diverged"] > result["suggested_lr"] >= 1e-5
     assert min(h["smoothed"] for h in result["history"]) < result["history"][0]["smoothed"]  # it learnt first
+    # the moving average is bias-corrected: it starts at the first loss (it once started at ten times that,
+    # so the loss never climbed back above its "start" and the suggestion ran to the range's top)
+    assert result["history"][0]["smoothed"] == pytest.approx(result["history"][0]["loss"])
     assert "plotly" in (tmp_path / "lr" / "lr_find.html").read_text(encoding="utf-8").lower()
     assert "suggested lr" in capsys.readouterr().out
     assert main(["lr-find", "--config", str(cfg_file), "--lr-min", "1", "--lr-max", "0.1"]) == 2

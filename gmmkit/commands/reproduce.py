@@ -46,8 +46,12 @@ def run(args, parser) -> int:
                            run=base.replace(train={"exact": args.exact}),
                            max_real=args.max_real, placement=placement_from_args(args)).validate()
     stop = StopFlag()
-    found = reproduce(what, say=lambda line: print(line, flush=True), progress=not args.no_progress,
-                      overwrite=args.overwrite, stop=stop)
+    try:
+        found = reproduce(what, say=lambda line: print(line, flush=True), progress=not args.no_progress,
+                          overwrite=args.overwrite, stop=stop)
+    except RuntimeError as exc:  # the protocol could not go on (e.g. no eta at which the sequential run converges)
+        print(f"gmmkit reproduce: error: {exc}", file=sys.stderr)
+        return 1
     print(to_markdown(found), flush=True)
     if stop:
         print("gmmkit reproduce: stopped; run it again with the same flags to continue", file=sys.stderr)

@@ -38,7 +38,7 @@ def lr_range_test(cfg: RunConfig, lr_min: float = 1e-5, lr_max: float = 1e-1, st
     lrs = np.geomspace(lr_min, lr_max, steps)
     batch = strategies.global_batch(t.strategy, t.workers, t.batch_size)
     n = len(trainer.data.train)
-    history, avg, best, diverged = [], None, math.inf, None
+    history, avg, best, diverged = [], 0.0, math.inf, None
     for i, lr in enumerate(lrs):
         perm = strategies.epoch_permutation(t.seed, i * batch // max(n, 1), n)
         start = (i * batch) % max(n - batch + 1, 1)
@@ -48,8 +48,8 @@ def lr_range_test(cfg: RunConfig, lr_min: float = 1e-5, lr_max: float = 1e-1, st
         if not math.isfinite(loss):
             diverged = float(lr)
             break
-        avg = loss if avg is None else smoothing * avg + (1 - smoothing) * loss
-        smoothed = avg / (1 - smoothing ** (i + 1))
+        avg = smoothing * avg + (1 - smoothing) * loss  # from 0: the bias correction below undoes the start
+        smoothed = avg / (1 - smoothing ** (i + 1))  # the first one is the first loss itself
         history.append({"lr": float(lr), "loss": loss, "smoothed": smoothed})
         best = min(best, smoothed)
         if smoothed > diverge_factor * best:

@@ -39,7 +39,7 @@ from .sweep import run_dir_for, sweep
 # E of each scale: the paper's 100 epochs, and what this project's 2-core machine runs in about two hours
 SCALES = {"quick": 6, "paper": 100}
 CAP = 4  # the cap on every run but the sequential one, in multiples of E
-HALVINGS = 4  # at most this many halvings of eta when the sequential run diverges
+HALVINGS = 8  # at most this many halvings of eta when the sequential run diverges (0.1 down to 4e-4)
 
 
 def paper_run() -> RunConfig:
@@ -124,8 +124,12 @@ def reproduce(what: ReproduceConfig, say=print, progress: bool = True, overwrite
                              perf=PerfModel.from_dict(state["perf"]), progress=progress, target_epoch=what.epochs,
                              trainer=trainer, stop=stop, resume=True, placement=what.placement)
             except RuntimeError:  # the sequential run did not finish E finite epochs
-                if not _diverged_sequential(out) or state["halvings"] >= HALVINGS:
+                if not _diverged_sequential(out):
                     raise
+                if state["halvings"] >= HALVINGS:
+                    raise RuntimeError(f"the sequential run diverged at every eta from {state['lr_found']:.4g} down "
+                                       f"to {state['lr']:.4g} ({HALVINGS} halvings); see "
+                                       f"{run_dir_for(out, 'strong', 1) / 'summary.json'}") from None
                 rows = None
             if rows is not None:
                 break
