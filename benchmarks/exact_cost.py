@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from gmmkit.files import atomic_write_json
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 WORKERS = {  # name: (intra-op threads, inter-op threads, side by side, steps)
     "one": (1, 1, 1, "default,exact"),
@@ -123,8 +125,7 @@ def main(argv=None) -> int:
                                     for m in micro_shards}}
     print(json.dumps(result, indent=1))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -18,6 +18,8 @@ import tempfile
 
 import numpy as np
 
+from gmmkit.files import atomic_write_json
+
 SETUPS = [(1, 1), (1, 2), (2, 1), (2, 2)]
 MICRO_BATCHES = (1, 4, 16, 32)
 
@@ -87,8 +89,7 @@ def main(argv=None) -> int:
             report[f"intra {setup[0]}, inter {setup[1]} vs intra 1, inter 1"] = row
     print(json.dumps(report, indent=1))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
+        atomic_write_json(args.json, report)
     return 0
 
 

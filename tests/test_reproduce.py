@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from gmmkit.files import read_jsonl
 from gmmkit.study import claims
 from gmmkit.study.reproduce import CAP, ReproduceConfig, progress_of
 from gmmkit.study.sweep import RunResult
@@ -154,3 +156,19 @@ def test_the_protocol_end_to_end_and_resumed_after_an_interruption(tmp_path):
         assert (out / "runs" / name / "state").resolve() == state_dir
     assert outcome(out) == outcome(straight)
     assert all(s in ("reached_target", "diverged", "max_epochs") for s in progress_of(out)["runs"].values())
+
+
+def test_the_recorded_reproduction_is_complete_and_its_c1_is_in_its_files():
+    """benchmarks/reproduction (REPRODUCTION.md): every grid point ended, the five claims were written, and C1
+    ("identical") agrees with the runs' own metrics: each strong run's losses equal the sequential run's."""
+    recorded = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduction"
+    state = progress_of(recorded)
+    assert state["claims"] and len(state["runs"]) == 21
+    assert set(state["runs"].values()) <= {"reached_target", "diverged", "max_epochs"}
+    found = {c["id"]: c for c in json.loads((recorded / "claims.json").read_text())}
+    assert sorted(found) == ["C1", "C2", "C3", "C4", "C5"]
+    sequential = read_jsonl(recorded / "runs" / "sequential-n1" / "metrics.jsonl")
+    for n in (2, 4, 8, 16, 32):
+        strong = read_jsonl(recorded / "runs" / f"strong-n{n}" / "metrics.jsonl")
+        same = [(a["train_loss"], a["val_loss"]) == (b["train_loss"], b["val_loss"]) for a, b in zip(strong, sequential)]
+        assert same and all(same) == found["C1"]["evidence"][str(n)]["identical"]
