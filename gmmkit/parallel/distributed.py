@@ -76,6 +76,8 @@ class LocalContext:
 class HorovodContext:
     """One rank of a Horovod job."""
 
+    threads = 1  # what configure_devices gave the rank; init sets it
+
     def __init__(self):
         import horovod.tensorflow as hvd  # heavy, and single-process use needs no Horovod
 

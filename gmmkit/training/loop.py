@@ -57,7 +57,7 @@ class Trainer:
         if t.exact:
             max_fn, sum_fn = (None, None) if simulate else self.ctx.exact_reductions()
             self.exact = ExactStep(self.model, self.optimizer, per_sample_msle, t.micro_batch, max_fn, sum_fn,
-                                   parallel=max(1, getattr(self.ctx, "threads", 1)))
+                                   parallel=max(1, self.ctx.threads))
             self._chunks, _ = evaluation_chunks(self.data.val, EVAL_CHUNK)
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
@@ -159,8 +159,12 @@ class Trainer:
         them, or in exact mode this rank's micro-shards of them (m_local, micro_batch, S, S, S)."""
         if self.exact is None:
             return self.data.train[indices]
-        size, rank = (1, 0) if self.simulate else (self.ctx.size, self.ctx.rank)
-        return self.data.train[local_micro_shards(indices, self.cfg.train.micro_batch, size, rank)]
+        return self.data.train[local_micro_shards(indices, self.cfg.train.micro_batch, *self._exact_place())]
+
+    def _exact_place(self) -> tuple[int, int]:
+        """(ranks, this rank) for cutting exact mode's micro-shards and chunks: one process holds all of them
+        when simulating."""
+        return (1, 0) if self.simulate else (self.ctx.size, self.ctx.rank)
 
     def _make_eval_step(self):
         model, s = self.model, self.cfg.data.cube
@@ -187,8 +191,7 @@ class Trainer:
         """Mean per-sample MSLE over the validation set, each rank evaluating its shard (in exact mode, whole
         chunks of the set summed exactly)."""
         if self.exact is not None:
-            size, rank = (1, 0) if self.simulate else (self.ctx.size, self.ctx.rank)
-            start, stop = shard_range(len(self._chunks), size, rank)
+            start, stop = shard_range(len(self._chunks), *self._exact_place())
             n, began = len(self.data.val), time.perf_counter()
             count = min(max(n - start * EVAL_CHUNK, 0), (stop - start) * EVAL_CHUNK)
             # a rank without a chunk (more ranks than chunks) still takes part in the sums, adding nothing
