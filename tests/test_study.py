@@ -32,12 +32,14 @@ def test_fit_and_formula_of_the_wall_time_model():
 
 
 def test_efficiency_is_t1_over_n_tn_and_nan_when_not_reached():
-    rows = [RunResult("strong", 1, "real", "reached_target", 5, 100.0, None, "a"),
-            RunResult("strong", 2, "real", "reached_target", 5, 60.0, None, "b"),
-            RunResult("strong", 4, "simulated", "reached_target", 5, None, 20.0, "c"),
+    # the sequential run took 100 s; the model, which predicts every simulated run, says 80 s
+    rows = [RunResult("strong", 1, "real", "reached_target", 5, 100.0, 80.0, "a"),
+            RunResult("strong", 2, "real", "reached_target", 5, 60.0, 45.0, "b"),
+            RunResult("strong", 4, "simulated", "reached_target", 5, None, 25.0, "c"),
             RunResult("strong", 8, "simulated", "diverged", 2, None, None, "d")]
     add_efficiency(rows)
-    assert [r.efficiency for r in rows[:3]] == pytest.approx([1.0, 100 / 120, 100 / 80])
+    # measured over measured, predicted over predicted: never measured T1 over a predicted Tn (100 / 100)
+    assert [r.efficiency for r in rows[:3]] == pytest.approx([1.0, 100 / 120, 80 / 100])
     assert math.isnan(rows[3].efficiency)
 
 
