@@ -1,4 +1,7 @@
 """Bad input on the command line: one line naming the flag, field or file, exit status 2, nothing written."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -134,6 +137,17 @@ def _flags(parser):
     for command, sub in parser._subparsers._group_actions[0].choices.items():
         found |= {(command, a.option_strings[-1] if a.option_strings else a.metavar) for a in sub._actions}
     return found
+
+
+def test_the_parser_imports_no_heavy_library():
+    """`gmmkit --help` and every flag error answer at once: building the parser (every subcommand) imports
+    none of TensorFlow, Horovod, plotly, ipyparallel or SimpleITK (it imported TensorFlow, 7 s, through
+    gmmkit reproduce's module)."""
+    heavy = ("tensorflow", "horovod", "plotly", "ipyparallel", "SimpleITK", "keras")
+    code = ("import sys; from gmmkit.cli import build_parser; build_parser(); "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_every_flag_has_a_bad_value_test():

@@ -30,13 +30,15 @@ from ..files import atomic_write_json, atomic_write_text, read_jsonl, writable_p
 from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag, stop_on_signals
 from ..strategies import STRATEGIES
-from ..training import RunDir, Trainer
+from .. import training  # its loop (TensorFlow) is imported on first use
+from ..training import RunDir
 from . import claims as claims_lib
 from .lr_find import lr_range_test, write_lr_find
 from .perfmodel import PerfModel, calibrate
 from .sweep import run_dir_for, sweep
 
-# E of each scale: the paper's 100 epochs, and what this project's 2-core machine runs in about two hours
+# E of each scale: the paper's 100 epochs, and a quick one (36 minutes on this project's 2-core machine:
+# REPRODUCTION.md)
 SCALES = {"quick": 6, "paper": 100}
 CAP = 4  # the cap on every run but the sequential one, in multiples of E
 HALVINGS = 8  # at most this many halvings of eta when the sequential run diverges (0.1 down to 4e-4)
@@ -103,7 +105,7 @@ def reproduce(what: ReproduceConfig, say=print, progress: bool = True, overwrite
     out = writable_path("out", what.out)
     state = _open(out, what, overwrite)
     with stop_on_signals(stop) as stop:
-        trainer = Trainer(what.run.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)
+        trainer = training.Trainer(what.run.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)
         if "lr" not in state:
             say("1. learning-rate range test ...")
             found = lr_range_test(what.run, *what.lr_range)

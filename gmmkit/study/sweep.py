@@ -33,7 +33,8 @@ from ..files import atomic_write_json, atomic_write_text, fresh_folder, read_jso
 from ..parallel import launch
 from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag, stop_on_signals
-from ..training import RunDir, Trainer, train_many
+from .. import training  # its loop (TensorFlow) is imported on first use: `gmmkit --help` stays light
+from ..training import RunDir
 from .config import StudyConfig
 from .perfmodel import PerfModel, calibrate, efficiency
 
@@ -100,9 +101,9 @@ class _LocalRuns:
             tqdm.write(f"{label}: epoch {record['epoch']}/{t.epochs}  val {record['val_loss']:.6f}  "
                        f"{record['time_s']:.1f} s")
 
-        self.trainer = Trainer.for_config(cfg, simulate, reuse=self.trainer)
+        self.trainer = training.Trainer.for_config(cfg, simulate, reuse=self.trainer)
         # a failure is recorded in the run's summary.json; the sweep goes on
-        summary, = train_many([cfg], simulate=simulate, callbacks=[show], trainer=self.trainer, stop=self.stop,
+        summary, = training.train_many([cfg], simulate=simulate, callbacks=[show], trainer=self.trainer, stop=self.stop,
                               resume=resume)
         tqdm.write(f"{label}: {summary['status']}" + (f" in {summary['time_to_target_s']:.1f} s"
                                                        if summary.get("time_to_target_s") and not simulate else "")
@@ -337,7 +338,7 @@ def run_study(study: StudyConfig, progress: bool = True, say=print, overwrite: b
     out = fresh_folder(study.out, "study.json", overwrite)
     atomic_write_json(out / "study.json", study.to_dict())
     with stop_on_signals(stop) as stop:
-        trainer = Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)  # traced once
+        trainer = training.Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)  # traced once
         perf = None
         if study.calibrate and not stop:
             say("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
