@@ -514,7 +514,11 @@ def test_dashboard_viewer_follows_the_run_directory(run_dir, tmp_path):
     dash.start()
     dash.viewer.follow(run_dir)  # what each new epoch does for the current run's directory
     deadline = time.monotonic() + 60
-    while dash.viewer.image()[0].shape != (16, 16) and time.monotonic() < deadline:
+
+    def drawn():  # the viewer's thread draws the planes, then writes the info line
+        return dash.viewer.image()[0].shape == (16, 16) and "epoch 3," in dash.viewer.info.value
+
+    while not drawn() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert dash.viewer.inspector is not None and dash.viewer.image()[0].shape == (16, 16)
     assert "epoch 3," in dash.viewer.info.value

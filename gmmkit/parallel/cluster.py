@@ -23,15 +23,13 @@ What it takes care of:
   engines exactly as ``gmmkit train`` places its ranks (:mod:`gmmkit.parallel.placement`); ``slots`` is
   how many engines fit. :meth:`MPICluster.slurm` starts the engines as a SLURM job instead. Engines on
   other hosts connect back to the controller, so it must listen where they reach it: ``controller_ip``.
-* **World size.** An MPI world is fixed when mpiexec starts it, so changing the number of workers restarts
-  the engines: :meth:`MPICluster.resize`.
+* **World size.** An MPI world is fixed when mpiexec starts it: :meth:`MPICluster.resize` restarts the engines.
 * **Launch environment.** The engines' mpiexec gets the same placement flags, forwarded variables and
   OpenMPI settings as ``gmmkit train``, set in the cluster's configuration, so ipyparallel's own
   ``restart_engines`` keeps them (:mod:`gmmkit.parallel.engines`). Each rank runs TensorFlow with its
   host's ``cores / local ranks`` threads unless ``train.threads`` says otherwise.
-* **Exposure.** The controller listens on 127.0.0.1 only, unless you pass ``controller_ip`` (the address of
-  the interface the engines' hosts reach), and the connection files, which hold the key without which
-  nothing runs on the engines, are made readable by their owner only (mode 600).
+* **Exposure.** The controller listens on 127.0.0.1 only unless ``controller_ip`` says otherwise, and the
+  connection files, which hold the key without which nothing runs on the engines, are mode 600.
 * **Runs.** :meth:`MPICluster.train` starts a run on every engine and returns a
   :class:`~gmmkit.parallel.training_run.TrainingRun` at once: rank 0 streams each epoch to the notebook.
   When the engines' MPI job ends under a run (a rank died, a host was lost), ``wait()`` raises naming the
@@ -39,6 +37,7 @@ What it takes care of:
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -63,9 +62,7 @@ class MPICluster:
     Keyword arguments:
 
     ``n``               number of engines = MPI ranks = workers (one per GPU on a GPU machine)
-    ``profile``, ``profile_dir``
-                        the IPython profile whose ``security/`` directory holds the connection files
-                        (default: ipyparallel's default profile)
+    ``profile``, ``profile_dir``  the IPython profile holding the connection files (default: ipyparallel's)
     ``cluster_id``      a name for the cluster (default: a fresh one); ``connect`` finds clusters by it
     ``controller_ip``   interface the controller listens on: ``"127.0.0.1"`` (default, this machine only);
                         anything else exposes it to the network, so pass it only when engines run elsewhere
@@ -274,7 +271,10 @@ class MPICluster:
     def _identities(self, timeout: float = 5.0) -> dict[int, dict]:
         """``{engine id: engine_identity()}`` of the engines that answer within ``timeout`` (dead ones are left
         out)."""
-        pending = {eid: self._client[eid].apply_async(engine_identity) for eid in self._client.ids}
+        pending = {}
+        for eid in list(self._client.ids):
+            with contextlib.suppress(IndexError):  # unregistered since the listing: an engine being replaced
+                pending[eid] = self._client[eid].apply_async(engine_identity)
         deadline = time.monotonic() + timeout
         found = {}
         for eid, result in pending.items():
