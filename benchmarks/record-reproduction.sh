@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Copy a finished `gmmkit reproduce --out SRC` into benchmarks/reproduction/ (REPRODUCTION.md): the tables,
+# claims, protocol, range test, the real batches' logs and every grid point's config.json, metrics.jsonl and
+# summary.json; the figures as PNG (Debian's headless Chromium renders each HTML figure); no checkpoints,
+# snapshots, event files or HTML (4.8 MB a figure). The folder is replaced only once the copy is complete.
+set -euo pipefail
+src=${1:?usage: benchmarks/record-reproduction.sh SRC (a finished gmmkit reproduce --out folder)}
+here=$(cd "$(dirname "$0")" && pwd)
+dst=$here/reproduction
+[ -f "$src/claims.json" ] || { echo "record-reproduction: $src/claims.json: not found (is the reproduction finished?)" >&2; exit 2; }
+command -v chromium >/dev/null || { echo "record-reproduction: chromium is needed to render the figures (apt-get install chromium)" >&2; exit 2; }
+tmp=$(mktemp -d "$here/.reproduction.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+cp "$src"/{claims.json,claims.md,protocol.json,reproduce.json,results.json,tables.md} "$tmp/"
+mkdir -p "$tmp/lr_find" "$tmp/logs" "$tmp/runs"
+cp "$src/lr_find/lr_find.json" "$tmp/lr_find/"
+for log in "$src"/logs/*.log; do  # the real batches' output, less TensorFlow's start-up notices
+  [ -e "$log" ] || continue
+  grep -v -e 'XLA service' -e 'StreamExecutor device' -e 'absl::InitializeLog' -e 'Compiled cluster using XLA' \
+    -e 'SetPriority unimplemented' "$log" > "$tmp/logs/$(basename "$log")" || true
+done
+for run in "$src"/runs/*/; do
+  name=$(basename "$run")
+  mkdir -p "$tmp/runs/$name"
+  cp "$run"/{config.json,metrics.jsonl,summary.json} "$tmp/runs/$name/"
+done
+for html in "$src"/fig*.html; do
+  png=$tmp/$(basename "${html%.html}").png
+  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1100,650 \
+    --virtual-time-budget=10000 --screenshot="$png" "file://$(realpath "$html")" 2>/dev/null
+  [ -s "$png" ] || { echo "record-reproduction: $html: Chromium wrote no PNG" >&2; exit 1; }
+done
+rm -rf "$dst.old"
+[ -d "$dst" ] && mv "$dst" "$dst.old"
+mv "$tmp" "$dst"
+rm -rf "$dst.old"
+trap - EXIT
+echo "recorded $(ls "$dst/runs" | wc -l) runs and $(ls "$dst"/fig*.png | wc -l) figures in $dst"
