@@ -12,8 +12,10 @@ $(READY): pyproject.toml scripts/setup-env.sh
 demo: $(READY)
 	$(BIN)/gmmkit demo --out runs/demo --overwrite
 
+# Two pytest-xdist workers (TEST_WORKERS=0: one process); a file's tests run together (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(READY)
-	PYTHONUTF8=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PYTHONUTF8=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20 $(PYTEST_ARGS)
 
 # The README's screenshots: the browser test, copying its final screenshots into docs/screenshots/.
 screenshots: $(READY)

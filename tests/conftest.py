@@ -26,9 +26,57 @@ needs_horovod = pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
 pytest_plugins = ["support.fixtures"]
 
 
+# `make test` runs the suite on two pytest-xdist workers. Each file's tests go to one worker, so its
+# module-scoped fixtures (a cluster, a reference run) are made once, and the files that use the emulated hosts
+# or SLURM all go to the same one: only one set of hosts can exist on the machine at a time. (xdist's own
+# `--dist loadgroup` no longer groups under pytest 9.2: pytest-xdist issue #1386.)
+HOSTS_FILES = {"test_emulated_hosts.py", "test_hosts_cli.py", "test_hosts_notebook.py", "test_slurm_jobs.py"}
+HOSTS_FIXTURES = {"emulated_hosts", "slurm_cluster"}  # not hosts_pool: every test asks for it (autouse checkup)
+
+
+# The longest units first (about 8, 4, 4 and 3 minutes on one worker of 2 cores), so that no long one is left for the
+# end while the other worker idles; the rest follow in file order.
+FIRST = ["hosts", "tests/test_browser.py", "tests/test_notebooks.py", "tests/test_exact_runs.py",
+         "tests/test_horovod.py", "tests/test_runs.py", "tests/test_faults.py"]
+
+
+def work_unit(nodeid: str) -> str:
+    """The scheduling unit of a test: its file, or "hosts" for every file that uses the emulated hosts."""
+    path = nodeid.split("::", 1)[0]
+    return "hosts" if Path(path).name in HOSTS_FILES else path
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's; without xdist (-p no:xdist) never called
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # the collection's order (below), not the largest count of tests first
+    return ByFile(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: FIRST.index(work_unit(item.nodeid)) if work_unit(item.nodeid) in FIRST
+               else len(FIRST))  # stable: the rest keep their order
+    strays = sorted({item.path.name for item in items if HOSTS_FIXTURES & set(getattr(item, "fixturenames", ()))}
+                    - HOSTS_FILES)
+    if strays:
+        raise pytest.UsageError(f"{', '.join(strays)} use the emulated hosts: add them to HOSTS_FILES in "
+                                "tests/conftest.py (one worker holds the hosts)")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _phantom_cache(tmp_path_factory):
-    os.environ["GMMKIT_CACHE"] = str(tmp_path_factory.mktemp("gmmkit-cache"))
+    """The session's own data cache (never the user's), one for all xdist workers: a data set is built once
+    (about 50 s for the LIDC-shaped phantoms) while the others wait on the cache's lock."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's popen-gwN
+    (root / "gmmkit-cache").mkdir(exist_ok=True)
+    os.environ["GMMKIT_CACHE"] = str(root / "gmmkit-cache")
 
 
 def tiny_config(out, data: dict | None = None, model: dict | None = None, **train) -> RunConfig:
