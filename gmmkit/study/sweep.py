@@ -103,8 +103,8 @@ class _LocalRuns:
 
         self.trainer = training.Trainer.for_config(cfg, simulate, reuse=self.trainer)
         # a failure is recorded in the run's summary.json; the sweep goes on
-        summary, = training.train_many([cfg], simulate=simulate, callbacks=[show], trainer=self.trainer, stop=self.stop,
-                              resume=resume)
+        summary, = training.train_many([cfg], simulate=simulate, callbacks=[show], trainer=self.trainer,
+                                       stop=self.stop, resume=resume)
         tqdm.write(f"{label}: {summary['status']}" + (f" in {summary['time_to_target_s']:.1f} s"
                                                        if summary.get("time_to_target_s") and not simulate else "")
                    + (f" ({summary['error']})" if summary.get("error") else ""))
@@ -338,7 +338,8 @@ def run_study(study: StudyConfig, progress: bool = True, say=print, overwrite: b
     out = fresh_folder(study.out, "study.json", overwrite)
     atomic_write_json(out / "study.json", study.to_dict())
     with stop_on_signals(stop) as stop:
-        trainer = training.Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)  # traced once
+        # traced once, shared by the calibration and every simulated run
+        trainer = training.Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)
         perf = None
         if study.calibrate and not stop:
             say("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
