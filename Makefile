@@ -34,6 +34,7 @@ tensorboard: $(READY)
 # The growth curves as HTML, and as a PNG for RESULTS.md when Debian's chromium is there to render it.
 bench: $(READY)
 	$(BIN)/gmmkit bench --json benchmarks/results.json --plot benchmarks/growth.html
+	$(BIN)/python benchmarks/notebook_latency.py --json benchmarks/notebook-latency.json
 	command -v chromium >/dev/null && chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
 		--window-size=1120,780 --virtual-time-budget=10000 --screenshot=benchmarks/growth.png \
 		file://$(CURDIR)/benchmarks/growth.html || true

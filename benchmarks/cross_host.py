@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gmmkit.files import atomic_write_json
 from gmmkit.parallel.placement import LOCAL, parse_hostfile
-from gmmkit.study.bench import bench_config, machine, two_workers
+from gmmkit.study.bench import bench_config, machine_facts, two_workers
 from gmmkit.study.perfmodel import from_measurements, measure_compute
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     cfg = bench_config(50, train_size=args.train_size)
     compute = measure_compute(cfg)
     nbytes = compute["gradient_bytes"]
-    result = {"machine": machine(), "train_size": args.train_size, "compute": compute}
+    result = {"machine": machine_facts(), "train_size": args.train_size, "compute": compute}
     with EmulatedHosts(2) as hosts:
         os.environ.update(hosts.mpi_env())  # the site's launch agent: what a cluster configures once
         where = parse_hostfile(hosts.hostfile)

@@ -15,7 +15,7 @@ TENSORFLOW_IMPORTED_FIRST = "tensorflow" in _sys.modules
 # turns them on by default only on recent Intel CPUs; elsewhere (AMD, older Intel) its CPU Conv3D falls
 # back to Eigen, whose backward passes are several times slower (README "Performance").
 # TF_ENABLE_ONEDNN_OPTS=0 in the environment wins.
-# If TensorFlow was imported before gmmkit, this has no effect: see gmmkit.study.bench.onednn_enabled().
+# If TensorFlow was imported before gmmkit, this has no effect: see gmmkit.machine.onednn_enabled().
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402

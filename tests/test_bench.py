@@ -1,4 +1,4 @@
-"""gmmkit bench: the analytic FLOP count against the built Keras model, and the 2-rank allreduce probe.
+"""gmmkit bench: the analytic FLOP count (gmmkit.model.flops) against the built Keras model, and the 2-rank probes.
 The benchmark's figures themselves are measurements; no test asserts a timing."""
 import time
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gmmkit.config import RunConfig
+from gmmkit.model import flops
 from gmmkit.study import bench
 from gmmkit.study.perfmodel import measure_allreduce
 from gmmkit.timing import take_turns
@@ -30,9 +31,9 @@ def test_forward_flops_match_the_layers_of_the_built_model(cube, filters, latent
     expected += sum(2.0 * d.kernel.shape[0] * d.kernel.shape[1] for d in (mixture.alpha, mixture.mu, mixture.sigma,
                                                                             mixture.corr))
     expected += 2.0 * k * 10 * cube ** 3 + 2.0 * k * cube ** 3  # renderer: features x coefficients, exp, sum
-    assert bench.forward_flops(cfg) == pytest.approx(expected)
+    assert flops.forward_flops(cfg.model, cube) == pytest.approx(expected)
     # backward: gradients of weights and inputs, but none for the data entering the first convolution
-    assert bench.train_flops(cfg) == pytest.approx(3 * expected - first_conv)
+    assert flops.train_flops(cfg.model, cube) == pytest.approx(3 * expected - first_conv)
 
 
 @pytest.mark.mpi
@@ -79,7 +80,7 @@ def test_gmmkit_turns_on_onednn_unless_the_user_turned_it_off(setting, expected)
     env["TF_CPP_MIN_LOG_LEVEL"] = "0"
     if setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
-    code = "import gmmkit.study.bench as b; import tensorflow; print(b.onednn_enabled())"
+    code = "import gmmkit.machine as m; import tensorflow; print(m.onednn_enabled())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == str(expected)
@@ -119,19 +120,6 @@ def test_the_table_shows_the_cross_host_figures_beside_the_same_host_ones():
     assert "gmk-node0, gmk-node1" in line and f"{cross['allreduce']['horovod_s'] * 1e3:.2f} ms (same host" in line
     assert f"strong_efficiency_n2 {cross['strong_efficiency_n2']:.3f} = batch_split" in line
     assert "across hosts" not in bench.format_table(result)
-
-
-@pytest.mark.mpi
-def test_notebook_latency_drives_the_dashboard_on_a_real_cluster(tmp_path):
-    from conftest import tiny_config
-
-    cfg = tiny_config(tmp_path / "unused", epochs=50)
-    result = bench.notebook_latency(cfg, workers=2, starts=2, timeout=120)
-    assert result["workers"] == 2 and len(result["later_starts_s"]) == 1 and len(result["epoch_time_s"]) == 2
-    # measured from Start, so each latency holds its first epoch; each run was stopped, not run to 50 epochs
-    assert result["first_start_s"] > result["epoch_time_s"][0] > 0
-    assert result["later_starts_s"][0] > result["epoch_time_s"][1] > 0
-    assert result["status"] == ["stopped", "stopped"]
 
 
 def test_timers_take_turns_and_each_keeps_its_own_times():

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from gmmkit.errors import InputError, LaunchError
+from gmmkit.cluster import MPICluster
+from gmmkit.machine import available_cores
 from gmmkit.parallel import launch
-from gmmkit.parallel.cluster import MPICluster
 
 from conftest import needs_horovod, tiny_config
 
@@ -40,7 +41,7 @@ def test_arguments_are_checked():
 def test_engine_launch_settings():
     c = MPICluster(n=1, mpi_args=["--report-bindings"], env={"GMMKIT_X": "1"})
     assert c.engine_mpi_args(1)[-1] == "--report-bindings"
-    assert "--oversubscribe" in c.engine_mpi_args(launch.available_cores() + 1)
+    assert "--oversubscribe" in c.engine_mpi_args(available_cores() + 1)
     assert "--oversubscribe" not in c.engine_mpi_args(1)
     assert "--host" not in c.engine_mpi_args(1)  # this machine only
     env = c.engine_env()

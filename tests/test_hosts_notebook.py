@@ -12,7 +12,7 @@ import ipyparallel as ipp
 import pytest
 
 from gmmkit.files import read_jsonl
-from gmmkit.parallel.cluster import MPICluster
+from gmmkit.cluster import MPICluster
 from gmmkit.ui.dashboard import Dashboard
 
 from conftest import needs_horovod, tiny_config

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gmmkit.files import read_jsonl
-from gmmkit.parallel.cluster import MPICluster
+from gmmkit.cluster import MPICluster
 
 from conftest import ROOT, needs_horovod, tiny_config
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gmmkit.data.cubes import CubeSet
-from gmmkit.parallel.training_run import RunHandle, TrainingRun
+from gmmkit.cluster import RunHandle, TrainingRun
 from gmmkit.plots import live, slices
 from gmmkit.training import RunDir
 from gmmkit.ui import Dashboard, SliceViewer

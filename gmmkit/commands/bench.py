@@ -1,16 +1,20 @@
 """``gmmkit bench``: the performance figures of this machine, measured in one run (see gmmkit.study.bench)."""
 from __future__ import annotations
 
-from ..cli import CLIError, add_placement_flags, placement_from_args
+from ..errors import CLIError
 from ..files import writable_path
+from .flags import Flag, add_flags, add_placement_flags, placement_from_args
+
+FLAGS = (
+    Flag("--quick", action="store_true", help="fewer sizes and repeats (a few minutes)"),
+    Flag("--json", metavar="FILE", help="also write the figures as JSON"),
+    Flag("--plot", metavar="FILE", help="also write the cost-growth curves as a standalone HTML figure"),
+)
 
 
 def register(sub):
     p = sub.add_parser("bench", help="measure step cost, MFU, allreduce and 2-worker efficiency on this machine")
-    p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a few minutes)")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
-    p.add_argument("--plot", default=None, metavar="FILE",
-                   help="also write the cost-growth curves as a standalone HTML figure")
+    add_flags(p, FLAGS)
     add_placement_flags(p)  # two hosts or more: the allreduce and the 2-worker efficiency across hosts too
     p.set_defaults(func=run)
     return p

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..cli import add_placement_flags, placement_from_args
 from ..config import RunConfig
 from ..study.config import StudyConfig
-from .sweep import report
+from .flags import Flag, add_flags, add_placement_flags, placement_from_args
+from .sweep import OVERWRITE, report
 
 DEMO = StudyConfig(
     run=RunConfig().replace(data={"train_size": 1024, "val_size": 64},
@@ -26,18 +26,22 @@ DEMO = StudyConfig(
     workers=(1, 2, 8, 32), max_real=2, simulate=True, calibrate=True, target_epoch=3, out="runs/demo")
 
 
+FLAGS = (
+    Flag("--out", ("study.out", "out"), metavar="DIR", default=DEMO.out),
+    Flag("--target-epoch", ("study.target_epoch",), int, metavar="E", default=DEMO.target_epoch),
+    Flag("--epochs", ("train.epochs",), int, metavar="MAX", default=DEMO.run.train.epochs),
+    Flag("--exact", ("train.exact",), action=argparse.BooleanOptionalAction, default=DEMO.run.train.exact,
+         help="every run in exact mode, so strong runs follow the sequential path to the last bit "
+              "(default; --no-exact: float32 sums, faster, drifting)"),
+    OVERWRITE,
+)
+
+
 def register(sub):
     p = sub.add_parser("demo", help="the compact study of `make demo`: 4 strategies, n = 1..32, tables, figures")
-    p.add_argument("--out", default=DEMO.out, metavar="DIR")
-    p.add_argument("--target-epoch", type=int, default=DEMO.target_epoch, metavar="E")
-    p.add_argument("--epochs", type=int, default=DEMO.run.train.epochs, metavar="MAX")
-    p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=DEMO.run.train.exact,
-                   help="every run in exact mode, so strong runs follow the sequential path to the last bit "
-                        "(default; --no-exact: float32 sums, faster, drifting)")
-    p.add_argument("--overwrite", action="store_true", help="replace the earlier demo --out holds")
+    add_flags(p, FLAGS)
     add_placement_flags(p)
-    p.set_defaults(func=run, flags={"study.out": "--out", "out": "--out", "study.target_epoch": "--target-epoch",
-                                    "train.epochs": "--epochs", "train.exact": "--exact"})
+    p.set_defaults(func=run)
     return p
 
 

@@ -1,22 +1,23 @@
 """``gmmkit lr-find``: a learning-rate range test to find the largest rate that still converges."""
 from __future__ import annotations
 
-from ..cli import add_run_flags, config_from_args
+from .flags import Flag, add_flags, add_run_flags, config_from_args
+
+FLAGS = (Flag("--lr-min", ("lr_find.lr_min",), float, default=1e-5),
+         Flag("--lr-max", ("lr_find.lr_max",), float, default=1e-1),
+         Flag("--steps", ("lr_find.steps",), int, default=100))
 
 
 def register(sub):
     p = sub.add_parser("lr-find", help="learning-rate range test (the paper used the largest stable rate)")
     add_run_flags(p, out_default="runs/lr-find")
-    p.add_argument("--lr-min", type=float, default=1e-5)
-    p.add_argument("--lr-max", type=float, default=1e-1)
-    p.add_argument("--steps", type=int, default=100)
-    p.set_defaults(func=run, flags={"lr_find.lr_min": "--lr-min", "lr_find.lr_max": "--lr-max",
-                                    "lr_find.steps": "--steps"})
+    add_flags(p, FLAGS)
+    p.set_defaults(func=run)
     return p
 
 
 def run(args, parser) -> int:
-    cfg = config_from_args(args, parser)
+    cfg = config_from_args(args)
     from ..study.lr_find import lr_range_test, write_lr_find  # heavy: TensorFlow
 
     result = lr_range_test(cfg, args.lr_min, args.lr_max, args.steps)

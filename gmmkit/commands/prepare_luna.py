@@ -10,28 +10,32 @@ from __future__ import annotations
 
 import sys
 
-from ..cli import CLIError
+from ..errors import CLIError
 from ..files import writable_path
+from .flags import Flag, add_flags
 
-FLAGS = {"luna.scans": "--scans", "luna.dicom": "--dicom", "luna.annotations": "--annotations",
-         "luna.cube": "--cube", "luna.spacing_mm": "--spacing", "luna.jobs": "--jobs"}
+WHERE = (
+    Flag("--scans", ("luna.scans",), metavar="DIR", help="folder with <seriesuid>.mhd + .raw files (any depth)"),
+    Flag("--dicom", ("luna.dicom",), metavar="DIR", help="folder with one sub-folder per DICOM series (the CSV's "
+         "seriesuid is the SeriesInstanceUID)"),
+)
+FLAGS = (
+    Flag("--annotations", ("luna.annotations",), metavar="CSV", required=True,
+         help="seriesuid,coordX,coordY,coordZ[,diameter_mm] in world mm (LUNA16 annotations.csv)"),
+    Flag("--out", ("out",), metavar="FILE", required=True, help="the .npz to write (e.g. cubes.npz)"),
+    Flag("--cube", ("luna.cube",), int, "voxels per side (default %(default)s)", "S", default=16),
+    Flag("--spacing", ("luna.spacing_mm",), float, "isotropic voxel size (default %(default)s)", "MM", default=1.0),
+    Flag("--jobs", ("luna.jobs",), int, "scans read in parallel (processes)", "N", default=1),
+    Flag("--no-progress", action="store_true", help="no progress bar"),
+)
 
 
 def register(sub):
     p = sub.add_parser("prepare-luna", help="cut nodule cubes from LUNA16 .mhd scans or DICOM series",
                        description=__doc__.replace("``", "").strip())
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--scans", metavar="DIR", help="folder with <seriesuid>.mhd + .raw files (any depth)")
-    where.add_argument("--dicom", metavar="DIR", help="folder with one sub-folder per DICOM series "
-                       "(the CSV's seriesuid is the SeriesInstanceUID)")
-    p.add_argument("--annotations", required=True, metavar="CSV",
-                   help="seriesuid,coordX,coordY,coordZ[,diameter_mm] in world mm (LUNA16 annotations.csv)")
-    p.add_argument("--out", required=True, metavar="FILE", help="the .npz to write (e.g. cubes.npz)")
-    p.add_argument("--cube", type=int, default=16, metavar="S", help="voxels per side (default %(default)s)")
-    p.add_argument("--spacing", type=float, default=1.0, metavar="MM", help="isotropic voxel size (default %(default)s)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="scans read in parallel (processes)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run, flags=FLAGS)
+    add_flags(p, WHERE, p.add_mutually_exclusive_group(required=True))
+    add_flags(p, FLAGS)
+    p.set_defaults(func=run)
     return p
 
 

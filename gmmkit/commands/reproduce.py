@@ -11,29 +11,29 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import add_placement_flags, placement_from_args
 from ..signals import StopFlag
 from ..study.reproduce import SCALES, ReproduceConfig
+from .flags import Flag, add_flags, add_placement_flags, placement_from_args
 
-FLAGS = {"train.exact": "--exact", "reproduce.scale": "--scale", "reproduce.target_epoch": "--target-epoch",
-         "reproduce.max_real": "--max-real", "out": "--out", "reproduce.out": "--out"}
+FLAGS = (
+    Flag("--out", ("reproduce.out", "out"), metavar="DIR", required=True),
+    Flag("--scale", ("reproduce.scale",), default="quick", help=f"{' or '.join(SCALES)} (default %(default)s)"),
+    Flag("--target-epoch", ("reproduce.target_epoch",), int, "E instead of the scale's", "E"),
+    Flag("--max-real", ("reproduce.max_real",), int, "real Horovod ranks up to N workers, simulated above (default: "
+         "every slot of the hosts, or of the SLURM allocation, else this machine's cores)", "N"),
+    Flag("--exact", ("train.exact",), action=argparse.BooleanOptionalAction, default=True,
+         help="every run in exact mode (default; --no-exact: float32 sums, whose real ranks drift)"),
+    Flag("--overwrite", action="store_true", help="start over in a folder holding another reproduction"),
+    Flag("--no-progress", action="store_true"),
+)
 
 
 def register(sub):
     p = sub.add_parser("reproduce", help="the paper's protocol end to end: eta, target, grid, tables, claims",
                        description=__doc__.replace("``", "").strip())
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--scale", default="quick", help=f"{' or '.join(SCALES)} (default %(default)s)")
-    p.add_argument("--target-epoch", type=int, default=None, metavar="E", help="E instead of the scale's")
-    p.add_argument("--max-real", type=int, default=None, metavar="N",
-                   help="real Horovod ranks up to N workers, simulated above (default: every slot of the hosts, "
-                        "or of the SLURM allocation, else this machine's cores)")
-    p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True,
-                   help="every run in exact mode (default; --no-exact: float32 sums, whose real ranks drift)")
-    p.add_argument("--overwrite", action="store_true", help="start over in a folder holding another reproduction")
-    p.add_argument("--no-progress", action="store_true")
+    add_flags(p, FLAGS)
     add_placement_flags(p)
-    p.set_defaults(func=run, flags=FLAGS)
+    p.set_defaults(func=run)
     return p
 
 

@@ -3,12 +3,27 @@ from __future__ import annotations
 
 import sys
 
-from ..cli import CLIError, add_placement_flags, add_run_flags, config_from_args, placement_from_args
+from ..errors import CLIError
 from ..strategies import STRATEGIES
 from ..study.config import StudyConfig
+from .flags import Flag, add_flags, add_placement_flags, add_run_flags, config_from_args, placement_from_args
 
-FLAGS = {"study.strategies": "--strategies", "study.workers": "--workers", "study.max_real": "--max-real",
-         "study.target_epoch": "--target-epoch"}
+MAX_REAL = Flag("--max-real", ("study.max_real",), int, "run real Horovod ranks up to N workers (default: every slot "
+                "of the hosts, or of the SLURM allocation, else this machine's cores)", "N")
+TARGET_EPOCH = Flag("--target-epoch", ("study.target_epoch",), int, "set the target to the validation loss the "
+                    "sequential run reaches after E epochs (the paper's rule, with E about 100) instead of --target-loss",
+                    "E")
+OVERWRITE = Flag("--overwrite", action="store_true", help="replace the earlier study --out holds")
+FLAGS = (
+    Flag("--strategies", ("study.strategies",), dest="strategy_list", default=",".join(STRATEGIES), metavar="S,S,..."),
+    Flag("--workers", ("study.workers",), dest="worker_list", default="1,2,4,8,16,32", metavar="N,N,..."),
+    MAX_REAL,
+    Flag("--simulate", action="store_true",
+         help="simulate worker counts above --max-real on one process (else they are skipped)"),
+    Flag("--no-calibrate", action="store_true", help="skip measuring the wall-time model"),
+    TARGET_EPOCH,
+    OVERWRITE,
+)
 
 
 def _csv(flag: str, kind, text: str) -> list:
@@ -22,28 +37,18 @@ def _csv(flag: str, kind, text: str) -> list:
 def register(sub):
     p = sub.add_parser("sweep", help="time to target for strategies x worker counts, with tables and figures")
     add_run_flags(p, out_default="runs/sweep")
-    p.add_argument("--strategies", dest="strategy_list", default=",".join(STRATEGIES), metavar="S,S,...")
-    p.add_argument("--workers", dest="worker_list", default="1,2,4,8,16,32", metavar="N,N,...")
-    p.add_argument("--max-real", type=int, default=None, metavar="N",
-                   help="run real Horovod ranks up to N workers (default: every slot of the hosts, or of the "
-                        "SLURM allocation, else this machine's cores)")
-    p.add_argument("--simulate", action="store_true",
-                   help="simulate worker counts above --max-real on one process (else they are skipped)")
-    p.add_argument("--no-calibrate", action="store_true", help="skip measuring the wall-time model")
-    p.add_argument("--target-epoch", type=int, default=None, metavar="E",
-                   help="set the target to the validation loss the sequential run reaches after E epochs "
-                        "(the paper's rule, with E about 100) instead of --target-loss")
-    p.add_argument("--overwrite", action="store_true", help="replace the earlier study --out holds")
+    add_flags(p, FLAGS)
     add_placement_flags(p)
-    p.set_defaults(func=run, flags=FLAGS)
+    p.set_defaults(func=run)
     return p
 
 
-def study_from_args(args, parser) -> StudyConfig:
-    return StudyConfig(run=config_from_args(args, parser), strategies=_csv("--strategies", str, args.strategy_list),
+def study_from_args(args) -> StudyConfig:
+    run = config_from_args(args)
+    return StudyConfig(run=run, strategies=_csv("--strategies", str, args.strategy_list),
                        workers=_csv("--workers", int, args.worker_list), max_real=args.max_real,
                        simulate=args.simulate, calibrate=not args.no_calibrate, target_epoch=args.target_epoch,
-                       out=args.out, placement=placement_from_args(args)).validate()
+                       out=run.out, placement=placement_from_args(args)).validate()
 
 
 def report(rows, out: str) -> int:
@@ -64,7 +69,7 @@ def report(rows, out: str) -> int:
 
 
 def run(args, parser) -> int:
-    study = study_from_args(args, parser)
+    study = study_from_args(args)
     from ..study.sweep import run_study  # heavy: TensorFlow
 
     return report(run_study(study, say=lambda line: print(line, flush=True), overwrite=args.overwrite), study.out)

@@ -10,40 +10,45 @@ new one is complete.
 """
 from __future__ import annotations
 
-FLAGS = {"synthesis.n": "--n", "synthesis.size": "--size", "synthesis.method": "--method",
-         "synthesis.format": "--format", "synthesis.seed": "--seed", "synthesis.source": "--from",
-         "synthesis.spacing_mm": "--spacing", "synthesis.gallery_rows": "--gallery",
-         "synthesis.mean_jitter": "--mean-jitter", "synthesis.sigma_jitter": "--sigma-jitter",
-         "synthesis.concentration": "--concentration", "synthesis.groups": "--groups",
-         "synthesis.temperature": "--temperature"}
+from .flags import Flag, add_flags
+
+FLAGS = (
+    Flag("--run", metavar="RUN_DIR", required=True, help="a run directory (config.json, checkpoint.npz)"),
+    Flag("--out", ("out",), metavar="DIR", required=True),
+    Flag("--n", ("synthesis.n",), int, "how many nodules (default %(default)s)", default=100),
+    Flag("--size", ("synthesis.size",), int, "voxels per side (default: the training cube)", "S"),
+    Flag("--method", ("synthesis.method",), help="perturb or sample (default %(default)s)", default="perturb"),
+    Flag("--format", ("synthesis.format",), help="nii.gz or mhd (default %(default)s)", default="nii.gz"),
+    Flag("--seed", ("synthesis.seed",), int, default=0),
+    Flag("--from", ("synthesis.source",), dest="source", metavar="NPZ",
+         help="encode these cubes instead of the run's validation split"),
+    Flag("--spacing", ("synthesis.spacing_mm",), float, "training voxel size (default: stored in the cubes' .npz, "
+         "else 1.0)", "MM"),
+    Flag("--hu", action="store_true", help="also write each nodule in Hounsfield units"),
+    Flag("--gallery", ("synthesis.gallery_rows",), int, "real nodules in gallery.html (0: none)", "ROWS", default=6),
+)
+PERTURB = (
+    Flag("--mean-jitter", ("synthesis.mean_jitter",), float, "mean shift, in component sigmas", "X", default=0.1),
+    Flag("--sigma-jitter", ("synthesis.sigma_jitter",), float, "log-normal sigma scale spread", "X", default=0.1),
+    Flag("--concentration", ("synthesis.concentration",), float, "Dirichlet concentration of weights", "C",
+         default=100.0),
+)
+SAMPLE = (
+    Flag("--groups", ("synthesis.groups",), int, "k-means groups of the encoded set", "G", default=1),
+    Flag("--temperature", ("synthesis.temperature",), float, "spread of the draws (0: group means)", "T", default=1.0),
+)
+ENDING = (Flag("--overwrite", action="store_true", help="replace the earlier synthesis --out holds"),
+          Flag("--no-progress", action="store_true"))
 
 
 def register(sub):
     p = sub.add_parser("synthesize", help="generate new nodules from a trained run",
                        description=__doc__.replace("``", "").strip())
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory (config.json, checkpoint.npz)")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--n", type=int, default=100, help="how many nodules (default %(default)s)")
-    p.add_argument("--size", type=int, default=None, metavar="S", help="voxels per side (default: the training cube)")
-    p.add_argument("--method", default="perturb", help="perturb or sample (default %(default)s)")
-    p.add_argument("--format", default="nii.gz", help="nii.gz or mhd (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--from", dest="source", default=None, metavar="NPZ",
-                   help="encode these cubes instead of the run's validation split")
-    p.add_argument("--spacing", type=float, default=None, metavar="MM",
-                   help="training voxel size (default: stored in the cubes' .npz, else 1.0)")
-    p.add_argument("--hu", action="store_true", help="also write each nodule in Hounsfield units")
-    p.add_argument("--gallery", type=int, default=6, metavar="ROWS", help="real nodules in gallery.html (0: none)")
-    g = p.add_argument_group("perturb")
-    g.add_argument("--mean-jitter", type=float, default=0.1, metavar="X", help="mean shift, in component sigmas")
-    g.add_argument("--sigma-jitter", type=float, default=0.1, metavar="X", help="log-normal sigma scale spread")
-    g.add_argument("--concentration", type=float, default=100.0, metavar="C", help="Dirichlet concentration of weights")
-    g = p.add_argument_group("sample")
-    g.add_argument("--groups", type=int, default=1, metavar="G", help="k-means groups of the encoded set")
-    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="spread of the draws (0: group means)")
-    p.add_argument("--overwrite", action="store_true", help="replace the earlier synthesis --out holds")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run, flags=FLAGS)
+    add_flags(p, FLAGS)
+    add_flags(p, PERTURB, p.add_argument_group("perturb"))
+    add_flags(p, SAMPLE, p.add_argument_group("sample"))
+    add_flags(p, ENDING)
+    p.set_defaults(func=run)
     return p
 
 

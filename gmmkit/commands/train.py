@@ -7,36 +7,31 @@ strong scaling, --workers may change). SIGINT and SIGTERM end the run after its 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from ..cli import CLIError, add_placement_flags, add_run_flags, config_from_args, placement_from_args
 from ..parallel import launch
 from ..signals import stop_on_signals
-from ..strategies import STRATEGIES
+from ..training.launcher import Launched, train_or_launch
 from ..training.rundir import RunDir
+from .flags import STRATEGY, WORKERS, Flag, add_flags, add_placement_flags, add_run_flags, config_from_args, run_out
+
+LAUNCHER = Flag("--launcher", choices=("mpirun", "horovodrun"), default="mpirun")
+SIMULATE = Flag("--simulate", action="store_true",
+                help="follow the optimisation path of N workers exactly, on this one process")
+RESUME = Flag("--resume", action="store_true",
+              help="continue the run in --out from its last checkpoint, with its own config")
+OVERWRITE = Flag("--overwrite", action="store_true", help="replace the run --out holds")
 
 
 def register(sub):
     p = sub.add_parser("train", help="train DeepDensity (one process, or n Horovod ranks)",
                        description=__doc__.replace("``", "").strip())
     add_run_flags(p)
-    add_parallel_flags(p)
+    add_flags(p, (STRATEGY, WORKERS, LAUNCHER, SIMULATE))
     add_placement_flags(p)
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its last checkpoint, with its own config")
-    how.add_argument("--overwrite", action="store_true", help="replace the run --out holds")
+    add_flags(p, (RESUME, OVERWRITE), p.add_mutually_exclusive_group())
     p.set_defaults(func=run)
     return p
-
-
-def add_parallel_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", choices=STRATEGIES, default="strong")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="Horovod ranks (one per GPU)")
-    p.add_argument("--launcher", choices=("mpirun", "horovodrun"), default="mpirun")
-    p.add_argument("--simulate", action="store_true",
-                   help="follow the optimisation path of N workers exactly, on this one process")
 
 
 def print_epoch(record: dict, epochs: int) -> None:
@@ -61,38 +56,25 @@ def print_summary(summary: dict, out: str) -> None:
 def run(args, parser) -> int:
     with stop_on_signals() as stop:  # before anything heavy loads: a signal during start-up is not lost
         # --resume starts from the run's own config.json (a --config file instead is checked against it)
-        base = RunDir.open(args.out, "--out").config() if args.resume and not args.config else None
-        cfg = config_from_args(args, parser, base=base)
+        base = RunDir.open(run_out(args), "--out").config() if args.resume and not args.config else None
+        cfg = config_from_args(args, base=base)
         mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
-        n = cfg.train.workers
-        launching = n > 1 and not args.simulate and not launch.launched_in_parallel()
-        if launching or ((args.hosts or args.hostfile) and not launch.launched_in_parallel()):
-            where = placement_from_args(args)  # checked even when unused: every flag is
-            where.check_workers(n)
-        if launching:
-            return _launch(cfg, args, mode, stop, where)
-        if launch.launched_in_parallel() and not args.simulate and launch.launcher_size() != n:
-            raise CLIError(f"--workers {n}: this job was started with {launch.launcher_size()} ranks")
-        from ..training import train  # heavy: TensorFlow
-
-        summary = train(cfg, callbacks=[lambda r: print_epoch(r, cfg.train.epochs)], resume=args.resume,
-                        overwrite=args.overwrite, simulate=args.simulate, stop=stop)
+        ended = train_or_launch(cfg, launch.gmmkit_argv(*args.argv), mode, args.simulate, args.hosts, args.hostfile,
+                                args.launcher, stop, callbacks=[lambda r: print_epoch(r, cfg.train.epochs)],
+                                say=lambda line: print(line, flush=True))
+    if isinstance(ended, Launched):
+        return _report_launched(ended, cfg, args.launcher)
     if launch.launcher_rank() == 0:
-        print_summary(summary, cfg.out)
-    return 0 if summary["status"] in ("reached_target", "max_epochs") else 1
+        print_summary(ended, cfg.out)
+    return 0 if ended["status"] in ("reached_target", "max_epochs") else 1
 
 
-def _launch(cfg, args, mode: str, stop, where) -> int:
-    from ..training.launcher import run_on_ranks
-
-    on = "" if where.is_local else f" on {where.describe()}"
-    print(f"launching {cfg.train.workers} ranks with {args.launcher}{on}", flush=True)
-    ended = run_on_ranks(cfg, launch.gmmkit_argv(*args.argv), mode, args.launcher, stop=stop, placement=where)
+def _report_launched(ended: Launched, cfg, launcher: str) -> int:
     if ended.failure and ended.finished_by_launcher:
-        print(f"gmmkit train: error: {ended.failure}; {args.launcher} stopped the other ranks. The metrics of "
+        print(f"gmmkit train: error: {ended.failure}; {launcher} stopped the other ranks. The metrics of "
               f"every finished epoch are in {cfg.out}; continue with --resume.", file=sys.stderr, flush=True)
     elif ended.finished_by_launcher and ended.summary:
-        print(f"status {ended.summary['status']} after {ended.summary.get('epochs', 0)} epochs ({ended.summary['error']}); "
-              f"run files in {cfg.out}", flush=True)
+        print(f"status {ended.summary['status']} after {ended.summary.get('epochs', 0)} epochs "
+              f"({ended.summary['error']}); run files in {cfg.out}", flush=True)
     return ended.code if ended.code else (0 if (ended.summary or {}).get("status") in ("reached_target", "max_epochs")
                                           else 1)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..machine import available_cores
 from .cache import cache_dir, cached_build, file_digest, key
 from .cubes import CubeSet
 from .lidc import LidcOptions, build_lidc, options_json
@@ -25,7 +26,7 @@ def load_lidc(options: LidcOptions = LidcOptions(), database: str | os.PathLike 
     """The LIDC cube set of ``options``: read from the cache, or built there first (``jobs`` processes, by
     default one per available core). Deterministic: the same options give the same arrays."""
     options.validate()
-    jobs = len(os.sched_getaffinity(0)) if jobs is None else jobs
+    jobs = available_cores() if jobs is None else jobs
     build = lambda: build_lidc(options, database, jobs, progress)[0]  # noqa: E731
     return cached_build(cache_path(options, database), build, _read, CubeSet.save)[0]
 

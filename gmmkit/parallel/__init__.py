@@ -1,2 +1,3 @@
-"""Running on many processes: Horovod (:mod:`.distributed`), starting ranks (:mod:`.launch`), the program
-the ranks run (:mod:`.ranks`) and the notebook's MPI cluster (:mod:`.cluster`, :mod:`.training_run`)."""
+"""Running on many processes: Horovod and MPI (:mod:`.distributed`), where ranks run (:mod:`.placement`) and
+starting them (:mod:`.launch`, the only place mpirun starts). Below :mod:`gmmkit.training`; the program the
+ranks run is :mod:`gmmkit.ranks`, the notebook's MPI cluster :mod:`gmmkit.cluster`."""

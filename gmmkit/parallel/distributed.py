@@ -38,8 +38,9 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from ..machine import available_cores
 from ..timing import mean_seconds
-from .launch import available_cores, launched_in_parallel
+from .launch import launched_in_parallel
 
 
 class LocalContext:
@@ -223,3 +224,15 @@ def allreduce_probe(nbytes: int, repeats: int = 20, rounds: int = 8) -> dict:
         times["mpi_beside_horovod_s"].append(plain_mpi())
         shutdown()
     return {**{key: float(np.median(t)) for key, t in times.items()}, "bytes": nbytes, "ranks": comm.Get_size()}
+
+
+def versions() -> dict:
+    """The versions of the libraries a figure depends on: TensorFlow, Horovod (None when not installed), and the
+    GPUs TensorFlow sees."""
+    try:
+        import horovod  # heavy: only its version
+
+        hvd_version = horovod.__version__
+    except ImportError:
+        hvd_version = None
+    return {"tensorflow": tf.__version__, "horovod": hvd_version, "gpus": len(tf.config.list_physical_devices("GPU"))}

@@ -3,7 +3,7 @@
 ``gmmkit train --workers 4`` run from a shell re-executes itself under ``mpirun -np 4``; each rank then sees
 the launcher's environment (:func:`launched_in_parallel`) and joins the Horovod job. Started by hand
 (``horovodrun -np 4 gmmkit train ...`` or ``mpirun -np 4 gmmkit train ...``) it joins directly. The sweep's
-batches and the benchmark's probes run ``python -m gmmkit.parallel.ranks`` the same way
+batches and the benchmark's probes run ``python -m gmmkit.ranks`` the same way
 (:func:`ranks_argv`). ipyparallel's MPI engines take their placement flags and environment from here too
 (:func:`placement_args`, :func:`mpi_settings`).
 
@@ -73,11 +73,6 @@ def launcher_local_rank() -> Optional[int]:
     """This process's place among the ranks on its host, when the launcher says (OpenMPI does)."""
     value = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK")
     return int(value) if value is not None and value.isdigit() else None
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity), not the machine's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # gmmkit's OpenMPI settings, each applied only where the user has not set the parameter (user_mca):
@@ -199,8 +194,8 @@ def gmmkit_argv(*args: str) -> list[str]:
 
 
 def ranks_argv(*args: str) -> list[str]:
-    """``python -m gmmkit.parallel.ranks ARGS``: the program of every other job (sweep batches, probes)."""
-    return [sys.executable, "-m", "gmmkit.parallel.ranks", *args]
+    """``python -m gmmkit.ranks ARGS``: the program of every other job (sweep batches, probes)."""
+    return [sys.executable, "-m", "gmmkit.ranks", *args]
 
 
 # What OpenMPI's mpirun prints when a rank dies (signal) or fails (non-zero exit) and it ends the job, and

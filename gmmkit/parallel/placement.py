@@ -2,7 +2,7 @@
 
 One :class:`Placement` describes it for everything that starts ranks: ``gmmkit train --workers N``, the
 sweep's real runs, the benchmark's probes (:func:`gmmkit.parallel.launch.mpirun_command`) and the
-notebook's MPI engines (:class:`gmmkit.parallel.cluster.MPICluster`). Where it comes from, first match wins:
+notebook's MPI engines (:class:`gmmkit.cluster.MPICluster`). Where it comes from, first match wins:
 
 =================  =====================================================================================
 ``--hosts``        ``a:2,b:2`` (OpenMPI's ``--host`` syntax; a host without ``:N`` has one slot)
@@ -33,6 +33,7 @@ from typing import Mapping, Optional
 
 from .. import checks
 from ..errors import ConfigError
+from ..machine import available_cores
 
 SOURCES = ("local", "hosts", "hostfile", "slurm")
 # a host name or IPv4 address as OpenMPI and DNS accept them
@@ -80,7 +81,7 @@ class Placement:
     def slots(self) -> int:
         """Ranks that fit: the hosts' slots, or this machine's cores when local."""
         if self.is_local:
-            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            return available_cores()
         return sum(slots for _, slots in self.hosts)
 
     @property

@@ -5,7 +5,7 @@ beside it (``gmmkit bench``).
 key                         what it is
 ==========================  ===========================================================================
 ``render_overhead``         training step time with K = 50 over the same step with K = 1
-``mfu``                     training FLOP/s (counted analytically, :func:`train_flops`) over the FLOP/s
+``mfu``                     training FLOP/s (counted analytically, :func:`gmmkit.model.flops.train_flops`) over the FLOP/s
                             of a dense float32 matmul, same process, same thread count
 ``allreduce_vs_mpi``        Horovod allreduce throughput over a plain mpi4py ``Allreduce`` of the same
                             buffer (the model's gradient bytes), 2 ranks, the two taking turns, mpi4py
@@ -19,8 +19,6 @@ factors``                   that job: batch split, shared host, Horovod, rest (:
                             over a default one, at M = 2, 8 and 32, the three and the default taking turns
 ``growth``                  step time against K and cube size, epoch time against the data set size,
                             and the fitted T(n) = Ts + Tp/n + c log2(n) predicted out to 32 workers
-``notebook_latency_s``      from Start on the dashboard to the first streamed epoch, 2 MPI engines
-                            started beforehand (``notebook_latency``: also later Starts, warm)
 ``cross_host``              with ``--hostfile``/``--hosts`` of two hosts or more: the allreduce and the
                             2-worker efficiency (with its factors) again, one rank on each of two hosts
                             (:func:`cross_host`); the model's c then comes from there
@@ -28,25 +26,25 @@ factors``                   that job: batch split, shared host, Horovod, rest (:
 
 The steps for every K and the matmul are timed in turns (:func:`gmmkit.timing.take_turns`): on a shared
 host the speed drifts by tens of percent within minutes, and taking turns keeps that out of both ratios.
-Multi-rank figures run as ``mpirun -np N python -m gmmkit.parallel.ranks allreduce|scaling`` jobs that print
-one JSON line on rank 0. No figure here is asserted by a test: they are measurements, not pass/fail checks.
+Multi-rank figures run as ``mpirun -np N python -m gmmkit.ranks allreduce|scaling`` jobs that print
+one JSON line on rank 0. No figure here is asserted by a test: they are measurements, not pass/fail checks. The notebook's latency
+(Start on the dashboard to the first streamed epoch) is ``benchmarks/notebook_latency.py``.
 """
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 from typing import Optional
 
 import numpy as np
 
-from .. import TENSORFLOW_IMPORTED_FIRST, strategies
+from .. import machine
 from ..config import RunConfig
-from ..model.config import KERNELS
-from ..parallel import distributed, launch
+from ..model.flops import matmul_timer, train_flops
+from ..parallel import launch
 from ..parallel.placement import LOCAL, Placement
-from ..timing import mean_seconds, take_turns
+from ..timing import take_turns
 from .perfmodel import from_measurements, measure_allreduce, measure_compute, time_steps
 
 MATMUL_N = 1024  # the dense-matmul reference: (1024 x 1024) @ (1024 x 1024), float32
@@ -63,35 +61,6 @@ def bench_config(components: int = 50, cube: int = 16, train_size: int = 256) ->
                                train={"threads": 1, "target_loss": None, "epochs": 1})
 
 
-# --- analytic FLOPs ------------------------------------------------------------------------
-
-def _conv_flops(cfg: RunConfig) -> list:
-    """Forward FLOPs of each Conv3D of the encoder, for one sample."""
-    size, channels, flops = cfg.data.cube, 1, []
-    for k in KERNELS:
-        size -= k - 1
-        flops.append(2.0 * size ** 3 * k ** 3 * channels * cfg.model.filters)
-        channels = cfg.model.filters
-    return flops
-
-
-def forward_flops(cfg: RunConfig) -> float:
-    """Floating-point operations of one sample's forward pass (a multiply-add counts 2)."""
-    s, f, k_mix, latent = cfg.data.cube, cfg.model.filters, cfg.model.components, cfg.model.latent
-    size = s - sum(k - 1 for k in KERNELS)
-    flops = sum(_conv_flops(cfg))
-    flops += 2.0 * size ** 3 * f * latent  # dense latent
-    flops += 2.0 * latent * 10 * k_mix  # heads: alpha K, mu 3K, sigma 3K, correlations 3K
-    flops += 2.0 * k_mix * 10 * s ** 3 + 2.0 * k_mix * s ** 3  # renderer: quadratic features, exp and sum
-    return flops
-
-
-def train_flops(cfg: RunConfig) -> float:
-    """One sample's training step: forward plus backward (gradients of weights and of inputs), 3 x forward,
-    less the first convolution's input gradient, which nothing needs (its input is the data)."""
-    return 3.0 * forward_flops(cfg) - _conv_flops(cfg)[0]
-
-
 # --- single-process measurements ----------------------------------------------------------
 
 def _trainer(cfg: RunConfig):
@@ -103,23 +72,6 @@ def _trainer(cfg: RunConfig):
 def step_timer(trainer, batch: int = 32):
     """A :func:`take_turns` timer: seconds of one training step of ``batch`` samples of ``trainer``."""
     return lambda: time_steps(trainer, batch, 1, warm=False)[0]
-
-
-def matmul_timer(n: int = 1024):
-    """A :func:`take_turns` timer: seconds of one dense float32 (n x n) @ (n x n) product on this process's
-    TensorFlow threads (``2 n^3`` FLOPs)."""
-    import tensorflow as tf  # heavy
-
-    a = tf.random.stateless_normal((n, n), seed=(1, 2))
-    b = tf.random.stateless_normal((n, n), seed=(3, 4))
-    mm = tf.function(lambda x, y: tf.reduce_sum(tf.linalg.matmul(x, y)))
-
-    def timer():
-        t0 = time.perf_counter()
-        mm(a, b).numpy()
-        return time.perf_counter() - t0
-
-    return timer
 
 
 def exact_overhead(cfg: RunConfig, default, repeats: int, shards=EXACT_SHARDS) -> dict:
@@ -145,55 +97,9 @@ def epoch_times(cfg: RunConfig, out: str, trainer=None, epochs: int = 1) -> list
 # --- multi-rank probes ----------------------------------------------------------------------
 
 def run_probe(ranks: int, *args: str, timeout: float = 600, placement: Placement = LOCAL) -> dict:
-    """``mpirun -np ranks python -m gmmkit.parallel.ranks ...`` placed by ``placement``; the JSON line rank 0
+    """``mpirun -np ranks python -m gmmkit.ranks ...`` placed by ``placement``; the JSON line rank 0
     prints."""
     return launch.run_json(ranks, launch.ranks_argv(*args), timeout=timeout, placement=placement)
-
-
-def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
-    """In a Horovod job of n ranks: one-worker epochs (rank 0 alone while the others sleep) and n-worker
-    strong-scaling epochs, taking turns ``rounds`` times, each epoch from the config's initial weights on
-    traced models. Measured in turns for the reason :func:`gmmkit.timing.take_turns` gives: a shared
-    host's speed drifts by more than the efficiency's distance from 1.
-
-    Then single steps, also in turns, that split the efficiency into factors (``steps_s``):
-    ``alone_batch`` and ``alone_share``, rank 0 stepping the global batch and one rank's share with the
-    other ranks asleep; ``side_by_side_share``, every rank stepping its share at once without Horovod;
-    ``horovod_share``, the real n-worker step."""
-    from ..training import Trainer  # heavy: TensorFlow
-
-    ctx = distributed.init(1)
-    cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
-    alone = cfg.replace(train={"workers": 1})
-    together = cfg.replace(train={"workers": ctx.size})
-    solo = Trainer(alone, ctx=distributed.LocalContext())
-    team = Trainer(together, ctx=ctx)
-    times: dict = {"1": [], str(ctx.size): []}
-    with tempfile.TemporaryDirectory(prefix="gmmkit-scaling-") as tmp:
-        for i in range(rounds):
-            if ctx.is_chief:
-                times["1"] += epoch_times(alone, os.path.join(tmp, f"one-{i}"), solo)
-            ctx.barrier()
-            times[str(ctx.size)] += epoch_times(together, os.path.join(tmp, f"all-{i}"), team)
-
-    batch = cfg.train.batch_size
-    plan = strategies.plan("strong", ctx.size, batch, cfg.train.lr)
-    start = plan.offset(ctx.rank)
-    x_batch, x_share = solo.data.train[:batch], solo.data.train[start:start + plan.shares[ctx.rank]]
-    steps = {"alone_batch": (True, lambda: solo.step(x_batch, batch)),
-             "alone_share": (True, lambda: solo.step(x_share, batch)),
-             "side_by_side_share": (False, lambda: solo.step(x_share, batch)),
-             "horovod_share": (False, lambda: team.step(x_share, batch))}
-    step_times: dict = {key: [] for key in steps}
-    for i in range(1 + 2 * rounds):  # the first round is untimed: oneDNN sets up its kernels per shape
-        for key, (chief_only, step) in steps.items():
-            ctx.barrier()
-            if ctx.is_chief or not chief_only:
-                seconds = mean_seconds(step, 4)
-                if i:
-                    step_times[key].append(seconds)
-    return {"epochs_s": times, "ranks": ctx.size,
-            "steps_s": {key: float(np.median(t)) for key, t in step_times.items()} if ctx.is_chief else {}}
 
 
 def efficiency_factors(steps_s: dict, efficiency: float, n: int) -> dict:
@@ -213,38 +119,6 @@ def efficiency_factors(steps_s: dict, efficiency: float, n: int) -> dict:
                "horovod": steps_s["side_by_side_share"] / steps_s["horovod_share"]}
     factors["rest"] = efficiency / float(np.prod(list(factors.values())))
     return factors
-
-
-# --- the notebook path ---------------------------------------------------------------------
-
-def notebook_latency(cfg: RunConfig, workers: int = 2, starts: int = 2, timeout: float = 300) -> dict:
-    """Seconds from Start on a :class:`~gmmkit.ui.dashboard.Dashboard` to its first streamed epoch, on an
-    :class:`~gmmkit.parallel.cluster.MPICluster` of ``workers`` engines started beforehand (as a notebook's earlier
-    cell does). The first Start pays the engines' imports and tracing; later ones find them warm. Each run
-    is stopped after its first epoch. ``epoch_time_s``: that epoch's own training time, for comparison."""
-    from ..parallel.cluster import MPICluster  # heavy: ipyparallel
-    from ..ui.dashboard import Dashboard  # heavy: ipywidgets
-
-    latencies, epochs, statuses = [], [], []
-    with MPICluster(n=workers) as cluster, tempfile.TemporaryDirectory(prefix="gmmkit-latency-") as tmp:
-        dash = Dashboard(cluster, base=cfg.replace(train={"workers": workers, "target_loss": None}), out=tmp,
-                         viewer=False, poll_interval=0.02)
-        for _ in range(starts):
-            run = dash.start()
-            deadline = time.monotonic() + timeout
-            while run.first_epoch_s is None and not run.finished.is_set() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if run.first_epoch_s is None:
-                dash.stop()
-                raise RuntimeError(f"notebook latency: no epoch streamed within {timeout} s "
-                                   f"({run.error or 'still running'})")
-            latencies.append(run.first_epoch_s)
-            epochs.append(run.records[0]["epoch_time_s"])
-            dash.stop()
-            dash.wait(timeout=timeout)
-            statuses.append(run.status)
-    return {"first_start_s": latencies[0], "later_starts_s": latencies[1:], "epoch_time_s": epochs,
-            "status": statuses, "workers": workers}
 
 
 # --- the whole benchmark --------------------------------------------------------------------
@@ -271,7 +145,7 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
     cubes = (16, 24) if quick else (16, 24, 32)
     sizes = (128, 256) if quick else (256, 512, 1024)
     began = time.perf_counter()
-    result: dict = {"quick": quick, "machine": machine()}
+    result: dict = {"quick": quick, "machine": machine_facts()}
     tmp = out_dir or tempfile.mkdtemp(prefix="gmmkit-bench-")
 
     progress("step time against K and the matmul reference, in turns (batch 32, one thread) ...")
@@ -281,9 +155,10 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
                       repeats)
     result["render_overhead"] = by_k[50] / by_k[1]
     peak = 2.0 * MATMUL_N ** 3 / by_k.pop("matmul")
-    achieved = 32 * train_flops(bench_config(50)) / by_k[50]
+    per_sample = train_flops(bench_config(50).model, 16)
+    achieved = 32 * per_sample / by_k[50]
     result["mfu"] = achieved / peak
-    result["flops"] = {"train_step_per_sample": train_flops(bench_config(50)), "achieved_per_s": achieved,
+    result["flops"] = {"train_step_per_sample": per_sample, "achieved_per_s": achieved,
                        "matmul_per_s": peak}
 
     progress(f"exact mode: a step in M = {', '.join(map(str, EXACT_SHARDS))} micro-shards over a default step ...")
@@ -323,44 +198,17 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
         "epoch_s_by_train_size": {str(k): v for k, v in by_size.items()},
         "epoch_s_predicted_by_workers": predicted, "perf_model": perf.to_dict(),
     }
-    progress("notebook latency: Start on the dashboard to the first streamed epoch (2 engines) ...")
-    latency = notebook_latency(bench_config(50, train_size=sizes[0]).replace(train={"epochs": 3}))
-    result["notebook_latency_s"] = latency["first_start_s"]
-    result["notebook_latency"] = latency
     result["targets"] = {k: f"{op} {v}" for k, (op, v) in TARGETS.items()}
     result["seconds"] = time.perf_counter() - began
     return result
 
 
-def onednn_enabled() -> Optional[bool]:
-    """Whether TensorFlow runs its CPU kernels through oneDNN. TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS``
-    once, when it is imported; gmmkit sets it to 1 at its own import (``gmmkit/__init__.py``) unless it is
-    set already. None when TensorFlow was imported before gmmkit and the variable was unset (TensorFlow's
-    own default then decides, by CPU)."""
-    value = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
-    if TENSORFLOW_IMPORTED_FIRST and value is None:
-        return None
-    return value == "1"
+def machine_facts() -> dict:
+    """What the figures were measured on: the machine (:func:`gmmkit.machine.describe`) and the libraries'
+    versions (:func:`gmmkit.parallel.distributed.versions`)."""
+    from ..parallel.distributed import versions  # heavy: TensorFlow
 
-
-def machine() -> dict:
-    info = {"python": platform.python_version(), "platform": platform.platform(),
-            "cores": launch.available_cores()}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            info["cpu"] = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
-    except OSError:
-        pass
-    try:
-        import horovod  # heavy: only to report the versions
-        import tensorflow as tf
-
-        info["tensorflow"], info["horovod"] = tf.__version__, horovod.__version__
-        info["gpus"] = len(tf.config.list_physical_devices("GPU"))
-        info["onednn"] = onednn_enabled()
-    except ImportError:
-        pass
-    return info
+    return {**machine.describe(), **versions()}
 
 
 def format_table(result: dict) -> str:

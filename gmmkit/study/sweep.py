@@ -10,7 +10,7 @@ beside measured.
 Building and tracing the model costs more than a small run's epochs on a CPU, so runs share it: the
 sequential run and every simulated run go through one :class:`~gmmkit.training.Trainer` in this process,
 and each real worker count is one mpirun job whose ranks train its strategies one after another
-(:func:`gmmkit.training.train_many`; ``python -m gmmkit.parallel.ranks batch``). Each run still starts from
+(:func:`gmmkit.training.train_many`; ``python -m gmmkit.ranks batch``). Each run still starts from
 the same initial weights and a fresh optimiser, and measures its own time from its first step.
 
 Every strategy at n = 1 is the same sequential run, so it is run once and shared.

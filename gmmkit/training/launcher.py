@@ -1,4 +1,5 @@
-"""One training run on n ranks, started from one process (``gmmkit train --workers N`` from a shell).
+"""One training run on n ranks, started from one process (``gmmkit train --workers N`` from a shell), and the
+decision whether a process trains itself or starts the ranks (:func:`train_or_launch`).
 
 The launching process owns the run directory while the ranks train in it: it claims it (the checks and the
 lock, so a second process is refused and ``gmmkit stop`` works from the first moment), tells the ranks it
@@ -11,11 +12,12 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Union
 
+from .. import checks
 from ..config import RunConfig
 from ..parallel import launch
-from ..parallel.placement import LOCAL, Placement
+from ..parallel.placement import LOCAL, Placement, resolve
 from ..signals import StopFlag
 from .rundir import LOCK_HELD_BY_PARENT, RunDir
 
@@ -62,6 +64,33 @@ def run_on_ranks(cfg: RunConfig, argv: Sequence[str], mode: str = "new", launche
         return Launched(code, failure, summary, ended_by_us)
     finally:
         run.release() if run.exists() else run.abandon()
+
+
+def train_or_launch(cfg: RunConfig, argv: Sequence[str], mode: str = "new", simulate: bool = False,
+                    hosts: Optional[str] = None, hostfile: Optional[str] = None, launcher: str = "mpirun",
+                    stop: Optional[StopFlag] = None, callbacks: Iterable[Callable[[dict], None]] = (),
+                    say: Callable[[str], None] = lambda line: None) -> Union[dict, Launched]:
+    """Train the run ``cfg`` (``mode``: "new", "resume" or "overwrite", as :meth:`RunDir.claim` takes it) where it
+    belongs: in this process (one worker, a simulation of ``cfg.train.workers``, or one rank of a job someone
+    started with mpirun or horovodrun), returning its summary; or, for n > 1 real workers from a plain
+    process, by starting n ranks that each run ``argv`` (the same command) where ``hosts`` or ``hostfile``
+    say (default: the SLURM allocation this runs in, else this machine), returning how that job ended
+    (:class:`Launched`). ``callbacks`` get each epoch's record where this process trains; ``say`` gets a line
+    when ranks are started."""
+    n, inside = cfg.train.workers, launch.launched_in_parallel()
+    launching = n > 1 and not simulate and not inside
+    if not inside and (launching or hosts or hostfile):
+        where = resolve(hosts, hostfile)
+        where.check_workers(n)  # hosts given are checked, used or not
+    if launching:
+        say(f"launching {n} ranks with {launcher}" + ("" if where.is_local else f" on {where.describe()}"))
+        return run_on_ranks(cfg, argv, mode, launcher, stop=stop, placement=where)
+    if inside and not simulate and launch.launcher_size() != n:
+        checks.fail("train.workers", f"{launch.launcher_size()}, the ranks this job was started with", n)
+    from .loop import train  # heavy: TensorFlow
+
+    return train(cfg, callbacks=callbacks, resume=mode == "resume", overwrite=mode == "overwrite", simulate=simulate,
+                 stop=stop)
 
 
 def _signal_name(signum: Optional[int]) -> str:

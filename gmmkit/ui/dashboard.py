@@ -2,7 +2,7 @@
 
 Pick a strategy, the number of workers (one MPI rank, one GPU each; at most the cluster's slots when it
 knows them), the base learning rate and batch, the target loss and the epoch limit, then Start. The run goes
-to the cluster's engines (see :mod:`gmmkit.parallel.cluster`); a background thread follows it, adding each
+to the cluster's engines (see :mod:`gmmkit.cluster`); a background thread follows it, adding each
 epoch to the live loss plot, the runs table and the status line while the notebook stays free. Stop asks the
 run to end after its current step.
 
@@ -41,8 +41,8 @@ from .viewer import SliceViewer
 class Dashboard:
     """Start, watch, stop and compare training runs on an MPI cluster, from a notebook.
 
-    ``cluster``: an :class:`gmmkit.parallel.cluster.MPICluster` (or anything with ``train(cfg)`` returning a
-    :class:`~gmmkit.parallel.training_run.RunHandle`, and ``resize(n)``), or a factory ``n -> cluster``
+    ``cluster``: an :class:`gmmkit.cluster.MPICluster` (or anything with ``train(cfg)`` returning a
+    :class:`~gmmkit.cluster.RunHandle`, and ``resize(n)``), or a factory ``n -> cluster``
     called when a run needs one. ``base``: the :class:`RunConfig` the controls start from. Runs write to
     ``out/NN-strategy-nN``; the runs already in ``out`` are shown at once. ``viewer=True`` adds a
     :class:`SliceViewer` that follows the current run. ``poll_interval``: seconds between looks at running

@@ -75,7 +75,7 @@ def run_number(path: Path) -> Optional[int]:
 
 
 class RunDirHandle:
-    """A run followed through its directory alone (the :class:`~gmmkit.parallel.training_run.RunHandle`
+    """A run followed through its directory alone (the :class:`~gmmkit.cluster.RunHandle`
     protocol): epoch records from ``metrics.jsonl``, done once no process holds the run's lock, the summary
     from ``summary.json``, and stop through the ``STOP`` file. Any run, started anywhere."""
 

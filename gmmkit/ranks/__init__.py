@@ -1,6 +1,6 @@
-"""The program every rank of a gmmkit job runs, other than ``gmmkit train`` itself.
+"""The program every rank of a gmmkit job runs, other than ``gmmkit train`` itself: an entry point, like the CLI.
 
-``mpirun -np N python -m gmmkit.parallel.ranks TASK ...`` (started by :mod:`gmmkit.parallel.launch`):
+``mpirun -np N python -m gmmkit.ranks TASK ...`` (started by :mod:`gmmkit.parallel.launch`):
 
 ``batch PLAN.json``
     train the runs listed in the file (``[{"config": RunConfig as a dict, "resume": bool}, ...]``) one after
@@ -9,7 +9,7 @@
 ``allreduce --bytes B [--repeats R]``
     time Horovod's allreduce against plain MPI (:func:`gmmkit.parallel.distributed.allreduce_probe`);
 ``scaling --config JSON [--rounds R]``
-    time 1-worker and n-worker epochs and steps in turns (:func:`gmmkit.study.bench.scaling_probe`).
+    time 1-worker and n-worker epochs and steps in turns (:func:`gmmkit.ranks.scaling.scaling_probe`).
 
 Rank 0 prints the result: one line per run for ``batch``, one JSON object on a line for the probes
 (:func:`gmmkit.parallel.launch.run_json` reads it).
@@ -22,10 +22,9 @@ import sys
 from pathlib import Path
 
 from ..config import RunConfig
-from ..study.bench import scaling_probe
+from ..parallel.distributed import allreduce_probe
+from ..parallel.launch import launcher_rank
 from ..training import train_many
-from .distributed import allreduce_probe
-from .launch import launcher_rank
 
 
 def _batch(args) -> int:
@@ -43,11 +42,13 @@ def _allreduce(args) -> dict:
 
 
 def _scaling(args) -> dict:
+    from .scaling import scaling_probe
+
     return scaling_probe(args.config, args.rounds)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gmmkit.parallel.ranks")
+    p = argparse.ArgumentParser(prog="python -m gmmkit.ranks")
     sub = p.add_subparsers(dest="task", required=True)
     b = sub.add_parser("batch")
     b.add_argument("plan", metavar="PLAN.json", help='a JSON list of {"config": ..., "resume": ...}')
@@ -65,6 +66,3 @@ def main(argv=None) -> int:
         print(json.dumps(result), flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

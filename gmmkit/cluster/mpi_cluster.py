@@ -1,6 +1,7 @@
 """An ipyparallel cluster whose engines are the ranks of one MPI job, driven from a notebook.
 
-This module and :mod:`gmmkit.parallel.training_run` are the only ones that import ipyparallel. ``MPICluster(n=4).start()`` does from Python what
+The package :mod:`gmmkit.cluster` is the only one that imports ipyparallel. ``MPICluster(n=4).start()`` does
+from Python what
 
     ipcluster start --engines=MPI -n 4
 
@@ -26,12 +27,12 @@ What it takes care of:
 * **World size.** An MPI world is fixed when mpiexec starts it: :meth:`MPICluster.resize` restarts the engines.
 * **Launch environment.** The engines' mpiexec gets the same placement flags, forwarded variables and
   OpenMPI settings as ``gmmkit train``, set in the cluster's configuration, so ipyparallel's own
-  ``restart_engines`` keeps them (:mod:`gmmkit.parallel.engines`). Each rank runs TensorFlow with its
+  ``restart_engines`` keeps them (:mod:`gmmkit.cluster.engines`). Each rank runs TensorFlow with its
   host's ``cores / local ranks`` threads unless ``train.threads`` says otherwise.
 * **Exposure.** The controller listens on 127.0.0.1 only unless ``controller_ip`` says otherwise, and the
   connection files, which hold the key without which nothing runs on the engines, are mode 600.
 * **Runs.** :meth:`MPICluster.train` starts a run on every engine and returns a
-  :class:`~gmmkit.parallel.training_run.TrainingRun` at once: rank 0 streams each epoch to the notebook.
+  :class:`~gmmkit.cluster.training_run.TrainingRun` at once: rank 0 streams each epoch to the notebook.
   When the engines' MPI job ends under a run (a rank died, a host was lost), ``wait()`` raises naming the
   rank or the host; :meth:`MPICluster.restart` starts a fresh world.
 """
@@ -48,9 +49,10 @@ from traitlets.config import Config
 
 from ..config import RunConfig
 from ..errors import InputError, LaunchError
-from . import engines, launch, placement as placing
+from ..parallel import launch, placement as placing
+from ..parallel.placement import Placement
+from . import engines
 from .engines import Rank
-from .placement import Placement
 from .training_run import TrainingRun, engine_identity, engine_train
 
 DEFAULT_ENGINE_TIMEOUT = 120.0

@@ -1,6 +1,6 @@
 """How the notebook's MPI engines are started, and the files that let anyone who holds them use the engines.
 
-:class:`gmmkit.parallel.cluster.MPICluster` starts its engines with one of ipyparallel's launchers, set up
+:class:`gmmkit.cluster.MPICluster` starts its engines with one of ipyparallel's launchers, set up
 here as traitlets configuration (this module does not import ipyparallel):
 
 * **mpiexec** (``MPIEngineSetLauncher``): ``mpiexec -n N`` with the placement of ``gmmkit train`` (the
@@ -32,8 +32,8 @@ from typing import Optional, Sequence
 import psutil
 from traitlets.config import Config
 
-from . import launch
-from .placement import Placement
+from ..parallel import launch
+from ..parallel.placement import Placement
 
 # The controller drops an engine after 10 missed heartbeats. A restarted MPI engine asks for its old id and
 # waits until the dead one holding it is dropped, so this period sets how long cluster.restart() waits after

@@ -82,7 +82,7 @@ class TrainingRun:
     ``metrics``: the epoch records rank 0 has streamed so far; ``done()``; ``wait()`` returns the summary;
     ``stop()`` ends the run after its current step (status ``stopped``), leaving the engines usable.
     ``hosts``: the host of each rank, to name it in errors; ``engine_failure``: says why the engines' MPI
-    job ended, once it has (:meth:`gmmkit.parallel.cluster.MPICluster.engine_failure`), which ``wait()``
+    job ended, once it has (:meth:`gmmkit.cluster.MPICluster.engine_failure`), which ``wait()``
     reports as soon as it happens.
     """
 

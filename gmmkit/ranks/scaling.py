@@ -1,0 +1,60 @@
+"""The strong-scaling probe that runs on every rank of a benchmark job (``python -m gmmkit.ranks scaling``):
+one-worker and n-worker epochs and single steps in turns, for ``gmmkit bench``'s ``strong_efficiency_n2`` and
+its factors (:func:`gmmkit.study.bench.efficiency_factors`)."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from .. import strategies
+from ..config import RunConfig
+from ..parallel import distributed
+from ..study.bench import epoch_times
+from ..timing import mean_seconds
+from ..training import Trainer
+
+
+def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
+    """In a Horovod job of n ranks: one-worker epochs (rank 0 alone while the others sleep) and n-worker
+    strong-scaling epochs, taking turns ``rounds`` times, each epoch from the config's initial weights on
+    traced models. Measured in turns for the reason :func:`gmmkit.timing.take_turns` gives: a shared
+    host's speed drifts by more than the efficiency's distance from 1.
+
+    Then single steps, also in turns, that split the efficiency into factors (``steps_s``):
+    ``alone_batch`` and ``alone_share``, rank 0 stepping the global batch and one rank's share with the
+    other ranks asleep; ``side_by_side_share``, every rank stepping its share at once without Horovod;
+    ``horovod_share``, the real n-worker step."""
+    ctx = distributed.init(1)
+    cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
+    alone = cfg.replace(train={"workers": 1})
+    together = cfg.replace(train={"workers": ctx.size})
+    solo = Trainer(alone, ctx=distributed.LocalContext())
+    team = Trainer(together, ctx=ctx)
+    times: dict = {"1": [], str(ctx.size): []}
+    with tempfile.TemporaryDirectory(prefix="gmmkit-scaling-") as tmp:
+        for i in range(rounds):
+            if ctx.is_chief:
+                times["1"] += epoch_times(alone, os.path.join(tmp, f"one-{i}"), solo)
+            ctx.barrier()
+            times[str(ctx.size)] += epoch_times(together, os.path.join(tmp, f"all-{i}"), team)
+
+    batch = cfg.train.batch_size
+    plan = strategies.plan("strong", ctx.size, batch, cfg.train.lr)
+    start = plan.offset(ctx.rank)
+    x_batch, x_share = solo.data.train[:batch], solo.data.train[start:start + plan.shares[ctx.rank]]
+    steps = {"alone_batch": (True, lambda: solo.step(x_batch, batch)),
+             "alone_share": (True, lambda: solo.step(x_share, batch)),
+             "side_by_side_share": (False, lambda: solo.step(x_share, batch)),
+             "horovod_share": (False, lambda: team.step(x_share, batch))}
+    step_times: dict = {key: [] for key in steps}
+    for i in range(1 + 2 * rounds):  # the first round is untimed: oneDNN sets up its kernels per shape
+        for key, (chief_only, step) in steps.items():
+            ctx.barrier()
+            if ctx.is_chief or not chief_only:
+                seconds = mean_seconds(step, 4)
+                if i:
+                    step_times[key].append(seconds)
+    return {"epochs_s": times, "ranks": ctx.size,
+            "steps_s": {key: float(np.median(t)) for key, t in step_times.items()} if ctx.is_chief else {}}
