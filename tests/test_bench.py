@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gmmkit.config import RunConfig
-from gmmkit.model import flops
+from gmmkit.model import flops as model_flops
 from gmmkit.study import bench
 from gmmkit.study.perfmodel import measure_allreduce
 from gmmkit.timing import take_turns
@@ -31,9 +31,9 @@ def test_forward_flops_match_the_layers_of_the_built_model(cube, filters, latent
     expected += sum(2.0 * d.kernel.shape[0] * d.kernel.shape[1] for d in (mixture.alpha, mixture.mu, mixture.sigma,
                                                                             mixture.corr))
     expected += 2.0 * k * 10 * cube ** 3 + 2.0 * k * cube ** 3  # renderer: features x coefficients, exp, sum
-    assert flops.forward_flops(cfg.model, cube) == pytest.approx(expected)
+    assert model_flops.forward_flops(cfg.model, cube) == pytest.approx(expected)
     # backward: gradients of weights and inputs, but none for the data entering the first convolution
-    assert flops.train_flops(cfg.model, cube) == pytest.approx(3 * expected - first_conv)
+    assert model_flops.train_flops(cfg.model, cube) == pytest.approx(3 * expected - first_conv)
 
 
 @pytest.mark.mpi

@@ -2,6 +2,7 @@
 TensorBoard's HParams and of W&B sweeps). The columns are computed by :func:`gmmkit.ui.runs.parallel_columns`."""
 from __future__ import annotations
 
+import contextlib
 import plotly.graph_objects as go
 
 COLOURSCALE = "Viridis_r"  # fast runs bright
@@ -21,18 +22,10 @@ def parallel_figure(widget: bool = True, height: int = 300) -> go.Figure:
 def update_parallel(fig: go.Figure, columns: dict) -> None:
     """Show ``columns`` (``dimensions`` and ``colour``, from :func:`gmmkit.ui.runs.parallel_columns`)."""
     trace = fig.data[0]
-    ctx = fig.batch_update() if isinstance(fig, go.FigureWidget) else _Nothing()
+    ctx = fig.batch_update() if isinstance(fig, go.FigureWidget) else contextlib.nullcontext()
     with ctx:
         trace.dimensions = [dict(d) for d in columns["dimensions"]]
         trace.line.color = list(columns["colour"])
         trace.line.showscale = len(set(columns["colour"])) > 1  # one colour says nothing
         if columns["colour"]:
             trace.line.cmin, trace.line.cmax = min(columns["colour"]), max(columns["colour"])
-
-
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -16,6 +16,7 @@ viewer finds the panel a click landed in. Geometry (sections, crosshairs, window
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -115,7 +116,7 @@ def update_planes(fig: go.Figure, images: dict, crosshairs: dict, size: int, win
         if len(arrays) != 3 or len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 2:
             raise ValueError(f"images[{plane!r}]: expected three 2D arrays of one shape, received "
                              f"{[a.shape for a in arrays]}")
-    ctx = fig.batch_update() if isinstance(fig, go.FigureWidget) else _Nothing()
+    ctx = fig.batch_update() if isinstance(fig, go.FigureWidget) else contextlib.nullcontext()
     with ctx:
         for plane in PLANES:
             for image, array in zip(IMAGES, images[plane]):
@@ -153,15 +154,7 @@ def _draw_sections(fig: go.Figure, plane: str, sections: Sequence[dict], labels:
 
 
 def set_gaussians_visible(fig: go.Figure, visible: bool) -> None:
-    ctx = fig.batch_update() if isinstance(fig, go.FigureWidget) else _Nothing()
+    ctx = fig.batch_update() if isinstance(fig, go.FigureWidget) else contextlib.nullcontext()
     with ctx:
         for trace in traces(fig, "gaussians") + traces(fig, "centres"):
             trace.visible = visible
-
-
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

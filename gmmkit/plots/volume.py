@@ -3,6 +3,7 @@ turns both (two scenes would each keep their own). The estimate sits one cube an
 input; the component means are drawn in it, sized by weight. Arrays come from :mod:`gmmkit.ui`."""
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import numpy as np
@@ -49,7 +50,7 @@ def update_volume(fig: go.Figure, input3d: np.ndarray, estimate3d: np.ndarray,
     k0, k1, k2 = np.meshgrid(*(np.arange(n) for n in cubes[0].shape), indexing="ij")
     top = float(max(cubes[0].max(), 1e-6))
     surfaces = {t.meta["kind"]: t for t in fig.data if isinstance(t.meta, dict)}
-    ctx = fig.batch_update() if isinstance(fig, go.FigureWidget) else _Nothing()
+    ctx = fig.batch_update() if isinstance(fig, go.FigureWidget) else contextlib.nullcontext()
     with ctx:
         for (name, cube), shift in zip(zip(("input", "estimate"), cubes), (0.0, offset(size))):
             trace = surfaces[name]
@@ -64,11 +65,3 @@ def update_volume(fig: go.Figure, input3d: np.ndarray, estimate3d: np.ndarray,
             c = np.asarray(centres, dtype=np.float64)
             points.x, points.y, points.z = c[:, 2] + offset(size), c[:, 1], c[:, 0]
             points.marker.size = np.full(len(c), 4.0) if sizes is None else np.asarray(sizes)
-
-
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from .. import checks
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..parallel.placement import LOCAL, Placement
 from ..strategies import STRATEGIES
 
@@ -99,5 +100,13 @@ class StudyConfig:
         return cls(run=RunConfig.from_dict(raw.get("run", {})), **values).validate()
 
     @classmethod
-    def from_json(cls, text: str) -> "StudyConfig":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "study") -> "StudyConfig":
+        """A study from JSON; a syntax error or a bad field is one :class:`ConfigError` naming ``source``."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        try:
+            return cls.from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}", field=exc.field, detail=exc.detail) from None

@@ -15,12 +15,10 @@
                    holds nothing)
 =================  ==============================================================================
 
-**The files agree at every instant.** ``metrics.jsonl``, ``summary.json`` and ``checkpoint.npz`` are links
-into ``state``, itself a link to one folder of ``.state/`` that is never changed once written. Each epoch
-(and the end of the run) writes a new state folder, then swaps the ``state`` link with one ``rename``: a
-reader, a crash or a kill at any moment sees either the previous state or the next, never a mix of the
-two, and never a half-written file. A killed writer's temporary files are removed by the next process that
-claims the run (:meth:`RunDir.claim`).
+**The files agree at every instant.** ``metrics.jsonl``, ``summary.json`` and ``checkpoint.npz`` change
+together, with one ``rename`` per epoch (:mod:`gmmkit.training.state`): a reader, a crash or a kill at any
+moment sees either the previous state or the next. A killed writer's temporary files are removed by the next
+process that claims the run (:meth:`RunDir.claim`).
 
 **One run per directory.** :meth:`RunDir.claim` makes a process the run's owner: a new run needs an empty
 directory (or ``overwrite``), ``resume`` needs a run there, and a second process is refused while the first
@@ -36,22 +34,19 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from ..config import RunConfig
 from ..errors import RunDirError
-from ..files import atomic_write_text, read_jsonl, remove_temporaries, to_json, umask, write_jsonl
+from ..files import atomic_write_text, read_jsonl, remove_temporaries, umask
 from . import snapshots
 from .resume import resume_config
+from .state import RunState, checkpoint_bytes, read_checkpoint
 
 STATUSES = ("reached_target", "diverged", "max_epochs", "stopped", "failed", "running")
 FINISHED = ("reached_target", "diverged")  # a resume reports these instead of training on
-STATE_FILES = ("metrics.jsonl", "summary.json", "checkpoint.npz")
 # A launcher that holds a run's lock for its ranks names the run directory here (the ranks skip the lock).
 LOCK_HELD_BY_PARENT = "GMMKIT_RUN_LOCKED"
 
@@ -65,6 +60,7 @@ class RunDir:
         self._created: list[Path] = []  # the folders the claim made (abandon removes them)
         self.previous_config: Optional[RunConfig] = None  # a resumed run's config before the resume
         self.begun = False  # this process has started writing the run (begin)
+        self.state = RunState(self.path)
 
     @classmethod
     def open(cls, path: str | os.PathLike, what: str = "run") -> "RunDir":
@@ -86,7 +82,6 @@ class RunDir:
     checkpoint_path = property(lambda self: self.path / "checkpoint.npz")
     stop_path = property(lambda self: self.path / "STOP")
     lock_path = property(lambda self: self.path / ".lock")
-    state_path = property(lambda self: self.path / "state")
 
     # --- ownership ---------------------------------------------------------------------------
     def claim(self, cfg: RunConfig, mode: str = "new") -> RunConfig:
@@ -141,7 +136,7 @@ class RunDir:
         if self._mode == "overwrite":
             self._remove_run()
         atomic_write_text(self.config_path, cfg.to_json() + "\n")
-        self._link_state_files()
+        self.state.link_files()
         self.commit(records, summary)
         self.begun = True
         self._created = []  # from here on the run's files are its own, kept whatever happens
@@ -195,42 +190,12 @@ class RunDir:
         return False
 
     def _remove_run(self) -> None:
-        for name in ("config.json", "state", *STATE_FILES, "STOP"):
+        for name in ("config.json", "STOP"):
             (self.path / name).unlink(missing_ok=True)
+        self.state.remove()
         for events in self.path.glob("events.out.tfevents.*"):
             events.unlink()
-        shutil.rmtree(self.path / ".state", ignore_errors=True)
         snapshots.remove(self.path)
-
-    def _link_state_files(self) -> None:
-        """``metrics.jsonl`` and the others as links into ``state`` (replacing the plain files of an older
-        layout, or of a copy that followed the links)."""
-        if self.state_path.is_dir() and not self.state_path.is_symlink():  # a copy made with cp -L
-            staged = self._new_state_folder()
-            for name in STATE_FILES:
-                if (self.state_path / name).is_file():
-                    shutil.copy2(self.state_path / name, staged / name)
-            shutil.rmtree(self.state_path)
-            self._publish(staged)
-        for name in STATE_FILES:
-            link = self.path / name
-            if link.is_symlink():
-                continue
-            if link.exists():  # a run written before state folders: its file becomes the first state's
-                self._legacy_into_state()
-            tmp = self.path / f".{name}.link.tmp"
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(Path("state") / name)
-            os.replace(tmp, link)
-
-    def _legacy_into_state(self) -> None:
-        if self.state_path.is_symlink():
-            return
-        staged = self._new_state_folder()
-        for name in STATE_FILES:
-            if (self.path / name).is_file():
-                shutil.copy2(self.path / name, staged / name)
-        self._publish(staged)
 
     # --- writing (the owner only) ---------------------------------------------------------------
     def commit(self, records: list[dict], summary: dict, checkpoint: Optional[dict] = None) -> None:
@@ -239,21 +204,10 @@ class RunDir:
         together (module docstring). A full disk raises :class:`RunDirError` and leaves the last state."""
         if not self.chief:
             return
-        if checkpoint is not None:
-            self._check_space(checkpoint)
         try:
-            staged = self._new_state_folder()
-            try:
-                write_jsonl(staged / "metrics.jsonl", records)
-                atomic_write_text(staged / "summary.json", to_json(summary, indent=2) + "\n")
-                if checkpoint is not None:
-                    _save_checkpoint(staged / "checkpoint.npz", checkpoint, records)
-                elif (self.state_path / "checkpoint.npz").exists():
-                    os.link(self.state_path / "checkpoint.npz", staged / "checkpoint.npz")
-                self._publish(staged)
-            except BaseException:
-                shutil.rmtree(staged, ignore_errors=True)
-                raise
+            if checkpoint is not None:
+                self._check_space(checkpoint)
+            self.state.commit(records, summary, checkpoint)
             if checkpoint is not None:
                 snapshots.keep(self.path, checkpoint)
         except OSError as exc:
@@ -264,33 +218,11 @@ class RunDir:
             raise
 
     def _check_space(self, checkpoint: dict) -> None:
-        need = sum(np.asarray(a).nbytes for key in ("weights", "optimizer") for a in checkpoint[key])
-        free = shutil.disk_usage(self.path).free
+        need, free = checkpoint_bytes(checkpoint), shutil.disk_usage(self.path).free
         if free < 2 * need + (1 << 20):  # the new state beside the old one, and room to spare
             raise RunDirError(f"--out {self.path}: {free / 2**20:.1f} MB free, a checkpoint needs "
                               f"{need / 2**20:.1f} MB; the last good state (epoch {self._state_epoch()}) stays; "
                               "free space and continue with --resume")
-
-    def _new_state_folder(self) -> Path:
-        root = self.path / ".state"
-        root.mkdir(exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".state.", suffix=".tmp", dir=root))
-
-    def _publish(self, staged: Path) -> None:
-        """Make ``staged`` the current state: rename it into place, swap the ``state`` link, then drop all
-        but the previous state (a reader may still be reading it)."""
-        root = staged.parent
-        staged.chmod(0o777 & ~umask())
-        number = 1 + max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0)
-        final = root / f"{number:06d}"
-        os.replace(staged, final)
-        link = self.path / ".state.link.tmp"
-        link.unlink(missing_ok=True)
-        link.symlink_to(Path(".state") / final.name)
-        os.replace(link, self.state_path)
-        _fsync_dir(self.path)
-        for old in sorted(p for p in root.iterdir() if p.name.isdigit() and int(p.name) < number - 1):
-            shutil.rmtree(old, ignore_errors=True)
 
     def request_stop(self) -> None:
         """Ask the run to stop after its current step (any process may call this)."""
@@ -367,34 +299,3 @@ class RunDir:
                               f"({exc})") from None
         return model, ckpt["epoch"]
 
-
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint file as ``{"epoch", "time_s", "weights", "optimizer", "records"}``."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            names = sorted(f.files)
-            records = json.loads(str(f["records"])) if "records" in f.files else []
-            return {"epoch": int(f["epoch"]), "time_s": float(f["time_s"]),
-                    "weights": [f[n] for n in names if n.startswith("w")],
-                    "optimizer": [f[n] for n in names if n.startswith("o")], "records": records}
-    except Exception as exc:
-        raise RunDirError(f"{path}: unreadable checkpoint ({exc})") from None
-
-
-def _save_checkpoint(path: Path, checkpoint: dict, records: list[dict]) -> None:
-    arrays = {f"w{i:04d}": w for i, w in enumerate(checkpoint["weights"])}
-    arrays.update({f"o{i:04d}": v for i, v in enumerate(checkpoint["optimizer"])})
-    with open(path, "wb") as fh:
-        np.savez(fh, epoch=np.int64(checkpoint["epoch"]), time_s=np.float64(checkpoint["time_s"]),
-                 records=np.array(to_json(records)), **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    path.chmod(0o666 & ~umask())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

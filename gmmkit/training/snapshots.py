@@ -2,7 +2,7 @@
 
 A run keeps ``snapshots/epoch-NNNNNN.npz`` for the epochs of the 1-2-5 series (1, 2, 5, 10, 20, 50, 100,
 200, 500, ...); the last epoch is the run's ``checkpoint.npz`` itself. A snapshot holds the weights and the
-epoch, in the checkpoint's layout (:func:`gmmkit.training.rundir.read_checkpoint` reads it, with no optimiser
+epoch, in the checkpoint's layout (:func:`gmmkit.training.state.read_checkpoint` reads it, with no optimiser
 state): a third of a checkpoint, since Adam's two moments are of no use to a viewer. It is written by rank 0
 when that epoch's state is committed, atomically, a few times per run (never inside the step loop). A run
 keeps at most three per power of ten of its epochs: 8 for the paper's 400.
