@@ -129,6 +129,7 @@ def test_a_dying_rank_in_a_sweep_fails_its_batch_and_the_sweep_goes_on(tmp_path)
 
 def test_a_sweep_of_twenty_one_runs_leaks_no_processes_or_memory(tmp_path):
     from gmmkit.study import sweep as study
+    from gmmkit.study.config import StudyConfig
     from gmmkit.training import Trainer
 
     base = tiny_config(tmp_path / "unused", epochs=1, target_loss=1.0)
@@ -137,8 +138,8 @@ def test_a_sweep_of_twenty_one_runs_leaks_no_processes_or_memory(tmp_path):
     before = set(me.children(recursive=True))  # what earlier tests left is theirs to answer for
     rss = []
     for i in range(2):
-        rows = study.sweep(base, tmp_path / f"sweep{i}", workers=(1, 2, 3, 4, 5, 6), max_real=1, simulate=True,
-                           progress=False, trainer=trainer)
+        grid = StudyConfig(run=base, workers=(1, 2, 3, 4, 5, 6), max_real=1, simulate=True, out=str(tmp_path / f"s{i}"))
+        rows = study.sweep(grid, progress=False, trainer=trainer)
         assert len({(r.strategy, r.workers) for r in rows if r.workers > 1}) == 20
         assert all(r.status == "reached_target" for r in rows)
         rss.append(me.memory_info().rss)
@@ -257,10 +258,12 @@ def test_ctrl_c_stops_a_multi_rank_run_after_its_step(tmp_path):
 
 def test_a_sweep_goes_on_past_diverged_runs(tmp_path):
     from gmmkit.study import sweep as study
+    from gmmkit.study.config import StudyConfig
 
     base = tiny_config(tmp_path / "unused", epochs=4, lr=1e4, target_loss=0.001)
-    rows = study.sweep(base, tmp_path / "sweep", strategies_=("strong", "lsr"), workers=(1, 2), max_real=1,
-                       simulate=True, progress=False)
+    grid = StudyConfig(run=base, strategies=("strong", "lsr"), workers=(1, 2), max_real=1, simulate=True,
+                       out=str(tmp_path / "sweep"))
+    rows = study.sweep(grid, progress=False)
     assert [(r.strategy, r.workers, r.status) for r in rows] == [
         ("strong", 1, "diverged"), ("strong", 2, "diverged"), ("lsr", 1, "diverged"), ("lsr", 2, "diverged")]
     for r in rows:  # each log intact up to its last epoch

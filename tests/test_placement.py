@@ -1,5 +1,8 @@
 """Where ranks run (``gmmkit.parallel.placement``) and how mpirun is told (``gmmkit.parallel.launch``):
 hosts flags, hostfiles, SLURM allocations, OpenMPI settings a user made, forwarded variables. No MPI job."""
+import shutil
+import subprocess
+
 import pytest
 
 from gmmkit.errors import ConfigError
@@ -71,6 +74,25 @@ def test_a_slurm_allocation(tmp_path):
         placement.from_slurm({**env, "SLURM_TASKS_PER_NODE": "4,2"})
     # inside an allocation mpirun reads it itself: no host list, only the forwarded variables
     assert "--host" not in launch.placement_args(4, p, {})
+
+
+@pytest.mark.parametrize("nodelist", ["gpu[01-03],big7", "node[1-3,07],gpu01", "rack[1-2]-n[01-02]", "x[8-11]",
+                                      "solo", "a[001-003,10],b[9-10]"])
+def test_slurm_host_lists_expand_as_scontrol_expands_them(tmp_path, nodelist):
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        pytest.skip("SLURM's scontrol is not installed (make setup installs slurm-wlm)")
+    conf = tmp_path / "slurm.conf"  # scontrol reads a configuration even to expand names
+    conf.write_text("ClusterName=t\nSlurmctldHost=nowhere\n")
+    reference = subprocess.run([scontrol, "show", "hostnames", nodelist], env={"SLURM_CONF": str(conf)},
+                               capture_output=True, text=True, check=True).stdout.split()
+    assert placement.expand_nodelist(nodelist) == reference
+
+
+@pytest.mark.parametrize("nodelist", ["a[1-", "a[3-1]", "a[x]", ""])
+def test_a_bad_slurm_host_list_is_one_error(nodelist):
+    with pytest.raises(ConfigError, match="SLURM_JOB_NODELIST"):
+        placement.expand_nodelist(nodelist)
 
 
 def test_workers_are_checked_against_the_slots():

@@ -2,7 +2,7 @@
 they start (:mod:`.engines`), and a training run on them (:class:`TrainingRun`). The only package that imports
 ipyparallel; it sits above :mod:`gmmkit.training`, whose loop every engine runs."""
 from .mpi_cluster import MPICluster
-from .engines import Rank
+from .identity import Rank
 from .training_run import RunHandle, TrainingRun
 
 __all__ = ["MPICluster", "Rank", "RunHandle", "TrainingRun"]

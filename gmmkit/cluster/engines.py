@@ -55,26 +55,6 @@ exec {mpi} -n {n} {program_and_args} --mpi
 """
 
 
-class Rank(int):
-    """An engine's MPI rank (an ``int``: compares, sorts and indexes as one), with where it runs: ``host``,
-    ``local_rank`` (its place among the ranks of that host) and ``pid``."""
-
-    host: str
-    local_rank: Optional[int]
-    pid: Optional[int]
-
-    def __new__(cls, rank: int, host: str = "", local_rank: Optional[int] = None, pid: Optional[int] = None):
-        self = super().__new__(cls, rank)
-        self.host, self.local_rank, self.pid = host, local_rank, pid
-        return self
-
-    def __repr__(self) -> str:
-        return f"Rank({int(self)}, host={self.host!r}, local_rank={self.local_rank})"
-
-    def __reduce__(self):
-        return Rank, (int(self), self.host, self.local_rank, self.pid)
-
-
 def engine_env(extra: Optional[dict] = None) -> dict:
     """What the engines get on top of the notebook's environment: gmmkit's OpenMPI settings (those the user
     has not set), a quiet TensorFlow, and ``extra``."""

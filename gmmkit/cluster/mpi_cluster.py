@@ -38,9 +38,7 @@ What it takes care of:
 """
 from __future__ import annotations
 
-import contextlib
 import shutil
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,9 +49,9 @@ from ..config import RunConfig
 from ..errors import InputError, LaunchError
 from ..parallel import launch, placement as placing
 from ..parallel.placement import Placement
-from . import engines
-from .engines import Rank
-from .training_run import TrainingRun, engine_identity, engine_train
+from . import engines, identity
+from .identity import Rank
+from .training_run import TrainingRun, engine_train
 
 DEFAULT_ENGINE_TIMEOUT = 120.0
 
@@ -254,37 +252,12 @@ class MPICluster:
         self._ranks = None
 
     def _wait_for_engines(self, n: int, timeout: Optional[float] = None, replacing: frozenset = frozenset()) -> None:
-        """Wait until exactly ``n`` engines answer, none of them one of ``replacing`` (the ``(host, pid)`` of
-        engines just stopped: ipyparallel gives a restarted MPI engine its old id, so ids cannot tell)."""
+        """Wait until exactly ``n`` engines answer, none of them one of ``replacing`` (:func:`.identity.wait_for`)."""
         timeout = self.engine_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        answering: dict = {}
-        while time.monotonic() < deadline:
-            if len(self._client.ids) >= n:
-                answering = self._identities(timeout=min(5.0, max(deadline - time.monotonic(), 0.1)))
-                fresh = [a for a in answering.values() if (a["host"], a["pid"]) not in replacing]
-                if len(fresh) == len(answering) == len(self._client.ids) == n:
-                    return
-            time.sleep(0.1)
-        output = "".join(es.get_output(remove=False)[-3000:] for es in (self._cluster.engines or {}).values())
-        raise LaunchError(f"expected {n} engines to register within {timeout:.0f} s, {len(answering)} answered. "
-                          f"Engine output:\n{output}")
-
-    def _identities(self, timeout: float = 5.0) -> dict[int, dict]:
-        """``{engine id: engine_identity()}`` of the engines that answer within ``timeout`` (dead ones are left
-        out)."""
-        pending = {}
-        for eid in list(self._client.ids):
-            with contextlib.suppress(IndexError):  # unregistered since the listing: an engine being replaced
-                pending[eid] = self._client[eid].apply_async(engine_identity)
-        deadline = time.monotonic() + timeout
-        found = {}
-        for eid, result in pending.items():
-            try:
-                found[eid] = result.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except Exception:  # an engine that died or hangs: not one of the live ones
-                pass
-        return found
+        if not identity.wait_for(self._client, n, timeout, replacing):
+            output = "".join(es.get_output(remove=False)[-3000:] for es in (self._cluster.engines or {}).values())
+            raise LaunchError(f"expected {n} engines to register within {timeout:.0f} s, "
+                              f"{len(identity.answering(self._client))} answered. Engine output:\n{output}")
 
     def resize(self, n: int) -> "MPICluster":
         """Run exactly n engines: restart them as one new n-rank MPI world (starts the cluster if stopped)."""
@@ -311,7 +284,7 @@ class MPICluster:
         return self._restart(n)
 
     def _restart(self, n: int) -> "MPICluster":
-        replacing = frozenset((a["host"], a["pid"]) for a in self._identities(timeout=2.0).values())
+        replacing = frozenset((a["host"], a["pid"]) for a in identity.answering(self._client, 2.0).values())
         self._update_engine_config(n)
         if n == self.n:
             self._cluster.restart_engines_sync()  # ipyparallel's own: stop the MPI job, start it again
@@ -327,17 +300,8 @@ class MPICluster:
     def rank_map(self, refresh: bool = False) -> dict[int, Rank]:
         """``{engine id: Rank}``, each an int (the MPI rank) that also says its ``host`` and ``local_rank``;
         checked to be exactly ranks 0..n-1 of one world of size n."""
-        if self._ranks is not None and not refresh and sorted(self._ranks) == sorted(self.client.ids):
-            return dict(self._ranks)
-        ids = sorted(self.client.ids)
-        answers = self.client[ids].apply_async(engine_identity).get(timeout=30)
-        sizes = {a["size"] for a in answers}
-        ranks = [a["rank"] for a in answers]
-        if sizes != {len(ids)} or sorted(ranks) != list(range(len(ids))):
-            raise LaunchError(f"engines {ids}: expected the ranks 0..{len(ids) - 1} of one MPI world, found ranks "
-                              f"{ranks} of world sizes {sorted(sizes)}; start them with "
-                              "'ipcluster start --engines=MPI' (or MPICluster)")
-        self._ranks = {e: Rank(a["rank"], a["host"], a.get("local_rank"), a["pid"]) for e, a in zip(ids, answers)}
+        if self._ranks is None or refresh or sorted(self._ranks) != sorted(self.client.ids):
+            self._ranks = identity.rank_map(self.client)
         return dict(self._ranks)
 
     def hosts(self) -> list[str]:

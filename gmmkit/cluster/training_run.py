@@ -28,17 +28,6 @@ ENDING_S = 10.0
 
 # --- functions that run on the engines ----------------------------------------------------------
 
-def engine_identity() -> dict:
-    """On an engine: its MPI ``rank``, ``local_rank`` and world ``size`` (as the launcher announced them), its
-    ``host`` and its ``pid``."""
-    import socket
-
-    from gmmkit.parallel.launch import launcher_local_rank, launcher_rank, launcher_size
-
-    return {"rank": launcher_rank(), "size": launcher_size(), "local_rank": launcher_local_rank(),
-            "host": socket.gethostname(), "pid": os.getpid()}
-
-
 def engine_train(cfg_json: str) -> dict:
     """On every engine: train the run ``cfg_json`` describes under Horovod; returns the run summary.
 

@@ -9,7 +9,7 @@ notebook's MPI engines (:class:`gmmkit.cluster.MPICluster`). Where it comes from
 ``--hostfile``     OpenMPI's format: one ``HOST slots=N [max_slots=M]`` per line, ``#`` comments; a host
                    named twice adds its slots
 SLURM              inside an allocation (``SLURM_JOB_ID``): the allocated nodes
-                   (``SLURM_JOB_NODELIST`` expanded by ``scontrol show hostnames``) with their tasks
+                   (``SLURM_JOB_NODELIST`` expanded as ``scontrol show hostnames`` does) with their tasks
                    (``SLURM_TASKS_PER_NODE``, e.g. ``2(x3),1``) as slots; mpirun then reads the
                    allocation itself and starts its daemons through SLURM
 local              this machine alone: as many slots as cores this process may use, and more ranks than
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -220,24 +218,51 @@ def expand_tasks_per_node(text: str) -> list[int]:
     return counts
 
 
-def expand_nodelist(nodelist: str, env: Mapping[str, str] | None = None) -> list[str]:
-    """``scontrol show hostnames NODELIST``: SLURM's own expansion of ``node[1-3,7]``."""
-    scontrol = shutil.which("scontrol")
-    if scontrol is None:
-        raise _bad("placement.slurm", "inside a SLURM allocation, but 'scontrol' is not on PATH to expand "
-                                      f"SLURM_JOB_NODELIST={nodelist!r}")
-    proc = subprocess.run([scontrol, "show", "hostnames", nodelist], capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ if env is None else env))
-    names = proc.stdout.split()
-    if proc.returncode != 0 or not names:
-        raise _bad("placement.slurm", f"scontrol show hostnames {nodelist}: {proc.stderr.strip() or 'no hosts'}")
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compressed host list as ``scontrol show hostnames`` expands it: ``node[1-3,07],gpu`` ->
+    ``node1 node2 node3 node07 gpu``; brackets may repeat (``r[1-2]n[01-02]``), numbers keep the width of
+    their range's first bound. Read here rather than by running scontrol: :mod:`gmmkit.parallel.launch` is the
+    one module that starts programs (tests/test_placement.py holds this to scontrol's own expansion)."""
+    names = [name for item in _top_level_items(nodelist) for name in _expand_item(item, nodelist)]
+    if not names:
+        raise _bad("placement.slurm", f"SLURM_JOB_NODELIST: expected host names, received {nodelist!r}")
+    return names
+
+
+def _top_level_items(nodelist: str) -> list[str]:
+    """The comma-separated items of a host list, commas inside brackets kept."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(nodelist):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(nodelist[start:i])
+            start = i + 1
+    items.append(nodelist[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
+def _expand_item(item: str, nodelist: str) -> list[str]:
+    m = re.fullmatch(r"([^\[\]]*)\[([^\[\]]*)\](.*)", item)
+    if m is None:
+        if "[" in item or "]" in item:
+            raise _bad("placement.slurm", f"SLURM_JOB_NODELIST: unbalanced brackets in {nodelist!r}")
+        return [item]
+    prefix, ranges, rest = m.groups()
+    tails, names = _expand_item(rest, nodelist), []
+    for part in ranges.split(","):
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and (not high.isdigit() or int(high) < int(low))):
+            raise _bad("placement.slurm", f"SLURM_JOB_NODELIST: expected ranges such as 1-3,07, received "
+                                          f"[{ranges}] in {nodelist!r}")
+        for number in range(int(low), int(high if dash else low) + 1):
+            names += [f"{prefix}{number:0{len(low)}d}{tail}" for tail in tails]
     return names
 
 
 def from_slurm(env: Mapping[str, str] | None = None) -> Placement:
     """The allocation this process runs in: its nodes, with its tasks per node as slots."""
     env = os.environ if env is None else env
-    names = expand_nodelist(env["SLURM_JOB_NODELIST"], env)
+    names = expand_nodelist(env["SLURM_JOB_NODELIST"])
     per_node = env.get("SLURM_TASKS_PER_NODE") or env.get("SLURM_JOB_CPUS_PER_NODE")
     counts = expand_tasks_per_node(per_node) if per_node else [1] * len(names)
     if len(counts) != len(names):

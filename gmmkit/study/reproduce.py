@@ -26,7 +26,7 @@ from typing import Optional
 
 from .. import checks
 from ..config import RunConfig
-from ..files import atomic_write_json, atomic_write_text, read_jsonl, writable_path
+from ..files import atomic_write_json, atomic_write_text, writable_path
 from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag, stop_on_signals
 from ..strategies import STRATEGIES
@@ -35,6 +35,7 @@ from ..training import RunDir
 from . import claims as claims_lib
 from .lr_find import lr_range_test, write_lr_find
 from .perfmodel import PerfModel, calibrate
+from .config import StudyConfig
 from .sweep import run_dir_for, sweep
 
 # E of each scale: the paper's 100 epochs, and a quick one (36 minutes on this project's 2-core machine:
@@ -122,9 +123,9 @@ def reproduce(what: ReproduceConfig, say=print, progress: bool = True, overwrite
             "epochs; 4. the grid ...")
         while True:
             try:
-                rows = sweep(base, out, what.strategies, what.workers, max_real=what.real_limit, simulate=True,
-                             perf=PerfModel.from_dict(state["perf"]), progress=progress, target_epoch=what.epochs,
-                             trainer=trainer, stop=stop, resume=True, placement=what.placement)
+                grid = StudyConfig(run=base, strategies=what.strategies, workers=what.workers, max_real=what.max_real,
+                                   simulate=True, target_epoch=what.epochs, out=str(out), placement=what.placement)
+                rows = sweep(grid, PerfModel.from_dict(state["perf"]), progress, trainer, stop, resume=True)
             except RuntimeError:  # the sequential run did not finish E finite epochs
                 if not _diverged_sequential(out):
                     raise
@@ -150,9 +151,9 @@ def reproduce(what: ReproduceConfig, say=print, progress: bool = True, overwrite
 
 def write_claims(out: Path, rows, warmup_epochs: int = 5) -> list[claims_lib.Claim]:
     """Evaluate the claims from the study's rows and curves; write ``claims.json`` and ``claims.md``."""
-    curves = {(r.strategy, r.workers): read_jsonl(Path(r.run_dir) / "metrics.jsonl") for r in rows
+    curves = {(r.strategy, r.workers): RunDir(r.run_dir).metrics() for r in rows
               if r.mode != "skipped"}
-    curves[("strong", 1)] = read_jsonl(run_dir_for(out, "strong", 1) / "metrics.jsonl")
+    curves[("strong", 1)] = RunDir(run_dir_for(out, "strong", 1)).metrics()
     found = claims_lib.evaluate(rows, curves, exact=_strong_exact(rows), warmup_epochs=warmup_epochs)
     atomic_write_json(out / "claims.json", [c.to_dict() for c in found])
     atomic_write_text(out / "claims.md", "# The paper's claims, evaluated\n\n" + claims_lib.to_markdown(found))

@@ -17,6 +17,7 @@ Every strategy at n = 1 is the same sequential run, so it is run once and shared
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -25,11 +26,10 @@ from typing import Iterable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from .. import strategies
 from ..checks import is_finite_number
 from ..config import RunConfig
 from ..data.sources import load_split
-from ..files import atomic_write_json, atomic_write_text, fresh_folder, read_jsonl
+from ..files import atomic_write_json, atomic_write_text, fresh_folder
 from ..parallel import launch
 from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag, stop_on_signals
@@ -111,32 +111,30 @@ class _LocalRuns:
         return summary
 
 
-def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strategies.STRATEGIES,
-          workers: Sequence[int] = (1, 2, 4, 8, 16, 32), max_real: Optional[int] = None, simulate: bool = True,
-          perf: Optional[PerfModel] = None, progress: bool = True,
-          target_epoch: Optional[int] = None, trainer=None, stop: Optional[StopFlag] = None,
-          resume: bool = False, placement: Placement = LOCAL) -> list[RunResult]:
-    """Run the grid and write ``results.json``, ``tables.md`` and the figures under ``out``.
+def sweep(study: StudyConfig, perf: Optional[PerfModel] = None, progress: bool = True, trainer=None,
+          stop: Optional[StopFlag] = None, resume: bool = False) -> list[RunResult]:
+    """Run the grid of ``study`` and write ``results.json``, ``tables.md`` and the figures into ``study.out``.
 
-    ``placement``: where the real runs' ranks go; ``max_real``: the largest real worker count (None: the
-    placement's slots).
-    ``target_epoch``: choose the target as the paper did, the validation loss the sequential run reaches
-    after that many epochs (the paper: about 100), instead of ``base.train.target_loss``.
-    ``trainer``: a :class:`~gmmkit.training.Trainer` of ``base`` to reuse (e.g. the calibration's).
+    Real runs go where ``study.placement`` says, up to ``study.real_limit`` workers; larger counts are
+    simulated (``study.simulate``) or skipped. ``study.target_epoch``: choose the target as the paper did, the
+    validation loss the sequential run reaches after that many epochs (the paper: about 100), instead of
+    ``study.run.train.target_loss``. ``perf``: the wall-time model that times simulated runs.
+    ``trainer``: a :class:`~gmmkit.training.Trainer` of ``study.run`` to reuse (e.g. the calibration's).
     ``stop`` (set by SIGINT or SIGTERM inside :func:`run_study`): the current run stops after its step, the
     runs not started are recorded as ``stopped``, and the tables and figures of what ran are written.
-    ``resume``: ``out`` holds this grid from an earlier call that did not finish: runs that ended are kept
-    as they are, the others continue from their last checkpoint.
+    ``resume``: ``study.out`` holds this grid from an earlier call that did not finish: runs that ended are
+    kept as they are, the others continue from their last checkpoint.
     """
-    out = Path(out)
+    study = study.validate()
+    base, strategies_, workers, max_real = study.run, study.strategies, study.workers, study.real_limit
+    out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     stop = stop if stop is not None else StopFlag()
-    max_real = placement.slots if max_real is None else max_real
     grid = [(s, n) for n in workers for s in strategies_ if not (n == 1 and s != strategies_[0])]
     results: dict[tuple[str, int], RunResult] = {}
     local = _LocalRuns(trainer, stop)
-    if target_epoch:
-        base, results[(strategies_[0], 1)] = sequential_target(base, out, target_epoch, perf, local, resume)
+    if study.target_epoch:
+        base, results[(strategies_[0], 1)] = sequential_target(base, out, study.target_epoch, perf, local, resume)
         grid = [g for g in grid if g[1] != 1]
 
     def config(strategy: str, n: int) -> RunConfig:
@@ -146,7 +144,7 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
     def mode_of(strategy: str, n: int) -> str:
         if strategy == "strong" and n > base.train.batch_size:
             return "skipped"  # strong scaling cannot split a batch of B over more than B workers
-        return "real" if n <= max_real else ("simulated" if simulate else "skipped")
+        return "real" if n <= max_real else ("simulated" if study.simulate else "skipped")
 
     bar = tqdm(total=len(grid), desc="sweep", unit="run", disable=not progress)
     for n in dict.fromkeys(n for _, n in grid):
@@ -158,7 +156,7 @@ def sweep(base: RunConfig, out: str | Path, strategies_: Sequence[str] = strateg
             bar.set_postfix_str(f"n={n}: {len(real)} runs on {n} Horovod ranks")
             log = out / "logs" / f"real-n{n}.log"
             failure = run_real_batch(real, n, log, stop, [todo[c.train.strategy] == "resume" for c in real],
-                                     placement)
+                                     study.placement)
             if failure:
                 job_failure = f"{failure}; mpirun stopped the {n}-rank job before this run finished (see {log})"
                 tqdm.write(f"error: n={n}: {failure}; mpirun stopped the other ranks. The runs the job had not "
@@ -210,7 +208,7 @@ def sequential_target(base: RunConfig, out: Path, epochs: int, perf: Optional[Pe
     todo = _todo(cfg, resume)
     if todo != "done":
         local(cfg, simulate=False, resume=todo == "resume")
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = RunDir(run_dir).metrics()
     if local.stop:  # stopped before the target was known: the sweep stops too
         return base, collect(cfg, run_dir, "real", perf, stopped=True)
     if len(records) < epochs or not is_finite_number(records[-1]["val_loss"]):
@@ -267,7 +265,7 @@ def same_path(run_dir: str | Path, reference_dir: str | Path) -> Optional[str]:
     """Whether a run's training and validation losses equal the reference run's to the last bit in every
     epoch both have: ``"yes"``, ``"no (epoch k)"`` from the first epoch that differs, or None when either
     has no epoch. JSON keeps a float's every bit, so the comparison is of the values the runs computed."""
-    ours, theirs = read_jsonl(Path(run_dir) / "metrics.jsonl"), read_jsonl(Path(reference_dir) / "metrics.jsonl")
+    ours, theirs = RunDir(run_dir).metrics(), RunDir(reference_dir).metrics()
     if not ours or not theirs:
         return None
     for a, b in zip(ours, theirs):
@@ -322,7 +320,7 @@ def write_report(rows: Sequence[RunResult], out: Path, base: RunConfig, perf: Op
         "config": base.to_dict(), "perf_model": perf.to_dict() if perf else None,
         "runs": [{**r.__dict__, "efficiency": None if math.isnan(r.efficiency) else r.efficiency} for r in rows],
     })
-    curves = {(r.strategy, r.workers): read_jsonl(Path(r.run_dir) / "metrics.jsonl") for r in rows
+    curves = {(r.strategy, r.workers): RunDir(r.run_dir).metrics() for r in rows
               if r.mode != "skipped"}
     sweep_plots.write_figures(rows, curves, out, target=base.train.target_loss)
 
@@ -349,9 +347,7 @@ def run_study(study: StudyConfig, progress: bool = True, say=print, overwrite: b
             say(f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; Horovod "
                 f"allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms"
                 + (f"; an exact step takes {perf.exact_factor:.2f} times a default one" if cfg.train.exact else ""))
-        rows = sweep(cfg, out, study.strategies, study.workers, max_real=study.real_limit, simulate=study.simulate,
-                     perf=perf, progress=progress, target_epoch=study.target_epoch, trainer=trainer, stop=stop,
-                     placement=study.placement)
+        rows = sweep(dataclasses.replace(study, out=str(out)), perf, progress, trainer, stop)
         if stop:
             say(f"stopped by signal {stop.signum}: the tables and figures in {out} hold the runs that finished"
                 if stop.signum else f"stopped: the tables and figures in {out} hold the runs that finished")

@@ -7,7 +7,7 @@ from .rundir import RunDir, RunDirError
 from ..signals import StopFlag, stop_on_signals
 
 __all__ = ["RunDir", "RunDirError", "StopFlag", "Trainer", "stop_on_signals", "train", "train_many"]
-_LOOP = {"Trainer", "train", "train_many"}
+_LOOP = {"Trainer", "train", "train_many"}  # heavy: TensorFlow, loaded on first use
 
 
 def __getattr__(name):

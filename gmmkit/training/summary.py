@@ -1,0 +1,22 @@
+"""A run's ``summary.json`` as its epochs finish: plain functions of the records, no TensorFlow."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..checks import is_finite_number
+
+
+def record_epoch(summary: dict, record: dict, target_loss: Optional[float]) -> bool:
+    """Update ``summary`` with a finished epoch's metrics ``record``: the epochs, the final and best validation
+    losses, and the status the epoch ends the run in (``diverged`` at a NaN or infinite loss, ``reached_target``
+    at the target). Returns whether the epoch's losses are finite, so its weights are worth a checkpoint."""
+    val_loss = record["val_loss"]
+    summary.update(epochs=record["epoch"], final_val_loss=val_loss)
+    if is_finite_number(val_loss) and (summary["best_val_loss"] is None or val_loss < summary["best_val_loss"]):
+        summary["best_val_loss"] = val_loss
+    if not (is_finite_number(record["train_loss"]) and is_finite_number(val_loss)):
+        summary["status"] = "diverged"
+        return False
+    if target_loss is not None and val_loss <= target_loss:
+        summary.update(status="reached_target", time_to_target_s=record["time_s"])
+    return True

@@ -1,0 +1,319 @@
+"""The :class:`Trainer`: a plain TensorFlow custom loop over a plain Keras model, the same on one process and on
+every Horovod rank.
+
+Distribution enters through the context of :mod:`gmmkit.parallel.distributed` (gradient and metric sums, the
+initial broadcast) and through the sample indices each rank takes from :mod:`gmmkit.strategies`. In exact
+mode (``train.exact``) the steps are :class:`gmmkit.training.exact.ExactStep`'s: fixed micro-shards and exact
+sums, the same bits on any number of ranks. :mod:`gmmkit.training.loop` runs trainers on run directories.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from .. import checks, strategies
+from ..checks import is_finite_number
+from ..config import RunConfig
+from ..data.sources import load_split
+from ..model.deepdensity import from_config, per_sample_msle
+from ..parallel import distributed
+from ..signals import StopFlag
+from .exact import ExactStep, evaluation_chunks, local_micro_shards, shard_range
+from .optimizer import Adam
+from .progress import per_rank
+from .resume import changes
+from .rundir import RunDir
+from .summary import record_epoch
+from .tensorboard import EventWriter
+
+EVAL_BATCH = 256
+EVAL_CHUNK = 16  # exact mode: the validation set in chunks of this many, the same on any number of ranks
+EpochCallback = Callable[[dict], None]
+
+
+def optimizer_variables(optimizer) -> list:
+    v = optimizer.variables
+    return list(v() if callable(v) else v)
+
+
+class Trainer:
+    """Builds the model and optimiser of a :class:`RunConfig` and trains it; see :func:`train`."""
+
+    def __init__(self, cfg: RunConfig, ctx=None, simulate: bool = False):
+        cfg = cfg.validate()
+        t = cfg.train
+        self.ctx = ctx if ctx is not None else distributed.init(t.threads, exact=t.exact)
+        self._configure(cfg, simulate)
+        self.data = load_split(cfg.data)
+        self.model = from_config(cfg)
+        self.optimizer = Adam(t.lr, beta_1=t.beta_1, beta_2=t.beta_2, epsilon=t.epsilon)
+        self.optimizer.build(self.model.trainable_variables)
+        self._initial_weights = self.model.get_weights()
+        self.exact = None
+        if t.exact:
+            max_fn, sum_fn = (None, None) if simulate else self.ctx.exact_reductions()
+            self.exact = ExactStep(self.model, self.optimizer, per_sample_msle, t.micro_batch, max_fn, sum_fn,
+                                   parallel=max(1, self.ctx.threads))
+            self._chunks, _ = evaluation_chunks(self.data.val, EVAL_CHUNK)
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+        self._warm = False
+        self.eval_s_per_sample = 0.0  # this rank's last validation pass (gmmkit.training.progress)
+
+    def _configure(self, cfg: RunConfig, simulate: bool) -> None:
+        t = cfg.train
+        if not simulate and self.ctx.size != t.workers:
+            raise ValueError(f"--workers {t.workers}: this job has {self.ctx.size} rank(s); launch it with "
+                             f"{t.workers} ranks (gmmkit train launches them itself) or pass --simulate")
+        # the update plan is computed for the configured worker count even when simulated on one process
+        strategies.plan(t.strategy, t.workers, t.batch_size, t.lr)  # validates strategy x workers x batch
+        self.cfg, self.simulate = cfg, simulate
+
+    def steps_per_epoch(self) -> int:
+        """Whole global batches in the training split; a split smaller than one global batch is refused."""
+        t = self.cfg.train
+        batch = strategies.global_batch(t.strategy, t.workers, t.batch_size)
+        steps = strategies.steps_per_epoch(len(self.data.train), batch)
+        if steps == 0:
+            checks.fail("data.train_size", f"at least one global batch of {batch} samples (batch size "
+                        f"{t.batch_size}, {t.strategy} scaling with {t.workers} workers)", len(self.data.train))
+        return steps
+
+    # --- reuse across runs -------------------------------------------------------------------
+    @staticmethod
+    def _shape_key(cfg: RunConfig) -> tuple:
+        """What the data, the model, its initial weights and the compiled steps depend on."""
+        t = cfg.train
+        return (cfg.data, cfg.model, t.seed, t.beta_1, t.beta_2, t.epsilon, t.threads, t.exact, t.micro_batch)
+
+    @classmethod
+    def for_config(cls, cfg: RunConfig, simulate: bool = False, reuse: Optional["Trainer"] = None) -> "Trainer":
+        """``reuse`` when it :meth:`can_run` ``cfg`` (:func:`train` resets it), else a new trainer on the same
+        Horovod context."""
+        if reuse is not None and reuse.can_run(cfg):
+            return reuse
+        return cls(cfg, ctx=getattr(reuse, "ctx", None), simulate=simulate)
+
+    def can_run(self, cfg: RunConfig) -> bool:
+        """True when ``cfg`` differs from this trainer's run only in settings :meth:`reset` can change
+        (strategy, workers, batch, learning rate, epochs, target, warm-up, output)."""
+        return self._shape_key(cfg) == self._shape_key(self.cfg)
+
+    def reset(self, cfg: RunConfig, simulate: bool = False) -> "Trainer":
+        """Make this trainer start ``cfg`` from scratch: the same initial weights a new trainer would have,
+        zeroed optimiser state, and ``cfg``'s schedule. It keeps the loaded data and the traced steps, which
+        on a small CPU cost far more than an epoch of a small run (a sweep runs dozens of them)."""
+        cfg = cfg.validate()
+        if not self.can_run(cfg):
+            raise ValueError("reset: data, model, seed, Adam moments and threads must match the trainer's; "
+                             "build a new Trainer for this config")
+        self._configure(cfg, simulate)
+        self.model.set_weights(self._initial_weights)
+        for var in optimizer_variables(self.optimizer):
+            var.assign(tf.zeros_like(var))
+        return self
+
+    # --- compiled steps ------------------------------------------------------------------------
+    def _make_train_step(self):
+        model, optimizer, ctx, s = self.model, self.optimizer, self.ctx, self.cfg.data.cube
+        spec = [tf.TensorSpec((None, s, s, s), tf.float32), tf.TensorSpec((), tf.float32),
+                tf.TensorSpec((), tf.float32)]
+
+        @tf.function(input_signature=spec)
+        def train_step(x, global_batch, stop):
+            with tf.GradientTape() as tape:
+                per_sample = per_sample_msle(x, model(x, training=True))
+                loss_sum = tf.reduce_sum(per_sample)
+                scaled = loss_sum / global_batch
+            # the stop vote and the loss ride in the gradients' allreduce: no collective of their own
+            *grads, loss_sum, stop = ctx.sum_gradients([*tape.gradient(scaled, model.trainable_variables),
+                                                        loss_sum, stop])
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss_sum, stop
+
+        return train_step
+
+    def step(self, x: np.ndarray, global_batch: int, stop: bool = False) -> tuple[float, bool]:
+        """One optimiser step on this rank's part ``x`` of a ``global_batch`` (:meth:`batch`): returns the
+        loss sum of the whole global batch and whether any rank voted ``stop`` (every rank gets the same
+        answers, after the same step)."""
+        if self.exact is not None:
+            loss_sum, votes = self.exact.train_step(x, global_batch, stop)
+        else:
+            loss_sum, votes = self._train_step(x, float(global_batch), float(stop))
+        return float(loss_sum), float(votes) > 0
+
+    def batch(self, perm: np.ndarray, plan: strategies.StepPlan, step: int) -> np.ndarray:
+        """This rank's part of global batch ``step`` of the epoch with sample order ``perm``: its share of
+        samples, or in exact mode its whole micro-shards; all of it when simulating."""
+        if self.exact is None and not self.simulate:
+            return self.data.train[np.sort(strategies.worker_indices(perm, plan, step, self.ctx.rank))]
+        return self.batch_of(np.sort(perm[step * plan.global_batch:(step + 1) * plan.global_batch]))
+
+    def batch_of(self, indices: np.ndarray) -> np.ndarray:
+        """The input of :meth:`step` for the global batch of the training samples ``indices`` (sorted): all of
+        them, or in exact mode this rank's micro-shards of them (m_local, micro_batch, S, S, S)."""
+        if self.exact is None:
+            return self.data.train[indices]
+        return self.data.train[local_micro_shards(indices, self.cfg.train.micro_batch, *self._exact_place())]
+
+    def _exact_place(self) -> tuple[int, int]:
+        """(ranks, this rank) for cutting exact mode's micro-shards and chunks: one process holds all of them
+        when simulating."""
+        return (1, 0) if self.simulate else (self.ctx.size, self.ctx.rank)
+
+    def _make_eval_step(self):
+        model, s = self.model, self.cfg.data.cube
+
+        @tf.function(input_signature=[tf.TensorSpec((None, s, s, s), tf.float32)])
+        def eval_step(x):
+            return tf.reduce_sum(per_sample_msle(x, model(x, training=False)))
+
+        return eval_step
+
+    def warm_up(self, plan: strategies.StepPlan) -> None:
+        """Trace and optimise both compiled steps once, outside any run's clock, and leave the weights and
+        the optimiser exactly as they were. Every rank calls it (the train step holds an allreduce)."""
+        if self._warm:
+            return
+        weights, moments = self.state()
+        self.step(self.batch(np.arange(len(self.data.train)), plan, 0), plan.global_batch)
+        self.validation_loss()  # this rank's own shard shapes: oneDNN builds its kernels per input shape
+        self.restore({"weights": weights, "optimizer": moments})
+        self._warm = True
+
+    # --- pieces --------------------------------------------------------------------------------
+    def validation_loss(self) -> float:
+        """Mean per-sample MSLE over the validation set, each rank evaluating its shard (in exact mode, whole
+        chunks of the set summed exactly)."""
+        if self.exact is not None:
+            start, stop = shard_range(len(self._chunks), *self._exact_place())
+            n, began = len(self.data.val), time.perf_counter()
+            count = min(max(n - start * EVAL_CHUNK, 0), (stop - start) * EVAL_CHUNK)
+            # a rank without a chunk (more ranks than chunks) still takes part in the sums, adding nothing
+            chunks = self._chunks[start:stop] if stop > start else np.zeros_like(self._chunks[:1])
+            loss_sum = float(self.exact.eval_step(chunks, count, n))
+            self.eval_s_per_sample = (time.perf_counter() - began) / max(count, 1)
+            return loss_sum / n
+        val = self.data.val
+        shard = np.array_split(np.arange(len(val)), self.ctx.size)[self.ctx.rank]
+        total, began = 0.0, time.perf_counter()
+        for start in range(0, len(shard), EVAL_BATCH):
+            total += float(self._eval_step(val[shard[start:start + EVAL_BATCH]]))
+        self.eval_s_per_sample = (time.perf_counter() - began) / max(len(shard), 1)
+        loss_sum, count = self.ctx.sum(np.array([total, len(shard)]))
+        return float(loss_sum / count)
+
+    def restore(self, ckpt: dict) -> None:
+        self.model.set_weights(ckpt["weights"])
+        for var, value in zip(optimizer_variables(self.optimizer), ckpt["optimizer"]):
+            var.assign(value)
+
+    def gradient_bytes(self) -> int:
+        """Bytes of one gradient of every trainable weight (float32): what each step's allreduce moves."""
+        return int(sum(np.prod(v.shape) * 4 for v in self.model.trainable_variables))
+
+    def state(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        return self.model.get_weights(), [v.numpy() for v in optimizer_variables(self.optimizer)]
+
+    # --- the loop --------------------------------------------------------------------------
+    def fit(self, run: RunDir, callbacks: Iterable[EpochCallback] = (), stop: Optional[StopFlag] = None,
+            resume: bool = False) -> dict:
+        """Train the claimed run ``run`` (:meth:`RunDir.claim`) to its end; returns the summary.
+
+        Every epoch commits one state of the run directory (records, summary, checkpoint) at once. Every
+        rank votes on stopping at every step (its ``stop`` flag; the chief also reads the ``STOP`` file), and
+        the votes ride in the gradients' allreduce, so all ranks leave after the same step."""
+        board = EventWriter(run.path, self.cfg, self.simulate) if self.ctx.is_chief else None
+        callbacks = [*callbacks, board] if self.ctx.is_chief else []
+        stop = stop if stop is not None else StopFlag()
+        records, summary, start_epoch, time_offset = self._begin(run, resume)
+        # time to target counts training, not graph tracing: every run's clock starts on a traced model
+        self.warm_up(self._plan(0.0))
+        began = time.perf_counter() - time_offset
+        for epoch in range(start_epoch, self.cfg.train.epochs):
+            record = self._train_epoch(run, epoch, stop, began)
+            if record is None:
+                summary["status"] = "stopped"
+                break
+            records.append(record)
+            finite = record_epoch(summary, record, self.cfg.train.target_loss)
+            run.commit(records, summary, self._checkpoint(record) if finite else None)  # diverged: the last stays
+            for callback in callbacks:
+                callback(record)
+            if summary["status"] != "running":
+                break
+        if summary["status"] == "running":
+            summary["status"] = "max_epochs"
+        summary["elapsed_s"] = time.perf_counter() - began
+        run.commit(records, summary)
+        run.stop_handled()
+        if board is not None:
+            board.close(summary)
+        return summary
+
+    def _plan(self, progress: float) -> strategies.StepPlan:
+        """The update plan at ``progress`` epochs into the run (the warm-up's learning rate moves within one)."""
+        t = self.cfg.train
+        return strategies.plan(t.strategy, t.workers, t.batch_size, t.lr, progress, t.warmup_epochs)
+
+    def _begin(self, run: RunDir, resume: bool) -> tuple[list[dict], dict, int, float]:
+        """Restore a resumed run's checkpoint on every rank and begin the run directory: returns the records so
+        far, the summary, the first epoch to train and the training time already spent."""
+        ctx = self.ctx
+        ckpt, records = run.history() if (resume and ctx.is_chief) else (None, [])
+        start_epoch = int(ctx.sum(np.array([ckpt["epoch"] if ckpt else 0]))[0])
+        time_offset = float(ctx.sum(np.array([ckpt["time_s"] if ckpt else 0.0]))[0])
+        if ckpt:
+            self.restore(ckpt)
+        ctx.broadcast_variables(self.model.variables + optimizer_variables(self.optimizer))
+        summary = self._summary_of(records, start_epoch, self._plan(0.0).global_batch, self.steps_per_epoch())
+        if resume and ctx.is_chief:
+            previous = run.summary() or {}
+            summary["resumes"] = previous.get("resumes", []) + [
+                {"from_epoch": start_epoch, "changed": changes(run.previous_config or self.cfg, self.cfg)}]
+            summary["time_to_target_s"] = previous.get("time_to_target_s")
+        run.begin(self.cfg, records, summary)
+        return records, summary, start_epoch, time_offset
+
+    def _train_epoch(self, run: RunDir, epoch: int, stop: StopFlag, began: float) -> Optional[dict]:
+        """Train epoch ``epoch`` (0-based) and validate: its metrics record, or None when the ranks voted to
+        stop (after the same step on every rank)."""
+        steps, epoch_began = self.steps_per_epoch(), time.perf_counter()
+        perm = strategies.epoch_permutation(self.cfg.train.seed, epoch, len(self.data.train))
+        loss_sum = 0.0
+        for step in range(steps):
+            plan = self._plan(epoch + step / steps)
+            self.optimizer.learning_rate.assign(plan.lr)
+            asked = bool(stop) or (self.ctx.is_chief and run.stop_requested())
+            loss, stopped = self.step(self.batch(perm, plan, step), plan.global_batch, stop=asked)
+            loss_sum += loss
+            if step == 0:  # ranks start an epoch apart (rank 0 writes the files); the first step aligns them
+                first_step_done = time.perf_counter()
+            if stopped:
+                return None
+        step_s = (time.perf_counter() - (first_step_done if steps > 1 else epoch_began)) / max(steps - 1, 1)
+        val_loss = self.validation_loss()
+        rank_step_s, rank_eval_s = per_rank(self.ctx, step_s, self.eval_s_per_sample)
+        now = time.perf_counter()
+        return {"epoch": epoch + 1, "train_loss": loss_sum / (steps * plan.global_batch),  # step(): loss sums
+                "val_loss": val_loss, "lr": plan.lr, "time_s": now - began, "epoch_time_s": now - epoch_began,
+                "samples_per_s": steps * plan.global_batch / (now - epoch_began), "global_batch": plan.global_batch,
+                "steps": steps, "rank_step_s": rank_step_s, "rank_eval_s": rank_eval_s}
+
+    def _checkpoint(self, record: dict) -> dict:
+        weights, moments = self.state()
+        return {"weights": weights, "optimizer": moments, "epoch": record["epoch"], "time_s": record["time_s"]}
+
+    def _summary_of(self, records: list[dict], epochs: int, global_batch: int, steps: int) -> dict:
+        t = self.cfg.train
+        finite = [r["val_loss"] for r in records if is_finite_number(r.get("val_loss"))]
+        return {"status": "running", "strategy": t.strategy, "workers": t.workers, "backend": self.ctx.backend,
+                "simulated": self.simulate, "exact": t.exact, "time_to_target_s": None, "epochs": epochs,
+                "best_val_loss": min(finite) if finite else None,
+                "final_val_loss": records[-1]["val_loss"] if records else None, "target_loss": t.target_loss,
+                "global_batch": global_batch, "steps_per_epoch": steps,
+                **self.ctx.layout}  # hosts, local_ranks, threads: one entry per rank
