@@ -3,7 +3,7 @@ VENV  ?= .venv
 BIN   := $(VENV)/bin
 READY := $(VENV)/.gmmkit-ready
 
-.PHONY: setup demo test lab tensorboard bench screenshots clean
+.PHONY: setup demo test lint lab tensorboard bench screenshots clean
 setup: $(READY)
 
 $(READY): pyproject.toml scripts/setup-env.sh
@@ -12,10 +12,15 @@ $(READY): pyproject.toml scripts/setup-env.sh
 demo: $(READY)
 	$(BIN)/gmmkit demo --out runs/demo --overwrite
 
-# Two pytest-xdist workers (TEST_WORKERS=0: one process); a file's tests run together (tests/conftest.py).
+# The format and the lint first (ruff, pyproject.toml), then the suite on two pytest-xdist workers
+# (TEST_WORKERS=0: one process); a file's tests run together (tests/conftest.py).
 TEST_WORKERS ?= 2
-test: $(READY)
+test: $(READY) lint
 	PYTHONUTF8=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20 $(PYTEST_ARGS)
+
+lint: $(READY)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 # The README's screenshots: the browser test, copying its final screenshots into docs/screenshots/.
 screenshots: $(READY)

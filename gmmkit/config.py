@@ -171,11 +171,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: Any) -> "RunConfig":
-        if not isinstance(raw, dict):
-            checks.fail("config", "a JSON object", type(raw).__name__)
-        unknown = set(raw) - {"data", "model", "train", "out"}
-        if unknown:
-            checks.fail(sorted(unknown)[0], "one of data, model, train, out", "an unknown key")
+        checks.json_object("config", raw, ("data", "model", "train", "out"))
         cfg = cls(
             data=_section_from_dict(DataConfig, "data", raw.get("data", {})),
             model=_section_from_dict(ModelConfig, "model", raw.get("model", {})),
@@ -186,14 +182,7 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, text: str, source: str = "config") -> "RunConfig":
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        try:
-            return cls.from_dict(raw)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}", field=exc.field, detail=exc.detail) from None
+        return checks.from_json(text, source, cls.from_dict)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunConfig":
@@ -206,11 +195,5 @@ class RunConfig:
 
 
 def _section_from_dict(kind: type, name: str, raw: Any):
-    if not isinstance(raw, dict):
-        checks.fail(name, "a JSON object", type(raw).__name__)
-    fields = {f.name: f for f in dataclasses.fields(kind)}
-    unknown = set(raw) - set(fields)
-    if unknown:
-        key = sorted(unknown)[0]
-        checks.fail(f"{name}.{key}", "one of " + ", ".join(fields), "an unknown key")
+    checks.json_object(name, raw, [f.name for f in dataclasses.fields(kind)], prefix=f"{name}.")
     return kind(**raw)

@@ -6,13 +6,13 @@ and round-trips through JSON (``study.json`` in the study's folder).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .. import checks
 from ..config import RunConfig
-from ..errors import ConfigError
 from ..parallel.placement import LOCAL, Placement
 from ..strategies import STRATEGIES
 
@@ -84,13 +84,8 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, raw: Any) -> "StudyConfig":
-        if not isinstance(raw, dict):
-            checks.fail("study", "a JSON object", type(raw).__name__)
-        known = {"run", "strategies", "workers", "max_real", "simulate", "calibrate", "target_epoch", "out",
-                 "placement"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            checks.fail(f"study.{unknown[0]}", "one of " + ", ".join(sorted(known)), "an unknown key")
+        known = [f.name for f in dataclasses.fields(cls)]
+        checks.json_object("study", raw, sorted(known), prefix="study.")
         values = {k: v for k, v in raw.items() if k not in ("run", "placement")}
         if "placement" in raw:
             values["placement"] = Placement.from_dict(raw["placement"])
@@ -102,11 +97,4 @@ class StudyConfig:
     @classmethod
     def from_json(cls, text: str, source: str = "study") -> "StudyConfig":
         """A study from JSON; a syntax error or a bad field is one :class:`ConfigError` naming ``source``."""
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        try:
-            return cls.from_dict(raw)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}", field=exc.field, detail=exc.detail) from None
+        return checks.from_json(text, source, cls.from_dict)
