@@ -42,6 +42,15 @@ def wait_for(condition, proc=None, timeout=240, what="the condition"):
         time.sleep(0.05)
 
 
+def claimed_by(run: Path, proc) -> bool:
+    """Whether ``proc`` has claimed the run: it writes its pid into ``.lock`` once it holds the lock. (Asking
+    ``RunDir.in_use()`` takes the lock for an instant, and a claim falling in that instant would be refused.)"""
+    try:
+        return f"gmmkit pid {proc.pid} " in (run / ".lock").read_text()
+    except FileNotFoundError:
+        return False
+
+
 def epochs_of(run: Path) -> list[int]:
     return [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")]
 
@@ -161,7 +170,7 @@ def test_sigterm_stops_a_run_with_its_files_consistent(tmp_path, when):
     proc = start("train", *TINY, "--epochs", "400", "--out", run)
     try:
         if when == "start-up":  # the run owns its directory, TensorFlow is still tracing its steps
-            wait_for(lambda: RunDir(run).in_use(), proc, what="the claim")
+            wait_for(lambda: claimed_by(run, proc), proc, what="the claim")
         else:
             wait_for(lambda: len(epochs_of(run)) >= 1, proc, what="the first epoch")
         proc.send_signal(signal.SIGTERM)
@@ -181,7 +190,7 @@ def test_a_stop_asked_for_while_the_run_starts_is_not_lost(tmp_path, capsys):
     run = tmp_path / "run"
     proc = start("train", *TINY, "--epochs", "400", "--out", run)
     try:
-        wait_for(lambda: RunDir(run).in_use(), proc, what="the claim")
+        wait_for(lambda: claimed_by(run, proc), proc, what="the claim")
         assert main(["stop", str(run)]) == 0  # before config.json exists, while TensorFlow traces
         proc.communicate(timeout=60)
     finally:
@@ -239,6 +248,10 @@ def test_a_launcher_killed_outright_takes_its_job_with_it(tmp_path):
 
 # --- kills at random moments -------------------------------------------------------------------
 
+def _state_link(run: Path) -> str | None:
+    return os.readlink(run / "state") if (run / "state").is_symlink() else None
+
+
 def test_killed_at_random_moments_the_files_agree_and_resume_reaches_the_uninterrupted_result(tmp_path):
     epochs, rng = 6, random.Random(11)
     straight = tmp_path / "straight"
@@ -246,19 +259,42 @@ def test_killed_at_random_moments_the_files_agree_and_resume_reaches_the_uninter
     # are set once per process, and this one's were set by whichever test ran first
     subprocess.run([sys.executable, "-m", "gmmkit", "train", *TINY, "--epochs", str(epochs), "--out", str(straight)],
                    check=True, capture_output=True, env=mpi_env())
-    run, kills = tmp_path / "run", 0
+    # Each moment is read from the run itself, never from the clock, so every planned kill finds the run going
+    # on any machine: "claimed" (the process holds the run's lock: nothing written yet), "begun" (it committed
+    # its first state: TensorFlow traces its steps), "epoch" (it finished an epoch, plus a random fraction of
+    # that epoch's own duration: anywhere in the next epoch, its commit included). Then a last process runs
+    # to the end.
+    plan = ["claimed", "begun", "epoch", "epoch"]
+    run, kills = tmp_path / "run", []
     args = ["train", *TINY, "--epochs", str(epochs), "--out", run]
     while not (RunDir(run).summary() or {}).get("status") == "max_epochs":
-        proc = start(*args)
-        time.sleep(rng.uniform(1.0, 9.0))
-        if proc.poll() is None and kills < 8:
-            proc.kill()
-            kills += 1
-        proc.communicate(timeout=300)
+        assert len(kills) <= len(plan), f"the run did not end after its kills: {kills}"
+        done, link = len(epochs_of(run)), _state_link(run)
+        # an epoch moment only while two epochs are left: the process cannot end before its kill
+        moment = plan[len(kills)] if len(kills) < len(plan) and done <= epochs - 2 else None
+        proc, killed = start(*args), False
+        try:
+            if moment == "claimed":
+                wait_for(lambda: claimed_by(run, proc), proc, what="the claim")
+            elif moment == "begun":
+                wait_for(lambda: _state_link(run) not in (None, link), proc, what="the first state")
+            elif moment == "epoch":
+                wait_for(lambda: len(epochs_of(run)) > done, proc, what="an epoch")
+                time.sleep(rng.random() * read_jsonl(run / "metrics.jsonl")[-1]["epoch_time_s"])
+            if moment is not None and proc.poll() is None:
+                proc.kill()
+                killed = True
+                kills.append((moment, done))
+            _, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert killed or proc.returncode == 0, err
         if RunDir(run).exists():
             assert_files_agree(run)
             args = ["train", "--resume", "--out", run]
-    assert kills >= 3
+    # the first three moments cannot be missed: each leaves at least four epochs to run
+    assert len(kills) >= 3 and [m for m, _ in kills[:3]] == ["claimed", "begun", "epoch"], kills
     assert not [p for p in run.rglob("*.tmp")]  # the last claim removed what the killed writers left
     for key in ("train_loss", "val_loss"):  # bit for bit the uninterrupted path
         assert [r[key] for r in read_jsonl(run / "metrics.jsonl")] == [r[key] for r in read_jsonl(straight / "metrics.jsonl")]
