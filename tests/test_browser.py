@@ -227,6 +227,14 @@ def test_dashboard_runs_in_jupyterlab(lab):
 
             page.wait_for_function(ALL_CELLS_RAN, timeout=400_000)
             page.wait_for_function("() => document.body.innerText.includes('| Idle')")
+            # what the notebook printed and left: test_notebooks.py's checks of 02, made on this same execution
+            # (it runs the notebook itself only where this test cannot run)
+            printed = "\n".join(page.locator(".jp-OutputArea-output").all_inner_texts())
+            assert f"max_epochs after {epochs} epochs" in printed, printed
+            assert "status stopped; the run ended" in printed, printed
+            folder = lab["work"] / "runs" / "dashboard"
+            assert sorted(p.name for p in folder.iterdir()) == ["01-strong-n2", "02-lsr-n2", "03-strong-n1"]
+            assert json.loads((folder / "02-lsr-n2" / "summary.json").read_text())["status"] == "stopped"
             runs = dashboard.locator(".gmmkit-runs")
             assert "#3 strong n=1" in runs.inner_text()
             # the runs table sorts on a header click: by n, the one-worker run comes first
