@@ -1,6 +1,5 @@
 """gmmkit bench: the analytic FLOP count (gmmkit.model.flops) against the built Keras model, and the 2-rank probes.
 The benchmark's figures themselves are measurements; no test asserts a timing."""
-import time
 
 import numpy as np
 import pytest
@@ -122,11 +121,15 @@ def test_the_table_shows_the_cross_host_figures_beside_the_same_host_ones():
     assert "across hosts" not in bench.format_table(result)
 
 
-def test_timers_take_turns_and_each_keeps_its_own_times():
+def test_timers_take_turns_and_each_keeps_its_own_times(monkeypatch):
     from types import SimpleNamespace
 
+    from gmmkit.study import perfmodel
     from gmmkit.study.bench import step_timer
 
+    # a clock that only the fake steps move: each step takes exactly its seconds, however loaded the machine
+    clock = [0.0]
+    monkeypatch.setattr(perfmodel, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     log = []
 
     class Fake:
@@ -140,7 +143,7 @@ def test_timers_take_turns_and_each_keeps_its_own_times():
         def step(self, x, batch):
             assert x.shape == (8, 2, 2, 2) and batch == 8  # the batch is tiled up from a smaller split
             log.append(self.key)
-            time.sleep(self.seconds)
+            clock[0] += self.seconds
 
     def matmul():
         log.append("matmul")
@@ -149,4 +152,4 @@ def test_timers_take_turns_and_each_keeps_its_own_times():
     times = take_turns({"fast": step_timer(Fake("fast", 0.001), 8), "slow": step_timer(Fake("slow", 0.03), 8),
                         "matmul": matmul}, repeats=3)
     assert log == ["fast", "slow", "matmul"] * 4  # one untimed round (tracing), then three in turns
-    assert times["matmul"] == 42.0 and 0 < times["fast"] < times["slow"]
+    assert times == {"fast": pytest.approx(0.001), "slow": pytest.approx(0.03), "matmul": 42.0}

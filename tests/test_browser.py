@@ -140,6 +140,19 @@ AXIAL_POINT = f"""([row, col]) => {{
   const g = {PLANES}, box = g.getBoundingClientRect(), xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
   return [box.left + xa._offset + xa.l2p(col), box.top + ya._offset + ya.l2p(row)];
 }}"""
+# every animation frame, the live plot's validation points and the status line, as one sample when either
+# changed: what the page showed while the first run trained, whatever the test process was doing meanwhile
+SAMPLE_LIVE = f"""() => {{
+  window.gmmkitSeen = [];
+  const look = () => {{
+    const status = document.querySelector('.gmmkit-dashboard .gmmkit-status');
+    const now = [({VAL_POINTS})(), status ? status.innerText : ''];
+    const last = window.gmmkitSeen[window.gmmkitSeen.length - 1];
+    if (!last || last[0] !== now[0] || last[1] !== now[1]) window.gmmkitSeen.push(now);
+    requestAnimationFrame(look);
+  }};
+  requestAnimationFrame(look);
+}}"""
 FIRST_RUN = "() => { const c = document.querySelector('.gmmkit-runs .gmmkit-cell-run'); return c ? c.textContent : ''; }"
 ALL_CELLS_RAN = """() => {
   const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);
@@ -157,6 +170,14 @@ def changed(page, script, before: str, arg=None, timeout=60_000):
     page.wait_for_function(f"(a) => JSON.stringify(({script})(a)) !== {json.dumps(before)}", arg=arg,
                            timeout=timeout)
     return page.evaluate(script, arg)
+
+
+def redrawn(figure, before: bytes, what: str, timeout: float = 60) -> None:
+    """Wait until the figure's picture differs from ``before`` (plotly draws after the data changed)."""
+    deadline = time.monotonic() + timeout
+    while figure.screenshot() == before:
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        time.sleep(0.1)
 
 
 def shoot(page, top, bottom, path) -> None:
@@ -188,27 +209,33 @@ def test_dashboard_runs_in_jupyterlab(lab):
             page.locator(".lm-Menu .lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
 
             dashboard = page.locator(".gmmkit-dashboard")
+            page.evaluate(SAMPLE_LIVE)
             dashboard.wait_for(state="visible", timeout=300_000)
 
-            # the live plot while the first run trains
-            counts, t0, status_mid_run = [], time.monotonic(), ""
-            while time.monotonic() - t0 < 300:
-                n = page.evaluate(VAL_POINTS)
-                if not counts or n != counts[-1]:
-                    counts.append(n)
-                    if n >= 3 and not status_mid_run:  # mid-run: the status line follows the epochs too
-                        status_mid_run = dashboard.locator(".gmmkit-status").inner_text()
-                        shoot(page, dashboard, dashboard.locator(".js-plotly-plot").first,
-                              shots / "dashboard-training.png")
-                if n >= PARAMETERS["epochs"]:
-                    break
-                time.sleep(0.1)
-            growing = [c for c in counts if c > 0]
-            assert len(growing) >= 3 and growing == sorted(growing), f"plot points seen: {counts}"
-            assert f"/{PARAMETERS['epochs']}" in status_mid_run and "epoch" in status_mid_run, status_mid_run
+            # the live plot while the first run trains: its points, and the status line, as the page showed them
+            epochs = PARAMETERS["epochs"]
+            page.wait_for_function(f"() => ({VAL_POINTS})() >= 3", timeout=300_000)
+            shoot(page, dashboard, dashboard.locator(".js-plotly-plot").first, shots / "dashboard-training.png")
+            page.wait_for_function(f"() => window.gmmkitSeen.some(([n, _]) => n >= {epochs})", timeout=300_000)
+            seen = page.evaluate("() => window.gmmkitSeen")
+            seen = seen[:next(i for i, (n, _) in enumerate(seen) if n >= epochs) + 1]  # the first run's, not the next
+            counts = [n for n, _ in seen if n > 0]
+            assert counts == sorted(counts) and counts[-1] == epochs, f"plot points seen: {seen}"
+            mid_run = [status for n, status in seen if 0 < n < epochs]  # points drawn before the run ended
+            assert mid_run, f"the plot gained no point while the run trained: {seen}"
+            # the status line follows the epochs too
+            assert any(f"/{epochs}" in status and "epoch" in status for status in mid_run), seen
 
             page.wait_for_function(ALL_CELLS_RAN, timeout=400_000)
             page.wait_for_function("() => document.body.innerText.includes('| Idle')")
+            # what the notebook printed and left: test_notebooks.py's checks of 02, made on this same execution
+            # (it runs the notebook itself only where this test cannot run)
+            printed = "\n".join(page.locator(".jp-OutputArea-output").all_inner_texts())
+            assert f"max_epochs after {epochs} epochs" in printed, printed
+            assert "status stopped; the run ended" in printed, printed
+            folder = lab["work"] / "runs" / "dashboard"
+            assert sorted(p.name for p in folder.iterdir()) == ["01-strong-n2", "02-lsr-n2", "03-strong-n1"]
+            assert json.loads((folder / "02-lsr-n2" / "summary.json").read_text())["status"] == "stopped"
             runs = dashboard.locator(".gmmkit-runs")
             assert "#3 strong n=1" in runs.inner_text()
             # the runs table sorts on a header click: by n, the one-worker run comes first
@@ -219,10 +246,15 @@ def test_dashboard_runs_in_jupyterlab(lab):
             # one run in detail: the first one's two ranks, the slowest named
             dashboard.locator(".widget-dropdown", has_text="details of").locator("select").select_option(
                 label="#1 strong n=2")
-            page.wait_for_function("() => document.querySelector('.gmmkit-ranks').innerText.includes('rank 1')")
+            # each panel updates on its own: wait for each to show the selected run (the logs once showed run #3's)
+            page.wait_for_function("() => ['#1 strong n=2', 'rank 1'].every("
+                                   "t => document.querySelector('.gmmkit-ranks').innerText.includes(t))")
             ranks = dashboard.locator(".gmmkit-ranks").inner_text()
             assert "rank 0" in ranks and "slowest: rank" in ranks, ranks
-            assert "rank 1 output" in dashboard.locator(".gmmkit-logs").inner_text()
+            page.wait_for_function("() => document.querySelector('.gmmkit-logs').innerText"
+                                   ".includes('#1 strong n=2 rank 1 output')")
+            logs = dashboard.locator(".gmmkit-logs").inner_text()
+            assert "#1 strong n=2 rank 0 output" in logs and "#3 strong n=1 rank" not in logs, logs
             shoot(page, runs, dashboard.locator(".gmmkit-logs"), shots / "dashboard-runs.png")
 
             # the slice viewer: keyboard on a slider handle, as a user would
@@ -237,15 +269,13 @@ def test_dashboard_runs_in_jupyterlab(lab):
             for _ in range(4):
                 page.keyboard.press("ArrowLeft")
             assert "crosshair (axial " in changed(page, SLICE_TITLE, before_title)
-            time.sleep(1.0)  # let plotly finish drawing
-            assert figure.screenshot() != before_png, "moving the slider did not change the image"
+            redrawn(figure, before_png, "moving the slider did not change the image")
 
             # a window preset changes the greys
             greys = state(page, GREYS)
             viewer.locator(".gmmkit-window button", has_text="mediastinum").click()
             assert changed(page, GREYS, greys) == [-125, 225]
-            time.sleep(1.0)
-            assert figure.screenshot() != before_png
+            redrawn(figure, before_png, "the mediastinum window did not change the image")
 
             # a click in the axial plane moves the crosshair in the coronal and sagittal planes
             coronal = state(page, TRACE, ["crosshair", "coronal", "input"])

@@ -80,13 +80,16 @@ def test_a_client_without_the_key_runs_nothing_on_the_engines(cluster, tmp_path)
         client.wait_for_engines(2, timeout=30)
         key = client.session.key
         client.session.key = b"not-the-cluster-key"
-        pending = client[:].apply_async(os.makedirs, str(marker), exist_ok=True)
+        forged_call = tmp_path / "ran-unsigned"
+        pending = client[:].apply_async(os.makedirs, str(forged_call), exist_ok=True)
         with pytest.raises(ipp.error.TimeoutError):
-            pending.get(timeout=5)
-        assert not marker.exists()
+            pending.get(timeout=1)
         client.session.key = key
         assert client[:].apply_sync(os.makedirs, str(marker), exist_ok=True) == [None, None]  # signed, it runs
         assert marker.exists()
+        # each engine runs its requests in the order they were sent: had the unsigned one been accepted, it
+        # would have run before the signed one just answered (not merely "not within 5 s")
+        assert not forged_call.exists()
     finally:
         client.close()
 

@@ -3,7 +3,9 @@
 04 (LUNA16: prepare, train, view) builds a fake LUNA16 folder itself; 05 (augmentation) uses the run 04
 trained.
 """
+import importlib.util
 import json
+import os
 
 import nbformat
 import pytest
@@ -35,9 +37,21 @@ def test_01_quickstart(tmp_path):
     assert len(notebook_outputs(nb, "application/vnd.jupyter.widget-view+json")) >= 2  # loss figure, viewer
 
 
+def browser_runs_02(session) -> bool:
+    """Whether tests/test_browser.py runs 02_distributed top to bottom in this session (selected, with Chromium
+    and Playwright there): it makes this test's checks on its own execution of the notebook, which costs a
+    cluster, three runs and a resize (about 50 s on 2 cores), so the notebook runs once."""
+    from test_browser import CHROMIUM
+
+    selected = any(item.nodeid.endswith("test_browser.py::test_dashboard_runs_in_jupyterlab") for item in session.items)
+    return selected and os.path.exists(CHROMIUM) and importlib.util.find_spec("playwright") is not None
+
+
 @pytest.mark.mpi
 @needs_horovod
-def test_02_distributed(tmp_path):
+def test_02_distributed(tmp_path, request):
+    if browser_runs_02(request.session):
+        pytest.skip("tests/test_browser.py runs 02_distributed in JupyterLab and checks this on that execution")
     nb = execute_notebook("02_distributed.ipynb", tmp_path, {**TINY, "workers": 2, "epochs": 3,
                                                               "target_loss": None, "out": "runs/dashboard"})
     text = notebook_text(nb)

@@ -42,6 +42,15 @@ def wait_for(condition, proc=None, timeout=240, what="the condition"):
         time.sleep(0.05)
 
 
+def claimed_by(run: Path, proc) -> bool:
+    """Whether ``proc`` has claimed the run: it writes its pid into ``.lock`` once it holds the lock. (Asking
+    ``RunDir.in_use()`` takes the lock for an instant, and a claim falling in that instant would be refused.)"""
+    try:
+        return f"gmmkit pid {proc.pid} " in (run / ".lock").read_text()
+    except FileNotFoundError:
+        return False
+
+
 def epochs_of(run: Path) -> list[int]:
     return [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")]
 
@@ -133,23 +142,23 @@ def test_a_run_directory_belongs_to_one_run(tmp_path, capsys):
     assert kept and all(p.read_bytes() != first for p in kept if p.exists())  # no state of the old run is left
 
 
-def test_a_second_process_is_refused_and_a_dead_one_holds_nothing(tmp_path):
+def test_a_second_process_is_refused_and_a_dead_one_holds_nothing(tmp_path, capsys):
     run = tmp_path / "run"
     first = start("train", *TINY, "--epochs", "400", "--out", run)
     try:
         wait_for(lambda: len(epochs_of(run)) >= 1, first, what="the first epoch")
-        second = subprocess.run([*GMMKIT, "train", *TINY, "--epochs", "400", "--overwrite", "--out", str(run)],
-                                capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2 and f"in use by gmmkit pid {first.pid}" in second.stderr, second.stderr
+        capsys.readouterr()
+        # the second process is this one (gmmkit in a process of its own costs a TensorFlow start-up)
+        assert main(["train", *TINY, "--epochs", "400", "--overwrite", "--out", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"in use by gmmkit pid {first.pid}" in err, err
         first.kill()  # a killed owner: its lock goes with it
         first.wait(timeout=30)
     finally:
         if first.poll() is None:
             first.kill()
     done = epochs_of(run)
-    resumed = subprocess.run([*GMMKIT, "train", "--resume", "--out", str(run), "--epochs", str(len(done) + 1)],
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    assert main(["train", "--resume", "--out", str(run), "--epochs", str(len(done) + 1)]) == 0
     assert epochs_of(run) == list(range(1, len(done) + 2))
 
 
@@ -161,7 +170,7 @@ def test_sigterm_stops_a_run_with_its_files_consistent(tmp_path, when):
     proc = start("train", *TINY, "--epochs", "400", "--out", run)
     try:
         if when == "start-up":  # the run owns its directory, TensorFlow is still tracing its steps
-            wait_for(lambda: RunDir(run).in_use(), proc, what="the claim")
+            wait_for(lambda: claimed_by(run, proc), proc, what="the claim")
         else:
             wait_for(lambda: len(epochs_of(run)) >= 1, proc, what="the first epoch")
         proc.send_signal(signal.SIGTERM)
@@ -181,7 +190,7 @@ def test_a_stop_asked_for_while_the_run_starts_is_not_lost(tmp_path, capsys):
     run = tmp_path / "run"
     proc = start("train", *TINY, "--epochs", "400", "--out", run)
     try:
-        wait_for(lambda: RunDir(run).in_use(), proc, what="the claim")
+        wait_for(lambda: claimed_by(run, proc), proc, what="the claim")
         assert main(["stop", str(run)]) == 0  # before config.json exists, while TensorFlow traces
         proc.communicate(timeout=60)
     finally:
@@ -232,12 +241,15 @@ def test_a_launcher_killed_outright_takes_its_job_with_it(tmp_path):
         if proc.poll() is None:
             proc.kill()
     epochs = assert_files_agree(run)
-    assert subprocess.run([*GMMKIT, "train", "--resume", "--out", str(run), "--epochs", str(epochs + 1),
-                           "--workers", "1"], capture_output=True, timeout=300).returncode == 0
+    assert main(["train", "--resume", "--out", str(run), "--epochs", str(epochs + 1), "--workers", "1"]) == 0
     assert epochs_of(run) == list(range(1, epochs + 2))
 
 
 # --- kills at random moments -------------------------------------------------------------------
+
+def _state_link(run: Path) -> str | None:
+    return os.readlink(run / "state") if (run / "state").is_symlink() else None
+
 
 def test_killed_at_random_moments_the_files_agree_and_resume_reaches_the_uninterrupted_result(tmp_path):
     epochs, rng = 6, random.Random(11)
@@ -246,19 +258,42 @@ def test_killed_at_random_moments_the_files_agree_and_resume_reaches_the_uninter
     # are set once per process, and this one's were set by whichever test ran first
     subprocess.run([sys.executable, "-m", "gmmkit", "train", *TINY, "--epochs", str(epochs), "--out", str(straight)],
                    check=True, capture_output=True, env=mpi_env())
-    run, kills = tmp_path / "run", 0
+    # Each moment is read from the run itself, never from the clock, so every planned kill finds the run going
+    # on any machine: "claimed" (the process holds the run's lock: nothing written yet), "begun" (it committed
+    # its first state: TensorFlow traces its steps), "epoch" (it finished an epoch, plus a random fraction of
+    # that epoch's own duration: anywhere in the next epoch, its commit included). Then a last process runs
+    # to the end.
+    plan = ["claimed", "begun", "epoch", "epoch"]
+    run, kills = tmp_path / "run", []
     args = ["train", *TINY, "--epochs", str(epochs), "--out", run]
     while not (RunDir(run).summary() or {}).get("status") == "max_epochs":
-        proc = start(*args)
-        time.sleep(rng.uniform(1.0, 9.0))
-        if proc.poll() is None and kills < 8:
-            proc.kill()
-            kills += 1
-        proc.communicate(timeout=300)
+        assert len(kills) <= len(plan), f"the run did not end after its kills: {kills}"
+        done, link = len(epochs_of(run)), _state_link(run)
+        # an epoch moment only while two epochs are left: the process cannot end before its kill
+        moment = plan[len(kills)] if len(kills) < len(plan) and done <= epochs - 2 else None
+        proc, killed = start(*args), False
+        try:
+            if moment == "claimed":
+                wait_for(lambda: claimed_by(run, proc), proc, what="the claim")
+            elif moment == "begun":
+                wait_for(lambda: _state_link(run) not in (None, link), proc, what="the first state")
+            elif moment == "epoch":
+                wait_for(lambda: len(epochs_of(run)) > done, proc, what="an epoch")
+                time.sleep(rng.random() * read_jsonl(run / "metrics.jsonl")[-1]["epoch_time_s"])
+            if moment is not None and proc.poll() is None:
+                proc.kill()
+                killed = True
+                kills.append((moment, done))
+            _, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert killed or proc.returncode == 0, err
         if RunDir(run).exists():
             assert_files_agree(run)
             args = ["train", "--resume", "--out", run]
-    assert kills >= 3
+    # the first three moments cannot be missed: each leaves at least four epochs to run
+    assert len(kills) >= 3 and [m for m, _ in kills[:3]] == ["claimed", "begun", "epoch"], kills
     assert not [p for p in run.rglob("*.tmp")]  # the last claim removed what the killed writers left
     for key in ("train_loss", "val_loss"):  # bit for bit the uninterrupted path
         assert [r[key] for r in read_jsonl(run / "metrics.jsonl")] == [r[key] for r in read_jsonl(straight / "metrics.jsonl")]
@@ -300,9 +335,7 @@ def test_a_full_disk_is_a_one_line_error_and_the_last_good_state_stays(small_dis
     assert epochs >= 1 and RunDir(run).summary()["status"] == "running"  # the last state it could write
     assert not list(run.rglob("*.tmp"))
     (small_disk / "ballast").unlink()  # room again: the run goes on from its last good state
-    done = subprocess.run([*GMMKIT, "train", "--resume", "--out", str(run), "--epochs", str(epochs + 1)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert main(["train", "--resume", "--out", str(run), "--epochs", str(epochs + 1)]) == 0
     assert epochs_of(run) == list(range(1, epochs + 2))
 
 
@@ -343,9 +376,11 @@ def test_results_folders_are_replaced_only_as_a_whole(tmp_path, capsys):
 def test_files_follow_the_umask(tmp_path):
     run = tmp_path / "run"
     cfg = _write(tmp_path / "c.json", tiny_config(run, epochs=1).to_json())
-    done = subprocess.run(["sh", "-c", f"umask 027 && exec {sys.executable} -m gmmkit train --config {cfg}"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    mask = os.umask(0o027)  # the user's umask, in this process (a process of its own costs a TensorFlow start-up)
+    try:
+        assert main(["train", "--config", cfg]) == 0
+    finally:
+        os.umask(mask)
     for path in [run / "config.json", *(run / "state").iterdir()]:
         assert path.stat().st_mode & 0o777 == 0o640, path
     assert (run / "state").stat().st_mode & 0o777 == 0o750

@@ -103,7 +103,7 @@ class HostsPool:
             if not no_jobs():
                 subprocess.run(["scancel", "--quiet", "--partition", SlurmCluster.partition], env=env,
                                capture_output=True, timeout=10)
-                wait_for(no_jobs, 15, "cancelled SLURM jobs leaving the queue", interval=0.2)
+                wait_for(no_jobs, 60, "cancelled SLURM jobs leaving the queue", interval=0.2)
             restarted = self.slurm_cluster.heal()
             if restarted:
                 self.timings.append(f"SLURM: restarted the slurmd of {', '.join(restarted)}")
