@@ -16,7 +16,7 @@ from . import checks
 from .files import existing_path, writable_path
 from .errors import ConfigError
 from .model.config import MIN_CUBE, ModelConfig
-from .strategies import STRATEGIES
+from .strategies import STRATEGIES, global_batch
 
 
 # Validation MSLE the sequential run reaches after 100 epochs on the default data set: the paper's rule
@@ -140,6 +140,17 @@ class RunConfig:
         if dataset.endswith(".npz"):
             dataset = os.path.abspath(dataset)
         return self.replace(data={"dataset": dataset}, out=os.path.abspath(self.out))
+
+    def check_batch_fits(self) -> "RunConfig":
+        """Refuse an explicit ``data.train_size`` smaller than one global batch before any data is built (a
+        config that passes can still meet a data set smaller than that; the trainer refuses it then). Not part
+        of :meth:`validate`: a sweep makes such configs for its large-batch points and records them failed."""
+        t = self.train
+        batch = global_batch(t.strategy, t.workers, t.batch_size)
+        if self.data.train_size is not None and self.data.train_size < batch:
+            checks.fail("data.train_size", f"at least one global batch of {batch} samples (batch size "
+                        f"{t.batch_size}, {t.strategy} scaling with {t.workers} workers)", self.data.train_size)
+        return self
 
     def check_paths(self) -> "RunConfig":
         """Check the paths the run reads and writes, before anything is written: the data set file exists and

@@ -24,6 +24,8 @@ METRIC_KEY = "epoch-{:06d}"
 # After an engine died: how long mpiexec may take to end the job, and say why, before wait() raises without
 # it (a rank that died alone, e.g. of an exception, leaves mpiexec running)
 ENDING_S = 10.0
+# After the result: how long the last streamed records (which travel apart from it) may take to arrive
+OUTPUT_S = 30.0
 
 
 # --- functions that run on the engines ----------------------------------------------------------
@@ -129,6 +131,8 @@ class TrainingRun:
         failed = self._failures()
         if failed:
             raise RuntimeError(f"run {self.cfg.out}: {self._failed(*failed[0])}")
+        # the result can arrive before rank 0's last published records; the engine's idle message follows them
+        self.results[0].wait_for_output(OUTPUT_S)
         return self.results[0].get()
 
     def _job_end(self, within_s: float) -> Optional[str]:

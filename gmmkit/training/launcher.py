@@ -77,6 +77,7 @@ def train_or_launch(cfg: RunConfig, argv: Sequence[str], mode: str = "new", simu
     say (default: the SLURM allocation this runs in, else this machine), returning how that job ended
     (:class:`Launched`). ``callbacks`` get each epoch's record where this process trains; ``say`` gets a line
     when ranks are started."""
+    cfg.check_batch_fits()  # before ranks start and data is built
     n, inside = cfg.train.workers, launch.launched_in_parallel()
     launching = n > 1 and not simulate and not inside
     if not inside and (launching or hosts or hostfile):

@@ -28,7 +28,7 @@ def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool 
     SIGINT or SIGTERM when ``handle_signals`` is set. Any exception writes ``status: failed`` with the error
     before propagating.
     """
-    cfg = cfg.validate().resolved()
+    cfg = cfg.validate().check_batch_fits().resolved()
     run = RunDir(cfg.out, chief=(ctx.is_chief if ctx is not None else launcher_rank() == 0))
     signals = stop_on_signals(stop) if handle_signals else contextlib.nullcontext(stop if stop is not None else StopFlag())
     with signals as stop:

@@ -49,6 +49,7 @@ STATUSES = ("reached_target", "diverged", "max_epochs", "stopped", "failed", "ru
 FINISHED = ("reached_target", "diverged")  # a resume reports these instead of training on
 # A launcher that holds a run's lock for its ranks names the run directory here (the ranks skip the lock).
 LOCK_HELD_BY_PARENT = "GMMKIT_RUN_LOCKED"
+LOCK_TRIES = 10  # 0.5 s: far longer than a look by in_use(), far shorter than any run
 
 
 class RunDir:
@@ -157,13 +158,18 @@ class RunDir:
         if os.environ.get(LOCK_HELD_BY_PARENT) == str(self.path.resolve()) or self._lock_fd is not None:
             return
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise RunDirError(f"--out {self.path}: in use by {holder}; one process per run directory "
-                              "(wait for it, or stop it with gmmkit stop)") from None
+        # in_use() (gmmkit stop, a dashboard) holds the lock for an instant: a few tries tell it from an owner
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt + 1 == LOCK_TRIES:
+                    holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                    os.close(fd)
+                    raise RunDirError(f"--out {self.path}: in use by {holder}; one process per run directory "
+                                      "(wait for it, or stop it with gmmkit stop)") from None
+                time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.write(fd, f"gmmkit pid {os.getpid()} on {socket.gethostname()}\n".encode())
         self._lock_fd = fd

@@ -173,9 +173,11 @@ class Inspector:
         if self.run is None:
             return False
         try:
-            mtime = self.run.checkpoint_path.stat().st_mtime_ns
+            stat = self.run.checkpoint_path.stat()
         except FileNotFoundError:
             return False
+        # every commit writes a new file: its inode tells two checkpoints of one timestamp tick apart
+        mtime = (stat.st_ino, stat.st_mtime_ns)
         if mtime == self._mtime:
             return False
         with self._lock:
