@@ -10,6 +10,7 @@ c from each. The emulated hosts share this machine's cores and memory bus, and t
 pair through a bridge in one kernel: the figures say what the TCP path costs, not what a real network
 between real machines does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,13 +50,18 @@ def main(argv=None) -> int:
     for key in ("same_host", "cross_host"):
         perf = from_measurements(compute, result[key]["allreduce"]["horovod_s"])
         result[key]["epoch_s_predicted_by_workers"] = {
-            str(n): perf.epoch_time("strong", n, 32, args.train_size, 64) for n in (1, 2, 4, 8, 16, 32)}
+            str(n): perf.epoch_time("strong", n, 32, args.train_size, 64) for n in (1, 2, 4, 8, 16, 32)
+        }
         r = result[key]
-        print(f"{key}: allreduce of {nbytes / 1e6:.2f} MB: Horovod {r['allreduce']['horovod_s'] * 1e3:.2f} ms, "
-              f"mpi4py {r['allreduce']['mpi_s'] * 1e3:.2f} ms; strong efficiency n=2 {r['strong_efficiency_n2']:.3f} "
-              "= " + " x ".join(f"{k} {v:.3f}" for k, v in r["strong_efficiency_factors"].items())
-              + "; T(n) predicted (s): " + ", ".join(f"{n}: {t:.2f}" for n, t in
-                                                     r["epoch_s_predicted_by_workers"].items()), flush=True)
+        print(
+            f"{key}: allreduce of {nbytes / 1e6:.2f} MB: Horovod {r['allreduce']['horovod_s'] * 1e3:.2f} ms, "
+            f"mpi4py {r['allreduce']['mpi_s'] * 1e3:.2f} ms; strong efficiency n=2 {r['strong_efficiency_n2']:.3f} "
+            "= "
+            + " x ".join(f"{k} {v:.3f}" for k, v in r["strong_efficiency_factors"].items())
+            + "; T(n) predicted (s): "
+            + ", ".join(f"{n}: {t:.2f}" for n, t in r["epoch_s_predicted_by_workers"].items()),
+            flush=True,
+        )
     result["seconds"] = time.perf_counter() - began
     if args.json:
         atomic_write_json(args.json, result)

@@ -12,6 +12,7 @@ and the steps take turns across them (one step at a time, the other workers wait
 
 Each ratio is the median exact step over the median default step of the same rounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ WORKERS = {  # name: (intra-op threads, inter-op threads, side by side, steps)
 def worker(name: str, micro_shards: list[int], batch: int, native_kernel_gradient: bool) -> None:
     """Build the steps of one thread set-up, then time one step per ``run NAME`` line on stdin."""
     sys.path.insert(0, ROOT)
-    import gmmkit  # noqa: F401  (oneDNN on before TensorFlow loads)
     import tensorflow as tf
+
+    import gmmkit  # noqa: F401  (oneDNN on before TensorFlow loads)
 
     intra, inter, parallel, kinds = WORKERS[name]
     tf.config.threading.set_intra_op_parallelism_threads(intra)
@@ -90,9 +92,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--json")
-    p.add_argument("--native-kernel-gradient", action="store_true",
-                   help="experiment: exact steps take oneDNN's own Conv3D kernel gradient (gmmkit.model.conv "
-                        "runs conv2's as a forward convolution, chosen at batch 32)")
+    p.add_argument(
+        "--native-kernel-gradient",
+        action="store_true",
+        help="experiment: exact steps take oneDNN's own Conv3D kernel gradient (gmmkit.model.conv "
+        "runs conv2's as a forward convolution, chosen at batch 32)",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     micro_shards = [int(m) for m in args.micro_shards.split(",")]
@@ -103,9 +108,22 @@ def main(argv=None) -> int:
     procs, plan = {}, []
     for name in WORKERS:
         procs[name] = subprocess.Popen(
-            [sys.executable, __file__, "--worker", name, "--micro-shards", args.micro_shards,
-             "--batch", str(args.batch), *(["--native-kernel-gradient"] if args.native_kernel_gradient else [])],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--micro-shards",
+                args.micro_shards,
+                "--batch",
+                str(args.batch),
+                *(["--native-kernel-gradient"] if args.native_kernel_gradient else []),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         ready = json.loads(procs[name].stdout.readline())["ready"]  # one worker traces at a time
         plan += [(name, step) for step in ready]
     times = {key: [] for key in plan}
@@ -118,11 +136,14 @@ def main(argv=None) -> int:
         proc.stdin.close()
         proc.wait()
     ms = {f"{name}/{step}": 1e3 * float(np.median(t)) for (name, step), t in times.items()}
-    result = {"median_ms": ms, "rounds": args.rounds, "batch": args.batch,
-              "native_kernel_gradient": args.native_kernel_gradient,
-              "ratio_one_thread": {f"M{m}": ms[f"one/exact-M{m}"] / ms["one/default"] for m in micro_shards},
-              "ratio_two_threads": {f"M{m}": ms[f"two-exact/exact-M{m}"] / ms["two-default/default"]
-                                    for m in micro_shards}}
+    result = {
+        "median_ms": ms,
+        "rounds": args.rounds,
+        "batch": args.batch,
+        "native_kernel_gradient": args.native_kernel_gradient,
+        "ratio_one_thread": {f"M{m}": ms[f"one/exact-M{m}"] / ms["one/default"] for m in micro_shards},
+        "ratio_two_threads": {f"M{m}": ms[f"two-exact/exact-M{m}"] / ms["two-default/default"] for m in micro_shards},
+    }
     print(json.dumps(result, indent=1))
     if args.json:
         atomic_write_json(args.json, result)

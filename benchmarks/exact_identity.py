@@ -9,6 +9,7 @@ intra-op thread (``--parallel`` inter-op threads, micro-shards side by side on o
 batch of each step is the next ``--batch`` phantoms in index order; the default mode splits it as strong
 scaling does (contiguous shares, the first ranks one sample more) and sums float32 gradients.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,21 @@ def compare(paths: list[str]) -> dict:
     report = {}
     for path in paths[1:]:
         other = np.load(path)
-        differ = [k for k in first.files if not np.array_equal(np.atleast_1d(first[k]).view(np.uint8), np.atleast_1d(other[k]).view(np.uint8))]
-        worst = max((float(np.max(np.abs(first[k] - other[k])) / max(float(np.max(np.abs(first[k]))), 1e-30))
-                     for k in differ), default=0.0)
-        report[path] = {"identical": not differ, "arrays_differing": len(differ), "of": len(first.files),
-                        "max_diff_relative_to_largest": worst}
+        differ = [
+            k
+            for k in first.files
+            if not np.array_equal(np.atleast_1d(first[k]).view(np.uint8), np.atleast_1d(other[k]).view(np.uint8))
+        ]
+        worst = max(
+            (float(np.max(np.abs(first[k] - other[k])) / max(float(np.max(np.abs(first[k]))), 1e-30)) for k in differ),
+            default=0.0,
+        )
+        report[path] = {
+            "identical": not differ,
+            "arrays_differing": len(differ),
+            "of": len(first.files),
+            "max_diff_relative_to_largest": worst,
+        }
     return report
 
 
@@ -74,13 +85,13 @@ def main(argv=None) -> int:
     variables = model.trainable_variables
 
     if args.mode == "exact":
-        exact = ExactStep(model, optimizer, per_sample_msle, args.micro_batch, max_fn, sum_fn,
-                          parallel=args.parallel)
+        exact = ExactStep(model, optimizer, per_sample_msle, args.micro_batch, max_fn, sum_fn, parallel=args.parallel)
 
         def step(batch):
             x = data[local_micro_shards(batch, args.micro_batch, size, rank)]
             return float(exact.train_step(x, len(batch))[0])
     else:
+
         @tf.function
         def default_step(x, global_batch):
             with tf.GradientTape() as tape:
@@ -93,7 +104,7 @@ def main(argv=None) -> int:
 
         def step(batch):
             plan = strategies.plan("strong", size, len(batch), 1.05e-3)
-            share = batch[plan.offset(rank):plan.offset(rank) + plan.shares[rank]]
+            share = batch[plan.offset(rank) : plan.offset(rank) + plan.shares[rank]]
             return float(default_step(tf.constant(data[share]), tf.constant(float(len(batch)))))
 
     losses = [step(np.arange(s * args.batch, (s + 1) * args.batch)) for s in range(args.steps)]
@@ -103,8 +114,11 @@ def main(argv=None) -> int:
         arrays.update({f"adam_{i}": np.asarray(v.numpy()) for i, v in enumerate(state)})
         arrays["losses"] = np.asarray(losses, np.float32)
         np.savez(args.out, **arrays)
-        print(json.dumps({"mode": args.mode, "ranks": size, "micro_batch": args.micro_batch,
-                          "losses": losses, "out": args.out}))
+        print(
+            json.dumps(
+                {"mode": args.mode, "ranks": size, "micro_batch": args.micro_batch, "losses": losses, "out": args.out}
+            )
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ starts). Every process computes, for the paper's model with its seed-0 weights, 
 ``sum of per-sample losses / 32`` on the first 1, 4, 16 and 32 phantoms, and three fused Adam updates
 from one fixed set of random gradients; the driver compares every array with the (1, 1) process's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ MICRO_BATCHES = (1, 4, 16, 32)
 
 def compute(intra: int, inter: int, out: str) -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    import gmmkit  # noqa: F401  (oneDNN on before TensorFlow loads)
     import tensorflow as tf
+
+    import gmmkit  # noqa: F401  (oneDNN on before TensorFlow loads)
 
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
@@ -73,8 +75,11 @@ def main(argv=None) -> int:
         files = {}
         for intra, inter in SETUPS:
             files[(intra, inter)] = os.path.join(tmp, f"{intra}-{inter}.npz")
-            subprocess.run([sys.executable, __file__, "--worker", str(intra), str(inter), files[(intra, inter)]],
-                           check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            subprocess.run(
+                [sys.executable, __file__, "--worker", str(intra), str(inter), files[(intra, inter)]],
+                check=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            )
         base = np.load(files[SETUPS[0]])
         report = {}
         for setup in SETUPS[1:]:

@@ -7,6 +7,7 @@ does), then presses Start on a :class:`~gmmkit.ui.Dashboard` ``--starts`` times,
 first epoch. The first Start pays the engines' imports and tracing; later ones find them warm.
 ``epoch_time_s``: each first epoch's own training time, for comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ from gmmkit.ui import Dashboard
 def notebook_latency(cfg, workers: int = 2, starts: int = 2, timeout: float = 300) -> dict:
     latencies, epochs, statuses = [], [], []
     with MPICluster(n=workers) as cluster, tempfile.TemporaryDirectory(prefix="gmmkit-latency-") as tmp:
-        dash = Dashboard(cluster, base=cfg.replace(train={"workers": workers, "target_loss": None}), out=tmp,
-                         viewer=False, poll_interval=0.02)
+        dash = Dashboard(
+            cluster,
+            base=cfg.replace(train={"workers": workers, "target_loss": None}),
+            out=tmp,
+            viewer=False,
+            poll_interval=0.02,
+        )
         for _ in range(starts):
             run = dash.start()
             deadline = time.monotonic() + timeout
@@ -32,15 +38,21 @@ def notebook_latency(cfg, workers: int = 2, starts: int = 2, timeout: float = 30
                 time.sleep(0.01)
             if run.first_epoch_s is None:
                 dash.stop()
-                raise RuntimeError(f"notebook latency: no epoch streamed within {timeout} s "
-                                   f"({run.error or 'still running'})")
+                raise RuntimeError(
+                    f"notebook latency: no epoch streamed within {timeout} s ({run.error or 'still running'})"
+                )
             latencies.append(run.first_epoch_s)
             epochs.append(run.records[0]["epoch_time_s"])
             dash.stop()
             dash.wait(timeout=timeout)
             statuses.append(run.status)
-    return {"first_start_s": latencies[0], "later_starts_s": latencies[1:], "epoch_time_s": epochs,
-            "status": statuses, "workers": workers}
+    return {
+        "first_start_s": latencies[0],
+        "later_starts_s": latencies[1:],
+        "epoch_time_s": epochs,
+        "status": statuses,
+        "workers": workers,
+    }
 
 
 def main(argv=None) -> int:

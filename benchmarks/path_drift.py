@@ -14,6 +14,7 @@ About 45 s a seed on 2 cores.
 of one sample), and prints both drifts side by side: exact mode's is 0 by construction, which the script
 checks on every loss rather than assumes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ def val_losses(cfg: RunConfig) -> list[float]:
     config = os.path.join(cfg.out, "input-config.json")
     with open(config, "w") as fh:
         fh.write(cfg.to_json())
-    proc = subprocess.run([sys.executable, "-m", "gmmkit", "train", "--config", config],
-                          capture_output=True, text=True, env=mpi_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "gmmkit", "train", "--config", config], capture_output=True, text=True, env=mpi_env()
+    )
     if proc.returncode != 0:
         raise SystemExit(f"gmmkit train (workers={cfg.train.workers}) exited {proc.returncode}:\n{proc.stderr}")
     return [r["val_loss"] for r in read_jsonl(os.path.join(cfg.out, "metrics.jsonl"))]
@@ -62,22 +64,35 @@ def main(argv=None) -> int:
     rows = []
     for seed in args.seeds:
         for exact in modes:
-            cfg = RunConfig().replace(data={"dataset": "phantoms", "size": 576, "train_size": 512, "val_size": 64},
-                                      train={"epochs": args.epochs, "target_loss": None, "threads": 1,
-                                             "strategy": "strong", "seed": seed, "exact": exact})
+            cfg = RunConfig().replace(
+                data={"dataset": "phantoms", "size": 576, "train_size": 512, "val_size": 64},
+                train={
+                    "epochs": args.epochs,
+                    "target_loss": None,
+                    "threads": 1,
+                    "strategy": "strong",
+                    "seed": seed,
+                    "exact": exact,
+                },
+            )
             with tempfile.TemporaryDirectory(prefix="gmmkit-drift-") as tmp:
                 one = val_losses(cfg.replace(out=os.path.join(tmp, "n1")))
                 two = val_losses(cfg.replace(train={"workers": 2}, out=os.path.join(tmp, "n2")))
             rel = [abs(a - b) / a for a, b in zip(one, two)]
             rows.append({"seed": seed, "exact": exact, "n1": one, "n2": two, "rel": rel, "bitwise": one == two})
-            print(f"seed {seed}{' exact' if exact else ''}: "
-                  + ", ".join(f"epoch {e + 1}: {r:.1e}" for e, r in enumerate(rel))
-                  + (", identical to the last bit" if one == two else ""), flush=True)
+            print(
+                f"seed {seed}{' exact' if exact else ''}: "
+                + ", ".join(f"epoch {e + 1}: {r:.1e}" for e, r in enumerate(rel))
+                + (", identical to the last bit" if one == two else ""),
+                flush=True,
+            )
     for exact in modes:
         for e in range(args.epochs):
             rels = [r["rel"][e] for r in rows if r["exact"] == exact]
-            print(f"{'exact' if exact else 'default'} mode, epoch {e + 1}: median {statistics.median(rels):.1e}, "
-                  f"largest {max(rels):.1e}")
+            print(
+                f"{'exact' if exact else 'default'} mode, epoch {e + 1}: median {statistics.median(rels):.1e}, "
+                f"largest {max(rels):.1e}"
+            )
     if args.json:
         atomic_write_json(args.json, {"seeds": rows, "epochs": args.epochs, "train_size": 512, "batch": 32})
     return 0

@@ -3,6 +3,7 @@
 Light at import: TensorFlow, Horovod, ipyparallel, ipywidgets, plotly and SimpleITK load only in the
 modules that own them, when those are imported.
 """
+
 import os as _os
 import sys as _sys
 

@@ -2,6 +2,7 @@
 names the field, says what was expected and what was received, and carries the field's name in
 ``error.field`` (and the rest in ``error.detail``) so the command line can name the flag without reading
 the message."""
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ checks anything itself. Errors in flags, fields or files print one line naming t
 the library's errors carry the config field they are about, and :func:`main` shows the field's flag (each flag
 is declared once, with its fields: :mod:`gmmkit.commands.flags`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,18 @@ class _Parser(argparse.ArgumentParser):
 # Each subcommand lives in gmmkit/commands/<name>.py and exposes register(subparsers), which adds its
 # parser (its flags declared in gmmkit/commands/flags.py's way), sets func=run(args, parser) -> exit code, and
 # returns the parser. Order here is `gmmkit --help`'s.
-COMMANDS = ("train", "sweep", "lr-find", "demo", "reproduce", "stop", "prepare-luna", "prepare-lidc", "synthesize",
-            "bench")
+COMMANDS = (
+    "train",
+    "sweep",
+    "lr-find",
+    "demo",
+    "reproduce",
+    "stop",
+    "prepare-luna",
+    "prepare-lidc",
+    "synthesize",
+    "bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

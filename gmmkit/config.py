@@ -4,6 +4,7 @@ One :class:`RunConfig` describes a training run completely. The CLI builds it fr
 it from keyword arguments, engines receive it as JSON, and every run directory stores it as
 ``config.json``. Every field is validated in :meth:`RunConfig.validate`, and every error names the field.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,11 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from . import checks
-from .files import existing_path, writable_path
 from .errors import ConfigError
+from .files import existing_path, writable_path
 from .model.config import MIN_CUBE, ModelConfig
 from .strategies import STRATEGIES, global_batch
-
 
 # Validation MSLE the sequential run reaches after 100 epochs on the default data set: the paper's rule
 # (README "Default target loss" has the measurement and the command that repeats it).
@@ -102,18 +102,29 @@ class TrainConfig:
         if self.threads is not None:
             checks.positive_int("train.threads", self.threads)
         if self.strategy == "strong" and self.workers > self.batch_size:
-            checks.fail("train.workers", f"at most batch_size={self.batch_size} for strong scaling "
-                  "(each worker needs at least one sample of the global batch)", self.workers)
+            checks.fail(
+                "train.workers",
+                f"at most batch_size={self.batch_size} for strong scaling "
+                "(each worker needs at least one sample of the global batch)",
+                self.workers,
+            )
         if not isinstance(self.exact, bool):
             checks.fail("train.exact", "true or false", self.exact)
         if self.micro_shards is not None:
             checks.positive_int("train.micro_shards", self.micro_shards)
             if self.batch_size % self.micro_shards:
-                checks.fail("train.micro_shards", f"a divisor of batch_size={self.batch_size} (micro-shards of "
-                            "equal size)", self.micro_shards)
+                checks.fail(
+                    "train.micro_shards",
+                    f"a divisor of batch_size={self.batch_size} (micro-shards of equal size)",
+                    self.micro_shards,
+                )
         if self.exact and self.strategy == "strong" and self.workers > (self.micro_shards or self.batch_size):
-            checks.fail("train.workers", f"at most micro_shards={self.micro_shards or self.batch_size} in exact "
-                        "mode (each worker needs at least one micro-shard of the global batch)", self.workers)
+            checks.fail(
+                "train.workers",
+                f"at most micro_shards={self.micro_shards or self.batch_size} in exact "
+                "mode (each worker needs at least one micro-shard of the global batch)",
+                self.workers,
+            )
 
 
 @dataclass
@@ -148,8 +159,12 @@ class RunConfig:
         t = self.train
         batch = global_batch(t.strategy, t.workers, t.batch_size)
         if self.data.train_size is not None and self.data.train_size < batch:
-            checks.fail("data.train_size", f"at least one global batch of {batch} samples (batch size "
-                        f"{t.batch_size}, {t.strategy} scaling with {t.workers} workers)", self.data.train_size)
+            checks.fail(
+                "data.train_size",
+                f"at least one global batch of {batch} samples (batch size "
+                f"{t.batch_size}, {t.strategy} scaling with {t.workers} workers)",
+                self.data.train_size,
+            )
         return self
 
     def check_paths(self) -> "RunConfig":
@@ -168,8 +183,13 @@ class RunConfig:
             if key == "out":
                 new.out = value
             elif key in ("data", "model", "train") and isinstance(value, dict):
-                setattr(new, key, _section_from_dict(type(getattr(new, key)), key,
-                                                     {**dataclasses.asdict(getattr(new, key)), **value}))
+                setattr(
+                    new,
+                    key,
+                    _section_from_dict(
+                        type(getattr(new, key)), key, {**dataclasses.asdict(getattr(new, key)), **value}
+                    ),
+                )
             else:
                 checks.fail(key, "one of data, model, train (as dicts) or out", value)
         return new.validate()

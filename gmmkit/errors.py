@@ -4,6 +4,7 @@ Each message names what is wrong (flag, config field or file) and what was expec
 config field also carries the field's dotted name (``error.field``, e.g. ``"train.lr"``) and the message
 without it (``error.detail``), which the command line shows with the field's flag.
 """
+
 from __future__ import annotations
 
 

@@ -8,6 +8,7 @@ owner-only where they are written). JSON is strict: NaN and infinities are writt
 :func:`existing_path` and :func:`writable_path` check, before any work, the paths a configuration names;
 their errors carry the field (or flag) that named the path.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -152,11 +153,15 @@ def _earlier_output(path: Path, owned: str, overwrite: bool, field: str) -> bool
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return False
     if not path.is_dir() or not (path / owned).exists():
-        raise _path_error(field, f"{path}: holds files that are not an earlier output of this command (no "
-                                 f"{owned}); choose an empty or new folder")
+        raise _path_error(
+            field,
+            f"{path}: holds files that are not an earlier output of this command (no "
+            f"{owned}); choose an empty or new folder",
+        )
     if not overwrite:
-        raise _path_error(field, f"{path}: holds an earlier output ({owned}); choose a new folder, or pass "
-                                 "--overwrite to replace it")
+        raise _path_error(
+            field, f"{path}: holds an earlier output ({owned}); choose a new folder, or pass --overwrite to replace it"
+        )
     return True
 
 

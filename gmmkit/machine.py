@@ -3,6 +3,7 @@
 Plain Python: the placement, the data builders, the ranks' thread counts and the benchmark all ask here, so
 there is one answer to "how many cores".
 """
+
 from __future__ import annotations
 
 import os
@@ -40,5 +41,10 @@ def onednn_enabled() -> Optional[bool]:
 def describe() -> dict:
     """Python, platform, cores, CPU model and oneDNN: what a benchmark's figures were measured on (the
     libraries' versions are :func:`gmmkit.parallel.distributed.versions`)."""
-    return {"python": platform.python_version(), "platform": platform.platform(), "cores": available_cores(),
-            "cpu": cpu_model(), "onednn": onednn_enabled()}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cores": available_cores(),
+        "cpu": cpu_model(),
+        "onednn": onednn_enabled(),
+    }

@@ -2,6 +2,7 @@
 managers) set a :class:`StopFlag` that the training loop reads at every step, so a run ends as ``stopped``
 with its files consistent instead of dying mid-write. Light on purpose: the command line installs the
 handlers before it loads TensorFlow, so a signal during start-up is not lost either."""
+
 from __future__ import annotations
 
 import contextlib

@@ -16,6 +16,7 @@ each global batch. Under strong scaling with n not dividing B the shares differ 
 sequential one because each worker contributes ``sum of its per-sample gradients / global batch`` and the
 contributions are summed (see :mod:`gmmkit.training`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,8 +49,10 @@ def _check(strategy: str, n: int, base_batch: int) -> None:
     if base_batch < 1:
         raise ValueError(f"batch_size: expected a positive integer, received {base_batch!r}")
     if strategy == "strong" and n > base_batch:
-        raise ValueError(f"workers: strong scaling splits the batch of {base_batch} samples, so at most "
-                         f"{base_batch} workers, received {n}")
+        raise ValueError(
+            f"workers: strong scaling splits the batch of {base_batch} samples, so at most "
+            f"{base_batch} workers, received {n}"
+        )
 
 
 def global_batch(strategy: str, n: int, base_batch: int) -> int:
@@ -80,8 +83,9 @@ def learning_rate(strategy: str, n: int, base_lr: float, epoch: float, warmup_ep
     raise ValueError(f"strategy: expected one of {', '.join(STRATEGIES)}, received {strategy!r}")
 
 
-def plan(strategy: str, n: int, base_batch: int, base_lr: float, epoch: float = 0.0,
-         warmup_epochs: int = 5) -> StepPlan:
+def plan(
+    strategy: str, n: int, base_batch: int, base_lr: float, epoch: float = 0.0, warmup_epochs: int = 5
+) -> StepPlan:
     """Global batch, per-worker shares and learning rate of ``strategy`` with ``n`` workers at ``epoch``."""
     parts = shares(strategy, n, base_batch)
     return StepPlan(strategy, n, sum(parts), parts, learning_rate(strategy, n, base_lr, epoch, warmup_epochs))
@@ -100,4 +104,4 @@ def epoch_permutation(seed: int, epoch: int, n_samples: int) -> np.ndarray:
 def worker_indices(perm: np.ndarray, step_plan: StepPlan, step: int, rank: int) -> np.ndarray:
     """Indices of the samples worker ``rank`` processes at ``step`` of the epoch with order ``perm``."""
     start = step * step_plan.global_batch + step_plan.offset(rank)
-    return perm[start: start + step_plan.shares[rank]]
+    return perm[start : start + step_plan.shares[rank]]

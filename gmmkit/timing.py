@@ -1,4 +1,5 @@
 """Timing small pieces of work on a shared, drifting host: the one place "time N repeats" is written."""
+
 from __future__ import annotations
 
 import time

@@ -1,5 +1,6 @@
 """Shared test helpers: quiet TensorFlow, a private phantom cache, one tiny-config builder, one Horovod
 marker, one notebook executor, ``gmmkit train`` as a user runs it."""
+
 import importlib.util
 import json
 import os
@@ -19,8 +20,9 @@ from gmmkit.parallel.launch import mpi_env, mpirun_command  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
-needs_horovod = pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
-                                   reason="Horovod is not installed (make setup builds it)")
+needs_horovod = pytest.mark.skipif(
+    importlib.util.find_spec("horovod") is None, reason="Horovod is not installed (make setup builds it)"
+)
 
 # emulated hosts and a real SLURM (issue 17): fixtures emulated_hosts, slurm_cluster
 pytest_plugins = ["support.fixtures"]
@@ -37,8 +39,17 @@ HOSTS_FIXTURES = {"emulated_hosts", "slurm_cluster"}  # not hosts_pool: every te
 # The longest units first, longest to shortest (measured with two workers on 2 cores: about 5.5 minutes for the
 # hosts, 2.5 each for test_runs and test_exact_runs, 1.5 to 1 for the next ones), so that no long one is left for
 # the end while the other worker idles; the rest, each under a minute, follow in file order.
-FIRST = ["hosts", "tests/test_runs.py", "tests/test_exact_runs.py", "tests/test_horovod.py", "tests/test_faults.py",
-         "tests/test_browser.py", "tests/test_cluster.py", "tests/test_notebooks.py", "tests/test_bench.py"]
+FIRST = [
+    "hosts",
+    "tests/test_runs.py",
+    "tests/test_exact_runs.py",
+    "tests/test_horovod.py",
+    "tests/test_faults.py",
+    "tests/test_browser.py",
+    "tests/test_cluster.py",
+    "tests/test_notebooks.py",
+    "tests/test_bench.py",
+]
 
 
 def work_unit(nodeid: str) -> str:
@@ -60,13 +71,17 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: FIRST.index(work_unit(item.nodeid)) if work_unit(item.nodeid) in FIRST
-               else len(FIRST))  # stable: the rest keep their order
-    strays = sorted({item.path.name for item in items if HOSTS_FIXTURES & set(getattr(item, "fixturenames", ()))}
-                    - HOSTS_FILES)
+    items.sort(
+        key=lambda item: FIRST.index(work_unit(item.nodeid)) if work_unit(item.nodeid) in FIRST else len(FIRST)
+    )  # stable: the rest keep their order
+    strays = sorted(
+        {item.path.name for item in items if HOSTS_FIXTURES & set(getattr(item, "fixturenames", ()))} - HOSTS_FILES
+    )
     if strays:
-        raise pytest.UsageError(f"{', '.join(strays)} use the emulated hosts: add them to HOSTS_FILES in "
-                                "tests/conftest.py (one worker holds the hosts)")
+        raise pytest.UsageError(
+            f"{', '.join(strays)} use the emulated hosts: add them to HOSTS_FILES in "
+            "tests/conftest.py (one worker holds the hosts)"
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -87,7 +102,8 @@ def tiny_config(out, data: dict | None = None, model: dict | None = None, **trai
         data={"dataset": "phantoms", "size": 120, "val_size": 24, "train_size": 96, **(data or {})},
         model={"components": 4, "latent": 32, "filters": 8, **(model or {})},
         train={"epochs": 2, "batch_size": 8, "target_loss": None, "threads": 1, **train},
-        out=str(out))
+        out=str(out),
+    )
 
 
 @pytest.fixture
@@ -113,8 +129,15 @@ def execute_notebook(name: str, cwd: Path, parameters: dict, timeout: int = 600)
     import papermill
 
     out = cwd / name
-    papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters, cwd=str(cwd),
-                               kernel_name="python3", progress_bar=False, execution_timeout=timeout)
+    papermill.execute_notebook(
+        str(NOTEBOOKS / name),
+        str(out),
+        parameters=parameters,
+        cwd=str(cwd),
+        kernel_name="python3",
+        progress_bar=False,
+        execution_timeout=timeout,
+    )
     return nbformat.read(out, as_version=4)
 
 

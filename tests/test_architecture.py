@@ -1,11 +1,11 @@
 """docs/architecture.md's rules hold in the code (tests/support/architecture.py checks them), the checker finds
 planted breaches, and the map names the owners the rules name."""
+
 import re
 import shutil
 
-from support.architecture import LAYERS, OWNERS, violations
-
 from conftest import ROOT
+from support.architecture import LAYERS, OWNERS, violations
 
 
 def test_the_package_keeps_the_architectures_rules():
@@ -25,11 +25,13 @@ def test_planted_breaches_are_each_found(tmp_path):
     _plant(tree / "study" / "claims.py", "\nfrom ..parallel.launch import _die_with_parent\n")  # a private name
     (tree / "data" / "big.py").write_text("x = 1\n" * 401)
     found = violations(tree)
-    expected = [r"gmmkit/model/conv\.py:\d+: imports gmmkit\.training\.loop \(training\) from model",
-                r"gmmkit/training/loop\.py:\d+: imports horovod, which only gmmkit\.parallel\.distributed may",
-                r"gmmkit/data/cubes\.py:\d+: imports subprocess, which only gmmkit\.parallel\.launch may",
-                r"gmmkit/study/claims\.py:\d+: imports the private _die_with_parent of gmmkit\.parallel\.launch",
-                r"gmmkit/data/big\.py: 401 lines, over 400"]
+    expected = [
+        r"gmmkit/model/conv\.py:\d+: imports gmmkit\.training\.loop \(training\) from model",
+        r"gmmkit/training/loop\.py:\d+: imports horovod, which only gmmkit\.parallel\.distributed may",
+        r"gmmkit/data/cubes\.py:\d+: imports subprocess, which only gmmkit\.parallel\.launch may",
+        r"gmmkit/study/claims\.py:\d+: imports the private _die_with_parent of gmmkit\.parallel\.launch",
+        r"gmmkit/data/big\.py: 401 lines, over 400",
+    ]
     for pattern in expected:
         assert any(re.match(pattern, line) for line in found), (pattern, found)
     assert len(found) == len(expected), found
@@ -49,5 +51,6 @@ def test_the_map_names_every_owner_and_unit():
         assert set(re.findall(r"`([\w/.]+)`", rows[library])) == {_doc_name(o) for o in owners}, library
     for _, units in LAYERS:
         for unit in units:
-            assert f"`{_doc_name(unit) if unit != 'gmmkit' else 'gmmkit/__init__.py'}`" in text, \
+            assert f"`{_doc_name(unit) if unit != 'gmmkit' else 'gmmkit/__init__.py'}`" in text, (
                 f"docs/architecture.md does not name {unit}"
+            )

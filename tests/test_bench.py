@@ -27,9 +27,10 @@ def test_forward_flops_match_the_layers_of_the_built_model(cube, filters, latent
         elif layer.name == "latent":
             expected += 2.0 * layer.input_shape[-1] * layer.units
     mixture = model.get_layer("mixture")
-    expected += sum(2.0 * d.kernel.shape[0] * d.kernel.shape[1] for d in (mixture.alpha, mixture.mu, mixture.sigma,
-                                                                            mixture.corr))
-    expected += 2.0 * k * 10 * cube ** 3 + 2.0 * k * cube ** 3  # renderer: features x coefficients, exp, sum
+    expected += sum(
+        2.0 * d.kernel.shape[0] * d.kernel.shape[1] for d in (mixture.alpha, mixture.mu, mixture.sigma, mixture.corr)
+    )
+    expected += 2.0 * k * 10 * cube**3 + 2.0 * k * cube**3  # renderer: features x coefficients, exp, sum
     assert model_flops.forward_flops(cfg.model, cube) == pytest.approx(expected)
     # backward: gradients of weights and inputs, but none for the data entering the first convolution
     assert model_flops.train_flops(cfg.model, cube) == pytest.approx(3 * expected - first_conv)
@@ -89,11 +90,16 @@ def test_gmmkit_turns_on_onednn_unless_the_user_turned_it_off(setting, expected)
 def test_the_growth_figure_draws_each_curve_from_the_json(tmp_path):
     from gmmkit.plots.bench import growth_figure, write_growth_figure
 
-    result = {"machine": {"cpu": "test cpu", "cores": 2}, "epoch_s": {"1": 1.3, "2": 0.8},
-              "growth": {"step_s_by_components": {"1": 0.115, "50": 0.139, "10": 0.118},
-                         "step_s_by_cube": {"16": 0.139, "24": 1.321},
-                         "epoch_s_by_train_size": {"128": 0.7, "256": 1.2},
-                         "epoch_s_predicted_by_workers": {"1": 1.24, "2": 0.67, "32": 0.21}}}
+    result = {
+        "machine": {"cpu": "test cpu", "cores": 2},
+        "epoch_s": {"1": 1.3, "2": 0.8},
+        "growth": {
+            "step_s_by_components": {"1": 0.115, "50": 0.139, "10": 0.118},
+            "step_s_by_cube": {"16": 0.139, "24": 1.321},
+            "epoch_s_by_train_size": {"128": 0.7, "256": 1.2},
+            "epoch_s_predicted_by_workers": {"1": 1.24, "2": 0.67, "32": 0.21},
+        },
+    }
     fig = growth_figure(result)
     by_k, by_cube, by_size, predicted, measured = fig.data
     assert list(by_k.x) == [1, 10, 50] and list(by_k.y) == pytest.approx([115, 118, 139])  # sorted, in ms
@@ -149,7 +155,9 @@ def test_timers_take_turns_and_each_keeps_its_own_times(monkeypatch):
         log.append("matmul")
         return 42.0
 
-    times = take_turns({"fast": step_timer(Fake("fast", 0.001), 8), "slow": step_timer(Fake("slow", 0.03), 8),
-                        "matmul": matmul}, repeats=3)
+    times = take_turns(
+        {"fast": step_timer(Fake("fast", 0.001), 8), "slow": step_timer(Fake("slow", 0.03), 8), "matmul": matmul},
+        repeats=3,
+    )
     assert log == ["fast", "slow", "matmul"] * 4  # one untimed round (tracing), then three in turns
     assert times == {"fast": pytest.approx(0.001), "slow": pytest.approx(0.03), "matmul": 42.0}

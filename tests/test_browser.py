@@ -10,6 +10,7 @@ Chromium driven by Playwright (no browser download), Run All, then what a user s
 Screenshots go to a temporary directory; ``make screenshots`` (``GMMKIT_SCREENSHOTS=docs/screenshots``) also
 copies the final ones there for the README. A plain ``make test`` leaves the tracked files alone.
 """
+
 import contextlib
 import json
 import os
@@ -29,17 +30,33 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PARAMETERS = {"workers": 2, "dataset": "phantoms", "phantoms": 72, "val_size": 8, "components": 4, "batch_size": 8,
-              "epochs": 6,
-              "target_loss": None, "out": "runs/dashboard", "run_examples": True}
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PARAMETERS = {
+    "workers": 2,
+    "dataset": "phantoms",
+    "phantoms": 72,
+    "val_size": 8,
+    "components": 4,
+    "batch_size": 8,
+    "epochs": 6,
+    "target_loss": None,
+    "out": "runs/dashboard",
+    "run_examples": True,
+}
 LAB_SETTINGS = {
     # every cell attached to the page, so widgets far down still render and can be read
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     # no news or update checks: the test never leaves 127.0.0.1
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
-                                                                         "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
 }
 
 pytestmark = [pytest.mark.browser, pytest.mark.mpi]
@@ -70,16 +87,33 @@ def lab(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
     port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"), "IPYTHONDIR": str(tmp_path / "ipython"),
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {
+        **os.environ,
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
     log = open(tmp_path / "jupyter.log", "w")
     server = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "jupyter"), "lab", "--no-browser", "--ip=127.0.0.1",
-         f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={work}", "--ServerApp.disable_check_xsrf=False",
-         *(["--allow-root"] if os.geteuid() == 0 else [])],
-        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            os.path.join(os.path.dirname(sys.executable), "jupyter"),
+            "lab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            "--port-retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={work}",
+            "--ServerApp.disable_check_xsrf=False",
+            *(["--allow-root"] if os.geteuid() == 0 else []),
+        ],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -134,7 +168,10 @@ TRACE = f"""([kind, plane, image]) => {{
                                           && (!image || t.meta.image === image));
   return t ? JSON.stringify([t.x, t.y, t.z]) : '';
 }}"""
-GREYS = f"() => {{ const g = {PLANES}; return g && g.layout.coloraxis ? [g.layout.coloraxis.cmin, g.layout.coloraxis.cmax] : []; }}"
+GREYS = (
+    f"() => {{ const g = {PLANES}; "
+    "return g && g.layout.coloraxis ? [g.layout.coloraxis.cmin, g.layout.coloraxis.cmax] : []; }"
+)
 # page coordinates of voxel (row, col) in the axial input panel (the figure's first axes, x and y)
 AXIAL_POINT = f"""([row, col]) => {{
   const g = {PLANES}, box = g.getBoundingClientRect(), xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
@@ -153,7 +190,9 @@ SAMPLE_LIVE = f"""() => {{
   }};
   requestAnimationFrame(look);
 }}"""
-FIRST_RUN = "() => { const c = document.querySelector('.gmmkit-runs .gmmkit-cell-run'); return c ? c.textContent : ''; }"
+FIRST_RUN = (
+    "() => { const c = document.querySelector('.gmmkit-runs .gmmkit-cell-run'); return c ? c.textContent : ''; }"
+)
 ALL_CELLS_RAN = """() => {
   const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);
   return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p));
@@ -167,8 +206,7 @@ def state(page, script, arg=None) -> str:
 
 def changed(page, script, before: str, arg=None, timeout=60_000):
     """Wait until ``script`` returns something other than ``before`` (a :func:`state`); returns it."""
-    page.wait_for_function(f"(a) => JSON.stringify(({script})(a)) !== {json.dumps(before)}", arg=arg,
-                           timeout=timeout)
+    page.wait_for_function(f"(a) => JSON.stringify(({script})(a)) !== {json.dumps(before)}", arg=arg, timeout=timeout)
     return page.evaluate(script, arg)
 
 
@@ -186,8 +224,9 @@ def shoot(page, top, bottom, path) -> None:
     time.sleep(0.5)
     a, b = top.bounding_box(), bottom.bounding_box()
     y0, y1 = max(a["y"], 0), min(b["y"] + b["height"], page.viewport_size["height"])
-    page.screenshot(path=str(path), clip={"x": a["x"], "y": y0, "width": max(a["width"], b["width"]),
-                                          "height": y1 - y0})
+    page.screenshot(
+        path=str(path), clip={"x": a["x"], "y": y0, "width": max(a["width"], b["width"]), "height": y1 - y0}
+    )
 
 
 def test_dashboard_runs_in_jupyterlab(lab):
@@ -197,8 +236,12 @@ def test_dashboard_runs_in_jupyterlab(lab):
     shots.mkdir()
     with sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
-            str(lab["tmp"] / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1300})
+            str(lab["tmp"] / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1300},
+        )
         page = browser.pages[0] if browser.pages else browser.new_page()
         try:
             page.set_default_timeout(120_000)
@@ -218,7 +261,7 @@ def test_dashboard_runs_in_jupyterlab(lab):
             shoot(page, dashboard, dashboard.locator(".js-plotly-plot").first, shots / "dashboard-training.png")
             page.wait_for_function(f"() => window.gmmkitSeen.some(([n, _]) => n >= {epochs})", timeout=300_000)
             seen = page.evaluate("() => window.gmmkitSeen")
-            seen = seen[:next(i for i, (n, _) in enumerate(seen) if n >= epochs) + 1]  # the first run's, not the next
+            seen = seen[: next(i for i, (n, _) in enumerate(seen) if n >= epochs) + 1]  # the first run's, not the next
             counts = [n for n, _ in seen if n > 0]
             assert counts == sorted(counts) and counts[-1] == epochs, f"plot points seen: {seen}"
             mid_run = [status for n, status in seen if 0 < n < epochs]  # points drawn before the run ended
@@ -245,14 +288,18 @@ def test_dashboard_runs_in_jupyterlab(lab):
             assert changed(page, FIRST_RUN, first).startswith("#3 ")
             # one run in detail: the first one's two ranks, the slowest named
             dashboard.locator(".widget-dropdown", has_text="details of").locator("select").select_option(
-                label="#1 strong n=2")
+                label="#1 strong n=2"
+            )
             # each panel updates on its own: wait for each to show the selected run (the logs once showed run #3's)
-            page.wait_for_function("() => ['#1 strong n=2', 'rank 1'].every("
-                                   "t => document.querySelector('.gmmkit-ranks').innerText.includes(t))")
+            page.wait_for_function(
+                "() => ['#1 strong n=2', 'rank 1'].every("
+                "t => document.querySelector('.gmmkit-ranks').innerText.includes(t))"
+            )
             ranks = dashboard.locator(".gmmkit-ranks").inner_text()
             assert "rank 0" in ranks and "slowest: rank" in ranks, ranks
-            page.wait_for_function("() => document.querySelector('.gmmkit-logs').innerText"
-                                   ".includes('#1 strong n=2 rank 1 output')")
+            page.wait_for_function(
+                "() => document.querySelector('.gmmkit-logs').innerText.includes('#1 strong n=2 rank 1 output')"
+            )
             logs = dashboard.locator(".gmmkit-logs").inner_text()
             assert "#1 strong n=2 rank 0 output" in logs and "#3 strong n=1 rank" not in logs, logs
             shoot(page, runs, dashboard.locator(".gmmkit-logs"), shots / "dashboard-runs.png")
@@ -313,4 +360,3 @@ def test_dashboard_runs_in_jupyterlab(lab):
         final.mkdir(parents=True, exist_ok=True)
         for name in ("dashboard-training.png", "dashboard-runs.png", "slice_viewer.png"):
             shutil.copy(shots / name, final / name)
-

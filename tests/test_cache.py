@@ -1,5 +1,6 @@
 """The phantom cache when many ranks start at once (issue 17): built once, never read half-written
 (``gmmkit.data.cache.cached_build``, which the LIDC set shares)."""
+
 import fcntl
 import os
 import subprocess
@@ -12,8 +13,10 @@ from gmmkit.data.cache import key
 from gmmkit.data.phantoms import GENERATOR_VERSION, PhantomSet, generate_phantoms, load_phantoms
 from gmmkit.files import atomic_savez
 
-READ = ("import sys; from gmmkit.data.phantoms import load_phantoms; "
-        "print(float(load_phantoms(6, seed=3, cube=16).cubes.sum()), flush=True)")
+READ = (
+    "import sys; from gmmkit.data.phantoms import load_phantoms; "
+    "print(float(load_phantoms(6, seed=3, cube=16).cubes.sum()), flush=True)"
+)
 
 
 def _path(cache, n=6, seed=3, cube=16):
@@ -42,23 +45,25 @@ def test_a_rank_waits_for_the_builder_and_reads_its_file(tmp_path):
             assert reader.poll() is None and time.monotonic() < deadline, "the reader did not wait for the lock"
             time.sleep(0.05)
         assert not path.exists()
-        built = PhantomSet(np.full((6, 16, 16, 16), 0.25, np.float32), np.zeros(6, int), np.zeros(6, int),
-                           np.zeros(6, np.float32))  # not what the generator makes: proves the reader read it
-        atomic_savez(path, cubes=built.cubes, category=built.category, attachment=built.attachment,
-                     diameter_mm=built.diameter_mm)
+        built = PhantomSet(
+            np.full((6, 16, 16, 16), 0.25, np.float32), np.zeros(6, int), np.zeros(6, int), np.zeros(6, np.float32)
+        )  # not what the generator makes: proves the reader read it
+        atomic_savez(
+            path, cubes=built.cubes, category=built.category, attachment=built.attachment, diameter_mm=built.diameter_mm
+        )
     out, _ = reader.communicate(timeout=120)
-    assert reader.returncode == 0 and float(out) == 0.25 * 6 * 16 ** 3
+    assert reader.returncode == 0 and float(out) == 0.25 * 6 * 16**3
     assert sorted(p.name for p in cache.iterdir()) == [path.name, path.name + ".lock"]  # nothing half-written
 
 
 def test_processes_starting_at_once_build_the_set_once(tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "GMMKIT_CACHE": str(cache)}
-    procs = [subprocess.Popen([sys.executable, "-c", READ], env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", READ], env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)
+    ]
     sums = {float(p.communicate(timeout=300)[0]) for p in procs}
     assert all(p.returncode == 0 for p in procs)
     assert sums == {float(generate_phantoms(6, 3, 16).cubes.sum())}
     assert sorted(p.name for p in cache.iterdir()) == [_path(cache).name, _path(cache).name + ".lock"]
-    assert np.array_equal(load_phantoms(6, seed=3, cube=16, cache=False).cubes,
-                          np.load(_path(cache))["cubes"])
+    assert np.array_equal(load_phantoms(6, seed=3, cube=16, cache=False).cubes, np.load(_path(cache))["cubes"])

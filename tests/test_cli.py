@@ -1,4 +1,5 @@
 """Bad input on the command line: one line naming the flag, field or file, exit status 2, nothing written."""
+
 import subprocess
 import sys
 
@@ -11,10 +12,24 @@ from gmmkit.cli import COMMANDS, build_parser, main
 # folder, `file` is a file where a folder would have to be created, `a.csv` an annotations file and `run`
 # a run directory (config.json only). The flags of add_run_flags are checked under each command using them.
 RUN_FLAGS = [
-    ("--dataset", "cubes.csv"), ("--dataset", "missing.npz"), ("--phantoms", "0"), ("--train-size", "0"),
-    ("--val-size", "0"), ("--cube", "8"), ("--components", "0"), ("--batch-size", "0"), ("--lr", "-1"),
-    ("--epochs", "0"), ("--target-loss", "-1"), ("--target-loss", "abc"), ("--warmup-epochs", "-1"),
-    ("--seed", "-1"), ("--threads", "0"), ("--out", "file/run"), ("--out", "file"), ("--config", "missing.json"),
+    ("--dataset", "cubes.csv"),
+    ("--dataset", "missing.npz"),
+    ("--phantoms", "0"),
+    ("--train-size", "0"),
+    ("--val-size", "0"),
+    ("--cube", "8"),
+    ("--components", "0"),
+    ("--batch-size", "0"),
+    ("--lr", "-1"),
+    ("--epochs", "0"),
+    ("--target-loss", "-1"),
+    ("--target-loss", "abc"),
+    ("--warmup-epochs", "-1"),
+    ("--seed", "-1"),
+    ("--threads", "0"),
+    ("--out", "file/run"),
+    ("--out", "file"),
+    ("--config", "missing.json"),
     ("--micro-shards", "5"),
 ]
 LUNA = ["prepare-luna", "--scans", ".", "--annotations", "a.csv"]
@@ -24,8 +39,26 @@ BAD_FLAGS = [
     *[([command, flag, value], flag) for command in ("train", "sweep", "lr-find") for flag, value in RUN_FLAGS],
     # fewer training cubes than one batch: refused before the run starts (on the phantoms: without --dataset, the
     # default LIDC-shaped set was built first, 50 s, while --phantoms went unused)
-    (["train", "--dataset", "phantoms", "--phantoms", "40", "--val-size", "8", "--train-size", "4", "--batch-size", "8",
-      "--components", "2", "--threads", "1"], "--train-size"),
+    (
+        [
+            "train",
+            "--dataset",
+            "phantoms",
+            "--phantoms",
+            "40",
+            "--val-size",
+            "8",
+            "--train-size",
+            "4",
+            "--batch-size",
+            "8",
+            "--components",
+            "2",
+            "--threads",
+            "1",
+        ],
+        "--train-size",
+    ),
     (["frobnicate"], "COMMAND"),
     (["train", "--workers", "64"], "--workers"),
     (["train", "--exact", "--micro-shards", "4", "--workers", "8"], "--workers"),
@@ -101,12 +134,27 @@ BAD_FLAGS = [
 # Flags that have no bad value: on/off switches, --help and --version. A flag added later must get a row
 # in BAD_FLAGS or an entry here (test_every_flag_has_a_bad_value_test).
 NO_BAD_VALUE = {
-    ("gmmkit", "--help"), ("gmmkit", "--version"), *((command, "--help") for command in COMMANDS),
-    ("train", "--simulate"), ("train", "--resume"), ("train", "--exact"), ("sweep", "--exact"),
-    ("lr-find", "--exact"), ("demo", "--no-exact"), ("reproduce", "--no-exact"), ("train", "--overwrite"),
+    ("gmmkit", "--help"),
+    ("gmmkit", "--version"),
+    *((command, "--help") for command in COMMANDS),
+    ("train", "--simulate"),
+    ("train", "--resume"),
+    ("train", "--exact"),
+    ("sweep", "--exact"),
+    ("lr-find", "--exact"),
+    ("demo", "--no-exact"),
+    ("reproduce", "--no-exact"),
+    ("train", "--overwrite"),
     ("sweep", "--simulate"),
-    ("sweep", "--no-calibrate"), ("sweep", "--overwrite"), ("demo", "--overwrite"), ("reproduce", "--overwrite"), ("reproduce", "--no-progress"), ("synthesize", "--overwrite"),
-    ("prepare-luna", "--no-progress"), ("prepare-lidc", "--no-progress"), ("synthesize", "--hu"),
+    ("sweep", "--no-calibrate"),
+    ("sweep", "--overwrite"),
+    ("demo", "--overwrite"),
+    ("reproduce", "--overwrite"),
+    ("reproduce", "--no-progress"),
+    ("synthesize", "--overwrite"),
+    ("prepare-luna", "--no-progress"),
+    ("prepare-lidc", "--no-progress"),
+    ("synthesize", "--hu"),
     ("synthesize", "--no-progress"),
     ("bench", "--quick"),
 }
@@ -146,8 +194,10 @@ def test_the_parser_imports_no_heavy_library():
     none of TensorFlow, Horovod, plotly, ipyparallel or SimpleITK (it imported TensorFlow, 7 s, through
     gmmkit reproduce's module)."""
     heavy = ("tensorflow", "horovod", "plotly", "ipyparallel", "SimpleITK", "keras")
-    code = ("import sys; from gmmkit.cli import build_parser; build_parser(); "
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
+    code = (
+        "import sys; from gmmkit.cli import build_parser; build_parser(); "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 
@@ -160,11 +210,14 @@ def test_every_flag_has_a_bad_value_test():
     assert tested & NO_BAD_VALUE == set()
 
 
-@pytest.mark.parametrize("cubes,problem", [
-    (np.full((4, 16, 16, 16), np.nan, np.float32), "non-finite"),
-    (np.zeros((4, 16, 16), np.float32), "shape (N, S, S, S)"),
-    (np.zeros((4, 8, 8, 8), np.float32), "receptive field"),
-])
+@pytest.mark.parametrize(
+    "cubes,problem",
+    [
+        (np.full((4, 16, 16, 16), np.nan, np.float32), "non-finite"),
+        (np.zeros((4, 16, 16), np.float32), "shape (N, S, S, S)"),
+        (np.zeros((4, 8, 8, 8), np.float32), "receptive field"),
+    ],
+)
 def test_a_bad_dataset_names_the_file(cubes, problem, tmp_path, capsys):
     path = tmp_path / "cubes.npz"
     np.savez(path, cubes=cubes)

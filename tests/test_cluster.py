@@ -4,6 +4,7 @@ One cluster (in a temporary profile) serves the module; each test that needs two
 from the ``cluster`` fixture, which resizes or restarts the shared cluster first, so the tests run in any
 order. Runs are tiny (a few cubes, four components, one thread per rank).
 """
+
 import json
 import os
 import stat
@@ -13,13 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import needs_horovod, tiny_config
 
-from gmmkit.errors import InputError, LaunchError
 from gmmkit.cluster import MPICluster
+from gmmkit.errors import InputError, LaunchError
 from gmmkit.machine import available_cores
 from gmmkit.parallel import launch
-
-from conftest import needs_horovod, tiny_config
 
 SMALL = {"data": {"size": 48, "val_size": 8, "train_size": 32}, "model": {"filters": 4, "latent": 16}}
 
@@ -29,6 +29,7 @@ def tiny(out, **train):
 
 
 # --- no cluster needed -----------------------------------------------------------------------
+
 
 def test_arguments_are_checked():
     with pytest.raises(InputError, match="n: expected a positive number of engines"):
@@ -76,6 +77,7 @@ def test_engines_on_hosts_get_the_placement_of_gmmkit_train(tmp_path):
 
 
 # --- a real cluster --------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def shared_cluster(tmp_path_factory):
@@ -187,8 +189,16 @@ def test_resize_restarts_the_engines_as_a_new_world(cluster):
 @pytest.mark.mpi
 def test_connect_to_a_cluster_started_with_ipcluster(tmp_path):
     profile = tmp_path / "profile_shell"
-    ipcluster = [os.path.join(os.path.dirname(sys.executable), "ipcluster"), "start", "--engines=MPI", "-n", "2",
-                 f"--profile-dir={profile}", "--cluster-id=shell", "--daemonize"]
+    ipcluster = [
+        os.path.join(os.path.dirname(sys.executable), "ipcluster"),
+        "start",
+        "--engines=MPI",
+        "-n",
+        "2",
+        f"--profile-dir={profile}",
+        "--cluster-id=shell",
+        "--daemonize",
+    ]
     subprocess.run(ipcluster, env=launch.mpi_env(), check=True, timeout=120)
     cluster_file = profile / "security" / "cluster-shell.json"
     deadline = time.monotonic() + 120

@@ -1,4 +1,5 @@
 """RunConfig: JSON round trip and errors that name the field."""
+
 import json
 
 import pytest
@@ -14,8 +15,11 @@ def test_defaults_follow_the_paper():
 
 
 def test_json_round_trip(tmp_path):
-    cfg = RunConfig().replace(train={"strategy": "warmup", "workers": 4, "target_loss": None},
-                              data={"train_size": 100}, out=str(tmp_path / "r"))
+    cfg = RunConfig().replace(
+        train={"strategy": "warmup", "workers": 4, "target_loss": None},
+        data={"train_size": 100},
+        out=str(tmp_path / "r"),
+    )
     again = RunConfig.from_json(cfg.to_json())
     assert again == cfg
     path = tmp_path / "c.json"
@@ -23,18 +27,21 @@ def test_json_round_trip(tmp_path):
     assert RunConfig.load(path) == cfg
 
 
-@pytest.mark.parametrize("raw,field", [
-    ({"train": {"strategy": "bogus"}}, "train.strategy"),
-    ({"train": {"lr": -1}}, "train.lr"),
-    ({"train": {"lr": float("nan")}}, "train.lr"),
-    ({"model": {"components": 0}}, "model.components"),
-    ({"data": {"cube": 8}}, "data.cube"),
-    ({"train": {"workers": 64, "batch_size": 32}}, "train.workers"),
-    ({"train": {"epochs": "ten"}}, "train.epochs"),
-    ({"data": {"colour": 1}}, "data.colour"),
-    ({"extra": 1}, "extra"),
-    ({"data": {"dataset": "cubes.csv"}}, "data.dataset"),
-])
+@pytest.mark.parametrize(
+    "raw,field",
+    [
+        ({"train": {"strategy": "bogus"}}, "train.strategy"),
+        ({"train": {"lr": -1}}, "train.lr"),
+        ({"train": {"lr": float("nan")}}, "train.lr"),
+        ({"model": {"components": 0}}, "model.components"),
+        ({"data": {"cube": 8}}, "data.cube"),
+        ({"train": {"workers": 64, "batch_size": 32}}, "train.workers"),
+        ({"train": {"epochs": "ten"}}, "train.epochs"),
+        ({"data": {"colour": 1}}, "data.colour"),
+        ({"extra": 1}, "extra"),
+        ({"data": {"dataset": "cubes.csv"}}, "data.dataset"),
+    ],
+)
 def test_errors_name_the_field(raw, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         RunConfig.from_dict(raw)

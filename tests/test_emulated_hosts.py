@@ -33,6 +33,7 @@ its modules says why it is built the way it is. What was needed, in short:
 
 Set-up/tear-down times of the fixtures are printed at the end of the session.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,11 @@ PROBE = Path(__file__).parent / "support" / "probe_rank.py"
 PY = sys.executable  # absolute: the rsh agent gives remote commands an ssh-like PATH without the venv
 LOST_HOST_LIMIT_S = 30  # issue 17: a lost host is named within 30 s
 # the link-cut case: TCP keepalive on OpenMPI's daemon connections (see the module docstring)
-KEEPALIVE = {"OMPI_MCA_oob_tcp_keepalive_time": "5", "OMPI_MCA_oob_tcp_keepalive_intvl": "2",
-             "OMPI_MCA_oob_tcp_keepalive_probes": "3"}
+KEEPALIVE = {
+    "OMPI_MCA_oob_tcp_keepalive_time": "5",
+    "OMPI_MCA_oob_tcp_keepalive_intvl": "2",
+    "OMPI_MCA_oob_tcp_keepalive_probes": "3",
+}
 
 
 def reports(stdout: str) -> list[dict]:
@@ -70,8 +74,9 @@ def reports(stdout: str) -> list[dict]:
 
 def mpirun(hosts, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     cmd = ["mpirun", "--hostfile", str(hosts.hostfile), "-np", str(hosts.n), *args]
-    proc = subprocess.run(cmd, env=env or hosts.mpi_env(), capture_output=True, text=True,
-                          timeout=timeout, cwd=hosts.state_dir)
+    proc = subprocess.run(
+        cmd, env=env or hosts.mpi_env(), capture_output=True, text=True, timeout=timeout, cwd=hosts.state_dir
+    )
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -85,7 +90,9 @@ def test_hosts_have_their_names_and_resolve_each_other(emulated_hosts):
         lines = out.stdout.splitlines()
         assert lines[0] == host.name
         assert {line.split()[1]: line.split()[0] for line in lines[1:]} == {
-            h.head_name: h.head_address, **{x.name: x.address for x in h.hosts}}
+            h.head_name: h.head_address,
+            **{x.name: x.address for x in h.hosts},
+        }
 
 
 def test_hosts_reach_a_service_in_the_root_namespace(emulated_hosts):
@@ -94,9 +101,14 @@ def test_hosts_reach_a_service_in_the_root_namespace(emulated_hosts):
     with socket.create_server((h.head_address, 0)) as server:
         port = server.getsockname()[1]
         for host in h.hosts:
-            client = h.popen(host.name, PY, "-c", "import socket, sys; "
-                             f"socket.create_connection(('{h.head_address}', {port}), timeout=10)"
-                             ".sendall(socket.gethostname().encode())")
+            client = h.popen(
+                host.name,
+                PY,
+                "-c",
+                "import socket, sys; "
+                f"socket.create_connection(('{h.head_address}', {port}), timeout=10)"
+                ".sendall(socket.gethostname().encode())",
+            )
             server.settimeout(15)
             conn, (peer, _) = server.accept()
             with conn:
@@ -109,8 +121,13 @@ def test_rsh_agent_behaves_like_ssh(emulated_hosts):
     h = emulated_hosts
     agent = [str(h.rsh_agent), "-x", "-p", "22", "-oBatchMode=yes", "-o", "StrictHostKeyChecking=no"]
     words = ["echo", '"$(hostname)"', "$PWD", "${GMK_SECRET:-clean}"]
-    out = subprocess.run([*agent, f"root@{h.names[1]}", *words], env={**h.mpi_env(), "GMK_SECRET": "leaked"},
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [*agent, f"root@{h.names[1]}", *words],
+        env={**h.mpi_env(), "GMK_SECRET": "leaked"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     home = pwd.getpwuid(os.getuid()).pw_dir
     assert (out.returncode, out.stdout.split()) == (0, [h.names[1], home, "clean"]), out.stderr
     assert subprocess.run([*agent, h.hosts[0].address, "exit 7"], timeout=30).returncode == 7
@@ -148,8 +165,15 @@ def _lose_host(hosts, how: str, env: dict) -> tuple[float, str]:
     how many seconds mpirun took to end and everything it printed."""
     lost = hosts.hosts[-1]
     cmd = ["mpirun", "--hostfile", str(hosts.hostfile), "-np", str(hosts.n), PY, str(PROBE), "--loop"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=hosts.state_dir, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=hosts.state_dir,
+        start_new_session=True,
+    )
     lines: list[str] = []
     ready = threading.Event()
 
@@ -171,8 +195,7 @@ def _lose_host(hosts, how: str, env: dict) -> tuple[float, str]:
         try:
             proc.wait(timeout=LOST_HOST_LIMIT_S)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"mpirun still running {LOST_HOST_LIMIT_S} s after {how} of {lost.name}:\n"
-                        + "".join(lines))
+            pytest.fail(f"mpirun still running {LOST_HOST_LIMIT_S} s after {how} of {lost.name}:\n" + "".join(lines))
         took = time.monotonic() - t0
     finally:
         if proc.poll() is None:
@@ -198,8 +221,9 @@ def test_lost_host_ends_the_job_and_is_named(emulated_hosts, how, record_propert
 
 
 def test_slurm_srun_runs_on_both_hosts(slurm_cluster):
-    out = subprocess.run(["srun", "-N2", "hostname"], env=slurm_cluster.env(), capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        ["srun", "-N2", "hostname"], env=slurm_cluster.env(), capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert sorted(out.stdout.split()) == slurm_cluster.nodes[:2]
 
@@ -213,8 +237,14 @@ def test_sbatch_wait_runs_mpirun_across_hosts(slurm_cluster):
 echo "batch host: $(hostname)"
 mpirun {PY} {PROBE}
 """)
-    proc = subprocess.run(["sbatch", "--wait", "--parsable", str(script)], env=slurm_cluster.env(),
-                          capture_output=True, text=True, timeout=120, cwd=d)
+    proc = subprocess.run(
+        ["sbatch", "--wait", "--parsable", str(script)],
+        env=slurm_cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=d,
+    )
     job = proc.stdout.strip().split(";")[0]
     output = (d / f"allreduce-{job}.out").read_text() if job else ""
     assert proc.returncode == 0, f"sbatch --wait failed: {proc.stderr}\n{output}"
@@ -225,8 +255,14 @@ mpirun {PY} {PROBE}
 
 
 def test_salloc_mpirun_across_hosts(slurm_cluster):
-    proc = subprocess.run(["salloc", "-N2", "mpirun", PY, str(PROBE)], env=slurm_cluster.env(),
-                          capture_output=True, text=True, timeout=120, cwd=slurm_cluster.dir)
+    proc = subprocess.run(
+        ["salloc", "-N2", "mpirun", PY, str(PROBE)],
+        env=slurm_cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=slurm_cluster.dir,
+    )
     assert proc.returncode == 0, f"salloc -N2 mpirun failed:\n{proc.stdout}\n{proc.stderr}"
     ranks = reports(proc.stdout)
     assert [r["hostname"] for r in ranks] == slurm_cluster.nodes[:2]
@@ -266,8 +302,9 @@ def test_teardown_leaves_nothing(hosts_pool, slurm_cluster):
 
 def test_fixtures_come_back_after_a_close(emulated_hosts, slurm_cluster):
     assert emulated_hosts.run(0, "hostname").stdout.strip() == "gmk-node0"
-    out = subprocess.run(["srun", "-N2", "hostname"], env=slurm_cluster.env(), capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        ["srun", "-N2", "hostname"], env=slurm_cluster.env(), capture_output=True, text=True, timeout=60
+    )
     assert sorted(out.stdout.split()) == slurm_cluster.nodes[:2], out.stderr
 
 
@@ -285,8 +322,7 @@ def test_leftovers_of_a_killed_run_are_removed(hosts_pool):
     if why:
         pytest.skip(why)
     hosts_pool.close()  # the killed run needs the hosts lock
-    run = subprocess.Popen([PY, "-c", KILLED_RUN], cwd=Path(__file__).parent, stdout=subprocess.PIPE,
-                           text=True)
+    run = subprocess.Popen([PY, "-c", KILLED_RUN], cwd=Path(__file__).parent, stdout=subprocess.PIPE, text=True)
     try:
         daemons = json.loads(run.stdout.readline() or "{}")
     finally:

@@ -6,6 +6,7 @@ Ranks of the in-process sums are threads whose ``max_fn`` / ``sum_fn`` gather ev
 each runs :func:`exact_sum` as a Horovod rank would. The step tests run in processes of their own: exact
 mode needs one intra-op thread, fixed before TensorFlow starts.
 """
+
 import math
 import subprocess
 import sys
@@ -47,8 +48,11 @@ class ThreadWorld:
             try:
                 results[r] = xs.exact_sum(
                     [np.asarray(t, np.float32).reshape(-1, *s) for t, s in zip(per_rank_terms[r], SHAPES)],
-                    total, lambda t: self._reduce(r, t, np.max), lambda t: self._reduce(r, t, np.sum),
-                    jit=jit)[0]
+                    total,
+                    lambda t: self._reduce(r, t, np.max),
+                    lambda t: self._reduce(r, t, np.sum),
+                    jit=jit,
+                )[0]
             except Exception as exc:  # noqa: BLE001  (re-raised in the test's thread)
                 errors.append(exc)
                 self.barrier.abort()
@@ -107,9 +111,12 @@ def check_exact(sum_impl, terms, groupings):
         got = sum_impl(split(terms, order, cuts))
         for j, (g, e) in enumerate(zip(got, expected)):
             g = np.asarray(g, np.float32)
-            same = np.array_equal(g.view(np.int32), e.view(np.int32)) or bool(np.all(np.isnan(g)) and np.all(np.isnan(e)))
-            assert same, (f"tensor {j}, cuts {list(cuts)} of order {list(order)}: expected {e.tolist()}, "
-                          f"received {g.tolist()}")
+            same = np.array_equal(g.view(np.int32), e.view(np.int32)) or bool(
+                np.all(np.isnan(g)) and np.all(np.isnan(e))
+            )
+            assert same, (
+                f"tensor {j}, cuts {list(cuts)} of order {list(order)}: expected {e.tolist()}, received {g.tolist()}"
+            )
 
 
 def exact_over_threads(jit=False):
@@ -119,6 +126,7 @@ def exact_over_threads(jit=False):
         for other in per_rank[1:]:  # every rank holds the same bits
             assert all(np.array_equal(a.view(np.int32), b.view(np.int32)) for a, b in zip(per_rank[0], other))
         return per_rank[0]
+
     return run
 
 
@@ -144,7 +152,7 @@ def adversarial_terms(rng, m):
         t[rng.random(t.shape) < 0.1] = 0.0
         t[rng.random(t.shape) < 0.05] = np.float32(3e-42) * rng.integers(1, 1000)  # subnormals
         half = m // 2
-        t[half:2 * half] = np.where(rng.random(t[:half].shape) < 0.5, -t[:half], t[half:2 * half])
+        t[half : 2 * half] = np.where(rng.random(t[:half].shape) < 0.5, -t[:half], t[half : 2 * half])
         terms.append(t.reshape(m, *shape))
     return terms
 
@@ -160,9 +168,9 @@ def groupings(rng, m, count=4):
 
 # --- the exact sum ------------------------------------------------------------------------------
 def test_fraction_bits_leave_headroom_for_every_term():
-    for total, bits in [(1, 63), (2, 62), (3, 61), (4, 61), (5, 60), (32, 58), (33, 57), (2 ** 24, 39)]:
+    for total, bits in [(1, 63), (2, 62), (3, 61), (4, 61), (5, 60), (32, 58), (33, 57), (2**24, 39)]:
         assert int(xs.fraction_bits(total)) == bits == 63 - (total - 1).bit_length()
-    for bad in (0, 2 ** 24 + 1):
+    for bad in (0, 2**24 + 1):
         with pytest.raises(tf.errors.InvalidArgumentError, match="exact sum: expected"):
             xs.fraction_bits(bad)
 
@@ -186,9 +194,13 @@ def test_plain_float32_sum_fails_the_same_check():
     assert exact_over_threads()(split(three, np.array([0, 2, 1]), [2]))[0][0] == 1.0
 
 
-binade_floats = st.builds(lambda m, e, sign: np.float32(sign * m * 2.0 ** e), st.floats(1, 2, exclude_max=True),
-                          st.integers(-149, 120), st.sampled_from([-1.0, 1.0]))
-special_floats = st.sampled_from([0.0, -0.0, 1.4e-45, -1.1754942e-38, 1.0, -1.0, 2.0 ** 64, 2.0 ** -64])
+binade_floats = st.builds(
+    lambda m, e, sign: np.float32(sign * m * 2.0**e),
+    st.floats(1, 2, exclude_max=True),
+    st.integers(-149, 120),
+    st.sampled_from([-1.0, 1.0]),
+)
+special_floats = st.sampled_from([0.0, -0.0, 1.4e-45, -1.1754942e-38, 1.0, -1.0, 2.0**64, 2.0**-64])
 
 
 @settings(max_examples=40, deadline=None)
@@ -200,8 +212,8 @@ def test_exact_sum_property(data):
     cancel = data.draw(st.booleans())
     if cancel and m > 1:  # the second half cancels the first term by term
         half = (m * 11) // 2
-        flat[half:2 * half] = -flat[:half]
-    terms = [flat[:m * 5].reshape(m, 5), flat[m * 5:].reshape(m, 2, 3)]
+        flat[half : 2 * half] = -flat[:half]
+    terms = [flat[: m * 5].reshape(m, 5), flat[m * 5 :].reshape(m, 2, 3)]
     order = np.array(data.draw(st.permutations(range(m))))
     cuts = sorted(data.draw(st.lists(st.integers(0, m), max_size=3)))
     check_exact(exact_over_threads(), terms, [(np.arange(m), []), (order, cuts)])
@@ -232,9 +244,9 @@ def test_zeros_subnormals_and_overflow():
     tiny = [np.full((3, 5), sub, np.float32), np.full((3, 2, 3), -sub, np.float32)]
     a, b = exact_over_threads()(split(tiny, np.arange(3), [2]))
     assert not a.any() and not b.any()  # subnormals round to 0, whether or not the CPU flushes them
-    mixed = [np.array([[2.0 ** -100] * 5, [sub] * 5], np.float32), np.zeros((2, 2, 3), np.float32)]
+    mixed = [np.array([[2.0**-100] * 5, [sub] * 5], np.float32), np.zeros((2, 2, 3), np.float32)]
     a, _ = exact_over_threads()(split(mixed, np.arange(2), []))
-    assert np.all(a == np.float32(2.0 ** -100))
+    assert np.all(a == np.float32(2.0**-100))
     huge = [np.full((2, 5), 3e38, np.float32), np.zeros((2, 2, 3), np.float32)]
     a, _ = exact_over_threads()(split(huge, np.arange(2), [1]))
     assert np.all(np.isposinf(a))  # beyond float32's range, as a float32 sum
@@ -253,8 +265,9 @@ def test_shard_range_matches_strong_scaling_shares():
 
     for parts, size in [(32, 3), (10, 4), (3, 5), (0, 2)]:
         ranges = [shard_range(parts, size, r) for r in range(size)]
-        assert [b - a for a, b in ranges] == list(shares("strong", size, parts) if parts >= size else
-                                                   [1] * parts + [0] * (size - parts))
+        assert [b - a for a, b in ranges] == list(
+            shares("strong", size, parts) if parts >= size else [1] * parts + [0] * (size - parts)
+        )
         assert ranges[0][0] == 0 and ranges[-1][1] == parts
         assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     with pytest.raises(ValueError, match="expected parts >= 0 and 0 <= rank < size, received parts=4, size=2, rank=2"):
@@ -266,7 +279,9 @@ def test_local_micro_shards_are_whole_and_contiguous():
     got = [local_micro_shards(batch, 1, 3, r) for r in range(3)]
     assert [len(g) for g in got] == [11, 11, 10] and np.array_equal(np.concatenate(got).ravel(), batch)
     assert local_micro_shards(batch, 4, 2, 1).tolist() == batch[16:].reshape(4, 4).tolist()
-    with pytest.raises(ValueError, match="micro_batch: expected a divisor of the global batch of 32 samples, received 5"):
+    with pytest.raises(
+        ValueError, match="micro_batch: expected a divisor of the global batch of 32 samples, received 5"
+    ):
         local_micro_shards(batch, 5)
 
 
@@ -275,7 +290,6 @@ def test_evaluation_chunks_pad_the_last_one():
     chunks, n = evaluation_chunks(x, 4)
     assert chunks.shape == (3, 4, 2) and n == 10
     assert np.array_equal(chunks.reshape(-1, 2)[:10], x) and not chunks.reshape(-1, 2)[10:].any()
-
 
 
 def test_exact_step_refuses_more_than_one_intra_op_thread_and_wrong_shapes(monkeypatch):
@@ -287,8 +301,11 @@ def test_exact_step_refuses_more_than_one_intra_op_thread_and_wrong_shapes(monke
         ExactStep(model, tf.keras.optimizers.SGD(), per_sample_msle, 4)
     monkeypatch.setattr(tf.config.threading, "get_intra_op_parallelism_threads", lambda: 1)
     step = ExactStep(model, tf.keras.optimizers.SGD(), per_sample_msle, 4)
-    with pytest.raises(ValueError, match=r"x: expected micro-shards of shape \(m_local, 4, 16, 16, 16\), "
-                                         r"received \(8, 16, 16, 16\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"x: expected micro-shards of shape \(m_local, 4, 16, 16, 16\), "
+        r"received \(8, 16, 16, 16\)",
+    ):
         step.train_step(np.zeros((8, 16, 16, 16), np.float32), 8)
     with pytest.raises(ValueError, match="micro_batch: expected a positive integer, received 0"):
         ExactStep(model, tf.keras.optimizers.SGD(), per_sample_msle, 0)

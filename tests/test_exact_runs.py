@@ -7,13 +7,13 @@ The model is the paper's (K = 50, 32 filters, latent 256) on 32 training and 16 
 loss of ``metrics.jsonl`` and ``np.array_equal`` on every array of ``checkpoint.npz`` (weights ``w####``,
 Adam's state ``o####``); the records' times and sample rates differ by nature and are left out.
 """
+
 import numpy as np
 import pytest
+from conftest import gmmkit_train
 
 from gmmkit.config import RunConfig
 from gmmkit.files import read_jsonl
-
-from conftest import gmmkit_train
 
 pytestmark = pytest.mark.mpi
 LOSSES = ("train_loss", "val_loss")
@@ -22,9 +22,18 @@ LOSSES = ("train_loss", "val_loss")
 def paper_model(out, **train_fields) -> RunConfig:
     return RunConfig().replace(
         data={"dataset": "phantoms", "size": 56, "train_size": 32, "val_size": 16},
-        train={"epochs": 2, "batch_size": 8, "target_loss": None, "threads": 1, "strategy": "strong",
-               "exact": True, "lr": 2e-3, **train_fields},
-        out=str(out))
+        train={
+            "epochs": 2,
+            "batch_size": 8,
+            "target_loss": None,
+            "threads": 1,
+            "strategy": "strong",
+            "exact": True,
+            "lr": 2e-3,
+            **train_fields,
+        },
+        out=str(out),
+    )
 
 
 def run_losses(run) -> list[tuple]:
@@ -88,4 +97,3 @@ def test_a_resumed_run_equals_the_uninterrupted_one(sequential, tmp_path):
     _, summary = gmmkit_train(cfg, "--resume")
     assert summary["epochs"] == 2
     assert_identical(tmp_path / "resumed", sequential)
-

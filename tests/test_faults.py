@@ -1,4 +1,5 @@
 """Reliability: a rank that dies mid-run, a long sweep that must not leak, and readers fed random input."""
+
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import time
 
 import psutil
 import pytest
+from conftest import tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,16 +18,18 @@ from gmmkit.errors import InputError
 from gmmkit.files import read_jsonl
 from gmmkit.parallel.launch import mpi_env, rank_failure
 
-from conftest import tiny_config
-
 
 def test_rank_failure_reads_what_mpirun_prints():
-    killed = ("--------------------------------------------------------------------------\n"
-              "mpirun noticed that process rank 1 with PID 4242 on node ci exited on signal 9 (Killed).\n")
+    killed = (
+        "--------------------------------------------------------------------------\n"
+        "mpirun noticed that process rank 1 with PID 4242 on node ci exited on signal 9 (Killed).\n"
+    )
     assert rank_failure(killed) == "rank 1 (pid 4242 on ci) was killed by SIGKILL"
-    failed = ("mpirun detected that one or more processes exited with non-zero status, thus causing\n"
-              "the job to be terminated. The first process to do so was:\n\n"
-              "  Process name: [[25703,1],2]\n  Exit code:    3\n")
+    failed = (
+        "mpirun detected that one or more processes exited with non-zero status, thus causing\n"
+        "the job to be terminated. The first process to do so was:\n\n"
+        "  Process name: [[25703,1],2]\n  Exit code:    3\n"
+    )
     assert rank_failure(failed) == "rank 2 exited with status 3"
     assert rank_failure("all good") is None
 
@@ -77,19 +81,35 @@ def test_a_dying_rank_is_named_stops_the_job_and_the_run_resumes(tmp_path):
     assert json.loads((run / "summary.json").read_text())["status"] == "max_epochs"
 
 
-
 @pytest.mark.mpi
 def test_a_dying_rank_in_a_sweep_fails_its_batch_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "sweep"
     cfg_file = tmp_path / "base.json"
     base = tiny_config(tmp_path / "unused", epochs=6).replace(data={"size": 64, "val_size": 16, "train_size": 48})
     cfg_file.write_text(base.to_json())
-    cmd = [sys.executable, "-m", "gmmkit", "sweep", "--config", str(cfg_file), "--strategies", "strong,lsr",
-           "--workers", "1,2,4", "--max-real", "2", "--simulate", "--no-calibrate", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gmmkit",
+        "sweep",
+        "--config",
+        str(cfg_file),
+        "--strategies",
+        "strong,lsr",
+        "--workers",
+        "1,2,4",
+        "--max-real",
+        "2",
+        "--simulate",
+        "--no-calibrate",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
     stderr_lines = []  # (arrival time, line)
-    reader = threading.Thread(target=lambda: stderr_lines.extend((time.monotonic(), ln) for ln in proc.stderr),
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: stderr_lines.extend((time.monotonic(), ln) for ln in proc.stderr), daemon=True
+    )
     reader.start()
     killed = out / "runs" / "strong-n2"  # the first run of the n = 2 job (strong, then lsr)
     try:
@@ -98,7 +118,7 @@ def test_a_dying_rank_in_a_sweep_fails_its_batch_and_the_sweep_goes_on(tmp_path)
             assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before the real runs"
             time.sleep(0.1)
         job = psutil.Process(proc.pid).children(recursive=True)  # mpirun and both ranks
-        victim, = _rank_processes(psutil.Process(proc.pid), "1")
+        (victim,) = _rank_processes(psutil.Process(proc.pid), "1")
         victim.kill()
         deadline = time.monotonic() + 30  # a bounded wait: the dead rank is named while the sweep goes on
         while not any("rank 1" in line and "SIGKILL" in line for _, line in stderr_lines):
@@ -127,6 +147,7 @@ def test_a_dying_rank_in_a_sweep_fails_its_batch_and_the_sweep_goes_on(tmp_path)
         assert len(read_jsonl(os.path.join(runs[key]["run_dir"], "metrics.jsonl"))) == 6
     assert "| 2 | real | failed |" in stdout and "| 4 | simulated | max_epochs |" in stdout
 
+
 def test_a_sweep_of_twenty_one_runs_leaks_no_processes_or_memory(tmp_path):
     from gmmkit.study import sweep as study
     from gmmkit.study.config import StudyConfig
@@ -144,22 +165,35 @@ def test_a_sweep_of_twenty_one_runs_leaks_no_processes_or_memory(tmp_path):
         assert all(r.status == "reached_target" for r in rows)
         rss.append(me.memory_info().rss)
     assert set(me.children(recursive=True)) - before == set()
-    assert rss[1] - rss[0] < 64 * 2 ** 20, f"memory grew by {(rss[1] - rss[0]) / 2 ** 20:.0f} MiB over 21 runs"
+    assert rss[1] - rss[0] < 64 * 2**20, f"memory grew by {(rss[1] - rss[0]) / 2**20:.0f} MiB over 21 runs"
 
 
 # --- random input: a clear InputError or a valid result, never anything else ---------------------
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-10 ** 6, 10 ** 6) | st.floats() | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                       max_size=3), max_leaves=8)
-sections = st.fixed_dictionaries({}, optional={
-    "data": st.dictionaries(st.sampled_from(["size", "val_size", "train_size", "cube", "dataset", "seed", "x"]),
-                            json_values, max_size=3),
-    "model": st.dictionaries(st.sampled_from(["components", "filters", "latent", "sigma_min", "sigma_max"]),
-                             json_values, max_size=3),
-    "train": st.dictionaries(st.sampled_from(["strategy", "workers", "batch_size", "lr", "epochs", "target_loss",
-                                              "warmup_epochs", "threads"]), json_values, max_size=4),
-    "out": json_values})
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+sections = st.fixed_dictionaries(
+    {},
+    optional={
+        "data": st.dictionaries(
+            st.sampled_from(["size", "val_size", "train_size", "cube", "dataset", "seed", "x"]), json_values, max_size=3
+        ),
+        "model": st.dictionaries(
+            st.sampled_from(["components", "filters", "latent", "sigma_min", "sigma_max"]), json_values, max_size=3
+        ),
+        "train": st.dictionaries(
+            st.sampled_from(
+                ["strategy", "workers", "batch_size", "lr", "epochs", "target_loss", "warmup_epochs", "threads"]
+            ),
+            json_values,
+            max_size=4,
+        ),
+        "out": json_values,
+    },
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -173,19 +207,29 @@ def test_the_config_parser_accepts_or_names_the_field(raw):
         assert RunConfig.from_json(cfg.to_json()) == cfg
 
 
-MHD_KEYS = ["ObjectType", "NDims", "DimSize", "ElementSpacing", "Offset", "TransformMatrix", "ElementType",
-            "ElementDataFile", "BinaryData", "CompressedData"]
+MHD_KEYS = [
+    "ObjectType",
+    "NDims",
+    "DimSize",
+    "ElementSpacing",
+    "Offset",
+    "TransformMatrix",
+    "ElementType",
+    "ElementDataFile",
+    "BinaryData",
+    "CompressedData",
+]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(st.tuples(st.sampled_from(MHD_KEYS), st.text(max_size=20)), max_size=8),
-       raw=st.binary(max_size=64))
+@given(
+    lines=st.lists(st.tuples(st.sampled_from(MHD_KEYS), st.text(max_size=20)), max_size=8), raw=st.binary(max_size=64)
+)
 def test_the_metaimage_reader_reads_or_names_the_file(tmp_path, lines, raw):
     from gmmkit.data.images import read_image as read_mhd
 
     mhd = tmp_path / "scan.mhd"
-    mhd.write_text("".join(f"{k} = {v}\n" for k, v in lines).replace("\x00", ""), encoding="utf-8",
-                   errors="replace")
+    mhd.write_text("".join(f"{k} = {v}\n" for k, v in lines).replace("\x00", ""), encoding="utf-8", errors="replace")
     (tmp_path / "scan.raw").write_bytes(raw)
     try:
         read_mhd(mhd)
@@ -194,7 +238,7 @@ def test_the_metaimage_reader_reads_or_names_the_file(tmp_path, lines, raw):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(alphabet=st.sampled_from(list("seriuidcoordXYZ,.-0123456789e\n \"_ab")), max_size=200))
+@given(text=st.text(alphabet=st.sampled_from(list('seriuidcoordXYZ,.-0123456789e\n "_ab')), max_size=200))
 def test_the_annotations_reader_reads_or_names_the_file(tmp_path, text):
     from gmmkit.data.luna import read_annotations
 
@@ -212,8 +256,12 @@ def test_ctrl_c_ends_a_run_as_stopped_with_its_files(tmp_path):
     run = tmp_path / "run"
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(tiny_config(run, epochs=40).to_json())
-    proc = subprocess.Popen([sys.executable, "-m", "gmmkit", "train", "--config", str(cfg_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gmmkit", "train", "--config", str(cfg_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while len(read_jsonl(run / "metrics.jsonl")) < 1:
@@ -237,8 +285,13 @@ def test_ctrl_c_stops_a_multi_rank_run_after_its_step(tmp_path):
     run = tmp_path / "run"
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(tiny_config(run, epochs=40, workers=2).to_json())
-    proc = subprocess.Popen([sys.executable, "-m", "gmmkit", "train", "--config", str(cfg_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gmmkit", "train", "--config", str(cfg_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=mpi_env(),
+    )
     try:
         deadline = time.monotonic() + 300
         while len(read_jsonl(run / "metrics.jsonl")) < 1:
@@ -261,11 +314,16 @@ def test_a_sweep_goes_on_past_diverged_runs(tmp_path):
     from gmmkit.study.config import StudyConfig
 
     base = tiny_config(tmp_path / "unused", epochs=4, lr=1e4, target_loss=0.001)
-    grid = StudyConfig(run=base, strategies=("strong", "lsr"), workers=(1, 2), max_real=1, simulate=True,
-                       out=str(tmp_path / "sweep"))
+    grid = StudyConfig(
+        run=base, strategies=("strong", "lsr"), workers=(1, 2), max_real=1, simulate=True, out=str(tmp_path / "sweep")
+    )
     rows = study.sweep(grid, progress=False)
     assert [(r.strategy, r.workers, r.status) for r in rows] == [
-        ("strong", 1, "diverged"), ("strong", 2, "diverged"), ("lsr", 1, "diverged"), ("lsr", 2, "diverged")]
+        ("strong", 1, "diverged"),
+        ("strong", 2, "diverged"),
+        ("lsr", 1, "diverged"),
+        ("lsr", 2, "diverged"),
+    ]
     for r in rows:  # each log intact up to its last epoch
         records = read_jsonl(os.path.join(r.run_dir, "metrics.jsonl"))
         assert 1 <= len(records) == r.epochs < 4

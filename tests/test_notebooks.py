@@ -3,13 +3,13 @@
 04 (LUNA16: prepare, train, view) builds a fake LUNA16 folder itself; 05 (augmentation) uses the run 04
 trained.
 """
+
 import importlib.util
 import json
 import os
 
 import nbformat
 import pytest
-
 from conftest import NOTEBOOKS, execute_notebook, needs_horovod, notebook_outputs, notebook_text
 
 TINY = {"dataset": "phantoms", "phantoms": 40, "val_size": 6, "components": 4, "batch_size": 8}
@@ -52,8 +52,11 @@ def browser_runs_02(session) -> bool:
 def test_02_distributed(tmp_path, request):
     if browser_runs_02(request.session):
         pytest.skip("tests/test_browser.py runs 02_distributed in JupyterLab and checks this on that execution")
-    nb = execute_notebook("02_distributed.ipynb", tmp_path, {**TINY, "workers": 2, "epochs": 3,
-                                                              "target_loss": None, "out": "runs/dashboard"})
+    nb = execute_notebook(
+        "02_distributed.ipynb",
+        tmp_path,
+        {**TINY, "workers": 2, "epochs": 3, "target_loss": None, "out": "runs/dashboard"},
+    )
     text = notebook_text(nb)
     assert "max_epochs after 3 epochs" in text
     assert "status stopped; the run ended" in text
@@ -66,9 +69,20 @@ def test_02_distributed(tmp_path, request):
 @pytest.mark.mpi
 @needs_horovod
 def test_03_reproduce_paper(tmp_path):
-    nb = execute_notebook("03_reproduce_paper.ipynb", tmp_path, {
-        **TINY, "epochs": 2, "target_loss": 1.0, "strategies": ["strong", "weak"], "workers": [1, 2],
-        "max_real": 2, "out": "runs/paper", "reproduction_dir": "runs/paper"})
+    nb = execute_notebook(
+        "03_reproduce_paper.ipynb",
+        tmp_path,
+        {
+            **TINY,
+            "epochs": 2,
+            "target_loss": 1.0,
+            "strategies": ["strong", "weak"],
+            "workers": [1, 2],
+            "max_real": 2,
+            "out": "runs/paper",
+            "reproduction_dir": "runs/paper",
+        },
+    )
     tables = (tmp_path / "runs/paper/tables.md").read_text()
     assert "### strong" in tables and "### weak" in tables and "reached_target" in tables
     text = notebook_text(nb)
@@ -82,10 +96,23 @@ def test_03_reproduce_paper(tmp_path):
 def test_04_then_05(tmp_path):
     pytest.importorskip("SimpleITK")
     # LIDC: the six nodules all four readers marked on 0.6 mm slices (4 patients)
-    nb = execute_notebook("04_luna16.ipynb", tmp_path, {
-        "work_dir": "real", "lidc_min_readers": 4, "lidc_max_slice_thickness": 0.6, "luna_dir": None,
-        "fake_scans": 3, "fake_nodules_per_scan": 3, "jobs": 1, "components": 4, "val_size": 2, "epochs": 1,
-        "batch_size": 2})
+    nb = execute_notebook(
+        "04_luna16.ipynb",
+        tmp_path,
+        {
+            "work_dir": "real",
+            "lidc_min_readers": 4,
+            "lidc_max_slice_thickness": 0.6,
+            "luna_dir": None,
+            "fake_scans": 3,
+            "fake_nodules_per_scan": 3,
+            "jobs": 1,
+            "components": 4,
+            "val_size": 2,
+            "epochs": 1,
+            "batch_size": 2,
+        },
+    )
     assert (tmp_path / "real/lidc.npz").is_file() and (tmp_path / "real/cubes.npz").is_file()
     summary = json.loads((tmp_path / "real/run/summary.json").read_text())
     assert summary["status"] == "max_epochs"
@@ -96,8 +123,11 @@ def test_04_then_05(tmp_path):
     labels = json.dumps(figures[0]["data"]["application/vnd.plotly.v1+json"]["layout"])
     assert labels.count("malignancy") == 6 and labels.count("texture") == 6 and "LIDC" not in labels
 
-    nb = execute_notebook("05_augmentation.ipynb", tmp_path, {
-        "run_dir": "real/run", "out_dir": "synthetic", "n": 4, "size": 24, "image_format": "mhd"})
+    nb = execute_notebook(
+        "05_augmentation.ipynb",
+        tmp_path,
+        {"run_dir": "real/run", "out_dir": "synthetic", "n": 4, "size": 24, "image_format": "mhd"},
+    )
     manifest = json.loads((tmp_path / "synthetic/manifest.json").read_text())
     assert manifest["size"] == 24 and manifest["spacing_mm"] == pytest.approx(16 / 24)
     assert len(list((tmp_path / "synthetic").glob("nodule_*_hu.mhd"))) == 4

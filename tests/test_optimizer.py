@@ -1,4 +1,5 @@
 """gmmkit's Adam (one fused kernel per variable) against Keras's own, step by step."""
+
 import numpy as np
 import tensorflow as tf
 

@@ -1,5 +1,6 @@
 """Where ranks run (``gmmkit.parallel.placement``) and how mpirun is told (``gmmkit.parallel.launch``):
 hosts flags, hostfiles, SLURM allocations, OpenMPI settings a user made, forwarded variables. No MPI job."""
+
 import shutil
 import subprocess
 
@@ -32,15 +33,18 @@ def test_hostfile_in_openmpis_format(tmp_path):
     assert Placement.from_dict(p.to_dict()) == p
 
 
-@pytest.mark.parametrize("text,line,says", [
-    ("node1 slots=2\nnode2\n", 2, "expected HOST slots=N"),
-    ("node1 slots=0\n", 1, "slots must be a positive integer"),
-    ("node1 slots=two\n", 1, "slots must be a positive integer"),
-    ("node1 slots=4 max_slots=2\n", 1, "max_slots=2 is below slots=4"),
-    ("node1 slots=1\nroot@node2 slots=1\n", 2, "user@"),
-    ("node1 slots=1 cpus=4\n", 1, "expected HOST slots=N [max_slots=M]"),
-    ("node_1! slots=1\n", 1, "expected a host name"),
-])
+@pytest.mark.parametrize(
+    "text,line,says",
+    [
+        ("node1 slots=2\nnode2\n", 2, "expected HOST slots=N"),
+        ("node1 slots=0\n", 1, "slots must be a positive integer"),
+        ("node1 slots=two\n", 1, "slots must be a positive integer"),
+        ("node1 slots=4 max_slots=2\n", 1, "max_slots=2 is below slots=4"),
+        ("node1 slots=1\nroot@node2 slots=1\n", 2, "user@"),
+        ("node1 slots=1 cpus=4\n", 1, "expected HOST slots=N [max_slots=M]"),
+        ("node_1! slots=1\n", 1, "expected a host name"),
+    ],
+)
 def test_a_bad_hostfile_line_is_named_with_its_file_and_number(tmp_path, text, line, says):
     f = tmp_path / "hosts"
     f.write_text(text)
@@ -62,8 +66,13 @@ def test_an_empty_or_missing_hostfile(tmp_path):
 def test_a_slurm_allocation(tmp_path):
     conf = tmp_path / "slurm.conf"  # scontrol reads a configuration even to expand names
     conf.write_text("ClusterName=t\nSlurmctldHost=nowhere\n")
-    env = {"SLURM_CONF": str(conf), "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "gpu[01-03],big7",
-           "SLURM_TASKS_PER_NODE": "4(x3),2", "PATH": "/usr/bin:/bin"}
+    env = {
+        "SLURM_CONF": str(conf),
+        "SLURM_JOB_ID": "42",
+        "SLURM_JOB_NODELIST": "gpu[01-03],big7",
+        "SLURM_TASKS_PER_NODE": "4(x3),2",
+        "PATH": "/usr/bin:/bin",
+    }
     p = placement.resolve(env=env)
     assert p.hosts == (("gpu01", 4), ("gpu02", 4), ("gpu03", 4), ("big7", 2)) and p.slots == 14
     assert p.describe() == "gpu01:4,gpu02:4,gpu03:4,big7:2 (SLURM job 42)"
@@ -76,16 +85,23 @@ def test_a_slurm_allocation(tmp_path):
     assert "--host" not in launch.placement_args(4, p, {})
 
 
-@pytest.mark.parametrize("nodelist", ["gpu[01-03],big7", "node[1-3,07],gpu01", "rack[1-2]-n[01-02]", "x[8-11]",
-                                      "solo", "a[001-003,10],b[9-10]"])
+@pytest.mark.parametrize(
+    "nodelist",
+    ["gpu[01-03],big7", "node[1-3,07],gpu01", "rack[1-2]-n[01-02]", "x[8-11]", "solo", "a[001-003,10],b[9-10]"],
+)
 def test_slurm_host_lists_expand_as_scontrol_expands_them(tmp_path, nodelist):
     scontrol = shutil.which("scontrol")
     if scontrol is None:
         pytest.skip("SLURM's scontrol is not installed (make setup installs slurm-wlm)")
     conf = tmp_path / "slurm.conf"  # scontrol reads a configuration even to expand names
     conf.write_text("ClusterName=t\nSlurmctldHost=nowhere\n")
-    reference = subprocess.run([scontrol, "show", "hostnames", nodelist], env={"SLURM_CONF": str(conf)},
-                               capture_output=True, text=True, check=True).stdout.split()
+    reference = subprocess.run(
+        [scontrol, "show", "hostnames", nodelist],
+        env={"SLURM_CONF": str(conf)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert placement.expand_nodelist(nodelist) == reference
 
 
@@ -116,8 +132,15 @@ def test_workers_are_checked_against_the_slots():
 
 
 def test_mpirun_gets_the_hosts_and_forwards_what_ranks_need():
-    env = {"PATH": "/usr/bin", "PYTHONPATH": "/src", "GMMKIT_CACHE": "/shared/cache", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "HOROVOD_TIMELINE": "/tmp/t.json", "CUDA_VISIBLE_DEVICES": "0", "SECRET_TOKEN": "x"}
+    env = {
+        "PATH": "/usr/bin",
+        "PYTHONPATH": "/src",
+        "GMMKIT_CACHE": "/shared/cache",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "HOROVOD_TIMELINE": "/tmp/t.json",
+        "CUDA_VISIBLE_DEVICES": "0",
+        "SECRET_TOKEN": "x",
+    }
     cmd = launch.mpirun_command(3, ["prog"], placement=placement.parse_hosts("a:2,b:2"), env=env)
     assert cmd[1:5] == ["-np", "3", "--host", "a:2,b:2"] and cmd[-1] == "prog"
     forwarded = {cmd[i + 1] for i, word in enumerate(cmd) if word == "-x"}
@@ -129,26 +152,37 @@ def test_mpirun_gets_the_hosts_and_forwards_what_ranks_need():
 def test_openmpi_settings_of_the_user_win(tmp_path):
     params = tmp_path / "mca-params.conf"
     params.write_text("# site settings\nhwloc_base_binding_policy = core\noob_tcp_keepalive_time=60\n")
-    user = {"OMPI_MCA_mca_base_param_files": str(params), "OMPI_MCA_mpi_yield_when_idle": "0",
-            "OMPI_MCA_plm_rsh_agent": "/site/ssh-wrapper", "OMPI_MCA_btl_tcp_if_include": "ib0"}
+    user = {
+        "OMPI_MCA_mca_base_param_files": str(params),
+        "OMPI_MCA_mpi_yield_when_idle": "0",
+        "OMPI_MCA_plm_rsh_agent": "/site/ssh-wrapper",
+        "OMPI_MCA_btl_tcp_if_include": "ib0",
+    }
     added = launch.mpi_settings(user)
-    assert not {"OMPI_MCA_hwloc_base_binding_policy", "OMPI_MCA_oob_tcp_keepalive_time",
-                "OMPI_MCA_mpi_yield_when_idle", "OMPI_MCA_plm_rsh_agent", "OMPI_MCA_btl_tcp_if_include"} & set(added)
+    assert not {
+        "OMPI_MCA_hwloc_base_binding_policy",
+        "OMPI_MCA_oob_tcp_keepalive_time",
+        "OMPI_MCA_mpi_yield_when_idle",
+        "OMPI_MCA_plm_rsh_agent",
+        "OMPI_MCA_btl_tcp_if_include",
+    } & set(added)
     assert added["OMPI_MCA_oob_tcp_keepalive_intvl"] == "2" and added["OMPI_MCA_rmaps_base_mapping_policy"] == "slot"
     env = launch.mpi_env(user)
     assert env["OMPI_MCA_plm_rsh_agent"] == "/site/ssh-wrapper" and env["OMPI_MCA_btl_tcp_if_include"] == "ib0"
     assert env["OMPI_MCA_mpi_yield_when_idle"] == "0"
     # nothing set anywhere: gmmkit's defaults, among them the keepalive that notices a cut link
     none = launch.mpi_settings({"OMPI_MCA_mca_base_param_files": str(tmp_path / "absent")})
-    assert {k[len("OMPI_MCA_"):]: v for k, v in none.items() if k.startswith("OMPI_MCA_")} == launch.MCA_DEFAULTS
+    assert {k[len("OMPI_MCA_") :]: v for k, v in none.items() if k.startswith("OMPI_MCA_")} == launch.MCA_DEFAULTS
 
 
 def test_mpirun_names_a_lost_host_never_its_ranks():
-    said = ("--------------------------------------------------------------------------\n"
-            "ORTE has lost communication with a remote daemon.\n\n"
-            "  HNP daemon   : [[58473,0],0] on node gmk-head\n"
-            "  Remote daemon: [[58473,0],2] on node gmk-node1\n\n"
-            "This is usually due to either a failure of the TCP network\n")
+    said = (
+        "--------------------------------------------------------------------------\n"
+        "ORTE has lost communication with a remote daemon.\n\n"
+        "  HNP daemon   : [[58473,0],0] on node gmk-head\n"
+        "  Remote daemon: [[58473,0],2] on node gmk-node1\n\n"
+        "This is usually due to either a failure of the TCP network\n"
+    )
     hosts = ["gmk-node0", "gmk-node0", "gmk-node1.cluster", "gmk-node1.cluster"]
     assert launch.rank_failure(said, hosts).startswith("host gmk-node1 (ranks 2, 3) was lost")
     assert launch.rank_failure(said).startswith("host gmk-node1 was lost")

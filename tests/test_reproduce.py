@@ -1,6 +1,7 @@
 """``gmmkit reproduce``: the claims logic against hand-made results (each claim holding and failing), and a
 tiny grid through the whole protocol (range test, target, cap, claims) that, interrupted, resumes without
 redoing what had finished and reaches the same claims."""
+
 import json
 import math
 import signal
@@ -10,14 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 
 from gmmkit.files import read_jsonl
 from gmmkit.study import claims
 from gmmkit.study.reproduce import CAP, ReproduceConfig, progress_of
 from gmmkit.study.sweep import RunResult
 from gmmkit.training import RunDir
-
-from conftest import tiny_config
 
 
 def row(strategy, n, status, eff=math.nan, epochs=3):
@@ -31,12 +31,20 @@ def curve(losses):
 def papers_results(changes: dict | None = None):
     """Results as the paper reports them, at n = 2, 4, 8; ``changes`` break one thing at a time."""
     seq = [0.5, 0.3, 0.2, 0.15]
-    rows = [row("strong", 1, "reached_target", 1.0), row("weak", 1, "reached_target", 1.0),
-            row("lsr", 1, "reached_target", 1.0), row("warmup", 1, "reached_target", 1.0)]
+    rows = [
+        row("strong", 1, "reached_target", 1.0),
+        row("weak", 1, "reached_target", 1.0),
+        row("lsr", 1, "reached_target", 1.0),
+        row("warmup", 1, "reached_target", 1.0),
+    ]
     curves = {("strong", 1): curve(seq)}
     for n, eff in ((2, 0.97), (4, 0.64), (8, 0.42)):
-        rows += [row("strong", n, "reached_target", 0.9), row("weak", n, "reached_target", eff),
-                 row("lsr", n, "diverged"), row("warmup", n, "reached_target" if n < 8 else "max_epochs", 0.8)]
+        rows += [
+            row("strong", n, "reached_target", 0.9),
+            row("weak", n, "reached_target", eff),
+            row("lsr", n, "diverged"),
+            row("warmup", n, "reached_target" if n < 8 else "max_epochs", 0.8),
+        ]
         curves[("strong", n)] = curve(seq)
         curves[("warmup", n)] = curve([0.5, 0.3, 0.2, 0.15] if n < 8 else [0.3, 0.35, 0.4, 0.42, 0.42, 0.421, 0.419])
     for (strategy, n), value in (changes or {}).items():
@@ -62,14 +70,17 @@ def drifted(r, curves):
     return r
 
 
-@pytest.mark.parametrize("claim,change", [
-    ("C1", {("strong", 4): drifted}),
-    ("C2", {("strong", 8): lambda r, c: row("strong", 8, "max_epochs")}),
-    ("C3", {("lsr", 2): lambda r, c: row("lsr", 2, "reached_target", 0.5)}),
-    ("C4", {("warmup", 8): lambda r, c: row("warmup", 8, "reached_target", 0.3)}),  # converges everywhere
-    ("C5", {("weak", 8): lambda r, c: row("weak", 8, "max_epochs")}),  # weak fails to converge
-    ("C5", {("weak", 8): lambda r, c: row("weak", 8, "reached_target", 0.99)}),  # efficiency rises
-])
+@pytest.mark.parametrize(
+    "claim,change",
+    [
+        ("C1", {("strong", 4): drifted}),
+        ("C2", {("strong", 8): lambda r, c: row("strong", 8, "max_epochs")}),
+        ("C3", {("lsr", 2): lambda r, c: row("lsr", 2, "reached_target", 0.5)}),
+        ("C4", {("warmup", 8): lambda r, c: row("warmup", 8, "reached_target", 0.3)}),  # converges everywhere
+        ("C5", {("weak", 8): lambda r, c: row("weak", 8, "max_epochs")}),  # weak fails to converge
+        ("C5", {("weak", 8): lambda r, c: row("weak", 8, "reached_target", 0.99)}),  # efficiency rises
+    ],
+)
 def test_each_claim_fails_when_its_results_say_otherwise(claim, change):
     rows, curves = papers_results(change)
     found = verdicts(rows, curves, exact=True)
@@ -85,17 +96,20 @@ def test_c1_in_default_mode_allows_rounding_but_not_drift():
 def test_c4_needs_the_loss_to_rise_with_the_rate_then_stay():
     flat = {("warmup", 8): lambda r, c: (c.__setitem__(("warmup", 8), curve([0.4] * 7)), r)[1]}
     assert verdicts(*papers_results(flat), exact=True)["C4"] is False  # no rise during warm-up
-    wandering = {("warmup", 8): lambda r, c: (c.__setitem__(("warmup", 8), curve([0.3, 0.4, 0.5, 0.6, 0.2, 0.6, 0.3])), r)[1]}
+    wandering = {
+        ("warmup", 8): lambda r, c: (c.__setitem__(("warmup", 8), curve([0.3, 0.4, 0.5, 0.6, 0.2, 0.6, 0.3])), r)[1]
+    }
     assert verdicts(*papers_results(wandering), exact=True)["C4"] is False  # no ceiling
 
 
 # --- the whole protocol on a tiny grid -------------------------------------------------------
 
+
 def tiny_protocol(out) -> ReproduceConfig:
-    run = tiny_config(out / "unused", data={"size": 72, "val_size": 8, "train_size": 64}, warmup_epochs=2,
-                      epochs=1)
-    return ReproduceConfig(out=str(out), run=run, target_epoch=2, workers=(1, 2, 4), max_real=1,
-                           lr_range=(1e-4, 1e-1, 20))
+    run = tiny_config(out / "unused", data={"size": 72, "val_size": 8, "train_size": 64}, warmup_epochs=2, epochs=1)
+    return ReproduceConfig(
+        out=str(out), run=run, target_epoch=2, workers=(1, 2, 4), max_real=1, lr_range=(1e-4, 1e-1, 20)
+    )
 
 
 def outcome(out):
@@ -107,17 +121,20 @@ def outcome(out):
 
 # One reproduction in a process of its own (TensorFlow's threads, and with them oneDNN's bits, are set once per
 # process): ``python -c REPRODUCE what.json``.
-REPRODUCE = ("import json, sys\nfrom gmmkit.config import RunConfig\nfrom gmmkit.study.reproduce import ReproduceConfig,"
-             " reproduce\nraw = json.load(open(sys.argv[1]))\nraw['run'] = RunConfig.from_dict(raw['run'])\n"
-             "raw['workers'], raw['strategies'], raw['lr_range'] = map(tuple, (raw['workers'], raw['strategies'], "
-             "raw['lr_range']))\nreproduce(ReproduceConfig(**raw), progress=False)\n")
+REPRODUCE = (
+    "import json, sys\nfrom gmmkit.config import RunConfig\nfrom gmmkit.study.reproduce import ReproduceConfig,"
+    " reproduce\nraw = json.load(open(sys.argv[1]))\nraw['run'] = RunConfig.from_dict(raw['run'])\n"
+    "raw['workers'], raw['strategies'], raw['lr_range'] = map(tuple, (raw['workers'], raw['strategies'], "
+    "raw['lr_range']))\nreproduce(ReproduceConfig(**raw), progress=False)\n"
+)
 
 
 def reproduction(out, tmp_path) -> subprocess.Popen:
     cfg_file = tmp_path / f"{out.name}.json"
     cfg_file.write_text(json.dumps(tiny_protocol(out).to_dict()))
-    return subprocess.Popen([sys.executable, "-c", REPRODUCE, str(cfg_file)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", REPRODUCE, str(cfg_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def test_the_protocol_end_to_end_and_resumed_after_an_interruption(tmp_path):
@@ -141,14 +158,20 @@ def test_the_protocol_end_to_end_and_resumed_after_an_interruption(tmp_path):
     out = tmp_path / "resumed"
     proc = reproduction(out, tmp_path)
     deadline = time.monotonic() + 300
-    while not [s for name, s in progress_of(out)["runs"].items() if name != "sequential-n1"
-               and s in ("reached_target", "diverged", "max_epochs")]:
+    while not [
+        s
+        for name, s in progress_of(out)["runs"].items()
+        if name != "sequential-n1" and s in ("reached_target", "diverged", "max_epochs")
+    ]:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
-    ended = {name: (out / "runs" / name / "state").resolve() for name, s in progress_of(out)["runs"].items()
-             if s in ("reached_target", "diverged", "max_epochs")}
+    ended = {
+        name: (out / "runs" / name / "state").resolve()
+        for name, s in progress_of(out)["runs"].items()
+        if s in ("reached_target", "diverged", "max_epochs")
+    }
     assert ended
     proc = reproduction(out, tmp_path)  # continued
     assert proc.wait(timeout=600) == 0, proc.communicate()
@@ -170,5 +193,7 @@ def test_the_recorded_reproduction_is_complete_and_its_c1_is_in_its_files():
     sequential = read_jsonl(recorded / "runs" / "sequential-n1" / "metrics.jsonl")
     for n in (2, 4, 8, 16, 32):
         strong = read_jsonl(recorded / "runs" / f"strong-n{n}" / "metrics.jsonl")
-        same = [(a["train_loss"], a["val_loss"]) == (b["train_loss"], b["val_loss"]) for a, b in zip(strong, sequential)]
+        same = [
+            (a["train_loss"], a["val_loss"]) == (b["train_loss"], b["val_loss"]) for a, b in zip(strong, sequential)
+        ]
         assert same and all(same) == found["C1"]["evidence"][str(n)]["identical"]

@@ -1,18 +1,18 @@
 """What a run keeps of its history besides metrics.jsonl: epoch snapshots, TensorBoard's event files read back
 with TensorBoard's own reader, and each rank's timings in every epoch record."""
+
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import tiny_config
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from gmmkit.training import RunDir, train
 from gmmkit.training.rundir import RunDirError
 from gmmkit.training.tensorboard import SCALARS
-
-from conftest import tiny_config
 
 SMALL = {"data": {"size": 40, "val_size": 6, "train_size": 32}, "model": {"filters": 4, "latent": 16}}
 

@@ -2,6 +2,7 @@
 run's own config, SIGTERM and stop requests at any moment (start-up included), kills at random moments, a
 full disk, output folders replaced only as a whole, paths that open from anywhere, the user's umask.
 Real processes and signals throughout; every run is tiny."""
+
 import contextlib
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from conftest import tiny_config
 
 from gmmkit.cli import main
 from gmmkit.data import load_phantoms
@@ -22,16 +24,35 @@ from gmmkit.files import read_jsonl
 from gmmkit.parallel.launch import mpi_env
 from gmmkit.training import RunDir
 
-from conftest import tiny_config
-
 GMMKIT = [sys.executable, "-m", "gmmkit"]
-TINY = ["--dataset", "phantoms", "--phantoms", "40", "--val-size", "8", "--components", "4", "--batch-size", "8",
-        "--threads", "1", "--target-loss", "none"]
+TINY = [
+    "--dataset",
+    "phantoms",
+    "--phantoms",
+    "40",
+    "--val-size",
+    "8",
+    "--components",
+    "4",
+    "--batch-size",
+    "8",
+    "--threads",
+    "1",
+    "--target-loss",
+    "none",
+]
 
 
 def start(*args, cwd=None, **popen):
-    return subprocess.Popen([*GMMKIT, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=cwd, env=mpi_env(), **popen)
+    return subprocess.Popen(
+        [*GMMKIT, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=mpi_env(),
+        **popen,
+    )
 
 
 def wait_for(condition, proc=None, timeout=240, what="the condition"):
@@ -75,6 +96,7 @@ def no_process_left(parent_pid: int | None = None) -> bool:
 
 
 # --- one run per directory; --resume ------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def cubes_npz(tmp_path_factory):
@@ -164,6 +186,7 @@ def test_a_second_process_is_refused_and_a_dead_one_holds_nothing(tmp_path, caps
 
 # --- signals and stop requests --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("when", ["start-up", "training"])
 def test_sigterm_stops_a_run_with_its_files_consistent(tmp_path, when):
     run = tmp_path / "run"
@@ -219,8 +242,11 @@ def test_sigterm_ends_a_multi_rank_run_and_leaves_no_process(tmp_path, who):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    wait_for(lambda: not [p for p in job if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], timeout=30,
-             what="the job's processes ending")
+    wait_for(
+        lambda: not [p for p in job if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+        timeout=30,
+        what="the job's processes ending",
+    )
     summary = RunDir(run).summary()
     assert summary["status"] == "stopped" and summary["workers"] == 2
     assert_files_agree(run)
@@ -235,8 +261,11 @@ def test_a_launcher_killed_outright_takes_its_job_with_it(tmp_path):
         job = psutil.Process(proc.pid).children(recursive=True)
         proc.kill()  # SIGKILL: no handler runs; mpirun dies with its parent (PR_SET_PDEATHSIG), the ranks with it
         proc.wait(timeout=30)
-        wait_for(lambda: not [p for p in job if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], timeout=60,
-                 what="the orphaned job ending")
+        wait_for(
+            lambda: not [p for p in job if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+            timeout=60,
+            what="the orphaned job ending",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -247,6 +276,7 @@ def test_a_launcher_killed_outright_takes_its_job_with_it(tmp_path):
 
 # --- kills at random moments -------------------------------------------------------------------
 
+
 def _state_link(run: Path) -> str | None:
     return os.readlink(run / "state") if (run / "state").is_symlink() else None
 
@@ -256,8 +286,12 @@ def test_killed_at_random_moments_the_files_agree_and_resume_reaches_the_uninter
     straight = tmp_path / "straight"
     # in a process of its own, as the killed runs are: TensorFlow's threads, and with them oneDNN's bits,
     # are set once per process, and this one's were set by whichever test ran first
-    subprocess.run([sys.executable, "-m", "gmmkit", "train", *TINY, "--epochs", str(epochs), "--out", str(straight)],
-                   check=True, capture_output=True, env=mpi_env())
+    subprocess.run(
+        [sys.executable, "-m", "gmmkit", "train", *TINY, "--epochs", str(epochs), "--out", str(straight)],
+        check=True,
+        capture_output=True,
+        env=mpi_env(),
+    )
     # Each moment is read from the run itself, never from the clock, so every planned kill finds the run going
     # on any machine: "claimed" (the process holds the run's lock: nothing written yet), "begun" (it committed
     # its first state: TensorFlow traces its steps), "epoch" (it finished an epoch, plus a random fraction of
@@ -296,20 +330,26 @@ def test_killed_at_random_moments_the_files_agree_and_resume_reaches_the_uninter
     assert len(kills) >= 3 and [m for m, _ in kills[:3]] == ["claimed", "begun", "epoch"], kills
     assert not [p for p in run.rglob("*.tmp")]  # the last claim removed what the killed writers left
     for key in ("train_loss", "val_loss"):  # bit for bit the uninterrupted path
-        assert [r[key] for r in read_jsonl(run / "metrics.jsonl")] == [r[key] for r in read_jsonl(straight / "metrics.jsonl")]
+        assert [r[key] for r in read_jsonl(run / "metrics.jsonl")] == [
+            r[key] for r in read_jsonl(straight / "metrics.jsonl")
+        ]
     a, b = RunDir(run).load_checkpoint(), RunDir(straight).load_checkpoint()
     assert all(np.array_equal(x, y) for x, y in zip(a["weights"] + a["optimizer"], b["weights"] + b["optimizer"]))
 
 
 # --- resources ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def small_disk(tmp_path):
     """An 8 MB tmpfs, to fill while a run writes to it."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("a small tmpfs cannot be mounted here (needs root)")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=False)
@@ -357,15 +397,30 @@ def test_results_folders_are_replaced_only_as_a_whole(tmp_path, capsys):
     assert main([*synth, "--n", "2"]) == 2  # an earlier output: not without --overwrite
     assert "--overwrite" in capsys.readouterr().err and len(list(out.glob("nodule_*"))) == 5
     assert main([*synth, "--n", "2", "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "manifest.json", "mixtures.npz",
-                                                       "nodule_0000.nii.gz", "nodule_0001.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.csv",
+        "manifest.json",
+        "mixtures.npz",
+        "nodule_0000.nii.gz",
+        "nodule_0001.nii.gz",
+    ]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert main([*synth[:3], "--out", str(tmp_path / "mine"), "--overwrite"]) == 2  # not ours: never removed
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
-    sweep = ["sweep", "--config", str(tmp_path / "c.json"), "--strategies", "strong", "--workers", "1",
-             "--no-calibrate", "--out", str(tmp_path / "sweep")]
+    sweep = [
+        "sweep",
+        "--config",
+        str(tmp_path / "c.json"),
+        "--strategies",
+        "strong",
+        "--workers",
+        "1",
+        "--no-calibrate",
+        "--out",
+        str(tmp_path / "sweep"),
+    ]
     assert main(sweep) == 0
     (tmp_path / "sweep" / "runs" / "stale").mkdir()
     assert main(sweep) == 2 and "--overwrite" in capsys.readouterr().err

@@ -5,6 +5,7 @@ A real SLURM 22.05 runs on the emulated hosts (``tests/support/slurm.py``): gmmk
 the job's environment and places its ranks on the allocated nodes with no host flags; mpirun starts its
 daemons through SLURM. Jobs get the submitter's environment (sbatch's default ``--export=ALL``).
 """
+
 import json
 import os
 import shlex
@@ -15,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from gmmkit.files import read_jsonl
-from gmmkit.cluster import MPICluster
-
 from conftest import ROOT, needs_horovod, tiny_config
+
+from gmmkit.cluster import MPICluster
+from gmmkit.files import read_jsonl
 
 pytestmark = [pytest.mark.mpi, needs_horovod]
 EXAMPLES = ROOT / "examples" / "slurm"
@@ -33,9 +33,14 @@ def losses(run_dir):
 
 def sbatch(slurm, script, *args, cwd, timeout=300) -> str:
     """``sbatch --wait SCRIPT ARGS``; returns the job's output (asserting that it succeeded)."""
-    proc = subprocess.run(["sbatch", "--wait", "--parsable", str(script), *map(str, args)], cwd=cwd,
-                          env=slurm.env({**os.environ, "GMMKIT": GMMKIT}), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        ["sbatch", "--wait", "--parsable", str(script), *map(str, args)],
+        cwd=cwd,
+        env=slurm.env({**os.environ, "GMMKIT": GMMKIT}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     job = proc.stdout.strip().split(";")[0]
     name = Path(script).stem
     output = Path(cwd, f"gmmkit-{name}-{job}.out")
@@ -48,8 +53,9 @@ def test_the_training_example_runs_one_rank_per_allocated_node(slurm_cluster, re
     cfg, ref_run, _ = reference
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(cfg.replace(train={"epochs": 2, "strategy": "strong"}).to_json())
-    output = sbatch(slurm_cluster, EXAMPLES / "train.sbatch", "--config", cfg_file, "--out", tmp_path / "run",
-                    cwd=tmp_path)
+    output = sbatch(
+        slurm_cluster, EXAMPLES / "train.sbatch", "--config", cfg_file, "--out", tmp_path / "run", cwd=tmp_path
+    )
     assert "launching 2 ranks with mpirun on gmk-node0:1,gmk-node1:1 (SLURM job" in output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["hosts"] == ["gmk-node0", "gmk-node1"] and summary["status"] == "max_epochs"
@@ -59,31 +65,68 @@ def test_the_training_example_runs_one_rank_per_allocated_node(slurm_cluster, re
 def test_the_sweep_example_runs_real_ranks_up_to_the_jobs_tasks(slurm_cluster, tmp_path):
     cfg_file = tmp_path / "base.json"
     cfg_file.write_text(tiny_config(tmp_path / "unused", epochs=2).to_json())
-    sbatch(slurm_cluster, EXAMPLES / "sweep.sbatch", "--config", cfg_file, "--strategies", "strong",
-           "--workers", "1,2,4", "--no-calibrate", "--out", tmp_path / "sweep", cwd=tmp_path)
+    sbatch(
+        slurm_cluster,
+        EXAMPLES / "sweep.sbatch",
+        "--config",
+        cfg_file,
+        "--strategies",
+        "strong",
+        "--workers",
+        "1,2,4",
+        "--no-calibrate",
+        "--out",
+        tmp_path / "sweep",
+        cwd=tmp_path,
+    )
     results = json.loads((tmp_path / "sweep" / "results.json").read_text())
     assert {r["workers"]: r["mode"] for r in results["runs"]} == {1: "real", 2: "real", 4: "simulated"}
     assert all(r["status"] == "max_epochs" for r in results["runs"]), results["runs"]
     real = json.loads((tmp_path / "sweep" / "runs" / "strong-n2" / "summary.json").read_text())
     assert real["hosts"] == ["gmk-node0", "gmk-node1"]
     study = json.loads((tmp_path / "sweep" / "study.json").read_text())
-    assert study["placement"]["source"] == "slurm" and study["placement"]["hosts"] == [["gmk-node0", 1],
-                                                                                        ["gmk-node1", 1]]
+    assert study["placement"]["source"] == "slurm" and study["placement"]["hosts"] == [
+        ["gmk-node0", 1],
+        ["gmk-node1", 1],
+    ]
 
 
 def test_salloc_then_gmmkit_train_uses_the_allocation(slurm_cluster, tmp_path):
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(tiny_config(tmp_path / "run", epochs=1).to_json())
-    proc = subprocess.run(["salloc", "-N2", sys.executable, "-m", "gmmkit", "train", "--workers", "2",
-                           "--config", str(cfg_file)], env=slurm_cluster.env(), capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        ["salloc", "-N2", sys.executable, "-m", "gmmkit", "train", "--workers", "2", "--config", str(cfg_file)],
+        env=slurm_cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, f"salloc -N2 gmmkit train failed:\n{proc.stdout}\n{proc.stderr}"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["hosts"] == ["gmk-node0", "gmk-node1"] and summary["workers"] == 2
     # three ranks do not fit the two tasks of the allocation: refused before anything starts
-    proc = subprocess.run(["salloc", "-N2", sys.executable, "-m", "gmmkit", "train", "--workers", "3",
-                           "--config", str(cfg_file), "--out", str(tmp_path / "three")], env=slurm_cluster.env(),
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            "salloc",
+            "-N2",
+            sys.executable,
+            "-m",
+            "gmmkit",
+            "train",
+            "--workers",
+            "3",
+            "--config",
+            str(cfg_file),
+            "--out",
+            str(tmp_path / "three"),
+        ],
+        env=slurm_cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "--workers (train.workers): expected at most the 2 slots" in proc.stderr
     assert not (tmp_path / "three").exists()
 
@@ -94,17 +137,36 @@ def test_notebook_engines_as_a_slurm_job_and_in_an_allocation(slurm_cluster, tmp
     head = slurm_cluster.hosts.head_address
     for name, value in slurm_cluster.env({}).items():  # sbatch and the engines' mpiexec need SLURM_CONF
         monkeypatch.setenv(name, value)
-    with MPICluster.slurm(2, controller_ip=head, profile_dir=str(tmp_path / "profile_slurm"),
-                          sbatch_options=["--nodes=2", "--ntasks-per-node=1"]) as cluster:
+    with MPICluster.slurm(
+        2,
+        controller_ip=head,
+        profile_dir=str(tmp_path / "profile_slurm"),
+        sbatch_options=["--nodes=2", "--ntasks-per-node=1"],
+    ) as cluster:
         ranks = sorted(cluster.rank_map().values())
         assert ranks == [0, 1] and [r.host for r in ranks] == ["gmk-node0", "gmk-node1"]
         assert cluster.slots == 2
 
     profile = tmp_path / "profile_ipcluster"
     ipcluster = subprocess.Popen(
-        ["salloc", "-N2", os.path.join(os.path.dirname(sys.executable), "ipcluster"), "start", "--engines=MPI",
-         "-n", "2", f"--profile-dir={profile}", "--cluster-id=alloc", f"--ip={head}"],
-        env=slurm_cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        [
+            "salloc",
+            "-N2",
+            os.path.join(os.path.dirname(sys.executable), "ipcluster"),
+            "start",
+            "--engines=MPI",
+            "-n",
+            "2",
+            f"--profile-dir={profile}",
+            "--cluster-id=alloc",
+            f"--ip={head}",
+        ],
+        env=slurm_cluster.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
     cluster_file = profile / "security" / "cluster-alloc.json"
     try:
         deadline = time.monotonic() + 120

@@ -1,4 +1,5 @@
 """The four scaling strategies are pure functions: check them against the paper's definitions."""
+
 import numpy as np
 import pytest
 
@@ -20,7 +21,7 @@ def test_strong_uneven_shares_cover_the_batch_once():
     for step in range(10):
         parts = [S.worker_indices(perm, p, step, r) for r in range(3)]
         joined = np.concatenate(parts)
-        np.testing.assert_array_equal(joined, perm[step * 32:(step + 1) * 32])
+        np.testing.assert_array_equal(joined, perm[step * 32 : (step + 1) * 32])
 
 
 @pytest.mark.parametrize("strategy,lr_factor", [("weak", 1), ("lsr", 8)])
@@ -57,12 +58,15 @@ def test_last_partial_batch_dropped():
     assert S.steps_per_epoch(100, 128) == 0
 
 
-@pytest.mark.parametrize("args,match", [
-    (("nope", 2, 32, 1e-3), "strategy"),
-    (("strong", 33, 32, 1e-3), "at most 32 workers"),
-    (("weak", 0, 32, 1e-3), "workers"),
-    (("weak", 2, 0, 1e-3), "batch_size"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (("nope", 2, 32, 1e-3), "strategy"),
+        (("strong", 33, 32, 1e-3), "at most 32 workers"),
+        (("weak", 0, 32, 1e-3), "workers"),
+        (("weak", 2, 0, 1e-3), "batch_size"),
+    ],
+)
 def test_bad_arguments_name_what_is_wrong(args, match):
     with pytest.raises(ValueError, match=match):
         S.plan(*args)

@@ -1,15 +1,15 @@
 """The sweep (paper Section VII): grid, real 2-rank batch, simulation, target rule, tables and figures."""
+
 import json
 import math
 
 import pytest
+from conftest import tiny_config
 
 from gmmkit.cli import main
 from gmmkit.files import read_jsonl
 from gmmkit.study.perfmodel import PerfModel, fit_step_times
 from gmmkit.study.sweep import TARGET_RTOL, RunResult, add_efficiency
-
-from conftest import tiny_config
 
 
 def test_fit_and_formula_of_the_wall_time_model():
@@ -20,11 +20,14 @@ def test_fit_and_formula_of_the_wall_time_model():
     assert perf.step_time("strong", 4, 32) == pytest.approx(0.01 + 0.002 * 8 + 0.005 * 2)
     assert perf.step_time("strong", 3, 32) == pytest.approx(0.01 + 0.002 * 11 + 0.005 * math.log2(3))
     # weak: n B samples per step, each worker B, and n times fewer steps per epoch
-    assert perf.epoch_time("weak", 2, 32, 640, 0) == pytest.approx(10 * (0.01 + 0.002 * 32 + 0.005) + 0.005)  # + the validation allreduce
+    assert perf.epoch_time("weak", 2, 32, 640, 0) == pytest.approx(
+        10 * (0.01 + 0.002 * 32 + 0.005) + 0.005
+    )  # + the validation allreduce
     # exact mode: every micro-shard pays the fixed cost, so a step costs the base batch's exact step times
     # the slowest rank's fraction of the base batch (16 of 32 on 2 workers; weak: a whole base batch each)
-    exact = PerfModel(t_fixed=0.01, t_sample=0.002, t_eval_sample=0.001, allreduce_s=0.005, gradient_bytes=4,
-                      exact_factor=2.5)
+    exact = PerfModel(
+        t_fixed=0.01, t_sample=0.002, t_eval_sample=0.001, allreduce_s=0.005, gradient_bytes=4, exact_factor=2.5
+    )
     assert exact.step_time("strong", 1, 32, exact=True) == pytest.approx(2.5 * (0.01 + 0.002 * 32))
     assert exact.step_time("strong", 2, 32, exact=True) == pytest.approx(2.5 * (0.01 + 0.002 * 32) / 2 + 0.005)
     assert exact.step_time("weak", 4, 32, exact=True) == pytest.approx(2.5 * (0.01 + 0.002 * 32) + 0.005 * 2)
@@ -33,10 +36,12 @@ def test_fit_and_formula_of_the_wall_time_model():
 
 def test_efficiency_is_t1_over_n_tn_and_nan_when_not_reached():
     # the sequential run took 100 s; the model, which predicts every simulated run, says 80 s
-    rows = [RunResult("strong", 1, "real", "reached_target", 5, 100.0, 80.0, "a"),
-            RunResult("strong", 2, "real", "reached_target", 5, 60.0, 45.0, "b"),
-            RunResult("strong", 4, "simulated", "reached_target", 5, None, 25.0, "c"),
-            RunResult("strong", 8, "simulated", "diverged", 2, None, None, "d")]
+    rows = [
+        RunResult("strong", 1, "real", "reached_target", 5, 100.0, 80.0, "a"),
+        RunResult("strong", 2, "real", "reached_target", 5, 60.0, 45.0, "b"),
+        RunResult("strong", 4, "simulated", "reached_target", 5, None, 25.0, "c"),
+        RunResult("strong", 8, "simulated", "diverged", 2, None, None, "d"),
+    ]
     add_efficiency(rows)
     # measured over measured, predicted over predicted: never measured T1 over a predicted Tn (100 / 100)
     assert [r.efficiency for r in rows[:3]] == pytest.approx([1.0, 100 / 120, 80 / 100])
@@ -49,19 +54,42 @@ def test_sweep_runs_the_grid_and_writes_tables_and_figures(tmp_path, capsys):
     cfg_file = tmp_path / "base.json"
     cfg_file.write_text(cfg.to_json())
     out = tmp_path / "sweep"
-    code = main(["sweep", "--config", str(cfg_file), "--strategies", "strong,lsr", "--workers", "1,2,4",
-                 "--max-real", "2", "--simulate", "--target-epoch", "2", "--out", str(out)])
+    code = main(
+        [
+            "sweep",
+            "--config",
+            str(cfg_file),
+            "--strategies",
+            "strong,lsr",
+            "--workers",
+            "1,2,4",
+            "--max-real",
+            "2",
+            "--simulate",
+            "--target-epoch",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "### strong" in printed and "### lsr" in printed
     results = json.loads((out / "results.json").read_text())
     runs = {(r["strategy"], r["workers"]): r for r in results["runs"]}
     assert {k: r["mode"] for k, r in runs.items()} == {
-        ("strong", 1): "real", ("strong", 2): "real", ("strong", 4): "simulated",
-        ("lsr", 1): "real", ("lsr", 2): "real", ("lsr", 4): "simulated"}
+        ("strong", 1): "real",
+        ("strong", 2): "real",
+        ("strong", 4): "simulated",
+        ("lsr", 1): "real",
+        ("lsr", 2): "real",
+        ("lsr", 4): "simulated",
+    }
     # the paper's target rule: the sequential validation loss after --target-epoch epochs
     seq = read_jsonl(out / "runs" / "sequential-n1" / "metrics.jsonl")
-    assert len(seq) == 2 and results["config"]["train"]["target_loss"] == pytest.approx(seq[-1]["val_loss"] * (1 + TARGET_RTOL))
+    assert len(seq) == 2 and results["config"]["train"]["target_loss"] == pytest.approx(
+        seq[-1]["val_loss"] * (1 + TARGET_RTOL)
+    )
     # strong scaling follows the sequential path: it reaches the target at the same epoch, real or simulated
     for n in (2, 4):
         assert runs[("strong", n)]["status"] == "reached_target" and runs[("strong", n)]["epochs"] == 2
@@ -99,8 +127,13 @@ def test_a_loss_figure_draws_the_sequential_run_once_beside_its_strategys_runs()
     from gmmkit.plots.sweep import loss_curves_figure
 
     record = [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.25}]
-    curves = {("strong", 1): record, ("weak", 1): record, ("lsr", 1): record, ("strong", 2): record,
-              ("weak", 2): [{"epoch": 1, "val_loss": float("nan")}]}
+    curves = {
+        ("strong", 1): record,
+        ("weak", 1): record,
+        ("lsr", 1): record,
+        ("strong", 2): record,
+        ("weak", 2): [{"epoch": 1, "val_loss": float("nan")}],
+    }
     fig = loss_curves_figure(curves, "weak", 0.3, "weak")
     assert [t.name for t in fig.data] == ["n = 1", "n = 2"]
     assert list(fig.data[1].y) == [None]  # a diverged epoch is a gap, not a point

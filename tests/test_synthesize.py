@@ -1,4 +1,5 @@
 """New nodules from learnt mixtures: parameter-space math, resolution-free rendering, `gmmkit synthesize`."""
+
 import json
 import os
 
@@ -34,6 +35,7 @@ def assert_valid(m: Mixtures):
 
 # --- parameter space -----------------------------------------------------------------------------
 
+
 def test_vector_round_trip():
     m = random_mixtures()
     back = from_vector(to_vector(m), m.components)
@@ -51,16 +53,14 @@ def test_perturb_keeps_mixtures_valid_and_takes_every_source():
     g = perturb(m, 10, np.random.default_rng(0), mean_jitter=0.5, sigma_jitter=0.5, concentration=5)
     assert_valid(g.mixtures)
     assert len(g.mixtures) == 10 and sorted(g.source[:8]) == [0, 0, 1, 1, 2, 2, 3, 3]
-    same = perturb(m, 4, np.random.default_rng(0), mean_jitter=0, sigma_jitter=0, concentration=np.inf,
-                   mass_jitter=0)
+    same = perturb(m, 4, np.random.default_rng(0), mean_jitter=0, sigma_jitter=0, concentration=np.inf, mass_jitter=0)
     for name, value in m.take(same.source).arrays().items():
         np.testing.assert_allclose(getattr(same.mixtures, name), value, err_msg=name)
 
 
 def test_perturb_scales_covariances_keeping_correlations():
     m = random_mixtures(n=1, k=3)
-    g = perturb(m, 1, np.random.default_rng(3), mean_jitter=0, sigma_jitter=0.3, concentration=np.inf,
-                mass_jitter=0)
+    g = perturb(m, 1, np.random.default_rng(3), mean_jitter=0, sigma_jitter=0.3, concentration=np.inf, mass_jitter=0)
 
     def correlation(tril):
         cov = tril @ np.swapaxes(tril, -1, -2)
@@ -79,8 +79,9 @@ def test_sample_draws_from_each_group():
     x = to_vector(m)
     for label in range(3):  # temperature 0: every draw is its group's mean
         drawn = to_vector(cold.mixtures)[cold.group == label]
-        np.testing.assert_allclose(drawn, np.repeat(x[labels == label].mean(0, keepdims=True), len(drawn), 0),
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            drawn, np.repeat(x[labels == label].mean(0, keepdims=True), len(drawn), 0), atol=1e-9
+        )
         assert np.all(labels[cold.source[cold.group == label]] == label)
     warm = sample(m, 20, np.random.default_rng(1), groups=2)
     assert_valid(warm.mixtures) and set(warm.group) <= {0, 1}
@@ -89,6 +90,7 @@ def test_sample_draws_from_each_group():
 
 
 # --- rendering -----------------------------------------------------------------------------------
+
 
 def test_rendering_does_not_depend_on_the_grid():
     """Density per unit volume of [-1, 1]^3: the same point has the same value at any size, and the integral
@@ -107,16 +109,19 @@ def test_rendering_does_not_depend_on_the_grid():
 
 # --- a trained run -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from gmmkit import RunConfig
     from gmmkit.training import train
 
     root = tmp_path_factory.mktemp("synth")  # conftest gives the phantoms a private cache
-    cfg = RunConfig().replace(data={"dataset": "phantoms", "size": 24, "val_size": 8, "train_size": 16},
-                              model={"components": 4, "filters": 8, "latent": 32},
-                              train={"epochs": 1, "target_loss": None, "batch_size": 8, "threads": 1},
-                              out=str(root / "run"))
+    cfg = RunConfig().replace(
+        data={"dataset": "phantoms", "size": 24, "val_size": 8, "train_size": 16},
+        model={"components": 4, "filters": 8, "latent": 32},
+        train={"epochs": 1, "target_loss": None, "batch_size": 8, "threads": 1},
+        out=str(root / "run"),
+    )
     assert train(cfg)["status"] == "max_epochs"
     return root / "run"
 
@@ -137,8 +142,26 @@ def test_synthesize_writes_images_of_the_right_size_and_spacing(run_dir, tmp_pat
     from gmmkit.data.images import read_image
 
     out = tmp_path / "new"
-    assert main(["synthesize", "--run", str(run_dir), "--out", str(out), "--n", "5", "--size", "32",
-                 "--hu", "--seed", "7", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "synthesize",
+                "--run",
+                str(run_dir),
+                "--out",
+                str(out),
+                "--n",
+                "5",
+                "--size",
+                "32",
+                "--hu",
+                "--seed",
+                "7",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["size"] == 32 and manifest["spacing_mm"] == 0.5 and len(manifest["files"]) == 5
     for record in manifest["files"]:
@@ -159,17 +182,40 @@ def test_synthesize_writes_images_of_the_right_size_and_spacing(run_dir, tmp_pat
 def test_synthesize_from_cubes_npz_keeps_their_spacing(run_dir, tmp_path):
     pytest.importorskip("SimpleITK")
     from gmmkit.data import load_phantoms
-    from gmmkit.data.images import read_image
     from gmmkit.data.cubes import CubeSet
+    from gmmkit.data.images import read_image
 
     cubes = load_phantoms(6, seed=1).cubes
     source = tmp_path / "cubes.npz"
-    CubeSet(cubes, np.array([f"scan{i}" for i in range(6)]), np.zeros((6, 3)), np.full(6, 5.0),
-            np.ones(6), spacing_mm=0.8).save(source)
+    CubeSet(
+        cubes, np.array([f"scan{i}" for i in range(6)]), np.zeros((6, 3)), np.full(6, 5.0), np.ones(6), spacing_mm=0.8
+    ).save(source)
     out = tmp_path / "sampled"
-    assert main(["synthesize", "--run", str(run_dir), "--out", str(out), "--n", "4", "--method", "sample",
-                 "--groups", "2", "--format", "mhd", "--from", str(source), "--gallery", "0",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "synthesize",
+                "--run",
+                str(run_dir),
+                "--out",
+                str(out),
+                "--n",
+                "4",
+                "--method",
+                "sample",
+                "--groups",
+                "2",
+                "--format",
+                "mhd",
+                "--from",
+                str(source),
+                "--gallery",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     scan = read_image(out / "nodule_0003.mhd")
     assert scan.volume.shape == (16, 16, 16)
     np.testing.assert_allclose(scan.geometry.spacing, 0.8)
@@ -178,13 +224,16 @@ def test_synthesize_from_cubes_npz_keeps_their_spacing(run_dir, tmp_path):
     assert not (out / "gallery.html").exists()
 
 
-@pytest.mark.parametrize("setup,args,named", [
-    ("empty", [], "not a gmmkit run directory"),
-    ("no checkpoint", [], "no checkpoint.npz"),
-    ("run", ["--method", "sample", "--groups", "99"], "--groups"),
-    ("run", ["--n", "0"], "--n"),
-    ("run", ["--from", "missing.npz"], "missing.npz: no such file"),
-])
+@pytest.mark.parametrize(
+    "setup,args,named",
+    [
+        ("empty", [], "not a gmmkit run directory"),
+        ("no checkpoint", [], "no checkpoint.npz"),
+        ("run", ["--method", "sample", "--groups", "99"], "--groups"),
+        ("run", ["--n", "0"], "--n"),
+        ("run", ["--from", "missing.npz"], "missing.npz: no such file"),
+    ],
+)
 def test_synthesize_errors_are_one_line(run_dir, tmp_path, capsys, setup, args, named):
     target = run_dir
     if setup != "run":
@@ -192,8 +241,19 @@ def test_synthesize_errors_are_one_line(run_dir, tmp_path, capsys, setup, args, 
         target.mkdir()
         if setup == "no checkpoint":
             (target / "config.json").write_text((run_dir / "config.json").read_text())
-    code = main(["synthesize", "--run", str(target), "--out", str(tmp_path / "o"), "--n", "2", "--no-progress",
-                 *[a if a != "missing.npz" else str(tmp_path / a) for a in args]])
+    code = main(
+        [
+            "synthesize",
+            "--run",
+            str(target),
+            "--out",
+            str(tmp_path / "o"),
+            "--n",
+            "2",
+            "--no-progress",
+            *[a if a != "missing.npz" else str(tmp_path / a) for a in args],
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and named in err[0], err
     assert not (tmp_path / "o" / "manifest.json").exists()

@@ -3,6 +3,7 @@
 Every training run costs tens of seconds of graph tracing on a small CPU, so the runs are shared: one
 3-epoch reference run, and each other run compared with it.
 """
+
 import json
 import os
 import subprocess
@@ -10,15 +11,25 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from gmmkit.errors import RunDirError
 from gmmkit.files import read_jsonl
 from gmmkit.training import RunDir, StopFlag, train
 
-from conftest import tiny_config
-
-METRIC_KEYS = {"epoch", "train_loss", "val_loss", "lr", "time_s", "epoch_time_s", "samples_per_s",
-               "global_batch", "steps", "rank_step_s", "rank_eval_s"}
+METRIC_KEYS = {
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "lr",
+    "time_s",
+    "epoch_time_s",
+    "samples_per_s",
+    "global_batch",
+    "steps",
+    "rank_step_s",
+    "rank_eval_s",
+}
 
 
 def val_losses(run_dir):
@@ -65,8 +76,9 @@ def test_stops_at_target_with_time_to_target(reference, tmp_path):
 
 def test_simulated_strong_scaling_is_the_sequential_path(reference, tmp_path):
     cfg, ref_run, _ = reference
-    train(cfg.replace(train={"epochs": 2, "strategy": "strong", "workers": 4}, out=str(tmp_path / "sim")),
-          simulate=True)
+    train(
+        cfg.replace(train={"epochs": 2, "strategy": "strong", "workers": 4}, out=str(tmp_path / "sim")), simulate=True
+    )
     np.testing.assert_allclose(val_losses(tmp_path / "sim"), val_losses(ref_run)[:2], rtol=1e-5)
 
 
@@ -78,10 +90,10 @@ def test_two_shares_of_a_batch_give_the_sequential_gradient_on_the_papers_model(
     beyond rounding fails here; a whole multi-epoch run cannot tell that from chaos (benchmarks/RESULTS.md)."""
     import tensorflow as tf
 
-    from gmmkit.parallel import distributed
     from gmmkit.config import RunConfig
     from gmmkit.data import load_split
     from gmmkit.model import build_deepdensity, per_sample_msle
+    from gmmkit.parallel import distributed
 
     distributed.init(1, use_horovod=False)
     data = {"dataset": "phantoms", "size": 96, "train_size": 32, "val_size": 64}
@@ -104,8 +116,10 @@ def test_two_shares_of_a_batch_give_the_sequential_gradient_on_the_papers_model(
 
 def test_weak_scaling_doubles_the_global_batch_and_another_seed_differs(reference, tmp_path):
     cfg, ref_run, _ = reference
-    train(cfg.replace(train={"epochs": 1, "strategy": "weak", "workers": 2, "seed": 4}, out=str(tmp_path / "w")),
-          simulate=True)
+    train(
+        cfg.replace(train={"epochs": 1, "strategy": "weak", "workers": 2, "seed": 4}, out=str(tmp_path / "w")),
+        simulate=True,
+    )
     weak = read_jsonl(tmp_path / "w" / "metrics.jsonl")
     assert weak[0]["global_batch"] == 16 and weak[0]["steps"] == 96 // 16
     assert weak[0]["val_loss"] != val_losses(ref_run)[0]
@@ -120,7 +134,7 @@ def test_divergence_ends_the_run_with_its_log(tmp_path):
     assert records[-1]["val_loss"] is None or records[-1]["train_loss"] is None
     for name in ("metrics.jsonl", "summary.json"):
         text = (tmp_path / "d" / name).read_text()
-        for line in (text.splitlines() if name.endswith("jsonl") else [text]):
+        for line in text.splitlines() if name.endswith("jsonl") else [text]:
             json.loads(line, parse_constant=lambda c: pytest.fail(f"{name} holds {c}"))
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == "diverged"
 
@@ -151,13 +165,15 @@ def test_threads_asked_for_after_tensorflow_started_warn_unless_they_match(asked
     if asked == "one" and cores == 1:
         pytest.skip("one core: one thread is TensorFlow's default")
     threads = 1 if asked == "one" else cores
-    code = ("import warnings, tensorflow as tf\n"
-            "from gmmkit.parallel import distributed\n"
-            "tf.constant(1.0) + 1.0\n"
-            "with warnings.catch_warnings(record=True) as caught:\n"
-            "    warnings.simplefilter('always')\n"
-            f"    distributed.configure_devices(0, 1, {threads})\n"
-            "print([str(w.message) for w in caught if w.category is RuntimeWarning])\n")
+    code = (
+        "import warnings, tensorflow as tf\n"
+        "from gmmkit.parallel import distributed\n"
+        "tf.constant(1.0) + 1.0\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    distributed.configure_devices(0, 1, {threads})\n"
+        "print([str(w.message) for w in caught if w.category is RuntimeWarning])\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     warned = f"already runs with {cores} threads per rank; asked for {threads}" in out.stdout

@@ -1,13 +1,16 @@
 """The pure helpers behind the slice viewer and the dashboard: geometry, windows, runs, tables and figures.
 No TensorFlow, no model: each test takes milliseconds."""
+
 import math
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from gmmkit import plots
 from gmmkit.errors import InputError
-from gmmkit.plots import live, runs as run_plots, slices, volume
+from gmmkit.plots import live, slices, volume
+from gmmkit.plots import runs as run_plots
 from gmmkit.training import RunDir
 from gmmkit.training.progress import per_rank, slowest_rank
 from gmmkit.training.snapshots import is_milestone, milestones
@@ -15,14 +18,20 @@ from gmmkit.ui import sections as geo
 from gmmkit.ui.format import components_html, facts_html, is_error_line, marked_log_html
 from gmmkit.ui.inspector import cube_facts, fact_label
 from gmmkit.ui.panels import RankLogs, rank_hosts, ranks_html
-from gmmkit.ui.runs import (DashboardRun, RunDirHandle, discover, hosts_of, parallel_columns, sort_rows,
-                            summary_status, table_rows)
+from gmmkit.ui.runs import (
+    DashboardRun,
+    RunDirHandle,
+    discover,
+    hosts_of,
+    parallel_columns,
+    sort_rows,
+    summary_status,
+    table_rows,
+)
 from gmmkit.ui.runs_table import RunsTable
 
-from conftest import tiny_config
-
-
 # --- planes, crosshairs, windows ---------------------------------------------------------------
+
 
 def test_slices_follow_the_array_axes():
     cube = np.arange(4 * 4 * 4, dtype=float).reshape(4, 4, 4)
@@ -57,6 +66,7 @@ def test_windows_in_hu_map_to_the_normalised_cubes():
 
 
 # --- a Gaussian cut by a plane ------------------------------------------------------------------
+
 
 def random_mixture(k=5, seed=0):
     rng = np.random.default_rng(seed)
@@ -107,9 +117,15 @@ def test_weights_set_opacity_and_the_table_lists_the_heaviest():
 
 # --- per-cube facts --------------------------------------------------------------------------------
 
+
 def test_cube_facts_show_known_columns_first_and_skip_missing_values():
-    columns = {"malignancy": np.array([4.0, np.nan]), "patient_id": np.array(["P1", "P2"]),
-               "zeta": np.array([1, 2]), "mask": np.zeros((2, 3)), "category": np.array([2, 0])}
+    columns = {
+        "malignancy": np.array([4.0, np.nan]),
+        "patient_id": np.array(["P1", "P2"]),
+        "zeta": np.array([1, 2]),
+        "mask": np.zeros((2, 3)),
+        "category": np.array([2, 0]),
+    }
     facts = cube_facts(columns, np.array([12.34, np.nan], np.float32), np.array([0, 1]))
     assert list(facts[0]) == ["patient_id", "category", "malignancy", "diameter_mm", "zeta"]  # 2-D left out
     assert facts[1] == {"patient_id": "P2", "category": "solid", "zeta": 2}
@@ -121,20 +137,33 @@ def test_cube_facts_show_known_columns_first_and_skip_missing_values():
 
 # --- runs ------------------------------------------------------------------------------------------
 
-def fake_run(number, tmp_path, status="reached_target", ttt=None, workers=1, strategy="strong", target=0.1,
-             hosts=None, lr=1e-3):
-    cfg = tiny_config(tmp_path / f"r{number}", strategy=strategy, workers=workers, target_loss=target, lr=lr,
-                      batch_size=8)
+
+def fake_run(
+    number, tmp_path, status="reached_target", ttt=None, workers=1, strategy="strong", target=0.1, hosts=None, lr=1e-3
+):
+    cfg = tiny_config(
+        tmp_path / f"r{number}", strategy=strategy, workers=workers, target_loss=target, lr=lr, batch_size=8
+    )
     summary = {"status": status, "epochs": 3, "time_to_target_s": ttt, "best_val_loss": 0.05}
     if hosts is not None:
         summary["hosts"] = hosts
-    return DashboardRun(number=number, label=f"#{number} {strategy} n={workers}", cfg=cfg, trace=number - 1,
-                        clicked=0.0, summary=summary)
+    return DashboardRun(
+        number=number,
+        label=f"#{number} {strategy} n={workers}",
+        cfg=cfg,
+        trace=number - 1,
+        clicked=0.0,
+        summary=summary,
+    )
 
 
 def test_table_rows_compute_efficiency_against_the_sequential_run_of_the_same_target(tmp_path):
-    runs = [fake_run(1, tmp_path, ttt=12.0), fake_run(2, tmp_path, ttt=4.0, workers=4, hosts=["a", "b", "a", "b"]),
-            fake_run(3, tmp_path, ttt=3.0, workers=4, target=0.2), fake_run(4, tmp_path, "max_epochs", workers=2)]
+    runs = [
+        fake_run(1, tmp_path, ttt=12.0),
+        fake_run(2, tmp_path, ttt=4.0, workers=4, hosts=["a", "b", "a", "b"]),
+        fake_run(3, tmp_path, ttt=3.0, workers=4, target=0.2),
+        fake_run(4, tmp_path, "max_epochs", workers=2),
+    ]
     rows = table_rows(runs)
     assert [r["efficiency"] for r in rows] == [pytest.approx(1.0), pytest.approx(0.75), None, None]
     assert [r["hosts"] for r in rows] == ["-", "a, b", "-", "-"]
@@ -146,13 +175,21 @@ def test_table_rows_compute_efficiency_against_the_sequential_run_of_the_same_ta
 
 def test_hosts_come_as_lists_mappings_or_counts():
     assert hosts_of({"hosts": ["n1", "n1", "n2"]}) == ["n1", "n2"]
-    assert hosts_of({"hosts": {"1": "b", "0": "a"}}) == ["a", "b"] and rank_hosts({"hosts": {"1": "b", "0": "a"}}) == ["a", "b"]
+    assert hosts_of({"hosts": {"1": "b", "0": "a"}}) == ["a", "b"] and rank_hosts({"hosts": {"1": "b", "0": "a"}}) == [
+        "a",
+        "b",
+    ]
     assert hosts_of({"hosts": 3}) == ["3 hosts"] and hosts_of({}) == [] and hosts_of(None) == []
 
 
 def test_parallel_columns_put_unreached_runs_above_the_slowest(tmp_path):
-    rows = table_rows([fake_run(1, tmp_path, ttt=10.0), fake_run(2, tmp_path, ttt=5.0, workers=2, strategy="lsr"),
-                       fake_run(3, tmp_path, "diverged", workers=4, strategy="lsr", lr=4e-3)])
+    rows = table_rows(
+        [
+            fake_run(1, tmp_path, ttt=10.0),
+            fake_run(2, tmp_path, ttt=5.0, workers=2, strategy="lsr"),
+            fake_run(3, tmp_path, "diverged", workers=4, strategy="lsr", lr=4e-3),
+        ]
+    )
     cols = parallel_columns(rows)
     dims = {d["label"]: d for d in cols["dimensions"]}
     ttt = dims["time to target (s)"]
@@ -205,6 +242,7 @@ def test_runs_table_widget_sorts_and_reports_checkbox_changes():
 
 # --- ranks and their output -------------------------------------------------------------------
 
+
 class FakeContext:
     """Rank ``rank`` of ``size``, whose sums add what the other ranks contribute (given)."""
 
@@ -243,6 +281,7 @@ def test_rank_panel_and_logs():
 
 # --- figures --------------------------------------------------------------------------------------
 
+
 def test_planes_figure_puts_each_image_and_outline_in_its_panel():
     fig = slices.planes_figure(widget=False)
     assert len(slices.traces(fig, "image")) == 9 and len(slices.traces(fig, "crosshair")) == 9
@@ -250,16 +289,35 @@ def test_planes_figure_puts_each_image_and_outline_in_its_panel():
     assert {t.coloraxis for t in slices.traces(fig, "image", image="input")} == {"coloraxis"}
     a = np.zeros((4, 4))
     images = {p: (a - 800, a - 700, a + 100) for p in slices.PLANES}
-    cut = {"component": 3, "sigma": 1.0, "alpha": 0.5, "opacity": 0.5, "row": np.array([1.0, 2.0]),
-           "col": np.array([0.0, 1.0]), "centre": (1.5, 0.5)}
-    slices.update_planes(fig, images, {p: (1, 2) for p in slices.PLANES}, 4, (-1350, 150), (-100, 100),
-                         sections={"axial": [cut, {**cut, "sigma": 2.0}]}, labels={3: "component 3: alpha 0.500"},
-                         title="t")
+    cut = {
+        "component": 3,
+        "sigma": 1.0,
+        "alpha": 0.5,
+        "opacity": 0.5,
+        "row": np.array([1.0, 2.0]),
+        "col": np.array([0.0, 1.0]),
+        "centre": (1.5, 0.5),
+    }
+    slices.update_planes(
+        fig,
+        images,
+        {p: (1, 2) for p in slices.PLANES},
+        4,
+        (-1350, 150),
+        (-100, 100),
+        sections={"axial": [cut, {**cut, "sigma": 2.0}]},
+        labels={3: "component 3: alpha 0.500"},
+        title="t",
+    )
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-1350, 150)
     assert (fig.layout.coloraxis2.cmin, fig.layout.coloraxis2.cmax) == (-100, 100)
     drawn = [t for t in slices.traces(fig, "gaussians", "axial") if t.x]
     assert [(t.meta["image"], t.meta["sigma"], t.meta["level"]) for t in drawn] == [
-        ("input", 1.0, 0.65), ("input", 2.0, 0.65), ("estimate", 1.0, 0.65), ("estimate", 2.0, 0.65)]
+        ("input", 1.0, 0.65),
+        ("input", 2.0, 0.65),
+        ("estimate", 1.0, 0.65),
+        ("estimate", 2.0, 0.65),
+    ]
     assert drawn[0].x == (0.0, 1.0, None) and {t.hoverinfo for t in drawn} == {"skip"}  # clicks pass through
     centres = slices.traces(fig, "centres", "axial", "estimate")[0]
     assert (centres.x, centres.y, centres.text) == ((0.5,), (1.5,), ("component 3: alpha 0.500",))

@@ -5,6 +5,7 @@ with ``Button.click()``, which calls the same handlers a browser click does, and
 the trace's own click dispatch, as a FigureWidget click from the page does. The pure helpers behind them
 are tested in ``test_ui_logic.py``.
 """
+
 import os
 import shutil
 import threading
@@ -13,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
-from gmmkit.data.cubes import CubeSet
 from gmmkit.cluster import RunHandle, TrainingRun
+from gmmkit.data.cubes import CubeSet
 from gmmkit.plots import live, slices
 from gmmkit.training import RunDir
 from gmmkit.ui import Dashboard, SliceViewer
-
-from conftest import tiny_config
 
 SMALL = {"data": {"size": 40, "val_size": 6, "train_size": 32}, "model": {"filters": 4, "latent": 16}}
 
@@ -30,6 +30,7 @@ def tiny(tmp_path, **train):
 
 
 # --- a fake cluster --------------------------------------------------------------------------
+
 
 class FakeRun:
     """A run handle with the protocol of the real :class:`TrainingRun`, fed by hand."""
@@ -57,12 +58,26 @@ class FakeRun:
 
     def epoch(self, val, t=None, **extra):
         e = len(self.records) + 1
-        self.records.append({"epoch": e, "train_loss": val * 1.1, "val_loss": val, "time_s": t or float(e),
-                             "epoch_time_s": 1.0, "lr": 1e-3, **extra})
+        self.records.append(
+            {
+                "epoch": e,
+                "train_loss": val * 1.1,
+                "val_loss": val,
+                "time_s": t or float(e),
+                "epoch_time_s": 1.0,
+                "lr": 1e-3,
+                **extra,
+            }
+        )
 
     def finish(self, status, ttt=None, **extra):
-        self.result = {"status": status, "epochs": len(self.records), "time_to_target_s": ttt,
-                       "best_val_loss": min((r["val_loss"] for r in self.records), default=None), **extra}
+        self.result = {
+            "status": status,
+            "epochs": len(self.records),
+            "time_to_target_s": ttt,
+            "best_val_loss": min((r["val_loss"] for r in self.records), default=None),
+            **extra,
+        }
 
 
 class FakeCluster:
@@ -106,11 +121,18 @@ def test_the_fake_run_has_the_protocol_of_the_real_one(tmp_path):
 
 
 def dashboard(tmp_path, cluster=None, **kw):
-    return Dashboard(cluster or FakeCluster(), base=tiny(tmp_path), out=str(tmp_path / "dash"), viewer=False,
-                     poll_interval=None, **kw)
+    return Dashboard(
+        cluster or FakeCluster(),
+        base=tiny(tmp_path),
+        out=str(tmp_path / "dash"),
+        viewer=False,
+        poll_interval=None,
+        **kw,
+    )
 
 
 # --- dashboard ----------------------------------------------------------------------------------
+
 
 def test_start_click_starts_a_run_and_adds_its_curves(tmp_path):
     cluster = FakeCluster()
@@ -233,7 +255,9 @@ def test_runs_table_reports_time_to_target_efficiency_and_hosts(tmp_path):
     assert [r["efficiency"] for r in rows] == [pytest.approx(1.0), pytest.approx(10 / 12)]
     text = dash.table.text()
     assert "83.3 %" in text and "10.0 s" in text and "| a, b |" in text
-    assert live.run_traces(dash.figure, 1)["val_loss"].line.color != live.run_traces(dash.figure, 0)["val_loss"].line.color
+    assert (
+        live.run_traces(dash.figure, 1)["val_loss"].line.color != live.run_traces(dash.figure, 0)["val_loss"].line.color
+    )
     dims = {d["label"]: d for d in dash.parallel.data[0].dimensions}
     assert list(dims["time to target (s)"]["values"]) == [10.0, 6.0] and list(dims["workers n"]["values"]) == [1, 2]
 
@@ -317,10 +341,20 @@ def test_a_failing_submission_is_reported(tmp_path):
 
 # --- re-attaching to the runs of an output folder ------------------------------------------------
 
+
 def commit_epochs(run: RunDir, epochs: int, status: str = "running") -> None:
-    records = [{"epoch": e, "train_loss": 0.2 / e, "val_loss": 0.1 / e, "time_s": float(e)} for e in range(1, epochs + 1)]
-    run.commit(records, {"status": status, "epochs": epochs, "time_to_target_s": None,
-                         "best_val_loss": records[-1]["val_loss"] if records else None})
+    records = [
+        {"epoch": e, "train_loss": 0.2 / e, "val_loss": 0.1 / e, "time_s": float(e)} for e in range(1, epochs + 1)
+    ]
+    run.commit(
+        records,
+        {
+            "status": status,
+            "epochs": epochs,
+            "time_to_target_s": None,
+            "best_val_loss": records[-1]["val_loss"] if records else None,
+        },
+    )
 
 
 def test_a_new_dashboard_reattaches_to_finished_and_running_runs(tmp_path):
@@ -362,6 +396,7 @@ def test_a_run_that_died_without_its_summary_is_shown_interrupted(tmp_path):
 
 # --- the slice viewer on a real (tiny, untrained) run ---------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run directory with epochs 1 to 3 committed (weights scaled a little each epoch): snapshots 1 and 2,
@@ -372,10 +407,18 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("viewer")
     n = 40
     cubes = load_phantoms(n, 0, 16).cubes
-    CubeSet.of(cubes, texture=np.arange(n) % 5 + 1.0, malignancy=np.arange(n) % 4 + 1.0,
-               patient_id=np.array([f"LIDC-IDRI-{i:04d}" for i in range(n)])).save(root / "cubes.npz")
-    cfg = tiny_config(root / "run", data={"dataset": str(root / "cubes.npz"), "val_size": 6, "train_size": 32},
-                      model={"filters": 4, "latent": 16}, epochs=3)
+    CubeSet.of(
+        cubes,
+        texture=np.arange(n) % 5 + 1.0,
+        malignancy=np.arange(n) % 4 + 1.0,
+        patient_id=np.array([f"LIDC-IDRI-{i:04d}" for i in range(n)]),
+    ).save(root / "cubes.npz")
+    cfg = tiny_config(
+        root / "run",
+        data={"dataset": str(root / "cubes.npz"), "val_size": 6, "train_size": 32},
+        model={"filters": 4, "latent": 16},
+        epochs=3,
+    )
     run = RunDir(cfg.out)
     run.claim(cfg)
     run.begin(cfg, [], {"status": "running", "epochs": 0})
@@ -389,8 +432,11 @@ def run_dir(tmp_path_factory):
 def save_checkpoint(run: RunDir, weights, epoch: int) -> None:
     """What an epoch of training commits, with the given weights."""
     records = [{"epoch": e, "val_loss": 0.1, "train_loss": 0.1, "time_s": float(e)} for e in range(1, epoch + 1)]
-    run.commit(records, {"status": "running", "epochs": epoch},
-               {"weights": weights, "optimizer": [], "epoch": epoch, "time_s": float(epoch)})
+    run.commit(
+        records,
+        {"status": "running", "epochs": epoch},
+        {"weights": weights, "optimizer": [], "epoch": epoch, "time_s": float(epoch)},
+    )
 
 
 def click(figure, plane: str, row: int, col: int) -> None:
@@ -402,8 +448,16 @@ def click(figure, plane: str, row: int, col: int) -> None:
     index = list(figure.data).index(trace)
     for i, t in enumerate(figure.data):  # the widget calls every trace, with points only for the clicked one
         mine = i == index
-        t._dispatch_on_click(Points(point_inds=[[row, col]] if mine else [], xs=[col] if mine else [],
-                                    ys=[row] if mine else [], trace_name=t.name, trace_index=i), None)
+        t._dispatch_on_click(
+            Points(
+                point_inds=[[row, col]] if mine else [],
+                xs=[col] if mine else [],
+                ys=[row] if mine else [],
+                trace_name=t.name,
+                trace_index=i,
+            ),
+            None,
+        )
 
 
 def test_three_planes_show_input_estimate_and_difference_in_hu(run_dir):
@@ -424,7 +478,10 @@ def test_three_planes_show_input_estimate_and_difference_in_hu(run_dir):
     centres = [t for t in slices.traces(viewer.figure, "centres") if t.x]
     assert centres and all("alpha" in t.text[0] and "mu (" in t.text[0] and "sigma (" in t.text[0] for t in centres)
     assert "the 4 heaviest components" in viewer.components.value
-    assert len([t for t in viewer.volume.data if t.type == "isosurface"]) == 2 and len(viewer.volume.data[0].value) == 16 ** 3
+    assert (
+        len([t for t in viewer.volume.data if t.type == "isosurface"]) == 2
+        and len(viewer.volume.data[0].value) == 16**3
+    )
 
 
 def test_a_click_in_one_plane_moves_the_crosshair_in_the_other_two(run_dir):
@@ -469,7 +526,7 @@ def test_the_viewer_follows_a_run_and_keeps_an_earlier_epoch_when_parked_there(r
     # the viewer tells a new checkpoint by its mtime: the copied one is made a second older than any the test
     # writes, instead of sleeping past the file system's timestamp granularity
     old = (Path(run_dir) / "checkpoint.npz").resolve()
-    os.utime(old, ns=(old.stat().st_atime_ns - 10 ** 9, old.stat().st_mtime_ns - 10 ** 9))
+    os.utime(old, ns=(old.stat().st_atime_ns - 10**9, old.stat().st_mtime_ns - 10**9))
     follower = SliceViewer(run_dir, volume=False, min_refresh_s=0.0)
     parked = SliceViewer(run_dir, volume=False, min_refresh_s=0.0)
     parked.epoch.value = 2
@@ -528,4 +585,3 @@ def test_dashboard_viewer_follows_the_run_directory(run_dir, tmp_path):
         time.sleep(0.05)
     assert dash.viewer.inspector is not None and dash.viewer.image()[0].shape == (16, 16)
     assert "epoch 3," in dash.viewer.info.value
-

@@ -18,14 +18,15 @@ owner only, and their folder (the profile's ``security/``) only by its owner (:f
 other hosts need the same files, so the profile folder must be on a file system every host sees (the home
 folder, on most clusters).
 """
+
 from __future__ import annotations
 
 import ipaddress
 import json
 import os
-import time
 import shlex
 import stat
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -80,8 +81,9 @@ def mpi_engine_config(n: int, placement: Placement, extra_args: Sequence[str], e
     return config
 
 
-def slurm_engine_config(n: int, env: dict, sbatch_options: Sequence[str] = (),
-                        extra_args: Sequence[str] = ()) -> Config:
+def slurm_engine_config(
+    n: int, env: dict, sbatch_options: Sequence[str] = (), extra_args: Sequence[str] = ()
+) -> Config:
     """ipyparallel's configuration of n engines started as one SLURM job (:data:`SLURM_ENGINES`);
     ``sbatch_options``: further ``#SBATCH`` options such as ``--partition=gpu`` or ``--nodes=2``."""
     forward = launch.forward_args({**os.environ, **env}, also=IPP_VARIABLES)
@@ -103,8 +105,11 @@ def connection_files(profile_dir: str, cluster_id: str, cluster_file: str) -> li
     """The cluster's files in the profile's ``security/`` directory: connection keys and cluster state."""
     security = Path(profile_dir) / "security"
     stem = f"ipcontroller-{cluster_id}-" if cluster_id else "ipcontroller-"
-    found = [p for p in security.glob("*.json")
-             if p.name.startswith(stem) and p.name[len(stem):] in ("client.json", "engine.json")]
+    found = [
+        p
+        for p in security.glob("*.json")
+        if p.name.startswith(stem) and p.name[len(stem) :] in ("client.json", "engine.json")
+    ]
     if Path(cluster_file).exists():
         found.append(Path(cluster_file))
     return sorted(found)

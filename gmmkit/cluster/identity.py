@@ -3,6 +3,7 @@
 Engine ids are whatever the controller handed out, and ipyparallel gives a restarted MPI engine its old id, so
 neither the id nor the order of registration says which rank an engine is: :func:`rank_map` asks them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,13 @@ def engine_identity() -> dict:
 
     from gmmkit.parallel.launch import launcher_local_rank, launcher_rank, launcher_size
 
-    return {"rank": launcher_rank(), "size": launcher_size(), "local_rank": launcher_local_rank(),
-            "host": socket.gethostname(), "pid": os.getpid()}
+    return {
+        "rank": launcher_rank(),
+        "size": launcher_size(),
+        "local_rank": launcher_local_rank(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
 
 
 def answering(client, timeout: float = 5.0) -> dict[int, dict]:
@@ -83,7 +89,9 @@ def rank_map(client) -> dict[int, Rank]:
     sizes = {a["size"] for a in answers}
     ranks = [a["rank"] for a in answers]
     if sizes != {len(ids)} or sorted(ranks) != list(range(len(ids))):
-        raise LaunchError(f"engines {ids}: expected the ranks 0..{len(ids) - 1} of one MPI world, found ranks "
-                          f"{ranks} of world sizes {sorted(sizes)}; start them with "
-                          "'ipcluster start --engines=MPI' (or MPICluster)")
+        raise LaunchError(
+            f"engines {ids}: expected the ranks 0..{len(ids) - 1} of one MPI world, found ranks "
+            f"{ranks} of world sizes {sorted(sizes)}; start them with "
+            "'ipcluster start --engines=MPI' (or MPICluster)"
+        )
     return {e: Rank(a["rank"], a["host"], a.get("local_rank"), a["pid"]) for e, a in zip(ids, answers)}

@@ -36,6 +36,7 @@ What it takes care of:
   When the engines' MPI job ends under a run (a rank died, a host was lost), ``wait()`` raises naming the
   rank or the host; :meth:`MPICluster.restart` starts a fresh world.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -47,7 +48,8 @@ from traitlets.config import Config
 
 from ..config import RunConfig
 from ..errors import InputError, LaunchError
-from ..parallel import launch, placement as placing
+from ..parallel import launch
+from ..parallel import placement as placing
 from ..parallel.placement import Placement
 from . import engines, identity
 from .identity import Rank
@@ -75,20 +77,33 @@ class MPICluster:
                         file system those hosts see
     """
 
-    def __init__(self, n: int = 2, *, profile: Optional[str] = None, profile_dir: Optional[str] = None,
-                 cluster_id: Optional[str] = None, controller_ip: str = "127.0.0.1",
-                 engine_timeout: float = DEFAULT_ENGINE_TIMEOUT, mpi_args: Sequence[str] = (),
-                 env: Optional[dict] = None, hosts: Optional[str] = None, hostfile: Optional[str] = None,
-                 placement: Optional[Placement] = None):
+    def __init__(
+        self,
+        n: int = 2,
+        *,
+        profile: Optional[str] = None,
+        profile_dir: Optional[str] = None,
+        cluster_id: Optional[str] = None,
+        controller_ip: str = "127.0.0.1",
+        engine_timeout: float = DEFAULT_ENGINE_TIMEOUT,
+        mpi_args: Sequence[str] = (),
+        env: Optional[dict] = None,
+        hosts: Optional[str] = None,
+        hostfile: Optional[str] = None,
+        placement: Optional[Placement] = None,
+    ):
         _check_n(n)
         if not isinstance(controller_ip, str) or not controller_ip:
-            raise InputError(f"controller_ip: expected an interface address such as '127.0.0.1', "
-                             f"received {controller_ip!r}")
+            raise InputError(
+                f"controller_ip: expected an interface address such as '127.0.0.1', received {controller_ip!r}"
+            )
         self.placement = placement.validate() if placement is not None else placing.resolve(hosts, hostfile)
         self.placement.check_workers(n, "n")
         if not engines.reaches(controller_ip, self.placement):
-            raise InputError(f"controller_ip: the engines on {self.placement.describe()} cannot reach a controller "
-                             f"on {controller_ip}; pass the address of this machine that they reach")
+            raise InputError(
+                f"controller_ip: the engines on {self.placement.describe()} cannot reach a controller "
+                f"on {controller_ip}; pass the address of this machine that they reach"
+            )
         self.engine_kind = "mpi"
         self.sbatch_options: list[str] = []
         self.n = n
@@ -132,11 +147,18 @@ class MPICluster:
         if self.running:
             return self
         if shutil.which("mpiexec") is None:
-            raise LaunchError("mpiexec is not on PATH: install OpenMPI (apt-get install openmpi-bin "
-                              "libopenmpi-dev) or run scripts/setup-env.sh")
-        kwargs = {"engines": self.engine_kind, "n": self.n, "controller_ip": self.controller_ip,
-                  "engine_timeout": int(self.engine_timeout), "config": self._engine_config(),
-                  "controller_args": engines.CONTROLLER_ARGS}
+            raise LaunchError(
+                "mpiexec is not on PATH: install OpenMPI (apt-get install openmpi-bin "
+                "libopenmpi-dev) or run scripts/setup-env.sh"
+            )
+        kwargs = {
+            "engines": self.engine_kind,
+            "n": self.n,
+            "controller_ip": self.controller_ip,
+            "engine_timeout": int(self.engine_timeout),
+            "config": self._engine_config(),
+            "controller_args": engines.CONTROLLER_ARGS,
+        }
         for name in ("profile", "profile_dir", "cluster_id"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
@@ -155,8 +177,14 @@ class MPICluster:
         return self
 
     @classmethod
-    def connect(cls, cluster_id: str = "", profile: Optional[str] = None, profile_dir: Optional[str] = None,
-                timeout: float = 60.0, **kwargs) -> "MPICluster":
+    def connect(
+        cls,
+        cluster_id: str = "",
+        profile: Optional[str] = None,
+        profile_dir: Optional[str] = None,
+        timeout: float = 60.0,
+        **kwargs,
+    ) -> "MPICluster":
         """Attach to a cluster started with ``ipcluster start --engines=MPI -n N [--cluster-id=ID]``.
 
         Waits up to ``timeout`` seconds for its engines. Leaving the context (or :meth:`close`) only
@@ -167,14 +195,24 @@ class MPICluster:
             cluster = ipp.Cluster.from_file(cluster_id=cluster_id, **found)
         except FileNotFoundError:
             where = profile_dir or f"profile {profile or 'default'}"
-            raise LaunchError(f"cluster_id {cluster_id!r}: no running cluster in {where} (expected the file "
-                              f"security/cluster-{cluster_id}.json that 'ipcluster start' writes)") from None
+            raise LaunchError(
+                f"cluster_id {cluster_id!r}: no running cluster in {where} (expected the file "
+                f"security/cluster-{cluster_id}.json that 'ipcluster start' writes)"
+            ) from None
         if not engines.wait_until_started(cluster.cluster_file, timeout):  # ipcluster may still be starting them
             cluster = ipp.Cluster.from_file(cluster_id=cluster_id, **found)
         n = sum(int(getattr(es, "n", 0) or 0) for es in cluster.engines.values())
-        where = kwargs.pop("placement", None) or placing.resolve(kwargs.pop("hosts", None), kwargs.pop("hostfile", None))
-        self = cls(max(n, 1), profile=profile, profile_dir=cluster.profile_dir, cluster_id=cluster.cluster_id,
-                   placement=placing.LOCAL, **kwargs)
+        where = kwargs.pop("placement", None) or placing.resolve(
+            kwargs.pop("hosts", None), kwargs.pop("hostfile", None)
+        )
+        self = cls(
+            max(n, 1),
+            profile=profile,
+            profile_dir=cluster.profile_dir,
+            cluster_id=cluster.cluster_id,
+            placement=placing.LOCAL,
+            **kwargs,
+        )
         self.placement = where  # its slots; the engines already run wherever their starter put them
         self.owned = False
         self._cluster = cluster
@@ -241,8 +279,9 @@ class MPICluster:
     def _update_engine_config(self, n: int) -> None:
         config = self._engine_config(n)
         if self.engine_kind == "slurm":  # its batch script, written where the cluster's logs go
-            config.SlurmEngineSetLauncher.batch_file_name = str(engines.batch_file(self._cluster.profile_dir,
-                                                                                 self._cluster.cluster_id))
+            config.SlurmEngineSetLauncher.batch_file_name = str(
+                engines.batch_file(self._cluster.profile_dir, self._cluster.cluster_id)
+            )
         for name, section in config.items():
             getattr(self._cluster.config, name).update(section)
 
@@ -256,8 +295,10 @@ class MPICluster:
         timeout = self.engine_timeout if timeout is None else timeout
         if not identity.wait_for(self._client, n, timeout, replacing):
             output = "".join(es.get_output(remove=False)[-3000:] for es in (self._cluster.engines or {}).values())
-            raise LaunchError(f"expected {n} engines to register within {timeout:.0f} s, "
-                              f"{len(identity.answering(self._client))} answered. Engine output:\n{output}")
+            raise LaunchError(
+                f"expected {n} engines to register within {timeout:.0f} s, "
+                f"{len(identity.answering(self._client))} answered. Engine output:\n{output}"
+            )
 
     def resize(self, n: int) -> "MPICluster":
         """Run exactly n engines: restart them as one new n-rank MPI world (starts the cluster if stopped)."""
@@ -329,8 +370,7 @@ class MPICluster:
         """The cluster's files in the profile's ``security/`` directory (connection keys, cluster state)."""
         if self._cluster is None:
             return []
-        return engines.connection_files(self._cluster.profile_dir, self._cluster.cluster_id,
-                                        self._cluster.cluster_file)
+        return engines.connection_files(self._cluster.profile_dir, self._cluster.cluster_id, self._cluster.cluster_file)
 
     def secure(self) -> list[Path]:
         """Make the connection files owner-only (600) and the security directory 700; returns the files."""
@@ -347,16 +387,19 @@ class MPICluster:
         """
         cfg = cfg.validate()
         if cfg.train.workers != self.n:
-            raise InputError(f"train.workers: expected {self.n} (this cluster's MPI world), received "
-                             f"{cfg.train.workers}; call cluster.resize({cfg.train.workers}) first")
+            raise InputError(
+                f"train.workers: expected {self.n} (this cluster's MPI world), received "
+                f"{cfg.train.workers}; call cluster.resize({cfg.train.workers}) first"
+            )
         if self._active is not None and not self._active.done():
             raise InputError("train: a run is in progress on the engines; stop it or wait for it first")
         cfg = cfg.resolved()  # absolute paths: the engines' working directory may differ from the notebook's
         ranks = self.rank_map()
         cfg_json = cfg.to_json()
         results = {int(rank): self.client[engine].apply_async(engine_train, cfg_json) for engine, rank in ranks.items()}
-        self._active = TrainingRun(cfg, results, hosts={int(r): r.host for r in ranks.values()},
-                                   engine_failure=self.engine_failure)
+        self._active = TrainingRun(
+            cfg, results, hosts={int(r): r.host for r in ranks.values()}, engine_failure=self.engine_failure
+        )
         return self._active
 
 

@@ -8,6 +8,7 @@ through an allreduce, so the run ends cleanly with status ``stopped`` and the en
 run. Functions that run on the engines import what they need themselves: they execute in the engines'
 processes, where this module's globals do not travel.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,6 +31,7 @@ OUTPUT_S = 30.0
 
 # --- functions that run on the engines ----------------------------------------------------------
 
+
 def engine_train(cfg_json: str) -> dict:
     """On every engine: train the run ``cfg_json`` describes under Horovod; returns the run summary.
 
@@ -51,6 +53,7 @@ def engine_train(cfg_json: str) -> dict:
 
 
 # --- the notebook's handle ----------------------------------------------------------------------
+
 
 @runtime_checkable
 class RunHandle(Protocol):
@@ -77,11 +80,17 @@ class TrainingRun:
     reports as soon as it happens.
     """
 
-    def __init__(self, cfg: RunConfig, results: dict, hosts: Optional[dict] = None,
-                 engine_failure: Optional[Callable[[], Optional[str]]] = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        results: dict,
+        hosts: Optional[dict] = None,
+        engine_failure: Optional[Callable[[], Optional[str]]] = None,
+    ):
         if 0 not in results:
-            raise InputError(f"results: expected one AsyncResult per rank including rank 0, received ranks "
-                             f"{sorted(results)}")
+            raise InputError(
+                f"results: expected one AsyncResult per rank including rank 0, received ranks {sorted(results)}"
+            )
         self.cfg = cfg
         self.run_dir = RunDir(cfg.out)
         self.results = results
@@ -92,8 +101,10 @@ class TrainingRun:
         self.ended_at: Optional[float] = None
 
     def __repr__(self) -> str:
-        return (f"TrainingRun({self.cfg.train.strategy}, workers={self.cfg.train.workers}, "
-                f"epochs so far={len(self.metrics)}, {'done' if self.done() else 'running'})")
+        return (
+            f"TrainingRun({self.cfg.train.strategy}, workers={self.cfg.train.workers}, "
+            f"epochs so far={len(self.metrics)}, {'done' if self.done() else 'running'})"
+        )
 
     @property
     def metrics(self) -> list[dict]:
@@ -114,19 +125,27 @@ class TrainingRun:
         while not self.done():
             ended = self.engine_failure()
             if ended:  # mpiexec ended the job: every rank is gone, whatever ipyparallel has noticed so far
-                raise RuntimeError(f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in its "
-                                   "folder; restart the engines with cluster.restart()")
+                raise RuntimeError(
+                    f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in its "
+                    "folder; restart the engines with cluster.restart()"
+                )
             failed = self._failures()
             if failed:  # one rank died: the others wait in a collective forever
                 ended = self._job_end(ENDING_S)  # mpiexec, ending the job, may say more: which host was lost
                 if ended:
-                    raise RuntimeError(f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in "
-                                       "its folder; restart the engines with cluster.restart()")
-                raise RuntimeError(f"run {self.cfg.out}: {self._failed(*failed[0])}; the other ranks may be "
-                                   "blocked, restart the engines with cluster.restart(n)")
+                    raise RuntimeError(
+                        f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in "
+                        "its folder; restart the engines with cluster.restart()"
+                    )
+                raise RuntimeError(
+                    f"run {self.cfg.out}: {self._failed(*failed[0])}; the other ranks may be "
+                    "blocked, restart the engines with cluster.restart(n)"
+                )
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"run {self.cfg.out}: still running after {timeout} s; if ranks are stuck, "
-                                   "restart the engines with cluster.restart(n)")
+                raise TimeoutError(
+                    f"run {self.cfg.out}: still running after {timeout} s; if ranks are stuck, "
+                    "restart the engines with cluster.restart(n)"
+                )
             time.sleep(0.05)
         failed = self._failures()
         if failed:

@@ -1,4 +1,5 @@
 """``gmmkit bench``: the performance figures of this machine, measured in one run (see gmmkit.study.bench)."""
+
 from __future__ import annotations
 
 from ..errors import CLIError

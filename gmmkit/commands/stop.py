@@ -3,6 +3,7 @@
 The run ends as ``stopped`` with its files consistent; a run that is still starting stops at its first step.
 A run directory where nothing runs is refused (a stop request there would stop its next --resume).
 """
+
 from __future__ import annotations
 
 from ..errors import RunDirError

@@ -1,4 +1,5 @@
 """``gmmkit sweep``: the grid of strategies x worker counts, with tables and figures (paper Section VII)."""
+
 from __future__ import annotations
 
 import sys
@@ -8,18 +9,32 @@ from ..strategies import STRATEGIES
 from ..study.config import StudyConfig
 from .flags import Flag, add_flags, add_placement_flags, add_run_flags, config_from_args, placement_from_args
 
-MAX_REAL = Flag("--max-real", ("study.max_real",), int, "run real Horovod ranks up to N workers (default: every slot "
-                "of the hosts, or of the SLURM allocation, else this machine's cores)", "N")
-TARGET_EPOCH = Flag("--target-epoch", ("study.target_epoch",), int, "set the target to the validation loss the "
-                    "sequential run reaches after E epochs (the paper's rule, with E about 100) instead of --target-loss",
-                    "E")
+MAX_REAL = Flag(
+    "--max-real",
+    ("study.max_real",),
+    int,
+    "run real Horovod ranks up to N workers (default: every slot "
+    "of the hosts, or of the SLURM allocation, else this machine's cores)",
+    "N",
+)
+TARGET_EPOCH = Flag(
+    "--target-epoch",
+    ("study.target_epoch",),
+    int,
+    "set the target to the validation loss the "
+    "sequential run reaches after E epochs (the paper's rule, with E about 100) instead of --target-loss",
+    "E",
+)
 OVERWRITE = Flag("--overwrite", action="store_true", help="replace the earlier study --out holds")
 FLAGS = (
     Flag("--strategies", ("study.strategies",), dest="strategy_list", default=",".join(STRATEGIES), metavar="S,S,..."),
     Flag("--workers", ("study.workers",), dest="worker_list", default="1,2,4,8,16,32", metavar="N,N,..."),
     MAX_REAL,
-    Flag("--simulate", action="store_true",
-         help="simulate worker counts above --max-real on one process (else they are skipped)"),
+    Flag(
+        "--simulate",
+        action="store_true",
+        help="simulate worker counts above --max-real on one process (else they are skipped)",
+    ),
     Flag("--no-calibrate", action="store_true", help="skip measuring the wall-time model"),
     TARGET_EPOCH,
     OVERWRITE,
@@ -45,10 +60,17 @@ def register(sub):
 
 def study_from_args(args) -> StudyConfig:
     run = config_from_args(args)
-    return StudyConfig(run=run, strategies=_csv("--strategies", str, args.strategy_list),
-                       workers=_csv("--workers", int, args.worker_list), max_real=args.max_real,
-                       simulate=args.simulate, calibrate=not args.no_calibrate, target_epoch=args.target_epoch,
-                       out=run.out, placement=placement_from_args(args)).validate()
+    return StudyConfig(
+        run=run,
+        strategies=_csv("--strategies", str, args.strategy_list),
+        workers=_csv("--workers", int, args.worker_list),
+        max_real=args.max_real,
+        simulate=args.simulate,
+        calibrate=not args.no_calibrate,
+        target_epoch=args.target_epoch,
+        out=run.out,
+        placement=placement_from_args(args),
+    ).validate()
 
 
 def report(rows, out: str) -> int:
@@ -62,8 +84,11 @@ def report(rows, out: str) -> int:
     failed = {r.run_dir: r for r in rows if r.status == "failed"}  # n = 1 is one run shared by every strategy
     if failed:
         names = ", ".join(f"{'sequential' if r.workers == 1 else r.strategy} n={r.workers}" for r in failed.values())
-        print(f"gmmkit sweep: error: {len(failed)} run(s) failed ({names}); why is in {out}/results.json",
-              file=sys.stderr, flush=True)
+        print(
+            f"gmmkit sweep: error: {len(failed)} run(s) failed ({names}); why is in {out}/results.json",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     return 0
 

@@ -8,6 +8,7 @@ normalised intensities (plus *_hu files in HU with --hu), mixtures.npz, gallery.
 manifest.json to --out: a new or empty folder, or an earlier synthesis that --overwrite replaces once the
 new one is complete.
 """
+
 from __future__ import annotations
 
 from .flags import Flag, add_flags
@@ -20,30 +21,44 @@ FLAGS = (
     Flag("--method", ("synthesis.method",), help="perturb or sample (default %(default)s)", default="perturb"),
     Flag("--format", ("synthesis.format",), help="nii.gz or mhd (default %(default)s)", default="nii.gz"),
     Flag("--seed", ("synthesis.seed",), int, default=0),
-    Flag("--from", ("synthesis.source",), dest="source", metavar="NPZ",
-         help="encode these cubes instead of the run's validation split"),
-    Flag("--spacing", ("synthesis.spacing_mm",), float, "training voxel size (default: stored in the cubes' .npz, "
-         "else 1.0)", "MM"),
+    Flag(
+        "--from",
+        ("synthesis.source",),
+        dest="source",
+        metavar="NPZ",
+        help="encode these cubes instead of the run's validation split",
+    ),
+    Flag(
+        "--spacing",
+        ("synthesis.spacing_mm",),
+        float,
+        "training voxel size (default: stored in the cubes' .npz, else 1.0)",
+        "MM",
+    ),
     Flag("--hu", action="store_true", help="also write each nodule in Hounsfield units"),
     Flag("--gallery", ("synthesis.gallery_rows",), int, "real nodules in gallery.html (0: none)", "ROWS", default=6),
 )
 PERTURB = (
     Flag("--mean-jitter", ("synthesis.mean_jitter",), float, "mean shift, in component sigmas", "X", default=0.1),
     Flag("--sigma-jitter", ("synthesis.sigma_jitter",), float, "log-normal sigma scale spread", "X", default=0.1),
-    Flag("--concentration", ("synthesis.concentration",), float, "Dirichlet concentration of weights", "C",
-         default=100.0),
+    Flag(
+        "--concentration", ("synthesis.concentration",), float, "Dirichlet concentration of weights", "C", default=100.0
+    ),
 )
 SAMPLE = (
     Flag("--groups", ("synthesis.groups",), int, "k-means groups of the encoded set", "G", default=1),
     Flag("--temperature", ("synthesis.temperature",), float, "spread of the draws (0: group means)", "T", default=1.0),
 )
-ENDING = (Flag("--overwrite", action="store_true", help="replace the earlier synthesis --out holds"),
-          Flag("--no-progress", action="store_true"))
+ENDING = (
+    Flag("--overwrite", action="store_true", help="replace the earlier synthesis --out holds"),
+    Flag("--no-progress", action="store_true"),
+)
 
 
 def register(sub):
-    p = sub.add_parser("synthesize", help="generate new nodules from a trained run",
-                       description=__doc__.replace("``", "").strip())
+    p = sub.add_parser(
+        "synthesize", help="generate new nodules from a trained run", description=__doc__.replace("``", "").strip()
+    )
     add_flags(p, FLAGS)
     add_flags(p, PERTURB, p.add_argument_group("perturb"))
     add_flags(p, SAMPLE, p.add_argument_group("sample"))
@@ -55,13 +70,27 @@ def register(sub):
 def run(args, parser) -> int:
     from ..synthesis.export import SynthesisConfig, synthesize
 
-    what = SynthesisConfig(n=args.n, size=args.size, method=args.method, format=args.format, seed=args.seed,
-                           source=args.source, spacing_mm=args.spacing, hu=args.hu, gallery_rows=args.gallery,
-                           mean_jitter=args.mean_jitter, sigma_jitter=args.sigma_jitter,
-                           concentration=args.concentration, groups=args.groups,
-                           temperature=args.temperature).validate()
+    what = SynthesisConfig(
+        n=args.n,
+        size=args.size,
+        method=args.method,
+        format=args.format,
+        seed=args.seed,
+        source=args.source,
+        spacing_mm=args.spacing,
+        hu=args.hu,
+        gallery_rows=args.gallery,
+        mean_jitter=args.mean_jitter,
+        sigma_jitter=args.sigma_jitter,
+        concentration=args.concentration,
+        groups=args.groups,
+        temperature=args.temperature,
+    ).validate()
     result = synthesize(args.run, args.out, what, progress=not args.no_progress, overwrite=args.overwrite)
-    print(f"wrote {len(result.files)} nodules of {result.size}^3 at {result.spacing_mm:g} mm "
-          f"({what.method}, from {len(result.real)} real cubes) to {result.out}; see {result.manifest.name}"
-          + (f" and {result.gallery.name}" if result.gallery else ""), flush=True)
+    print(
+        f"wrote {len(result.files)} nodules of {result.size}^3 at {result.spacing_mm:g} mm "
+        f"({what.method}, from {len(result.real)} real cubes) to {result.out}; see {result.manifest.name}"
+        + (f" and {result.gallery.name}" if result.gallery else ""),
+        flush=True,
+    )
     return 0

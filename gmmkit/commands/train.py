@@ -5,6 +5,7 @@ there); --resume continues the run in --out from its own config.json (only --epo
 strong scaling, --workers may change). SIGINT and SIGTERM end the run after its current step as
 ``stopped``; a second one ends a multi-rank job at once.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,16 +17,21 @@ from ..training.rundir import RunDir
 from .flags import STRATEGY, WORKERS, Flag, add_flags, add_placement_flags, add_run_flags, config_from_args, run_out
 
 LAUNCHER = Flag("--launcher", choices=("mpirun", "horovodrun"), default="mpirun")
-SIMULATE = Flag("--simulate", action="store_true",
-                help="follow the optimisation path of N workers exactly, on this one process")
-RESUME = Flag("--resume", action="store_true",
-              help="continue the run in --out from its last checkpoint, with its own config")
+SIMULATE = Flag(
+    "--simulate", action="store_true", help="follow the optimisation path of N workers exactly, on this one process"
+)
+RESUME = Flag(
+    "--resume", action="store_true", help="continue the run in --out from its last checkpoint, with its own config"
+)
 OVERWRITE = Flag("--overwrite", action="store_true", help="replace the run --out holds")
 
 
 def register(sub):
-    p = sub.add_parser("train", help="train DeepDensity (one process, or n Horovod ranks)",
-                       description=__doc__.replace("``", "").strip())
+    p = sub.add_parser(
+        "train",
+        help="train DeepDensity (one process, or n Horovod ranks)",
+        description=__doc__.replace("``", "").strip(),
+    )
     add_run_flags(p)
     add_flags(p, (STRATEGY, WORKERS, LAUNCHER, SIMULATE))
     add_placement_flags(p)
@@ -35,18 +41,25 @@ def register(sub):
 
 
 def print_epoch(record: dict, epochs: int) -> None:
-    print(f"epoch {record['epoch']:4d}/{epochs}  train {record['train_loss']:.6f}  val {record['val_loss']:.6f}"
-          f"  lr {record['lr']:.3g}  {record['time_s']:8.1f} s  {record['samples_per_s']:7.0f} samples/s",
-          flush=True)
+    print(
+        f"epoch {record['epoch']:4d}/{epochs}  train {record['train_loss']:.6f}  val {record['val_loss']:.6f}"
+        f"  lr {record['lr']:.3g}  {record['time_s']:8.1f} s  {record['samples_per_s']:7.0f} samples/s",
+        flush=True,
+    )
 
 
 def print_summary(summary: dict, out: str) -> None:
     if summary.get("resumed") is False:
-        print(f"the run in {out} has already ended ({summary['status']} after {summary['epochs']} epochs); "
-              "nothing to do", flush=True)
+        print(
+            f"the run in {out} has already ended ({summary['status']} after {summary['epochs']} epochs); nothing to do",
+            flush=True,
+        )
     elif summary["status"] == "reached_target":
-        print(f"reached target {summary['target_loss']} in {summary['time_to_target_s']:.1f} s "
-              f"(epoch {summary['epochs']}); run files in {out}", flush=True)
+        print(
+            f"reached target {summary['target_loss']} in {summary['time_to_target_s']:.1f} s "
+            f"(epoch {summary['epochs']}); run files in {out}",
+            flush=True,
+        )
     else:
         best = summary.get("best_val_loss")
         best = f" (best val {best:.6f})" if best is not None else ""
@@ -59,9 +72,18 @@ def run(args, parser) -> int:
         base = RunDir.open(run_out(args), "--out").config() if args.resume and not args.config else None
         cfg = config_from_args(args, base=base)
         mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
-        ended = train_or_launch(cfg, launch.gmmkit_argv(*args.argv), mode, args.simulate, args.hosts, args.hostfile,
-                                args.launcher, stop, callbacks=[lambda r: print_epoch(r, cfg.train.epochs)],
-                                say=lambda line: print(line, flush=True))
+        ended = train_or_launch(
+            cfg,
+            launch.gmmkit_argv(*args.argv),
+            mode,
+            args.simulate,
+            args.hosts,
+            args.hostfile,
+            args.launcher,
+            stop,
+            callbacks=[lambda r: print_epoch(r, cfg.train.epochs)],
+            say=lambda line: print(line, flush=True),
+        )
     if isinstance(ended, Launched):
         return _report_launched(ended, cfg, args.launcher)
     if launch.launcher_rank() == 0:
@@ -71,10 +93,20 @@ def run(args, parser) -> int:
 
 def _report_launched(ended: Launched, cfg, launcher: str) -> int:
     if ended.failure and ended.finished_by_launcher:
-        print(f"gmmkit train: error: {ended.failure}; {launcher} stopped the other ranks. The metrics of "
-              f"every finished epoch are in {cfg.out}; continue with --resume.", file=sys.stderr, flush=True)
+        print(
+            f"gmmkit train: error: {ended.failure}; {launcher} stopped the other ranks. The metrics of "
+            f"every finished epoch are in {cfg.out}; continue with --resume.",
+            file=sys.stderr,
+            flush=True,
+        )
     elif ended.finished_by_launcher and ended.summary:
-        print(f"status {ended.summary['status']} after {ended.summary.get('epochs', 0)} epochs "
-              f"({ended.summary['error']}); run files in {cfg.out}", flush=True)
-    return ended.code if ended.code else (0 if (ended.summary or {}).get("status") in ("reached_target", "max_epochs")
-                                          else 1)
+        print(
+            f"status {ended.summary['status']} after {ended.summary.get('epochs', 0)} epochs "
+            f"({ended.summary['error']}); run files in {cfg.out}",
+            flush=True,
+        )
+    return (
+        ended.code
+        if ended.code
+        else (0 if (ended.summary or {}).get("status") in ("reached_target", "max_epochs") else 1)
+    )

@@ -11,6 +11,7 @@ share a file system. Exactly one builds it; the others wait and read its file. T
 
 An entry's name carries a key of everything its content depends on, so a stale entry is never read.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,9 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cached_build(path: Path, build: Callable[[], T], load: Callable[[Path], Optional[T]],
-                 save: Callable[[T, Path], None]) -> tuple[T, bool]:
+def cached_build(
+    path: Path, build: Callable[[], T], load: Callable[[Path], Optional[T]], save: Callable[[T, Path], None]
+) -> tuple[T, bool]:
     """The entry at ``path`` (``load`` gives None when it is missing or unreadable), else ``build()`` saved
     there with ``save`` (atomically); and whether this call built it. Concurrent callers (threads,
     processes, hosts sharing the file system) build it once between them. A read-only or full cache is no

@@ -5,6 +5,7 @@ Every data source ends as a :class:`CubeSet`: the synthetic phantoms, LIDC-IDRI'
 (``gmmkit prepare-lidc``), LUNA16 scans (``gmmkit prepare-luna``) and hand-made files.
 :mod:`gmmkit.data.sources` turns a :class:`~gmmkit.config.DataConfig` into the arrays the training loop reads.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,16 +58,27 @@ class CubeSet:
         return len(self.cubes)
 
     @classmethod
-    def of(cls, cubes: np.ndarray, spacing_mm: float = 1.0, seriesuid=None, diameter_mm=None,
-           meta: dict | None = None, **columns: np.ndarray) -> "CubeSet":
+    def of(
+        cls,
+        cubes: np.ndarray,
+        spacing_mm: float = 1.0,
+        seriesuid=None,
+        diameter_mm=None,
+        meta: dict | None = None,
+        **columns: np.ndarray,
+    ) -> "CubeSet":
         """A set of cubes not cut from a scan (no world centre; every voxel inside), with ``columns``."""
         n = len(cubes)
-        return cls(cubes=np.asarray(cubes, np.float32),
-                   seriesuid=np.asarray(seriesuid if seriesuid is not None else np.full(n, "", dtype="U1"), str),
-                   center_xyz_mm=np.full((n, 3), np.nan),
-                   diameter_mm=np.asarray(diameter_mm if diameter_mm is not None else np.full(n, np.nan), np.float32),
-                   inside_fraction=np.ones(n, np.float32), spacing_mm=float(spacing_mm), columns=columns,
-                   meta=dict(meta or {}))
+        return cls(
+            cubes=np.asarray(cubes, np.float32),
+            seriesuid=np.asarray(seriesuid if seriesuid is not None else np.full(n, "", dtype="U1"), str),
+            center_xyz_mm=np.full((n, 3), np.nan),
+            diameter_mm=np.asarray(diameter_mm if diameter_mm is not None else np.full(n, np.nan), np.float32),
+            inside_fraction=np.ones(n, np.float32),
+            spacing_mm=float(spacing_mm),
+            columns=columns,
+            meta=dict(meta or {}),
+        )
 
     def column(self, name: str, default=None):
         """A per-cube fact (``columns[name]``), or ``default`` when this set has none."""
@@ -74,14 +86,18 @@ class CubeSet:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the arrays to ``path`` atomically (a crash never leaves a half-written file)."""
-        atomic_savez(path, cubes=np.asarray(self.cubes, dtype=np.float32),
-                     seriesuid=np.asarray(self.seriesuid, dtype=str).astype("U"),
-                     center_xyz_mm=np.asarray(self.center_xyz_mm, dtype=np.float64).reshape(-1, 3),
-                     diameter_mm=np.asarray(self.diameter_mm, dtype=np.float32),
-                     inside_fraction=np.asarray(self.inside_fraction, dtype=np.float32),
-                     spacing_mm=np.float64(self.spacing_mm), hu_window=np.asarray(self.hu_window, np.float64),
-                     **{k: np.asarray(v) for k, v in self.columns.items()},
-                     **{k: np.asarray(v) for k, v in self.meta.items()})
+        atomic_savez(
+            path,
+            cubes=np.asarray(self.cubes, dtype=np.float32),
+            seriesuid=np.asarray(self.seriesuid, dtype=str).astype("U"),
+            center_xyz_mm=np.asarray(self.center_xyz_mm, dtype=np.float64).reshape(-1, 3),
+            diameter_mm=np.asarray(self.diameter_mm, dtype=np.float32),
+            inside_fraction=np.asarray(self.inside_fraction, dtype=np.float32),
+            spacing_mm=np.float64(self.spacing_mm),
+            hu_window=np.asarray(self.hu_window, np.float64),
+            **{k: np.asarray(v) for k, v in self.columns.items()},
+            **{k: np.asarray(v) for k, v in self.meta.items()},
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, cube: int | None = None) -> "CubeSet":
@@ -102,26 +118,30 @@ class CubeSet:
         cubes = _checked_cubes(path, arrays.pop("cubes"), cube)
         n = len(cubes)
         get = arrays.pop
-        return cls(cubes=cubes,
-                   seriesuid=np.asarray(get("seriesuid", np.full(n, "", dtype="U1"))).astype(str),
-                   center_xyz_mm=np.asarray(get("center_xyz_mm", np.full((n, 3), np.nan)), np.float64),
-                   diameter_mm=np.asarray(get("diameter_mm", np.full(n, np.nan)), np.float32),
-                   inside_fraction=np.asarray(get("inside_fraction", np.ones(n)), np.float32),
-                   spacing_mm=float(get("spacing_mm", 1.0)),
-                   hu_window=tuple(float(v) for v in get("hu_window", HU_WINDOW)),
-                   columns={k: v for k, v in arrays.items() if v.ndim >= 1 and len(v) == n},
-                   meta={k: v.item() for k, v in arrays.items() if v.ndim == 0})
+        return cls(
+            cubes=cubes,
+            seriesuid=np.asarray(get("seriesuid", np.full(n, "", dtype="U1"))).astype(str),
+            center_xyz_mm=np.asarray(get("center_xyz_mm", np.full((n, 3), np.nan)), np.float64),
+            diameter_mm=np.asarray(get("diameter_mm", np.full(n, np.nan)), np.float32),
+            inside_fraction=np.asarray(get("inside_fraction", np.ones(n)), np.float32),
+            spacing_mm=float(get("spacing_mm", 1.0)),
+            hu_window=tuple(float(v) for v in get("hu_window", HU_WINDOW)),
+            columns={k: v for k, v in arrays.items() if v.ndim >= 1 and len(v) == n},
+            meta={k: v.item() for k, v in arrays.items() if v.ndim == 0},
+        )
 
 
 def _checked_cubes(path: Path, cubes: np.ndarray, cube: int | None) -> np.ndarray:
     if cubes.ndim != 4 or len(set(cubes.shape[1:])) != 1:
         raise DatasetError(f"{path}: 'cubes' must have shape (N, S, S, S), found {cubes.shape}")
     if cubes.shape[1] < MIN_CUBE:
-        raise DatasetError(f"{path}: cubes of {cubes.shape[1]} voxels are smaller than the encoder's "
-                           f"receptive field ({MIN_CUBE})")
+        raise DatasetError(
+            f"{path}: cubes of {cubes.shape[1]} voxels are smaller than the encoder's receptive field ({MIN_CUBE})"
+        )
     if cube is not None and cubes.shape[1] != cube:
-        raise DatasetError(f"{path}: cubes are {cubes.shape[1]} voxels wide, the config asks for {cube} "
-                           f"(pass --cube {cubes.shape[1]})")
+        raise DatasetError(
+            f"{path}: cubes are {cubes.shape[1]} voxels wide, the config asks for {cube} (pass --cube {cubes.shape[1]})"
+        )
     if not np.issubdtype(cubes.dtype, np.number):
         raise DatasetError(f"{path}: 'cubes' must be numeric, found dtype {cubes.dtype}")
     cubes = cubes.astype(np.float32, copy=False)
@@ -134,8 +154,10 @@ def _checked_cubes(path: Path, cubes: np.ndarray, cube: int | None) -> np.ndarra
 
 # --- splits ----------------------------------------------------------------------------------
 
-def split_indices(n: int, val_size: int, train_size: int | None, seed: int,
-                  groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+
+def split_indices(
+    n: int, val_size: int, train_size: int | None, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Validation and training rows of a set of ``n``: ``(val, train)``.
 
     Without ``groups``, the first ``val_size`` rows of a seeded permutation are validation and the next
@@ -146,7 +168,7 @@ def split_indices(n: int, val_size: int, train_size: int | None, seed: int,
     if groups is None:
         order = np.random.default_rng(seed).permutation(n)
         train_size = n - val_size if train_size is None else train_size
-        return order[:val_size], order[val_size:val_size + train_size]
+        return order[:val_size], order[val_size : val_size + train_size]
     names, inverse = np.unique(np.asarray(groups), return_inverse=True)
     val: list[int] = []
     train: list[int] = []

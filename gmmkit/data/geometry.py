@@ -28,6 +28,7 @@ interpolation (not two) and exact to a fraction of a voxel. Cube voxels beyond t
 
 Nothing here reads files: :mod:`gmmkit.data.images` reads the scans and hands the arrays in.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -98,8 +99,14 @@ def cube_points(center_xyz_mm, size: int, spacing_mm: float = 1.0) -> np.ndarray
     return np.stack([x, y, z], axis=-1) + np.asarray(center_xyz_mm, dtype=np.float64)
 
 
-def cut_cube(volume_zyx: np.ndarray, geometry: Geometry, center_xyz_mm, size: int = 16,
-             spacing_mm: float = 1.0, fill: float = AIR_HU) -> tuple[np.ndarray, float]:
+def cut_cube(
+    volume_zyx: np.ndarray,
+    geometry: Geometry,
+    center_xyz_mm,
+    size: int = 16,
+    spacing_mm: float = 1.0,
+    fill: float = AIR_HU,
+) -> tuple[np.ndarray, float]:
     """A world-aligned ``size``-cube of ``volume_zyx`` centred on a world point, and the fraction inside.
 
     Each cube voxel is the trilinear interpolation of the scan at its world position
@@ -123,4 +130,3 @@ def cut_cube(volume_zyx: np.ndarray, geometry: Geometry, center_xyz_mm, size: in
     cube = values.reshape(size, size, size)
     cube[~inside] = fill
     return cube, float(inside.mean())
-

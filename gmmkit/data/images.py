@@ -12,6 +12,7 @@ Writing
     :func:`write_image` writes a volume with its spacing as .nii.gz, .nii, .mhd (+ .raw), .mha or .nrrd,
     atomically; :func:`write_dicom_series` writes a CT series (for test data).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,6 +50,7 @@ def _first_line(exc: Exception) -> str:
 
 # --- scans ---------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Scan:
     """A CT volume in HU, indexed ``volume[z, y, x]``, and where it sits in the world."""
@@ -60,8 +62,9 @@ class Scan:
     def world_bounds(self) -> np.ndarray:
         """(2, 3): lowest and highest world x, y, z over the scan's extent (its voxels' outer faces)."""
         n = np.asarray(self.volume.shape[::-1], dtype=np.float64)
-        corners = np.array([[a, b, c] for a in (-0.5, n[0] - 0.5) for b in (-0.5, n[1] - 0.5)
-                            for c in (-0.5, n[2] - 0.5)])
+        corners = np.array(
+            [[a, b, c] for a in (-0.5, n[0] - 0.5) for b in (-0.5, n[1] - 0.5) for c in (-0.5, n[2] - 0.5)]
+        )
         world = index_to_world(corners, self.geometry)
         return np.stack([world.min(axis=0), world.max(axis=0)])
 
@@ -83,8 +86,10 @@ class ScanSource:
 def _scan_from_image(image, source: str) -> Scan:
     sitk = _sitk()
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise DatasetError(f"{source}: expected a 3-D scalar CT volume, found {image.GetDimension()}-D with "
-                           f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel")
+        raise DatasetError(
+            f"{source}: expected a 3-D scalar CT volume, found {image.GetDimension()}-D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel"
+        )
     try:
         geometry = Geometry.of(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
     except ValueError as exc:
@@ -94,15 +99,28 @@ def _scan_from_image(image, source: str) -> Scan:
         bad = ~np.isfinite(volume)
         if bad.any():
             z, y, x = (int(i) for i in np.argwhere(bad)[0])
-            raise DatasetError(f"{source}: holds {int(bad.sum())} non-finite voxels (NaN or Inf; the first at "
-                               f"voxel x={x}, y={y}, z={z})")
+            raise DatasetError(
+                f"{source}: holds {int(bad.sum())} non-finite voxels (NaN or Inf; the first at "
+                f"voxel x={x}, y={y}, z={z})"
+            )
     return Scan(volume=volume, geometry=geometry, source=source)
 
 
 # MetaImage element types and their sizes in bytes
-_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
-              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
-              "MET_DOUBLE": 8}
+_MET_BYTES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
 
 
 def check_mhd(path: str | os.PathLike) -> None:
@@ -126,8 +144,10 @@ def check_mhd(path: str | os.PathLike) -> None:
     needed = ("NDims", "DimSize", "ElementType", "ElementDataFile")
     missing = [k for k in needed if k not in header]
     if missing:
-        raise DatasetError(f"{path}: not a valid MetaImage header (missing {', '.join(missing)}); expected "
-                           "'Key = value' lines with NDims, DimSize, ElementType and ElementDataFile")
+        raise DatasetError(
+            f"{path}: not a valid MetaImage header (missing {', '.join(missing)}); expected "
+            "'Key = value' lines with NDims, DimSize, ElementType and ElementDataFile"
+        )
     try:
         dims = [int(v) for v in header["DimSize"].split()]
         channels = int(header.get("ElementNumberOfChannels", "1"))
@@ -135,8 +155,10 @@ def check_mhd(path: str | os.PathLike) -> None:
     except ValueError:
         raise DatasetError(f"{path}: DimSize {header['DimSize']!r} is not a list of integers") from None
     if header["NDims"] != "3" or len(dims) != 3 or min(dims) <= 0:
-        raise DatasetError(f"{path}: expected a 3-D scan (NDims = 3, three positive DimSize), found "
-                           f"NDims = {header['NDims']}, DimSize = {header['DimSize']}")
+        raise DatasetError(
+            f"{path}: expected a 3-D scan (NDims = 3, three positive DimSize), found "
+            f"NDims = {header['NDims']}, DimSize = {header['DimSize']}"
+        )
     data_name = header["ElementDataFile"]
     if data_name in ("LOCAL", "LIST") or "%" in data_name:
         return  # voxels inside the header file, or one file per slice: SimpleITK checks those
@@ -146,21 +168,26 @@ def check_mhd(path: str | os.PathLike) -> None:
     compressed = header.get("CompressedData", "False").lower() == "true"
     itemsize = _MET_BYTES.get(header["ElementType"])
     if itemsize is None:
-        raise DatasetError(f"{path}: unknown ElementType {header['ElementType']!r}, expected one of "
-                           f"{', '.join(_MET_BYTES)}")
+        raise DatasetError(
+            f"{path}: unknown ElementType {header['ElementType']!r}, expected one of {', '.join(_MET_BYTES)}"
+        )
     if compressed:  # a cheap look at the zlib header (SimpleITK only prints "Uncompress failed")
         with open(data, "rb") as fh:
             head = fh.read(1024)
         try:
             zlib.decompressobj().decompress(head)
         except zlib.error:
-            raise DatasetError(f"{data}: not zlib-compressed data, though {path.name} says CompressedData = True") from None
+            raise DatasetError(
+                f"{data}: not zlib-compressed data, though {path.name} says CompressedData = True"
+            ) from None
     else:
         need = offset + math.prod(dims) * channels * itemsize
         have = data.stat().st_size
         if have < need:
-            raise DatasetError(f"{data}: holds {have} bytes, {path.name} needs {need} (DimSize "
-                               f"{header['DimSize']} of {header['ElementType']}); the file is truncated")
+            raise DatasetError(
+                f"{data}: holds {have} bytes, {path.name} needs {need} (DimSize "
+                f"{header['DimSize']} of {header['ElementType']}); the file is truncated"
+            )
 
 
 def read_image(path: str | os.PathLike) -> Scan:
@@ -235,7 +262,9 @@ def find_dicom_series(root: str | os.PathLike) -> dict[str, ScanSource]:
         raise DatasetError(f"{root}: no DICOM series found under it")
     return found
 
+
 # --- writing images ------------------------------------------------------------------------------
+
 
 def image_suffix(path: str | os.PathLike) -> str:
     """The image format suffix of ``path`` (``.nii.gz``, ``.mhd``, ...), or a clear error."""
@@ -246,8 +275,13 @@ def image_suffix(path: str | os.PathLike) -> str:
     raise ValueError(f"{path}: expected a file name ending in {', '.join(IMAGE_SUFFIXES)}")
 
 
-def write_image(path: str | os.PathLike, volume_zyx: np.ndarray, spacing_xyz: Sequence[float],
-                origin_xyz: Sequence[float] = (0.0, 0.0, 0.0), direction: Sequence[float] | None = None) -> Path:
+def write_image(
+    path: str | os.PathLike,
+    volume_zyx: np.ndarray,
+    spacing_xyz: Sequence[float],
+    origin_xyz: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: Sequence[float] | None = None,
+) -> Path:
     """Write a ``volume[z, y, x]`` with its geometry; the format follows the suffix (see :data:`IMAGE_SUFFIXES`).
 
     Atomic: SimpleITK writes into a hidden temporary folder beside ``path`` and the files are renamed into
@@ -281,8 +315,9 @@ def write_image(path: str | os.PathLike, volume_zyx: np.ndarray, spacing_xyz: Se
     return path
 
 
-def write_dicom_series(folder: str | os.PathLike, volume_zyx: np.ndarray, geometry: Geometry,
-                       series_uid: str) -> list[Path]:
+def write_dicom_series(
+    folder: str | os.PathLike, volume_zyx: np.ndarray, geometry: Geometry, series_uid: str
+) -> list[Path]:
     """Write an int16 HU volume as a DICOM series (one CT slice per file) with the given SeriesInstanceUID."""
     sitk = _sitk()
     folder = Path(folder)
@@ -299,14 +334,20 @@ def write_dicom_series(folder: str | os.PathLike, volume_zyx: np.ndarray, geomet
     for k in range(image.GetDepth()):
         plane = image[:, :, k]
         position = "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k)))
-        for tag, value in (("0008|0060", "CT"), ("0008|0008", "DERIVED\\SECONDARY"),
-                           ("0020|000e", series_uid), ("0020|000d", series_uid + ".1"),
-                           ("0008|0018", f"{series_uid}.2.{k + 1}"), ("0020|0037", orientation),
-                           ("0020|0032", position), ("0020|0013", str(k + 1)),
-                           ("0018|0050", f"{geometry.spacing[2]:.6f}"), ("0008|103e", "gmmkit fake CT")):
+        for tag, value in (
+            ("0008|0060", "CT"),
+            ("0008|0008", "DERIVED\\SECONDARY"),
+            ("0020|000e", series_uid),
+            ("0020|000d", series_uid + ".1"),
+            ("0008|0018", f"{series_uid}.2.{k + 1}"),
+            ("0020|0037", orientation),
+            ("0020|0032", position),
+            ("0020|0013", str(k + 1)),
+            ("0018|0050", f"{geometry.spacing[2]:.6f}"),
+            ("0008|103e", "gmmkit fake CT"),
+        ):
             plane.SetMetaData(tag, value)
         paths.append(folder / f"slice{k:04d}.dcm")
         writer.SetFileName(str(paths[-1]))
         writer.Execute(plane)
     return paths
-

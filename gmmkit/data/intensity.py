@@ -5,6 +5,7 @@ one sees the other in the same units. The window [-1000, 400] HU spans air to de
 linearly to [0, 1]: lung parenchyma (about -850 HU) lands near 0.11, a solid nodule (0 to +60 HU) near 0.7,
 anything denser than 400 HU (calcium, bone) saturates at 1.
 """
+
 from __future__ import annotations
 
 import numpy as np

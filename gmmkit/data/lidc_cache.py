@@ -3,6 +3,7 @@
 the options, the generator version and a hash of the database's content, so a different selection, a new
 generator or another database never reads a stale set.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,12 @@ def cache_path(options: LidcOptions, database: str | os.PathLike | None = None) 
     return cache_dir() / f"lidc-{options.cube}-{key(options_json(options), file_digest(database_path(database)))}.npz"
 
 
-def load_lidc(options: LidcOptions = LidcOptions(), database: str | os.PathLike | None = None,
-              jobs: int | None = None, progress: bool = False) -> CubeSet:
+def load_lidc(
+    options: LidcOptions = LidcOptions(),
+    database: str | os.PathLike | None = None,
+    jobs: int | None = None,
+    progress: bool = False,
+) -> CubeSet:
     """The LIDC cube set of ``options``: read from the cache, or built there first (``jobs`` processes, by
     default one per available core). Deterministic: the same options give the same arrays."""
     options.validate()

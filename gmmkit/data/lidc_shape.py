@@ -23,6 +23,7 @@ cube's exact centre. Where the readers' masks overlap too little for the mean fi
 The distance transform assumes evenly spaced slices; a few LIDC scans have a missing or doubled slice. The
 field then uses the median spacing while the resampling places every slice at its true position.
 """
+
 from __future__ import annotations
 
 import math
@@ -88,7 +89,7 @@ def consensus_shape(nodule: Nodule, cube: int = 16, spacing_mm: float = 1.0) -> 
     for mask, box in masks:
         placed = np.zeros(shape, dtype=bool)
         a = box[:, 0] - lo
-        placed[a[0]:a[0] + mask.shape[0], a[1]:a[1] + mask.shape[1], a[2]:a[2] + mask.shape[2]] = mask
+        placed[a[0] : a[0] + mask.shape[0], a[1] : a[1] + mask.shape[1], a[2] : a[2] + mask.shape[2]] = mask
         total += signed_distance(placed, (ps, ps, dz))
     mean = total / len(masks)  # axes (i, j, k) = (y, x, z)
 
@@ -102,8 +103,16 @@ def consensus_shape(nodule: Nodule, cube: int = 16, spacing_mm: float = 1.0) -> 
     dzk = np.gradient(z) if len(z) > 1 else np.array([dz])
     weight = inside * dzk[None, None, :]
     total_weight = float(weight.sum())
-    centre = np.array([float((weight.sum(axis=(0, 1)) * z).sum()), float((weight.sum(axis=(1, 2)) * y).sum()),
-                       float((weight.sum(axis=(0, 2)) * x).sum())]) / total_weight
+    centre = (
+        np.array(
+            [
+                float((weight.sum(axis=(0, 1)) * z).sum()),
+                float((weight.sum(axis=(1, 2)) * y).sum()),
+                float((weight.sum(axis=(0, 2)) * x).sum()),
+            ]
+        )
+        / total_weight
+    )
     volume = float(inside.sum(axis=(0, 1)) @ dzk) * ps * ps
 
     offsets = (np.arange(cube, dtype=np.float64) - (cube - 1) / 2.0) * spacing_mm
@@ -115,7 +124,15 @@ def consensus_shape(nodule: Nodule, cube: int = 16, spacing_mm: float = 1.0) -> 
     sampled = ndimage.map_coordinates(mean, [gi.ravel(), gj.ravel(), gk.ravel()], order=1, mode="nearest")
     sdf = sampled.reshape(cube, cube, cube).transpose(2, 0, 1)  # (i, j, k) -> (z, y, x)
 
-    outside_cube = ((np.abs(y - centre[1]) > half)[:, None, None] | (np.abs(x - centre[2]) > half)[None, :, None]
-                    | (np.abs(z - centre[0]) > half)[None, None, :])
-    return Consensus(sdf_mm=np.ascontiguousarray(sdf, dtype=np.float32), centre_mm=centre, volume_mm3=volume,
-                     clipped=bool((inside & outside_cube).any()), readers_with_shape=len(masks))
+    outside_cube = (
+        (np.abs(y - centre[1]) > half)[:, None, None]
+        | (np.abs(x - centre[2]) > half)[None, :, None]
+        | (np.abs(z - centre[0]) > half)[None, None, :]
+    )
+    return Consensus(
+        sdf_mm=np.ascontiguousarray(sdf, dtype=np.float32),
+        centre_mm=centre,
+        volume_mm3=volume,
+        clipped=bool((inside & outside_cube).any()),
+        readers_with_shape=len(masks),
+    )

@@ -8,6 +8,7 @@ centre lies outside their scan, are skipped and reported; a cube that reaches pa
 padded with air. A scan that cannot be read stops everything with an error naming the file. The scans are
 read by :mod:`gmmkit.data.images` (SimpleITK); the result is a :class:`~gmmkit.data.cubes.CubeSet`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -72,9 +73,11 @@ def read_annotations(path: str | Path) -> Annotations:
     header = [h.strip() for h in rows[0]]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise DatasetError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
-                           f"expected {','.join(ANNOTATION_COLUMNS)} (diameter_mm optional), found "
-                           f"{','.join(header) or 'no columns'}")
+        raise DatasetError(
+            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+            f"expected {','.join(ANNOTATION_COLUMNS)} (diameter_mm optional), found "
+            f"{','.join(header) or 'no columns'}"
+        )
     col = {name: header.index(name) for name in ANNOTATION_COLUMNS if name in header}
     uids, centres, diameters = [], [], []
     for line, row in enumerate(rows[1:], start=2):
@@ -92,17 +95,20 @@ def read_annotations(path: str | Path) -> Annotations:
         diameters.append(diameter)
     if not uids:
         raise DatasetError(f"{path}: no annotation rows after the header")
-    return Annotations(seriesuid=np.asarray(uids, dtype=str),
-                       center_xyz_mm=np.asarray(centres, dtype=np.float64).reshape(-1, 3),
-                       diameter_mm=np.asarray(diameters, dtype=np.float32))
+    return Annotations(
+        seriesuid=np.asarray(uids, dtype=str),
+        center_xyz_mm=np.asarray(centres, dtype=np.float64).reshape(-1, 3),
+        diameter_mm=np.asarray(diameters, dtype=np.float32),
+    )
 
 
 def _number(path: Path, line: int, column: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise DatasetError(f"{path}: line {line}, column {column}: expected a number, "
-                           f"received {text.strip()!r}") from None
+        raise DatasetError(
+            f"{path}: line {line}, column {column}: expected a number, received {text.strip()!r}"
+        ) from None
     if not math.isfinite(value):
         raise DatasetError(f"{path}: line {line}, column {column}: expected a finite number, received {text!r}")
     return value
@@ -114,11 +120,13 @@ def write_annotations(path: str | Path, annotations: Annotations) -> None:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(ANNOTATION_COLUMNS)
         for uid, (x, y, z), d in zip(annotations.seriesuid, annotations.center_xyz_mm, annotations.diameter_mm):
-            writer.writerow([uid, repr(float(x)), repr(float(y)), repr(float(z)),
-                             "" if math.isnan(d) else repr(float(d))])
+            writer.writerow(
+                [uid, repr(float(x)), repr(float(y)), repr(float(z)), "" if math.isnan(d) else repr(float(d))]
+            )
 
 
 # --- scans to cubes ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Skipped:
@@ -157,14 +165,21 @@ def describe_skipped(skipped: Sequence[Skipped]) -> list[str]:
     for s in skipped:
         if s.reason != "no scan":
             x, y, z = s.center_xyz_mm
-            lines.append(f"annotation row {s.row + 1} skipped ({s.seriesuid} at x={x:.1f}, y={y:.1f}, "
-                         f"z={z:.1f} mm): {s.reason}")
+            lines.append(
+                f"annotation row {s.row + 1} skipped ({s.seriesuid} at x={x:.1f}, y={y:.1f}, z={z:.1f} mm): {s.reason}"
+            )
     return lines
 
 
-def prepare_luna(annotations: str | os.PathLike | Annotations, scans: str | os.PathLike | None = None,
-                 dicom: str | os.PathLike | None = None, cube: int = 16, spacing_mm: float = 1.0,
-                 jobs: int = 1, progress: bool = True) -> Prepared:
+def prepare_luna(
+    annotations: str | os.PathLike | Annotations,
+    scans: str | os.PathLike | None = None,
+    dicom: str | os.PathLike | None = None,
+    cube: int = 16,
+    spacing_mm: float = 1.0,
+    jobs: int = 1,
+    progress: bool = True,
+) -> Prepared:
     """Cut a normalised cube around every annotated nodule.
 
     ``annotations``: a LUNA16 CSV (or :class:`Annotations`); ``scans``: folder of .mhd files, or ``dicom``:
@@ -208,15 +223,21 @@ def prepare_luna(annotations: str | os.PathLike | Annotations, scans: str | os.P
     if not results:
         raise DatasetError("no annotation produced a cube: " + "; ".join(describe_skipped(skipped)))
     rows = np.array(sorted(results))
-    cubes = CubeSet(cubes=np.stack([results[r][0] for r in rows]), seriesuid=ann.seriesuid[rows],
-                    center_xyz_mm=ann.center_xyz_mm[rows], diameter_mm=ann.diameter_mm[rows],
-                    inside_fraction=np.array([results[r][1] for r in rows], dtype=np.float32),
-                    spacing_mm=float(spacing_mm), hu_window=HU_WINDOW)
+    cubes = CubeSet(
+        cubes=np.stack([results[r][0] for r in rows]),
+        seriesuid=ann.seriesuid[rows],
+        center_xyz_mm=ann.center_xyz_mm[rows],
+        diameter_mm=ann.diameter_mm[rows],
+        inside_fraction=np.array([results[r][1] for r in rows], dtype=np.float32),
+        spacing_mm=float(spacing_mm),
+        hu_window=HU_WINDOW,
+    )
     return Prepared(cubes, skipped, scans_read=len(tasks), seconds=time.perf_counter() - began)
 
 
-def cut_scan(source: ScanSource, rows: np.ndarray, centres_xyz: np.ndarray, cube: int,
-             spacing_mm: float) -> list[tuple[int, np.ndarray | None, float, str | None]]:
+def cut_scan(
+    source: ScanSource, rows: np.ndarray, centres_xyz: np.ndarray, cube: int, spacing_mm: float
+) -> list[tuple[int, np.ndarray | None, float, str | None]]:
     """Read one scan and cut the cubes of its annotations: ``(row, normalised cube, inside fraction, reason)``.
 
     ``reason`` is None for a cube, or says why the annotation was skipped (its centre is outside the scan).
@@ -226,7 +247,7 @@ def cut_scan(source: ScanSource, rows: np.ndarray, centres_xyz: np.ndarray, cube
     for row, centre in zip(rows, centres_xyz):
         if not inside_extent(world_to_index(centre, scan.geometry), scan.volume.shape):
             lo, hi = scan.world_bounds()
-            span = ", ".join(f"{a} {l:.1f} to {h:.1f}" for a, l, h in zip("xyz", lo, hi))
+            span = ", ".join(f"{a} {low:.1f} to {high:.1f}" for a, low, high in zip("xyz", lo, hi))
             out.append((int(row), None, 0.0, f"its centre lies outside the scan ({span} mm)"))
             continue
         hu, fraction = cut_cube(scan.volume, scan.geometry, centre, cube, spacing_mm, fill=AIR_HU)

@@ -22,6 +22,7 @@ What a cube contains, in order of construction:
 
 Every cube depends only on ``(seed, index)``, so a set of 2100 contains the set of 1000 of the same seed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -72,8 +73,12 @@ def paint_vessels(hu: np.ndarray, pts: np.ndarray, rng: np.random.Generator) -> 
     points of the middle third of the cube (``pts``: :func:`voxel_grid`)."""
     third = pts.shape[0] * float(pts[1, 0, 0, 0] - pts[0, 0, 0, 0]) / 3  # a third of the side, in mm
     for _ in range(int(rng.integers(0, 4))):
-        paint(hu, tube_distance(pts, rng.uniform(-third, third, 3), unit_vector(rng)), rng.uniform(0.6, 1.8),
-              rng.uniform(-40, 40))
+        paint(
+            hu,
+            tube_distance(pts, rng.uniform(-third, third, 3), unit_vector(rng)),
+            rng.uniform(0.6, 1.8),
+            rng.uniform(-40, 40),
+        )
 
 
 def paint_vessel_through(hu: np.ndarray, pts: np.ndarray, point: np.ndarray, rng: np.random.Generator) -> None:
@@ -81,8 +86,9 @@ def paint_vessel_through(hu: np.ndarray, pts: np.ndarray, point: np.ndarray, rng
     paint(hu, tube_distance(pts, point, unit_vector(rng)), rng.uniform(0.9, 1.8), rng.uniform(-20, 40))
 
 
-def paint_pleura(hu: np.ndarray, pts: np.ndarray, centre: np.ndarray, reach: Callable[[np.ndarray], float],
-                 rng: np.random.Generator) -> None:
+def paint_pleura(
+    hu: np.ndarray, pts: np.ndarray, centre: np.ndarray, reach: Callable[[np.ndarray], float], rng: np.random.Generator
+) -> None:
     """The chest wall: a half-space at +20 to +60 HU whose surface cuts into the nodule.
 
     The wall's normal is random; its surface lies 0.6 to 1.0 times ``reach(normal)`` (the nodule's extent in
@@ -181,8 +187,9 @@ def _read(path: Path) -> PhantomSet | None:
 
 
 def _write(data: PhantomSet, path: Path) -> None:
-    atomic_savez(path, cubes=data.cubes, category=data.category, attachment=data.attachment,
-                 diameter_mm=data.diameter_mm)
+    atomic_savez(
+        path, cubes=data.cubes, category=data.category, attachment=data.attachment, diameter_mm=data.diameter_mm
+    )
 
 
 def unit_vector(rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Building data in a pool of processes: the one way gmmkit's data preparations use several cores."""
+
 from __future__ import annotations
 
 import concurrent.futures

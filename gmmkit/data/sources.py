@@ -4,6 +4,7 @@
 (:func:`gmmkit.data.lidc_cache.load_lidc`) and split by patient; ``phantoms``: the synthetic set; a path: a
 ``cubes.npz`` (:class:`~gmmkit.data.cubes.CubeSet`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,7 +49,12 @@ def load_split(cfg: DataConfig) -> Split:
         checks.fail("data.val_size", f"fewer than the {n} cubes of {cfg.dataset}", cfg.val_size)
     val, train = split_indices(n, cfg.val_size, cfg.train_size, cfg.seed, data.column("patient_id"))
     if cfg.train_size is not None and len(train) < cfg.train_size:
-        checks.fail("data.train_size", f"at most the {len(train)} cubes of {cfg.dataset} outside validation",
-                    cfg.train_size)
-    return Split(train=np.ascontiguousarray(data.cubes[train]), val=np.ascontiguousarray(data.cubes[val]),
-                 train_index=train, val_index=val)
+        checks.fail(
+            "data.train_size", f"at most the {len(train)} cubes of {cfg.dataset} outside validation", cfg.train_size
+        )
+    return Split(
+        train=np.ascontiguousarray(data.cubes[train]),
+        val=np.ascontiguousarray(data.cubes[val]),
+        train_index=train,
+        val_index=val,
+    )

@@ -3,6 +3,7 @@
 Plain Python, no TensorFlow: the run configuration (:mod:`gmmkit.config`), the data checks and the CLI read
 it without loading the framework.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

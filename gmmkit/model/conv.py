@@ -16,6 +16,7 @@ Two rewrites, each measured at DeepDensity's shapes (batch 32, one thread, oneDN
 
 The input gradient stays TensorFlow's own.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -58,7 +59,7 @@ def _folded_single_channel(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     kd, kh, kw, _, co = kernel.shape
     depth = x.shape[1] - kd + 1
     # stacked in front, then moved last: faster than a stack along the last axis (benchmarks/RESULTS.md)
-    windows = tf.transpose(tf.stack([x[:, a:a + depth, :, :, 0] for a in range(kd)]), (1, 2, 3, 4, 0))
+    windows = tf.transpose(tf.stack([x[:, a : a + depth, :, :, 0] for a in range(kd)]), (1, 2, 3, 4, 0))
     slices = tf.reshape(windows, (-1, x.shape[2], x.shape[3], kd))
     kernel2d = tf.transpose(kernel[:, :, :, 0, :], (1, 2, 0, 3))  # (kh, kw, kd, Co)
     y = tf.nn.conv2d(slices, kernel2d, 1, "VALID")  # (B D', H', W', Co)
@@ -68,9 +69,11 @@ def _folded_single_channel(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 @tf.custom_gradient
 def _conv3d_forward_kernel_gradient(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     """TensorFlow's Conv3D with the kernel gradient of :func:`_kernel_gradient`."""
+
     def grad(dy):
-        dx = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
-                                              strides=_STRIDES, padding="VALID")
+        dx = tf.raw_ops.Conv3DBackpropInputV2(
+            input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=_STRIDES, padding="VALID"
+        )
         return dx, _kernel_gradient(x, dy)
 
     return tf.nn.conv3d(x, kernel, _STRIDES, "VALID"), grad
@@ -86,8 +89,13 @@ class Conv3D(keras.layers.Conv3D):
     """
 
     def _fast(self) -> bool:
-        return (self.padding == "valid" and tuple(self.strides) == (1, 1, 1)
-                and tuple(self.dilation_rate) == (1, 1, 1) and self.groups == 1 and not self._channels_first)
+        return (
+            self.padding == "valid"
+            and tuple(self.strides) == (1, 1, 1)
+            and tuple(self.dilation_rate) == (1, 1, 1)
+            and self.groups == 1
+            and not self._channels_first
+        )
 
     def convolution_op(self, inputs, kernel):
         if not self._fast():

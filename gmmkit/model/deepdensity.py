@@ -1,4 +1,5 @@
 """The DeepDensity autoencoder (paper Sections V and VI) as a plain Keras functional model."""
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -9,8 +10,15 @@ from .conv import Conv3D
 from .layers import CubeMass, DeepDensity, GaussianMixtureHeads
 
 
-def build_deepdensity(cube: int = 16, components: int = 50, filters: int = 32, latent: int = 256,
-                      sigma_min: float = 0.04, sigma_max: float = 1.0, seed: int | None = None) -> keras.Model:
+def build_deepdensity(
+    cube: int = 16,
+    components: int = 50,
+    filters: int = 32,
+    latent: int = 256,
+    sigma_min: float = 0.04,
+    sigma_max: float = 1.0,
+    seed: int | None = None,
+) -> keras.Model:
     """Encoder (three valid Conv3D with ReLU, dense latent), mixture heads, DeepDensity renderer.
 
     Input: cubes (B, S, S, S) in normalised HU. Output: the rendered density, same shape and units.
@@ -46,5 +54,12 @@ def per_sample_msle(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
 def from_config(cfg) -> keras.Model:
     """Build the model a :class:`gmmkit.config.RunConfig` describes (weights seeded by ``train.seed``)."""
     m = cfg.model
-    return build_deepdensity(cube=cfg.data.cube, components=m.components, filters=m.filters, latent=m.latent,
-                             sigma_min=m.sigma_min, sigma_max=m.sigma_max, seed=cfg.train.seed)
+    return build_deepdensity(
+        cube=cfg.data.cube,
+        components=m.components,
+        filters=m.filters,
+        latent=m.latent,
+        sigma_min=m.sigma_min,
+        sigma_max=m.sigma_max,
+        seed=cfg.train.seed,
+    )

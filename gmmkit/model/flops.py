@@ -4,6 +4,7 @@ measured against (``gmmkit bench``'s ``mfu``).
 The counts are analytic (a multiply-add counts 2) and checked against the layers of the built Keras model in
 ``tests/test_bench.py``.
 """
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """The two Keras layers of DeepDensity: mixture heads and the density renderer."""
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -22,8 +23,9 @@ class GaussianMixtureHeads(keras.layers.Layer):
         if components <= 0:
             raise ValueError(f"components: expected a positive integer, received {components!r}")
         if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"sigma_min, sigma_max: expected 0 < sigma_min < sigma_max, "
-                             f"received {sigma_min!r}, {sigma_max!r}")
+            raise ValueError(
+                f"sigma_min, sigma_max: expected 0 < sigma_min < sigma_max, received {sigma_min!r}, {sigma_max!r}"
+            )
         self.components = components
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
@@ -42,8 +44,12 @@ class GaussianMixtureHeads(keras.layers.Layer):
         return alpha, mu, mixture.scale_tril(sigma, corr)
 
     def get_config(self):
-        return {**super().get_config(), "components": self.components, "sigma_min": self.sigma_min,
-                "sigma_max": self.sigma_max}
+        return {
+            **super().get_config(),
+            "components": self.components,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+        }
 
 
 @keras.saving.register_keras_serializable(package="gmmkit")

@@ -24,6 +24,7 @@ Rendering as one matrix product
     is a single (B K, 10) x (10, S^3) matrix product, followed by exp and a sum over components
     (:func:`sum_of_exponentials`).
 """
+
 from __future__ import annotations
 
 import math
@@ -57,11 +58,14 @@ def scale_tril(sigma: tf.Tensor, corr: tf.Tensor) -> tf.Tensor:
     one, zero = tf.ones_like(c0), tf.zeros_like(c0)
     n1 = tf.sqrt(1.0 + c0 * c0)
     n2 = tf.sqrt(1.0 + c1 * c1 + c2 * c2)
-    w = tf.stack([
-        tf.stack([one, zero, zero], axis=-1),
-        tf.stack([c0 / n1, 1.0 / n1, zero], axis=-1),
-        tf.stack([c1 / n2, c2 / n2, 1.0 / n2], axis=-1),
-    ], axis=-2)
+    w = tf.stack(
+        [
+            tf.stack([one, zero, zero], axis=-1),
+            tf.stack([c0 / n1, 1.0 / n1, zero], axis=-1),
+            tf.stack([c1 / n2, c2 / n2, 1.0 / n2], axis=-1),
+        ],
+        axis=-2,
+    )
     return sigma[..., :, None] * w
 
 
@@ -147,6 +151,10 @@ def render_grid(alpha, mu, tril, size: int, rows: tuple[int, int] | None = None)
     slices ``rows = (first, last)`` along axis 0: (B, last - first, size, size) (large cubes in pieces)."""
     first, last = rows if rows is not None else (0, size)
     points = grid_coordinates(size).reshape(size, size * size, 3)[first:last].reshape(-1, 3)
-    density = render_mixture(tf.convert_to_tensor(alpha), tf.convert_to_tensor(mu), tf.convert_to_tensor(tril),
-                             tf.constant(quadratic_features(points)))
+    density = render_mixture(
+        tf.convert_to_tensor(alpha),
+        tf.convert_to_tensor(mu),
+        tf.convert_to_tensor(tril),
+        tf.constant(quadratic_features(points)),
+    )
     return tf.reshape(density, (-1, last - first, size, size))

@@ -28,6 +28,7 @@ Gradients are *summed*, not averaged: each rank contributes ``sum of its per-sam
 batch``, which makes the update equal to the sequential one even when ranks hold different numbers of
 samples (strong scaling with n not dividing B).
 """
+
 from __future__ import annotations
 
 import socket
@@ -90,8 +91,11 @@ class HorovodContext:
         self.backend = "horovod-" + ("mpi" if hvd.mpi_enabled() else "gloo")
         if hvd.nccl_built():
             self.backend += "+nccl"
-        self.layout = {"hosts": [socket.gethostname()] * self.size, "local_ranks": [self.local_rank] * self.size,
-                       "threads": [None] * self.size}  # until gather_layout: what this rank alone knows
+        self.layout = {
+            "hosts": [socket.gethostname()] * self.size,
+            "local_ranks": [self.local_rank] * self.size,
+            "threads": [None] * self.size,
+        }  # until gather_layout: what this rank alone knows
 
     def gather_layout(self, threads: int) -> dict:
         """Every rank's host, local rank and thread count, in rank order (a collective: every rank calls it)."""
@@ -114,8 +118,10 @@ class HorovodContext:
         """The max and sum of exact mode across ranks (:class:`gmmkit.training.exact.ExactStep`): grouped
         integer allreduces, exact whatever algorithm Horovod uses."""
         hvd = self.hvd
-        return (lambda tensors: hvd.grouped_allreduce(list(tensors), op=hvd.Max),
-                lambda tensors: hvd.grouped_allreduce(list(tensors), op=hvd.Sum))
+        return (
+            lambda tensors: hvd.grouped_allreduce(list(tensors), op=hvd.Max),
+            lambda tensors: hvd.grouped_allreduce(list(tensors), op=hvd.Sum),
+        )
 
     def barrier(self) -> None:
         """Wait for every rank, sleeping: a rank that waits leaves its core to the ones still working (a
@@ -172,8 +178,11 @@ def configure_devices(local_rank: int, local_size: int, threads: int | None, exa
     except RuntimeError:
         current = tf.config.threading.get_intra_op_parallelism_threads() or cores  # 0: TF's default, every core
         if current != intra:
-            warnings.warn(f"TensorFlow already runs with {current} threads per rank; asked for {intra}",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"TensorFlow already runs with {current} threads per rank; asked for {intra}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return threads if exact else current
     return threads
 

@@ -18,6 +18,7 @@ environment variables rather than command-line flags, which would override both.
 
 Nothing here imports TensorFlow, Horovod or MPI: a launcher process stays light.
 """
+
 from __future__ import annotations
 
 import collections
@@ -42,10 +43,12 @@ LAUNCHERS = ("mpirun", "horovodrun")
 
 # What launchers tell their ranks: (size variable, rank variable) pairs, the first one set wins. A process
 # is a rank of a parallel job exactly when one of the size variables is set.
-_LAUNCHER_ENV = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),  # OpenMPI's mpirun and ipyparallel's engines
-                 ("HOROVOD_SIZE", "HOROVOD_RANK"),  # horovodrun with Gloo
-                 ("PMI_SIZE", "PMI_RANK"),  # MPICH, Intel MPI, srun --mpi=pmi2
-                 ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK"))  # MVAPICH
+_LAUNCHER_ENV = (
+    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),  # OpenMPI's mpirun and ipyparallel's engines
+    ("HOROVOD_SIZE", "HOROVOD_RANK"),  # horovodrun with Gloo
+    ("PMI_SIZE", "PMI_RANK"),  # MPICH, Intel MPI, srun --mpi=pmi2
+    ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK"),
+)  # MVAPICH
 
 
 def _launcher_pair() -> Optional[tuple[str, str]]:
@@ -96,8 +99,10 @@ MCA_DEFAULTS = {
 # What a rank on another host must see of the launcher's environment (mpirun -x NAME): Python's and gmmkit's
 # paths and settings, TensorFlow's, Horovod's and NCCL's switches, thread counts and library paths. Not
 # CUDA_VISIBLE_DEVICES: each host has its own GPUs, and each rank picks its local one.
-FORWARDED = re.compile(r"^(PATH|LD_LIBRARY_PATH|PYTHONPATH|PYTHONHASHSEED|VIRTUAL_ENV|GMMKIT_\w+|TF_\w+"
-                       r"|HOROVOD_\w+|NCCL_\w+|OMP_NUM_THREADS|OPENBLAS_NUM_THREADS|MKL_NUM_THREADS)$")
+FORWARDED = re.compile(
+    r"^(PATH|LD_LIBRARY_PATH|PYTHONPATH|PYTHONHASHSEED|VIRTUAL_ENV|GMMKIT_\w+|TF_\w+"
+    r"|HOROVOD_\w+|NCCL_\w+|OMP_NUM_THREADS|OPENBLAS_NUM_THREADS|MKL_NUM_THREADS)$"
+)
 
 
 def mca_param_files(env: dict) -> list[str]:
@@ -120,7 +125,7 @@ def user_mca(env: dict | None = None) -> set[str]:
     """The MCA parameters the user set: ``OMPI_MCA_NAME`` variables and ``NAME = value`` lines of
     OpenMPI's parameter files."""
     env = dict(os.environ if env is None else env)
-    names = {key[len("OMPI_MCA_"):] for key in env if key.startswith("OMPI_MCA_")}
+    names = {key[len("OMPI_MCA_") :] for key in env if key.startswith("OMPI_MCA_")}
     for path in mca_param_files(env):
         try:
             with open(path, encoding="utf-8", errors="replace") as fh:
@@ -159,7 +164,9 @@ def forward_args(env: dict | None = None, also: Sequence[str] = ()) -> list[str]
     return [arg for name in names for arg in ("-x", name)]
 
 
-def placement_args(n: int, placement: Placement = LOCAL, env: dict | None = None, also: Sequence[str] = ()) -> list[str]:
+def placement_args(
+    n: int, placement: Placement = LOCAL, env: dict | None = None, also: Sequence[str] = ()
+) -> list[str]:
     """mpirun's flags for n ranks placed by ``placement``: the hosts and their slots (``--host``; none inside a
     SLURM allocation, which mpirun reads itself), ``--oversubscribe`` when a local job has more ranks than
     cores, and :func:`forward_args` (``env``, ``also``)."""
@@ -171,8 +178,9 @@ def placement_args(n: int, placement: Placement = LOCAL, env: dict | None = None
     return args + forward_args(env, also)
 
 
-def mpirun_command(n: int, argv: Sequence[str], launcher: str = "mpirun", placement: Placement = LOCAL,
-                   env: dict | None = None) -> list[str]:
+def mpirun_command(
+    n: int, argv: Sequence[str], launcher: str = "mpirun", placement: Placement = LOCAL, env: dict | None = None
+) -> list[str]:
     """The command line that runs ``argv`` (a program and its arguments) on ``n`` ranks placed by
     ``placement``; ``env``: the environment it will run with (what ``-x`` forwards)."""
     if launcher not in LAUNCHERS:
@@ -202,8 +210,11 @@ def ranks_argv(*args: str) -> list[str]:
 # when it loses a host's daemon (the host died or its link was cut): it names the host, never its ranks.
 _SIGNALLED = re.compile(r"process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+)")
 _EXITED = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(\d+)")
-_LOST_DAEMON = re.compile(r"ORTE has lost communication with a remote daemon\.\s*"
-                          r"HNP daemon\s*:.*?Remote daemon:\s*\S+ on node (\S+)", re.S)
+_LOST_DAEMON = re.compile(
+    r"ORTE has lost communication with a remote daemon\.\s*"
+    r"HNP daemon\s*:.*?Remote daemon:\s*\S+ on node (\S+)",
+    re.S,
+)
 
 
 def rank_failure(launcher_output: str, hosts: Optional[Sequence[str]] = None) -> Optional[str]:
@@ -227,19 +238,26 @@ def rank_failure(launcher_output: str, hosts: Optional[Sequence[str]] = None) ->
 
 
 def lost_host(host: str, hosts: Optional[Sequence[str]] = None) -> str:
-    """"host H (rank 1) was lost", its ranks found in ``hosts`` (the host of each rank) by name or by the
+    """ "host H (rank 1) was lost", its ranks found in ``hosts`` (the host of each rank) by name or by the
     name's first label (mpirun may print a short or a full name)."""
     short = host.split(".")[0]
     ranks = [r for r, h in enumerate(hosts or []) if h == host or h.split(".")[0] == short]
-    which = (f" (rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))})" if ranks else "")
+    which = f" (rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))})" if ranks else ""
     return f"host {host}{which} was lost: mpirun lost contact with it (the host died or its network failed)"
 
 
-def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", env: dict | None = None,
-              on_interrupt: Optional[Callable[[], None]] = None, grace_s: float = 120.0,
-              log: str | os.PathLike | None = None, stop: Optional[StopFlag] = None,
-              placement: Placement = LOCAL,
-              rank_hosts: Optional[Callable[[], Optional[Sequence[str]]]] = None) -> tuple[int, Optional[str]]:
+def run_ranks(
+    n: int,
+    argv: Sequence[str],
+    launcher: str = "mpirun",
+    env: dict | None = None,
+    on_interrupt: Optional[Callable[[], None]] = None,
+    grace_s: float = 120.0,
+    log: str | os.PathLike | None = None,
+    stop: Optional[StopFlag] = None,
+    placement: Placement = LOCAL,
+    rank_hosts: Optional[Callable[[], Optional[Sequence[str]]]] = None,
+) -> tuple[int, Optional[str]]:
     """Run ``argv`` on ``n`` ranks placed by ``placement`` and wait; returns the launcher's exit code and,
     when a rank died or failed or a host was lost, which (:func:`rank_failure`, with the ranks' hosts from
     ``rank_hosts()`` when it says, else as the placement puts them). The ranks' output passes through
@@ -258,9 +276,17 @@ def run_ranks(n: int, argv: Sequence[str], launcher: str = "mpirun", env: dict |
     sink = open(log, "w") if log is not None else None
     try:
         with stop_on_signals(stop) as interrupted:
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=sink,
-                                    stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True,
-                                    preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
 
             def forward():
                 for line in proc.stderr:
@@ -294,8 +320,11 @@ def _wait(proc: subprocess.Popen, interrupted: StopFlag, on_interrupt, grace_s: 
             deadline = time.monotonic() + grace_s
             if on_interrupt is not None:
                 on_interrupt()
-                print(f"stopping after the current step (up to {grace_s:.0f} s; Ctrl-C again to end the job now)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"stopping after the current step (up to {grace_s:.0f} s; Ctrl-C again to end the job now)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if deadline is not None and (interrupted.count > 1 or time.monotonic() > deadline or on_interrupt is None):
             proc.terminate()  # mpirun ends its ranks
             try:
@@ -316,10 +345,16 @@ def run_json(n: int, argv: Sequence[str], timeout: float = 600, placement: Place
     printed on a line."""
     env = mpi_env()
     cmd = mpirun_command(n, argv, placement=placement, env=env)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    proc = subprocess.run(
+        cmd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             return json.loads(line)
     raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
-

@@ -22,6 +22,7 @@ that is how a lost host, which mpirun names without its ranks, is reported with 
 
 Nothing here imports MPI: it is plain text and numbers.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,11 +58,11 @@ class Placement:
         if not isinstance(self.hosts, tuple):
             checks.fail("placement.hosts", "a tuple of (host, slots) pairs", self.hosts)
         if (self.source == "local") != (not self.hosts):
-            checks.fail("placement.hosts", "no hosts for a local placement and at least one otherwise",
-                        list(self.hosts))
+            checks.fail(
+                "placement.hosts", "no hosts for a local placement and at least one otherwise", list(self.hosts)
+            )
         for pair in self.hosts:
-            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)
-                    and _HOST.match(pair[0])):
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and _HOST.match(pair[0])):
                 checks.fail("placement.hosts", "(host name, slots) pairs", pair)
             checks.positive_int("placement.hosts", pair[1])
         if len({name for name, _ in self.hosts}) != len(self.hosts):
@@ -112,8 +113,9 @@ class Placement:
         if self.is_local:
             return f"this machine ({self.slots} cores)"
         hosts = ",".join(f"{name}:{slots}" for name, slots in self.hosts)
-        where = {"hosts": "--hosts", "hostfile": f"hostfile {self.origin}",
-                 "slurm": f"SLURM job {self.origin}"}[self.source]
+        where = {"hosts": "--hosts", "hostfile": f"hostfile {self.origin}", "slurm": f"SLURM job {self.origin}"}[
+            self.source
+        ]
         return f"{hosts} ({where})"
 
     def host_list(self) -> str:
@@ -122,8 +124,7 @@ class Placement:
 
     # --- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"hosts": [[name, slots] for name, slots in self.hosts], "source": self.source,
-                "origin": self.origin}
+        return {"hosts": [[name, slots] for name, slots in self.hosts], "source": self.source, "origin": self.origin}
 
     @classmethod
     def from_dict(cls, raw) -> "Placement":
@@ -141,6 +142,7 @@ LOCAL = Placement()
 
 # --- where a placement comes from ---------------------------------------------------------------
 
+
 def parse_hosts(text: str) -> Placement:
     """``--hosts a:2,b:2`` (``a`` alone: one slot)."""
     field = "placement.hosts"
@@ -150,8 +152,9 @@ def parse_hosts(text: str) -> Placement:
     for item in text.split(","):
         name, _, count = item.strip().partition(":")
         if not _HOST.match(name) or (count and not count.isdigit()) or count == "0":
-            raise _bad(field, f"expected HOST[:SLOTS],... such as 'node1:2,node2:2', received {item.strip()!r} "
-                              f"in {text!r}")
+            raise _bad(
+                field, f"expected HOST[:SLOTS],... such as 'node1:2,node2:2', received {item.strip()!r} in {text!r}"
+            )
         pairs.append((name, int(count) if count else 1))
     return Placement(_merge(pairs), "hosts", text).validate()
 
@@ -172,8 +175,10 @@ def parse_hostfile(path: str | os.PathLike) -> Placement:
         where = f"{path}, line {number}"
         name, options = words[0], dict(w.partition("=")[::2] for w in words[1:])
         if "@" in name:
-            raise _bad(field, f"{where}: expected HOST slots=N, received {line.strip()!r} (a user@ login goes "
-                              "in ~/.ssh/config)")
+            raise _bad(
+                field,
+                f"{where}: expected HOST slots=N, received {line.strip()!r} (a user@ login goes in ~/.ssh/config)",
+            )
         if not _HOST.match(name):
             raise _bad(field, f"{where}: expected a host name or address, received {name!r}")
         unknown = sorted(set(options) - {"slots", "max_slots", "max-slots"})
@@ -212,8 +217,7 @@ def expand_tasks_per_node(text: str) -> list[int]:
     for item in text.split(","):
         m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
         if m is None:
-            raise _bad("placement.slurm", f"SLURM_TASKS_PER_NODE: expected counts such as '2(x3),1', "
-                                          f"received {text!r}")
+            raise _bad("placement.slurm", f"SLURM_TASKS_PER_NODE: expected counts such as '2(x3),1', received {text!r}")
         counts += [int(m.group(1))] * int(m.group(2) or 1)
     return counts
 
@@ -252,8 +256,10 @@ def _expand_item(item: str, nodelist: str) -> list[str]:
     for part in ranges.split(","):
         low, dash, high = part.strip().partition("-")
         if not low.isdigit() or (dash and (not high.isdigit() or int(high) < int(low))):
-            raise _bad("placement.slurm", f"SLURM_JOB_NODELIST: expected ranges such as 1-3,07, received "
-                                          f"[{ranges}] in {nodelist!r}")
+            raise _bad(
+                "placement.slurm",
+                f"SLURM_JOB_NODELIST: expected ranges such as 1-3,07, received [{ranges}] in {nodelist!r}",
+            )
         for number in range(int(low), int(high if dash else low) + 1):
             names += [f"{prefix}{number:0{len(low)}d}{tail}" for tail in tails]
     return names
@@ -266,8 +272,11 @@ def from_slurm(env: Mapping[str, str] | None = None) -> Placement:
     per_node = env.get("SLURM_TASKS_PER_NODE") or env.get("SLURM_JOB_CPUS_PER_NODE")
     counts = expand_tasks_per_node(per_node) if per_node else [1] * len(names)
     if len(counts) != len(names):
-        raise _bad("placement.slurm", f"SLURM_TASKS_PER_NODE={per_node!r} gives {len(counts)} counts for the "
-                                      f"{len(names)} nodes of SLURM_JOB_NODELIST")
+        raise _bad(
+            "placement.slurm",
+            f"SLURM_TASKS_PER_NODE={per_node!r} gives {len(counts)} counts for the "
+            f"{len(names)} nodes of SLURM_JOB_NODELIST",
+        )
     ntasks = env.get("SLURM_NTASKS")
     pairs = list(zip(names, counts))
     if ntasks and ntasks.isdigit() and int(ntasks) < sum(counts):  # keep the job's own task count
@@ -280,8 +289,9 @@ def from_slurm(env: Mapping[str, str] | None = None) -> Placement:
     return Placement(tuple(pairs), "slurm", env["SLURM_JOB_ID"]).validate()
 
 
-def resolve(hosts: Optional[str] = None, hostfile: Optional[str] = None,
-            env: Mapping[str, str] | None = None) -> Placement:
+def resolve(
+    hosts: Optional[str] = None, hostfile: Optional[str] = None, env: Mapping[str, str] | None = None
+) -> Placement:
     """The placement of ``--hosts`` or ``--hostfile`` when given, else of the SLURM allocation this process
     runs in, else local."""
     if hosts is not None and hostfile is not None:

@@ -1,4 +1,5 @@
 """Everything plotly lives in this package; geometry and numbers are computed elsewhere and handed in."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,7 @@ from plotly.basedatatypes import BaseFigure
 from ..files import atomic_write_text
 
 
-def write_html(fig: BaseFigure | Sequence[BaseFigure], path: str | os.PathLike, title: str = "",
-               **options) -> Path:
+def write_html(fig: BaseFigure | Sequence[BaseFigure], path: str | os.PathLike, title: str = "", **options) -> Path:
     """Write a figure, or several one below the other, as one self-contained HTML file (plotly.js inside, once:
     it opens offline), atomically. ``options`` go to plotly's ``to_html`` (e.g. ``config={"displayModeBar":
     False}``)."""
@@ -22,16 +22,21 @@ def write_html(fig: BaseFigure | Sequence[BaseFigure], path: str | os.PathLike, 
     if len(figures) == 1:
         text = go.Figure(figures[0]).to_html(include_plotlyjs=True, full_html=True, **options)
     else:
-        divs = [go.Figure(f).to_html(include_plotlyjs=i == 0, full_html=False, **options)
-                for i, f in enumerate(figures)]
-        text = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title></head><body>\n"
-                + "\n".join(divs) + "\n</body></html>\n")
+        divs = [
+            go.Figure(f).to_html(include_plotlyjs=i == 0, full_html=False, **options) for i, f in enumerate(figures)
+        ]
+        text = (
+            f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title></head><body>\n"
+            + "\n".join(divs)
+            + "\n</body></html>\n"
+        )
     atomic_write_text(path, text)
     return path
 
 
-def write_png(fig: BaseFigure, path: str | os.PathLike, width: int = 1200, height: int | None = None,
-              scale: float = 1.0) -> Path:
+def write_png(
+    fig: BaseFigure, path: str | os.PathLike, width: int = 1200, height: int | None = None, scale: float = 1.0
+) -> Path:
     """Render a figure to PNG with kaleido (which drives the machine's Chromium), atomically.
 
     The ``lab`` extra installs kaleido; it needs a Chrome or Chromium (Debian: ``apt-get install
@@ -39,8 +44,10 @@ def write_png(fig: BaseFigure, path: str | os.PathLike, width: int = 1200, heigh
     try:
         import kaleido  # noqa: F401  heavy, and only PNG export needs it
     except ImportError:
-        raise RuntimeError("PNG export: expected kaleido (pip install -e '.[lab]'), received an environment "
-                           "without it; HTML export needs nothing more") from None
+        raise RuntimeError(
+            "PNG export: expected kaleido (pip install -e '.[lab]'), received an environment "
+            "without it; HTML export needs nothing more"
+        ) from None
     path = Path(path)
     figure = go.Figure(fig)
     height = height or int(figure.layout.height or 600)

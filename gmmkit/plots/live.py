@@ -6,6 +6,7 @@ another stay on the plot and compare directly: the run that reaches the dashed t
 ``metrics.jsonl``) and appends its point; it works on a plain ``go.Figure`` as well as on the
 ``go.FigureWidget`` a notebook shows, where each append redraws only that figure in the browser.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,14 +24,24 @@ def loss_figure(target: Optional[float] = None, widget: bool = True, height: int
     """An empty loss-against-time figure (a ``FigureWidget`` when ``widget``), with the target line."""
     fig = (go.FigureWidget if widget else go.Figure)()
     fig.update_layout(
-        height=height, template="plotly_white", margin={"l": 60, "r": 20, "t": 40, "b": 45},
+        height=height,
+        template="plotly_white",
+        margin={"l": 60, "r": 20, "t": 40, "b": 45},
         title={"text": "Loss against wall time", "x": 0.02},
         xaxis={"title": "wall time since the run started (s)", "rangemode": "tozero"},
         yaxis={"title": "loss (MSLE)", "type": "log", "exponentformat": "power"},
         legend={"orientation": "v", "x": 1.02, "y": 1.0},
     )
-    fig.add_trace(go.Scatter(x=[], y=[], mode="lines", name=TARGET_NAME,
-                             line={"color": "black", "dash": "dash", "width": 1}, hoverinfo="skip"))
+    fig.add_trace(
+        go.Scatter(
+            x=[],
+            y=[],
+            mode="lines",
+            name=TARGET_NAME,
+            line={"color": "black", "dash": "dash", "width": 1},
+            hoverinfo="skip",
+        )
+    )
     set_target(fig, target)
     return fig
 
@@ -49,14 +60,31 @@ def add_run(fig: go.Figure, label: str, strategy: Optional[str] = None) -> int:
     used = tuple(t.line.color for t in fig.data if t.name != TARGET_NAME)
     colour = run_colour(runs, strategy, used)
     with _batch(fig):
-        fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=f"{label} val", legendgroup=label,
-                                 line={"color": colour, "width": 2}, marker={"size": 5},
-                                 meta={"run": runs, "kind": "val_loss"},
-                                 hovertemplate="%{y:.4g} at %{x:.1f} s<extra>" + label + " val</extra>"))
-        fig.add_trace(go.Scatter(x=[], y=[], mode="lines", name=f"{label} train", legendgroup=label,
-                                 line={"color": colour, "width": 1, "dash": "dot"},
-                                 meta={"run": runs, "kind": "train_loss"},
-                                 hovertemplate="%{y:.4g} at %{x:.1f} s<extra>" + label + " train</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[],
+                y=[],
+                mode="lines+markers",
+                name=f"{label} val",
+                legendgroup=label,
+                line={"color": colour, "width": 2},
+                marker={"size": 5},
+                meta={"run": runs, "kind": "val_loss"},
+                hovertemplate="%{y:.4g} at %{x:.1f} s<extra>" + label + " val</extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[],
+                y=[],
+                mode="lines",
+                name=f"{label} train",
+                legendgroup=label,
+                line={"color": colour, "width": 1, "dash": "dot"},
+                meta={"run": runs, "kind": "train_loss"},
+                hovertemplate="%{y:.4g} at %{x:.1f} s<extra>" + label + " train</extra>",
+            )
+        )
     _stretch_target(fig)
     return runs
 
@@ -98,8 +126,11 @@ def set_run_visible(fig: go.Figure, run: int, visible: bool) -> None:
 
 def point_count(fig: go.Figure, run: Optional[int] = None) -> int:
     """How many validation points are drawn (of one run, or of all)."""
-    traces = [t for t in fig.data if isinstance(t.meta, dict) and t.meta.get("kind") == "val_loss"
-              and (run is None or t.meta.get("run") == run)]
+    traces = [
+        t
+        for t in fig.data
+        if isinstance(t.meta, dict) and t.meta.get("kind") == "val_loss" and (run is None or t.meta.get("run") == run)
+    ]
     return sum(len(t.x or ()) for t in traces)
 
 

@@ -1,4 +1,5 @@
 """The learning-rate range test's loss against learning rate."""
+
 from __future__ import annotations
 
 import plotly.graph_objects as go
@@ -7,12 +8,23 @@ import plotly.graph_objects as go
 def lr_find_figure(result: dict) -> go.Figure:
     h = result["history"]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[r["lr"] for r in h], y=[r["loss"] for r in h], mode="markers", name="loss",
-                             marker={"size": 4, "opacity": 0.5}))
+    fig.add_trace(
+        go.Scatter(
+            x=[r["lr"] for r in h],
+            y=[r["loss"] for r in h],
+            mode="markers",
+            name="loss",
+            marker={"size": 4, "opacity": 0.5},
+        )
+    )
     fig.add_trace(go.Scatter(x=[r["lr"] for r in h], y=[r["smoothed"] for r in h], mode="lines", name="smoothed"))
     fig.add_vline(x=result["suggested_lr"], line_dash="dash", annotation_text=f"suggested {result['suggested_lr']:.2g}")
     if result.get("lr_diverged"):
         fig.add_vline(x=result["lr_diverged"], line_color="red", annotation_text="diverged")
-    fig.update_layout(title="Learning-rate range test", xaxis={"title": "learning rate", "type": "log"},
-                      yaxis={"title": "training loss (MSLE)", "type": "log"}, template="plotly_white")
+    fig.update_layout(
+        title="Learning-rate range test",
+        xaxis={"title": "learning rate", "type": "log"},
+        yaxis={"title": "training loss (MSLE)", "type": "log"},
+        template="plotly_white",
+    )
     return fig

@@ -14,6 +14,7 @@ data without rebuilding the widget. Every trace carries ``meta`` = ``{"kind", "p
 viewer finds the panel a click landed in. Geometry (sections, crosshairs, windows) is computed by
 :mod:`gmmkit.ui.sections` and handed in; nothing here knows about models or files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,59 +37,132 @@ DIFFERENCE_SCALE = "RdBu_r"
 
 def planes_figure(widget: bool = True, height: int = 800) -> go.Figure:
     """The empty 3 x 3 figure for :func:`update_planes`."""
-    base = make_subplots(rows=3, cols=3, column_titles=list(TITLES), row_titles=list(PLANES),
-                         horizontal_spacing=0.03, vertical_spacing=0.04)
+    base = make_subplots(
+        rows=3,
+        cols=3,
+        column_titles=list(TITLES),
+        row_titles=list(PLANES),
+        horizontal_spacing=0.03,
+        vertical_spacing=0.04,
+    )
     fig = go.FigureWidget(base) if widget else base
     for r, plane in enumerate(PLANES, start=1):
         for c, image in enumerate(IMAGES, start=1):
-            fig.add_trace(go.Heatmap(z=[[0.0]], coloraxis="coloraxis2" if image == "difference" else "coloraxis",
-                                     meta={"kind": "image", "plane": plane, "image": image},
-                                     hovertemplate=f"{plane} {image}<br>row %{{y}}, column %{{x}}: %{{z:.0f}} HU"
-                                                   "<extra></extra>"), row=r, col=c)
+            fig.add_trace(
+                go.Heatmap(
+                    z=[[0.0]],
+                    coloraxis="coloraxis2" if image == "difference" else "coloraxis",
+                    meta={"kind": "image", "plane": plane, "image": image},
+                    hovertemplate=f"{plane} {image}<br>row %{{y}}, column %{{x}}: %{{z:.0f}} HU<extra></extra>",
+                ),
+                row=r,
+                col=c,
+            )
     for r, plane in enumerate(PLANES, start=1):
         for c, image in enumerate(IMAGES, start=1):
             if image in OVERLAID:
                 for sigma, dash in SIGMA_DASH.items():
                     for level in LEVELS:
-                        fig.add_trace(go.Scatter(
-                            x=[], y=[], mode="lines", opacity=level, showlegend=False, hoverinfo="skip",
-                            line={"color": GAUSSIAN_COLOUR, "width": 1.6 if sigma == 1.0 else 1.0, "dash": dash},
-                            meta={"kind": "gaussians", "plane": plane, "image": image, "sigma": sigma,
-                                  "level": level}), row=r, col=c)
-                fig.add_trace(go.Scatter(
-                    x=[], y=[], mode="markers", showlegend=False, hovertemplate="%{text}<extra></extra>",
-                    marker={"symbol": "x-thin", "size": 7, "line": {"color": GAUSSIAN_COLOUR, "width": 1.5}},
-                    meta={"kind": "centres", "plane": plane, "image": image}), row=r, col=c)
-            fig.add_trace(go.Scatter(x=[], y=[], mode="lines", showlegend=False, hoverinfo="skip",
-                                     line={"color": CROSSHAIR_COLOUR, "width": 1},
-                                     meta={"kind": "crosshair", "plane": plane, "image": image}), row=r, col=c)
+                        fig.add_trace(
+                            go.Scatter(
+                                x=[],
+                                y=[],
+                                mode="lines",
+                                opacity=level,
+                                showlegend=False,
+                                hoverinfo="skip",
+                                line={"color": GAUSSIAN_COLOUR, "width": 1.6 if sigma == 1.0 else 1.0, "dash": dash},
+                                meta={
+                                    "kind": "gaussians",
+                                    "plane": plane,
+                                    "image": image,
+                                    "sigma": sigma,
+                                    "level": level,
+                                },
+                            ),
+                            row=r,
+                            col=c,
+                        )
+                fig.add_trace(
+                    go.Scatter(
+                        x=[],
+                        y=[],
+                        mode="markers",
+                        showlegend=False,
+                        hovertemplate="%{text}<extra></extra>",
+                        marker={"symbol": "x-thin", "size": 7, "line": {"color": GAUSSIAN_COLOUR, "width": 1.5}},
+                        meta={"kind": "centres", "plane": plane, "image": image},
+                    ),
+                    row=r,
+                    col=c,
+                )
+            fig.add_trace(
+                go.Scatter(
+                    x=[],
+                    y=[],
+                    mode="lines",
+                    showlegend=False,
+                    hoverinfo="skip",
+                    line={"color": CROSSHAIR_COLOUR, "width": 1},
+                    meta={"kind": "crosshair", "plane": plane, "image": image},
+                ),
+                row=r,
+                col=c,
+            )
     fig.update_layout(
-        height=height, template="plotly_white", margin={"l": 40, "r": 30, "t": 70, "b": 20},
-        title={"text": "", "x": 0.01, "font": {"size": 13}}, hovermode="closest", clickmode="event",
+        height=height,
+        template="plotly_white",
+        margin={"l": 40, "r": 30, "t": 70, "b": 20},
+        title={"text": "", "x": 0.01, "font": {"size": 13}},
+        hovermode="closest",
+        clickmode="event",
         hoverdistance=8,
-        coloraxis={"colorscale": "gray", "colorbar": {"title": {"text": "HU"}, "x": 1.01, "y": 0.76,
-                                                       "len": 0.46, "thickness": 10}},
-        coloraxis2={"colorscale": DIFFERENCE_SCALE, "cmid": 0.0,
-                    "colorbar": {"title": {"text": "diff. HU"}, "x": 1.01, "y": 0.24, "len": 0.46,
-                                 "thickness": 10}},
-        plot_bgcolor="black")
+        coloraxis={
+            "colorscale": "gray",
+            "colorbar": {"title": {"text": "HU"}, "x": 1.01, "y": 0.76, "len": 0.46, "thickness": 10},
+        },
+        coloraxis2={
+            "colorscale": DIFFERENCE_SCALE,
+            "cmid": 0.0,
+            "colorbar": {"title": {"text": "diff. HU"}, "x": 1.01, "y": 0.24, "len": 0.46, "thickness": 10},
+        },
+        plot_bgcolor="black",
+    )
     for note in fig.layout.annotations:  # row titles on the left: the colour bars take the right
         if note.text in PLANES:
             note.update(x=-0.01, xanchor="right", textangle=-90)
     for i in range(1, 10):  # square voxels, no grid over the image (update_planes sets the ranges, row 0 on top)
         suffix = "" if i == 1 else str(i)
-        fig.update_layout({f"yaxis{suffix}": {"scaleanchor": f"x{suffix}",
-                                              "constrain": "domain", "showgrid": False, "zeroline": False,
-                                              "showticklabels": False},
-                           f"xaxis{suffix}": {"constrain": "domain", "showgrid": False, "zeroline": False,
-                                              "showticklabels": False}})
+        fig.update_layout(
+            {
+                f"yaxis{suffix}": {
+                    "scaleanchor": f"x{suffix}",
+                    "constrain": "domain",
+                    "showgrid": False,
+                    "zeroline": False,
+                    "showticklabels": False,
+                },
+                f"xaxis{suffix}": {
+                    "constrain": "domain",
+                    "showgrid": False,
+                    "zeroline": False,
+                    "showticklabels": False,
+                },
+            }
+        )
     return fig
 
 
 def traces(fig: go.Figure, kind: str, plane: Optional[str] = None, image: Optional[str] = None) -> list:
     """The traces of one kind (``image``, ``gaussians``, ``crosshair``), of one plane and image if given."""
-    return [t for t in fig.data if isinstance(t.meta, dict) and t.meta.get("kind") == kind
-            and plane in (None, t.meta.get("plane")) and image in (None, t.meta.get("image"))]
+    return [
+        t
+        for t in fig.data
+        if isinstance(t.meta, dict)
+        and t.meta.get("kind") == kind
+        and plane in (None, t.meta.get("plane"))
+        and image in (None, t.meta.get("image"))
+    ]
 
 
 def crosshair_path(row: float, col: float, size: int) -> tuple[list, list]:
@@ -102,9 +176,17 @@ def level_of(opacity: float) -> float:
     return next((lv for lv in LEVELS if opacity <= lv + 1e-9), LEVELS[-1])
 
 
-def update_planes(fig: go.Figure, images: dict, crosshairs: dict, size: int, window: tuple[float, float],
-                  difference_range: tuple[float, float], sections: Optional[dict] = None,
-                  labels: Optional[dict] = None, title: str = "") -> None:
+def update_planes(
+    fig: go.Figure,
+    images: dict,
+    crosshairs: dict,
+    size: int,
+    window: tuple[float, float],
+    difference_range: tuple[float, float],
+    sections: Optional[dict] = None,
+    labels: Optional[dict] = None,
+    title: str = "",
+) -> None:
     """Show one cube's three planes.
 
     ``images``: ``{plane: (input, estimate, difference)}`` 2D arrays in HU; ``crosshairs``: ``{plane: (row,
@@ -114,8 +196,9 @@ def update_planes(fig: go.Figure, images: dict, crosshairs: dict, size: int, win
     for plane in PLANES:
         arrays = [np.asarray(a, dtype=np.float64) for a in images[plane]]
         if len(arrays) != 3 or len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 2:
-            raise ValueError(f"images[{plane!r}]: expected three 2D arrays of one shape, received "
-                             f"{[a.shape for a in arrays]}")
+            raise ValueError(
+                f"images[{plane!r}]: expected three 2D arrays of one shape, received {[a.shape for a in arrays]}"
+            )
     ctx = fig.batch_update() if isinstance(fig, go.FigureWidget) else contextlib.nullcontext()
     with ctx:
         for plane in PLANES:
@@ -126,8 +209,10 @@ def update_planes(fig: go.Figure, images: dict, crosshairs: dict, size: int, win
                 trace.x, trace.y = x, y
             _draw_sections(fig, plane, (sections or {}).get(plane, []), labels or {})
         fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax = float(window[0]), float(window[1])
-        fig.layout.coloraxis2.cmin, fig.layout.coloraxis2.cmax = (float(difference_range[0]),
-                                                                  float(difference_range[1]))
+        fig.layout.coloraxis2.cmin, fig.layout.coloraxis2.cmax = (
+            float(difference_range[0]),
+            float(difference_range[1]),
+        )
         fig.layout.title.text = title
         for i in range(1, 10):  # the cube's extent: outlines of wide Gaussians are clipped, not zoomed out to
             suffix = "" if i == 1 else str(i)

@@ -1,4 +1,5 @@
 """Figures of a sweep (paper Figs. 2 to 5) as self-contained HTML files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,21 +18,29 @@ def time_to_target_figure(rows) -> go.Figure:
     for strategy in dict.fromkeys(r.strategy for r in rows):
         pts = [r for r in rows if r.strategy == strategy]
         exact = all(r.exact for r in pts if r.mode != "skipped")
-        fig.add_trace(go.Scatter(
-            x=[r.workers for r in pts],
-            y=[r.time_s if r.status == "reached_target" else None for r in pts],
-            mode="lines+markers", name=f"{strategy} (exact)" if exact else strategy,
-            line={"color": STRATEGY_COLOURS.get(strategy)},
-            text=[f"{r.mode}{', exact' if r.exact else ''}, {r.status}, {r.epochs} epochs" for r in pts],
-            connectgaps=False))
-    fig.update_layout(title="Time to target loss (Fig. 2)", xaxis={"title": "workers (GPUs)", "type": "log"},
-                      yaxis={"title": "seconds (measured where real, predicted where simulated)", "type": "log"},
-                      template="plotly_white")
+        fig.add_trace(
+            go.Scatter(
+                x=[r.workers for r in pts],
+                y=[r.time_s if r.status == "reached_target" else None for r in pts],
+                mode="lines+markers",
+                name=f"{strategy} (exact)" if exact else strategy,
+                line={"color": STRATEGY_COLOURS.get(strategy)},
+                text=[f"{r.mode}{', exact' if r.exact else ''}, {r.status}, {r.epochs} epochs" for r in pts],
+                connectgaps=False,
+            )
+        )
+    fig.update_layout(
+        title="Time to target loss (Fig. 2)",
+        xaxis={"title": "workers (GPUs)", "type": "log"},
+        yaxis={"title": "seconds (measured where real, predicted where simulated)", "type": "log"},
+        template="plotly_white",
+    )
     return fig
 
 
-def loss_curves_figure(curves: dict, strategy: str, target: float | None, title: str,
-                       workers: list[int] | None = None) -> go.Figure:
+def loss_curves_figure(
+    curves: dict, strategy: str, target: float | None, title: str, workers: list[int] | None = None
+) -> go.Figure:
     """Validation loss against epoch for each n of one strategy (Figs. 3, 4, 5)."""
     fig = go.Figure()
     drawn = set()  # the sequential run (n = 1) may be in ``curves`` under every strategy: drawn once
@@ -39,13 +48,22 @@ def loss_curves_figure(curves: dict, strategy: str, target: float | None, title:
         if (s != strategy and n != 1) or (workers is not None and n not in workers) or not records or n in drawn:
             continue
         drawn.add(n)
-        fig.add_trace(go.Scatter(x=[r["epoch"] for r in records],
-                                 y=[r["val_loss"] if is_finite_number(r["val_loss"]) else None for r in records],
-                                 mode="lines", name=f"n = {n}"))
+        fig.add_trace(
+            go.Scatter(
+                x=[r["epoch"] for r in records],
+                y=[r["val_loss"] if is_finite_number(r["val_loss"]) else None for r in records],
+                mode="lines",
+                name=f"n = {n}",
+            )
+        )
     if target:
         fig.add_hline(y=target, line_dash="dash", annotation_text="target")
-    fig.update_layout(title=title, xaxis_title="epoch", yaxis={"title": "validation loss (MSLE)", "type": "log"},
-                      template="plotly_white")
+    fig.update_layout(
+        title=title,
+        xaxis_title="epoch",
+        yaxis={"title": "validation loss (MSLE)", "type": "log"},
+        template="plotly_white",
+    )
     return fig
 
 
@@ -57,13 +75,20 @@ def write_figures(rows, curves: dict, out: Path, target: float | None) -> list[P
     figures = {"fig2_time_to_target.html": time_to_target_figure(rows)}
     if warm_n:
         figures["fig3_warmup_loss.html"] = loss_curves_figure(
-            curves, "warmup", target, f"Warm-up with {warm_n} workers{_exact('warmup', exact)} (Fig. 3)",
-            workers=[warm_n])
+            curves,
+            "warmup",
+            target,
+            f"Warm-up with {warm_n} workers{_exact('warmup', exact)} (Fig. 3)",
+            workers=[warm_n],
+        )
     for strategy, name, fig_no in (("strong", "fig4_strong_losses.html", 4), ("weak", "fig5_weak_losses.html", 5)):
         if strategy in strategies:
-            figures[name] = loss_curves_figure(curves, strategy, target,
-                                               f"{strategy.capitalize()} scaling losses{_exact(strategy, exact)} "
-                                               f"(Fig. {fig_no})")
+            figures[name] = loss_curves_figure(
+                curves,
+                strategy,
+                target,
+                f"{strategy.capitalize()} scaling losses{_exact(strategy, exact)} (Fig. {fig_no})",
+            )
     return [write_html(fig, Path(out) / name) for name, fig in figures.items()]
 
 

@@ -14,6 +14,7 @@
 Rank 0 prints the result: one line per run for ``batch``, one JSON object on a line for the probes
 (:func:`gmmkit.parallel.launch.run_json` reads it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,11 @@ def _batch(args) -> int:
     cfgs = [RunConfig.from_dict(item["config"]) for item in plan]
     summaries = train_many(cfgs, resume=[bool(item.get("resume")) for item in plan])
     for cfg, summary in zip(cfgs, summaries if launcher_rank() == 0 else []):
-        print(f"{cfg.train.strategy} n={cfg.train.workers}: {summary['status']} after {summary.get('epochs')} "
-              f"epochs" + (f" ({summary['error']})" if summary.get("error") else ""), flush=True)
+        print(
+            f"{cfg.train.strategy} n={cfg.train.workers}: {summary['status']} after {summary.get('epochs')} "
+            f"epochs" + (f" ({summary['error']})" if summary.get("error") else ""),
+            flush=True,
+        )
     return 0
 
 
@@ -64,4 +68,3 @@ def main(argv=None) -> int:
     if launcher_rank() == 0:
         print(json.dumps(result), flush=True)
     return 0
-

@@ -1,4 +1,5 @@
 """``python -m gmmkit.ranks TASK ...``: see :mod:`gmmkit.ranks`."""
+
 import sys
 
 from . import main

@@ -1,6 +1,7 @@
 """The strong-scaling probe that runs on every rank of a benchmark job (``python -m gmmkit.ranks scaling``):
 one-worker and n-worker epochs and single steps in turns, for ``gmmkit bench``'s ``strong_efficiency_n2`` and
 its factors (:func:`gmmkit.study.bench.efficiency_factors`)."""
+
 from __future__ import annotations
 
 import os
@@ -43,11 +44,13 @@ def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
     batch = cfg.train.batch_size
     plan = strategies.plan("strong", ctx.size, batch, cfg.train.lr)
     start = plan.offset(ctx.rank)
-    x_batch, x_share = solo.data.train[:batch], solo.data.train[start:start + plan.shares[ctx.rank]]
-    steps = {"alone_batch": (True, lambda: solo.step(x_batch, batch)),
-             "alone_share": (True, lambda: solo.step(x_share, batch)),
-             "side_by_side_share": (False, lambda: solo.step(x_share, batch)),
-             "horovod_share": (False, lambda: team.step(x_share, batch))}
+    x_batch, x_share = solo.data.train[:batch], solo.data.train[start : start + plan.shares[ctx.rank]]
+    steps = {
+        "alone_batch": (True, lambda: solo.step(x_batch, batch)),
+        "alone_share": (True, lambda: solo.step(x_share, batch)),
+        "side_by_side_share": (False, lambda: solo.step(x_share, batch)),
+        "horovod_share": (False, lambda: team.step(x_share, batch)),
+    }
     step_times: dict = {key: [] for key in steps}
     for i in range(1 + 2 * rounds):  # the first round is untimed: oneDNN sets up its kernels per shape
         for key, (chief_only, step) in steps.items():
@@ -56,5 +59,8 @@ def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
                 seconds = mean_seconds(step, 4)
                 if i:
                     step_times[key].append(seconds)
-    return {"epochs_s": times, "ranks": ctx.size,
-            "steps_s": {key: float(np.median(t)) for key, t in step_times.items()} if ctx.is_chief else {}}
+    return {
+        "epochs_s": times,
+        "ranks": ctx.size,
+        "steps_s": {key: float(np.median(t)) for key, t in step_times.items()} if ctx.is_chief else {},
+    }

@@ -5,7 +5,7 @@ beside it (``gmmkit bench``).
 key                         what it is
 ==========================  ===========================================================================
 ``render_overhead``         training step time with K = 50 over the same step with K = 1
-``mfu``                     training FLOP/s (counted analytically, :func:`gmmkit.model.flops.train_flops`) over the FLOP/s
+``mfu``                     training FLOP/s (counted analytically: :func:`gmmkit.model.flops.train_flops`) over the
                             of a dense float32 matmul, same process, same thread count
 ``allreduce_vs_mpi``        Horovod allreduce throughput over a plain mpi4py ``Allreduce`` of the same
                             buffer (the model's gradient bytes), 2 ranks, the two taking turns, mpi4py
@@ -27,9 +27,10 @@ factors``                   that job: batch split, shared host, Horovod, rest (:
 The steps for every K and the matmul are timed in turns (:func:`gmmkit.timing.take_turns`): on a shared
 host the speed drifts by tens of percent within minutes, and taking turns keeps that out of both ratios.
 Multi-rank figures run as ``mpirun -np N python -m gmmkit.ranks allreduce|scaling`` jobs that print
-one JSON line on rank 0. No figure here is asserted by a test: they are measurements, not pass/fail checks. The notebook's latency
-(Start on the dashboard to the first streamed epoch) is ``benchmarks/notebook_latency.py``.
+one JSON line on rank 0. No figure here is asserted by a test: they are measurements, not pass/fail checks. The
+notebook's latency (Start on the dashboard to the first streamed epoch) is ``benchmarks/notebook_latency.py``.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,20 +49,28 @@ from ..timing import take_turns
 from .perfmodel import from_measurements, measure_allreduce, measure_compute, time_steps
 
 MATMUL_N = 1024  # the dense-matmul reference: (1024 x 1024) @ (1024 x 1024), float32
-TARGETS = {"render_overhead": ("<=", 1.2), "mfu": (">=", 0.7), "allreduce_vs_mpi": (">=", 0.9),
-           "strong_efficiency_n2": (">=", 0.95), "exact_overhead_m2": ("<=", 1.10), "exact_overhead_m8": ("<=", 1.5)}
+TARGETS = {
+    "render_overhead": ("<=", 1.2),
+    "mfu": (">=", 0.7),
+    "allreduce_vs_mpi": (">=", 0.9),
+    "strong_efficiency_n2": (">=", 0.95),
+    "exact_overhead_m2": ("<=", 1.10),
+    "exact_overhead_m8": ("<=", 1.5),
+}
 EXACT_SHARDS = (2, 8, 32)
 
 
 def bench_config(components: int = 50, cube: int = 16, train_size: int = 256) -> RunConfig:
     """The paper's model (32 filters, latent 256) on a small synthetic set, one thread, batch 32."""
-    return RunConfig().replace(data={"dataset": "phantoms", "size": train_size + 64, "train_size": train_size,
-                                     "val_size": 64, "cube": cube},
-                               model={"components": components},
-                               train={"threads": 1, "target_loss": None, "epochs": 1})
+    return RunConfig().replace(
+        data={"dataset": "phantoms", "size": train_size + 64, "train_size": train_size, "val_size": 64, "cube": cube},
+        model={"components": components},
+        train={"threads": 1, "target_loss": None, "epochs": 1},
+    )
 
 
 # --- single-process measurements ----------------------------------------------------------
+
 
 def _trainer(cfg: RunConfig):
     from ..training import Trainer  # heavy: TensorFlow
@@ -79,8 +88,9 @@ def exact_overhead(cfg: RunConfig, default, repeats: int, shards=EXACT_SHARDS) -
     trainer of ``cfg``), for each M of ``shards``, all taking turns."""
     exact = {m: _trainer(cfg.replace(train={"exact": True, "micro_shards": m})) for m in shards}
     batch = cfg.train.batch_size
-    times = take_turns({"default": step_timer(default, batch), **{m: step_timer(t, batch) for m, t in exact.items()}},
-                       repeats)
+    times = take_turns(
+        {"default": step_timer(default, batch), **{m: step_timer(t, batch) for m, t in exact.items()}}, repeats
+    )
     return {str(m): times[m] / times["default"] for m in shards}
 
 
@@ -89,12 +99,12 @@ def epoch_times(cfg: RunConfig, out: str, trainer=None, epochs: int = 1) -> list
     from ..training import train  # heavy: TensorFlow
 
     records = []
-    train(cfg.replace(train={"epochs": epochs}, out=out), callbacks=[records.append],
-          trainer=trainer or _trainer(cfg))
+    train(cfg.replace(train={"epochs": epochs}, out=out), callbacks=[records.append], trainer=trainer or _trainer(cfg))
     return [float(r["epoch_time_s"]) for r in records]
 
 
 # --- multi-rank probes ----------------------------------------------------------------------
+
 
 def run_probe(ranks: int, *args: str, timeout: float = 600, placement: Placement = LOCAL) -> dict:
     """``mpirun -np ranks python -m gmmkit.ranks ...`` placed by ``placement``; the JSON line rank 0
@@ -114,27 +124,34 @@ def efficiency_factors(steps_s: dict, efficiency: float, n: int) -> dict:
     ``rest``         ``efficiency`` over the product of the three: what an epoch adds around its steps
                      (validation, the loop, the data), and the noise between the two measurements
     """
-    factors = {"batch_split": steps_s["alone_batch"] / (n * steps_s["alone_share"]),
-               "shared_host": steps_s["alone_share"] / steps_s["side_by_side_share"],
-               "horovod": steps_s["side_by_side_share"] / steps_s["horovod_share"]}
+    factors = {
+        "batch_split": steps_s["alone_batch"] / (n * steps_s["alone_share"]),
+        "shared_host": steps_s["alone_share"] / steps_s["side_by_side_share"],
+        "horovod": steps_s["side_by_side_share"] / steps_s["horovod_share"],
+    }
     factors["rest"] = efficiency / float(np.prod(list(factors.values())))
     return factors
 
 
 # --- the whole benchmark --------------------------------------------------------------------
 
-def two_workers(gradient_bytes: int, cfg: RunConfig, repeats: int, quick: bool,
-                placement: Placement = LOCAL) -> dict:
+
+def two_workers(gradient_bytes: int, cfg: RunConfig, repeats: int, quick: bool, placement: Placement = LOCAL) -> dict:
     """The 2-rank figures, ranks placed by ``placement``: Horovod's allreduce of the gradients against
     mpi4py's, and one epoch on 1 and on 2 workers in turns, the efficiency and its factors."""
     ar = measure_allreduce(gradient_bytes, 2, repeats * 4, placement=placement)
-    scaling = run_probe(2, "scaling", "--config", cfg.to_json(), "--rounds", "2" if quick else "3",
-                        placement=placement)
+    scaling = run_probe(2, "scaling", "--config", cfg.to_json(), "--rounds", "2" if quick else "3", placement=placement)
     epoch_s = {n: float(np.median(t)) for n, t in scaling["epochs_s"].items()}
     efficiency = epoch_s["1"] / (2 * epoch_s["2"])
-    return {"allreduce": ar, "allreduce_vs_mpi": ar["mpi_s"] / ar["horovod_s"], "epochs_s": scaling["epochs_s"],
-            "epoch_s": epoch_s, "strong_efficiency_n2": efficiency, "steps_s": scaling["steps_s"],
-            "strong_efficiency_factors": efficiency_factors(scaling["steps_s"], efficiency, 2)}
+    return {
+        "allreduce": ar,
+        "allreduce_vs_mpi": ar["mpi_s"] / ar["horovod_s"],
+        "epochs_s": scaling["epochs_s"],
+        "epoch_s": epoch_s,
+        "strong_efficiency_n2": efficiency,
+        "steps_s": scaling["steps_s"],
+        "strong_efficiency_factors": efficiency_factors(scaling["steps_s"], efficiency, 2),
+    }
 
 
 def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, placement: Placement = LOCAL) -> dict:
@@ -151,15 +168,15 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
     progress("step time against K and the matmul reference, in turns (batch 32, one thread) ...")
     trainers = {k: _trainer(bench_config(k)) for k in components}
     base = trainers[50]
-    by_k = take_turns({**{k: step_timer(t, 32) for k, t in trainers.items()}, "matmul": matmul_timer(MATMUL_N)},
-                      repeats)
+    by_k = take_turns(
+        {**{k: step_timer(t, 32) for k, t in trainers.items()}, "matmul": matmul_timer(MATMUL_N)}, repeats
+    )
     result["render_overhead"] = by_k[50] / by_k[1]
-    peak = 2.0 * MATMUL_N ** 3 / by_k.pop("matmul")
+    peak = 2.0 * MATMUL_N**3 / by_k.pop("matmul")
     per_sample = train_flops(bench_config(50).model, 16)
     achieved = 32 * per_sample / by_k[50]
     result["mfu"] = achieved / peak
-    result["flops"] = {"train_step_per_sample": per_sample, "achieved_per_s": achieved,
-                       "matmul_per_s": peak}
+    result["flops"] = {"train_step_per_sample": per_sample, "achieved_per_s": achieved, "matmul_per_s": peak}
 
     progress(f"exact mode: a step in M = {', '.join(map(str, EXACT_SHARDS))} micro-shards over a default step ...")
     result["exact_overhead"] = exact_overhead(bench_config(50), base, repeats)
@@ -167,8 +184,10 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
         result[f"exact_overhead_m{m}"] = result["exact_overhead"][str(m)]
 
     progress("step time against cube size ...")
-    by_cube = {16: by_k[50], **take_turns({s: step_timer(_trainer(bench_config(50, cube=s)), 32)
-                                           for s in cubes if s != 16}, repeats)}
+    by_cube = {
+        16: by_k[50],
+        **take_turns({s: step_timer(_trainer(bench_config(50, cube=s)), 32) for s in cubes if s != 16}, repeats),
+    }
 
     progress("epoch time against data set size ...")
     by_size = {}
@@ -186,8 +205,10 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
     if len(placement.hosts) >= 2:
         cross = placement.one_per_host(2)
         progress(f"the same across hosts: one rank on each of {', '.join(cross.names)} ...")
-        result["cross_host"] = {"hosts": cross.names, **two_workers(compute["gradient_bytes"], cfg, repeats, quick,
-                                                                   cross)}
+        result["cross_host"] = {
+            "hosts": cross.names,
+            **two_workers(compute["gradient_bytes"], cfg, repeats, quick, cross),
+        }
         c = result["cross_host"]["allreduce"]["horovod_s"]  # larger jobs span hosts: their c is the network's
     perf = from_measurements(compute, c)
 
@@ -196,7 +217,8 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
         "step_s_by_components": {str(k): v for k, v in by_k.items()},
         "step_s_by_cube": {str(k): v for k, v in by_cube.items()},
         "epoch_s_by_train_size": {str(k): v for k, v in by_size.items()},
-        "epoch_s_predicted_by_workers": predicted, "perf_model": perf.to_dict(),
+        "epoch_s_predicted_by_workers": predicted,
+        "perf_model": perf.to_dict(),
     }
     result["targets"] = {k: f"{op} {v}" for k, (op, v) in TARGETS.items()}
     result["seconds"] = time.perf_counter() - began
@@ -214,29 +236,44 @@ def machine_facts() -> dict:
 def format_table(result: dict) -> str:
     rows = ["| figure | measured | target |", "|---|---:|---|"]
     for key, (op, target) in TARGETS.items():  # a result file of an older gmmkit may lack newer figures
-        rows.append(f"| {key} | {result[key]:.3f} | {op} {target} |" if key in result
-                    else f"| {key} | not measured | {op} {target} |")
+        rows.append(
+            f"| {key} | {result[key]:.3f} | {op} {target} |"
+            if key in result
+            else f"| {key} | not measured | {op} {target} |"
+        )
     rows.append("")
     if "exact_overhead" in result:
-        rows.append("exact_overhead by micro-shards M: " + ", ".join(
-            f"M={m}: {v:.2f}" for m, v in result["exact_overhead"].items()))
-    rows.append("strong_efficiency_n2 = " + " x ".join(
-        f"{k} {v:.3f}" for k, v in result["strong_efficiency_factors"].items()))
+        rows.append(
+            "exact_overhead by micro-shards M: "
+            + ", ".join(f"M={m}: {v:.2f}" for m, v in result["exact_overhead"].items())
+        )
+    rows.append(
+        "strong_efficiency_n2 = " + " x ".join(f"{k} {v:.3f}" for k, v in result["strong_efficiency_factors"].items())
+    )
     cross = result.get("cross_host")
     if cross:
-        rows.append(f"across hosts ({', '.join(cross['hosts'])}, one rank each): gradient allreduce "
-                    f"{cross['allreduce']['horovod_s'] * 1e3:.2f} ms (same host {result['allreduce']['horovod_s'] * 1e3:.2f}"
-                    f" ms), allreduce_vs_mpi {cross['allreduce_vs_mpi']:.3f}, strong_efficiency_n2 "
-                    f"{cross['strong_efficiency_n2']:.3f} = " + " x ".join(
-                        f"{k} {v:.3f}" for k, v in cross["strong_efficiency_factors"].items()))
+        rows.append(
+            f"across hosts ({', '.join(cross['hosts'])}, one rank each): gradient allreduce "
+            f"{cross['allreduce']['horovod_s'] * 1e3:.2f} ms (same host {result['allreduce']['horovod_s'] * 1e3:.2f}"
+            f" ms), allreduce_vs_mpi {cross['allreduce_vs_mpi']:.3f}, strong_efficiency_n2 "
+            f"{cross['strong_efficiency_n2']:.3f} = "
+            + " x ".join(f"{k} {v:.3f}" for k, v in cross["strong_efficiency_factors"].items())
+        )
     g = result["growth"]
     rows.append("")
-    rows.append("step time (ms, batch 32) by K: " + ", ".join(
-        f"K={k}: {v * 1e3:.0f}" for k, v in g["step_s_by_components"].items()))
-    rows.append("step time (ms, batch 32) by cube: " + ", ".join(
-        f"{k}^3: {v * 1e3:.0f}" for k, v in g["step_s_by_cube"].items()))
-    rows.append("epoch time (s) by training set: " + ", ".join(
-        f"{k}: {v:.1f}" for k, v in g["epoch_s_by_train_size"].items()))
-    rows.append("strong-scaling epoch predicted (s) by workers: " + ", ".join(
-        f"{k}: {v:.2f}" for k, v in g["epoch_s_predicted_by_workers"].items()))
+    rows.append(
+        "step time (ms, batch 32) by K: "
+        + ", ".join(f"K={k}: {v * 1e3:.0f}" for k, v in g["step_s_by_components"].items())
+    )
+    rows.append(
+        "step time (ms, batch 32) by cube: "
+        + ", ".join(f"{k}^3: {v * 1e3:.0f}" for k, v in g["step_s_by_cube"].items())
+    )
+    rows.append(
+        "epoch time (s) by training set: " + ", ".join(f"{k}: {v:.1f}" for k, v in g["epoch_s_by_train_size"].items())
+    )
+    rows.append(
+        "strong-scaling epoch predicted (s) by workers: "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in g["epoch_s_predicted_by_workers"].items())
+    )
     return "\n".join(rows)

@@ -4,6 +4,7 @@ A :class:`StudyConfig` is what ``gmmkit sweep``, ``gmmkit demo`` and notebook 03
 :func:`gmmkit.study.sweep.run_study`; like :class:`~gmmkit.config.RunConfig` it is validated field by field
 and round-trips through JSON (``study.json`` in the study's folder).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,11 @@ class StudyConfig:
         for n in self.workers:
             checks.positive_int("study.workers", n)
         if not self.workers or self.workers[0] != 1:
-            checks.fail("study.workers", "a list that includes 1 (the sequential baseline of every efficiency)",
-                        list(self.workers))
+            checks.fail(
+                "study.workers",
+                "a list that includes 1 (the sequential baseline of every efficiency)",
+                list(self.workers),
+            )
         if not isinstance(self.placement, Placement):
             checks.fail("study.placement", "a Placement", self.placement)
         self.placement.validate()
@@ -75,9 +79,17 @@ class StudyConfig:
         return self
 
     def to_dict(self) -> dict:
-        return {"run": self.run.to_dict(), "strategies": list(self.strategies), "workers": list(self.workers),
-                "max_real": self.max_real, "simulate": self.simulate, "calibrate": self.calibrate,
-                "target_epoch": self.target_epoch, "out": self.out, "placement": self.placement.to_dict()}
+        return {
+            "run": self.run.to_dict(),
+            "strategies": list(self.strategies),
+            "workers": list(self.workers),
+            "max_real": self.max_real,
+            "simulate": self.simulate,
+            "calibrate": self.calibrate,
+            "target_epoch": self.target_epoch,
+            "out": self.out,
+            "placement": self.placement.to_dict(),
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

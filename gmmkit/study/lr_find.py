@@ -10,6 +10,7 @@ non-finite. Reported:
 * ``suggested_lr``: the largest rate tried before the smoothed loss climbed back above its starting value,
   i.e. the largest rate at which training still made progress. Confirm it with a short real run.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,14 @@ from ..config import RunConfig
 from ..files import atomic_write_json
 
 
-def lr_range_test(cfg: RunConfig, lr_min: float = 1e-5, lr_max: float = 1e-1, steps: int = 100,
-                  smoothing: float = 0.9, diverge_factor: float = 4.0) -> dict:
+def lr_range_test(
+    cfg: RunConfig,
+    lr_min: float = 1e-5,
+    lr_max: float = 1e-1,
+    steps: int = 100,
+    smoothing: float = 0.9,
+    diverge_factor: float = 4.0,
+) -> dict:
     from ..training import Trainer  # heavy: TensorFlow
 
     checks.positive_float("lr_find.lr_min", lr_min)
@@ -42,7 +49,7 @@ def lr_range_test(cfg: RunConfig, lr_min: float = 1e-5, lr_max: float = 1e-1, st
     for i, lr in enumerate(lrs):
         perm = strategies.epoch_permutation(t.seed, i * batch // max(n, 1), n)
         start = (i * batch) % max(n - batch + 1, 1)
-        idx = np.sort(perm[start:start + batch])
+        idx = np.sort(perm[start : start + batch])
         trainer.optimizer.learning_rate.assign(float(lr))
         loss = trainer.step(trainer.batch_of(idx), batch)[0] / len(idx)
         if not math.isfinite(loss):
@@ -61,9 +68,13 @@ def lr_range_test(cfg: RunConfig, lr_min: float = 1e-5, lr_max: float = 1e-1, st
     start_loss = history[0]["smoothed"]
     after_min = [h for h in history if h["lr"] >= lowest["lr"]]
     progressing = [h for h in after_min if h["smoothed"] <= start_loss]
-    return {"lr_at_min_loss": lowest["lr"], "lr_diverged": diverged,
-            "suggested_lr": (progressing[-1] if progressing else lowest)["lr"],
-            "history": history, "batch": batch}
+    return {
+        "lr_at_min_loss": lowest["lr"],
+        "lr_diverged": diverged,
+        "suggested_lr": (progressing[-1] if progressing else lowest)["lr"],
+        "history": history,
+        "batch": batch,
+    }
 
 
 def write_lr_find(result: dict, out: str | Path) -> Path:

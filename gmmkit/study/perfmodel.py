@@ -12,6 +12,7 @@ two ranks on this machine. Under strong scaling ``t_sample * max(shares)`` is th
 epoch adds the validation pass, split over the ranks. A simulated run's predicted wall time is its number
 of epochs times the predicted epoch time.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,9 @@ class PerfModel:
             compute = self.t_fixed + self.t_sample * max(shares)
         return compute + self.allreduce_s * math.log2(n)
 
-    def epoch_time(self, strategy: str, n: int, base_batch: int, n_train: int, n_val: int,
-                   exact: bool = False) -> float:
+    def epoch_time(
+        self, strategy: str, n: int, base_batch: int, n_train: int, n_val: int, exact: bool = False
+    ) -> float:
         gb = strategies.global_batch(strategy, n, base_batch)
         steps = strategies.steps_per_epoch(n_train, gb)
         val = self.t_eval_sample * math.ceil(n_val / n) + self.allreduce_s * math.log2(n)
@@ -57,8 +59,11 @@ class PerfModel:
         """Ts, Tp and c of the paper's formula for one epoch."""
         gb = strategies.global_batch(strategy, n, base_batch)
         steps = strategies.steps_per_epoch(n_train, gb)
-        return {"Ts": steps * self.t_fixed, "Tp": steps * self.t_sample * gb + self.t_eval_sample * n_val,
-                "c": (steps + 1) * self.allreduce_s}
+        return {
+            "Ts": steps * self.t_fixed,
+            "Tp": steps * self.t_sample * gb + self.t_eval_sample * n_val,
+            "c": (steps + 1) * self.allreduce_s,
+        }
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,11 +113,22 @@ def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None, exact:
     factor = 1.0
     if exact:
         exact_trainer, b = trainer_of(True), cfg.train.batch_size
-        paired = take_turns({"default": lambda: time_steps(default, b, 1, warm=False)[0],
-                             "exact": lambda: time_steps(exact_trainer, b, 1, warm=False)[0]}, repeats)
+        paired = take_turns(
+            {
+                "default": lambda: time_steps(default, b, 1, warm=False)[0],
+                "exact": lambda: time_steps(exact_trainer, b, 1, warm=False)[0],
+            },
+            repeats,
+        )
         factor = paired["exact"] / paired["default"]
-    return {"t_fixed": t_fixed, "t_sample": t_sample, "t_eval_sample": t_eval, "exact_factor": factor,
-            "gradient_bytes": default.gradient_bytes(), "step_times": dict(zip(map(str, batches), times))}
+    return {
+        "t_fixed": t_fixed,
+        "t_sample": t_sample,
+        "t_eval_sample": t_eval,
+        "exact_factor": factor,
+        "gradient_bytes": default.gradient_bytes(),
+        "step_times": dict(zip(map(str, batches), times)),
+    }
 
 
 def measure_allreduce(nbytes: int, ranks: int = 2, repeats: int = 20, placement: Placement = LOCAL) -> dict:
@@ -131,10 +147,15 @@ def allreduce_placement(placement: Placement, ranks: int = 2) -> Placement:
 
 def from_measurements(compute: dict, allreduce_s: float) -> PerfModel:
     """The model from :func:`measure_compute`'s result and the seconds of one gradient allreduce."""
-    return PerfModel(t_fixed=compute["t_fixed"], t_sample=compute["t_sample"],
-                     t_eval_sample=compute["t_eval_sample"], allreduce_s=allreduce_s,
-                     gradient_bytes=compute["gradient_bytes"], threads=1,
-                     exact_factor=compute.get("exact_factor", 1.0))
+    return PerfModel(
+        t_fixed=compute["t_fixed"],
+        t_sample=compute["t_sample"],
+        t_eval_sample=compute["t_eval_sample"],
+        allreduce_s=allreduce_s,
+        gradient_bytes=compute["gradient_bytes"],
+        threads=1,
+        exact_factor=compute.get("exact_factor", 1.0),
+    )
 
 
 def calibrate(cfg, ranks: int = 2, trainer=None, placement: Placement = LOCAL, exact: bool = False) -> PerfModel:
@@ -142,8 +163,13 @@ def calibrate(cfg, ranks: int = 2, trainer=None, placement: Placement = LOCAL, e
     where :func:`allreduce_placement` puts it; ``trainer``: a :class:`~gmmkit.training.Trainer` of ``cfg``
     with one thread to time (its weights move: reset it); ``exact``: also what exact mode costs a step."""
     compute = measure_compute(cfg.replace(train={"threads": 1}), trainer=trainer, exact=exact)
-    allreduce = (measure_allreduce(compute["gradient_bytes"], ranks, placement=allreduce_placement(placement, ranks))
-                 ["horovod_s"] if ranks > 1 else 0.0)
+    allreduce = (
+        measure_allreduce(compute["gradient_bytes"], ranks, placement=allreduce_placement(placement, ranks))[
+            "horovod_s"
+        ]
+        if ranks > 1
+        else 0.0
+    )
     return from_measurements(compute, allreduce)
 
 

@@ -16,6 +16,7 @@ It takes hours, so it is resumable: every grid point is its own run directory, t
 (eta, the target) are kept in ``protocol.json`` as soon as they are made, and a second
 ``gmmkit reproduce --out DIR`` continues where the first stopped: ended runs are kept, the others resume.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,18 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .. import checks
+from .. import (
+    checks,
+    training,  # its loop (TensorFlow) is imported on first use
+)
 from ..config import RunConfig
 from ..files import atomic_write_json, atomic_write_text, writable_path
 from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag, stop_on_signals
 from ..strategies import STRATEGIES
-from .. import training  # its loop (TensorFlow) is imported on first use
 from ..training import RunDir
 from . import claims as claims_lib
+from .config import StudyConfig
 from .lr_find import lr_range_test, write_lr_find
 from .perfmodel import PerfModel, calibrate
-from .config import StudyConfig
 from .sweep import run_dir_for, sweep
 
 # E of each scale: the paper's 100 epochs, and a quick one (36 minutes on this project's 2-core machine:
@@ -49,8 +52,10 @@ def paper_run() -> RunConfig:
     """The paper's settings on LIDC-IDRI's population: every nodule of 3 mm or more that any reader marked
     on the thin-slice scans (2288; the paper had 2100 from LUNA16's scans). The default selection (3
     readers, 930 training nodules) is too small for n = 32 weak scaling, whose global batch is 1024."""
-    return RunConfig().replace(data={"dataset": "lidc", "min_readers": 1, "val_size": 256},
-                               train={"threads": 1, "warmup_epochs": 5, "exact": True})
+    return RunConfig().replace(
+        data={"dataset": "lidc", "min_readers": 1, "val_size": 256},
+        train={"threads": 1, "warmup_epochs": 5, "exact": True},
+    )
 
 
 @dataclass
@@ -93,13 +98,21 @@ class ReproduceConfig:
         return self.target_epoch or SCALES[self.scale]
 
     def to_dict(self) -> dict:
-        return {"out": self.out, "scale": self.scale, "run": self.run.to_dict(), "target_epoch": self.epochs,
-                "workers": list(self.workers), "strategies": list(self.strategies), "max_real": self.max_real,
-                "lr_range": list(self.lr_range)}
+        return {
+            "out": self.out,
+            "scale": self.scale,
+            "run": self.run.to_dict(),
+            "target_epoch": self.epochs,
+            "workers": list(self.workers),
+            "strategies": list(self.strategies),
+            "max_real": self.max_real,
+            "lr_range": list(self.lr_range),
+        }
 
 
-def reproduce(what: ReproduceConfig, say=print, progress: bool = True, overwrite: bool = False,
-              stop: Optional[StopFlag] = None) -> list[claims_lib.Claim]:
+def reproduce(
+    what: ReproduceConfig, say=print, progress: bool = True, overwrite: bool = False, stop: Optional[StopFlag] = None
+) -> list[claims_lib.Claim]:
     """Run (or continue) the protocol into ``what.out``; returns the claims. ``overwrite`` starts over in a
     folder that holds another reproduction (a different configuration is refused without it)."""
     what = what.validate()
@@ -115,24 +128,41 @@ def reproduce(what: ReproduceConfig, say=print, progress: bool = True, overwrite
             _save(out, state)
         if "perf" not in state:
             say("   calibrating the wall-time model for the simulated runs' times ...")
-            state["perf"] = calibrate(what.run, ranks=min(2, what.real_limit), trainer=trainer,
-                                      placement=what.placement, exact=what.run.train.exact).to_dict()
+            state["perf"] = calibrate(
+                what.run,
+                ranks=min(2, what.real_limit),
+                trainer=trainer,
+                placement=what.placement,
+                exact=what.run.train.exact,
+            ).to_dict()
             _save(out, state)
         base = what.run.replace(train={"lr": state["lr"], "epochs": CAP * what.epochs})
-        say(f"2. the sequential run at eta = {state['lr']:.4g} for E = {what.epochs} epochs; 3. cap {CAP * what.epochs} "
-            "epochs; 4. the grid ...")
+        say(
+            f"2. the sequential run at eta = {state['lr']:.4g} for E = {what.epochs} epochs; "
+            f"3. cap {CAP * what.epochs} epochs; 4. the grid ..."
+        )
         while True:
             try:
-                grid = StudyConfig(run=base, strategies=what.strategies, workers=what.workers, max_real=what.max_real,
-                                   simulate=True, target_epoch=what.epochs, out=str(out), placement=what.placement)
+                grid = StudyConfig(
+                    run=base,
+                    strategies=what.strategies,
+                    workers=what.workers,
+                    max_real=what.max_real,
+                    simulate=True,
+                    target_epoch=what.epochs,
+                    out=str(out),
+                    placement=what.placement,
+                )
                 rows = sweep(grid, PerfModel.from_dict(state["perf"]), progress, trainer, stop, resume=True)
             except RuntimeError:  # the sequential run did not finish E finite epochs
                 if not _diverged_sequential(out):
                     raise
                 if state["halvings"] >= HALVINGS:
-                    raise RuntimeError(f"the sequential run diverged at every eta from {state['lr_found']:.4g} down "
-                                       f"to {state['lr']:.4g} ({HALVINGS} halvings); see "
-                                       f"{run_dir_for(out, 'strong', 1) / 'summary.json'}") from None
+                    raise RuntimeError(
+                        f"the sequential run diverged at every eta from {state['lr_found']:.4g} down "
+                        f"to {state['lr']:.4g} ({HALVINGS} halvings); see "
+                        f"{run_dir_for(out, 'strong', 1) / 'summary.json'}"
+                    ) from None
                 rows = None
             if rows is not None:
                 break
@@ -144,15 +174,16 @@ def reproduce(what: ReproduceConfig, say=print, progress: bool = True, overwrite
         state["target"] = json.loads((out / "results.json").read_text())["config"]["train"]["target_loss"]
         _save(out, state)
         found = write_claims(out, rows, warmup_epochs=what.run.train.warmup_epochs)
-        say(f"5. tables, figures and claims in {out}" + (" (stopped: the tables hold the runs that finished)"
-                                                            if stop else ""))
+        say(
+            f"5. tables, figures and claims in {out}"
+            + (" (stopped: the tables hold the runs that finished)" if stop else "")
+        )
         return found
 
 
 def write_claims(out: Path, rows, warmup_epochs: int = 5) -> list[claims_lib.Claim]:
     """Evaluate the claims from the study's rows and curves; write ``claims.json`` and ``claims.md``."""
-    curves = {(r.strategy, r.workers): RunDir(r.run_dir).metrics() for r in rows
-              if r.mode != "skipped"}
+    curves = {(r.strategy, r.workers): RunDir(r.run_dir).metrics() for r in rows if r.mode != "skipped"}
     curves[("strong", 1)] = RunDir(run_dir_for(out, "strong", 1)).metrics()
     found = claims_lib.evaluate(rows, curves, exact=_strong_exact(rows), warmup_epochs=warmup_epochs)
     atomic_write_json(out / "claims.json", [c.to_dict() for c in found])
@@ -165,8 +196,11 @@ def progress_of(out: str | Path) -> dict:
     notebook 03, also while it runs)."""
     out = Path(out)
     state = json.loads((out / "protocol.json").read_text()) if (out / "protocol.json").exists() else {}
-    points = {p.name: (RunDir(p).summary() or {}).get("status", "not started")
-              for p in sorted((out / "runs").iterdir())} if (out / "runs").is_dir() else {}
+    points = (
+        {p.name: (RunDir(p).summary() or {}).get("status", "not started") for p in sorted((out / "runs").iterdir())}
+        if (out / "runs").is_dir()
+        else {}
+    )
     return {"protocol": state, "runs": points, "claims": (out / "claims.json").exists()}
 
 
@@ -176,8 +210,12 @@ def _open(out: Path, what: ReproduceConfig, overwrite: bool) -> dict:
     if recorded.exists():
         if json.loads(recorded.read_text()) != json.loads(json.dumps(what.to_dict())):
             if not overwrite:
-                checks.fail("out", "a folder holding this reproduction, or a new one (pass --overwrite to start over: "
-                            f"{out} holds a reproduction with other settings)", str(out))
+                checks.fail(
+                    "out",
+                    "a folder holding this reproduction, or a new one (pass --overwrite to start over: "
+                    f"{out} holds a reproduction with other settings)",
+                    str(out),
+                )
             shutil.rmtree(out)
         elif not overwrite:
             return json.loads((out / "protocol.json").read_text()) if (out / "protocol.json").exists() else {}
@@ -200,5 +238,6 @@ def _diverged_sequential(out: Path) -> bool:
 
 def _strong_exact(rows) -> bool:
     strong = [r for r in rows if r.strategy == "strong" and r.workers > 1 and r.mode != "skipped"]
-    return bool(strong) and all(getattr(RunDir(r.run_dir).config().train, "exact", False) for r in strong
-                                if RunDir(r.run_dir).exists())
+    return bool(strong) and all(
+        getattr(RunDir(r.run_dir).config().train, "exact", False) for r in strong if RunDir(r.run_dir).exists()
+    )

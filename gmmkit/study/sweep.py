@@ -2,8 +2,8 @@
 
 :func:`sweep` runs a grid of (strategy, n): ``n`` real Horovod ranks under mpirun where the placement has
 the slots for them (``n <= max_real``, by default every slot: this machine's cores, the hosts of ``--hosts``
-or ``--hostfile``, or the SLURM allocation), otherwise, with ``simulate``, one process that follows the exact optimisation
-path of n workers (the global batch and the learning-rate schedule are all that matter) and whose wall time
+or ``--hostfile``, or the SLURM allocation), otherwise, with ``simulate``, one process that follows the exact
+optimisation path of n workers (the global batch and the learning-rate schedule are all that matter) and whose wall time
 the calibrated :class:`~gmmkit.study.perfmodel.PerfModel` predicts. Where both exist the table shows predicted
 beside measured.
 
@@ -15,6 +15,7 @@ the same initial weights and a fresh optimiser, and measures its own time from i
 
 Every strategy at n = 1 is the same sequential run, so it is run once and shared.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,7 @@ from typing import Iterable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from .. import training  # its loop (TensorFlow) is imported on first use: `gmmkit --help` stays light
 from ..checks import is_finite_number
 from ..config import RunConfig
 from ..data.sources import load_split
@@ -33,7 +35,6 @@ from ..files import atomic_write_json, atomic_write_text, fresh_folder
 from ..parallel import launch
 from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag, stop_on_signals
-from .. import training  # its loop (TensorFlow) is imported on first use: `gmmkit --help` stays light
 from ..training import RunDir
 from .config import StudyConfig
 from .perfmodel import PerfModel, calibrate, efficiency
@@ -64,12 +65,19 @@ def run_dir_for(out: Path, strategy: str, n: int) -> Path:
     return out / "runs" / f"{'sequential' if n == 1 else strategy}-n{n}"
 
 
-def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path, stop: Optional[StopFlag] = None,
-                   resume: Sequence[bool] = (), placement: Placement = LOCAL) -> Optional[str]:
+def run_real_batch(
+    cfgs: Sequence[RunConfig],
+    n: int,
+    log: Path,
+    stop: Optional[StopFlag] = None,
+    resume: Sequence[bool] = (),
+    placement: Placement = LOCAL,
+) -> Optional[str]:
     """Train ``cfgs`` (all with ``n`` workers) one after another in one n-rank Horovod job placed by
     ``placement``, its output in ``log``. Returns None when the job ended well, else what ended it, e.g.
-    "rank 1 (pid 4242 on ci) was killed by SIGKILL" or "host node2 (rank 1) was lost" (mpirun then stops the other ranks, so the job never hangs). A stop request (``stop``,
-    SIGINT, SIGTERM) asks every run of the batch to stop: the current one after its step, the rest at once."""
+    "rank 1 (pid 4242 on ci) was killed by SIGKILL" or "host node2 (rank 1) was lost" (mpirun then stops the
+    other ranks, so the job never hangs). A stop request (``stop``, SIGINT, SIGTERM) asks every run of the batch
+    to stop: the current one after its step, the rest at once."""
     log.parent.mkdir(parents=True, exist_ok=True)
     plan = log.with_suffix(".json")
     resume = list(resume) or [False] * len(cfgs)
@@ -79,8 +87,9 @@ def run_real_batch(cfgs: Sequence[RunConfig], n: int, log: Path, stop: Optional[
         for cfg in cfgs:
             RunDir(cfg.out).request_stop()
 
-    code, failure = launch.run_ranks(n, launch.ranks_argv("batch", str(plan)), log=log, on_interrupt=stop_all,
-                                     stop=stop, placement=placement)
+    code, failure = launch.run_ranks(
+        n, launch.ranks_argv("batch", str(plan)), log=log, on_interrupt=stop_all, stop=stop, placement=placement
+    )
     if code == 0:
         return None
     return failure or f"the {n}-rank job exited with status {code}"
@@ -98,21 +107,31 @@ class _LocalRuns:
         label = f"{'sequential' if t.workers == 1 else t.strategy} n={t.workers}{' (simulated)' if simulate else ''}"
 
         def show(record: dict) -> None:  # above the progress bar
-            tqdm.write(f"{label}: epoch {record['epoch']}/{t.epochs}  val {record['val_loss']:.6f}  "
-                       f"{record['time_s']:.1f} s")
+            tqdm.write(
+                f"{label}: epoch {record['epoch']}/{t.epochs}  val {record['val_loss']:.6f}  {record['time_s']:.1f} s"
+            )
 
         self.trainer = training.Trainer.for_config(cfg, simulate, reuse=self.trainer)
         # a failure is recorded in the run's summary.json; the sweep goes on
-        summary, = training.train_many([cfg], simulate=simulate, callbacks=[show], trainer=self.trainer,
-                                       stop=self.stop, resume=resume)
-        tqdm.write(f"{label}: {summary['status']}" + (f" in {summary['time_to_target_s']:.1f} s"
-                                                       if summary.get("time_to_target_s") and not simulate else "")
-                   + (f" ({summary['error']})" if summary.get("error") else ""))
+        (summary,) = training.train_many(
+            [cfg], simulate=simulate, callbacks=[show], trainer=self.trainer, stop=self.stop, resume=resume
+        )
+        tqdm.write(
+            f"{label}: {summary['status']}"
+            + (f" in {summary['time_to_target_s']:.1f} s" if summary.get("time_to_target_s") and not simulate else "")
+            + (f" ({summary['error']})" if summary.get("error") else "")
+        )
         return summary
 
 
-def sweep(study: StudyConfig, perf: Optional[PerfModel] = None, progress: bool = True, trainer=None,
-          stop: Optional[StopFlag] = None, resume: bool = False) -> list[RunResult]:
+def sweep(
+    study: StudyConfig,
+    perf: Optional[PerfModel] = None,
+    progress: bool = True,
+    trainer=None,
+    stop: Optional[StopFlag] = None,
+    resume: bool = False,
+) -> list[RunResult]:
     """Run the grid of ``study`` and write ``results.json``, ``tables.md`` and the figures into ``study.out``.
 
     Real runs go where ``study.placement`` says, up to ``study.real_limit`` workers; larger counts are
@@ -138,8 +157,10 @@ def sweep(study: StudyConfig, perf: Optional[PerfModel] = None, progress: bool =
         grid = [g for g in grid if g[1] != 1]
 
     def config(strategy: str, n: int) -> RunConfig:
-        return base.replace(train={"strategy": strategy if n > 1 else "strong", "workers": n,
-                                   "threads": base.train.threads or 1}, out=str(run_dir_for(out, strategy, n)))
+        return base.replace(
+            train={"strategy": strategy if n > 1 else "strong", "workers": n, "threads": base.train.threads or 1},
+            out=str(run_dir_for(out, strategy, n)),
+        )
 
     def mode_of(strategy: str, n: int) -> str:
         if strategy == "strong" and n > base.train.batch_size:
@@ -155,12 +176,16 @@ def sweep(study: StudyConfig, perf: Optional[PerfModel] = None, progress: bool =
         if real and not stop:  # one mpirun job trains all strategies of this n
             bar.set_postfix_str(f"n={n}: {len(real)} runs on {n} Horovod ranks")
             log = out / "logs" / f"real-n{n}.log"
-            failure = run_real_batch(real, n, log, stop, [todo[c.train.strategy] == "resume" for c in real],
-                                     study.placement)
+            failure = run_real_batch(
+                real, n, log, stop, [todo[c.train.strategy] == "resume" for c in real], study.placement
+            )
             if failure:
                 job_failure = f"{failure}; mpirun stopped the {n}-rank job before this run finished (see {log})"
-                tqdm.write(f"error: n={n}: {failure}; mpirun stopped the other ranks. The runs the job had not "
-                           f"finished are recorded as failed; see {log}", file=sys.stderr)
+                tqdm.write(
+                    f"error: n={n}: {failure}; mpirun stopped the other ranks. The runs the job had not "
+                    f"finished are recorded as failed; see {log}",
+                    file=sys.stderr,
+                )
         for strategy, _, mode in points:
             cfg = config(strategy, n)
             failure = job_failure if mode == "real" and n > 1 else None
@@ -197,13 +222,27 @@ ENDED = ("reached_target", "diverged", "max_epochs")
 TARGET_RTOL = 1e-4
 
 
-def sequential_target(base: RunConfig, out: Path, epochs: int, perf: Optional[PerfModel],
-                      local: Optional[_LocalRuns] = None, resume: bool = False):
+def sequential_target(
+    base: RunConfig,
+    out: Path,
+    epochs: int,
+    perf: Optional[PerfModel],
+    local: Optional[_LocalRuns] = None,
+    resume: bool = False,
+):
     """Run the sequential baseline for ``epochs`` epochs (``resume``: keep or continue the one ``out``
     holds); its last validation loss, times 1 + TARGET_RTOL, becomes the target."""
     run_dir = run_dir_for(out, "strong", 1)
-    cfg = base.replace(train={"strategy": "strong", "workers": 1, "epochs": epochs, "target_loss": None,
-                              "threads": base.train.threads or 1}, out=str(run_dir))
+    cfg = base.replace(
+        train={
+            "strategy": "strong",
+            "workers": 1,
+            "epochs": epochs,
+            "target_loss": None,
+            "threads": base.train.threads or 1,
+        },
+        out=str(run_dir),
+    )
     local = local or _LocalRuns()
     todo = _todo(cfg, resume)
     if todo != "done":
@@ -212,8 +251,9 @@ def sequential_target(base: RunConfig, out: Path, epochs: int, perf: Optional[Pe
     if local.stop:  # stopped before the target was known: the sweep stops too
         return base, collect(cfg, run_dir, "real", perf, stopped=True)
     if len(records) < epochs or not is_finite_number(records[-1]["val_loss"]):
-        raise RuntimeError(f"the sequential run in {run_dir} did not finish {epochs} finite epochs; "
-                           f"see {run_dir / 'summary.json'}")
+        raise RuntimeError(
+            f"the sequential run in {run_dir} did not finish {epochs} finite epochs; see {run_dir / 'summary.json'}"
+        )
     target = records[-1]["val_loss"] * (1 + TARGET_RTOL)
     result = collect(cfg, run_dir, "real", perf)
     result.status, result.time_to_target_s = "reached_target", records[-1]["time_s"]
@@ -236,8 +276,14 @@ def _epoch_time(perf: PerfModel, cfg: RunConfig) -> float:
     return perf.epoch_time(t.strategy, t.workers, t.batch_size, len(split.train), len(split.val), t.exact)
 
 
-def collect(cfg: RunConfig, run_dir: Path, mode: str, perf: Optional[PerfModel],
-            failure: Optional[str] = None, stopped: bool = False) -> RunResult:
+def collect(
+    cfg: RunConfig,
+    run_dir: Path,
+    mode: str,
+    perf: Optional[PerfModel],
+    failure: Optional[str] = None,
+    stopped: bool = False,
+) -> RunResult:
     """Read a finished run's summary and predict its wall time.
 
     ``failure``: why the run may have ended without finishing (its mpirun job died). Such a run is
@@ -246,8 +292,11 @@ def collect(cfg: RunConfig, run_dir: Path, mode: str, perf: Optional[PerfModel],
     run = RunDir(run_dir)
     summary = run.summary()
     if summary is None or summary.get("status") == "running":
-        summary = {**(summary or {}), "status": "stopped" if stopped and not failure else "failed",
-                   "epochs": len(run.metrics())}
+        summary = {
+            **(summary or {}),
+            "status": "stopped" if stopped and not failure else "failed",
+            "epochs": len(run.metrics()),
+        }
         if failure:
             summary["error"] = failure
             if run.exists():  # the job died mid-run: its files say so (its ranks could not)
@@ -256,9 +305,18 @@ def collect(cfg: RunConfig, run_dir: Path, mode: str, perf: Optional[PerfModel],
     predicted = None
     if perf is not None and summary.get("status") == "reached_target":
         predicted = summary["epochs"] * _epoch_time(perf, cfg)
-    return RunResult(t.strategy, t.workers, mode, summary.get("status", "failed"), int(summary.get("epochs", 0)),
-                     summary.get("time_to_target_s") if mode == "real" else None, predicted, str(run_dir),
-                     error=summary.get("error"), exact=t.exact)
+    return RunResult(
+        t.strategy,
+        t.workers,
+        mode,
+        summary.get("status", "failed"),
+        int(summary.get("epochs", 0)),
+        summary.get("time_to_target_s") if mode == "real" else None,
+        predicted,
+        str(run_dir),
+        error=summary.get("error"),
+        exact=t.exact,
+    )
 
 
 def same_path(run_dir: str | Path, reference_dir: str | Path) -> Optional[str]:
@@ -294,15 +352,19 @@ def format_tables(rows: Sequence[RunResult]) -> str:
     parts = []
     for strategy in dict.fromkeys(r.strategy for r in rows):
         path = strategy == "strong"
-        parts.append(f"### {strategy}\n\n| n | mode | status | epochs | measured s | predicted s | efficiency % |"
-                     + (" losses = sequential's |" if path else "") + "\n|---:|---|---|---:|---:|---:|---:|"
-                     + ("---|" if path else ""))
+        parts.append(
+            f"### {strategy}\n\n| n | mode | status | epochs | measured s | predicted s | efficiency % |"
+            + (" losses = sequential's |" if path else "")
+            + "\n|---:|---|---|---:|---:|---:|---:|"
+            + ("---|" if path else "")
+        )
         for r in (r for r in rows if r.strategy == strategy):
             eff = "NaN" if math.isnan(r.efficiency) else f"{100 * r.efficiency:.2f}"
             same = ("(itself)" if r.workers == 1 else r.same_path or "-") if path else None
-            parts.append(f"| {r.workers} | {r.mode}{', exact' if r.exact else ''} | {r.status} | {r.epochs} | "
-                         f"{_num(r.time_to_target_s)} | {_num(r.predicted_s)} | {eff} |"
-                         + (f" {same} |" if path else ""))
+            parts.append(
+                f"| {r.workers} | {r.mode}{', exact' if r.exact else ''} | {r.status} | {r.epochs} | "
+                f"{_num(r.time_to_target_s)} | {_num(r.predicted_s)} | {eff} |" + (f" {same} |" if path else "")
+            )
         parts.append("")
     return "\n".join(parts)
 
@@ -316,17 +378,21 @@ def write_report(rows: Sequence[RunResult], out: Path, base: RunConfig, perf: Op
 
     tables = format_tables(rows)
     atomic_write_text(out / "tables.md", tables)
-    atomic_write_json(out / "results.json", {
-        "config": base.to_dict(), "perf_model": perf.to_dict() if perf else None,
-        "runs": [{**r.__dict__, "efficiency": None if math.isnan(r.efficiency) else r.efficiency} for r in rows],
-    })
-    curves = {(r.strategy, r.workers): RunDir(r.run_dir).metrics() for r in rows
-              if r.mode != "skipped"}
+    atomic_write_json(
+        out / "results.json",
+        {
+            "config": base.to_dict(),
+            "perf_model": perf.to_dict() if perf else None,
+            "runs": [{**r.__dict__, "efficiency": None if math.isnan(r.efficiency) else r.efficiency} for r in rows],
+        },
+    )
+    curves = {(r.strategy, r.workers): RunDir(r.run_dir).metrics() for r in rows if r.mode != "skipped"}
     sweep_plots.write_figures(rows, curves, out, target=base.train.target_loss)
 
 
-def run_study(study: StudyConfig, progress: bool = True, say=print, overwrite: bool = False,
-              stop: Optional[StopFlag] = None) -> list[RunResult]:
+def run_study(
+    study: StudyConfig, progress: bool = True, say=print, overwrite: bool = False, stop: Optional[StopFlag] = None
+) -> list[RunResult]:
     """The whole study of ``study``: trace the model once, measure the wall-time model (unless
     ``study.calibrate`` is off), then :func:`sweep` the grid into ``study.out``, which must be new or empty,
     or hold an earlier study that ``overwrite`` replaces as a whole. ``say`` gets one line per stage.
@@ -342,13 +408,23 @@ def run_study(study: StudyConfig, progress: bool = True, say=print, overwrite: b
         if study.calibrate and not stop:
             say("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
             reuse = trainer.ctx.size == 1 and cfg.train.threads == 1  # calibration times one thread
-            perf = calibrate(cfg, ranks=min(2, study.real_limit), trainer=trainer if reuse else None,
-                             placement=study.placement, exact=cfg.train.exact)
-            say(f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; Horovod "
+            perf = calibrate(
+                cfg,
+                ranks=min(2, study.real_limit),
+                trainer=trainer if reuse else None,
+                placement=study.placement,
+                exact=cfg.train.exact,
+            )
+            say(
+                f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; Horovod "
                 f"allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms"
-                + (f"; an exact step takes {perf.exact_factor:.2f} times a default one" if cfg.train.exact else ""))
+                + (f"; an exact step takes {perf.exact_factor:.2f} times a default one" if cfg.train.exact else "")
+            )
         rows = sweep(dataclasses.replace(study, out=str(out)), perf, progress, trainer, stop)
         if stop:
-            say(f"stopped by signal {stop.signum}: the tables and figures in {out} hold the runs that finished"
-                if stop.signum else f"stopped: the tables and figures in {out} hold the runs that finished")
+            say(
+                f"stopped by signal {stop.signum}: the tables and figures in {out} hold the runs that finished"
+                if stop.signum
+                else f"stopped: the tables and figures in {out} hold the runs that finished"
+            )
         return rows

@@ -5,6 +5,7 @@ new parameter sets (:mod:`gmmkit.synthesis.mixtures`), renders them at any size 
 continuous: any size, same extent in mm), and writes the images, the parameters, a manifest and a gallery.
 What to make is a :class:`SynthesisConfig`, validated field by field like every gmmkit configuration.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,12 +22,11 @@ from tqdm.auto import tqdm
 
 from .. import checks
 from ..data.cubes import CubeSet
-from ..data.sources import load_cubes, load_split
 from ..data.images import write_image
 from ..data.intensity import denormalize
+from ..data.sources import load_cubes, load_split
 from ..errors import DatasetError, InputError
-from ..files import (atomic_savez, atomic_write_json, atomic_write_text, existing_path, replace_folder,
-                     writable_path)
+from ..files import atomic_savez, atomic_write_json, atomic_write_text, existing_path, replace_folder, writable_path
 from ..training.rundir import RunDir
 from .mixtures import METHODS, Generated, Mixtures, central_slices, encode, generate, render_each
 
@@ -76,8 +76,11 @@ class SynthesisConfig:
     def options(self) -> dict:
         """The keyword arguments of the chosen method."""
         if self.method == "perturb":
-            return {"mean_jitter": self.mean_jitter, "sigma_jitter": self.sigma_jitter,
-                    "concentration": self.concentration}
+            return {
+                "mean_jitter": self.mean_jitter,
+                "sigma_jitter": self.sigma_jitter,
+                "concentration": self.concentration,
+            }
         return {"groups": self.groups, "temperature": self.temperature}
 
 
@@ -113,11 +116,15 @@ def _real_cubes(cfg, source: Optional[str]) -> tuple[np.ndarray, Optional[np.nda
 def check_memory(size: int, components: int) -> None:
     """Refuse a ``size`` whose one nodule (and its rendering workspace) would not fit in the memory available
     now, before any work: rendering is done cube by cube, in slabs, so one cube is what has to fit."""
-    need = 3 * 4 * size ** 3 + 4 * min(components * size ** 3, 2 ** 25)  # float32 cube, HU copy, workspace
+    need = 3 * 4 * size**3 + 4 * min(components * size**3, 2**25)  # float32 cube, HU copy, workspace
     available = _available_memory()
     if available is not None and need > available:
-        checks.fail("synthesis.size", f"a size whose nodule fits in the {available / 2**30:.1f} GiB of memory "
-                    f"available (one {size}^3 nodule needs {need / 2**30:.1f} GiB)", size)
+        checks.fail(
+            "synthesis.size",
+            f"a size whose nodule fits in the {available / 2**30:.1f} GiB of memory "
+            f"available (one {size}^3 nodule needs {need / 2**30:.1f} GiB)",
+            size,
+        )
 
 
 def _available_memory() -> Optional[int]:
@@ -128,8 +135,13 @@ def _available_memory() -> Optional[int]:
         return None
 
 
-def synthesize(run_dir: str | os.PathLike, out: str | os.PathLike, what: Optional[SynthesisConfig] = None,
-               progress: bool = True, overwrite: bool = False) -> Synthesis:
+def synthesize(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    what: Optional[SynthesisConfig] = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Synthesis:
     """Generate ``what.n`` nodules from a trained run and write them to the folder ``out``.
 
     ``out`` must be new or empty, or hold an earlier synthesis (``manifest.json``) that ``overwrite``
@@ -163,41 +175,85 @@ def synthesize(run_dir: str | os.PathLike, out: str | os.PathLike, what: Optiona
             files, hu_files, central = _write_nodules(staging, generated, size, out_spacing, what, progress)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DatasetError(f"--out {out}: the disk is full ({exc.strerror}); nothing was written there") from None
+                raise DatasetError(
+                    f"--out {out}: the disk is full ({exc.strerror}); nothing was written there"
+                ) from None
             raise
         g = generated
-        atomic_savez(staging / "mixtures.npz", **g.mixtures.arrays(), source=g.source, group=g.group,
-                     size=np.int64(size), spacing_mm=np.float64(out_spacing))
-        gallery = _write_gallery(staging / "gallery.html", real, central, g, what.gallery_rows, seriesuid) \
-            if what.gallery_rows else None
-        records = [{"index": i, "file": files[i].name, "file_hu": hu_files[i].name if what.hu else "",
-                    "source": int(g.source[i]),
-                    "source_seriesuid": str(seriesuid[int(g.source[i])]) if seriesuid is not None else "",
-                    "group": int(g.group[i]), "mass": float(g.mixtures.mass[i])} for i in range(what.n)]
+        atomic_savez(
+            staging / "mixtures.npz",
+            **g.mixtures.arrays(),
+            source=g.source,
+            group=g.group,
+            size=np.int64(size),
+            spacing_mm=np.float64(out_spacing),
+        )
+        gallery = (
+            _write_gallery(staging / "gallery.html", real, central, g, what.gallery_rows, seriesuid)
+            if what.gallery_rows
+            else None
+        )
+        records = [
+            {
+                "index": i,
+                "file": files[i].name,
+                "file_hu": hu_files[i].name if what.hu else "",
+                "source": int(g.source[i]),
+                "source_seriesuid": str(seriesuid[int(g.source[i])]) if seriesuid is not None else "",
+                "group": int(g.group[i]),
+                "mass": float(g.mixtures.mass[i]),
+            }
+            for i in range(what.n)
+        ]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
         atomic_write_text(staging / "manifest.csv", buffer.getvalue())
-        atomic_write_json(staging / "manifest.json", {
-            "run": str(Path(run_dir).resolve()), "real_cubes": real_from, "n_real": int(len(real)),
-            "method": what.method, "options": what.options(), "seed": what.seed, "n": what.n,
-            "format": what.format, "training_cube": cube, "training_spacing_mm": spacing_mm, "size": size,
-            "spacing_mm": out_spacing, "origin_mm": [-(size - 1) / 2.0 * out_spacing] * 3,
-            "components": encoded.components,
-            "values": "normalised intensities (gmmkit.data.intensity.normalize_hu units: 0 = -1000 HU, "
-                      "1 = +400 HU), float32",
-            "values_hu": "int16 Hounsfield units (window -1000..400)" if what.hu else None,
-            "mixtures": "mixtures.npz", "gallery": "gallery.html" if gallery else None, "files": records,
-        })
+        atomic_write_json(
+            staging / "manifest.json",
+            {
+                "run": str(Path(run_dir).resolve()),
+                "real_cubes": real_from,
+                "n_real": int(len(real)),
+                "method": what.method,
+                "options": what.options(),
+                "seed": what.seed,
+                "n": what.n,
+                "format": what.format,
+                "training_cube": cube,
+                "training_spacing_mm": spacing_mm,
+                "size": size,
+                "spacing_mm": out_spacing,
+                "origin_mm": [-(size - 1) / 2.0 * out_spacing] * 3,
+                "components": encoded.components,
+                "values": "normalised intensities (gmmkit.data.intensity.normalize_hu units: 0 = -1000 HU, "
+                "1 = +400 HU), float32",
+                "values_hu": "int16 Hounsfield units (window -1000..400)" if what.hu else None,
+                "mixtures": "mixtures.npz",
+                "gallery": "gallery.html" if gallery else None,
+                "files": records,
+            },
+        )
     out = Path(out)
-    return Synthesis(out, [out / f.name for f in files], [out / f.name for f in hu_files], generated, encoded,
-                     real, size, central, out_spacing, out / "manifest.json",
-                     out / "gallery.html" if gallery else None)
+    return Synthesis(
+        out,
+        [out / f.name for f in files],
+        [out / f.name for f in hu_files],
+        generated,
+        encoded,
+        real,
+        size,
+        central,
+        out_spacing,
+        out / "manifest.json",
+        out / "gallery.html" if gallery else None,
+    )
 
 
-def _write_nodules(folder: Path, generated: Generated, size: int, spacing: float, what: SynthesisConfig,
-                   progress: bool) -> tuple[list[Path], list[Path], np.ndarray]:
+def _write_nodules(
+    folder: Path, generated: Generated, size: int, spacing: float, what: SynthesisConfig, progress: bool
+) -> tuple[list[Path], list[Path], np.ndarray]:
     """Render and write the nodules one at a time (memory: one cube); returns the files and central slices.
     After the first nodule, the disk must hold the rest at the same size, else nothing more is written."""
     suffix, origin = "." + what.format, (-(size - 1) / 2.0 * spacing,) * 3
@@ -213,15 +269,23 @@ def _write_nodules(folder: Path, generated: Generated, size: int, spacing: float
             each = sum(f.stat().st_size for f in folder.iterdir())
             free = shutil.disk_usage(folder).free
             if free < 1.2 * each * (what.n - 1):
-                raise OSError(errno.ENOSPC, f"{free / 2**20:.0f} MB free, the {what.n} nodules need about "
-                                            f"{each * what.n / 2**20:.0f} MB")
+                raise OSError(
+                    errno.ENOSPC,
+                    f"{free / 2**20:.0f} MB free, the {what.n} nodules need about {each * what.n / 2**20:.0f} MB",
+                )
         bar.update()
     bar.close()
     return files, hu_files, central
 
 
-def gallery_figure(real: np.ndarray, central: np.ndarray, generated: Generated, rows: int = 6,
-                   per_row: int = 4, seriesuid: np.ndarray | None = None):
+def gallery_figure(
+    real: np.ndarray,
+    central: np.ndarray,
+    generated: Generated,
+    rows: int = 6,
+    per_row: int = 4,
+    seriesuid: np.ndarray | None = None,
+):
     """Plotly figure: for up to ``rows`` real nodules (cubes), their central slice beside those of their
     offspring (``central``: the generated nodules' central slices, or the nodules themselves)."""
     from ..plots.gallery import nodule_gallery  # heavy: plotly
@@ -238,8 +302,12 @@ def gallery_figure(real: np.ndarray, central: np.ndarray, generated: Generated, 
             label += f"<br>…{str(seriesuid[s])[-8:]}"
         labels.append(label)
     titles = ["real"] + [f"generated {j + 1}" for j in range(max(len(r) for r in grid) - 1)]
-    return nodule_gallery(grid, column_titles=titles, row_titles=labels,
-                          title="Central axial slices (z = 0): real nodules and nodules generated from them")
+    return nodule_gallery(
+        grid,
+        column_titles=titles,
+        row_titles=labels,
+        title="Central axial slices (z = 0): real nodules and nodules generated from them",
+    )
 
 
 def _write_gallery(path: Path, real, central, generated, rows, seriesuid) -> Path:

@@ -30,6 +30,7 @@ Two ways to make new parameters (both keep every covariance positive definite):
 
 :func:`gmmkit.synthesis.export.synthesize` runs the whole export for ``gmmkit synthesize``.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,6 +49,7 @@ _TINY = 1e-12
 
 # --- parameters ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Mixtures:
     """N Gaussian mixtures of K components: alpha (N, K), mu (N, K, 3), tril (N, K, 3, 3), mass (N,)."""
@@ -62,8 +64,9 @@ class Mixtures:
         shapes = {"mu": (n, k, 3), "tril": (n, k, 3, 3), "mass": (n,)}
         for name, shape in shapes.items():
             if np.shape(getattr(self, name)) != shape:
-                raise ValueError(f"{name}: expected shape {shape} to match alpha {(n, k)}, "
-                                 f"received {np.shape(getattr(self, name))}")
+                raise ValueError(
+                    f"{name}: expected shape {shape} to match alpha {(n, k)}, received {np.shape(getattr(self, name))}"
+                )
 
     def __len__(self) -> int:
         return len(self.alpha)
@@ -86,14 +89,15 @@ def encode(model, cubes: np.ndarray, batch_size: int = 64) -> Mixtures:
     from ..model import mixture_model  # heavy: TensorFlow
 
     encoder = mixture_model(model)
-    parts = [encoder(np.asarray(cubes[i:i + batch_size], dtype=np.float32), training=False)
-             for i in range(0, len(cubes), batch_size)]
-    alpha, mu, tril, mass = (np.concatenate([np.asarray(p[j]) for p in parts]).astype(np.float64)
-                             for j in range(4))
+    parts = [
+        encoder(np.asarray(cubes[i : i + batch_size], dtype=np.float32), training=False)
+        for i in range(0, len(cubes), batch_size)
+    ]
+    alpha, mu, tril, mass = (np.concatenate([np.asarray(p[j]) for p in parts]).astype(np.float64) for j in range(4))
     return Mixtures(alpha, mu, tril, mass)
 
 
-def render(mixtures: Mixtures, size: int, max_elements: int = 2 ** 25) -> np.ndarray:
+def render(mixtures: Mixtures, size: int, max_elements: int = 2**25) -> np.ndarray:
     """``mass * mixture density`` on the voxel centres of a ``size``-cube: (N, size, size, size) float32.
 
     Normalised intensities, the units of the cubes the model was trained on, at any ``size``. At most
@@ -106,13 +110,13 @@ def render(mixtures: Mixtures, size: int, max_elements: int = 2 ** 25) -> np.nda
     return out
 
 
-def render_each(mixtures: Mixtures, size: int, max_elements: int = 2 ** 25):
+def render_each(mixtures: Mixtures, size: int, max_elements: int = 2**25):
     """Yield ``(i, volume)`` for each mixture, one (size, size, size) float32 cube at a time (see :func:`render`)."""
     from ..model import render_grid  # heavy: TensorFlow
 
     if not (isinstance(size, (int, np.integer)) and size > 0):
         raise ValueError(f"size: expected a positive integer, received {size!r}")
-    per_cube = mixtures.components * size ** 3
+    per_cube = mixtures.components * size**3
     batch = max(1, max_elements // per_cube)
     rows = max(1, min(size, max_elements // (mixtures.components * size * size)))  # slabs of one cube
     for i in range(0, len(mixtures), batch):
@@ -120,8 +124,13 @@ def render_each(mixtures: Mixtures, size: int, max_elements: int = 2 ** 25):
         block = np.empty((len(part), size, size, size), dtype=np.float32)
         for first in range(0, size, rows):
             last = min(size, first + rows)
-            block[:, first:last] = render_grid(part.alpha.astype(np.float32), part.mu.astype(np.float32),
-                                               part.tril.astype(np.float32), size, rows=(first, last))
+            block[:, first:last] = render_grid(
+                part.alpha.astype(np.float32),
+                part.mu.astype(np.float32),
+                part.tril.astype(np.float32),
+                size,
+                rows=(first, last),
+            )
         block *= part.mass[:, None, None, None].astype(np.float32)
         for j, volume in enumerate(block):
             yield i + j, volume
@@ -149,8 +158,9 @@ def from_vector(vectors: np.ndarray, components: int) -> Mixtures:
     """Valid mixtures from any vectors of :func:`to_vector`'s layout (softmax, tanh, exp make them so)."""
     vectors = np.asarray(vectors, dtype=np.float64)
     if vectors.ndim != 2 or vectors.shape[1] != 10 * components + 1:
-        raise ValueError(f"vectors: expected shape (N, {10 * components + 1}) for {components} components, "
-                         f"received {vectors.shape}")
+        raise ValueError(
+            f"vectors: expected shape (N, {10 * components + 1}) for {components} components, received {vectors.shape}"
+        )
     n = len(vectors)
     per = vectors[:, :-1].reshape(n, components, 10)
     logits = per[..., 0] - per[..., 0].max(axis=1, keepdims=True)
@@ -165,6 +175,7 @@ def from_vector(vectors: np.ndarray, components: int) -> Mixtures:
 
 # --- generation ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Generated:
     """New mixtures, the encoded real nodule each came from (index), and its group (-1: none)."""
@@ -174,8 +185,15 @@ class Generated:
     group: np.ndarray  # (n,) int
 
 
-def perturb(encoded: Mixtures, n: int, rng: np.random.Generator, mean_jitter: float = 0.1,
-            sigma_jitter: float = 0.1, concentration: float = 100.0, mass_jitter: float = 0.05) -> Generated:
+def perturb(
+    encoded: Mixtures,
+    n: int,
+    rng: np.random.Generator,
+    mean_jitter: float = 0.1,
+    sigma_jitter: float = 0.1,
+    concentration: float = 100.0,
+    mass_jitter: float = 0.05,
+) -> Generated:
     """``n`` jittered copies of encoded real nodules, the sources taken in turn in a shuffled order.
 
     See the module docstring for what each knob does; all zero (and ``concentration`` infinite) returns
@@ -215,8 +233,9 @@ def cluster(encoded: Mixtures, groups: int, rng: np.random.Generator) -> np.ndar
     return labels.astype(np.int64)
 
 
-def sample(encoded: Mixtures, n: int, rng: np.random.Generator, groups: int | Sequence[int] = 1,
-           temperature: float = 1.0) -> Generated:
+def sample(
+    encoded: Mixtures, n: int, rng: np.random.Generator, groups: int | Sequence[int] = 1, temperature: float = 1.0
+) -> Generated:
     """``n`` mixtures drawn from per-group Gaussians fitted in :func:`to_vector` space.
 
     ``groups``: an int G (k-means into G clusters; 1: one Gaussian over everything) or one label per
@@ -228,8 +247,7 @@ def sample(encoded: Mixtures, n: int, rng: np.random.Generator, groups: int | Se
         raise ValueError(f"temperature: expected a number >= 0, received {temperature!r}")
     labels = cluster(encoded, groups, rng) if np.ndim(groups) == 0 else np.asarray(groups, dtype=np.int64)
     if labels.shape != (len(encoded),):
-        raise ValueError(f"groups: expected one label per encoded nodule ({len(encoded)}), "
-                         f"received {labels.shape[0]}")
+        raise ValueError(f"groups: expected one label per encoded nodule ({len(encoded)}), received {labels.shape[0]}")
     x = to_vector(encoded)
     scale = x.std(axis=0) + 1e-6
     names, counts = np.unique(labels, return_counts=True)

@@ -43,6 +43,7 @@ What the caller provides
       step the same number of times (each call runs one max and one grouped sum);
     * a model that computes each sample alone (no batch statistics, no random dropout).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -58,8 +59,9 @@ def shard_range(parts: int, size: int, rank: int) -> tuple[int, int]:
     ``rank`` of ``size`` takes out of ``parts``, the first ``parts % size`` ranks taking one more (the
     split of :func:`gmmkit.strategies.shares`)."""
     if parts < 0 or size < 1 or not 0 <= rank < size:
-        raise ValueError(f"shard_range: expected parts >= 0 and 0 <= rank < size, received parts={parts}, "
-                         f"size={size}, rank={rank}")
+        raise ValueError(
+            f"shard_range: expected parts >= 0 and 0 <= rank < size, received parts={parts}, size={size}, rank={rank}"
+        )
     q, r = divmod(parts, size)
     start = rank * q + min(rank, r)
     return start, start + q + (rank < r)
@@ -73,10 +75,12 @@ def local_micro_shards(batch_indices: np.ndarray, micro_batch: int, size: int = 
     """
     batch_indices = np.asarray(batch_indices)
     if micro_batch < 1 or len(batch_indices) % micro_batch:
-        raise ValueError(f"micro_batch: expected a divisor of the global batch of {len(batch_indices)} "
-                         f"samples, received {micro_batch}")
+        raise ValueError(
+            f"micro_batch: expected a divisor of the global batch of {len(batch_indices)} "
+            f"samples, received {micro_batch}"
+        )
     start, stop = shard_range(len(batch_indices) // micro_batch, size, rank)
-    return batch_indices[start * micro_batch:stop * micro_batch].reshape(stop - start, micro_batch)
+    return batch_indices[start * micro_batch : stop * micro_batch].reshape(stop - start, micro_batch)
 
 
 def evaluation_chunks(x: np.ndarray, chunk: int) -> tuple[np.ndarray, int]:
@@ -88,7 +92,7 @@ def evaluation_chunks(x: np.ndarray, chunk: int) -> tuple[np.ndarray, int]:
     if chunk < 1:
         raise ValueError(f"chunk: expected a positive number of samples, received {chunk}")
     padded = np.zeros((-(-len(x) // chunk) * chunk, *x.shape[1:]), np.float32)
-    padded[:len(x)] = x
+    padded[: len(x)] = x
     return padded.reshape(-1, chunk, *x.shape[1:]), len(x)
 
 
@@ -107,18 +111,29 @@ class ExactStep:
     gradient: memory grows as m_local times the model's size.
     """
 
-    def __init__(self, model, optimizer, loss_fn: Callable, micro_batch: int, max_fn: Optional[Reduce] = None,
-                 sum_fn: Optional[Reduce] = None, parallel: int = 1, jit: bool = True):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        loss_fn: Callable,
+        micro_batch: int,
+        max_fn: Optional[Reduce] = None,
+        sum_fn: Optional[Reduce] = None,
+        parallel: int = 1,
+        jit: bool = True,
+    ):
         if int(micro_batch) != micro_batch or micro_batch < 1:
             raise ValueError(f"micro_batch: expected a positive integer, received {micro_batch!r}")
         if int(parallel) != parallel or parallel < 1:
             raise ValueError(f"parallel: expected a positive integer, received {parallel!r}")
         threads = tf.config.threading.get_intra_op_parallelism_threads()
         if threads != 1:
-            raise RuntimeError(f"exact mode: expected 1 intra-op thread (oneDNN's gradients change with the "
-                               f"thread count), received {threads} (0: TensorFlow's default, one per core); "
-                               f"call tf.config.threading.set_intra_op_parallelism_threads(1) before TensorFlow "
-                               f"starts")
+            raise RuntimeError(
+                f"exact mode: expected 1 intra-op thread (oneDNN's gradients change with the "
+                f"thread count), received {threads} (0: TensorFlow's default, one per core); "
+                f"call tf.config.threading.set_intra_op_parallelism_threads(1) before TensorFlow "
+                f"starts"
+            )
         wrong = [v.name for v in model.trainable_variables if v.dtype != tf.float32]
         if wrong:
             raise TypeError(f"exact mode: expected float32 trainable variables, received others: {wrong}")
@@ -132,9 +147,14 @@ class ExactStep:
         self.train_function = tf.function(self._train_step, input_signature=[shards, scalar, scalar])
         self.gradient_function = tf.function(self._gradients, input_signature=[shards, scalar])
         self.terms_function = tf.function(self._terms, input_signature=[shards, scalar])
-        self.eval_function = tf.function(self._eval_step, input_signature=[
-            tf.TensorSpec((None, None, *self.sample_shape), tf.float32), tf.TensorSpec((), tf.int32),
-            tf.TensorSpec((), tf.int32)])
+        self.eval_function = tf.function(
+            self._eval_step,
+            input_signature=[
+                tf.TensorSpec((None, None, *self.sample_shape), tf.float32),
+                tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((), tf.int32),
+            ],
+        )
 
     # --- what the Trainer calls --------------------------------------------------------------
     def train_step(self, x, global_batch: int, stop: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
@@ -148,10 +168,15 @@ class ExactStep:
         ``count`` samples of this rank's ``chunks`` (c_local, chunk, *sample_shape); ``total``: the
         samples evaluated on all ranks together. Chunks must have one size on every rank."""
         chunks = np.asarray(chunks, np.float32)
-        if chunks.ndim != 2 + len(self.sample_shape) or chunks.shape[2:] != self.sample_shape \
-                or not 0 <= count <= chunks.shape[0] * chunks.shape[1]:
-            raise ValueError(f"chunks: expected (c, chunk, {', '.join(map(str, self.sample_shape))}) holding at "
-                             f"least count={count} samples, received shape {chunks.shape}")
+        if (
+            chunks.ndim != 2 + len(self.sample_shape)
+            or chunks.shape[2:] != self.sample_shape
+            or not 0 <= count <= chunks.shape[0] * chunks.shape[1]
+        ):
+            raise ValueError(
+                f"chunks: expected (c, chunk, {', '.join(map(str, self.sample_shape))}) holding at "
+                f"least count={count} samples, received shape {chunks.shape}"
+            )
         return self.eval_function(tf.constant(chunks), tf.constant(count, tf.int32), tf.constant(total, tf.int32))
 
     # --- for tests and tools -----------------------------------------------------------------
@@ -187,8 +212,11 @@ class ExactStep:
 
     def _micro_shard_count(self, global_batch):
         samples = tf.cast(tf.round(global_batch), tf.int32)
-        tf.debugging.assert_equal(samples % self.micro_batch, 0, message=(
-            f"global_batch: expected a multiple of micro_batch={self.micro_batch}"))
+        tf.debugging.assert_equal(
+            samples % self.micro_batch,
+            0,
+            message=(f"global_batch: expected a multiple of micro_batch={self.micro_batch}"),
+        )
         return samples // self.micro_batch
 
     def _micro_shard_terms(self, x, global_batch):
@@ -196,8 +224,7 @@ class ExactStep:
         tensor, and the bounds of each tensor over the local micro-shards (int32, T)."""
         variables = self.model.trainable_variables
         m = tf.shape(x)[0]
-        arrays = [tf.TensorArray(tf.float32, size=m, element_shape=s, clear_after_read=False)
-                  for s in self._shapes]
+        arrays = [tf.TensorArray(tf.float32, size=m, element_shape=s, clear_after_read=False) for s in self._shapes]
 
         def body(i, arrays, bounds):
             xi = x[i]
@@ -231,8 +258,7 @@ class ExactStep:
             return i + 1, new
 
         zeros = [[tf.zeros(s, tf.int64) for s in self._shapes] for _ in range(lanes)]
-        _, sums = tf.while_loop(lambda i, *_: i * lanes < m, body, (tf.constant(0), zeros),
-                                parallel_iterations=lanes)
+        _, sums = tf.while_loop(lambda i, *_: i * lanes < m, body, (tf.constant(0), zeros), parallel_iterations=lanes)
         return [tf.add_n([sums[k][j] for k in range(lanes)]) for j in range(len(self._shapes))]
 
     def _eval_step(self, chunks, count, total):
@@ -243,8 +269,9 @@ class ExactStep:
             xi = chunks[i]
             return i + 1, losses.write(i, self.loss_fn(xi, self.model(xi, training=False)))
 
-        _, losses = tf.while_loop(lambda i, *_: i < c, body, (tf.constant(0), losses),
-                                  parallel_iterations=self.parallel)
+        _, losses = tf.while_loop(
+            lambda i, *_: i < c, body, (tf.constant(0), losses), parallel_iterations=self.parallel
+        )
         per_sample = tf.reshape(losses.stack(), (-1,))
         per_sample = tf.where(tf.range(c * size) < count, per_sample, 0.0)  # padding adds nothing
         (loss,), _ = exact_sum([per_sample], total, self.max_fn, self.sum_fn, jit=False)
@@ -254,6 +281,7 @@ class ExactStep:
         shape = tuple(x.shape)
         expected = (self.micro_batch, *self.sample_shape)
         if len(shape) != 2 + len(self.sample_shape) or shape[1:] != expected:
-            raise ValueError(f"x: expected micro-shards of shape (m_local, {', '.join(map(str, expected))}), "
-                             f"received {shape}")
+            raise ValueError(
+                f"x: expected micro-shards of shape (m_local, {', '.join(map(str, expected))}), received {shape}"
+            )
         return tf.convert_to_tensor(x, tf.float32)

@@ -69,6 +69,7 @@ Threads and XLA
     one fused loop per tensor that reads the term and the sum and writes the sum, where TensorFlow's own
     kernels write four intermediate arrays (product, rounded, int64, sum) per term.
 """
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional, Sequence, Union
@@ -78,11 +79,11 @@ import tensorflow as tf
 Reduce = Callable[[list], list]
 Terms = Union[tf.Tensor, Sequence[tf.Tensor]]
 
-MAX_TERMS = 2 ** 24  # the headroom is computed in float32, exact for integers up to 2^24
+MAX_TERMS = 2**24  # the headroom is computed in float32, exact for integers up to 2^24
 MIN_QUANTUM_EXPONENT = -125  # q >= 2^-125: subnormals round to 0 and results are never subnormal
 _ABS_MASK = 0x7FFFFFFF
 _INF_BITS = 0x7F800000
-NO_TERMS = -2 ** 31  # the bound of an empty set of terms: below every float's bit pattern
+NO_TERMS = -(2**31)  # the bound of an empty set of terms: below every float's bit pattern
 
 
 def fraction_bits(total) -> tf.Tensor:
@@ -155,14 +156,18 @@ def _fixed(terms: tf.Tensor, scale: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
 def accumulate(sums: Sequence[tf.Tensor], terms: Sequence[tf.Tensor], grid: Grid, valid=True) -> list:
     """``sums[j] + round(terms[j] * 2^-Q_j)``: one more term of each tensor added to its int64 sum (none
     when ``valid``, a bool scalar, is False: a loop's padding)."""
-    return [s + _fixed(t, grid.scales[j], tf.logical_and(grid.finite[j], valid))
-            for j, (s, t) in enumerate(zip(sums, terms))]
+    return [
+        s + _fixed(t, grid.scales[j], tf.logical_and(grid.finite[j], valid))
+        for j, (s, t) in enumerate(zip(sums, terms))
+    ]
 
 
 def accumulate_stacked(sums: Sequence[tf.Tensor], stacked: Sequence[tf.Tensor], grid: Grid) -> list:
     """:func:`accumulate` of all the terms of each tensor, stacked on axis 0."""
-    return [s + tf.reduce_sum(_fixed(t, grid.scales[j], grid.finite[j]), axis=0)
-            for j, (s, t) in enumerate(zip(sums, stacked))]
+    return [
+        s + tf.reduce_sum(_fixed(t, grid.scales[j], grid.finite[j]), axis=0)
+        for j, (s, t) in enumerate(zip(sums, stacked))
+    ]
 
 
 # one fused loop per tensor: each term read once, the int64 sum written once (bit-identical to the above)
@@ -176,13 +181,22 @@ def finish(sums: Sequence[tf.Tensor], grid: Grid, sum_fn: Optional[Reduce] = Non
     total = (sum_fn or _identity)(list(sums))
     out = []
     for j, fixed in enumerate(total):
-        convert = (lambda f=fixed, j=j: tf.cast(f, tf.float32) * grid.quanta[j])
+
+        def convert(f=fixed, j=j):
+            return tf.cast(f, tf.float32) * grid.quanta[j]
+
         out.append(tf.cond(grid.finite[j], convert, lambda f=fixed: tf.fill(tf.shape(f), float("nan"))))
     return out
 
 
-def exact_sum(terms: Sequence[Terms], total, max_fn: Optional[Reduce] = None, sum_fn: Optional[Reduce] = None,
-              vote: Optional[tf.Tensor] = None, jit: bool = True):
+def exact_sum(
+    terms: Sequence[Terms],
+    total,
+    max_fn: Optional[Reduce] = None,
+    sum_fn: Optional[Reduce] = None,
+    vote: Optional[tf.Tensor] = None,
+    jit: bool = True,
+):
     """Sum each float32 tensor of ``terms`` over its terms and over ranks, exactly (module docstring).
 
     ``terms[j]``: this rank's terms of tensor j, stacked on axis 0 as (m_local, *shape_j), m_local >= 0,
@@ -194,11 +208,16 @@ def exact_sum(terms: Sequence[Terms], total, max_fn: Optional[Reduce] = None, su
     """
     stacked = []
     for j, group in enumerate(terms):
-        group = tf.stack([tf.convert_to_tensor(t) for t in group]) if isinstance(group, (list, tuple)) \
+        group = (
+            tf.stack([tf.convert_to_tensor(t) for t in group])
+            if isinstance(group, (list, tuple))
             else tf.convert_to_tensor(group)
+        )
         if group.dtype != tf.float32 or group.shape.rank is None or group.shape.rank < 1:
-            raise TypeError(f"exact_sum: terms[{j}]: expected float32 terms stacked on axis 0, received "
-                            f"{group.dtype.name} of shape {group.shape}")
+            raise TypeError(
+                f"exact_sum: terms[{j}]: expected float32 terms stacked on axis 0, received "
+                f"{group.dtype.name} of shape {group.shape}"
+            )
         stacked.append(group)
     grid, vote = agree(tf.stack([magnitude_bound(t) for t in stacked]), total, max_fn, vote)
     zeros = [tf.zeros(tf.shape(t)[1:], tf.int64) for t in stacked]

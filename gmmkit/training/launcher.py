@@ -7,6 +7,7 @@ holds the lock, starts them through :func:`gmmkit.parallel.launch.run_ranks`, tu
 a stop request, and when the ranks could not finish the run's files themselves (a rank died, or the job was
 ended), it does: the run ends ``stopped`` or ``failed`` on the last state the ranks committed.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,15 @@ class Launched:
     finished_by_launcher: bool  # the ranks could not end the run themselves; the launcher did
 
 
-def run_on_ranks(cfg: RunConfig, argv: Sequence[str], mode: str = "new", launcher: str = "mpirun",
-                 stop: Optional[StopFlag] = None, grace_s: float = 120.0, placement: Placement = LOCAL) -> Launched:
+def run_on_ranks(
+    cfg: RunConfig,
+    argv: Sequence[str],
+    mode: str = "new",
+    launcher: str = "mpirun",
+    stop: Optional[StopFlag] = None,
+    grace_s: float = 120.0,
+    placement: Placement = LOCAL,
+) -> Launched:
     """Run ``argv`` (the same ``gmmkit train`` on every rank) on ``cfg.train.workers`` ranks placed by
     ``placement`` for the run ``cfg`` describes, owning its directory meanwhile (``mode`` as
     :meth:`RunDir.claim` takes it). The ranks learn that the lock is held through ``GMMKIT_RUN_LOCKED``,
@@ -45,9 +53,17 @@ def run_on_ranks(cfg: RunConfig, argv: Sequence[str], mode: str = "new", launche
     stop = stop if stop is not None else StopFlag()
     try:
         env = {**os.environ, LOCK_HELD_BY_PARENT: str(run.path.resolve())}
-        code, failure = launch.run_ranks(cfg.train.workers, argv, launcher, env=env, on_interrupt=run.request_stop,
-                                         grace_s=grace_s, stop=stop, placement=placement,
-                                         rank_hosts=lambda: (run.summary() or {}).get("hosts"))
+        code, failure = launch.run_ranks(
+            cfg.train.workers,
+            argv,
+            launcher,
+            env=env,
+            on_interrupt=run.request_stop,
+            grace_s=grace_s,
+            stop=stop,
+            placement=placement,
+            rank_hosts=lambda: (run.summary() or {}).get("hosts"),
+        )
         if not run.exists():  # the ranks refused the run before writing anything (bad input)
             return Launched(code, failure, None, False)
         summary = run.summary() or {}
@@ -66,10 +82,18 @@ def run_on_ranks(cfg: RunConfig, argv: Sequence[str], mode: str = "new", launche
         run.release() if run.exists() else run.abandon()
 
 
-def train_or_launch(cfg: RunConfig, argv: Sequence[str], mode: str = "new", simulate: bool = False,
-                    hosts: Optional[str] = None, hostfile: Optional[str] = None, launcher: str = "mpirun",
-                    stop: Optional[StopFlag] = None, callbacks: Iterable[Callable[[dict], None]] = (),
-                    say: Callable[[str], None] = lambda line: None) -> Union[dict, Launched]:
+def train_or_launch(
+    cfg: RunConfig,
+    argv: Sequence[str],
+    mode: str = "new",
+    simulate: bool = False,
+    hosts: Optional[str] = None,
+    hostfile: Optional[str] = None,
+    launcher: str = "mpirun",
+    stop: Optional[StopFlag] = None,
+    callbacks: Iterable[Callable[[dict], None]] = (),
+    say: Callable[[str], None] = lambda line: None,
+) -> Union[dict, Launched]:
     """Train the run ``cfg`` (``mode``: "new", "resume" or "overwrite", as :meth:`RunDir.claim` takes it) where it
     belongs: in this process (one worker, a simulation of ``cfg.train.workers``, or one rank of a job someone
     started with mpirun or horovodrun), returning its summary; or, for n > 1 real workers from a plain
@@ -90,8 +114,9 @@ def train_or_launch(cfg: RunConfig, argv: Sequence[str], mode: str = "new", simu
         checks.fail("train.workers", f"{launch.launcher_size()}, the ranks this job was started with", n)
     from .loop import train  # heavy: TensorFlow
 
-    return train(cfg, callbacks=callbacks, resume=mode == "resume", overwrite=mode == "overwrite", simulate=simulate,
-                 stop=stop)
+    return train(
+        cfg, callbacks=callbacks, resume=mode == "resume", overwrite=mode == "overwrite", simulate=simulate, stop=stop
+    )
 
 
 def _signal_name(signum: Optional[int]) -> str:

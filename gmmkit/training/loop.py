@@ -3,6 +3,7 @@ Horovod job), reusing one traced :class:`~gmmkit.training.trainer.Trainer`.
 
 The same functions run on one process and on every Horovod rank; rank 0 alone writes the run directory.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,9 +16,17 @@ from .rundir import FINISHED, RunDir
 from .trainer import EpochCallback, Trainer
 
 
-def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool = False,
-          stop: Optional[StopFlag] = None, simulate: bool = False, ctx=None, handle_signals: bool = False,
-          trainer: Optional[Trainer] = None, overwrite: bool = False) -> dict:
+def train(
+    cfg: RunConfig,
+    callbacks: Iterable[EpochCallback] = (),
+    resume: bool = False,
+    stop: Optional[StopFlag] = None,
+    simulate: bool = False,
+    ctx=None,
+    handle_signals: bool = False,
+    trainer: Optional[Trainer] = None,
+    overwrite: bool = False,
+) -> dict:
     """Train ``cfg`` and return its summary; files go to ``cfg.out`` (rank 0 only).
 
     ``cfg.out`` must hold no run, unless ``overwrite`` (the run there is replaced once this one starts) or
@@ -30,7 +39,9 @@ def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool 
     """
     cfg = cfg.validate().check_batch_fits().resolved()
     run = RunDir(cfg.out, chief=(ctx.is_chief if ctx is not None else launcher_rank() == 0))
-    signals = stop_on_signals(stop) if handle_signals else contextlib.nullcontext(stop if stop is not None else StopFlag())
+    signals = (
+        stop_on_signals(stop) if handle_signals else contextlib.nullcontext(stop if stop is not None else StopFlag())
+    )
     with signals as stop:
         cfg = run.claim(cfg, "resume" if resume else "overwrite" if overwrite else "new")
         try:
@@ -40,8 +51,7 @@ def train(cfg: RunConfig, callbacks: Iterable[EpochCallback] = (), resume: bool 
             if trainer is not None and trainer.can_run(cfg):
                 trainer.reset(cfg, simulate=simulate)
             else:
-                trainer = Trainer(cfg, ctx=ctx if ctx is not None else getattr(trainer, "ctx", None),
-                                  simulate=simulate)
+                trainer = Trainer(cfg, ctx=ctx if ctx is not None else getattr(trainer, "ctx", None), simulate=simulate)
             trainer.steps_per_epoch()  # refuse a training split smaller than one batch before writing anything
             return trainer.fit(run, callbacks=callbacks, stop=stop, resume=resume)
         except Exception as exc:
@@ -56,8 +66,9 @@ def finished(run: RunDir, cfg: RunConfig) -> Optional[dict]:
     """The summary of a run that has nothing left to do on resume (it reached its target or diverged, or
     has run the epochs ``cfg`` asks for), marked ``"resumed": False``; None when it goes on."""
     summary = run.summary() or {}
-    if summary.get("status") in FINISHED or (summary.get("status") == "max_epochs"
-                                            and summary.get("epochs", 0) >= cfg.train.epochs):
+    if summary.get("status") in FINISHED or (
+        summary.get("status") == "max_epochs" and summary.get("epochs", 0) >= cfg.train.epochs
+    ):
         return {**summary, "resumed": False}
     return None
 
@@ -71,9 +82,14 @@ def _record_failure(run: RunDir, exc: BaseException) -> None:
             run.commit(run.metrics(), {**summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
 
 
-def train_many(cfgs: Sequence[RunConfig], simulate: bool = False, callbacks: Iterable[EpochCallback] = (),
-               trainer: Optional[Trainer] = None, stop: Optional[StopFlag] = None,
-               resume: Sequence[bool] | bool = False) -> list[dict]:
+def train_many(
+    cfgs: Sequence[RunConfig],
+    simulate: bool = False,
+    callbacks: Iterable[EpochCallback] = (),
+    trainer: Optional[Trainer] = None,
+    stop: Optional[StopFlag] = None,
+    resume: Sequence[bool] | bool = False,
+) -> list[dict]:
     """Train ``cfgs`` one after another in this process (or Horovod job), reusing one traced model for all
     runs that :meth:`Trainer.can_run`. A run that raises is recorded as ``failed`` (its summary says why)
     and the next one starts; ``stop`` ends the current run and skips the rest. ``resume``: for every run,
@@ -87,8 +103,9 @@ def train_many(cfgs: Sequence[RunConfig], simulate: bool = False, callbacks: Ite
             continue
         try:
             trainer = Trainer.for_config(cfg, simulate, reuse=trainer)
-            summaries.append(train(cfg, callbacks=callbacks, simulate=simulate, trainer=trainer, stop=stop,
-                                   resume=again))
+            summaries.append(
+                train(cfg, callbacks=callbacks, simulate=simulate, trainer=trainer, stop=stop, resume=again)
+            )
         except Exception as exc:  # the run's summary.json already says failed, with the error
             summaries.append({"status": "failed", "error": f"{type(exc).__name__}: {exc}", "epochs": 0})
     return summaries

@@ -1,4 +1,5 @@
 """Keras's Adam with its dense update as one fused TensorFlow kernel."""
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -23,8 +24,14 @@ class Adam(keras.optimizers.Adam):
         step = tf.cast(self.iterations + 1, dtype)
         index = self._index_dict[self._var_key(variable)]
         tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
+            var=variable.handle,
+            m=self._momentums[index].handle,
+            v=self._velocities[index].handle,
             beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
             beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
-            lr=tf.cast(self.learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype),
-            beta2=tf.cast(self.beta_2, dtype), epsilon=tf.cast(self.epsilon, dtype), grad=gradient)
+            lr=tf.cast(self.learning_rate, dtype),
+            beta1=tf.cast(self.beta_1, dtype),
+            beta2=tf.cast(self.beta_2, dtype),
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=gradient,
+        )

@@ -7,6 +7,7 @@ ranks start an epoch apart while rank 0 writes the run's files), and ``rank_eval
 validation sample of the rank's own forward passes, which involve no other rank (how fast that rank really
 is). The slowest rank is the one with the largest ``rank_eval_s``.
 """
+
 from __future__ import annotations
 
 from typing import Optional

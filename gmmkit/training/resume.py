@@ -1,4 +1,5 @@
 """What a resumed run may change: the rules of ``gmmkit train --resume`` (:meth:`RunDir.claim`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,11 +22,14 @@ def resume_config(stored: RunConfig, requested: RunConfig) -> RunConfig:
     changed = sorted(k for k in old if old[k] != new.get(k))
     refused = [k for k in changed if k not in allowed]
     if refused:
-        raise RunDirError(f"--resume: the run in {stored.out} was made with other values of "
-                          f"{', '.join(refused)}; a resumed run continues the same experiment (it may change "
-                          f"{', '.join(sorted(allowed))})", field=refused[0],
-                          detail=f"the run in {stored.out} was made with {_show(old, refused)}; a resumed run "
-                                 f"continues the same experiment (it may change {', '.join(sorted(allowed))})")
+        raise RunDirError(
+            f"--resume: the run in {stored.out} was made with other values of "
+            f"{', '.join(refused)}; a resumed run continues the same experiment (it may change "
+            f"{', '.join(sorted(allowed))})",
+            field=refused[0],
+            detail=f"the run in {stored.out} was made with {_show(old, refused)}; a resumed run "
+            f"continues the same experiment (it may change {', '.join(sorted(allowed))})",
+        )
     return requested.replace(out=stored.out, data={"dataset": stored.data.dataset})
 
 

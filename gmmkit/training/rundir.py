@@ -25,6 +25,7 @@ directory (or ``overwrite``), ``resume`` needs a run there, and a second process
 holds the lock. This module is also the one place that knows how to load a run's model
 (:meth:`RunDir.load_model`); the launcher and ``gmmkit stop`` import it without loading TensorFlow.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,10 @@ class RunDir:
         """An existing run directory, or a :class:`RunDirError` naming ``what`` (a flag such as ``--run``)."""
         run = cls(path)
         if not run.exists():
-            raise RunDirError(f"{what} {path}: not a gmmkit run directory (no config.json); train one first "
-                              "(gmmkit train --out DIR, or gmmkit.training.train(cfg))")
+            raise RunDirError(
+                f"{what} {path}: not a gmmkit run directory (no config.json); train one first "
+                "(gmmkit train --out DIR, or gmmkit.training.train(cfg))"
+            )
         return run
 
     def exists(self) -> bool:
@@ -120,9 +123,11 @@ class RunDir:
                 cfg = resume_config(self.previous_config, cfg)
             elif self.exists() and mode == "new":
                 summary = self.summary() or {}
-                raise RunDirError(f"--out {self.path}: holds a run already (status "
-                                  f"{summary.get('status', 'unknown')}, {summary.get('epochs', 0)} epochs); "
-                                  "continue it with --resume, or replace it with --overwrite")
+                raise RunDirError(
+                    f"--out {self.path}: holds a run already (status "
+                    f"{summary.get('status', 'unknown')}, {summary.get('epochs', 0)} epochs); "
+                    "continue it with --resume, or replace it with --overwrite"
+                )
             return cfg
         except BaseException:
             self.abandon()
@@ -167,8 +172,10 @@ class RunDir:
                 if attempt + 1 == LOCK_TRIES:
                     holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                     os.close(fd)
-                    raise RunDirError(f"--out {self.path}: in use by {holder}; one process per run directory "
-                                      "(wait for it, or stop it with gmmkit stop)") from None
+                    raise RunDirError(
+                        f"--out {self.path}: in use by {holder}; one process per run directory "
+                        "(wait for it, or stop it with gmmkit stop)"
+                    ) from None
                 time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.write(fd, f"gmmkit pid {os.getpid()} on {socket.gethostname()}\n".encode())
@@ -218,17 +225,21 @@ class RunDir:
                 snapshots.keep(self.path, checkpoint)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise RunDirError(f"--out {self.path}: the disk is full ({exc.strerror}); the last good state "
-                                  f"(epoch {self._state_epoch()}) stays; free space and continue with "
-                                  "--resume") from None
+                raise RunDirError(
+                    f"--out {self.path}: the disk is full ({exc.strerror}); the last good state "
+                    f"(epoch {self._state_epoch()}) stays; free space and continue with "
+                    "--resume"
+                ) from None
             raise
 
     def _check_space(self, checkpoint: dict) -> None:
         need, free = checkpoint_bytes(checkpoint), shutil.disk_usage(self.path).free
         if free < 2 * need + (1 << 20):  # the new state beside the old one, and room to spare
-            raise RunDirError(f"--out {self.path}: {free / 2**20:.1f} MB free, a checkpoint needs "
-                              f"{need / 2**20:.1f} MB; the last good state (epoch {self._state_epoch()}) stays; "
-                              "free space and continue with --resume")
+            raise RunDirError(
+                f"--out {self.path}: {free / 2**20:.1f} MB free, a checkpoint needs "
+                f"{need / 2**20:.1f} MB; the last good state (epoch {self._state_epoch()}) stays; "
+                "free space and continue with --resume"
+            )
 
     def request_stop(self) -> None:
         """Ask the run to stop after its current step (any process may call this)."""
@@ -280,8 +291,10 @@ class RunDir:
         path = snapshots.found(self.path).get(epoch)
         ckpt = read_checkpoint(path) if path is not None else self.load_checkpoint()
         if ckpt is None or ckpt["epoch"] != epoch:
-            raise RunDirError(f"{self.path}: no snapshot of epoch {epoch!r} (kept: "
-                              f"{', '.join(map(str, self.snapshot_epochs())) or 'none'})")
+            raise RunDirError(
+                f"{self.path}: no snapshot of epoch {epoch!r} (kept: "
+                f"{', '.join(map(str, self.snapshot_epochs())) or 'none'})"
+            )
         return ckpt
 
     def load_model(self, checkpoint: bool = True):
@@ -301,7 +314,7 @@ class RunDir:
         try:
             model.set_weights(ckpt["weights"])
         except ValueError as exc:
-            raise RunDirError(f"{self.checkpoint_path}: its weights do not fit the model config.json describes "
-                              f"({exc})") from None
+            raise RunDirError(
+                f"{self.checkpoint_path}: its weights do not fit the model config.json describes ({exc})"
+            ) from None
         return model, ckpt["epoch"]
-

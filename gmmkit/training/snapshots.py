@@ -7,6 +7,7 @@ state): a third of a checkpoint, since Adam's two moments are of no use to a vie
 when that epoch's state is committed, atomically, a few times per run (never inside the step loop). A run
 keeps at most three per power of ten of its epochs: 8 for the paper's 400.
 """
+
 from __future__ import annotations
 
 import re

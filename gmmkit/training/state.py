@@ -6,6 +6,7 @@ crash or a kill at any moment sees either the previous state or the next, never 
 half-written file. Only the folder before the current one is kept beside it (a reader may still be in it).
 :class:`~gmmkit.training.rundir.RunDir` decides who may commit and when; this module is how.
 """
+
 from __future__ import annotations
 
 import json
@@ -110,9 +111,13 @@ def read_checkpoint(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as f:
             names = sorted(f.files)
             records = json.loads(str(f["records"])) if "records" in f.files else []
-            return {"epoch": int(f["epoch"]), "time_s": float(f["time_s"]),
-                    "weights": [f[n] for n in names if n.startswith("w")],
-                    "optimizer": [f[n] for n in names if n.startswith("o")], "records": records}
+            return {
+                "epoch": int(f["epoch"]),
+                "time_s": float(f["time_s"]),
+                "weights": [f[n] for n in names if n.startswith("w")],
+                "optimizer": [f[n] for n in names if n.startswith("o")],
+                "records": records,
+            }
     except Exception as exc:
         raise RunDirError(f"{path}: unreadable checkpoint ({exc})") from None
 
@@ -123,8 +128,13 @@ def save_checkpoint(path: Path, checkpoint: dict, records: list[dict]) -> None:
     arrays = {f"w{i:04d}": w for i, w in enumerate(checkpoint["weights"])}
     arrays.update({f"o{i:04d}": v for i, v in enumerate(checkpoint["optimizer"])})
     with open(path, "wb") as fh:
-        np.savez(fh, epoch=np.int64(checkpoint["epoch"]), time_s=np.float64(checkpoint["time_s"]),
-                 records=np.array(to_json(records)), **arrays)
+        np.savez(
+            fh,
+            epoch=np.int64(checkpoint["epoch"]),
+            time_s=np.float64(checkpoint["time_s"]),
+            records=np.array(to_json(records)),
+            **arrays,
+        )
         fh.flush()
         os.fsync(fh.fileno())
     path.chmod(0o666 & ~umask())

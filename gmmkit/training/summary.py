@@ -1,4 +1,5 @@
 """A run's ``summary.json`` as its epochs finish: plain functions of the records, no TensorFlow."""
+
 from __future__ import annotations
 
 from typing import Optional

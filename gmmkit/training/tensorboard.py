@@ -6,6 +6,7 @@ target. The run's settings go in as HParams (``tensorboard.plugins.hparams``), o
 named after it, so TensorBoard's HParams tab lines the runs up against their losses and time to target.
 The files sit beside ``metrics.jsonl``, which stays the run's own record; these are for TensorBoard.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,14 @@ from ..checks import is_finite_number
 from ..config import RunConfig
 
 # record key -> TensorBoard tag
-SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "learning_rate",
-           "samples_per_s": "samples_per_s", "time_s": "time/elapsed_s", "epoch_time_s": "time/epoch_s"}
+SCALARS = {
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "lr": "learning_rate",
+    "samples_per_s": "samples_per_s",
+    "time_s": "time/elapsed_s",
+    "epoch_time_s": "time/epoch_s",
+}
 RANK_SCALARS = {"rank_step_s": "ranks/step_s_slowest", "rank_eval_s": "ranks/eval_s_per_sample_slowest"}
 TIME_TO_TARGET = "time_to_target_s"
 
@@ -28,12 +35,23 @@ TIME_TO_TARGET = "time_to_target_s"
 def hparams(cfg: RunConfig, simulate: bool = False) -> dict:
     """The run's settings as HParams values (TensorBoard takes numbers, strings and booleans: no None)."""
     t, d, m = cfg.train, cfg.data, cfg.model
-    values = {"strategy": t.strategy, "workers": t.workers, "batch_size": t.batch_size, "lr": t.lr,
-              "epochs": t.epochs, "warmup_epochs": t.warmup_epochs, "seed": t.seed,
-              "target_loss": t.target_loss if t.target_loss is not None else "none",
-              "dataset": d.dataset if d.dataset in ("phantoms", "lidc") else os.path.basename(d.dataset),
-              "cube": d.cube, "val_size": d.val_size, "components": m.components, "filters": m.filters,
-              "latent": m.latent, "simulated": bool(simulate)}
+    values = {
+        "strategy": t.strategy,
+        "workers": t.workers,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        "epochs": t.epochs,
+        "warmup_epochs": t.warmup_epochs,
+        "seed": t.seed,
+        "target_loss": t.target_loss if t.target_loss is not None else "none",
+        "dataset": d.dataset if d.dataset in ("phantoms", "lidc") else os.path.basename(d.dataset),
+        "cube": d.cube,
+        "val_size": d.val_size,
+        "components": m.components,
+        "filters": m.filters,
+        "latent": m.latent,
+        "simulated": bool(simulate),
+    }
     if hasattr(t, "exact"):  # issue 16's exact sums, when this build has them
         values["exact"] = bool(t.exact)
     return values

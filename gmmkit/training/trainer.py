@@ -6,6 +6,7 @@ initial broadcast) and through the sample indices each rank takes from :mod:`gmm
 mode (``train.exact``) the steps are :class:`gmmkit.training.exact.ExactStep`'s: fixed micro-shards and exact
 sums, the same bits on any number of ranks. :mod:`gmmkit.training.loop` runs trainers on run directories.
 """
+
 from __future__ import annotations
 
 import time
@@ -55,8 +56,15 @@ class Trainer:
         self.exact = None
         if t.exact:
             max_fn, sum_fn = (None, None) if simulate else self.ctx.exact_reductions()
-            self.exact = ExactStep(self.model, self.optimizer, per_sample_msle, t.micro_batch, max_fn, sum_fn,
-                                   parallel=max(1, self.ctx.threads))
+            self.exact = ExactStep(
+                self.model,
+                self.optimizer,
+                per_sample_msle,
+                t.micro_batch,
+                max_fn,
+                sum_fn,
+                parallel=max(1, self.ctx.threads),
+            )
             self._chunks, _ = evaluation_chunks(self.data.val, EVAL_CHUNK)
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
@@ -66,8 +74,10 @@ class Trainer:
     def _configure(self, cfg: RunConfig, simulate: bool) -> None:
         t = cfg.train
         if not simulate and self.ctx.size != t.workers:
-            raise ValueError(f"--workers {t.workers}: this job has {self.ctx.size} rank(s); launch it with "
-                             f"{t.workers} ranks (gmmkit train launches them itself) or pass --simulate")
+            raise ValueError(
+                f"--workers {t.workers}: this job has {self.ctx.size} rank(s); launch it with "
+                f"{t.workers} ranks (gmmkit train launches them itself) or pass --simulate"
+            )
         # the update plan is computed for the configured worker count even when simulated on one process
         strategies.plan(t.strategy, t.workers, t.batch_size, t.lr)  # validates strategy x workers x batch
         self.cfg, self.simulate = cfg, simulate
@@ -78,8 +88,12 @@ class Trainer:
         batch = strategies.global_batch(t.strategy, t.workers, t.batch_size)
         steps = strategies.steps_per_epoch(len(self.data.train), batch)
         if steps == 0:
-            checks.fail("data.train_size", f"at least one global batch of {batch} samples (batch size "
-                        f"{t.batch_size}, {t.strategy} scaling with {t.workers} workers)", len(self.data.train))
+            checks.fail(
+                "data.train_size",
+                f"at least one global batch of {batch} samples (batch size "
+                f"{t.batch_size}, {t.strategy} scaling with {t.workers} workers)",
+                len(self.data.train),
+            )
         return steps
 
     # --- reuse across runs -------------------------------------------------------------------
@@ -108,8 +122,10 @@ class Trainer:
         on a small CPU cost far more than an epoch of a small run (a sweep runs dozens of them)."""
         cfg = cfg.validate()
         if not self.can_run(cfg):
-            raise ValueError("reset: data, model, seed, Adam moments and threads must match the trainer's; "
-                             "build a new Trainer for this config")
+            raise ValueError(
+                "reset: data, model, seed, Adam moments and threads must match the trainer's; "
+                "build a new Trainer for this config"
+            )
         self._configure(cfg, simulate)
         self.model.set_weights(self._initial_weights)
         for var in optimizer_variables(self.optimizer):
@@ -119,8 +135,11 @@ class Trainer:
     # --- compiled steps ------------------------------------------------------------------------
     def _make_train_step(self):
         model, optimizer, ctx, s = self.model, self.optimizer, self.ctx, self.cfg.data.cube
-        spec = [tf.TensorSpec((None, s, s, s), tf.float32), tf.TensorSpec((), tf.float32),
-                tf.TensorSpec((), tf.float32)]
+        spec = [
+            tf.TensorSpec((None, s, s, s), tf.float32),
+            tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((), tf.float32),
+        ]
 
         @tf.function(input_signature=spec)
         def train_step(x, global_batch, stop):
@@ -129,8 +148,9 @@ class Trainer:
                 loss_sum = tf.reduce_sum(per_sample)
                 scaled = loss_sum / global_batch
             # the stop vote and the loss ride in the gradients' allreduce: no collective of their own
-            *grads, loss_sum, stop = ctx.sum_gradients([*tape.gradient(scaled, model.trainable_variables),
-                                                        loss_sum, stop])
+            *grads, loss_sum, stop = ctx.sum_gradients(
+                [*tape.gradient(scaled, model.trainable_variables), loss_sum, stop]
+            )
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return loss_sum, stop
 
@@ -151,7 +171,7 @@ class Trainer:
         samples, or in exact mode its whole micro-shards; all of it when simulating."""
         if self.exact is None and not self.simulate:
             return self.data.train[np.sort(strategies.worker_indices(perm, plan, step, self.ctx.rank))]
-        return self.batch_of(np.sort(perm[step * plan.global_batch:(step + 1) * plan.global_batch]))
+        return self.batch_of(np.sort(perm[step * plan.global_batch : (step + 1) * plan.global_batch]))
 
     def batch_of(self, indices: np.ndarray) -> np.ndarray:
         """The input of :meth:`step` for the global batch of the training samples ``indices`` (sorted): all of
@@ -202,7 +222,7 @@ class Trainer:
         shard = np.array_split(np.arange(len(val)), self.ctx.size)[self.ctx.rank]
         total, began = 0.0, time.perf_counter()
         for start in range(0, len(shard), EVAL_BATCH):
-            total += float(self._eval_step(val[shard[start:start + EVAL_BATCH]]))
+            total += float(self._eval_step(val[shard[start : start + EVAL_BATCH]]))
         self.eval_s_per_sample = (time.perf_counter() - began) / max(len(shard), 1)
         loss_sum, count = self.ctx.sum(np.array([total, len(shard)]))
         return float(loss_sum / count)
@@ -220,8 +240,13 @@ class Trainer:
         return self.model.get_weights(), [v.numpy() for v in optimizer_variables(self.optimizer)]
 
     # --- the loop --------------------------------------------------------------------------
-    def fit(self, run: RunDir, callbacks: Iterable[EpochCallback] = (), stop: Optional[StopFlag] = None,
-            resume: bool = False) -> dict:
+    def fit(
+        self,
+        run: RunDir,
+        callbacks: Iterable[EpochCallback] = (),
+        stop: Optional[StopFlag] = None,
+        resume: bool = False,
+    ) -> dict:
         """Train the claimed run ``run`` (:meth:`RunDir.claim`) to its end; returns the summary.
 
         Every epoch commits one state of the run directory (records, summary, checkpoint) at once. Every
@@ -274,7 +299,8 @@ class Trainer:
         if resume and ctx.is_chief:
             previous = run.summary() or {}
             summary["resumes"] = previous.get("resumes", []) + [
-                {"from_epoch": start_epoch, "changed": changes(run.previous_config or self.cfg, self.cfg)}]
+                {"from_epoch": start_epoch, "changed": changes(run.previous_config or self.cfg, self.cfg)}
+            ]
             summary["time_to_target_s"] = previous.get("time_to_target_s")
         run.begin(self.cfg, records, summary)
         return records, summary, start_epoch, time_offset
@@ -299,10 +325,19 @@ class Trainer:
         val_loss = self.validation_loss()
         rank_step_s, rank_eval_s = per_rank(self.ctx, step_s, self.eval_s_per_sample)
         now = time.perf_counter()
-        return {"epoch": epoch + 1, "train_loss": loss_sum / (steps * plan.global_batch),  # step(): loss sums
-                "val_loss": val_loss, "lr": plan.lr, "time_s": now - began, "epoch_time_s": now - epoch_began,
-                "samples_per_s": steps * plan.global_batch / (now - epoch_began), "global_batch": plan.global_batch,
-                "steps": steps, "rank_step_s": rank_step_s, "rank_eval_s": rank_eval_s}
+        return {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / (steps * plan.global_batch),  # step(): loss sums
+            "val_loss": val_loss,
+            "lr": plan.lr,
+            "time_s": now - began,
+            "epoch_time_s": now - epoch_began,
+            "samples_per_s": steps * plan.global_batch / (now - epoch_began),
+            "global_batch": plan.global_batch,
+            "steps": steps,
+            "rank_step_s": rank_step_s,
+            "rank_eval_s": rank_eval_s,
+        }
 
     def _checkpoint(self, record: dict) -> dict:
         weights, moments = self.state()
@@ -311,9 +346,19 @@ class Trainer:
     def _summary_of(self, records: list[dict], epochs: int, global_batch: int, steps: int) -> dict:
         t = self.cfg.train
         finite = [r["val_loss"] for r in records if is_finite_number(r.get("val_loss"))]
-        return {"status": "running", "strategy": t.strategy, "workers": t.workers, "backend": self.ctx.backend,
-                "simulated": self.simulate, "exact": t.exact, "time_to_target_s": None, "epochs": epochs,
-                "best_val_loss": min(finite) if finite else None,
-                "final_val_loss": records[-1]["val_loss"] if records else None, "target_loss": t.target_loss,
-                "global_batch": global_batch, "steps_per_epoch": steps,
-                **self.ctx.layout}  # hosts, local_ranks, threads: one entry per rank
+        return {
+            "status": "running",
+            "strategy": t.strategy,
+            "workers": t.workers,
+            "backend": self.ctx.backend,
+            "simulated": self.simulate,
+            "exact": t.exact,
+            "time_to_target_s": None,
+            "epochs": epochs,
+            "best_val_loss": min(finite) if finite else None,
+            "final_val_loss": records[-1]["val_loss"] if records else None,
+            "target_loss": t.target_loss,
+            "global_batch": global_batch,
+            "steps_per_epoch": steps,
+            **self.ctx.layout,
+        }  # hosts, local_ranks, threads: one entry per rank

@@ -15,6 +15,7 @@ its output folder, finished or still training, and follows the latter through th
 The logic behind every control is a plain method (``start``, ``stop``, ``poll``, ``update``, ``attach``), so
 it runs, and is tested, without a browser; the buttons only call those methods.
 """
+
 from __future__ import annotations
 
 import html
@@ -27,13 +28,14 @@ import ipywidgets as W
 
 from ..config import RunConfig
 from ..errors import InputError
-from ..plots import live, runs as run_plots
+from ..plots import live
+from ..plots import runs as run_plots
 from ..strategies import STRATEGIES
 from ..training.rundir import RunDir
 from . import runs as run_rows
-from .runs import DashboardRun
 from .format import estimate_remaining, format_number, format_seconds, parse_target
 from .panels import RankLogs, rank_hosts, ranks_html
+from .runs import DashboardRun
 from .runs_table import RunsTable
 from .viewer import SliceViewer
 
@@ -49,11 +51,20 @@ class Dashboard:
     runs; ``None`` follows nothing by itself (call :meth:`poll`), which is what tests do.
     """
 
-    def __init__(self, cluster: Any, base: Optional[RunConfig] = None, out: str = "runs/dashboard",
-                 viewer: bool = True, poll_interval: Optional[float] = 0.5, max_workers: int = 64):
+    def __init__(
+        self,
+        cluster: Any,
+        base: Optional[RunConfig] = None,
+        out: str = "runs/dashboard",
+        viewer: bool = True,
+        poll_interval: Optional[float] = 0.5,
+        max_workers: int = 64,
+    ):
         if cluster is None or not (hasattr(cluster, "train") or callable(cluster)):
-            raise InputError(f"cluster: expected an MPICluster, a factory n -> cluster, or an object with "
-                             f"train(cfg), received {type(cluster).__name__ if cluster is not None else None}")
+            raise InputError(
+                f"cluster: expected an MPICluster, a factory n -> cluster, or an object with "
+                f"train(cfg), received {type(cluster).__name__ if cluster is not None else None}"
+            )
         self.cluster = cluster if hasattr(cluster, "train") else None
         self._factory: Optional[Callable[[int], Any]] = None if self.cluster is not None else cluster
         self.base = (base or RunConfig()).validate()
@@ -68,41 +79,69 @@ class Dashboard:
         slots = getattr(self.cluster, "slots", None)
         limit = min(max_workers, slots) if isinstance(slots, int) and slots > 0 else max_workers
         style, layout = {"description_width": "88px"}, W.Layout(width="210px")
-        self.strategy = W.Dropdown(options=list(STRATEGIES), value=t.strategy, description="strategy",
-                                   style=style, layout=layout)
-        self.workers = W.BoundedIntText(value=min(t.workers, limit), min=1, max=limit, style=style,
-                                        description="workers (GPUs)", layout=layout,
-                                        tooltip=f"at most {limit} (the cluster's slots)" if limit < max_workers else "")
+        self.strategy = W.Dropdown(
+            options=list(STRATEGIES), value=t.strategy, description="strategy", style=style, layout=layout
+        )
+        self.workers = W.BoundedIntText(
+            value=min(t.workers, limit),
+            min=1,
+            max=limit,
+            style=style,
+            description="workers (GPUs)",
+            layout=layout,
+            tooltip=f"at most {limit} (the cluster's slots)" if limit < max_workers else "",
+        )
         self.lr = W.FloatText(value=t.lr, description="lr", style=style, layout=layout)
-        self.batch = W.BoundedIntText(value=t.batch_size, min=1, max=1 << 16, description="batch",
-                                      style=style, layout=layout)
-        self.target = W.Text(value="none" if t.target_loss is None else f"{t.target_loss:g}",
-                             description="target loss", style=style, layout=layout)
-        self.epochs = W.BoundedIntText(value=t.epochs, min=1, max=100000, description="max epochs",
-                                       style=style, layout=layout)
+        self.batch = W.BoundedIntText(
+            value=t.batch_size, min=1, max=1 << 16, description="batch", style=style, layout=layout
+        )
+        self.target = W.Text(
+            value="none" if t.target_loss is None else f"{t.target_loss:g}",
+            description="target loss",
+            style=style,
+            layout=layout,
+        )
+        self.epochs = W.BoundedIntText(
+            value=t.epochs, min=1, max=100000, description="max epochs", style=style, layout=layout
+        )
         # exact mode (train.exact): the sequential path to the last bit on any number of workers
         self.exact = W.Checkbox(value=bool(t.exact), description="exact", indent=False)
-        self.start_button = W.Button(description="Start", button_style="success", icon="play",
-                                     layout=W.Layout(width="100px"))
-        self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
-                                    layout=W.Layout(width="100px"))
+        self.start_button = W.Button(
+            description="Start", button_style="success", icon="play", layout=W.Layout(width="100px")
+        )
+        self.stop_button = W.Button(
+            description="Stop", button_style="danger", icon="stop", disabled=True, layout=W.Layout(width="100px")
+        )
         self.start_button.on_click(self.on_start)
         self.stop_button.on_click(self.on_stop)
         self.status = W.HTML(value=self._status_html("ready: choose a strategy and press Start"))
         self.figure = live.loss_figure(self.base.train.target_loss)
         self.table = RunsTable(on_visible=self.show_curves)
         self.parallel = run_plots.parallel_figure()
-        self.detail = W.Dropdown(options=[("-", None)], value=None, description="details of",
-                                 layout=W.Layout(width="330px"))
+        self.detail = W.Dropdown(
+            options=[("-", None)], value=None, description="details of", layout=W.Layout(width="330px")
+        )
         self.detail.observe(lambda _c: self._draw_details(), names="value")
         self.ranks = W.HTML(value=ranks_html(None, label="no run yet"))
         self.logs = RankLogs()
         self.viewer: Optional[SliceViewer] = SliceViewer(volume=False) if viewer else None
-        settings = [W.VBox([self.strategy, self.workers]), W.VBox([self.lr, self.batch]),
-                    W.VBox([self.target, self.epochs])]
+        settings = [
+            W.VBox([self.strategy, self.workers]),
+            W.VBox([self.lr, self.batch]),
+            W.VBox([self.target, self.epochs]),
+        ]
         buttons = [self.start_button, self.stop_button, self.exact]
-        parts = [W.HBox([*settings, W.VBox(buttons)]), self.status, self.figure, self.table.widget,
-                 self.parallel, W.HTML("<b>one run in detail</b>"), self.detail, self.ranks, self.logs.widget]
+        parts = [
+            W.HBox([*settings, W.VBox(buttons)]),
+            self.status,
+            self.figure,
+            self.table.widget,
+            self.parallel,
+            W.HTML("<b>one run in detail</b>"),
+            self.detail,
+            self.ranks,
+            self.logs.widget,
+        ]
         if self.viewer is not None:
             parts.append(self.viewer.widget)
         self.widget = W.VBox(parts, layout=W.Layout(width="100%"))
@@ -115,9 +154,15 @@ class Dashboard:
     # --- what the controls do ----------------------------------------------------------------
     def config(self) -> RunConfig:
         """The RunConfig the controls describe (the next run's, before its ``out`` is chosen)."""
-        train = {"strategy": self.strategy.value, "workers": int(self.workers.value), "lr": float(self.lr.value),
-                 "batch_size": int(self.batch.value), "target_loss": parse_target(self.target.value),
-                 "epochs": int(self.epochs.value), "exact": bool(self.exact.value)}
+        train = {
+            "strategy": self.strategy.value,
+            "workers": int(self.workers.value),
+            "lr": float(self.lr.value),
+            "batch_size": int(self.batch.value),
+            "target_loss": parse_target(self.target.value),
+            "epochs": int(self.epochs.value),
+            "exact": bool(self.exact.value),
+        }
         return self.base.replace(train=train)
 
     @property
@@ -148,8 +193,15 @@ class Dashboard:
             number = self._next_number()
             t = cfg.train
             cfg = cfg.replace(out=f"{self.out}/{number:02d}-{t.strategy}-n{t.workers}")
-            run = self._add(DashboardRun(number=number, label=f"#{number} {t.strategy} n={t.workers}", cfg=cfg,
-                                         clicked=time.perf_counter(), trace=-1))
+            run = self._add(
+                DashboardRun(
+                    number=number,
+                    label=f"#{number} {t.strategy} n={t.workers}",
+                    cfg=cfg,
+                    clicked=time.perf_counter(),
+                    trace=-1,
+                )
+            )
             self.current = run
             live.set_target(self.figure, t.target_loss)
             self.start_button.disabled, self.stop_button.disabled = True, False
@@ -190,15 +242,20 @@ class Dashboard:
             except Exception:  # not readable (yet): the next look will try again
                 continue
             t, number = cfg.train, run_rows.run_number(path) or self._next_number()
-            run = DashboardRun(number=number, label=f"#{number} {t.strategy} n={t.workers}", cfg=cfg,
-                               clicked=time.perf_counter(), trace=-1, attached=True,
-                               handle=run_rows.RunDirHandle(path))
+            run = DashboardRun(
+                number=number,
+                label=f"#{number} {t.strategy} n={t.workers}",
+                cfg=cfg,
+                clicked=time.perf_counter(),
+                trace=-1,
+                attached=True,
+                handle=run_rows.RunDirHandle(path),
+            )
             self._add(run)
             for record in run.handle.metrics:
                 self.update(record, run, quiet=True)
             if run.handle.done():
-                self._finish(run, summary=run_rows.summary_status(run_dir.summary() or {}, running=False),
-                             quiet=True)
+                self._finish(run, summary=run_rows.summary_status(run_dir.summary() or {}, running=False), quiet=True)
             added.append(run)
         if added:
             self._redraw_tables()
@@ -287,7 +344,7 @@ class Dashboard:
         new = 0
         for run in [r for r in self.runs if not r.finished.is_set() and r.handle is not None]:
             records = list(run.handle.metrics)
-            for record in records[len(run.records):]:
+            for record in records[len(run.records) :]:
                 self.update(record, run)
                 new += 1
             if run.handle.done():
@@ -296,7 +353,7 @@ class Dashboard:
                 except Exception as exc:
                     self._finish(run, error=f"{type(exc).__name__}: {exc}")
                 else:
-                    for record in list(run.handle.metrics)[len(run.records):]:
+                    for record in list(run.handle.metrics)[len(run.records) :]:
                         self.update(record, run)
                     self._finish(run, summary=summary)
         self._draw_details()
@@ -317,15 +374,18 @@ class Dashboard:
         self._redraw_tables()
         t = run.cfg.train
         left = estimate_remaining(run.records, t.epochs, t.target_loss)
-        self._set_status(f"{run.label}: epoch {record['epoch']}/{t.epochs} &middot; train "
-                         f"{format_number(record['train_loss'])} &middot; val {format_number(record['val_loss'])} &middot; "
-                         f"{format_seconds(record['time_s'])} elapsed &middot; about {format_seconds(left)} left",
-                         escape=False)
+        self._set_status(
+            f"{run.label}: epoch {record['epoch']}/{t.epochs} &middot; train "
+            f"{format_number(record['train_loss'])} &middot; val {format_number(record['val_loss'])} &middot; "
+            f"{format_seconds(record['time_s'])} elapsed &middot; about {format_seconds(left)} left",
+            escape=False,
+        )
         if self.viewer is not None and (run is self.current or self.current is None):
             self.viewer.follow(run.cfg.out)
 
-    def _finish(self, run: DashboardRun, summary: Optional[dict] = None, error: Optional[str] = None,
-                quiet: bool = False) -> None:
+    def _finish(
+        self, run: DashboardRun, summary: Optional[dict] = None, error: Optional[str] = None, quiet: bool = False
+    ) -> None:
         with self._lock:
             if run.finished.is_set():
                 return
@@ -343,8 +403,10 @@ class Dashboard:
         else:
             ttt = summary.get("time_to_target_s")
             reached = f", target reached in {format_seconds(ttt)}" if ttt is not None else ""
-            self._set_status(f"{run.label}: {summary['status']} after {summary.get('epochs', len(run.records))} "
-                             f"epochs{reached}; best val {format_number(summary.get('best_val_loss'))}")
+            self._set_status(
+                f"{run.label}: {summary['status']} after {summary.get('epochs', len(run.records))} "
+                f"epochs{reached}; best val {format_number(summary.get('best_val_loss'))}"
+            )
         if self.viewer is not None and not error and run is self.current:
             self.viewer.follow(run.cfg.out)
 

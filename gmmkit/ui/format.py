@@ -1,5 +1,6 @@
 """Plain text for the widgets: parsing the target box, estimating the time left, formatting numbers, and
 the small HTML tables and marked logs the widgets show."""
+
 from __future__ import annotations
 
 import html
@@ -36,8 +37,11 @@ def estimate_remaining(records: list[dict], epochs: int, target: Optional[float]
     recent = [r.get("epoch_time_s") for r in records[-3:] if is_finite_number(r.get("epoch_time_s"))]
     per_epoch = sum(recent) / len(recent) if recent else last["time_s"] / max(last["epoch"], 1)
     left = max(epochs - int(last["epoch"]), 0)
-    tail = [(r["epoch"], math.log(r["val_loss"])) for r in records[-5:]
-            if is_finite_number(r.get("val_loss")) and r["val_loss"] > 0]
+    tail = [
+        (r["epoch"], math.log(r["val_loss"]))
+        for r in records[-5:]
+        if is_finite_number(r.get("val_loss")) and r["val_loss"] > 0
+    ]
     if target is not None and len(tail) >= 3:
         n = len(tail)
         mx, my = sum(e for e, _ in tail) / n, sum(v for _, v in tail) / n
@@ -80,8 +84,10 @@ def facts_html(facts: dict) -> str:
     """A cube's facts on one line (nothing when the data set has none)."""
     if not facts:
         return ""
-    parts = " &middot; ".join(f"<b>{html.escape(k)}</b> {html.escape(f'{v:.3g}' if isinstance(v, float) else str(v))}"
-                              for k, v in facts.items())
+    parts = " &middot; ".join(
+        f"<b>{html.escape(k)}</b> {html.escape(f'{v:.3g}' if isinstance(v, float) else str(v))}"
+        for k, v in facts.items()
+    )
     return f'<div class="gmmkit-facts" style="font-size:12px">{parts}</div>'
 
 
@@ -89,15 +95,34 @@ def components_html(rows: list[dict], spacing_mm: float = 1.0) -> str:
     """The heaviest components as a table: weight, mean (voxels) and standard deviations (mm)."""
     if not rows:
         return ""
-    head = "".join(f"<th style='padding:0 10px 0 0;text-align:left'>{h}</th>" for h in (
-        "component", "alpha", "mu (voxels: axial, coronal, sagittal)", f"sigma (mm; 1 voxel = {spacing_mm:g} mm)"))
+    head = "".join(
+        f"<th style='padding:0 10px 0 0;text-align:left'>{h}</th>"
+        for h in (
+            "component",
+            "alpha",
+            "mu (voxels: axial, coronal, sagittal)",
+            f"sigma (mm; 1 voxel = {spacing_mm:g} mm)",
+        )
+    )
     body = "".join(
-        "<tr>" + "".join(f"<td style='padding:0 10px 0 0'>{v}</td>" for v in (
-            r["component"], f"{r['alpha']:.3f}", ", ".join(f"{m:.1f}" for m in r["mu"]),
-            ", ".join(f"{v:.2f}" for v in r["sigma_mm"]))) + "</tr>" for r in rows)
-    return (f'<table class="gmmkit-components-table" style="font-size:12px;border-collapse:collapse">'
-            f"<caption style='text-align:left'>the {len(rows)} heaviest components</caption>"
-            f"<tr>{head}</tr>{body}</table>")
+        "<tr>"
+        + "".join(
+            f"<td style='padding:0 10px 0 0'>{v}</td>"
+            for v in (
+                r["component"],
+                f"{r['alpha']:.3f}",
+                ", ".join(f"{m:.1f}" for m in r["mu"]),
+                ", ".join(f"{v:.2f}" for v in r["sigma_mm"]),
+            )
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return (
+        f'<table class="gmmkit-components-table" style="font-size:12px;border-collapse:collapse">'
+        f"<caption style='text-align:left'>the {len(rows)} heaviest components</caption>"
+        f"<tr>{head}</tr>{body}</table>"
+    )
 
 
 ERROR_WORDS = ("Traceback", "Error", "error:", "Exception", "FAILED", "failed", "Killed", "Segmentation fault")
@@ -111,8 +136,11 @@ def is_error_line(line: str) -> bool:
 def marked_log_html(text: str, max_lines: int = 400) -> str:
     """A rank's output as preformatted HTML, its last ``max_lines`` lines, error lines marked in red."""
     lines = text.splitlines()[-max_lines:]
-    out = [f"<span class='gmmkit-log-error' style='color:#b00020;font-weight:bold'>{html.escape(line)}</span>"
-           if is_error_line(line) else html.escape(line) for line in lines]
+    out = [
+        f"<span class='gmmkit-log-error' style='color:#b00020;font-weight:bold'>{html.escape(line)}</span>"
+        if is_error_line(line)
+        else html.escape(line)
+        for line in lines
+    ]
     body = "\n".join(out) if out else "<i>no output yet</i>"
-    return (f"<pre class='gmmkit-log' style='max-height:240px;overflow:auto;font-size:11px;margin:0'>{body}"
-            "</pre>")
+    return f"<pre class='gmmkit-log' style='max-height:240px;overflow:auto;font-size:11px;margin:0'>{body}</pre>"

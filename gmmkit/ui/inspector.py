@@ -8,6 +8,7 @@ any epoch the run kept: 0 (the seeded initial weights, rebuilt from the config),
 (:mod:`gmmkit.training.snapshots`) and the latest checkpoint, which :meth:`Inspector.reload` follows while
 the run trains.
 """
+
 from __future__ import annotations
 
 import os
@@ -94,8 +95,9 @@ class Inspector:
         self.reload()
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, weights: Optional[Sequence[np.ndarray]] = None,
-                    max_samples: Optional[int] = None) -> "Inspector":
+    def from_config(
+        cls, cfg: RunConfig, weights: Optional[Sequence[np.ndarray]] = None, max_samples: Optional[int] = None
+    ) -> "Inspector":
         """Inspect ``cfg``'s model with ``weights`` (default: its seeded initial weights)."""
         self = cls.__new__(cls)
         self.run = None
@@ -194,22 +196,33 @@ class Inspector:
     def sample(self, index: int) -> Sample:
         """Validation cube ``index`` with the model's rendering of it (cached until the weights change)."""
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.val):
-            raise InputError(f"sample: expected an integer in [0, {len(self.val) - 1}] (the validation set), "
-                             f"received {index!r}")
+            raise InputError(
+                f"sample: expected an integer in [0, {len(self.val) - 1}] (the validation set), received {index!r}"
+            )
         index = int(index)
         with self._lock:
             if index not in self._cache:
-                x = self.val[index:index + 1]
+                x = self.val[index : index + 1]
                 density = np.asarray(self.model(x, training=False))[0]
                 alpha, mu, tril, mass = (np.asarray(t) for t in self.mixture(x, training=False))
                 loss = float(np.asarray(self._msle(x, density[None]))[0])
-                self._cache[index] = Sample(index=index, input=x[0], density=density, alpha=alpha[0], mu=mu[0],
-                                            tril=tril[0], mass=float(mass[0]), loss=loss, epoch=self.epoch)
+                self._cache[index] = Sample(
+                    index=index,
+                    input=x[0],
+                    density=density,
+                    alpha=alpha[0],
+                    mu=mu[0],
+                    tril=tril[0],
+                    mass=float(mass[0]),
+                    loss=loss,
+                    epoch=self.epoch,
+                )
             return self._cache[index]
 
     def describe(self) -> str:
         where = str(self.run.path) if self.run is not None else "weights in memory"
         epoch = "initial weights" if self.epoch == 0 else ("" if self.epoch is None else f"epoch {self.epoch}")
         latest = f"latest {self.latest}" if self.run is not None and self.epoch != self.latest else ""
-        return ", ".join(p for p in (where, epoch, latest, f"{len(self.val)} validation cubes",
-                                     f"K = {self.components}") if p)
+        return ", ".join(
+            p for p in (where, epoch, latest, f"{len(self.val)} validation cubes", f"K = {self.components}") if p
+        )

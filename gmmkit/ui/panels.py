@@ -7,6 +7,7 @@ slow rank, and the slowest is named, with its host when the run's summary lists 
 **Output.** What each engine printed (stdout and stderr: ``TrainingRun.output(rank)``), one collapsible
 section per rank, lines that report errors marked; a rank with errors says so in its section's title.
 """
+
 from __future__ import annotations
 
 import html
@@ -30,8 +31,10 @@ def ranks_html(record: Optional[dict], hosts: Optional[list[str]] = None, label:
     """Each rank's step time and own time per sample as bars, the slowest rank named."""
     step, own = (record or {}).get("rank_step_s"), (record or {}).get("rank_eval_s")
     if not step and not own:
-        return (f"<div class='gmmkit-ranks'><i>{html.escape(label)}: no per-rank times yet (they come with "
-                "each epoch)</i></div>")
+        return (
+            f"<div class='gmmkit-ranks'><i>{html.escape(label)}: no per-rank times yet (they come with "
+            "each epoch)</i></div>"
+        )
     n = len(step or own)
     hosts = hosts or []
     slow = slowest_rank(record)
@@ -40,11 +43,15 @@ def ranks_html(record: Optional[dict], hosts: Optional[list[str]] = None, label:
     for r in range(n):
         where = f" ({html.escape(hosts[r])})" if r < len(hosts) else ""
         value = (own or step)[r]
-        bar = f"<span style='display:inline-block;background:{'#d62728' if r == slow and n > 1 else '#1f77b4'};" \
-              f"height:9px;width:{max(2, int(160 * value / top))}px'></span>"
+        bar = (
+            f"<span style='display:inline-block;background:{'#d62728' if r == slow and n > 1 else '#1f77b4'};"
+            f"height:9px;width:{max(2, int(160 * value / top))}px'></span>"
+        )
         step_text = f"step {1e3 * step[r]:.1f} ms" if step else ""
         own_text = f"own {1e3 * own[r]:.2f} ms/sample" if own else ""
-        cells = "".join(f"<td style='padding:0 14px 0 0'>{v}</td>" for v in (f"rank {r}{where}", step_text, own_text, bar))
+        cells = "".join(
+            f"<td style='padding:0 14px 0 0'>{v}</td>" for v in (f"rank {r}{where}", step_text, own_text, bar)
+        )
         lines.append(f"<tr>{cells}</tr>")
     fastest = min(own or step)
     verdict = ""
@@ -52,10 +59,12 @@ def ranks_html(record: Optional[dict], hosts: Optional[list[str]] = None, label:
         ratio = (own or step)[slow] / fastest if fastest > 0 else float("inf")
         where = f" on {html.escape(hosts[slow])}" if slow < len(hosts) else ""
         verdict = f"slowest: <b>rank {slow}</b>{where}, {ratio:.2f}x the fastest"
-    return (f"<div class='gmmkit-ranks' style='font-size:12px'><b>{html.escape(label)}</b> epoch "
-            f"{record.get('epoch', '?')}: {verdict}<table style='border-collapse:collapse'>{''.join(lines)}"
-            "</table><i>steps end together (every step ends in an allreduce); the own time per validation "
-            "sample involves no other rank and tells a slow one</i></div>")
+    return (
+        f"<div class='gmmkit-ranks' style='font-size:12px'><b>{html.escape(label)}</b> epoch "
+        f"{record.get('epoch', '?')}: {verdict}<table style='border-collapse:collapse'>{''.join(lines)}"
+        "</table><i>steps end together (every step ends in an allreduce); the own time per validation "
+        "sample involves no other rank and tells a slow one</i></div>"
+    )
 
 
 class RankLogs:
@@ -82,8 +91,10 @@ class RankLogs:
             self.widget.children = [W.HTML() for _ in range(ranks)]
         for rank, (child, text) in enumerate(zip(self.widget.children, texts)):
             if text is None:
-                child.value = ("<i>this run was not started by this dashboard: its ranks' output went to the "
-                               "process that started it (the shell, the batch system's log)</i>")
+                child.value = (
+                    "<i>this run was not started by this dashboard: its ranks' output went to the "
+                    "process that started it (the shell, the batch system's log)</i>"
+                )
                 self.widget.set_title(rank, f"rank {rank} output")
                 continue
             errors = sum(1 for line in text.splitlines() if is_error_line(line))

@@ -6,6 +6,7 @@ opened in a new kernel re-attaches to runs still training (their ``.lock`` is he
 :meth:`gmmkit.training.rundir.RunDir.in_use`). :func:`table_rows` and :func:`sort_rows` make the sortable runs
 table, :func:`parallel_columns` the parallel-coordinates view of settings against time to target.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,20 @@ from ..study.perfmodel import efficiency
 from ..training.rundir import RunDir
 
 # (key, header) of the runs table, in order
-COLUMNS = (("run", "run"), ("strategy", "strategy"), ("workers", "n"), ("hosts", "hosts"), ("lr", "lr"),
-           ("batch_size", "batch"), ("exact", "exact"), ("status", "status"), ("epochs", "epochs"),
-           ("best_val_loss", "best val"), ("time_to_target_s", "time to target"), ("efficiency", "efficiency"))
+COLUMNS = (
+    ("run", "run"),
+    ("strategy", "strategy"),
+    ("workers", "n"),
+    ("hosts", "hosts"),
+    ("lr", "lr"),
+    ("batch_size", "batch"),
+    ("exact", "exact"),
+    ("status", "status"),
+    ("epochs", "epochs"),
+    ("best_val_loss", "best val"),
+    ("time_to_target_s", "time to target"),
+    ("efficiency", "efficiency"),
+)
 STRATEGY_ORDER = ("strong", "weak", "lsr", "warmup")
 
 
@@ -51,7 +63,6 @@ class DashboardRun:
         if self.error:
             return "failed"
         return self.summary.get("status", "running") if self.summary else "running"
-
 
 
 def discover(folder: str | Path, depth: int = 2) -> list[Path]:
@@ -132,26 +143,46 @@ def table_rows(runs: Sequence[Any]) -> list[dict]:
     ``first_epoch_s``, ``stop_s``). ``runs``: objects with ``label``, ``cfg``, ``status``, ``summary``,
     ``records`` (a :class:`DashboardRun`). Efficiency ``T1 / (n Tn)`` is against the
     first sequential run that reached the same target."""
-    base = next((r for r in runs if r.cfg.train.workers == 1 and r.summary
-                 and is_finite_number(r.summary.get("time_to_target_s"))), None)
+    base = next(
+        (
+            r
+            for r in runs
+            if r.cfg.train.workers == 1 and r.summary and is_finite_number(r.summary.get("time_to_target_s"))
+        ),
+        None,
+    )
     rows = []
     for r in runs:
         s, t = r.summary or {}, r.cfg.train
         ttt = s.get("time_to_target_s")
         same = base is not None and base.cfg.train.target_loss == t.target_loss
         finite = [x["val_loss"] for x in r.records if is_finite_number(x.get("val_loss"))]
-        rows.append({
-            "key": r.number, "number": r.number, "run": r.label, "strategy": t.strategy, "workers": t.workers,
-            "hosts": ", ".join(hosts_of(s)) or "-", "lr": t.lr, "batch_size": t.batch_size,
-            "exact": getattr(t, "exact", None), "status": r.status, "epochs": s.get("epochs", len(r.records)),
-            "best_val_loss": s.get("best_val_loss", min(finite) if finite else None), "time_to_target_s": ttt,
-            "efficiency": efficiency(base.summary["time_to_target_s"], t.workers, ttt) if same else None,
-            "first_epoch_s": getattr(r, "first_epoch_s", None), "stop_s": getattr(r, "stop_s", None)})
+        rows.append(
+            {
+                "key": r.number,
+                "number": r.number,
+                "run": r.label,
+                "strategy": t.strategy,
+                "workers": t.workers,
+                "hosts": ", ".join(hosts_of(s)) or "-",
+                "lr": t.lr,
+                "batch_size": t.batch_size,
+                "exact": getattr(t, "exact", None),
+                "status": r.status,
+                "epochs": s.get("epochs", len(r.records)),
+                "best_val_loss": s.get("best_val_loss", min(finite) if finite else None),
+                "time_to_target_s": ttt,
+                "efficiency": efficiency(base.summary["time_to_target_s"], t.workers, ttt) if same else None,
+                "first_epoch_s": getattr(r, "first_epoch_s", None),
+                "stop_s": getattr(r, "stop_s", None),
+            }
+        )
     return rows
 
 
 def sort_rows(rows: list[dict], key: str, descending: bool = False) -> list[dict]:
     """``rows`` ordered by ``key``; missing values (None, NaN, "-") last in either direction."""
+
     def present(r):
         v = r.get(key)
         return not (v is None or v == "-" or (isinstance(v, float) and math.isnan(v)))
@@ -176,22 +207,36 @@ def parallel_columns(rows: Sequence[dict]) -> dict:
     if not rows:
         return {"dimensions": [], "colour": []}
     reached = [r["time_to_target_s"] for r in rows if is_finite_number(r["time_to_target_s"])]
-    missing = (max(reached) * 1.25 if reached else 1.0)
+    missing = max(reached) * 1.25 if reached else 1.0
     ttt = [r["time_to_target_s"] if is_finite_number(r["time_to_target_s"]) else missing for r in rows]
     strategies = [s for s in STRATEGY_ORDER if any(r["strategy"] == s for r in rows)]
     strategies += sorted({r["strategy"] for r in rows} - set(strategies))
     lrs = [math.log10(r["lr"]) for r in rows]
     dims = [
-        {"label": "strategy", "values": [strategies.index(r["strategy"]) for r in rows],
-         "tickvals": list(range(len(strategies))), "ticktext": strategies},
+        {
+            "label": "strategy",
+            "values": [strategies.index(r["strategy"]) for r in rows],
+            "tickvals": list(range(len(strategies))),
+            "ticktext": strategies,
+        },
         {"label": "workers n", "values": [r["workers"] for r in rows]},
-        {"label": "lr", "values": lrs, "tickvals": sorted(set(lrs)),
-         "ticktext": [f"{10 ** v:.2g}" for v in sorted(set(lrs))]},
+        {
+            "label": "lr",
+            "values": lrs,
+            "tickvals": sorted(set(lrs)),
+            "ticktext": [f"{10**v:.2g}" for v in sorted(set(lrs))],
+        },
         {"label": "batch", "values": [r["batch_size"] for r in rows]},
     ]
     if any(r["exact"] is not None for r in rows):
-        dims.append({"label": "exact", "values": [int(bool(r["exact"])) for r in rows], "tickvals": [0, 1],
-                     "ticktext": ["no", "yes"]})
+        dims.append(
+            {
+                "label": "exact",
+                "values": [int(bool(r["exact"])) for r in rows],
+                "tickvals": [0, 1],
+                "ticktext": ["no", "yes"],
+            }
+        )
     dims.append({"label": "epochs", "values": [r["epochs"] or 0 for r in rows]})
     ticks = sorted(set(reached))
     if len(ticks) > 6:  # a few round ticks, not one per run

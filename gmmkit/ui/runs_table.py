@@ -1,5 +1,6 @@
 """The dashboard's runs table: one row per run, sorted by a click on any column's header, with a checkbox
 per run that shows or hides its curves on the loss plot. The rows come from :func:`gmmkit.ui.runs.table_rows`."""
+
 from __future__ import annotations
 
 import html
@@ -10,9 +11,20 @@ import ipywidgets as W
 from .format import format_number, format_seconds
 from .runs import COLUMNS, sort_rows
 
-WIDTHS = {"run": "120px", "strategy": "70px", "workers": "36px", "hosts": "80px", "lr": "64px",
-          "batch_size": "50px", "exact": "50px", "status": "92px", "epochs": "56px", "best_val_loss": "72px",
-          "time_to_target_s": "104px", "efficiency": "76px"}
+WIDTHS = {
+    "run": "120px",
+    "strategy": "70px",
+    "workers": "36px",
+    "hosts": "80px",
+    "lr": "64px",
+    "batch_size": "50px",
+    "exact": "50px",
+    "status": "92px",
+    "epochs": "56px",
+    "best_val_loss": "72px",
+    "time_to_target_s": "104px",
+    "efficiency": "76px",
+}
 
 
 def cell_text(key: str, value) -> str:
@@ -43,17 +55,29 @@ class RunsTable:
         self.visible: dict[int, bool] = {}
         self._checks: dict[int, W.Checkbox] = {}
         self._cells: dict[tuple, W.HTML] = {}  # reused: a re-render only changes values and order
-        self.headers = {key: W.Button(description=title, tooltip=f"sort by {title}", style={"font_size": "12px"},
-                                      layout=W.Layout(width=WIDTHS.get(key, "80px"), padding="0px 2px"))
-                        for key, title in self.columns}
+        self.headers = {
+            key: W.Button(
+                description=title,
+                tooltip=f"sort by {title}",
+                style={"font_size": "12px"},
+                layout=W.Layout(width=WIDTHS.get(key, "80px"), padding="0px 2px"),
+            )
+            for key, title in self.columns
+        }
         for key, button in self.headers.items():
             button.add_class("gmmkit-runs-sort")
             button.on_click(lambda _b, key=key: self.sort_by(key, toggle=True))
         self._show_header = W.HTML("<b title='show the run on the loss plot'>show</b>")
-        self.grid = W.GridBox(layout=W.Layout(grid_template_columns="34px " + " ".join(
-            WIDTHS.get(k, "80px") for k, _ in self.columns), grid_gap="2px 4px"))
-        self.empty = W.HTML("<i>runs appear here as they start, and runs already in the output folder at once: "
-                            "click a header to sort</i>")
+        self.grid = W.GridBox(
+            layout=W.Layout(
+                grid_template_columns="34px " + " ".join(WIDTHS.get(k, "80px") for k, _ in self.columns),
+                grid_gap="2px 4px",
+            )
+        )
+        self.empty = W.HTML(
+            "<i>runs appear here as they start, and runs already in the output folder at once: "
+            "click a header to sort</i>"
+        )
         self.widget = W.VBox([self.grid, self.empty])
         self.widget.add_class("gmmkit-runs")
         self._render()
@@ -79,8 +103,12 @@ class RunsTable:
 
     def _check(self, key: int) -> W.Checkbox:
         if key not in self._checks:
-            box = W.Checkbox(value=self.visible.get(key, True), indent=False, layout=W.Layout(width="30px"),
-                             tooltip="show this run's curves")
+            box = W.Checkbox(
+                value=self.visible.get(key, True),
+                indent=False,
+                layout=W.Layout(width="30px"),
+                tooltip="show this run's curves",
+            )
             box.observe(lambda change, key=key: self._toggled(key, change["new"]), names="value")
             self._checks[key] = box
         return self._checks[key]
@@ -98,10 +126,15 @@ class RunsTable:
         for row in self.ordered():
             children.append(self._check(row["key"]))
             for key, _title in self.columns:
-                style = "color:#b00020" if key == "status" and row.get("status") in ("failed", "diverged",
-                                                                                  "interrupted") else ""
-                value = (f"<span class='gmmkit-cell-{key}' style='{style}'>"
-                         f"{html.escape(cell_text(key, row.get(key)))}</span>")
+                style = (
+                    "color:#b00020"
+                    if key == "status" and row.get("status") in ("failed", "diverged", "interrupted")
+                    else ""
+                )
+                value = (
+                    f"<span class='gmmkit-cell-{key}' style='{style}'>"
+                    f"{html.escape(cell_text(key, row.get(key)))}</span>"
+                )
                 cell = self._cells.setdefault((row["key"], key), W.HTML())
                 if cell.value != value:
                     cell.value = value

@@ -16,6 +16,7 @@ Sigma_aa``. So the k-sigma ellipsoid's section is the ellipse ``(u - m)^T S^-1 (
 :func:`window_range` turns one into the range of the cubes' normalised units
 (:func:`gmmkit.data.intensity.normalize_hu`), where values outside [0, 1] simply saturate.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,11 @@ from ..errors import InputError
 
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 # name -> (width, level) in HU: the radiologists' lung and mediastinum windows, and the model's own range
-WINDOWS = {"lung": (1500.0, -600.0), "mediastinum": (350.0, 50.0),
-           "model": (HU_WINDOW[1] - HU_WINDOW[0], (HU_WINDOW[0] + HU_WINDOW[1]) / 2.0)}
+WINDOWS = {
+    "lung": (1500.0, -600.0),
+    "mediastinum": (350.0, 50.0),
+    "model": (HU_WINDOW[1] - HU_WINDOW[0], (HU_WINDOW[0] + HU_WINDOW[1]) / 2.0),
+}
 SIGMAS = (1.0, 2.0)
 
 
@@ -87,11 +91,13 @@ def shared_range(*arrays: np.ndarray, symmetric: bool = True) -> tuple[float, fl
 
 # --- windows ---------------------------------------------------------------------------------
 
+
 def window_range(width: float, level: float, hu_window: tuple[float, float] = HU_WINDOW) -> tuple[float, float]:
     """The (low, high) of a CT window (``width``, ``level`` in HU) in the normalised units of ``hu_window``."""
     if not (math.isfinite(width) and math.isfinite(level)) or width <= 0:
-        raise InputError(f"window: expected a positive width and a level in HU, received width {width!r}, "
-                         f"level {level!r}")
+        raise InputError(
+            f"window: expected a positive width and a level in HU, received width {width!r}, level {level!r}"
+        )
     lo, hi = hu_window
     return ((level - width / 2.0 - lo) / (hi - lo), (level + width / 2.0 - lo) / (hi - lo))
 
@@ -105,8 +111,7 @@ def window_of(preset: str) -> tuple[float, float]:
 
 def preset_of(width: float, level: float) -> Optional[str]:
     """The preset a (width, level) is, or None for a window of one's own."""
-    return next((name for name, (w, c) in WINDOWS.items() if abs(w - width) < 0.5 and abs(c - level) < 0.5),
-                None)
+    return next((name for name, (w, c) in WINDOWS.items() if abs(w - width) < 0.5 and abs(c - level) < 0.5), None)
 
 
 def difference_range(difference: np.ndarray) -> tuple[float, float]:
@@ -115,6 +120,7 @@ def difference_range(difference: np.ndarray) -> tuple[float, float]:
 
 
 # --- crosshair -------------------------------------------------------------------------------
+
 
 def click_position(position: Sequence[int], axis: str | int, row: float, col: float, size: int) -> tuple:
     """The crosshair after a click at (``row``, ``col``) of the slice along ``axis``: the two in-plane axes
@@ -137,8 +143,17 @@ def crosshair(position: Sequence[int], axis: str | int) -> tuple[int, int]:
 
 # --- the mixture ------------------------------------------------------------------------------
 
-def gaussian_sections(alpha: np.ndarray, mu: np.ndarray, tril: np.ndarray, axis: str | int, index: float,
-                      size: int, sigmas: Sequence[float] = SIGMAS, points: int = 40) -> list[dict]:
+
+def gaussian_sections(
+    alpha: np.ndarray,
+    mu: np.ndarray,
+    tril: np.ndarray,
+    axis: str | int,
+    index: float,
+    size: int,
+    sigmas: Sequence[float] = SIGMAS,
+    points: int = 40,
+) -> list[dict]:
     """The sections of each component's k-sigma ellipsoids by the slice ``index`` along ``axis``.
 
     Returns one dict per non-empty section: ``component``, ``sigma`` (k), ``row`` and ``col`` (closed
@@ -147,8 +162,10 @@ def gaussian_sections(alpha: np.ndarray, mu: np.ndarray, tril: np.ndarray, axis:
     alpha, mu = np.asarray(alpha, dtype=np.float64), np.asarray(mu, dtype=np.float64)
     k = alpha.shape[0] if alpha.ndim == 1 else -1
     if alpha.ndim != 1 or mu.shape != (k, 3) or np.shape(tril) != (k, 3, 3):
-        raise InputError(f"mixture: expected alpha (K,), mu (K, 3) and tril (K, 3, 3), received "
-                         f"{alpha.shape}, {mu.shape} and {np.shape(tril)}")
+        raise InputError(
+            f"mixture: expected alpha (K,), mu (K, 3) and tril (K, 3, 3), received "
+            f"{alpha.shape}, {mu.shape} and {np.shape(tril)}"
+        )
     a = axis_index(axis)
     u = list(in_plane_axes(a))
     centre, cov = to_voxel(mu, size), voxel_covariances(tril, size)
@@ -167,8 +184,16 @@ def gaussian_sections(alpha: np.ndarray, mu: np.ndarray, tril: np.ndarray, axis:
             if delta2 >= sigma * sigma:
                 continue
             outline = m[:, None] + math.sqrt(sigma * sigma - delta2) * chol @ circle
-            out.append({"component": int(c), "sigma": float(sigma), "alpha": float(alpha[c]),
-                        "row": outline[0], "col": outline[1], "centre": (float(m[0]), float(m[1]))})
+            out.append(
+                {
+                    "component": int(c),
+                    "sigma": float(sigma),
+                    "alpha": float(alpha[c]),
+                    "row": outline[0],
+                    "col": outline[1],
+                    "centre": (float(m[0]), float(m[1])),
+                }
+            )
     return out
 
 
@@ -178,16 +203,23 @@ def weight_opacity(alpha: np.ndarray | float, top: float) -> np.ndarray:
     return np.clip(0.15 + 0.85 * np.asarray(alpha, dtype=np.float64) / top, 0.15, 1.0)
 
 
-def components_table(alpha: np.ndarray, mu: np.ndarray, tril: np.ndarray, size: int, top: int = 8,
-                     spacing_mm: float = 1.0) -> list[dict]:
+def components_table(
+    alpha: np.ndarray, mu: np.ndarray, tril: np.ndarray, size: int, top: int = 8, spacing_mm: float = 1.0
+) -> list[dict]:
     """The ``top`` heaviest components: ``component``, ``alpha``, ``mu`` (voxel indices, array axes 0, 1, 2)
     and ``sigma_mm`` (the standard deviation along each axis, in mm)."""
     alpha = np.asarray(alpha, dtype=np.float64)
     centre, cov = to_voxel(mu, size), voxel_covariances(tril, size)
     rows = []
     for c in np.argsort(-alpha, kind="stable")[:top]:
-        rows.append({"component": int(c), "alpha": float(alpha[c]), "mu": centre[c].tolist(),
-                     "sigma_mm": (np.sqrt(np.diag(cov[c])) * spacing_mm).tolist()})
+        rows.append(
+            {
+                "component": int(c),
+                "alpha": float(alpha[c]),
+                "mu": centre[c].tolist(),
+                "sigma_mm": (np.sqrt(np.diag(cov[c])) * spacing_mm).tolist(),
+            }
+        )
     return rows
 
 

@@ -12,6 +12,7 @@ The numbers come from :class:`~gmmkit.ui.inspector.Inspector`, the geometry from
 the figures from :mod:`gmmkit.plots.slices` and :mod:`gmmkit.plots.volume`. Every control calls a plain
 method (:meth:`show`, :meth:`click`, :meth:`set_window`, :meth:`set_epoch`), which is what the tests call.
 """
+
 from __future__ import annotations
 
 import html
@@ -25,7 +26,8 @@ import numpy as np
 
 from .. import plots
 from ..data.intensity import denormalize
-from ..plots import slices, volume as volume_plots
+from ..plots import slices
+from ..plots import volume as volume_plots
 from . import sections as geo
 from .format import components_html, facts_html
 from .inspector import Inspector
@@ -43,9 +45,17 @@ class SliceViewer:
     :meth:`follow` keeps up with a run that is training.
     """
 
-    def __init__(self, run: Any = None, sample: int = 0, position: Optional[Sequence[int]] = None,
-                 window: str | tuple = "lung", volume: bool = True, max_samples: Optional[int] = 32,
-                 min_refresh_s: float = 2.0, export_dir: str = "views"):
+    def __init__(
+        self,
+        run: Any = None,
+        sample: int = 0,
+        position: Optional[Sequence[int]] = None,
+        window: str | tuple = "lung",
+        volume: bool = True,
+        max_samples: Optional[int] = 32,
+        min_refresh_s: float = 2.0,
+        export_dir: str = "views",
+    ):
         self.max_samples, self.min_refresh_s, self.export_dir = max_samples, min_refresh_s, Path(export_dir)
         self.inspector: Optional[Inspector] = None
         self.position = (0, 0, 0)
@@ -61,22 +71,43 @@ class SliceViewer:
         width, level = geo.window_of(window) if isinstance(window, str) else window
 
         self.sample = W.Dropdown(options=[("-", 0)], value=0, description="cube", layout=W.Layout(width="330px"))
-        self.epoch = W.SelectionSlider(options=[0], value=0, description="epoch", continuous_update=False,
-                                       layout=W.Layout(width="360px"))
+        self.epoch = W.SelectionSlider(
+            options=[0], value=0, description="epoch", continuous_update=False, layout=W.Layout(width="360px")
+        )
         self.epoch.add_class("gmmkit-epoch-slider")
         self.reload_button = W.Button(description="reload", icon="refresh", layout=W.Layout(width="84px"))
         self.png_button = W.Button(description="PNG", icon="download", layout=W.Layout(width="72px"))
         self.html_button = W.Button(description="HTML", icon="download", layout=W.Layout(width="78px"))
-        self.preset = W.ToggleButtons(options=list(geo.WINDOWS), value=geo.preset_of(width, level),
-                                      description="window", style={"button_width": "96px"})
+        self.preset = W.ToggleButtons(
+            options=list(geo.WINDOWS),
+            value=geo.preset_of(width, level),
+            description="window",
+            style={"button_width": "96px"},
+        )
         self.preset.add_class("gmmkit-window")
-        self.width = W.FloatSlider(value=width, min=1.0, max=4000.0, step=10.0, description="W (HU)",
-                                   continuous_update=False, layout=W.Layout(width="300px"))
-        self.level = W.FloatSlider(value=level, min=-1400.0, max=1000.0, step=10.0, description="L (HU)",
-                                   continuous_update=False, layout=W.Layout(width="300px"))
+        self.width = W.FloatSlider(
+            value=width,
+            min=1.0,
+            max=4000.0,
+            step=10.0,
+            description="W (HU)",
+            continuous_update=False,
+            layout=W.Layout(width="300px"),
+        )
+        self.level = W.FloatSlider(
+            value=level,
+            min=-1400.0,
+            max=1000.0,
+            step=10.0,
+            description="L (HU)",
+            continuous_update=False,
+            layout=W.Layout(width="300px"),
+        )
         self.gaussians = W.Checkbox(value=True, description="Gaussians (1 and 2 sigma)", indent=False)
-        self.sliders = {p: W.IntSlider(value=0, min=0, max=1, description=p, continuous_update=True,
-                                       layout=W.Layout(width="330px")) for p in PLANES}
+        self.sliders = {
+            p: W.IntSlider(value=0, min=0, max=1, description=p, continuous_update=True, layout=W.Layout(width="330px"))
+            for p in PLANES
+        }
         for s in self.sliders.values():
             s.add_class("gmmkit-slice-slider")
             s.observe(self._on_slider, names="value")
@@ -97,9 +128,16 @@ class SliceViewer:
         self.reload_button.on_click(lambda _b: self.refresh(force=True))
         self.png_button.on_click(lambda _b: self._export_in_background("png"))
         self.html_button.on_click(lambda _b: self._export_in_background("html"))
-        parts = [W.HBox([self.sample, self.epoch, self.reload_button, self.png_button, self.html_button]),
-                 W.HBox([self.preset, self.gaussians]), W.HBox([self.width, self.level]),
-                 W.HBox(list(self.sliders.values())), self.facts, self.info, self.figure, self.components]
+        parts = [
+            W.HBox([self.sample, self.epoch, self.reload_button, self.png_button, self.html_button]),
+            W.HBox([self.preset, self.gaussians]),
+            W.HBox([self.width, self.level]),
+            W.HBox(list(self.sliders.values())),
+            self.facts,
+            self.info,
+            self.figure,
+            self.components,
+        ]
         if self.volume is not None:
             parts.append(self.volume)
         self.widget = W.VBox(parts)
@@ -182,8 +220,14 @@ class SliceViewer:
                 self.info.value = f"<span style='color:#b00020'>{html.escape(str(exc))}</span>"
 
     # --- what the controls do ---------------------------------------------------------------------
-    def show(self, sample: Optional[int] = None, position: Optional[Sequence[int]] = None,
-             epoch: Optional[int] = None, axis: Optional[str] = None, index: Optional[int] = None) -> None:
+    def show(
+        self,
+        sample: Optional[int] = None,
+        position: Optional[Sequence[int]] = None,
+        epoch: Optional[int] = None,
+        axis: Optional[str] = None,
+        index: Optional[int] = None,
+    ) -> None:
         """Move the controls (each one given) and redraw once. ``axis`` and ``index`` move one plane's slice."""
         self._quiet = True
         try:
@@ -271,14 +315,26 @@ class SliceViewer:
                 for cut in cuts[plane]:
                     cut["opacity"] = float(geo.weight_opacity(cut["alpha"], top))
             epoch = "initial weights" if s.epoch == 0 else f"epoch {s.epoch}" if s.epoch is not None else "weights"
-            title = (f"validation cube {s.index} · {epoch} · crosshair (axial {self.position[0]}, "
-                     f"coronal {self.position[1]}, sagittal {self.position[2]}) · cube MSLE {s.loss:.4g}")
-            slices.update_planes(self.figure, images, crosshairs, s.size, self.window,
-                                 geo.difference_range(diff_hu), sections=cuts, labels=labels, title=title)
+            title = (
+                f"validation cube {s.index} · {epoch} · crosshair (axial {self.position[0]}, "
+                f"coronal {self.position[1]}, sagittal {self.position[2]}) · cube MSLE {s.loss:.4g}"
+            )
+            slices.update_planes(
+                self.figure,
+                images,
+                crosshairs,
+                s.size,
+                self.window,
+                geo.difference_range(diff_hu),
+                sections=cuts,
+                labels=labels,
+                title=title,
+            )
             if volume and self.volume is not None:
                 sizes = 3.0 + 9.0 * np.sqrt(np.clip(s.alpha, 0, None) / top)
-                volume_plots.update_volume(self.volume, s.input, s.density, centres=geo.to_voxel(s.mu, s.size),
-                                           sizes=sizes)
+                volume_plots.update_volume(
+                    self.volume, s.input, s.density, centres=geo.to_voxel(s.mu, s.size), sizes=sizes
+                )
             self.components.value = components_html(table[:8], spacing_mm=insp.spacing_mm)
             self.facts.value = facts_html(insp.facts[s.index])
             self.info.value = html.escape(insp.describe())
@@ -304,8 +360,9 @@ class SliceViewer:
         path = Path(path)
         figures = {"slices": self.figure, "volume": self.volume}
         if what not in figures or figures[what] is None:
-            raise ValueError(f"what: expected slices{' or volume' if self.volume is not None else ''}, "
-                             f"received {what!r}")
+            raise ValueError(
+                f"what: expected slices{' or volume' if self.volume is not None else ''}, received {what!r}"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix.lower() == ".html":
             shown = [self.figure] + ([self.volume] if self.volume is not None else [])
@@ -366,4 +423,3 @@ class SliceViewer:
             finally:
                 self._quiet = False
             self._apply_window()
-

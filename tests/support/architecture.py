@@ -11,6 +11,7 @@ breach, so a test can assert the real tree has none and that planted breaches ar
 
 Imports inside functions count as much as those at the top: a lazy import is still an import.
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,8 +21,21 @@ MAX_LINES = 400
 
 # Lowest first. A unit is a module or package name; a module belongs to the unit that is its longest prefix.
 LAYERS = (
-    ("base", ("gmmkit", "gmmkit.checks", "gmmkit.config", "gmmkit.errors", "gmmkit.files", "gmmkit.signals",
-              "gmmkit.strategies", "gmmkit.timing", "gmmkit.machine", "gmmkit.model.config")),
+    (
+        "base",
+        (
+            "gmmkit",
+            "gmmkit.checks",
+            "gmmkit.config",
+            "gmmkit.errors",
+            "gmmkit.files",
+            "gmmkit.signals",
+            "gmmkit.strategies",
+            "gmmkit.timing",
+            "gmmkit.machine",
+            "gmmkit.model.config",
+        ),
+    ),
     ("model, data, plots", ("gmmkit.model", "gmmkit.data", "gmmkit.plots")),
     ("parallel", ("gmmkit.parallel",)),
     ("training", ("gmmkit.training",)),
@@ -51,9 +65,28 @@ OWNERS = {
     "concurrent": ("gmmkit.data.pool",),
 }
 # os functions that start a process, owned like subprocess
-PROCESS_CALLS = {"system", "popen", "fork", "forkpty", "execv", "execve", "execvp", "execvpe", "execl", "execle",
-                 "execlp", "execlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "posix_spawn",
-                 "posix_spawnp"}
+PROCESS_CALLS = {
+    "system",
+    "popen",
+    "fork",
+    "forkpty",
+    "execv",
+    "execve",
+    "execvp",
+    "execvpe",
+    "execl",
+    "execle",
+    "execlp",
+    "execlpe",
+    "spawnv",
+    "spawnve",
+    "spawnvp",
+    "spawnvpe",
+    "spawnl",
+    "spawnle",
+    "posix_spawn",
+    "posix_spawnp",
+}
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -100,7 +133,7 @@ class _Imports(ast.NodeVisitor):
         base = node.module or ""
         if node.level:
             parts = self.package.split(".")
-            parts = parts[:len(parts) - (node.level - 1)]
+            parts = parts[: len(parts) - (node.level - 1)]
             base = ".".join(parts + ([node.module] if node.module else []))
         names = []
         for alias in node.names:
@@ -115,8 +148,12 @@ class _Imports(ast.NodeVisitor):
 
     def visit_Call(self, node):
         f = node.func
-        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "os" \
-                and f.attr in PROCESS_CALLS:
+        if (
+            isinstance(f, ast.Attribute)
+            and isinstance(f.value, ast.Name)
+            and f.value.id == "os"
+            and f.attr in PROCESS_CALLS
+        ):
             self.process_calls.append((node.lineno, f"os.{f.attr}"))
         self.generic_visit(node)
 
@@ -124,8 +161,13 @@ class _Imports(ast.NodeVisitor):
 def _private_reads(tree: ast.AST, aliases: dict[str, str]) -> list[tuple[int, str]]:
     reads = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
-                and node.attr.startswith("_") and not node.attr.startswith("__"):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             reads.append((node.lineno, f"{aliases[node.value.id]}.{node.attr}"))
     return reads
 
@@ -150,8 +192,10 @@ def violations(root: Path) -> list[str]:
             if target.startswith("gmmkit"):
                 other_layer, other_unit = unit_of(target)
                 if not (other_layer < layer or other_unit == unit or (layer == 0 and other_layer == 0)):
-                    found.append(f"{rel}:{line}: imports {target} ({LAYERS[other_layer][0]}) from "
-                                 f"{LAYERS[layer][0]}: imports go down the layers")
+                    found.append(
+                        f"{rel}:{line}: imports {target} ({LAYERS[other_layer][0]}) from "
+                        f"{LAYERS[layer][0]}: imports go down the layers"
+                    )
                 private = [n for n in names if n.startswith("_") and not n.startswith("__")]
                 if private and target != name:
                     found.append(f"{rel}:{line}: imports the private {', '.join(private)} of {target}")
@@ -161,8 +205,9 @@ def violations(root: Path) -> list[str]:
                 found.append(f"{rel}:{line}: imports {top}, which only {', '.join(OWNERS[top])} may import")
         for line, call in visitor.process_calls:
             if not any(_within(name, owner) for owner in OWNERS["subprocess"]):
-                found.append(f"{rel}:{line}: starts a process ({call}), which only "
-                             f"{', '.join(OWNERS['subprocess'])} may do")
+                found.append(
+                    f"{rel}:{line}: starts a process ({call}), which only {', '.join(OWNERS['subprocess'])} may do"
+                )
         for line, read in _private_reads(tree, visitor.aliases):
             found.append(f"{rel}:{line}: reads the private {read}")
     return found

@@ -12,6 +12,7 @@ half-written one: other engineers' processes resolve ``localhost`` meanwhile). W
 mount point (containers) a rename is impossible and the file is rewritten in place. Callers hold the
 hosts lock (:mod:`tests.support.hosts`), so no two fixtures edit it at once.
 """
+
 from __future__ import annotations
 
 import errno

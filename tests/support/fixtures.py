@@ -19,6 +19,7 @@ that uses the fixtures.
 Tests are skipped, with the reason, only when namespaces cannot be made (not root, ``ip netns add``
 refused) or SLURM is not installed. Set-up and tear-down seconds are printed at the end of the session.
 """
+
 from __future__ import annotations
 
 import functools
@@ -97,12 +98,17 @@ class HostsPool:
             env = self.slurm_cluster.env()
 
             def no_jobs():
-                return not subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True,
-                                          text=True, timeout=10).stdout.strip()
+                return not subprocess.run(
+                    ["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True, timeout=10
+                ).stdout.strip()
 
             if not no_jobs():
-                subprocess.run(["scancel", "--quiet", "--partition", SlurmCluster.partition], env=env,
-                               capture_output=True, timeout=10)
+                subprocess.run(
+                    ["scancel", "--quiet", "--partition", SlurmCluster.partition],
+                    env=env,
+                    capture_output=True,
+                    timeout=10,
+                )
                 wait_for(no_jobs, 60, "cancelled SLURM jobs leaving the queue", interval=0.2)
             restarted = self.slurm_cluster.heal()
             if restarted:
@@ -123,8 +129,7 @@ class HostsPool:
                 finally:
                     restore_sigterm_handler(self._sigterm)
                     self._sigterm = None
-                self.timings.append(
-                    f"emulated hosts ({self.current.n}): torn down in {self.current.teardown_s:.2f} s")
+                self.timings.append(f"emulated hosts ({self.current.n}): torn down in {self.current.teardown_s:.2f} s")
 
 
 @pytest.fixture(scope="session")

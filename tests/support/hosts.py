@@ -27,6 +27,7 @@ flock, released by the kernel when the holder dies) for its whole life. Under th
 removes whatever a killed earlier run left (namespaces and links named ``gmk*``, bound UTS files, the
 /etc/hosts block, and root-namespace daemons that it registered with their start times), then builds.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -39,9 +40,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import etc_hosts
-from .netns import (NETNS_DIR, HostSetupError, empty_netns, enter_prefix, kill_pids, our_links,
-                    our_netns, pids_in_netns, process_start_time, sh, tool, unbind, wait_for,
-                    which)
+from .netns import (
+    NETNS_DIR,
+    HostSetupError,
+    empty_netns,
+    enter_prefix,
+    kill_pids,
+    our_links,
+    our_netns,
+    pids_in_netns,
+    process_start_time,
+    sh,
+    tool,
+    unbind,
+    wait_for,
+    which,
+)
 
 STATE_DIR = Path(os.environ.get("GMK_HOSTS_STATE", "/run/gmk-hosts"))
 LOCK_FILE = Path(str(STATE_DIR) + ".lock")
@@ -56,6 +70,7 @@ LOCK_WAIT_S = 300.0  # another session's hosts: wait this long for them to go
 class Host:
     """One emulated host: its name (hostname, network namespace and /etc/hosts name), its address, the
     files its namespaces are bound to, and the root-side veth that is its link to everything else."""
+
     name: str
     address: str
     netns: Path
@@ -101,8 +116,13 @@ class HostsLock:
                 return False
 
         try:
-            wait_for(take, self.wait_s, f"taking {self.path} (another set of emulated hosts exists)",
-                     interval=0.5, on_timeout=lambda: f"held by: {self._holder()}")
+            wait_for(
+                take,
+                self.wait_s,
+                f"taking {self.path} (another set of emulated hosts exists)",
+                interval=0.5,
+                on_timeout=lambda: f"held by: {self._holder()}",
+            )
         except BaseException:
             os.close(self.fd)
             raise
@@ -176,9 +196,16 @@ class EmulatedHosts:
             raise ValueError(f"EmulatedHosts: n must be 1..200, received {n}")
         self.n = n
         self.head_name, self.head_address = HEAD_NAME, f"{SUBNET}.1"
-        self.hosts = [Host(name=f"gmk-node{i}", address=f"{SUBNET}.{10 + i}",
-                           netns=NETNS_DIR / f"gmk-node{i}", uts=STATE_DIR / "uts" / f"gmk-node{i}",
-                           link=f"gmkv{i}") for i in range(n)]
+        self.hosts = [
+            Host(
+                name=f"gmk-node{i}",
+                address=f"{SUBNET}.{10 + i}",
+                netns=NETNS_DIR / f"gmk-node{i}",
+                uts=STATE_DIR / "uts" / f"gmk-node{i}",
+                link=f"gmkv{i}",
+            )
+            for i in range(n)
+        ]
         self.state_dir, self.rsh_agent = STATE_DIR, RSH_AGENT
         self.hostfile = STATE_DIR / "hostfile"
         self.stale_removed: list[str] = []
@@ -237,8 +264,16 @@ class EmulatedHosts:
             sh("ip", "link", "add", h.link, "type", "veth", "peer", "name", "eth0", "netns", h.name)
             sh("sysctl", "-qw", f"net.ipv6.conf.{h.link}.disable_ipv6=1")
             sh("ip", "link", "set", h.link, "master", BRIDGE, "up")
-            sh("ip", "netns", "exec", h.name, tool("sysctl"), "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-               "net.ipv6.conf.default.disable_ipv6=1")
+            sh(
+                "ip",
+                "netns",
+                "exec",
+                h.name,
+                tool("sysctl"),
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            )
             sh("ip", "-n", h.name, "addr", "add", f"{h.address}/24", "dev", "eth0")
             sh("ip", "-n", h.name, "link", "set", "lo", "up")
             sh("ip", "-n", h.name, "link", "set", "eth0", "up")
@@ -247,8 +282,7 @@ class EmulatedHosts:
         etc_hosts.add([(self.head_address, self.head_name)] + [(h.address, h.name) for h in self.hosts])
         # the rsh agent's table: it may run inside a host (OpenMPI's tree spawn), with an ssh-like clean
         # environment, so it finds the table at a fixed path rather than through a variable
-        (STATE_DIR / "hosts").write_text("".join(f"{h.name}\t{h.address}\t{h.netns}\t{h.uts}\n"
-                                                 for h in self.hosts))
+        (STATE_DIR / "hosts").write_text("".join(f"{h.name}\t{h.address}\t{h.netns}\t{h.uts}\n" for h in self.hosts))
         self.write_hostfile(self.hostfile, slots=1)
         for h in self.hosts:  # the link is up and the name is set: each host answers as itself
             out = sh(*h.enter, "hostname").stdout.strip()
@@ -257,6 +291,7 @@ class EmulatedHosts:
 
     def _teardown(self) -> None:
         errors = []
+
         def remove_state_dir():
             shutil.rmtree(STATE_DIR, ignore_errors=True)
 
@@ -302,8 +337,7 @@ class EmulatedHosts:
 
     def run(self, host, *cmd: str, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
         """Run a command on one host and wait for it (output captured as text)."""
-        return subprocess.run([*self.host(host).enter, *cmd], capture_output=True, text=True,
-                              timeout=timeout, **kw)
+        return subprocess.run([*self.host(host).enter, *cmd], capture_output=True, text=True, timeout=timeout, **kw)
 
     def popen(self, host, *cmd: str, **kw) -> subprocess.Popen:
         """Start a command on one host."""
@@ -346,6 +380,7 @@ def install_sigterm_handler():
     """pytest runs fixture teardown on KeyboardInterrupt but not on SIGTERM (the default action kills the
     process outright and would leave the namespaces). Turn SIGTERM into KeyboardInterrupt while hosts
     exist; returns the previous handler for :func:`restore_sigterm_handler`."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 

@@ -4,6 +4,7 @@ Everything here runs as root and touches only objects whose names start with :da
 clean-up after a killed run (:func:`remove_stale`) can find them without a record and never touches
 anybody else's namespaces or links.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,10 @@ def which(name: str) -> str | None:
 def tool(name: str) -> str:
     path = which(name)
     if path is None:
-        raise HostSetupError(f"'{name}' is not installed; run scripts/setup-env.sh (apt-get install "
-                             "iproute2 procps util-linux slurm-wlm munge)")
+        raise HostSetupError(
+            f"'{name}' is not installed; run scripts/setup-env.sh (apt-get install "
+            "iproute2 procps util-linux slurm-wlm munge)"
+        )
     return path
 
 
@@ -43,13 +46,19 @@ def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.Complet
     except subprocess.TimeoutExpired as exc:
         raise HostSetupError(f"{' '.join(cmd)} did not finish within {timeout} s") from exc
     if check and proc.returncode != 0:
-        raise HostSetupError(f"{' '.join(cmd)} failed with status {proc.returncode}: "
-                             f"{(proc.stderr or proc.stdout).strip()}")
+        raise HostSetupError(
+            f"{' '.join(cmd)} failed with status {proc.returncode}: {(proc.stderr or proc.stdout).strip()}"
+        )
     return proc
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05,
-             on_timeout: Callable[[], str] | None = None):
+def wait_for(
+    condition: Callable[[], object],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    on_timeout: Callable[[], str] | None = None,
+):
     """Poll ``condition`` until it returns something true (returned) or ``timeout`` seconds pass; then raise
     ``TimeoutError`` saying what was awaited, with ``on_timeout()``'s text (a log's tail, a state)."""
     deadline = time.monotonic() + timeout
@@ -111,8 +120,12 @@ def empty_netns(netns_path: str | os.PathLike, grace: float = 0.0, timeout: floa
         killed.extend(kill_pids(left))
         return not left
 
-    wait_for(gone, timeout, f"killing every process of network namespace {netns_path}",
-             on_timeout=lambda: f"still alive: {pids_in_netns(netns_path)}")
+    wait_for(
+        gone,
+        timeout,
+        f"killing every process of network namespace {netns_path}",
+        on_timeout=lambda: f"still alive: {pids_in_netns(netns_path)}",
+    )
     return sorted(set(killed))
 
 

@@ -6,6 +6,7 @@ hostname, OpenMPI's local rank, the CPUs it may run on, and the sum of an mpi4py
 allreduce sum. ``--loop`` reports with ``ready`` and then allreduces forever (the lost-host test
 loses a host during it).
 """
+
 import json
 import os
 import socket
@@ -22,10 +23,14 @@ def main(argv):
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    report = {"rank": comm.rank, "size": comm.size, "hostname": socket.gethostname(),
-              "local_rank_env": os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK"),
-              "cpus": sorted(os.sched_getaffinity(0)),
-              "mpi_sum": comm.allreduce(comm.rank + 1)}
+    report = {
+        "rank": comm.rank,
+        "size": comm.size,
+        "hostname": socket.gethostname(),
+        "local_rank_env": os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK"),
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "mpi_sum": comm.allreduce(comm.rank + 1),
+    }
     if "--loop" in argv:
         say({"ready": True, **report})
         while True:
@@ -37,8 +42,13 @@ def main(argv):
 
         hvd.init()
         total = hvd.allreduce(tf.constant(float(hvd.rank() + 1)), op=hvd.Sum)
-        report.update(hvd_rank=hvd.rank(), hvd_size=hvd.size(), hvd_local_rank=hvd.local_rank(),
-                      hvd_cross_size=hvd.cross_size(), hvd_sum=float(total.numpy()))
+        report.update(
+            hvd_rank=hvd.rank(),
+            hvd_size=hvd.size(),
+            hvd_local_rank=hvd.local_rank(),
+            hvd_cross_size=hvd.cross_size(),
+            hvd_sum=float(total.numpy()),
+        )
         hvd.shutdown()
     say(report)
 

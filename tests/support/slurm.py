@@ -35,6 +35,7 @@ hosts' state folder, so the clean-up of a killed run removes it too). What is ne
 
 The clients (``srun``, ``sbatch``, ``salloc``, ``sinfo``) need only ``SLURM_CONF`` (:meth:`SlurmCluster.env`).
 """
+
 from __future__ import annotations
 
 import os
@@ -96,8 +97,7 @@ class SlurmCluster:
 
     def _write_conf(self) -> None:
         d, h = self.dir, self.hosts
-        nodes = "\n".join(f"NodeName={x.name} NodeAddr={x.address} CPUs={self.cpus} State=UNKNOWN"
-                          for x in h.hosts)
+        nodes = "\n".join(f"NodeName={x.name} NodeAddr={x.address} CPUs={self.cpus} State=UNKNOWN" for x in h.hosts)
         (d / "plugstack.conf").write_text("")
         self.conf.write_text(f"""\
 # written by tests/support/slurm.py; see its docstring for why each setting
@@ -114,7 +114,7 @@ StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool/%n
 SlurmctldPidFile={d}/slurmctld.pid
 SlurmdPidFile={d}/slurmd-%n.pid
-SlurmctldLogFile={self.log('slurmctld')}
+SlurmctldLogFile={self.log("slurmctld")}
 SlurmdLogFile={d}/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
@@ -148,8 +148,15 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     # --- daemons -------------------------------------------------------------------------------
     def _start(self, key: str, cmd: list[str]) -> subprocess.Popen:
         out = open(self.dir / f"{key}.out", "ab")
-        proc = subprocess.Popen(cmd, env=self.env(), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            start_new_session=True,
+        )
         out.close()
         register_daemon(proc.pid)
         self.procs[key] = proc
@@ -158,30 +165,45 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     def _check_alive(self, key: str, log: Path) -> None:
         proc = self.procs[key]
         if proc.poll() is not None:
-            raise HostSetupError(f"{key} exited with status {proc.returncode} while starting\n"
-                                 f"{tail(log)}\n{tail(self.dir / f'{key}.out', 10)}")
+            raise HostSetupError(
+                f"{key} exited with status {proc.returncode} while starting\n"
+                f"{tail(log)}\n{tail(self.dir / f'{key}.out', 10)}"
+            )
 
     def _start_munged(self) -> None:
         m = self.dir / "munge"
         m.mkdir(mode=0o700)
-        subprocess.run([tool("mungekey"), "--create", f"--keyfile={m / 'munge.key'}"], check=True,
-                       capture_output=True)
+        subprocess.run([tool("mungekey"), "--create", f"--keyfile={m / 'munge.key'}"], check=True, capture_output=True)
         sock = m / "munge.socket"
-        self._start("munged", [tool("munged"), "--foreground", "--force", f"--socket={sock}",
-                               f"--key-file={m / 'munge.key'}", f"--pid-file={m / 'munged.pid'}",
-                               f"--log-file={self.log('munged')}", f"--seed-file={m / 'munged.seed'}"])
+        self._start(
+            "munged",
+            [
+                tool("munged"),
+                "--foreground",
+                "--force",
+                f"--socket={sock}",
+                f"--key-file={m / 'munge.key'}",
+                f"--pid-file={m / 'munged.pid'}",
+                f"--log-file={self.log('munged')}",
+                f"--seed-file={m / 'munged.seed'}",
+            ],
+        )
 
         def ready():
             self._check_alive("munged", self.log("munged"))
-            return sock.exists() and subprocess.run(
-                f"munge -n -S {sock} | unmunge -S {sock}", shell=True, capture_output=True).returncode == 0
+            return (
+                sock.exists()
+                and subprocess.run(
+                    f"munge -n -S {sock} | unmunge -S {sock}", shell=True, capture_output=True
+                ).returncode
+                == 0
+            )
 
-        wait_for(ready, START_TIMEOUT_S, "munged answering on its socket",
-                 on_timeout=lambda: tail(self.log("munged")))
+        wait_for(ready, START_TIMEOUT_S, "munged answering on its socket", on_timeout=lambda: tail(self.log("munged")))
 
     def _start_slurmctld(self) -> None:
         # its own UTS namespace, hostname gmk-head: slurmctld only runs on the host SlurmctldHost names
-        start = f'{tool("hostname")} {self.hosts.head_name} && exec {tool("slurmctld")} -D -i'
+        start = f"{tool('hostname')} {self.hosts.head_name} && exec {tool('slurmctld')} -D -i"
         self._start("slurmctld", [tool("unshare"), "--uts", "--", "sh", "-c", start])
 
         def ready():
@@ -189,16 +211,22 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             ping = subprocess.run(["scontrol", "ping"], env=self.env(), capture_output=True, text=True)
             return "is UP" in ping.stdout
 
-        wait_for(ready, START_TIMEOUT_S, "slurmctld answering 'scontrol ping'", interval=0.2,
-                 on_timeout=lambda: tail(self.log("slurmctld")))
+        wait_for(
+            ready,
+            START_TIMEOUT_S,
+            "slurmctld answering 'scontrol ping'",
+            interval=0.2,
+            on_timeout=lambda: tail(self.log("slurmctld")),
+        )
 
     def _start_slurmd(self, name: str) -> None:
         host = self.hosts.host(name)
         self._start(f"slurmd-{name}", [*host.enter, tool("slurmd"), "-D", "-N", name])
 
     def node_states(self) -> dict[str, str]:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env(), capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env(), capture_output=True, text=True
+        ).stdout
         return dict(line.split() for line in out.splitlines() if line.strip())
 
     def _wait_idle(self, names) -> None:
@@ -208,10 +236,18 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             states = self.node_states()
             return all(states.get(n, "").rstrip("*") == "idle" for n in names)
 
-        wait_for(ready, START_TIMEOUT_S, f"nodes {', '.join(names)} idle", interval=0.2,
-                 on_timeout=lambda: f"states: {self.node_states()}\n" + "\n".join(
-                     tail(self.dir / f"slurmd-{n}.log", 12) for n in names) + "\n" + tail(
-                     self.log("slurmctld"), 12))
+        wait_for(
+            ready,
+            START_TIMEOUT_S,
+            f"nodes {', '.join(names)} idle",
+            interval=0.2,
+            on_timeout=lambda: (
+                f"states: {self.node_states()}\n"
+                + "\n".join(tail(self.dir / f"slurmd-{n}.log", 12) for n in names)
+                + "\n"
+                + tail(self.log("slurmctld"), 12)
+            ),
+        )
 
     def heal(self) -> list[str]:
         """Restart the slurmd of every host whose slurmd died (a lost-host test killed it) and wait until
@@ -253,8 +289,9 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         """Cancel jobs, stop every slurmd, kill what their jobs left on the hosts, then slurmctld and
         munged, and remove the folder. Every step runs even when an earlier one failed."""
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
-            subprocess.run(["scancel", "--quiet", f"--partition={self.partition}"], env=self.env(),
-                           capture_output=True, timeout=10)
+            subprocess.run(
+                ["scancel", "--quiet", f"--partition={self.partition}"], env=self.env(), capture_output=True, timeout=10
+            )
         order = [k for k in self.procs if k.startswith("slurmd-")] + ["slurmctld", "munged"]
         for key in order:
             proc = self.procs.get(key)
@@ -268,7 +305,7 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                     proc.kill()
                     proc.wait(timeout=10)
             if key.startswith("slurmd-"):  # slurmstepd and job processes outlive their slurmd
-                empty_netns(self.hosts.host(key[len("slurmd-"):]).netns)
+                empty_netns(self.hosts.host(key[len("slurmd-") :]).netns)
         self.procs.clear()
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
