@@ -15,8 +15,8 @@ from conftest import tiny_config
 
 from gmmkit.files import read_jsonl
 from gmmkit.study import claims
+from gmmkit.study.report import RunResult
 from gmmkit.study.reproduce import CAP, ReproduceConfig, progress_of
-from gmmkit.study.sweep import RunResult
 from gmmkit.training import RunDir
 
 

@@ -9,7 +9,8 @@ from conftest import tiny_config
 from gmmkit.cli import main
 from gmmkit.files import read_jsonl
 from gmmkit.study.perfmodel import PerfModel, fit_step_times
-from gmmkit.study.sweep import TARGET_RTOL, RunResult, add_efficiency
+from gmmkit.study.report import RunResult, add_efficiency
+from gmmkit.study.sweep import TARGET_RTOL
 
 
 def test_fit_and_formula_of_the_wall_time_model():

@@ -101,6 +101,16 @@ def _literal(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
+def apply(cluster, config: Config) -> None:
+    """Put ``config`` (:func:`mpi_engine_config` or :func:`slurm_engine_config`) into the ipyparallel ``cluster``'s
+    own configuration, so that its ``restart_engines`` keeps it; a SLURM job's batch script goes to the cluster's
+    log folder."""
+    if "SlurmEngineSetLauncher" in config:
+        config.SlurmEngineSetLauncher.batch_file_name = str(batch_file(cluster.profile_dir, cluster.cluster_id))
+    for name, section in config.items():
+        getattr(cluster.config, name).update(section)
+
+
 def connection_files(profile_dir: str, cluster_id: str, cluster_file: str) -> list[Path]:
     """The cluster's files in the profile's ``security/`` directory: connection keys and cluster state."""
     security = Path(profile_dir) / "security"

@@ -276,17 +276,8 @@ class MPICluster:
             return engines.slurm_engine_config(n, self.engine_env(), self.sbatch_options, self.mpi_args)
         return engines.mpi_engine_config(n, self.placement, self.mpi_args, self.engine_env())
 
-    def _update_engine_config(self, n: int) -> None:
-        config = self._engine_config(n)
-        if self.engine_kind == "slurm":  # its batch script, written where the cluster's logs go
-            config.SlurmEngineSetLauncher.batch_file_name = str(
-                engines.batch_file(self._cluster.profile_dir, self._cluster.cluster_id)
-            )
-        for name, section in config.items():
-            getattr(self._cluster.config, name).update(section)
-
     def _start_engines(self, n: int) -> None:
-        self._update_engine_config(n)
+        engines.apply(self._cluster, self._engine_config(n))
         self._cluster.start_engines_sync(n)
         self._ranks = None
 
@@ -326,7 +317,7 @@ class MPICluster:
 
     def _restart(self, n: int) -> "MPICluster":
         replacing = frozenset((a["host"], a["pid"]) for a in identity.answering(self._client, 2.0).values())
-        self._update_engine_config(n)
+        engines.apply(self._cluster, self._engine_config(n))
         if n == self.n:
             self._cluster.restart_engines_sync()  # ipyparallel's own: stop the MPI job, start it again
         else:  # a new engine set of another size

@@ -75,7 +75,7 @@ def study_from_args(args) -> StudyConfig:
 
 def report(rows, out: str) -> int:
     """Print the tables; exit status 1 when a run failed (naming them) or the study was stopped, else 0."""
-    from ..study.sweep import format_tables
+    from ..study.report import format_tables
 
     print(format_tables(rows), flush=True)
     print(f"tables, results.json and figures in {out}", flush=True)

@@ -1,6 +1,6 @@
 """The paper's claims, evaluated from a study's results: each holds or not, with the numbers behind it.
 
-Pure functions of the table rows (:class:`gmmkit.study.sweep.RunResult`) and the runs' epoch records; the
+Pure functions of the table rows (:class:`gmmkit.study.report.RunResult`) and the runs' epoch records; the
 paper's own figures (Section VII, Tables I and II, Fig. 3) stand beside each claim.
 
 ==== ==============================================================================================

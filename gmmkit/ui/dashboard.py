@@ -30,10 +30,10 @@ from ..config import RunConfig
 from ..errors import InputError
 from ..plots import live
 from ..plots import runs as run_plots
-from ..strategies import STRATEGIES
 from ..training.rundir import RunDir
 from . import runs as run_rows
-from .format import estimate_remaining, format_number, format_seconds, parse_target
+from .controls import RunControls
+from .format import estimate_remaining, format_number, format_seconds
 from .panels import RankLogs, rank_hosts, ranks_html
 from .runs import DashboardRun
 from .runs_table import RunsTable
@@ -78,40 +78,10 @@ class Dashboard:
         t = self.base.train
         slots = getattr(self.cluster, "slots", None)
         limit = min(max_workers, slots) if isinstance(slots, int) and slots > 0 else max_workers
-        style, layout = {"description_width": "88px"}, W.Layout(width="210px")
-        self.strategy = W.Dropdown(
-            options=list(STRATEGIES), value=t.strategy, description="strategy", style=style, layout=layout
-        )
-        self.workers = W.BoundedIntText(
-            value=min(t.workers, limit),
-            min=1,
-            max=limit,
-            style=style,
-            description="workers (GPUs)",
-            layout=layout,
-            tooltip=f"at most {limit} (the cluster's slots)" if limit < max_workers else "",
-        )
-        self.lr = W.FloatText(value=t.lr, description="lr", style=style, layout=layout)
-        self.batch = W.BoundedIntText(
-            value=t.batch_size, min=1, max=1 << 16, description="batch", style=style, layout=layout
-        )
-        self.target = W.Text(
-            value="none" if t.target_loss is None else f"{t.target_loss:g}",
-            description="target loss",
-            style=style,
-            layout=layout,
-        )
-        self.epochs = W.BoundedIntText(
-            value=t.epochs, min=1, max=100000, description="max epochs", style=style, layout=layout
-        )
-        # exact mode (train.exact): the sequential path to the last bit on any number of workers
-        self.exact = W.Checkbox(value=bool(t.exact), description="exact", indent=False)
-        self.start_button = W.Button(
-            description="Start", button_style="success", icon="play", layout=W.Layout(width="100px")
-        )
-        self.stop_button = W.Button(
-            description="Stop", button_style="danger", icon="stop", disabled=True, layout=W.Layout(width="100px")
-        )
+        c = self.controls = RunControls(t, limit, max_workers)
+        self.strategy, self.workers, self.lr, self.batch = c.strategy, c.workers, c.lr, c.batch
+        self.target, self.epochs, self.exact = c.target, c.epochs, c.exact
+        self.start_button, self.stop_button = c.start_button, c.stop_button
         self.start_button.on_click(self.on_start)
         self.stop_button.on_click(self.on_stop)
         self.status = W.HTML(value=self._status_html("ready: choose a strategy and press Start"))
@@ -125,14 +95,8 @@ class Dashboard:
         self.ranks = W.HTML(value=ranks_html(None, label="no run yet"))
         self.logs = RankLogs()
         self.viewer: Optional[SliceViewer] = SliceViewer(volume=False) if viewer else None
-        settings = [
-            W.VBox([self.strategy, self.workers]),
-            W.VBox([self.lr, self.batch]),
-            W.VBox([self.target, self.epochs]),
-        ]
-        buttons = [self.start_button, self.stop_button, self.exact]
         parts = [
-            W.HBox([*settings, W.VBox(buttons)]),
+            W.HBox([*c.settings, W.VBox([c.start_button, c.stop_button, c.exact])]),
             self.status,
             self.figure,
             self.table.widget,
@@ -154,16 +118,7 @@ class Dashboard:
     # --- what the controls do ----------------------------------------------------------------
     def config(self) -> RunConfig:
         """The RunConfig the controls describe (the next run's, before its ``out`` is chosen)."""
-        train = {
-            "strategy": self.strategy.value,
-            "workers": int(self.workers.value),
-            "lr": float(self.lr.value),
-            "batch_size": int(self.batch.value),
-            "target_loss": parse_target(self.target.value),
-            "epochs": int(self.epochs.value),
-            "exact": bool(self.exact.value),
-        }
-        return self.base.replace(train=train)
+        return self.base.replace(train=self.controls.fields())
 
     @property
     def running(self) -> bool:

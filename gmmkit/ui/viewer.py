@@ -31,6 +31,7 @@ from ..plots import volume as volume_plots
 from . import sections as geo
 from .format import components_html, facts_html
 from .inspector import Inspector
+from .window import WindowPicker
 
 PLANES = slices.PLANES
 
@@ -68,7 +69,6 @@ class SliceViewer:
         self._wake = threading.Event()
         self._quiet = False
         self._initial = (sample, position)
-        width, level = geo.window_of(window) if isinstance(window, str) else window
 
         self.sample = W.Dropdown(options=[("-", 0)], value=0, description="cube", layout=W.Layout(width="330px"))
         self.epoch = W.SelectionSlider(
@@ -78,31 +78,8 @@ class SliceViewer:
         self.reload_button = W.Button(description="reload", icon="refresh", layout=W.Layout(width="84px"))
         self.png_button = W.Button(description="PNG", icon="download", layout=W.Layout(width="72px"))
         self.html_button = W.Button(description="HTML", icon="download", layout=W.Layout(width="78px"))
-        self.preset = W.ToggleButtons(
-            options=list(geo.WINDOWS),
-            value=geo.preset_of(width, level),
-            description="window",
-            style={"button_width": "96px"},
-        )
-        self.preset.add_class("gmmkit-window")
-        self.width = W.FloatSlider(
-            value=width,
-            min=1.0,
-            max=4000.0,
-            step=10.0,
-            description="W (HU)",
-            continuous_update=False,
-            layout=W.Layout(width="300px"),
-        )
-        self.level = W.FloatSlider(
-            value=level,
-            min=-1400.0,
-            max=1000.0,
-            step=10.0,
-            description="L (HU)",
-            continuous_update=False,
-            layout=W.Layout(width="300px"),
-        )
+        self.windows = WindowPicker(window, on_change=self._apply_window)
+        self.preset, self.width, self.level = self.windows.preset, self.windows.width, self.windows.level
         self.gaussians = W.Checkbox(value=True, description="Gaussians (1 and 2 sigma)", indent=False)
         self.sliders = {
             p: W.IntSlider(value=0, min=0, max=1, description=p, continuous_update=True, layout=W.Layout(width="330px"))
@@ -121,9 +98,6 @@ class SliceViewer:
             trace.on_click(self._on_figure_click)
         self.sample.observe(self._on_sample, names="value")
         self.epoch.observe(self._on_epoch, names="value")
-        self.preset.observe(self._on_preset, names="value")
-        self.width.observe(self._on_window, names="value")
-        self.level.observe(self._on_window, names="value")
         self.gaussians.observe(lambda c: slices.set_gaussians_visible(self.figure, c["new"]), names="value")
         self.reload_button.on_click(lambda _b: self.refresh(force=True))
         self.png_button.on_click(lambda _b: self._export_in_background("png"))
@@ -259,15 +233,7 @@ class SliceViewer:
 
     def set_window(self, window: str | tuple) -> None:
         """A preset name (lung, mediastinum, model) or (width, level) in HU."""
-        width, level = geo.window_of(window) if isinstance(window, str) else (float(window[0]), float(window[1]))
-        geo.window_range(width, level)  # checks it
-        self._quiet = True
-        try:
-            self.width.value, self.level.value = width, level
-            self.preset.value = geo.preset_of(width, level)
-        finally:
-            self._quiet = False
-        self._apply_window()
+        self.windows.set(window)
 
     def set_epoch(self, epoch: int, redraw: bool = True) -> None:
         """Show the weights of ``epoch`` (one of the epoch slider's stops)."""
@@ -291,8 +257,7 @@ class SliceViewer:
     @property
     def window(self) -> tuple[float, float]:
         """The CT window as (low, high) HU."""
-        w, c = float(self.width.value), float(self.level.value)
-        return c - w / 2.0, c + w / 2.0
+        return self.windows.range
 
     # --- drawing ----------------------------------------------------------------------------
     def redraw(self, volume: bool = False) -> None:
@@ -410,16 +375,3 @@ class SliceViewer:
     def _on_epoch(self, change) -> None:
         if not self._quiet:
             self.set_epoch(change["new"])
-
-    def _on_preset(self, change) -> None:
-        if not self._quiet and change["new"] is not None:
-            self.set_window(change["new"])
-
-    def _on_window(self, _change) -> None:
-        if not self._quiet:
-            self._quiet = True
-            try:
-                self.preset.value = geo.preset_of(self.width.value, self.level.value)
-            finally:
-                self._quiet = False
-            self._apply_window()
