@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import CLIError
 from ..files import writable_path
-from .flags import Flag, add_flags, add_placement_flags, placement_from_args
+from .flags import Flag, add_command, add_flags, add_placement_flags, placement_from_args
 
 FLAGS = (
     Flag("--quick", action="store_true", help="fewer sizes and repeats (a few minutes)"),
@@ -14,10 +14,9 @@ FLAGS = (
 
 
 def register(sub):
-    p = sub.add_parser("bench", help="measure step cost, MFU, allreduce and 2-worker efficiency on this machine")
+    p = add_command(sub, "bench", "measure step cost, MFU, allreduce and 2-worker efficiency on this machine", run)
     add_flags(p, FLAGS)
     add_placement_flags(p)  # two hosts or more: the allreduce and the 2-worker efficiency across hosts too
-    p.set_defaults(func=run)
     return p
 
 

@@ -17,7 +17,7 @@ import dataclasses
 
 from ..config import RunConfig
 from ..study.config import StudyConfig
-from .flags import Flag, add_flags, add_placement_flags, placement_from_args
+from .flags import Flag, add_command, add_flags, add_placement_flags, placement_from_args
 from .sweep import OVERWRITE, report
 
 DEMO = StudyConfig(
@@ -52,10 +52,9 @@ FLAGS = (
 
 
 def register(sub):
-    p = sub.add_parser("demo", help="the compact study of `make demo`: 4 strategies, n = 1..32, tables, figures")
+    p = add_command(sub, "demo", "the compact study of `make demo`: 4 strategies, n = 1..32, tables, figures", run)
     add_flags(p, FLAGS)
     add_placement_flags(p)
-    p.set_defaults(func=run)
     return p
 
 

@@ -145,6 +145,15 @@ HOSTFILE = Flag(
 # --- parsers -------------------------------------------------------------------------------------
 
 
+def add_command(sub, name: str, help: str, run: Callable, doc: Optional[str] = None) -> argparse.ArgumentParser:
+    """A subcommand's parser, described by its module's docstring ``doc`` (``--help``), calling ``run(args,
+    parser)``; the command adds its flags with :func:`add_flags`."""
+    description = doc.replace("``", "").strip() if doc else None
+    p = sub.add_parser(name, help=help, description=description)
+    p.set_defaults(func=run)
+    return p
+
+
 def add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag], container=None) -> None:
     """Add ``flags`` to ``container`` (default ``parser``; an argument group) and record them on ``parser``, so
     that errors about their fields name them (:func:`flag_of_field`)."""
@@ -197,6 +206,18 @@ def config_from_args(args: argparse.Namespace, base: Optional[RunConfig] = None)
                 else:
                     raw[section] = getattr(args, flag.key)
     return RunConfig.from_dict(raw).check_paths()
+
+
+def values_of(args: argparse.Namespace, section: str) -> dict:
+    """``{name: value}`` of the declared flags that set fields of ``section`` (``--n`` sets ``synthesis.n``: n),
+    the keyword arguments of that section's config."""
+    found = {}
+    for flag in getattr(args, "declared", ()):
+        for field in flag.fields:
+            head, _, name = field.partition(".")
+            if head == section and name and hasattr(args, flag.key):
+                found[name] = getattr(args, flag.key)
+    return found
 
 
 def flag_of_field(args: argparse.Namespace) -> dict:

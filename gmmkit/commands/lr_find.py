@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .flags import Flag, add_flags, add_run_flags, config_from_args
+from .flags import Flag, add_command, add_flags, add_run_flags, config_from_args
 
 FLAGS = (
     Flag("--lr-min", ("lr_find.lr_min",), float, default=1e-5),
@@ -12,10 +12,9 @@ FLAGS = (
 
 
 def register(sub):
-    p = sub.add_parser("lr-find", help="learning-rate range test (the paper used the largest stable rate)")
+    p = add_command(sub, "lr-find", "learning-rate range test (the paper used the largest stable rate)", run)
     add_run_flags(p, out_default="runs/lr-find")
     add_flags(p, FLAGS)
-    p.set_defaults(func=run)
     return p
 
 

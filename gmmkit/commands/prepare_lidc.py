@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from ..data.lidc import LidcOptions
-from .flags import Flag, add_flags
+from .flags import Flag, add_command, add_flags, values_of
 
 _D = LidcOptions()
 FLAGS = (
@@ -60,27 +60,18 @@ FLAGS = (
 
 
 def register(sub):
-    p = sub.add_parser(
-        "prepare-lidc",
-        help="build nodule cubes from the LIDC-IDRI readers' contours",
-        description=__doc__.replace("``", "").strip(),
-    )
+    p = add_command(sub, "prepare-lidc", "build nodule cubes from the LIDC-IDRI readers' contours", run, __doc__)
     add_flags(p, FLAGS)
-    p.set_defaults(func=run)
     return p
 
 
 def run(args, parser) -> int:
     from ..data.lidc import prepare_lidc
 
-    options = LidcOptions(
-        min_readers=args.min_readers,
-        max_slice_thickness=args.max_slice_thickness,
-        min_diameter_mm=args.min_diameter,
-        cube=args.cube,
-        spacing_mm=args.spacing,
-    )
-    report = prepare_lidc(args.out, options, database=args.database, jobs=args.jobs, progress=not args.no_progress)
+    options = values_of(args, "lidc")
+    jobs = options.pop("jobs")
+    options = LidcOptions(**options)
+    report = prepare_lidc(args.out, options, database=args.database, jobs=jobs, progress=not args.no_progress)
     if report.skipped:
         print(
             f"gmmkit prepare-lidc: warning: {report.skipped} of the {report.nodules + report.skipped} nodules "

@@ -13,7 +13,7 @@ import sys
 
 from ..errors import CLIError
 from ..files import writable_path
-from .flags import Flag, add_flags
+from .flags import Flag, add_command, add_flags
 
 WHERE = (
     Flag("--scans", ("luna.scans",), metavar="DIR", help="folder with <seriesuid>.mhd + .raw files (any depth)"),
@@ -41,14 +41,9 @@ FLAGS = (
 
 
 def register(sub):
-    p = sub.add_parser(
-        "prepare-luna",
-        help="cut nodule cubes from LUNA16 .mhd scans or DICOM series",
-        description=__doc__.replace("``", "").strip(),
-    )
+    p = add_command(sub, "prepare-luna", "cut nodule cubes from LUNA16 .mhd scans or DICOM series", run, __doc__)
     add_flags(p, WHERE, p.add_mutually_exclusive_group(required=True))
     add_flags(p, FLAGS)
-    p.set_defaults(func=run)
     return p
 
 

@@ -14,7 +14,7 @@ import sys
 
 from ..signals import StopFlag
 from ..study.reproduce import SCALES, ReproduceConfig
-from .flags import Flag, add_flags, add_placement_flags, placement_from_args
+from .flags import Flag, add_command, add_flags, add_placement_flags, placement_from_args
 
 FLAGS = (
     Flag("--out", ("reproduce.out", "out"), metavar="DIR", required=True),
@@ -41,14 +41,11 @@ FLAGS = (
 
 
 def register(sub):
-    p = sub.add_parser(
-        "reproduce",
-        help="the paper's protocol end to end: eta, target, grid, tables, claims",
-        description=__doc__.replace("``", "").strip(),
+    p = add_command(
+        sub, "reproduce", "the paper's protocol end to end: eta, target, grid, tables, claims", run, __doc__
     )
     add_flags(p, FLAGS)
     add_placement_flags(p)
-    p.set_defaults(func=run)
     return p
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from ..errors import RunDirError
 from ..training.rundir import RunDir
+from .flags import add_command
 
 
 def register(sub):
-    p = sub.add_parser("stop", help="ask a running run to stop (it ends with status 'stopped')")
+    p = add_command(sub, "stop", "ask a running run to stop (it ends with status 'stopped')", run)
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.set_defaults(func=run)
     return p
 
 

@@ -7,7 +7,8 @@ import sys
 from ..errors import CLIError
 from ..strategies import STRATEGIES
 from ..study.config import StudyConfig
-from .flags import Flag, add_flags, add_placement_flags, add_run_flags, config_from_args, placement_from_args
+from . import flags
+from .flags import Flag
 
 MAX_REAL = Flag(
     "--max-real",
@@ -50,16 +51,15 @@ def _csv(flag: str, kind, text: str) -> list:
 
 
 def register(sub):
-    p = sub.add_parser("sweep", help="time to target for strategies x worker counts, with tables and figures")
-    add_run_flags(p, out_default="runs/sweep")
-    add_flags(p, FLAGS)
-    add_placement_flags(p)
-    p.set_defaults(func=run)
+    p = flags.add_command(sub, "sweep", "time to target for strategies x worker counts, with tables and figures", run)
+    flags.add_run_flags(p, out_default="runs/sweep")
+    flags.add_flags(p, FLAGS)
+    flags.add_placement_flags(p)
     return p
 
 
 def study_from_args(args) -> StudyConfig:
-    run = config_from_args(args)
+    run = flags.config_from_args(args)
     return StudyConfig(
         run=run,
         strategies=_csv("--strategies", str, args.strategy_list),
@@ -69,7 +69,7 @@ def study_from_args(args) -> StudyConfig:
         calibrate=not args.no_calibrate,
         target_epoch=args.target_epoch,
         out=run.out,
-        placement=placement_from_args(args),
+        placement=flags.placement_from_args(args),
     ).validate()
 
 

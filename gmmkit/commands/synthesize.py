@@ -11,7 +11,7 @@ new one is complete.
 
 from __future__ import annotations
 
-from .flags import Flag, add_flags
+from .flags import Flag, add_command, add_flags, values_of
 
 FLAGS = (
     Flag("--run", metavar="RUN_DIR", required=True, help="a run directory (config.json, checkpoint.npz)"),
@@ -35,7 +35,7 @@ FLAGS = (
         "training voxel size (default: stored in the cubes' .npz, else 1.0)",
         "MM",
     ),
-    Flag("--hu", action="store_true", help="also write each nodule in Hounsfield units"),
+    Flag("--hu", ("synthesis.hu",), action="store_true", help="also write each nodule in Hounsfield units"),
     Flag("--gallery", ("synthesis.gallery_rows",), int, "real nodules in gallery.html (0: none)", "ROWS", default=6),
 )
 PERTURB = (
@@ -56,36 +56,18 @@ ENDING = (
 
 
 def register(sub):
-    p = sub.add_parser(
-        "synthesize", help="generate new nodules from a trained run", description=__doc__.replace("``", "").strip()
-    )
+    p = add_command(sub, "synthesize", "generate new nodules from a trained run", run, __doc__)
     add_flags(p, FLAGS)
     add_flags(p, PERTURB, p.add_argument_group("perturb"))
     add_flags(p, SAMPLE, p.add_argument_group("sample"))
     add_flags(p, ENDING)
-    p.set_defaults(func=run)
     return p
 
 
 def run(args, parser) -> int:
     from ..synthesis.export import SynthesisConfig, synthesize
 
-    what = SynthesisConfig(
-        n=args.n,
-        size=args.size,
-        method=args.method,
-        format=args.format,
-        seed=args.seed,
-        source=args.source,
-        spacing_mm=args.spacing,
-        hu=args.hu,
-        gallery_rows=args.gallery,
-        mean_jitter=args.mean_jitter,
-        sigma_jitter=args.sigma_jitter,
-        concentration=args.concentration,
-        groups=args.groups,
-        temperature=args.temperature,
-    ).validate()
+    what = SynthesisConfig(**values_of(args, "synthesis")).validate()
     result = synthesize(args.run, args.out, what, progress=not args.no_progress, overwrite=args.overwrite)
     print(
         f"wrote {len(result.files)} nodules of {result.size}^3 at {result.spacing_mm:g} mm "

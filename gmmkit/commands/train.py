@@ -14,7 +14,8 @@ from ..parallel import launch
 from ..signals import stop_on_signals
 from ..training.launcher import Launched, train_or_launch
 from ..training.rundir import RunDir
-from .flags import STRATEGY, WORKERS, Flag, add_flags, add_placement_flags, add_run_flags, config_from_args, run_out
+from . import flags
+from .flags import Flag
 
 LAUNCHER = Flag("--launcher", choices=("mpirun", "horovodrun"), default="mpirun")
 SIMULATE = Flag(
@@ -27,16 +28,11 @@ OVERWRITE = Flag("--overwrite", action="store_true", help="replace the run --out
 
 
 def register(sub):
-    p = sub.add_parser(
-        "train",
-        help="train DeepDensity (one process, or n Horovod ranks)",
-        description=__doc__.replace("``", "").strip(),
-    )
-    add_run_flags(p)
-    add_flags(p, (STRATEGY, WORKERS, LAUNCHER, SIMULATE))
-    add_placement_flags(p)
-    add_flags(p, (RESUME, OVERWRITE), p.add_mutually_exclusive_group())
-    p.set_defaults(func=run)
+    p = flags.add_command(sub, "train", "train DeepDensity (one process, or n Horovod ranks)", run, __doc__)
+    flags.add_run_flags(p)
+    flags.add_flags(p, (flags.STRATEGY, flags.WORKERS, LAUNCHER, SIMULATE))
+    flags.add_placement_flags(p)
+    flags.add_flags(p, (RESUME, OVERWRITE), p.add_mutually_exclusive_group())
     return p
 
 
@@ -69,8 +65,8 @@ def print_summary(summary: dict, out: str) -> None:
 def run(args, parser) -> int:
     with stop_on_signals() as stop:  # before anything heavy loads: a signal during start-up is not lost
         # --resume starts from the run's own config.json (a --config file instead is checked against it)
-        base = RunDir.open(run_out(args), "--out").config() if args.resume and not args.config else None
-        cfg = config_from_args(args, base=base)
+        base = RunDir.open(flags.run_out(args), "--out").config() if args.resume and not args.config else None
+        cfg = flags.config_from_args(args, base=base)
         mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
         ended = train_or_launch(
             cfg,

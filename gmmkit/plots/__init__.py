@@ -13,6 +13,22 @@ from plotly.basedatatypes import BaseFigure
 from ..files import atomic_write_text
 
 
+def empty_trace(**kwargs) -> go.Scatter:
+    """A scatter trace with no points yet: filled later, as a run goes on or a view is drawn."""
+    return go.Scatter(x=[], y=[], **kwargs)
+
+
+def set_axes(fig: BaseFigure, title: str, x_title: str, y_title: str, log_x: bool = False, log_y: bool = False):
+    """A figure's title and axes titles, white template; ``log_x``, ``log_y``: logarithmic axes."""
+    fig.update_layout(
+        title=title,
+        xaxis={"title": x_title, "type": "log" if log_x else "linear"},
+        yaxis={"title": y_title, "type": "log" if log_y else "linear"},
+        template="plotly_white",
+    )
+    return fig
+
+
 def write_html(fig: BaseFigure | Sequence[BaseFigure], path: str | os.PathLike, title: str = "", **options) -> Path:
     """Write a figure, or several one below the other, as one self-contained HTML file (plotly.js inside, once:
     it opens offline), atomically. ``options`` go to plotly's ``to_html`` (e.g. ``config={"displayModeBar":

@@ -14,6 +14,7 @@ from typing import Optional
 
 import plotly.graph_objects as go
 
+from . import empty_trace
 from .sweep import STRATEGY_COLOURS
 
 EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -33,9 +34,7 @@ def loss_figure(target: Optional[float] = None, widget: bool = True, height: int
         legend={"orientation": "v", "x": 1.02, "y": 1.0},
     )
     fig.add_trace(
-        go.Scatter(
-            x=[],
-            y=[],
+        empty_trace(
             mode="lines",
             name=TARGET_NAME,
             line={"color": "black", "dash": "dash", "width": 1},
@@ -61,9 +60,7 @@ def add_run(fig: go.Figure, label: str, strategy: Optional[str] = None) -> int:
     colour = run_colour(runs, strategy, used)
     with _batch(fig):
         fig.add_trace(
-            go.Scatter(
-                x=[],
-                y=[],
+            empty_trace(
                 mode="lines+markers",
                 name=f"{label} val",
                 legendgroup=label,
@@ -74,9 +71,7 @@ def add_run(fig: go.Figure, label: str, strategy: Optional[str] = None) -> int:
             )
         )
         fig.add_trace(
-            go.Scatter(
-                x=[],
-                y=[],
+            empty_trace(
                 mode="lines",
                 name=f"{label} train",
                 legendgroup=label,

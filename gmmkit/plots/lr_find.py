@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from . import set_axes
+
 
 def lr_find_figure(result: dict) -> go.Figure:
     h = result["history"]
@@ -21,10 +23,4 @@ def lr_find_figure(result: dict) -> go.Figure:
     fig.add_vline(x=result["suggested_lr"], line_dash="dash", annotation_text=f"suggested {result['suggested_lr']:.2g}")
     if result.get("lr_diverged"):
         fig.add_vline(x=result["lr_diverged"], line_color="red", annotation_text="diverged")
-    fig.update_layout(
-        title="Learning-rate range test",
-        xaxis={"title": "learning rate", "type": "log"},
-        yaxis={"title": "training loss (MSLE)", "type": "log"},
-        template="plotly_white",
-    )
-    return fig
+    return set_axes(fig, "Learning-rate range test", "learning rate", "training loss (MSLE)", log_x=True, log_y=True)

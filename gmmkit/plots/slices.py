@@ -24,6 +24,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from . import empty_trace
+
 PLANES = ("axial", "coronal", "sagittal")
 IMAGES = ("input", "estimate", "difference")
 TITLES = ("input", "estimate", "difference (estimate - input)")
@@ -64,9 +66,7 @@ def planes_figure(widget: bool = True, height: int = 800) -> go.Figure:
                 for sigma, dash in SIGMA_DASH.items():
                     for level in LEVELS:
                         fig.add_trace(
-                            go.Scatter(
-                                x=[],
-                                y=[],
+                            empty_trace(
                                 mode="lines",
                                 opacity=level,
                                 showlegend=False,
@@ -84,9 +84,7 @@ def planes_figure(widget: bool = True, height: int = 800) -> go.Figure:
                             col=c,
                         )
                 fig.add_trace(
-                    go.Scatter(
-                        x=[],
-                        y=[],
+                    empty_trace(
                         mode="markers",
                         showlegend=False,
                         hovertemplate="%{text}<extra></extra>",
@@ -97,9 +95,7 @@ def planes_figure(widget: bool = True, height: int = 800) -> go.Figure:
                     col=c,
                 )
             fig.add_trace(
-                go.Scatter(
-                    x=[],
-                    y=[],
+                empty_trace(
                     mode="lines",
                     showlegend=False,
                     hoverinfo="skip",

@@ -7,7 +7,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from ..checks import is_finite_number
-from . import write_html
+from . import set_axes, write_html
 
 STRATEGY_COLOURS = {"strong": "#1f77b4", "weak": "#ff7f0e", "lsr": "#d62728", "warmup": "#2ca02c"}
 
@@ -29,13 +29,8 @@ def time_to_target_figure(rows) -> go.Figure:
                 connectgaps=False,
             )
         )
-    fig.update_layout(
-        title="Time to target loss (Fig. 2)",
-        xaxis={"title": "workers (GPUs)", "type": "log"},
-        yaxis={"title": "seconds (measured where real, predicted where simulated)", "type": "log"},
-        template="plotly_white",
-    )
-    return fig
+    seconds = "seconds (measured where real, predicted where simulated)"
+    return set_axes(fig, "Time to target loss (Fig. 2)", "workers (GPUs)", seconds, log_x=True, log_y=True)
 
 
 def loss_curves_figure(

@@ -173,7 +173,7 @@ def sweep(
             if mode == "skipped":
                 results[(strategy, n)] = RunResult(strategy, n, "skipped", "skipped", 0, None, None, cfg.out)
             else:
-                results[(strategy, n)] = collect(cfg, Path(cfg.out), mode, perf, failure, stopped=bool(stop))
+                results[(strategy, n)] = collect(cfg, mode, perf, failure=failure, stopped=bool(stop))
             bar.update(1)
     bar.close()
     rows = []
@@ -227,13 +227,13 @@ def sequential_target(
         local(cfg, simulate=False, resume=todo == "resume")
     records = RunDir(run_dir).metrics()
     if local.stop:  # stopped before the target was known: the sweep stops too
-        return base, collect(cfg, run_dir, "real", perf, stopped=True)
+        return base, collect(cfg, "real", perf, stopped=True)
     if len(records) < epochs or not is_finite_number(records[-1]["val_loss"]):
         raise RuntimeError(
             f"the sequential run in {run_dir} did not finish {epochs} finite epochs; see {run_dir / 'summary.json'}"
         )
     target = records[-1]["val_loss"] * (1 + TARGET_RTOL)
-    result = collect(cfg, run_dir, "real", perf)
+    result = collect(cfg, "real", perf)
     result.status, result.time_to_target_s = "reached_target", records[-1]["time_s"]
     if perf is not None:
         result.predicted_s = epochs * _epoch_time(perf, cfg)
@@ -254,20 +254,13 @@ def _epoch_time(perf: PerfModel, cfg: RunConfig) -> float:
     return perf.epoch_time(t.strategy, t.workers, t.batch_size, len(split.train), len(split.val), t.exact)
 
 
-def collect(
-    cfg: RunConfig,
-    run_dir: Path,
-    mode: str,
-    perf: Optional[PerfModel],
-    failure: Optional[str] = None,
-    stopped: bool = False,
-) -> RunResult:
-    """Read a finished run's summary and predict its wall time.
+def collect(cfg: RunConfig, mode: str, perf: Optional[PerfModel], *, failure: Optional[str] = None, stopped=False):
+    """Read the summary of the run in ``cfg.out`` and predict its wall time.
 
     ``failure``: why the run may have ended without finishing (its mpirun job died). Such a run is
     recorded as failed for that reason, in its run directory too when it has one. ``stopped``: the sweep was
     stopped, so a run that never began is recorded as stopped."""
-    run = RunDir(run_dir)
+    run = RunDir(cfg.out)
     summary = run.summary()
     if summary is None or summary.get("status") == "running":
         summary = {
@@ -291,7 +284,7 @@ def collect(
         int(summary.get("epochs", 0)),
         summary.get("time_to_target_s") if mode == "real" else None,
         predicted,
-        str(run_dir),
+        str(cfg.out),
         error=summary.get("error"),
         exact=t.exact,
     )
