@@ -1,4 +1,5 @@
-"""Facts about the machine this process runs on: its cores, its CPU, and how TensorFlow was set up on it.
+"""Facts about the machine this process runs on: its cores, its memory, its CPU, and how TensorFlow was set up
+on it.
 
 Plain Python: the placement, the data builders, the ranks' thread counts and the benchmark all ask here, so
 there is one answer to "how many cores".
@@ -16,6 +17,24 @@ from . import TENSORFLOW_IMPORTED_FIRST
 def available_cores() -> int:
     """The cores this process may run on (its CPU affinity), not the machine's count."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to a new allocation now (``MemAvailable``; None where it is not known)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def resident_memory() -> int:
+    """Bytes of memory this process holds now (its resident set; 0 where it is not known)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def cpu_model() -> Optional[str]:

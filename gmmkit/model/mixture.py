@@ -37,18 +37,23 @@ MAX_SHEAR = 3.0
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def grid_coordinates(size: int) -> np.ndarray:
-    """Voxel-centre coordinates in [-1, 1] of a ``size``-cube, shape (size**3, 3), C order."""
-    ax = (2.0 * np.arange(size) + 1.0) / size - 1.0
-    grid = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), axis=-1)
-    return grid.reshape(-1, 3).astype(np.float32)
+def grid_coordinates(size: int, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """Voxel-centre coordinates in [-1, 1] of a ``size``-cube, shape (size**3, 3), C order; or of its slices
+    ``rows = (first, last)`` along axis 0 only, ((last - first) size**2, 3), the same values (a large cube's
+    whole grid would take many times the cube's own memory)."""
+    ax = ((2.0 * np.arange(size) + 1.0) / size - 1.0).astype(np.float32)  # computed in float64, kept in float32
+    first, last = rows if rows is not None else (0, size)
+    return np.stack(np.meshgrid(ax[first:last], ax, ax, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
 def quadratic_features(points: np.ndarray) -> np.ndarray:
-    """``phi(x)`` for each point: (P, 3) -> (P, 10)."""
+    """``phi(x)`` for each point: (P, 3) -> (P, 10), filled column by column (one temporary at a time)."""
     x0, x1, x2 = points[:, 0], points[:, 1], points[:, 2]
-    one = np.ones_like(x0)
-    return np.stack([x0 * x0, x1 * x1, x2 * x2, x0 * x1, x0 * x2, x1 * x2, x0, x1, x2, one], axis=1)
+    out = np.empty((len(points), 10), dtype=points.dtype)
+    for column, value in enumerate((x0 * x0, x1 * x1, x2 * x2, x0 * x1, x0 * x2, x1 * x2, x0, x1, x2)):
+        out[:, column] = value
+    out[:, 9] = 1
+    return out
 
 
 def scale_tril(sigma: tf.Tensor, corr: tf.Tensor) -> tf.Tensor:
@@ -150,7 +155,7 @@ def render_grid(alpha, mu, tril, size: int, rows: tuple[int, int] | None = None)
     """The mixture density on the voxel-centre grid of a ``size``-cube: (B, size, size, size), or only the
     slices ``rows = (first, last)`` along axis 0: (B, last - first, size, size) (large cubes in pieces)."""
     first, last = rows if rows is not None else (0, size)
-    points = grid_coordinates(size).reshape(size, size * size, 3)[first:last].reshape(-1, 3)
+    points = grid_coordinates(size, (first, last))
     density = render_mixture(
         tf.convert_to_tensor(alpha),
         tf.convert_to_tensor(mu),

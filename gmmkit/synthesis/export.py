@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import checks
+from .. import checks, machine
 from ..data.cubes import CubeSet
 from ..data.images import write_image
 from ..data.intensity import denormalize
@@ -113,26 +113,41 @@ def _real_cubes(cfg, source: Optional[str]) -> tuple[np.ndarray, Optional[np.nda
     return real, None, load_cubes(cfg.data).spacing_mm, f"validation split of {cfg.data.dataset}"
 
 
-def check_memory(size: int, components: int) -> None:
-    """Refuse a ``size`` whose one nodule (and its rendering workspace) would not fit in the memory available
-    now, before any work: rendering is done cube by cube, in slabs, so one cube is what has to fit."""
-    need = 3 * 4 * size**3 + 4 * min(components * size**3, 2**25)  # float32 cube, HU copy, workspace
-    available = _available_memory()
+# What a synthesis holds at its peak, measured (benchmarks/RESULTS.md, "synthesize's memory"): the process with
+# TensorFlow and the model; per voxel of one nodule, the rendered cube, its HU copy and the image writer's
+# copies; the renderer's workspace, per float of its quadratic features (10 per point of a slab) and of its
+# component-point exponentials; and each nodule's central slice, kept for the gallery.
+# Bytes, a least-squares fit to the peaks of 7 syntheses (K = 4 and 50, sizes 64 to 512) plus about a tenth.
+PEAK_BASE = 0.6 * 2**30
+PEAK_PER_VOXEL = 16.0
+PEAK_PER_FEATURE = 16.0
+PEAK_PER_EXPONENTIAL = 18.5
+
+
+def peak_memory(size: int, components: int, n: int = 1, max_elements: int = 2**25) -> float:
+    """Bytes a synthesis of ``n`` nodules of ``size``^3 from a ``components``-Gaussian model needs at its peak
+    (the rendering of :func:`gmmkit.synthesis.mixtures.render_each`, in slabs of ``max_elements``)."""
+    per_cube = components * size**3
+    cubes = min(n, max(1, max_elements // per_cube))  # rendered together
+    rows = max(1, min(size, max_elements // (components * size * size)))  # slab of one cube
+    points = rows * size * size
+    workspace = PEAK_PER_FEATURE * 10 * points + PEAK_PER_EXPONENTIAL * cubes * components * points
+    return PEAK_BASE + workspace + PEAK_PER_VOXEL * cubes * size**3 + 4 * n * size**2
+
+
+def check_memory(size: int, components: int, n: int = 1) -> None:
+    """Refuse a ``size`` whose synthesis would not fit in the memory available now, before any work: the
+    measured peak of :func:`peak_memory`, less what of its base (TensorFlow, the model) this process holds
+    already."""
+    need = peak_memory(size, components, n) - min(machine.resident_memory(), PEAK_BASE)
+    available = machine.available_memory()
     if available is not None and need > available:
         checks.fail(
             "synthesis.size",
-            f"a size whose nodule fits in the {available / 2**30:.1f} GiB of memory "
-            f"available (one {size}^3 nodule needs {need / 2**30:.1f} GiB)",
+            f"a size whose synthesis fits in the {available / 2**30:.1f} GiB of memory available (nodules of "
+            f"{size}^3 need {need / 2**30:.1f} GiB)",
             size,
         )
-
-
-def _available_memory() -> Optional[int]:
-    try:
-        with open("/proc/meminfo") as fh:
-            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
 
 
 def synthesize(
@@ -162,7 +177,7 @@ def synthesize(
     cfg = run.config()
     cube = cfg.data.cube
     size = cube if what.size is None else what.size
-    check_memory(size, cfg.model.components)
+    check_memory(size, cfg.model.components, what.n)
     model, _epoch = run.load_model()
     real, seriesuid, stored, real_from = _real_cubes(cfg, what.source)
     spacing_mm = stored if what.spacing_mm is None else float(what.spacing_mm)
