@@ -23,6 +23,8 @@ from .strategies import STRATEGIES, global_batch
 # (README "Default target loss" has the measurement and the command that repeats it).
 DEFAULT_TARGET_LOSS = 0.004023
 
+FLOAT32_MAX = 3.4028234663852886e38  # the model trains in float32: a learning rate above cannot be held
+
 # The data sets gmmkit builds itself (gmmkit.data.sources); any other dataset is a .npz path.
 BUILT_IN = ("lidc", "phantoms")
 
@@ -89,6 +91,14 @@ class TrainConfig:
         checks.positive_int("train.workers", self.workers)
         checks.positive_int("train.batch_size", self.batch_size)
         checks.positive_float("train.lr", self.lr)
+        scale = self.workers if self.strategy in ("lsr", "warmup") else 1  # the rate the rule reaches
+        if self.lr * scale > FLOAT32_MAX:
+            checks.fail(
+                "train.lr",
+                f"a rate that float32 holds{f' times the {scale} workers of {self.strategy}' if scale > 1 else ''} "
+                f"(at most {FLOAT32_MAX / scale:.3g})",
+                self.lr,
+            )
         for name in ("beta_1", "beta_2"):
             value = getattr(self, name)
             if not checks.is_finite_number(value) or not 0 <= value < 1:
@@ -112,6 +122,12 @@ class TrainConfig:
             checks.fail("train.exact", "true or false", self.exact)
         if self.micro_shards is not None:
             checks.positive_int("train.micro_shards", self.micro_shards)
+            if self.exact is not True:
+                checks.fail(
+                    "train.micro_shards",
+                    "exact mode with it (train.exact: micro-shards cut exact mode's batches, and alone do nothing)",
+                    self.micro_shards,
+                )
             if self.batch_size % self.micro_shards:
                 checks.fail(
                     "train.micro_shards",

@@ -21,6 +21,7 @@ RUN_FLAGS = [
     ("--components", "0"),
     ("--batch-size", "0"),
     ("--lr", "-1"),
+    ("--lr", "1e308"),  # beyond float32
     ("--epochs", "0"),
     ("--target-loss", "-1"),
     ("--target-loss", "abc"),
@@ -31,6 +32,7 @@ RUN_FLAGS = [
     ("--out", "file"),
     ("--config", "missing.json"),
     ("--micro-shards", "5"),
+    ("--micro-shards", "4"),  # without --exact
 ]
 LUNA = ["prepare-luna", "--scans", ".", "--annotations", "a.csv"]
 SYNTH = ["synthesize", "--run", "run", "--out", "new"]
@@ -216,6 +218,10 @@ def test_every_flag_has_a_bad_value_test():
         (np.full((4, 16, 16, 16), np.nan, np.float32), "non-finite"),
         (np.zeros((4, 16, 16), np.float32), "shape (N, S, S, S)"),
         (np.zeros((4, 8, 8, 8), np.float32), "receptive field"),
+        (np.zeros((0, 16, 16, 16), np.float32), "holds no cubes"),
+        (np.zeros((4, 16, 16, 16), np.complex64), "real numbers"),  # was cast to float32, its imaginary part lost
+        (np.full((4, 16, 16, 16), -1000, np.int16), "Hounsfield units"),  # trained on raw HU, the run diverged
+        (np.full((4, 16, 16, 16), 1.5, np.float32), "normalised to [0, 1]"),
     ],
 )
 def test_a_bad_dataset_names_the_file(cubes, problem, tmp_path, capsys):

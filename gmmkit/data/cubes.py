@@ -19,6 +19,7 @@ from ..files import atomic_savez
 from ..model.config import MIN_CUBE
 from .intensity import HU_WINDOW
 
+RANGE_SLACK = 1e-3  # normalised intensities lie in [0, 1]; this much beyond is rounding, more is another unit
 _KNOWN = ("cubes", "seriesuid", "center_xyz_mm", "diameter_mm", "inside_fraction", "spacing_mm", "hu_window")
 
 
@@ -101,8 +102,9 @@ class CubeSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike, cube: int | None = None) -> "CubeSet":
-        """Read and check a ``cubes.npz``: (N, S, S, S) finite numbers with S at least the encoder's
-        receptive field (and equal to ``cube`` when given). Errors name the file and what is wrong."""
+        """Read and check a ``cubes.npz``: N > 0 cubes (N, S, S, S) of real, finite, normalised intensities (in
+        [0, 1]: :func:`~gmmkit.data.intensity.normalize_hu`), S at least the encoder's receptive field (and
+        equal to ``cube`` when given). Errors name the file and what is wrong."""
         path = Path(path)
         if not path.is_file():
             raise DatasetError(f"{path}: no such file")
@@ -142,13 +144,23 @@ def _checked_cubes(path: Path, cubes: np.ndarray, cube: int | None) -> np.ndarra
         raise DatasetError(
             f"{path}: cubes are {cubes.shape[1]} voxels wide, the config asks for {cube} (pass --cube {cubes.shape[1]})"
         )
-    if not np.issubdtype(cubes.dtype, np.number):
-        raise DatasetError(f"{path}: 'cubes' must be numeric, found dtype {cubes.dtype}")
+    if len(cubes) == 0:
+        raise DatasetError(f"{path}: 'cubes' holds no cubes (shape {cubes.shape})")
+    if not np.issubdtype(cubes.dtype, np.number) or np.issubdtype(cubes.dtype, np.complexfloating):
+        raise DatasetError(f"{path}: 'cubes' must hold real numbers, found dtype {cubes.dtype}")
     cubes = cubes.astype(np.float32, copy=False)
     bad = ~np.isfinite(cubes)
     if bad.any():
         first = int(np.argwhere(bad.reshape(len(cubes), -1).any(axis=1))[0, 0])
         raise DatasetError(f"{path}: 'cubes' holds {int(bad.sum())} non-finite voxels (first in cube {first})")
+    low, high = float(cubes.min()), float(cubes.max())
+    if low < -RANGE_SLACK or high > 1 + RANGE_SLACK:
+        hu = ": these look like Hounsfield units" if low < -100 or high > 100 else ""
+        raise DatasetError(
+            f"{path}: 'cubes' holds values from {low:g} to {high:g}; gmmkit trains on intensities normalised to "
+            f"[0, 1]{hu} (gmmkit.data.intensity.normalize_hu maps -1000..400 HU there, as prepare-luna and "
+            "prepare-lidc do)"
+        )
     return cubes
 
 

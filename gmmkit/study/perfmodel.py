@@ -104,7 +104,8 @@ def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None, exact:
     def trainer_of(exact_mode: bool):
         if trainer is not None and (trainer.exact is not None) == exact_mode:
             return trainer
-        return Trainer(cfg.replace(train={"workers": 1, "exact": exact_mode}), simulate=True)
+        shards = {} if exact_mode else {"micro_shards": None}  # micro-shards belong to exact mode
+        return Trainer(cfg.replace(train={"workers": 1, "exact": exact_mode, **shards}), simulate=True)
 
     default = trainer_of(False)
     times = [float(np.median(time_steps(default, b, repeats))) for b in batches]  # median: a shared machine

@@ -56,4 +56,5 @@ class RunControls:
             "target_loss": parse_target(self.target.value),
             "epochs": int(self.epochs.value),
             "exact": bool(self.exact.value),
+            **({} if self.exact.value else {"micro_shards": None}),  # micro-shards belong to exact mode
         }
