@@ -11,14 +11,25 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from typing import Sequence
 
 from . import __version__
 from .commands.flags import describe, flag_of_field
 from .errors import InputError
+from .signals import Interrupted, raise_on_signals, signal_name
 
 EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 1  # as a run or a study that ends stopped
+# What a command stopped before its end leaves (each writes its results only once complete)
+STOPPED = {
+    None: "nothing was written",
+    "train": "the run in its directory is as it was before",
+    "reproduce": "nothing was evaluated; run it again with the same flags to continue",
+    "sweep": "no table was written (the study's folder holds its study.json only)",
+    "demo": "no table was written (the study's folder holds its study.json only)",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,10 +73,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args, args.command_parser)
+        with raise_on_signals():  # SIGTERM ends a command as Ctrl-C does: unwinding, cleaning up on the way
+            return args.func(args, args.command_parser)
     except InputError as exc:
         print(f"gmmkit {args.command}: error: {describe(exc, flag_of_field(args))}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt as exc:  # Interrupted, or a Ctrl-C that came before the handlers
+        name = signal_name(exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+        print(f"gmmkit {args.command}: stopped by {name}; {STOPPED.get(args.command, STOPPED[None])}", file=sys.stderr)
+        return EXIT_STOPPED
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import InputError
+from .signals import deferred
 
 
 @contextlib.contextmanager
@@ -30,8 +31,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        with deferred():  # a signal (gmmkit.signals) cannot fall between making the file and knowing its name
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes it 0600; a result file follows the umask
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
@@ -39,8 +42,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
 
 
@@ -186,19 +190,25 @@ def replace_folder(path: str | os.PathLike, owned: str, overwrite: bool = False,
     path = Path(path)
     _earlier_output(path, owned, overwrite, field)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging = None
     try:
+        with deferred():  # a signal (gmmkit.signals) cannot fall between making the folder and knowing its name
+            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         staging.chmod(0o777 & ~umask())
         yield staging
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(staging, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        # the swap is never cut in two (the earlier output is never left aside); a signal during it comes after
+        # the work is done, and the command ends as it would have a moment later
+        with deferred(then_raise=False):
+            old = None
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+                os.replace(path, old / path.name)
+            os.replace(staging, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

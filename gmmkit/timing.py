@@ -7,11 +7,15 @@ from typing import Callable
 
 import numpy as np
 
+from .signals import check
+
 
 def mean_seconds(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
     """Mean seconds of one call of ``fn`` over ``repeats`` calls, after ``warmup`` untimed ones."""
     for _ in range(warmup):
+        check()  # a stop request abandons the measurement (gmmkit.signals)
         fn()
+    check()
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
@@ -24,9 +28,11 @@ def take_turns(timers: dict, repeats: int = 10) -> dict:
     ``repeats`` rounds. On a shared host whose speed drifts during a measurement the drift then moves every
     timer alike and leaves their ratios alone."""
     for timer in timers.values():
+        check()  # a stop request abandons the measurement (gmmkit.signals)
         timer()
     times = {key: [] for key in timers}
     for _ in range(repeats):
+        check()
         for key, timer in timers.items():
             times[key].append(timer())
     return {key: float(np.median(t)) for key, t in times.items()}

@@ -1,16 +1,22 @@
 """Shared test helpers: quiet TensorFlow, a private phantom cache, one tiny-config builder, one Horovod
 marker, one notebook executor, ``gmmkit train`` as a user runs it."""
 
+import contextlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import psutil  # noqa: E402
 import pytest  # noqa: E402
 
 from gmmkit.config import RunConfig  # noqa: E402
@@ -169,6 +175,108 @@ def gmmkit_train(cfg, *flags, mpirun=None, timeout=900):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env())
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout, json.loads((open(os.path.join(out, "summary.json")).read()))
+
+
+# ``python -c KILLED_AT_RENAME TEXT ARGS``: gmmkit ARGS in a process that kills itself (SIGKILL) at the rename that
+# would publish a file whose path holds TEXT: a real kill at the one moment a temporary file is complete and
+# not yet in place.
+KILLED_AT_RENAME = (
+    "import os, signal, sys\n"
+    "replace = os.replace\n"
+    "def replace_or_die(src, dst, *args, **kwargs):\n"
+    "    if sys.argv[1] in os.fspath(dst):\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "    return replace(src, dst, *args, **kwargs)\n"
+    "os.replace = replace_or_die\n"
+    "from gmmkit.cli import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+
+
+def killed_at_rename(text: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``gmmkit ARGS`` until it renames a file whose path holds ``text``, where it is killed."""
+    cmd = [sys.executable, "-c", KILLED_AT_RENAME, text, *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == -9, f"not killed at the rename of {text}: {proc.returncode}\n{proc.stderr}"
+    return proc
+
+
+@dataclass
+class Signalled:
+    """How a command that was sent a signal ended: its exit ``code``, what it printed, the ``seconds`` from the
+    signal to its end, and the processes it had started that were still there ``left`` (bounded wait)."""
+
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+    left: list
+
+
+def signalled(
+    args, ready, sig=signal.SIGTERM, group: bool = False, env=None, timeout: float = 300, after=None
+) -> Signalled:
+    """Run ``gmmkit ARGS`` (in a session of its own) and send it ``sig`` once ``ready(proc, stdout so far)``
+    says so (a point of its own progress: its files, its output, its processes); ``group``: to its whole
+    process group, as a terminal's Ctrl-C; ``after()`` is called once it is sent. Every process it started
+    meanwhile must end with it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gmmkit", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or mpi_env(),
+        start_new_session=True,
+    )
+    out, err = [], []
+    readers = [
+        threading.Thread(target=lambda s=stream, into=into: into.extend(iter(s.readline, "")), daemon=True)
+        for stream, into in ((proc.stdout, out), (proc.stderr, err))
+    ]
+    for reader in readers:
+        reader.start()
+    seen: set = set()
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready(proc, "".join(out)):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                seen |= set(psutil.Process(proc.pid).children(recursive=True))
+            assert proc.poll() is None, f"it ended before the moment to signal it: {''.join(out)}{''.join(err)}"
+            assert time.monotonic() < deadline, f"the moment to signal it did not come within {timeout} s"
+            time.sleep(0.05)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            seen |= set(psutil.Process(proc.pid).children(recursive=True))
+        sent = time.monotonic()
+        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        if after is not None:
+            after()
+        proc.wait(timeout=timeout)
+        seconds = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for reader in readers:
+        reader.join(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:  # helpers (a pool's forkserver) end with it, not necessarily before it
+        left = [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    names = []
+    for p in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            names.append(" ".join(p.cmdline()[:4]))
+            p.kill()
+    return Signalled(proc.returncode, "".join(out), "".join(err), seconds, names)
+
+
+def descendants(proc) -> int:
+    """How many processes ``proc`` has started that are running."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return len(psutil.Process(proc.pid).children(recursive=True))
+    return 0
 
 
 def losses(run_dir, key="val_loss"):

@@ -127,6 +127,11 @@ BAD_FLAGS = [
     (["train", "--workers", "2", "--hosts", "a:1", "--hostfile", "file"], "--hostfile"),  # one or the other
     (["sweep", "--hosts", "a:1,b:1", "--max-real", "3"], "--max-real"),
     (["bench", "--hosts", "a:2"], "--hosts"),  # across hosts needs two of them
+    # a host whose name does not resolve: one line before anything starts (mpirun printed a page, rc 255)
+    (["train", "--workers", "2", "--hosts", "no-such-host.invalid:2"], "--hosts"),
+    (["train", "--workers", "2", "--hostfile", "hosts.txt"], "--hostfile"),
+    (["sweep", "--workers", "1,2", "--max-real", "2", "--hostfile", "hosts.txt"], "--hostfile"),
+    (["reproduce", "--out", "r", "--hostfile", "hosts.txt"], "--hostfile"),
     (["bench", "--json", "out.txt"], "--json"),
     (["bench", "--json", "file/bench.json"], "--json"),
     (["bench", "--plot", "growth.png"], "--plot"),
@@ -173,6 +178,7 @@ def test_bad_flags_name_the_flag_and_exit_2(argv, named, tmp_path, capsys, monke
     (tmp_path / "a.csv").write_text("seriesuid,coordX,coordY,coordZ\n1.2.3,0,0,0\n")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "hosts.txt").write_text("no-such-host.invalid slots=2\n")
     before = _files(tmp_path)
     try:
         code = main(argv)

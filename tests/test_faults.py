@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -9,7 +10,7 @@ import time
 
 import psutil
 import pytest
-from conftest import tiny_config
+from conftest import signalled, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +33,9 @@ def test_rank_failure_reads_what_mpirun_prints():
     )
     assert rank_failure(failed) == "rank 2 exited with status 3"
     assert rank_failure("all good") is None
+    # a rank ended before mpirun knew its pid: "pid 0" said nothing true
+    early = "mpirun noticed that process rank 1 with PID 0 on node vm exited on signal 15 (Terminated).\n"
+    assert rank_failure(early) == "rank 1 (vm) was killed by SIGTERM"
 
 
 def _rank_processes(root: psutil.Process, rank: str) -> list:
@@ -67,6 +71,7 @@ def test_a_dying_rank_is_named_stops_the_job_and_the_run_resumes(tmp_path):
             proc.kill()
     assert proc.returncode != 0
     assert "rank 1" in stderr and "SIGKILL" in stderr and "--resume" in stderr
+    assert "-----" not in stderr and "mpirun noticed" not in stderr, stderr  # said in gmmkit's words only
     assert not _rank_processes(psutil.Process(), "0")  # no rank left behind
     finished = read_jsonl(run / "metrics.jsonl")  # every line whole
     assert finished and [r["epoch"] for r in finished] == list(range(1, len(finished) + 1))
@@ -146,6 +151,42 @@ def test_a_dying_rank_in_a_sweep_fails_its_batch_and_the_sweep_goes_on(tmp_path)
         assert runs[key]["status"] == "max_epochs" and runs[key]["epochs"] == 6, runs[key]
         assert len(read_jsonl(os.path.join(runs[key]["run_dir"], "metrics.jsonl"))) == 6
     assert "| 2 | real | failed |" in stdout and "| 4 | simulated | max_epochs |" in stdout
+
+
+@pytest.mark.mpi
+def test_a_sweep_stopped_in_its_real_runs_leaves_no_stop_behind(tmp_path):
+    """Ctrl-C while weak n=2 ran: strong n=2, the batch's finished run, kept a STOP (its next --resume stopped at
+    once). A stop belongs to the run that was asked: the one in progress ends stopped, the rest of the batch
+    is not started, and no STOP, temporary file or process is left."""
+    out = tmp_path / "sweep"
+    cfg_file = tmp_path / "base.json"
+    cfg_file.write_text(tiny_config(tmp_path / "unused", epochs=3).to_json())
+    args = ["sweep", "--config", cfg_file, "--strategies", "strong,weak,lsr", "--workers", "1,2", "--max-real", "2"]
+    weak, ranks = out / "runs" / "weak-n2", []
+
+    def weak_begun(proc, _) -> bool:  # the job's second run has begun: its ranks wait while the sweep is stopped
+        if not (weak / "config.json").exists():
+            return False
+        ranks.extend(_rank_processes(psutil.Process(proc.pid), "0") + _rank_processes(psutil.Process(proc.pid), "1"))
+        for rank in ranks:
+            rank.suspend()
+        return True
+
+    def go_on() -> None:  # once the sweep has asked the job to stop
+        deadline = time.monotonic() + 60
+        while not (out / "logs" / "real-n2.stop").exists():
+            assert time.monotonic() < deadline, "the sweep did not ask its job to stop"
+            time.sleep(0.05)
+        for rank in ranks:
+            rank.resume()
+
+    ended = signalled([*args, "--no-calibrate", "--out", out], weak_begun, signal.SIGINT, after=go_on)
+    assert ended.code == 1 and not ended.left, (ended.stderr, ended.left)
+    runs = {(r["strategy"], r["workers"]): r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert runs[("strong", 2)]["status"] == "max_epochs" and runs[("weak", 2)]["status"] == "stopped"
+    assert runs[("lsr", 2)]["status"] == "stopped" and not (out / "runs" / "lsr-n2").exists()
+    assert not list(out.rglob("STOP")) and not list(out.rglob("*.tmp")) and not list(out.rglob("*.stop"))
+    print(f"sweep, Ctrl-C in a real run: ended {ended.seconds:.2f} s after it")
 
 
 def test_a_sweep_of_twenty_one_runs_leaks_no_processes_or_memory(tmp_path):
@@ -305,6 +346,7 @@ def test_ctrl_c_stops_a_multi_rank_run_after_its_step(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["workers"] == 2, stderr
     assert proc.returncode == 1 and "stopping after the current step" in stderr
+    assert "-----" not in stderr and "aborted" not in stderr, stderr  # a clean stop: no banner of mpirun's
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == list(range(1, summary["epochs"] + 1))
     assert not _rank_processes(psutil.Process(), "0")
 

@@ -21,6 +21,7 @@ from conftest import needs_horovod, tiny_config
 from gmmkit.data import load_phantoms
 from gmmkit.data.cubes import CubeSet
 from gmmkit.files import read_jsonl
+from gmmkit.parallel import launch, network, placement
 
 pytestmark = [pytest.mark.mpi, needs_horovod]
 LOST_HOST_LIMIT_S = 30  # issue 17: a lost host is named within 30 s
@@ -37,6 +38,15 @@ def gmmkit(hosts, *args, timeout=300, check=True):
 
 def losses(run_dir, key="val_loss"):
     return [r[key] for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def test_ranks_on_hosts_talk_over_the_network_that_reaches_them(emulated_hosts):
+    """OpenMPI's TCP transports keep to the hosts' network (10.213.0.0/24: the head's bridge and every host),
+    not every interface they find (the root namespace's eth0 too); its settings reach the ranks below."""
+    hosts = placement.parse_hostfile(emulated_hosts.hostfile)
+    assert network.mca_network(hosts) == {"btl_tcp_if_include": "10.213.0.0/24", "oob_tcp_if_include": "10.213.0.0/24"}
+    settings = launch.mpi_settings({"OMPI_MCA_mca_base_param_files": "/nonexistent"}, hosts)
+    assert settings["OMPI_MCA_btl_tcp_if_include"] == "10.213.0.0/24" and "OMPI_MCA_btl" not in settings
 
 
 def test_strong_run_with_one_rank_per_host_follows_the_sequential_run(emulated_hosts, tmp_path):

@@ -4,7 +4,9 @@ and the errors of a missing database."""
 
 import hashlib
 import importlib.metadata
+import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import descendants, signalled, tiny_config
 
 from gmmkit.cli import main
 from gmmkit.data import lidc_db
@@ -35,6 +38,8 @@ from gmmkit.data.lidc_intensity import Appearance, nodule_hu
 from gmmkit.data.lidc_shape import NoConsensus, consensus_shape
 from gmmkit.data.phantoms import CATEGORIES
 from gmmkit.errors import ConfigError, DatasetError
+from gmmkit.machine import available_cores
+from gmmkit.parallel.launch import mpi_env
 
 # the six nodules marked by all four readers on the 0.6 mm scans: a set built in a few seconds
 SMALL = LidcOptions(min_readers=4, max_slice_thickness=0.6)
@@ -399,3 +404,67 @@ def test_prepare_lidc_command(tmp_path, capsys, small):
         assert expected in err and err.count("\n") == 1
         assert out.read_bytes() == before  # nothing half-written, the old file whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lidc.npz"]
+
+
+def test_a_damaged_entry_is_built_again(tmp_path, monkeypatch, capsys, small):
+    monkeypatch.setenv("GMMKIT_CACHE", str(tmp_path))
+    path = cache_path(SMALL)
+    path.write_bytes(_small_bytes(small, tmp_path)[:4096])  # a truncated copy of the entry
+    capsys.readouterr()
+    assert _arrays_digest(load_lidc(SMALL, jobs=1)) == _arrays_digest(small[0])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and path.name in err[0] and "building it again" in err[0], err
+    assert _arrays_digest(CubeSet.load(path)) == _arrays_digest(small[0])  # replaced whole
+
+
+def _small_bytes(small, tmp_path) -> bytes:
+    small[0].save(tmp_path / "whole.npz")
+    return (tmp_path / "whole.npz").read_bytes()
+
+
+# --- signals during a build -----------------------------------------------------------------------
+
+# 324 nodules of the scans at most 1 mm thick, clustered in half a second: the pool builds them for seconds
+POOLED = ["--min-readers", "1", "--max-slice-thickness", "1.0", "--jobs", "2"]
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_a_signal_during_a_pooled_build_ends_it_cleanly(tmp_path, how):
+    """SIGTERM left the pool's four processes (forkserver, resource tracker, two workers) alive 75 s later, and
+    Ctrl-C printed a traceback: each now ends the command in one line, with every process and no file."""
+    out = tmp_path / "lidc.npz"
+    ended = signalled(
+        ["prepare-lidc", "--out", out, *POOLED],
+        lambda proc, _: descendants(proc) >= 4,  # the pool is at work: its helpers and both workers
+        signal.SIGINT if how == "Ctrl-C" else signal.SIGTERM,
+        group=how == "Ctrl-C",  # a terminal's Ctrl-C reaches the workers too
+    )
+    name = "SIGINT" if how == "Ctrl-C" else "SIGTERM"
+    assert ended.code == 1 and ended.stderr.strip().splitlines()[-1] == (
+        f"gmmkit prepare-lidc: stopped by {name}; nothing was written"
+    ), ended.stderr
+    assert "Traceback" not in ended.stderr and not ended.left, ended.left
+    assert list(tmp_path.iterdir()) == []  # no file, no temporary one
+    print(f"prepare-lidc --jobs 2, {how} during the build: ended {ended.seconds:.2f} s after it")
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="a run builds its data set in a pool of one per core")
+def test_a_run_stopped_while_its_data_set_is_built_ends_at_once(tmp_path):
+    """train --dataset lidc on a fresh cache went on building for 24 s after SIGTERM: the build is abandoned,
+    the run ends stopped after 0 epochs, and the cache holds no part of the set."""
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(
+        tiny_config(run, data={"dataset": "lidc", "min_readers": 4, "train_size": None, "val_size": 16}).to_json()
+    )
+    ended = signalled(
+        ["train", "--config", cfg],
+        lambda proc, _: descendants(proc) >= 4,  # the nodules are being built in its pool
+        env={**mpi_env(), "GMMKIT_CACHE": str(cache)},
+    )
+    assert ended.code == 1 and "status stopped after 0 epochs" in ended.stdout, ended.stderr
+    assert not ended.left, ended.left
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["epochs"] == 0 and "SIGTERM" in summary["error"]
+    assert sorted(p.name for p in cache.iterdir()) == [cache_path(LidcOptions(min_readers=4)).name + ".lock"]
+    print(f"train --dataset lidc, SIGTERM during the build: ended {ended.seconds:.2f} s after it")

@@ -1,13 +1,14 @@
 """Where ranks run (``gmmkit.parallel.placement``) and how mpirun is told (``gmmkit.parallel.launch``):
 hosts flags, hostfiles, SLURM allocations, OpenMPI settings a user made, forwarded variables. No MPI job."""
 
+import os
 import shutil
 import subprocess
 
 import pytest
 
 from gmmkit.errors import ConfigError
-from gmmkit.parallel import launch, placement
+from gmmkit.parallel import launch, network, placement
 from gmmkit.parallel.placement import Placement
 from gmmkit.study.config import StudyConfig
 from gmmkit.study.perfmodel import allreduce_placement
@@ -186,3 +187,24 @@ def test_mpirun_names_a_lost_host_never_its_ranks():
     hosts = ["gmk-node0", "gmk-node0", "gmk-node1.cluster", "gmk-node1.cluster"]
     assert launch.rank_failure(said, hosts).startswith("host gmk-node1 (ranks 2, 3) was lost")
     assert launch.rank_failure(said).startswith("host gmk-node1 was lost")
+
+
+def test_a_local_job_talks_over_the_loopback_and_a_host_must_resolve(tmp_path):
+    """Every rank here: shared memory between the ranks (no rank opens a TCP port; each listened on 0.0.0.0
+    and ::) and mpirun's out-of-band channel on the loopback; the user's own transports win."""
+    none = {"OMPI_MCA_mca_base_param_files": "/nonexistent"}
+    local = {"OMPI_MCA_btl": "^tcp", "OMPI_MCA_oob_tcp_if_include": "127.0.0.0/8"}
+    for where in (placement.LOCAL, placement.parse_hosts("localhost:2"), placement.parse_hosts(os.uname().nodename)):
+        assert local.items() <= launch.mpi_settings(none, where).items(), where
+    assert "OMPI_MCA_btl" not in launch.mpi_settings(none)  # no placement: no network settings
+    mine = launch.mpi_settings({**none, "OMPI_MCA_btl_tcp_if_include": "ib0"}, placement.LOCAL)
+    assert "OMPI_MCA_btl" not in mine and "OMPI_MCA_btl_tcp_if_include" not in mine
+    assert "OMPI_MCA_btl" not in launch.mpi_settings({**none, "OMPI_MCA_btl": "self,tcp"}, placement.LOCAL)
+    site = tmp_path / "openmpi-mca-params.conf"  # Debian's excludes transports: TCP is added to them
+    site.write_text("btl = ^uct,openib,ofi\noob_tcp_if_include = eth1\n")
+    settings = launch.mpi_settings({"OMPI_MCA_mca_base_param_files": str(site)}, placement.LOCAL)
+    assert settings["OMPI_MCA_btl"] == "^uct,openib,ofi,tcp" and "OMPI_MCA_oob_tcp_if_include" not in settings
+    network.check_hosts(placement.parse_hosts("localhost:2"))
+    with pytest.raises(ConfigError, match=r"host 'no-such-host.invalid' is unknown") as caught:
+        network.check_hosts(placement.parse_hosts("localhost:1,no-such-host.invalid:1"))
+    assert caught.value.field == "placement.hosts"

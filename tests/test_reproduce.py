@@ -7,6 +7,7 @@ import math
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -125,7 +126,7 @@ REPRODUCE = (
     "import json, sys\nfrom gmmkit.config import RunConfig\nfrom gmmkit.study.reproduce import ReproduceConfig,"
     " reproduce\nraw = json.load(open(sys.argv[1]))\nraw['run'] = RunConfig.from_dict(raw['run'])\n"
     "raw['workers'], raw['strategies'], raw['lr_range'] = map(tuple, (raw['workers'], raw['strategies'], "
-    "raw['lr_range']))\nreproduce(ReproduceConfig(**raw), progress=False)\n"
+    "raw['lr_range']))\nreproduce(ReproduceConfig(**raw), progress=False, say=lambda line: print(line, flush=True))\n"
 )
 
 
@@ -167,6 +168,7 @@ def test_the_protocol_end_to_end_and_resumed_after_an_interruption(tmp_path):
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
+    assert_nothing_unmeasured(out)  # the grid was interrupted: no claim, and the tables say which runs stopped
     ended = {
         name: (out / "runs" / name / "state").resolve()
         for name, s in progress_of(out)["runs"].items()
@@ -179,6 +181,36 @@ def test_the_protocol_end_to_end_and_resumed_after_an_interruption(tmp_path):
         assert (out / "runs" / name / "state").resolve() == state_dir
     assert outcome(out) == outcome(straight)
     assert all(s in ("reached_target", "diverged", "max_epochs") for s in progress_of(out)["runs"].values())
+
+
+def assert_nothing_unmeasured(out):
+    """An interrupted reproduction's files: no claim evaluated, no target but a measured one, no temporary file."""
+    assert not (out / "claims.json").exists() and not (out / "claims.md").exists()
+    state = json.loads((out / "protocol.json").read_text()) if (out / "protocol.json").exists() else {}
+    assert "target" not in state, state
+    if (out / "results.json").exists():  # the sweep's tables: a target only if the sequential run set one
+        target = json.loads((out / "results.json").read_text())["config"]["train"]["target_loss"]
+        sequential = RunDir(out / "runs" / "sequential-n1").metrics()
+        assert target is None or len(sequential) == 2, (target, sequential)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_a_reproduction_stopped_in_its_range_test_evaluates_nothing(tmp_path):
+    """Ctrl-C during the range test: the test and the calibration ran to their end (72 s), then claims.json said
+    every claim failed ("inf over 0 epochs") and protocol.json recorded the flag's default target."""
+    out = tmp_path / "stopped"
+    proc = reproduction(out, tmp_path)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 300
+    while not any(b"learning-rate range test" in line for line in lines):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert_nothing_unmeasured(out)
+    assert not (out / "lr_find").exists() and not (out / "runs").exists()
 
 
 def test_the_recorded_reproduction_is_complete_and_its_c1_is_in_its_files():

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import tiny_config
+from conftest import killed_at_rename, tiny_config
 
 from gmmkit.cli import main
 from gmmkit.data import load_phantoms
@@ -133,6 +134,14 @@ def test_resume_continues_the_run_from_its_own_config(cubes_npz, tmp_path, monke
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--lr (train.lr)" in err and "train.lr=0.00105" in err, err
     assert {p.name: p.read_bytes() for p in (work / "run" / "state").iterdir()} == before
+    # a config.json edited since (another model): one line naming the checkpoint, not Keras's traceback
+    config = (work / "run" / "config.json").read_text()
+    (work / "run" / "config.json").write_text(config.replace('"components": 4', '"components": 5'))
+    assert main(["train", "--resume", "--out", str(work / "run"), "--epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint.npz: its weights do not fit the model" in err, err
+    (work / "run" / "config.json").write_text(config)
+    assert {p.name: p.read_bytes() for p in (work / "run" / "state").iterdir()} == before
     assert main(["train", "--resume", "--out", str(tmp_path / "nowhere")]) == 2  # nothing to resume
     assert "not a gmmkit run directory" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
@@ -173,7 +182,10 @@ def test_a_second_process_is_refused_and_a_dead_one_holds_nothing(tmp_path, caps
         # the second process is this one (gmmkit in a process of its own costs a TensorFlow start-up)
         assert main(["train", *TINY, "--epochs", "400", "--overwrite", "--out", str(run)]) == 2
         err = capsys.readouterr().err
-        assert f"in use by gmmkit pid {first.pid}" in err, err
+        assert f"in use by gmmkit pid {first.pid}" in err and "claim" not in err, err
+        # a stop asked of it that it never saw (stopped, then killed) belongs to it, not to the next process
+        first.send_signal(signal.SIGSTOP)
+        assert main(["stop", str(run)]) == 0 and (run / "STOP").exists()
         first.kill()  # a killed owner: its lock goes with it
         first.wait(timeout=30)
     finally:
@@ -181,7 +193,17 @@ def test_a_second_process_is_refused_and_a_dead_one_holds_nothing(tmp_path, caps
             first.kill()
     done = epochs_of(run)
     assert main(["train", "--resume", "--out", str(run), "--epochs", str(len(done) + 1)]) == 0
-    assert epochs_of(run) == list(range(1, len(done) + 2))
+    assert epochs_of(run) == list(range(1, len(done) + 2)) and RunDir(run).summary()["status"] == "max_epochs"
+    assert not (run / "STOP").exists()
+
+    # a run's folder is where it is now: a copy (or a renamed folder) continues there, the original untouched
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, symlinks=True)
+    before = {p.name: p.read_bytes() for p in (run / "state").iterdir()}
+    assert main(["train", "--resume", "--out", str(copy), "--epochs", str(len(done) + 2)]) == 0
+    assert epochs_of(copy) == list(range(1, len(done) + 3)) and RunDir(copy).config().out == str(copy)
+    assert RunDir(copy).summary()["resumes"][-1]["changed"]["out"] == [str(run), str(copy)]
+    assert {p.name: p.read_bytes() for p in (run / "state").iterdir()} == before
 
 
 # --- signals and stop requests --------------------------------------------------------------
@@ -234,6 +256,10 @@ def test_sigterm_ends_a_multi_rank_run_and_leaves_no_process(tmp_path, who):
         wait_for(lambda: len(epochs_of(run)) >= 1, proc, what="the first epoch")
         job = psutil.Process(proc.pid).children(recursive=True)
         assert len(job) >= 3  # mpirun and two ranks
+        # every rank is here: they talk through shared memory, and none opens a TCP port (each listened on
+        # 0.0.0.0 and ::, issue 26)
+        ranks = [p for p in job if "OMPI_COMM_WORLD_RANK" in p.environ()]
+        assert len(ranks) == 2 and not [c for p in ranks for c in p.connections("tcp") if c.status == "LISTEN"]
         targets = [proc.pid] + ([p.pid for p in job] if who == "every process" else [])
         for pid in targets:  # a scheduler (scancel) signals them all at once
             with contextlib.suppress(ProcessLookupError):
@@ -251,6 +277,52 @@ def test_sigterm_ends_a_multi_rank_run_and_leaves_no_process(tmp_path, who):
     assert summary["status"] == "stopped" and summary["workers"] == 2
     assert_files_agree(run)
     assert not RunDir(run).in_use()
+
+
+@pytest.mark.mpi
+def test_a_stop_left_by_a_killed_job_stops_nothing_later(tmp_path):
+    """A scheduler signals every process of a starting job, then kills them before they could act on it: the
+    launcher's stop request outlived them (it stopped the next run at once); it belongs to the run asked."""
+    run = tmp_path / "run"
+    proc = start("train", *TINY, "--epochs", "400", "--workers", "2", "--out", run, start_new_session=True)
+    job = []
+    try:
+        wait_for(lambda: _ranks_started(proc), proc, what="the ranks' start")  # data built, ranks starting
+        job = psutil.Process(proc.pid).children(recursive=True)  # mpirun and the ranks: too slow to act
+        for p in job:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.suspend()
+        job.append(psutil.Process(proc.pid))
+        for p in job:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGTERM)
+        wait_for(lambda: (run / "STOP").exists(), timeout=60, what="the launcher's stop request")
+        for p in job:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    wait_for(
+        lambda: not [p for p in job if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+        timeout=30,
+        what="the job's processes ending",
+    )
+    again = ["--resume"] if RunDir(run).exists() else [*TINY]  # the ranks may have been killed before they began
+    assert main(["train", *again, "--epochs", "1", "--out", str(run)]) == 0
+    assert epochs_of(run) == [1] and RunDir(run).summary()["status"] == "max_epochs"
+    assert not (run / "STOP").exists()
+
+
+def _ranks_started(proc) -> bool:
+    """Whether ``gmmkit train --workers N`` has started its ranks (processes with OpenMPI's rank variable)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if "OMPI_COMM_WORLD_RANK" in child.environ():
+                    return True
+    return False
 
 
 def test_a_launcher_killed_outright_takes_its_job_with_it(tmp_path):
@@ -335,6 +407,19 @@ def test_killed_at_random_moments_the_files_agree_and_resume_reaches_the_uninter
         ]
     a, b = RunDir(run).load_checkpoint(), RunDir(straight).load_checkpoint()
     assert all(np.array_equal(x, y) for x, y in zip(a["weights"] + a["optimizer"], b["weights"] + b["optimizer"]))
+
+
+def test_a_writer_killed_at_a_rename_leaves_nothing_behind(tmp_path):
+    """Killed as it renames epoch 1's snapshot into place: its temporary file is removed by the next process,
+    and the snapshot it never wrote is written from the checkpoint (which is epoch 1's weights)."""
+    run = tmp_path / "run"
+    killed_at_rename("epoch-000001.npz", "train", *TINY, "--epochs", "3", "--out", run, env=mpi_env())
+    assert len(list((run / "snapshots").glob(".epoch-000001.npz.*.tmp"))) == 1  # what the kill left
+    epoch_1 = RunDir(run).load_checkpoint()
+    assert epoch_1["epoch"] == 1 and not (run / "snapshots" / "epoch-000001.npz").exists()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2"]) == 0
+    assert not list(run.rglob("*.tmp")) and RunDir(run).snapshot_epochs() == [1, 2]
+    assert all(np.array_equal(a, b) for a, b in zip(RunDir(run).load_snapshot(1)["weights"], epoch_1["weights"]))
 
 
 # --- resources ------------------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from conftest import signalled
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -257,3 +260,56 @@ def test_synthesize_errors_are_one_line(run_dir, tmp_path, capsys, setup, args, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and named in err[0], err
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_a_signal_while_nodules_are_written_leaves_nothing(run_dir, tmp_path):
+    """SIGTERM left a 70 MB staging folder beside --out: the command ends in one line, with nothing written."""
+    staged = lambda: list(tmp_path.glob(".out.*.tmp/nodule_0002.nii.gz"))  # noqa: E731
+    ended = signalled(
+        ["synthesize", "--run", run_dir, "--out", tmp_path / "out", "--n", "400", "--size", "48", "--no-progress"],
+        lambda proc, _: bool(staged()),  # it has written three nodules into its staging folder
+    )
+    assert ended.code == 1, ended.stderr
+    assert ended.stderr.strip().splitlines() == ["gmmkit synthesize: stopped by SIGTERM; nothing was written"]
+    assert list(tmp_path.iterdir()) == [] and not ended.left
+    print(f"synthesize, SIGTERM while writing: ended {ended.seconds:.2f} s after it")
+
+
+# One synthesis in a process of its own, which prints what it held at its peak: ``python -c MEASURED ARGS``
+MEASURED = (
+    "import resource, sys\n"
+    "from gmmkit import machine\n"
+    "from gmmkit.cli import main\n"
+    "before = machine.resident_memory()\n"
+    "code = main(sys.argv[1:])\n"
+    "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+    "sys.exit(code)\n"
+)
+
+
+def test_the_memory_check_covers_the_peak_a_synthesis_takes(run_dir, tmp_path, monkeypatch, capsys):
+    """The check estimated 1.7 GB for --size 512, which peaked at 8.9 GB: a machine with less memory available
+    than a synthesis takes (measured here, in a process of its own) refuses its size before any work."""
+    from gmmkit import machine
+    from gmmkit.synthesis.export import peak_memory
+
+    args = ["synthesize", "--run", str(run_dir), "--n", "2", "--size", "160", "--hu", "--gallery", "0", "--no-progress"]
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURED, *args, "--out", str(tmp_path / "measured")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    before, peak = map(int, proc.stdout.split()[-2:])
+    assert peak_memory(160, 4, 2) >= peak  # the estimate covers the measured peak
+    # this process, as a fresh one would (TensorFlow not loaded), on a machine short of what it took
+    monkeypatch.setattr(machine, "resident_memory", lambda: before)
+    monkeypatch.setattr(machine, "available_memory", lambda: peak - before - (32 << 20))
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--size (synthesis.size)" in err and "GiB" in err and not (tmp_path / "refused").exists(), err
+    print(
+        f"synthesize --size 160 --n 2 --hu: peak {peak / 2**30:.2f} GiB, estimated {peak_memory(160, 4, 2) / 2**30:.2f}"
+    )

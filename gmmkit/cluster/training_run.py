@@ -99,6 +99,7 @@ class TrainingRun:
         self.started = time.perf_counter()
         self.stop_requested_at: Optional[float] = None
         self.ended_at: Optional[float] = None
+        self._stop_pending = False  # asked before rank 0 claimed the run: asked again once it has
 
     def __repr__(self) -> str:
         return (
@@ -116,6 +117,8 @@ class TrainingRun:
         finished = all(ar.done() for ar in self.results.values())
         if finished and self.ended_at is None:
             self.ended_at = time.perf_counter()
+        if self._stop_pending and not finished:  # a request names the claim that holds the run: once there is one
+            self._stop_pending = not self.run_dir.request_stop()
         return finished
 
     def wait(self, timeout: Optional[float] = None) -> dict:
@@ -172,7 +175,7 @@ class TrainingRun:
         if self.stop_requested_at is None:
             self.stop_requested_at = time.perf_counter()
         if not self.done():
-            self.run_dir.request_stop()
+            self._stop_pending = not self.run_dir.request_stop()
         return self.wait(timeout=timeout) if wait else None
 
     @property

@@ -74,8 +74,11 @@ def run(args, parser) -> int:
     except RuntimeError as exc:  # the protocol could not go on (e.g. no eta at which the sequential run converges)
         print(f"gmmkit reproduce: error: {exc}", file=sys.stderr)
         return 1
-    print(to_markdown(found), flush=True)
     if stop:
-        print("gmmkit reproduce: stopped; run it again with the same flags to continue", file=sys.stderr)
+        print(
+            "gmmkit reproduce: stopped; no claim was evaluated; run it again with the same flags to continue",
+            file=sys.stderr,
+        )
         return 1
+    print(to_markdown(found), flush=True)
     return 0

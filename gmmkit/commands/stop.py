@@ -1,7 +1,8 @@
 """``gmmkit stop RUN_DIR``: ask a running training run to stop after its current step.
 
 The run ends as ``stopped`` with its files consistent; a run that is still starting stops at its first step.
-A run directory where nothing runs is refused (a stop request there would stop its next --resume).
+A run directory where nothing runs is refused. The request names the run in progress: one it never sees (it
+was killed first) stops no later run.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ def register(sub):
 
 def run(args, parser) -> int:
     run_dir = RunDir(args.run_dir)
-    if not run_dir.in_use():
+    if not run_dir.request_stop():  # the request names the run in progress; with none, nothing is written
         if not run_dir.exists():
             RunDir.open(args.run_dir, "RUN_DIR")  # says what is wrong with it
         status = (run_dir.summary() or {}).get("status", "unknown")
         raise RunDirError(f"RUN_DIR {args.run_dir}: no run is in progress there (status {status})")
-    run_dir.request_stop()
     print(f"asked {args.run_dir} to stop", flush=True)
     return 0

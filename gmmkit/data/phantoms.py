@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
+from .. import signals
 from ..files import atomic_savez
 from .cache import cache_dir, cached_build, key
 from .intensity import normalize_hu
@@ -163,6 +164,7 @@ def generate_phantoms(n: int = 2100, seed: int = 0, cube: int = 16) -> PhantomSe
     attachment = np.empty(n, dtype=np.int64)
     diameter = np.empty(n, dtype=np.float32)
     for i in range(n):
+        signals.check()  # a stop request abandons the set (a few ms per cube)
         hu, info = phantom_hu(i, seed, cube)
         cubes[i] = normalize_hu(hu)
         category[i], attachment[i], diameter[i] = info["category"], info["attachment"], info["diameter_mm"]
@@ -179,11 +181,11 @@ def load_phantoms(n: int = 2100, seed: int = 0, cube: int = 16, cache: bool = Tr
 
 
 def _read(path: Path) -> PhantomSet | None:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return PhantomSet(f["cubes"], f["category"], f["attachment"], f["diameter_mm"])
-    except (OSError, KeyError, ValueError):  # missing, or a corrupt entry: built again
+    """The set at ``path``, None when there is none; raises when the file cannot be read (it is built again)."""
+    if not path.is_file():
         return None
+    with np.load(path, allow_pickle=False) as f:
+        return PhantomSet(f["cubes"], f["category"], f["attachment"], f["diameter_mm"])
 
 
 def _write(data: PhantomSet, path: Path) -> None:

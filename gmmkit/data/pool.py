@@ -1,12 +1,30 @@
-"""Building data in a pool of processes: the one way gmmkit's data preparations use several cores."""
+"""Building data in a pool of processes: the one way gmmkit's data preparations use several cores.
+
+A stop request (SIGINT, SIGTERM: :mod:`gmmkit.signals`) abandons the build within a fraction of a second:
+the workers are ended (they ignore Ctrl-C, which a terminal sends to the whole process group, so that only
+this process decides) and :class:`~gmmkit.signals.Interrupted` is raised. The pool's helper processes (the
+forkserver, the resource tracker) end with this process."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import multiprocessing
+import signal
 from typing import Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
+
+from .. import signals
+
+POLL_S = 0.1  # how often a stop request is looked for while the workers build
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_chunk(job: tuple) -> list:
+    fn, chunk = job
+    return [fn(task) for task in chunk]
 
 
 def map_in_processes(fn: Callable, tasks: Sequence, jobs: int, progress: bool, what: str) -> Iterator:
@@ -16,12 +34,27 @@ def map_in_processes(fn: Callable, tasks: Sequence, jobs: int, progress: bool, w
     with tqdm(total=len(tasks), desc=what + "s", unit=what, disable=not progress) as bar:
         if jobs == 1 or len(tasks) <= 1:
             for task in tasks:
+                signals.check()
                 yield fn(task)
                 bar.update()
             return
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
-        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(tasks)), context) as pool:
-            for result in pool.map(fn, tasks, chunksize=max(1, min(8, len(tasks) // (4 * jobs)))):
-                yield result
-                bar.update()
+        # a signal sets a flag while the pool lives (none is raised inside the pool's own machinery), and the
+        # pool is ended (Pool.__exit__: terminate) on the way out, whatever ends the build
+        with signals.stop_on_signals() as stop:
+            with context.Pool(min(jobs, len(tasks)), initializer=_ignore_interrupts) as pool:
+                size = max(1, min(8, len(tasks) // (4 * jobs)))
+                chunks = [(fn, tasks[i : i + size]) for i in range(0, len(tasks), size)]
+                results = pool.imap(_run_chunk, chunks)  # in order, one chunk at a time (next() can time out)
+                for _ in chunks:
+                    while True:
+                        stop.check()
+                        try:
+                            done = results.next(timeout=POLL_S)
+                            break
+                        except multiprocessing.TimeoutError:
+                            continue
+                    for result in done:
+                        yield result
+                        bar.update()

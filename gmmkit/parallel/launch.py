@@ -36,7 +36,8 @@ import time
 from typing import Callable, Optional, Sequence
 
 from ..errors import LaunchError
-from ..signals import StopFlag, stop_on_signals
+from ..signals import StopFlag, check, stop_on_signals
+from . import network
 from .placement import LOCAL, Placement
 
 LAUNCHERS = ("mpirun", "horovodrun")
@@ -121,38 +122,43 @@ def mca_param_files(env: dict) -> list[str]:
     return files
 
 
-def user_mca(env: dict | None = None) -> set[str]:
-    """The MCA parameters the user set: ``OMPI_MCA_NAME`` variables and ``NAME = value`` lines of
-    OpenMPI's parameter files."""
+def user_mca(env: dict | None = None) -> dict[str, str]:
+    """The MCA parameters the user (or the site) set, with their values: ``OMPI_MCA_NAME`` variables, then
+    ``NAME = value`` lines of OpenMPI's parameter files (the first one that sets a name wins, as in OpenMPI)."""
     env = dict(os.environ if env is None else env)
-    names = {key[len("OMPI_MCA_") :] for key in env if key.startswith("OMPI_MCA_")}
+    found = {key[len("OMPI_MCA_") :]: value for key, value in env.items() if key.startswith("OMPI_MCA_")}
     for path in mca_param_files(env):
         try:
             with open(path, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
-                    name, eq, _ = line.split("#", 1)[0].partition("=")
+                    name, eq, value = line.split("#", 1)[0].partition("=")
                     if eq and name.strip():
-                        names.add(name.strip())
+                        found.setdefault(name.strip(), value.strip())
         except OSError:
             pass
-    return names
+    return found
 
 
-def mpi_settings(env: dict | None = None) -> dict:
-    """What gmmkit adds to ``env`` (default: this process's) for mpirun: :data:`MCA_DEFAULTS` where the
-    user set nothing, and OpenMPI's run-as-root switches when the user is root."""
+def mpi_settings(env: dict | None = None, placement: Optional[Placement] = None) -> dict:
+    """What gmmkit adds to ``env`` (default: this process's) for mpirun: :data:`MCA_DEFAULTS` and, for a job
+    placed by ``placement``, the network it talks over (:func:`gmmkit.parallel.network.mca_network`: the
+    loopback when every rank is here), each where the user set nothing; and OpenMPI's run-as-root switches
+    when the user is root."""
     env = dict(os.environ if env is None else env)
     taken = user_mca(env)
     extra = {f"OMPI_MCA_{name}": value for name, value in MCA_DEFAULTS.items() if name not in taken}
+    chosen = {key[len("OMPI_MCA_") :] for key in env if key.startswith("OMPI_MCA_")}
+    extra.update({f"OMPI_MCA_{name}": value for name, value in network.mca_network(placement, taken, chosen).items()})
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         extra.update({k: "1" for k in ("OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM") if k not in env})
     return extra
 
 
-def mpi_env(base: dict | None = None) -> dict:
-    """The environment for mpirun: ``base`` (default: this process's) with :func:`mpi_settings` added."""
+def mpi_env(base: dict | None = None, placement: Optional[Placement] = None) -> dict:
+    """The environment for mpirun: ``base`` (default: this process's) with :func:`mpi_settings` added (for a
+    job placed by ``placement``, when given)."""
     env = dict(os.environ if base is None else base)
-    env.update(mpi_settings(env))
+    env.update(mpi_settings(env, placement))
     return env
 
 
@@ -210,6 +216,10 @@ def ranks_argv(*args: str) -> list[str]:
 # when it loses a host's daemon (the host died or its link was cut): it names the host, never its ranks.
 _SIGNALLED = re.compile(r"process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+)")
 _EXITED = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(\d+)")
+# mpirun's own messages: blocks between rules of dashes, and aggregation notes ("[host:pid] 1 more process has
+# sent help message ..."); what happened is said in gmmkit's words instead (rank_failure), the rest is kept in logs
+_RULE = re.compile(r"^-{20,}\s*$")
+_MPIRUN_NOTE = re.compile(r"^\[[\w.-]+:\d+\] |^mpirun: ")
 _LOST_DAEMON = re.compile(
     r"ORTE has lost communication with a remote daemon\.\s*"
     r"HNP daemon\s*:.*?Remote daemon:\s*\S+ on node (\S+)",
@@ -230,7 +240,8 @@ def rank_failure(launcher_output: str, hosts: Optional[Sequence[str]] = None) ->
             name = signal.Signals(int(sig)).name
         except ValueError:
             name = f"signal {sig}"
-        return f"rank {rank} (pid {pid} on {node}) was killed by {name}"
+        who = f"pid {pid} on {node}" if pid != "0" else node  # pid 0: a rank ended before mpirun knew its pid
+        return f"rank {rank} ({who}) was killed by {name}"
     m = _EXITED.search(launcher_output)
     if m:
         return f"rank {m.group(1)} exited with status {m.group(2)}"
@@ -261,7 +272,8 @@ def run_ranks(
     """Run ``argv`` on ``n`` ranks placed by ``placement`` and wait; returns the launcher's exit code and,
     when a rank died or failed or a host was lost, which (:func:`rank_failure`, with the ranks' hosts from
     ``rank_hosts()`` when it says, else as the placement puts them). The ranks' output passes through
-    unchanged, or goes to ``log`` (stdout and stderr together) when given.
+    unchanged, or goes to ``log`` (stdout and stderr together, mpirun's own messages included) when given;
+    mpirun's own messages (its banners) are not shown: the caller says what happened, in gmmkit's words.
 
     mpirun ends the whole job as soon as one rank dies or a host is lost, so the others never hang in an
     allreduce. It runs in a session of its own, so a terminal's Ctrl-C reaches only this process, and it
@@ -270,7 +282,8 @@ def run_ranks(
     SIGINT and SIGTERM (or ``stop``, a flag they set): the first calls ``on_interrupt`` (``gmmkit train``
     asks the run to stop after its current step) and waits up to ``grace_s`` for the job to end; a second
     signal, or the end of the grace, ends the job (SIGTERM to mpirun, which ends its ranks)."""
-    env = mpi_env(env)
+    network.check_hosts(placement)
+    env = mpi_env(env, placement)
     cmd = mpirun_command(n, argv, launcher, placement, env)
     tail: collections.deque = collections.deque(maxlen=400)
     sink = open(log, "w") if log is not None else None
@@ -288,11 +301,15 @@ def run_ranks(
                 preexec_fn=_die_with_parent,
             )
 
-            def forward():
+            def forward():  # the ranks' stderr; mpirun's own messages only to the log (rank_failure reads them)
+                banner = False
                 for line in proc.stderr:
-                    (sink or sys.stderr).write(line)
-                    (sink or sys.stderr).flush()
                     tail.append(line)
+                    ours = _RULE.match(line) or banner or _MPIRUN_NOTE.match(line)
+                    banner = banner != bool(_RULE.match(line))
+                    if sink is not None or not ours:
+                        (sink or sys.stderr).write(line)
+                        (sink or sys.stderr).flush()
 
             reader = threading.Thread(target=forward, daemon=True)
             reader.start()
@@ -342,19 +359,40 @@ def _die_with_parent() -> None:
 
 def run_json(n: int, argv: Sequence[str], timeout: float = 600, placement: Placement = LOCAL) -> dict:
     """Run a probe (``argv``) on ``n`` ranks placed by ``placement`` and return the JSON object its rank 0
-    printed on a line."""
-    env = mpi_env()
+    printed on a line. A stop request (:func:`gmmkit.signals.check`) ends the job and abandons the probe."""
+    network.check_hosts(placement)
+    env = mpi_env(placement=placement)
     cmd = mpirun_command(n, argv, placement=placement, env=env)
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         cmd,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
         stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
         preexec_fn=_die_with_parent,
     )
-    for line in proc.stdout.splitlines():
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                stdout, stderr = proc.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            check()
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(cmd, timeout)
+    finally:
+        if proc.poll() is None:  # abandoned: mpirun ends its ranks
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    for line in stdout.splitlines():
         if line.startswith("{"):
             return json.loads(line)
-    raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {stderr[-2000:]}")

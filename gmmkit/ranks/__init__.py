@@ -5,7 +5,8 @@
 ``batch PLAN.json``
     train the runs listed in the file (``[{"config": RunConfig as a dict, "resume": bool}, ...]``) one after
     another in this Horovod job, reusing one traced model (a sweep's real runs of one worker count:
-    :func:`gmmkit.study.sweep.run_real_batch`);
+    :func:`gmmkit.study.sweep.run_real_batch`); ``PLAN.stop`` appearing beside it stops the run in progress
+    after its step and skips the rest;
 ``allreduce --bytes B [--repeats R]``
     time Horovod's allreduce against plain MPI (:func:`gmmkit.parallel.distributed.allreduce_probe`);
 ``scaling --config JSON [--rounds R]``
@@ -24,13 +25,15 @@ from pathlib import Path
 from ..config import RunConfig
 from ..parallel.distributed import allreduce_probe
 from ..parallel.launch import launcher_rank
+from ..signals import StopFlag
 from ..training import train_many
 
 
 def _batch(args) -> int:
     plan = json.loads(Path(args.plan).read_text())
     cfgs = [RunConfig.from_dict(item["config"]) for item in plan]
-    summaries = train_many(cfgs, resume=[bool(item.get("resume")) for item in plan])
+    stop = StopFlag().watch(Path(args.plan).with_suffix(".stop").exists)  # the sweep's stop, on every rank
+    summaries = train_many(cfgs, resume=[bool(item.get("resume")) for item in plan], stop=stop)
     for cfg, summary in zip(cfgs, summaries if launcher_rank() == 0 else []):
         print(
             f"{cfg.train.strategy} n={cfg.train.workers}: {summary['status']} after {summary.get('epochs')} "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checks, strategies
+from .. import checks, signals, strategies
 from ..config import RunConfig
 from ..files import atomic_write_json
 
@@ -47,6 +47,7 @@ def lr_range_test(
     n = len(trainer.data.train)
     history, avg, best, diverged = [], 0.0, math.inf, None
     for i, lr in enumerate(lrs):
+        signals.check()  # a stop request abandons the test (nothing of it is kept)
         perm = strategies.epoch_permutation(t.seed, i * batch // max(n, 1), n)
         start = (i * batch) % max(n - batch + 1, 1)
         idx = np.sort(perm[start : start + batch])

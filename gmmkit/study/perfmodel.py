@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from .. import strategies
+from .. import signals, strategies
 from ..checks import is_finite_number
 from ..parallel import launch
 from ..parallel.placement import LOCAL, Placement
@@ -88,6 +88,7 @@ def time_steps(trainer, batch: int, repeats: int, warm: bool = True) -> list[flo
         trainer.step(xb, batch)
     times = []
     for _ in range(repeats):
+        signals.check()  # a stop request abandons the measurement
         t0 = time.perf_counter()
         trainer.step(xb, batch)
         times.append(time.perf_counter() - t0)

@@ -31,8 +31,9 @@ from .. import (
 )
 from ..config import RunConfig
 from ..files import atomic_write_json, atomic_write_text, writable_path
+from ..parallel import network
 from ..parallel.placement import LOCAL, Placement
-from ..signals import StopFlag, stop_on_signals
+from ..signals import StopFlag, raise_on_signals, stop_on_signals
 from ..strategies import STRATEGIES
 from ..training import RunDir
 from . import claims as claims_lib
@@ -114,28 +115,35 @@ def reproduce(
     what: ReproduceConfig, say=print, progress: bool = True, overwrite: bool = False, stop: Optional[StopFlag] = None
 ) -> list[claims_lib.Claim]:
     """Run (or continue) the protocol into ``what.out``; returns the claims. ``overwrite`` starts over in a
-    folder that holds another reproduction (a different configuration is refused without it)."""
+    folder that holds another reproduction (a different configuration is refused without it).
+
+    A stop request (``stop``, SIGINT, SIGTERM) during the range test or the calibration abandons them
+    (:class:`~gmmkit.signals.Interrupted`: nothing of them is kept); during the grid, the runs stop as a
+    sweep's do (:func:`~gmmkit.study.sweep.sweep`). Either way no claim is evaluated and no target recorded
+    that was not measured, and returning to it with the same configuration continues where it stopped."""
     what = what.validate()
+    network.check_hosts(what.placement)
     out = writable_path("out", what.out)
     state = _open(out, what, overwrite)
     with stop_on_signals(stop) as stop:
-        trainer = training.Trainer(what.run.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)
-        if "lr" not in state:
-            say("1. learning-rate range test ...")
-            found = lr_range_test(what.run, *what.lr_range)
-            write_lr_find(found, out / "lr_find")
-            state.update(lr=found["suggested_lr"], lr_found=found["suggested_lr"], halvings=0)
-            _save(out, state)
-        if "perf" not in state:
-            say("   calibrating the wall-time model for the simulated runs' times ...")
-            state["perf"] = calibrate(
-                what.run,
-                ranks=min(2, what.real_limit),
-                trainer=trainer,
-                placement=what.placement,
-                exact=what.run.train.exact,
-            ).to_dict()
-            _save(out, state)
+        with raise_on_signals():  # what comes before the grid is thrown away whole when stopped, at once
+            trainer = training.Trainer(what.run.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)
+            if "lr" not in state:
+                say("1. learning-rate range test ...")
+                found = lr_range_test(what.run, *what.lr_range)
+                write_lr_find(found, out / "lr_find")
+                state.update(lr=found["suggested_lr"], lr_found=found["suggested_lr"], halvings=0)
+                _save(out, state)
+            if "perf" not in state:
+                say("   calibrating the wall-time model for the simulated runs' times ...")
+                state["perf"] = calibrate(
+                    what.run,
+                    ranks=min(2, what.real_limit),
+                    trainer=trainer,
+                    placement=what.placement,
+                    exact=what.run.train.exact,
+                ).to_dict()
+                _save(out, state)
         base = what.run.replace(train={"lr": state["lr"], "epochs": CAP * what.epochs})
         say(
             f"2. the sequential run at eta = {state['lr']:.4g} for E = {what.epochs} epochs; "
@@ -171,13 +179,13 @@ def reproduce(
             shutil.rmtree(out / "runs", ignore_errors=True)
             _save(out, state)
             base = base.replace(train={"lr": state["lr"]})
+        if stop:  # the grid is not complete: its claims are not evaluated, and the target may be unknown
+            say(f"   stopped: the tables in {out} hold the runs that finished; no claim was evaluated")
+            return []
         state["target"] = json.loads((out / "results.json").read_text())["config"]["train"]["target_loss"]
         _save(out, state)
         found = write_claims(out, rows, warmup_epochs=what.run.train.warmup_epochs)
-        say(
-            f"5. tables, figures and claims in {out}"
-            + (" (stopped: the tables hold the runs that finished)" if stop else "")
-        )
+        say(f"5. tables, figures and claims in {out}")
         return found
 
 

@@ -29,10 +29,10 @@ from .. import training  # its loop (TensorFlow) is imported on first use: `gmmk
 from ..checks import is_finite_number
 from ..config import RunConfig
 from ..data.sources import load_split
-from ..files import atomic_write_json, fresh_folder
-from ..parallel import launch
+from ..files import atomic_write_json, atomic_write_text, fresh_folder
+from ..parallel import launch, network
 from ..parallel.placement import LOCAL, Placement
-from ..signals import StopFlag, stop_on_signals
+from ..signals import StopFlag, raise_on_signals, stop_on_signals
 from ..training import RunDir
 from .config import StudyConfig
 from .perfmodel import PerfModel, calibrate
@@ -57,17 +57,22 @@ def run_real_batch(
     other ranks, so the job never hangs). A stop request (``stop``, SIGINT, SIGTERM) asks every run of the batch
     to stop: the current one after its step, the rest at once."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    plan = log.with_suffix(".json")
+    plan, stopped = log.with_suffix(".json"), log.with_suffix(".stop")
     resume = list(resume) or [False] * len(cfgs)
+    stopped.unlink(missing_ok=True)  # an earlier job's request
     atomic_write_json(plan, [{"config": cfg.to_dict(), "resume": again} for cfg, again in zip(cfgs, resume)])
 
-    def stop_all() -> None:
+    def stop_all() -> None:  # the batch's ranks stop at their next step, or before their next run
+        atomic_write_text(stopped, "stop requested\n")
         for cfg in cfgs:
-            RunDir(cfg.out).request_stop()
+            RunDir(cfg.out).request_stop()  # the run in progress only: a stop belongs to the run asked
 
-    code, failure = launch.run_ranks(
-        n, launch.ranks_argv("batch", str(plan)), log=log, on_interrupt=stop_all, stop=stop, placement=placement
-    )
+    try:
+        code, failure = launch.run_ranks(
+            n, launch.ranks_argv("batch", str(plan)), log=log, on_interrupt=stop_all, stop=stop, placement=placement
+        )
+    finally:
+        stopped.unlink(missing_ok=True)
     if code == 0:
         return None
     return failure or f"the {n}-rank job exited with status {code}"
@@ -226,8 +231,8 @@ def sequential_target(
     if todo != "done":
         local(cfg, simulate=False, resume=todo == "resume")
     records = RunDir(run_dir).metrics()
-    if local.stop:  # stopped before the target was known: the sweep stops too
-        return base, collect(cfg, "real", perf, stopped=True)
+    if local.stop:  # stopped before the target was known: the sweep stops too, its tables naming no target
+        return base.replace(train={"target_loss": None}), collect(cfg, "real", perf, stopped=True)
     if len(records) < epochs or not is_finite_number(records[-1]["val_loss"]):
         raise RuntimeError(
             f"the sequential run in {run_dir} did not finish {epochs} finite epochs; see {run_dir / 'summary.json'}"
@@ -296,30 +301,34 @@ def run_study(
     """The whole study of ``study``: trace the model once, measure the wall-time model (unless
     ``study.calibrate`` is off), then :func:`sweep` the grid into ``study.out``, which must be new or empty,
     or hold an earlier study that ``overwrite`` replaces as a whole. ``say`` gets one line per stage.
-    SIGINT and SIGTERM stop it (:func:`sweep`). Returns the table rows (also in ``results.json``)."""
+    SIGINT and SIGTERM stop it: before the grid (the model's set-up, the calibration), at once, keeping nothing
+    (:class:`~gmmkit.signals.Interrupted`); during the grid as :func:`sweep` says. Returns the table rows (also
+    in ``results.json``)."""
     study = study.validate()
+    network.check_hosts(study.placement)
     cfg = study.run
     out = fresh_folder(study.out, "study.json", overwrite)
     atomic_write_json(out / "study.json", study.to_dict())
     with stop_on_signals(stop) as stop:
-        # traced once, shared by the calibration and every simulated run
-        trainer = training.Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)
         perf = None
-        if study.calibrate and not stop:
-            say("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
-            reuse = trainer.ctx.size == 1 and cfg.train.threads == 1  # calibration times one thread
-            perf = calibrate(
-                cfg,
-                ranks=min(2, study.real_limit),
-                trainer=trainer if reuse else None,
-                placement=study.placement,
-                exact=cfg.train.exact,
-            )
-            say(
-                f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; Horovod "
-                f"allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms"
-                + (f"; an exact step takes {perf.exact_factor:.2f} times a default one" if cfg.train.exact else "")
-            )
+        with raise_on_signals():  # the set-up and the calibration are thrown away whole when stopped, at once
+            # traced once, shared by the calibration and every simulated run
+            trainer = training.Trainer(cfg.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)
+            if study.calibrate and not stop:
+                say("calibrating the wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
+                reuse = trainer.ctx.size == 1 and cfg.train.threads == 1  # calibration times one thread
+                perf = calibrate(
+                    cfg,
+                    ranks=min(2, study.real_limit),
+                    trainer=trainer if reuse else None,
+                    placement=study.placement,
+                    exact=cfg.train.exact,
+                )
+                say(
+                    f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; "
+                    f"Horovod allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms"
+                    + (f"; an exact step takes {perf.exact_factor:.2f} times a default one" if cfg.train.exact else "")
+                )
         rows = sweep(dataclasses.replace(study, out=str(out)), perf, progress, trainer, stop)
         if stop:
             say(

@@ -11,15 +11,15 @@ ended), it does: the run ends ``stopped`` or ``failed`` on the last state the ra
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 from .. import checks
 from ..config import RunConfig
-from ..parallel import launch
+from ..data.sources import load_split
+from ..parallel import launch, network
 from ..parallel.placement import LOCAL, Placement, resolve
-from ..signals import StopFlag
+from ..signals import Interrupted, StopFlag, signal_name, stop_on_signals
 from .rundir import LOCK_HELD_BY_PARENT, RunDir
 
 
@@ -49,9 +49,15 @@ def run_on_ranks(
     which :mod:`gmmkit.parallel.launch` forwards to other hosts with the rest of gmmkit's variables."""
     cfg = cfg.resolved()
     run = RunDir(cfg.out)
-    run.claim(cfg, mode)
+    claimed = run.claim(cfg, mode)
     stop = stop if stop is not None else StopFlag()
     try:
+        try:
+            with stop_on_signals(stop):  # the data set is built here, once, before any rank starts: a bad one is
+                load_split(claimed.data)  # an error in one line, and a stop abandons the build at once
+        except Interrupted as exc:
+            summary = run.stopped_before_start(claimed, exc.signum)
+            return Launched(0, None, summary, True)
         env = {**os.environ, LOCK_HELD_BY_PARENT: str(run.path.resolve())}
         code, failure = launch.run_ranks(
             cfg.train.workers,
@@ -73,7 +79,7 @@ def run_on_ranks(
             # if mpirun had to end ranks that were slow to finish their step; else the job failed
             reason = failure or f"{launcher} exited with status {code}"
             if stop:
-                reason = f"stopped by {_signal_name(stop.signum)}" + (f" ({failure})" if failure else "")
+                reason = f"stopped by {signal_name(stop.signum)}" + (f" ({failure})" if failure else "")
             summary = {**summary, "status": "stopped" if stop else "failed", "error": reason}
             run.commit(run.metrics(), summary)
         run.stop_handled()
@@ -107,6 +113,7 @@ def train_or_launch(
     if not inside and (launching or hosts or hostfile):
         where = resolve(hosts, hostfile)
         where.check_workers(n)  # hosts given are checked, used or not
+        network.check_hosts(where)
     if launching:
         say(f"launching {n} ranks with {launcher}" + ("" if where.is_local else f" on {where.describe()}"))
         return run_on_ranks(cfg, argv, mode, launcher, stop=stop, placement=where)
@@ -117,10 +124,3 @@ def train_or_launch(
     return train(
         cfg, callbacks=callbacks, resume=mode == "resume", overwrite=mode == "overwrite", simulate=simulate, stop=stop
     )
-
-
-def _signal_name(signum: Optional[int]) -> str:
-    try:
-        return signal.Signals(signum).name if signum else "a stop request"
-    except ValueError:
-        return f"signal {signum}"

@@ -11,7 +11,7 @@ from typing import Iterable, Optional, Sequence
 
 from ..config import RunConfig
 from ..parallel.launch import launcher_rank
-from ..signals import StopFlag, stop_on_signals
+from ..signals import Interrupted, StopFlag, stop_on_signals
 from .rundir import FINISHED, RunDir
 from .trainer import EpochCallback, Trainer
 
@@ -48,11 +48,15 @@ def train(
             done = finished(run, cfg) if resume else None
             if done is not None:
                 return done
-            if trainer is not None and trainer.can_run(cfg):
-                trainer.reset(cfg, simulate=simulate)
-            else:
-                trainer = Trainer(cfg, ctx=ctx if ctx is not None else getattr(trainer, "ctx", None), simulate=simulate)
-            trainer.steps_per_epoch()  # refuse a training split smaller than one batch before writing anything
+            try:
+                if trainer is not None and trainer.can_run(cfg):
+                    trainer.reset(cfg, simulate=simulate)
+                else:
+                    ctx = ctx if ctx is not None else getattr(trainer, "ctx", None)
+                    trainer = Trainer(cfg, ctx=ctx, simulate=simulate)
+                trainer.steps_per_epoch()  # refuse a training split smaller than one batch before writing anything
+            except Interrupted as exc:  # stopped while its data set was built (the build is abandoned)
+                return run.stopped_before_start(cfg, exc.signum)
             return trainer.fit(run, callbacks=callbacks, stop=stop, resume=resume)
         except Exception as exc:
             if run.begun and run.chief:

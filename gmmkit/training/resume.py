@@ -14,23 +14,24 @@ RESUMABLE = ("train.epochs", "train.threads")
 def resume_config(stored: RunConfig, requested: RunConfig) -> RunConfig:
     """The config a resumed run goes on with: ``stored`` (the run's own) with the changes of ``requested``
     that keep the experiment: more or fewer epochs, other threads, and another worker count for strong
-    scaling (whose path does not depend on it). Any other difference raises, naming every field."""
+    scaling (whose path does not depend on it); its folder is the requested one (where the run is now, also
+    when it was copied or renamed since it was made). Any other difference raises, naming every field."""
     allowed = set(RESUMABLE) | ({"train.workers"} if stored.train.strategy == "strong" else set())
     old, new = _flat(stored.to_dict()), _flat(requested.to_dict())
-    for key in ("data.dataset", "out"):
-        old[key], new[key] = _resolved(old[key]), _resolved(new[key])
+    old["data.dataset"], new["data.dataset"] = _resolved(old["data.dataset"]), _resolved(new["data.dataset"])
+    old["out"] = new["out"]  # a run's folder is where it is now: a copied or renamed run continues there
     changed = sorted(k for k in old if old[k] != new.get(k))
     refused = [k for k in changed if k not in allowed]
     if refused:
         raise RunDirError(
-            f"--resume: the run in {stored.out} was made with other values of "
+            f"--resume: the run in {requested.out} was made with other values of "
             f"{', '.join(refused)}; a resumed run continues the same experiment (it may change "
             f"{', '.join(sorted(allowed))})",
             field=refused[0],
-            detail=f"the run in {stored.out} was made with {_show(old, refused)}; a resumed run "
+            detail=f"the run in {requested.out} was made with {_show(old, refused)}; a resumed run "
             f"continues the same experiment (it may change {', '.join(sorted(allowed))})",
         )
-    return requested.replace(out=stored.out, data={"dataset": stored.data.dataset})
+    return requested.replace(out=_resolved(requested.out), data={"dataset": stored.data.dataset})
 
 
 def changes(old: RunConfig, new: RunConfig) -> dict:

@@ -9,10 +9,12 @@
 ``checkpoint.npz`` weights, optimizer state and epoch after the last finished epoch
 ``snapshots/``     the weights of epochs 1, 2, 5, 10, 20, 50, ... (:mod:`gmmkit.training.snapshots`)
 ``events.out.*``   TensorBoard's event files (:mod:`gmmkit.training.tensorboard`)
-``STOP``           a stop request (``gmmkit stop``, the dashboard, a signal to the launcher): the run ends
-                   after the current step with status ``stopped`` and removes it
+``STOP``           a stop request (``gmmkit stop``, the dashboard, a signal to the launcher) naming the claim
+                   it is for: that run ends after the current step with status ``stopped`` and removes it;
+                   a request left by a claim that ended (killed, or finished first) stops nothing, and the
+                   next claim removes it
 ``.lock``          held by the one process that owns the run while it runs (``flock``: a dead process
-                   holds nothing)
+                   holds nothing); it names that process and its claim
 =================  ==============================================================================
 
 **The files agree at every instant.** ``metrics.jsonl``, ``summary.json`` and ``checkpoint.npz`` change
@@ -33,6 +35,8 @@ import errno
 import fcntl
 import json
 import os
+import re
+import secrets
 import shutil
 import socket
 import time
@@ -42,6 +46,7 @@ from typing import Optional
 from ..config import RunConfig
 from ..errors import RunDirError
 from ..files import atomic_write_text, read_jsonl, remove_temporaries, umask
+from ..signals import Interrupted, signal_name
 from . import snapshots
 from .resume import resume_config
 from .state import RunState, checkpoint_bytes, read_checkpoint
@@ -51,6 +56,7 @@ FINISHED = ("reached_target", "diverged")  # a resume reports these instead of t
 # A launcher that holds a run's lock for its ranks names the run directory here (the ranks skip the lock).
 LOCK_HELD_BY_PARENT = "GMMKIT_RUN_LOCKED"
 LOCK_TRIES = 10  # 0.5 s: far longer than a look by in_use(), far shorter than any run
+_CLAIM = re.compile(r", claim ([0-9a-f]+)")  # a claim's mark in .lock and in STOP
 
 
 class RunDir:
@@ -113,9 +119,11 @@ class RunDir:
         self._created = missing  # what abandon removes again, deepest first
         self.lock()
         try:
-            remove_temporaries(self.path)
-            if (self.path / ".state").is_dir():
-                remove_temporaries(self.path / ".state")
+            for folder in (self.path, self.path / ".state", self.path / snapshots.FOLDER):
+                if folder.is_dir():
+                    remove_temporaries(folder)
+            if self.stop_path.exists() and not self.stop_requested():  # left for a claim that has ended
+                self.stop_path.unlink(missing_ok=True)
             if mode == "resume":
                 if not self.exists():
                     raise RunDirError(f"--out {self.path}: no run to resume here (no config.json)")
@@ -133,9 +141,15 @@ class RunDir:
             self.abandon()
             raise
 
+    @property
+    def mode(self) -> str:
+        """How this process claimed the run: ``new``, ``overwrite`` or ``resume``."""
+        return self._mode
+
     def begin(self, cfg: RunConfig, records: list[dict], summary: dict) -> None:
         """The run starts writing: an earlier run is removed (``overwrite``), ``config.json`` written, and
-        the first state (``records`` so far, ``summary``) committed."""
+        the first state (``records`` so far, ``summary``) committed. A resumed run killed between its last
+        checkpoint and that epoch's snapshot gets the snapshot now, from the checkpoint."""
         if not self.chief:
             self.begun = True
             return
@@ -144,8 +158,34 @@ class RunDir:
         atomic_write_text(self.config_path, cfg.to_json() + "\n")
         self.state.link_files()
         self.commit(records, summary)
+        ckpt = self.load_checkpoint() if self._mode == "resume" else None
+        if ckpt is not None and ckpt["epoch"] not in snapshots.found(self.path):
+            snapshots.keep(self.path, ckpt)
         self.begun = True
         self._created = []  # from here on the run's files are its own, kept whatever happens
+
+    def stopped_before_start(self, cfg: RunConfig, signum: Optional[int]) -> dict:
+        """The claimed run was stopped before its first step (while its data set was built): a new run is begun
+        as ``stopped`` after 0 epochs, as a stop asked while a run starts ends it at its first step; a run
+        resumed, or one that would have replaced another, leaves the one there as it was, and the stop goes
+        on up (:class:`~gmmkit.signals.Interrupted`)."""
+        if self._mode != "new":
+            raise Interrupted(signum)
+        t = cfg.train
+        summary = {
+            "status": "stopped",
+            "epochs": 0,
+            "strategy": t.strategy,
+            "workers": t.workers,
+            "target_loss": t.target_loss,
+            "time_to_target_s": None,
+            "best_val_loss": None,
+            "final_val_loss": None,
+            "error": f"stopped by {signal_name(signum)} before its first step, while its data set was built",
+        }
+        self.begin(cfg, [], summary)
+        self.stop_handled()
+        return summary
 
     def abandon(self) -> None:
         """Undo a claim that never began: release the lock, and remove the directory if the claim made it."""
@@ -170,7 +210,7 @@ class RunDir:
                 break
             except OSError:
                 if attempt + 1 == LOCK_TRIES:
-                    holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                    holder = _CLAIM.sub("", os.read(fd, 200).decode(errors="replace").strip()) or "another process"
                     os.close(fd)
                     raise RunDirError(
                         f"--out {self.path}: in use by {holder}; one process per run directory "
@@ -178,7 +218,8 @@ class RunDir:
                     ) from None
                 time.sleep(0.05)
         os.ftruncate(fd, 0)
-        os.write(fd, f"gmmkit pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        claim = secrets.token_hex(8)  # what a stop request names: this claim, not whoever holds the run later
+        os.write(fd, f"gmmkit pid {os.getpid()} on {socket.gethostname()}, claim {claim}\n".encode())
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -241,10 +282,30 @@ class RunDir:
                 "free space and continue with --resume"
             )
 
-    def request_stop(self) -> None:
-        """Ask the run to stop after its current step (any process may call this)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.stop_path, f"stop requested at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    def request_stop(self) -> bool:
+        """Ask the run in progress to stop after its current step (any process may call this): ``STOP`` names
+        the claim that holds the run now, so it stops that run and no later one. Returns False, and writes
+        nothing, when no process holds the run."""
+        if not self.in_use():
+            return False
+        for _ in range(LOCK_TRIES):  # a claim writes its mark just after it takes the lock
+            claim = self._claim()
+            if claim:
+                break
+            time.sleep(0.05)
+        else:
+            return False
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        atomic_write_text(self.stop_path, f"stop requested at {when}, claim {claim}\n")
+        return True
+
+    def _claim(self) -> Optional[str]:
+        """The claim that holds (or last held) the run, from ``.lock``."""
+        try:
+            found = _CLAIM.search(self.lock_path.read_text(errors="replace"))
+        except FileNotFoundError:
+            return None
+        return found.group(1) if found else None
 
     def stop_handled(self) -> None:
         """The run ended: a stop request is consumed (or came too late); either way it is done with."""
@@ -253,7 +314,13 @@ class RunDir:
 
     # --- reading (anyone) ------------------------------------------------------------------
     def stop_requested(self) -> bool:
-        return self.stop_path.exists()
+        """Whether ``STOP`` asks the claim that holds the run now to stop (one left for an earlier claim, or
+        written by an older gmmkit without a claim, does not)."""
+        try:
+            found = _CLAIM.search(self.stop_path.read_text(errors="replace"))
+        except FileNotFoundError:
+            return False
+        return found is not None and found.group(1) == self._claim()
 
     def config(self) -> RunConfig:
         return RunConfig.load(self.config_path)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import RunDirError
 from ..files import atomic_write_text, to_json, umask, write_jsonl
+from ..signals import deferred
 
 STATE_FILES = ("metrics.jsonl", "summary.json", "checkpoint.npz")
 
@@ -34,8 +35,10 @@ class RunState:
     def commit(self, records: list[dict], summary: dict, checkpoint: Optional[dict] = None) -> None:
         """Publish the next state: ``records``, ``summary`` and, when given, a new checkpoint (else the current
         one is kept, as a hard link)."""
-        staged = self._new_folder()
+        staged = None
         try:
+            with deferred():  # a signal (gmmkit.signals) cannot fall between making the folder and knowing its name
+                staged = self._new_folder()
             write_jsonl(staged / "metrics.jsonl", records)
             atomic_write_text(staged / "summary.json", to_json(summary, indent=2) + "\n")
             if checkpoint is not None:
@@ -44,7 +47,8 @@ class RunState:
                 os.link(self.link / "checkpoint.npz", staged / "checkpoint.npz")
             self._publish(staged)
         except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
             raise
 
     def link_files(self) -> None:

@@ -19,9 +19,10 @@ from .. import checks, strategies
 from ..checks import is_finite_number
 from ..config import RunConfig
 from ..data.sources import load_split
+from ..errors import RunDirError
 from ..model.deepdensity import from_config, per_sample_msle
 from ..parallel import distributed
-from ..signals import StopFlag
+from ..signals import Interrupted, StopFlag, deferred, raise_on_signals
 from .exact import ExactStep, evaluation_chunks, local_micro_shards, shard_range
 from .optimizer import Adam
 from .progress import per_rank
@@ -200,10 +201,28 @@ class Trainer:
         if self._warm:
             return
         weights, moments = self.state()
-        self.step(self.batch(np.arange(len(self.data.train)), plan, 0), plan.global_batch)
-        self.validation_loss()  # this rank's own shard shapes: oneDNN builds its kernels per input shape
-        self.restore({"weights": weights, "optimizer": moments})
-        self._warm = True
+        try:
+            self.step(self.batch(np.arange(len(self.data.train)), plan, 0), plan.global_batch)
+            self.validation_loss()  # this rank's own shard shapes: oneDNN builds its kernels per input shape
+            self._warm = True
+        finally:
+            with deferred():  # a signal that abandons the warm-up (below) waits until the weights are back
+                self.restore({"weights": weights, "optimizer": moments})
+
+    def _warm_up_or_stop(self, plan: strategies.StepPlan, stop: StopFlag) -> bool:
+        """:meth:`warm_up`, unless a stop request comes first: then False. Tracing takes seconds (more in exact
+        mode) and reads no flag, so one process alone abandons it at the signal itself; ranks (whose steps
+        hold collectives) finish it and stop at their first step."""
+        if self.ctx.size > 1:
+            self.warm_up(plan)
+            return True
+        try:
+            with raise_on_signals():
+                if not stop:
+                    self.warm_up(plan)
+        except Interrupted as exc:
+            stop.set(exc.signum)
+        return not stop
 
     # --- pieces --------------------------------------------------------------------------------
     def validation_loss(self) -> float:
@@ -257,9 +276,9 @@ class Trainer:
         stop = stop if stop is not None else StopFlag()
         records, summary, start_epoch, time_offset = self._begin(run, resume)
         # time to target counts training, not graph tracing: every run's clock starts on a traced model
-        self.warm_up(self._plan(0.0))
+        warm = self._warm_up_or_stop(self._plan(0.0), stop)
         began = time.perf_counter() - time_offset
-        for epoch in range(start_epoch, self.cfg.train.epochs):
+        for epoch in range(start_epoch, self.cfg.train.epochs if warm else start_epoch):
             record = self._train_epoch(run, epoch, stop, began)
             if record is None:
                 summary["status"] = "stopped"
@@ -272,7 +291,7 @@ class Trainer:
             if summary["status"] != "running":
                 break
         if summary["status"] == "running":
-            summary["status"] = "max_epochs"
+            summary["status"] = "max_epochs" if warm else "stopped"
         summary["elapsed_s"] = time.perf_counter() - began
         run.commit(records, summary)
         run.stop_handled()
@@ -293,7 +312,13 @@ class Trainer:
         start_epoch = int(ctx.sum(np.array([ckpt["epoch"] if ckpt else 0]))[0])
         time_offset = float(ctx.sum(np.array([ckpt["time_s"] if ckpt else 0.0]))[0])
         if ckpt:
-            self.restore(ckpt)
+            try:
+                self.restore(ckpt)
+            except ValueError as exc:  # config.json no longer describes the model the checkpoint holds
+                raise RunDirError(
+                    f"{run.checkpoint_path}: its weights do not fit the model {run.config_path} describes ({exc}); "
+                    "was config.json changed since? A resumed run continues its own model"
+                ) from None
         ctx.broadcast_variables(self.model.variables + optimizer_variables(self.optimizer))
         summary = self._summary_of(records, start_epoch, self._plan(0.0).global_batch, self.steps_per_epoch())
         if resume and ctx.is_chief:
