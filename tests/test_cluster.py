@@ -54,6 +54,8 @@ def test_engine_launch_settings():
     assert env["OMPI_MCA_mpi_yield_when_idle"] == "1"  # idle ranks yield the CPU to TensorFlow
     assert env["OMPI_MCA_hwloc_base_binding_policy"] == "none" and env["OMPI_MCA_rmaps_base_mapping_policy"] == "slot"
     assert "PATH" not in env  # only additions: the launcher merges them into the kernel's environment
+    # engines on this machine talk through shared memory (no TCP port of theirs) and mpiexec over the loopback
+    assert env["OMPI_MCA_oob_tcp_if_include"] == "127.0.0.0/8" and "tcp" in env["OMPI_MCA_btl"].split(",")[-1]
 
 
 def test_engines_on_hosts_get_the_placement_of_gmmkit_train(tmp_path):

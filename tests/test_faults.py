@@ -36,6 +36,7 @@ def test_rank_failure_reads_what_mpirun_prints():
     # a rank ended before mpirun knew its pid: "pid 0" said nothing true
     early = "mpirun noticed that process rank 1 with PID 0 on node vm exited on signal 15 (Terminated).\n"
     assert rank_failure(early) == "rank 1 (vm) was killed by SIGTERM"
+    assert rank_failure(early, pids=[4241, 4242]) == "rank 1 (pid 4242 on vm) was killed by SIGTERM"  # engines' own
 
 
 def _rank_processes(root: psutil.Process, rank: str) -> list:

@@ -56,10 +56,11 @@ exec {mpi} -n {n} {program_and_args} --mpi
 """
 
 
-def engine_env(extra: Optional[dict] = None) -> dict:
+def engine_env(extra: Optional[dict] = None, placement: Optional[Placement] = None) -> dict:
     """What the engines get on top of the notebook's environment: gmmkit's OpenMPI settings (those the user
-    has not set), a quiet TensorFlow, and ``extra``."""
-    env = launch.mpi_settings()
+    has not set; with ``placement``, where the engines run, the network they talk over), a quiet TensorFlow,
+    and ``extra``."""
+    env = launch.mpi_settings(placement=placement)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     env.update(extra or {})
     return env

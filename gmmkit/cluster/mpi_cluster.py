@@ -264,7 +264,7 @@ class MPICluster:
     # --- engines ---------------------------------------------------------------------------
     def engine_env(self) -> dict:
         """Environment the engines get on top of this process's: OpenMPI settings, quiet TF, ``env``."""
-        return engines.engine_env(self.env)
+        return engines.engine_env(self.env, self.placement if self.engine_kind == "mpi" else None)
 
     def engine_mpi_args(self, n: int) -> list[str]:
         """mpiexec arguments of an n-rank engine set (the same placement as ``gmmkit train --workers n``)."""
@@ -346,8 +346,9 @@ class MPICluster:
         for engine_set in list((self._cluster.engines if self._cluster is not None else {}).values()):
             output = engines.ended_output(engine_set)
             if output is not None:
-                hosts = [r.host for r in sorted(self._ranks.values())] if self._ranks else None
-                return launch.rank_failure(output, hosts) or f"the engines' mpiexec ended: {output[-500:].strip()}"
+                ranks = sorted(self._ranks.values()) if self._ranks else []  # hosts and pids: mpiexec says pid 0
+                said = launch.rank_failure(output, [r.host for r in ranks] or None, [r.pid for r in ranks])
+                return said or f"the engines' mpiexec ended: {output[-500:].strip()}"
         return None
 
     def engine_of_rank(self, rank: int) -> int:

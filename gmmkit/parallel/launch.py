@@ -216,8 +216,7 @@ def ranks_argv(*args: str) -> list[str]:
 # when it loses a host's daemon (the host died or its link was cut): it names the host, never its ranks.
 _SIGNALLED = re.compile(r"process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+)")
 _EXITED = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(\d+)")
-# mpirun's own messages: blocks between rules of dashes, and aggregation notes ("[host:pid] 1 more process has
-# sent help message ..."); what happened is said in gmmkit's words instead (rank_failure), the rest is kept in logs
+# mpirun's own messages (blocks between rules of dashes, "[host:pid] ..." notes): shown in gmmkit's words instead
 _RULE = re.compile(r"^-{20,}\s*$")
 _MPIRUN_NOTE = re.compile(r"^\[[\w.-]+:\d+\] |^mpirun: ")
 _LOST_DAEMON = re.compile(
@@ -227,9 +226,12 @@ _LOST_DAEMON = re.compile(
 )
 
 
-def rank_failure(launcher_output: str, hosts: Optional[Sequence[str]] = None) -> Optional[str]:
+def rank_failure(
+    launcher_output: str, hosts: Optional[Sequence[str]] = None, pids: Optional[Sequence[int]] = None
+) -> Optional[str]:
     """Which rank (or host) ended an mpirun job and how, from what mpirun printed (None when it does not say).
-    ``hosts``: the host of each rank, to name the ranks of a lost host."""
+    ``hosts``: the host of each rank, to name the ranks of a lost host; ``pids``: each rank's pid, for the
+    rank mpirun names with pid 0 (it does for engines, and for a rank it had not seen start)."""
     m = _LOST_DAEMON.search(launcher_output)
     if m:
         return lost_host(m.group(1), hosts)
@@ -240,8 +242,10 @@ def rank_failure(launcher_output: str, hosts: Optional[Sequence[str]] = None) ->
             name = signal.Signals(int(sig)).name
         except ValueError:
             name = f"signal {sig}"
-        who = f"pid {pid} on {node}" if pid != "0" else node  # pid 0: a rank ended before mpirun knew its pid
-        return f"rank {rank} ({who}) was killed by {name}"
+        if pid == "0":  # mpirun did not know it: the rank's own, when known
+            known = list(pids or [])
+            pid = str(known[int(rank)]) if int(rank) < len(known) and known[int(rank)] else ""
+        return f"rank {rank} ({f'pid {pid} on {node}' if pid else node}) was killed by {name}"
     m = _EXITED.search(launcher_output)
     if m:
         return f"rank {m.group(1)} exited with status {m.group(2)}"
@@ -343,12 +347,17 @@ def _wait(proc: subprocess.Popen, interrupted: StopFlag, on_interrupt, grace_s: 
                     flush=True,
                 )
         if deadline is not None and (interrupted.count > 1 or time.monotonic() > deadline or on_interrupt is None):
-            proc.terminate()  # mpirun ends its ranks
-            try:
-                return proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                return proc.wait()
+            return _end(proc)
+
+
+def _end(proc: subprocess.Popen) -> int:
+    """End mpirun (it ends its ranks), killing it if it has not ended 15 s later; its exit code."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def _die_with_parent() -> None:
@@ -376,22 +385,15 @@ def run_json(n: int, argv: Sequence[str], timeout: float = 600, placement: Place
     deadline = time.monotonic() + timeout
     try:
         while True:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 stdout, stderr = proc.communicate(timeout=0.1)
                 break
-            except subprocess.TimeoutExpired:
-                pass
             check()
             if time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(cmd, timeout)
     finally:
-        if proc.poll() is None:  # abandoned: mpirun ends its ranks
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc.poll() is None:  # abandoned
+            _end(proc)
     for line in stdout.splitlines():
         if line.startswith("{"):
             return json.loads(line)
