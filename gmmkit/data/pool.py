@@ -7,6 +7,7 @@ forkserver, the resource tracker) end with this process."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
 from typing import Callable, Iterator, Sequence
@@ -20,6 +21,19 @@ POLL_S = 0.1  # how often a stop request is looked for while the workers build
 
 def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _born_deaf_to_ctrl_c():
+    """While the pool starts, SIGINT is blocked in this thread: the processes it starts (the forkserver, whose
+    children the workers are, or spawned workers) inherit the mask, so a terminal's Ctrl-C reaches none of them
+    even before their initializer runs (it arrived during a worker's imports: a traceback); here it is only
+    held until the block ends, then handled."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _run_chunk(job: tuple) -> list:
@@ -43,7 +57,9 @@ def map_in_processes(fn: Callable, tasks: Sequence, jobs: int, progress: bool, w
         # a signal sets a flag while the pool lives (none is raised inside the pool's own machinery), and the
         # pool is ended (Pool.__exit__: terminate) on the way out, whatever ends the build
         with signals.stop_on_signals() as stop:
-            with context.Pool(min(jobs, len(tasks)), initializer=_ignore_interrupts) as pool:
+            with _born_deaf_to_ctrl_c():
+                pool = context.Pool(min(jobs, len(tasks)), initializer=_ignore_interrupts)
+            with pool:
                 size = max(1, min(8, len(tasks) // (4 * jobs)))
                 chunks = [(fn, tasks[i : i + size]) for i in range(0, len(tasks), size)]
                 results = pool.imap(_run_chunk, chunks)  # in order, one chunk at a time (next() can time out)

@@ -9,6 +9,7 @@ The files sit beside ``metrics.jsonl``, which stays the run's own record; these 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -18,6 +19,7 @@ from tensorboard.plugins.hparams import api as hp
 
 from ..checks import is_finite_number
 from ..config import RunConfig
+from ..errors import RunDirError
 
 # record key -> TensorBoard tag
 SCALARS = {
@@ -76,22 +78,35 @@ class EventWriter:
 
     def __call__(self, record: dict) -> None:
         epoch = int(record["epoch"])
-        with self._open().as_default():
-            for key, tag in SCALARS.items():
-                if is_finite_number(record.get(key)):
-                    tf.summary.scalar(tag, float(record[key]), step=epoch)
-            for key, tag in RANK_SCALARS.items():
-                values = [v for v in record.get(key) or () if is_finite_number(v)]
-                if values:
-                    tf.summary.scalar(tag, max(values), step=epoch)
-        self._writer.flush()  # once an epoch: a TensorBoard open on the run shows it as it trains
+        with self._full_disk(epoch):
+            with self._open().as_default():
+                for key, tag in SCALARS.items():
+                    if is_finite_number(record.get(key)):
+                        tf.summary.scalar(tag, float(record[key]), step=epoch)
+                for key, tag in RANK_SCALARS.items():
+                    values = [v for v in record.get(key) or () if is_finite_number(v)]
+                    if values:
+                        tf.summary.scalar(tag, max(values), step=epoch)
+            self._writer.flush()  # once an epoch: a TensorBoard open on the run shows it as it trains
         self._last_epoch = epoch
+
+    @contextlib.contextmanager
+    def _full_disk(self, epoch: int):
+        """A full disk is the run's full disk (a one-line error, as RunDir.commit's): epoch ``epoch`` is committed."""
+        try:
+            yield
+        except tf.errors.ResourceExhaustedError:
+            raise RunDirError(
+                f"--out {self.path}: the disk is full (TensorBoard's events could not be written); the last good "
+                f"state (epoch {epoch}) stays; free space and continue with --resume"
+            ) from None
 
     def close(self, summary: Optional[dict] = None) -> None:
         ttt = (summary or {}).get(TIME_TO_TARGET)
-        if is_finite_number(ttt):
-            with self._open().as_default():
-                tf.summary.scalar(TIME_TO_TARGET, float(ttt), step=self._last_epoch)
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        with self._full_disk(self._last_epoch):
+            if is_finite_number(ttt):
+                with self._open().as_default():
+                    tf.summary.scalar(TIME_TO_TARGET, float(ttt), step=self._last_epoch)
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
