@@ -437,3 +437,85 @@ def test_two_horovod_ranks_follow_the_one_process_run_bit_for_bit(one_process, t
     keys = variant_keys(one_process, "p1-jit")
     differ = [k for k in keys if not same_bits(two[k], one_process[k])]
     assert not differ, f"2 ranks: expected the one-process bits, these differ: {differ}"
+
+
+# --- a micro-shard's terms, whatever group it is computed in ------------------------------------------
+BITS_WORKER = r'''
+"""The paper's model: each micro-shard's terms in two arrangements of the same 32 samples, and a plain
+batched gradient of the same 16 samples in two orders."""
+import sys
+import numpy as np
+import gmmkit  # noqa: F401
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+from gmmkit.data import generate_phantoms
+from gmmkit.model import build_deepdensity, per_sample_msle
+from gmmkit.training.exact import ExactStep
+
+x = generate_phantoms(32, seed=0).cubes
+model = build_deepdensity(cube=16, components=50, filters=32, latent=256, seed=0)
+res = {}
+for b in (1, 8):  # Dense kernels as outer products per sample, and as one product per micro-shard
+    step = ExactStep(model, tf.keras.optimizers.SGD(), per_sample_msle, b)
+    shards, moved = x.reshape(-1, b, 16, 16, 16), np.random.default_rng(b).permutation(32 // b)
+    one, _ = step.micro_shard_gradients(shards, 32, group=32 // b)  # all in one group, in order
+    other, _ = step.micro_shard_gradients(shards[moved], 32, group=16 // b)  # groups of 16, shuffled
+    for j, (a, c) in enumerate(zip(one, other)):
+        per = a.shape[0] // len(shards)  # rows per micro-shard: 1, or one per sample
+        a = a.numpy().reshape(len(shards), per, -1)
+        c = c.numpy().reshape(len(shards), per, -1)
+        res[f"b{b}/{j}/one"], res[f"b{b}/{j}/other"] = a[moved], c
+    exact = [step.gradients(shards[i], 32)[0] for i in (np.arange(len(shards)), moved)]
+    for j, (a, c) in enumerate(zip(*exact)):
+        res[f"b{b}/sum{j}/one"], res[f"b{b}/sum{j}/other"] = a.numpy(), c.numpy()
+
+
+@tf.function
+def plain(xb):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(per_sample_msle(xb, model(xb, training=True))) / 32.0
+    return tape.gradient(loss, model.trainable_variables)
+
+
+shuffled = x[:16][np.random.default_rng(1).permutation(16)]
+for j, (a, c) in enumerate(zip(plain(tf.constant(x[:16])), plain(tf.constant(shuffled)))):
+    res[f"plain/{j}/one"], res[f"plain/{j}/other"] = a.numpy(), c.numpy()
+np.savez(sys.argv[1], **res)
+'''
+
+
+def differing(result, prefix):
+    """The tensors under ``prefix`` whose bits differ between the two arrangements."""
+    keys = sorted(k[: -len("/one")] for k in result if k.startswith(prefix) and k.endswith("/one"))
+    assert keys, prefix
+    return [k for k in keys if not same_bits(result[k + "/one"], result[k + "/other"])]
+
+
+@pytest.fixture(scope="module")
+def arrangements(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exact-bits")
+    script = tmp / "bits_worker.py"
+    script.write_text(BITS_WORKER)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp / "bits.npz")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**mpi_env(), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(np.load(tmp / "bits.npz"))
+
+
+def test_a_micro_shards_terms_keep_their_bits_in_any_group_where_a_plain_batched_gradient_does_not(arrangements):
+    """Issue 25: the paper's model, each micro-shard's gradient terms (every kernel, bias and loss term)
+    computed among 31 companions in one group of 32 samples, and at another place among other companions
+    in groups of 16: the same bits, at one and at eight samples per micro-shard, and so the same exact
+    gradient. A plain batched gradient (one tape over the batch) of the same 16 samples in another order
+    changes bits. (Masked to one micro-shard's loss, a plain batched gradient keeps that micro-shard's
+    bits too: oneDNN adds the others' zeros without moving a bit; but that costs a backward pass per
+    micro-shard, and unmasked it yields only the batch's sum, whose bits follow the order.)"""
+    for b in (1, 8):
+        assert not differing(arrangements, f"b{b}/"), f"micro-shards of {b}: {differing(arrangements, f'b{b}/')}"
+    assert differing(arrangements, "plain/"), "a plain batched gradient kept its bits in another order"

@@ -24,14 +24,19 @@ def test_fit_and_formula_of_the_wall_time_model():
     assert perf.epoch_time("weak", 2, 32, 640, 0) == pytest.approx(
         10 * (0.01 + 0.002 * 32 + 0.005) + 0.005
     )  # + the validation allreduce
-    # exact mode: every micro-shard pays the fixed cost, so a step costs the base batch's exact step times
-    # the slowest rank's fraction of the base batch (16 of 32 on 2 workers; weak: a whole base batch each)
+    # exact mode: a step costs the base batch's exact step times the slowest rank's fraction of the base
+    # batch (16 of 32 on 2 workers; weak: a whole base batch each), its samples rounded up to calls of 16
     exact = PerfModel(
         t_fixed=0.01, t_sample=0.002, t_eval_sample=0.001, allreduce_s=0.005, gradient_bytes=4, exact_factor=2.5
     )
     assert exact.step_time("strong", 1, 32, exact=True) == pytest.approx(2.5 * (0.01 + 0.002 * 32))
     assert exact.step_time("strong", 2, 32, exact=True) == pytest.approx(2.5 * (0.01 + 0.002 * 32) / 2 + 0.005)
     assert exact.step_time("weak", 4, 32, exact=True) == pytest.approx(2.5 * (0.01 + 0.002 * 32) + 0.005 * 2)
+    # a rank computes its micro-shards in calls of a multiple of 16 samples: 8 or 11 samples cost 16
+    for n in (3, 4):
+        assert exact.step_time("strong", n, 32, exact=True) == pytest.approx(
+            2.5 * (0.01 + 0.002 * 32) / 2 + 0.005 * math.log2(n)
+        )
     assert exact.step_time("strong", 2, 32) == perf.step_time("strong", 2, 32)  # default mode: as before
 
 

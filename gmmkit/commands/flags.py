@@ -123,7 +123,8 @@ OPTIMISATION_FLAGS = (
         "--micro-shards",
         ("train.micro_shards",),
         int,
-        "exact mode: micro-shards per base batch (default: the batch size, one sample each)",
+        "exact mode: micro-shards per base batch (default: the batch size, one sample each); a rank computes "
+        "its micro-shards together, in calls of a multiple of 16 samples (G micro-shards, at most 64 samples)",
         "M",
         default=FROM_CONFIG,
     ),

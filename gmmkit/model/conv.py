@@ -22,6 +22,8 @@ from __future__ import annotations
 import tensorflow as tf
 from tensorflow import keras
 
+from .per_example import record
+
 _STRIDES = [1, 1, 1, 1, 1]
 
 
@@ -101,3 +103,12 @@ class Conv3D(keras.layers.Conv3D):
         if not self._fast():
             return super().convolution_op(inputs, kernel)
         return conv3d_valid(inputs, tf.convert_to_tensor(kernel))
+
+    def call(self, inputs):
+        if not self._fast():
+            return super().call(inputs)
+        z = self.convolution_op(inputs, self.kernel)
+        if self.use_bias:
+            z = tf.nn.bias_add(z, self.bias)
+        record(self, inputs, z)
+        return z if self.activation is None else self.activation(z)

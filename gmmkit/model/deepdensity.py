@@ -7,7 +7,7 @@ from tensorflow import keras
 
 from .config import KERNELS
 from .conv import Conv3D
-from .layers import CubeMass, DeepDensity, GaussianMixtureHeads
+from .layers import CubeMass, DeepDensity, Dense, GaussianMixtureHeads
 
 
 def build_deepdensity(
@@ -31,7 +31,7 @@ def build_deepdensity(
     for i, k in enumerate(KERNELS):
         x = Conv3D(filters, k, padding="valid", activation="relu", name=f"conv{i + 1}")(x)
     x = keras.layers.Flatten()(x)
-    z = keras.layers.Dense(latent, activation="relu", name="latent")(x)
+    z = Dense(latent, activation="relu", name="latent")(x)
     alpha, mu, tril = GaussianMixtureHeads(components, sigma_min, sigma_max, name="mixture")(z)
     density = DeepDensity(cube, name="density")([inputs, alpha, mu, tril])
     return keras.Model(inputs, density, name="deepdensity")

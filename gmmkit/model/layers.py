@@ -6,6 +6,22 @@ import tensorflow as tf
 from tensorflow import keras
 
 from . import mixture
+from .per_example import record
+
+
+@keras.saving.register_keras_serializable(package="gmmkit")
+class Dense(keras.layers.Dense):
+    """``keras.layers.Dense`` on dense rank-2 inputs (the same ops) that shows exact mode its input and its
+    pre-activation output (:mod:`gmmkit.model.per_example`); any other input is plain Keras."""
+
+    def call(self, inputs):
+        if not isinstance(inputs, tf.Tensor) or inputs.shape.rank != 2 or inputs.dtype != self.kernel.dtype:
+            return super().call(inputs)
+        z = tf.matmul(inputs, self.kernel)
+        if self.use_bias:
+            z = tf.nn.bias_add(z, self.bias)
+        record(self, inputs, z)
+        return z if self.activation is None else self.activation(z)
 
 
 @keras.saving.register_keras_serializable(package="gmmkit")
@@ -30,10 +46,10 @@ class GaussianMixtureHeads(keras.layers.Layer):
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         k = components
-        self.alpha = keras.layers.Dense(k, activation="softmax", name="alpha")
-        self.mu = keras.layers.Dense(3 * k, activation="tanh", name="mu")
-        self.sigma = keras.layers.Dense(3 * k, activation="sigmoid", name="sigma")
-        self.corr = keras.layers.Dense(3 * k, name="corr", kernel_initializer="zeros")
+        self.alpha = Dense(k, activation="softmax", name="alpha")
+        self.mu = Dense(3 * k, activation="tanh", name="mu")
+        self.sigma = Dense(3 * k, activation="sigmoid", name="sigma")
+        self.corr = Dense(3 * k, name="corr", kernel_initializer="zeros")
 
     def call(self, latent):
         k = self.components

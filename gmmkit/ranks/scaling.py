@@ -44,12 +44,14 @@ def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
     batch = cfg.train.batch_size
     plan = strategies.plan("strong", ctx.size, batch, cfg.train.lr)
     start = plan.offset(ctx.rank)
-    x_batch, x_share = solo.data.train[:batch], solo.data.train[start : start + plan.shares[ctx.rank]]
+    # each trainer's input for the same samples (exact mode: micro-shards, the team's cut by rank)
+    x_batch, x_share = solo.batch_of(np.arange(batch)), solo.batch_of(np.arange(start, start + plan.shares[ctx.rank]))
+    x_team = team.batch_of(np.arange(batch)) if cfg.train.exact else x_share
     steps = {
         "alone_batch": (True, lambda: solo.step(x_batch, batch)),
         "alone_share": (True, lambda: solo.step(x_share, batch)),
         "side_by_side_share": (False, lambda: solo.step(x_share, batch)),
-        "horovod_share": (False, lambda: team.step(x_share, batch)),
+        "horovod_share": (False, lambda: team.step(x_team, batch)),
     }
     step_times: dict = {key: [] for key in steps}
     for i in range(1 + 2 * rounds):  # the first round is untimed: oneDNN sets up its kernels per shape

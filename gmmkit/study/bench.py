@@ -17,6 +17,8 @@ key                         what it is
 factors``                   that job: batch split, shared host, Horovod, rest (:func:`efficiency_factors`)
 ``exact_overhead``          a whole exact training step (``train.exact``, M micro-shards of the batch of 32)
                             over a default one, at M = 2, 8 and 32, the three and the default taking turns
+``strong_efficiency_n2_      the same 2-worker efficiency in exact mode (M = 32), and its ratio to the
+exact``                     default mode's (``exact_efficiency_vs_default``)
 ``growth``                  step time against K and cube size, epoch time against the data set size,
                             and the fitted T(n) = Ts + Tp/n + c log2(n) predicted out to 32 workers
 ``cross_host``              with ``--hostfile``/``--hosts`` of two hosts or more: the allreduce and the
@@ -54,8 +56,10 @@ TARGETS = {
     "mfu": (">=", 0.7),
     "allreduce_vs_mpi": (">=", 0.9),
     "strong_efficiency_n2": (">=", 0.95),
-    "exact_overhead_m2": ("<=", 1.10),
-    "exact_overhead_m8": ("<=", 1.5),
+    "exact_overhead_m2": ("<=", 1.05),
+    "exact_overhead_m8": ("<=", 1.15),
+    "exact_overhead_m32": ("<=", 1.25),
+    "exact_efficiency_vs_default": (">=", 1.0),
 }
 EXACT_SHARDS = (2, 8, 32)
 
@@ -154,6 +158,13 @@ def two_workers(gradient_bytes: int, cfg: RunConfig, repeats: int, quick: bool, 
     }
 
 
+def strong_efficiency(cfg: RunConfig, quick: bool, placement: Placement = LOCAL) -> float:
+    """T1 / (2 T2) of one epoch of ``cfg`` on 1 and on 2 workers in turns (the scaling probe's epochs)."""
+    scaling = run_probe(2, "scaling", "--config", cfg.to_json(), "--rounds", "2" if quick else "3", placement=placement)
+    epoch_s = {n: float(np.median(t)) for n, t in scaling["epochs_s"].items()}
+    return epoch_s["1"] / (2 * epoch_s["2"])
+
+
 def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, placement: Placement = LOCAL) -> dict:
     """Measure everything; returns the JSON-ready dict (keys in the module docstring). ``placement`` with two
     hosts or more adds the cross-host figures."""
@@ -180,7 +191,7 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
 
     progress(f"exact mode: a step in M = {', '.join(map(str, EXACT_SHARDS))} micro-shards over a default step ...")
     result["exact_overhead"] = exact_overhead(bench_config(50), base, repeats)
-    for m in (2, 8):
+    for m in EXACT_SHARDS:
         result[f"exact_overhead_m{m}"] = result["exact_overhead"][str(m)]
 
     progress("step time against cube size ...")
@@ -201,6 +212,9 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
     progress("Horovod allreduce against mpi4py, and one epoch on 1 and on 2 workers in turns (2 ranks) ...")
     cfg = bench_config(50, train_size=sizes[-1])
     result.update(two_workers(compute["gradient_bytes"], cfg, repeats, quick))
+    progress("the same epochs in exact mode (M = 32), 1 and 2 workers in turns (2 ranks) ...")
+    result["strong_efficiency_n2_exact"] = strong_efficiency(cfg.replace(train={"exact": True}), quick)
+    result["exact_efficiency_vs_default"] = result["strong_efficiency_n2_exact"] / result["strong_efficiency_n2"]
     c = result["allreduce"]["horovod_s"]  # the model's c: the same Horovod allreduce
     if len(placement.hosts) >= 2:
         cross = placement.one_per_host(2)

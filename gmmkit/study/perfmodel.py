@@ -28,6 +28,8 @@ from ..parallel import launch
 from ..parallel.placement import LOCAL, Placement
 from ..timing import mean_seconds, take_turns
 
+EXACT_QUANTUM = 16  # exact mode's samples per call: a multiple of gmmkit.training.exact_group.GROUP_QUANTUM
+
 
 @dataclass
 class PerfModel:
@@ -41,8 +43,9 @@ class PerfModel:
 
     def step_time(self, strategy: str, n: int, base_batch: int, exact: bool = False) -> float:
         shares = strategies.shares(strategy, n, base_batch)
-        if exact:  # micro-shards of one size, each paying the fixed cost: time in proportion to the samples
-            compute = self.exact_factor * (self.t_fixed + self.t_sample * base_batch) * max(shares) / base_batch
+        if exact:  # a rank's micro-shards in calls of a multiple of 16 samples: time in proportion to those
+            padded = min(-(-max(shares) // EXACT_QUANTUM) * EXACT_QUANTUM, max(max(shares), base_batch))
+            compute = self.exact_factor * (self.t_fixed + self.t_sample * base_batch) * padded / base_batch
         else:
             compute = self.t_fixed + self.t_sample * max(shares)
         return compute + self.allreduce_s * math.log2(n)

@@ -68,6 +68,15 @@ Threads and XLA
     through XLA by default (``jit=True``): adding one term of every tensor to the int64 sums is one call,
     one fused loop per tensor that reads the term and the sum and writes the sum, where TensorFlow's own
     kernels write four intermediate arrays (product, rounded, int64, sum) per term.
+
+A group's terms in float64 (exact mode's groups, :func:`accumulate_group`)
+    With ``headroom=FLOAT64_BITS`` the grid has ``S = 53 - ceil(log2 M)`` fraction bits, so any partial sum
+    of the M terms is an integer below ``2^53``: float64 adds them exactly, in any order, and XLA's float64
+    additions run faster here than its int64 conversions (which clamp). A group's terms are added in
+    float64, then converted to int64 once per group. Everything above holds with 53 for 63: the error
+    bound becomes ``2^(2 ceil(log2 M) - 54 + 10)`` of ``2^E`` (``2^-44`` for M = 32), still far below
+    float32's ``2^-25``. An outer product's terms ``a_i d_j`` are formed there in float64, where the
+    product of two float32 numbers is exact, and rounded once onto the grid.
 """
 
 from __future__ import annotations
@@ -80,21 +89,24 @@ Reduce = Callable[[list], list]
 Terms = Union[tf.Tensor, Sequence[tf.Tensor]]
 
 MAX_TERMS = 2**24  # the headroom is computed in float32, exact for integers up to 2^24
+INT64_BITS = 63  # terms below 2^S, S = 63 - ceil(log2 M): M of them add up in int64 without overflow
+FLOAT64_BITS = 53  # S = 53 - ceil(log2 M): M of them add up exactly in float64 (integers below 2^53)
 MIN_QUANTUM_EXPONENT = -125  # q >= 2^-125: subnormals round to 0 and results are never subnormal
 _ABS_MASK = 0x7FFFFFFF
 _INF_BITS = 0x7F800000
 NO_TERMS = -(2**31)  # the bound of an empty set of terms: below every float's bit pattern
 
 
-def fraction_bits(total) -> tf.Tensor:
-    """``S = 63 - ceil(log2 total)`` (int32): the grid's bits below ``2^E``, leaving ``ceil(log2 total)``
-    bits of headroom so that ``total`` terms below ``2^S`` cannot overflow int64."""
+def fraction_bits(total, headroom: int = INT64_BITS) -> tf.Tensor:
+    """``S = headroom - ceil(log2 total)`` (int32): the grid's bits below ``2^E``, leaving ``ceil(log2 total)``
+    bits of headroom so that ``total`` terms below ``2^S`` cannot overflow int64 (``headroom`` 63) or leave
+    float64's exact integers (``headroom`` 53, :func:`accumulate_group`)."""
     total = tf.convert_to_tensor(total, tf.int32)
     tf.debugging.assert_greater_equal(total, 1, message="exact sum: expected at least 1 term in all")
     tf.debugging.assert_less_equal(total, MAX_TERMS, message=f"exact sum: expected at most {MAX_TERMS} terms")
     # ceil(log2 n) is the bit length of n - 1, read from the exponent of float32(n - 1) (exact below 2^24)
     exponent = tf.bitwise.right_shift(tf.bitcast(tf.cast(total - 1, tf.float32), tf.int32), 23)
-    return 63 - tf.maximum(exponent - 126, 0)
+    return headroom - tf.maximum(exponent - 126, 0)
 
 
 def _abs_bits(value: tf.Tensor) -> tf.Tensor:
@@ -133,9 +145,16 @@ class Grid(NamedTuple):
     finite: tf.Tensor
 
 
-def agree(bounds: tf.Tensor, total, max_fn: Optional[Reduce] = None, vote: Optional[tf.Tensor] = None):
+def agree(
+    bounds: tf.Tensor,
+    total,
+    max_fn: Optional[Reduce] = None,
+    vote: Optional[tf.Tensor] = None,
+    headroom: int = INT64_BITS,
+):
     """The grid of tensors whose local magnitude bounds are ``bounds`` (int32, T), agreed by all ranks in
-    one ``max_fn`` call; ``vote`` (int32 scalar) rides along. Returns ``(grid, vote_max or None)``."""
+    one ``max_fn`` call; ``vote`` (int32 scalar) rides along. Returns ``(grid, vote_max or None)``.
+    ``headroom``: :func:`fraction_bits`'s."""
     local = tf.convert_to_tensor(bounds, tf.int32)
     count = local.shape[0]
     if vote is not None:
@@ -143,7 +162,9 @@ def agree(bounds: tf.Tensor, total, max_fn: Optional[Reduce] = None, vote: Optio
     (agreed,) = (max_fn or _identity)([local])
     bound = agreed[:count]
     # Q = max(E - S, -125) with E = the bound's biased exponent - 126
-    exponents = tf.maximum(tf.bitwise.right_shift(bound, 23) - 126 - fraction_bits(total), MIN_QUANTUM_EXPONENT)
+    exponents = tf.maximum(
+        tf.bitwise.right_shift(bound, 23) - 126 - fraction_bits(total, headroom), MIN_QUANTUM_EXPONENT
+    )
     grid = Grid(_pow2(-exponents), _pow2(exponents), bound < _INF_BITS)
     return grid, (agreed[count] if vote is not None else None)
 
@@ -175,10 +196,60 @@ accumulate_xla = tf.function(accumulate, jit_compile=True)
 accumulate_stacked_xla = tf.function(accumulate_stacked, jit_compile=True)
 
 
-def finish(sums: Sequence[tf.Tensor], grid: Grid, sum_fn: Optional[Reduce] = None) -> list:
+def outer_maxima(a: tf.Tensor, d: tf.Tensor) -> tf.Tensor:
+    """The largest magnitude of each outer product ``a[k] ⊗ d[k]`` (a (g, I), d (g, J)) without forming
+    them, as float32: ``fl(max |a[k]| max |d[k]|)`` (g,), at least the largest exact product's ``2^E`` since
+    float32 rounding is monotone and ``2^E`` a float; NaN or Inf in either factor gives NaN or Inf."""
+    return tf.reduce_max(tf.abs(a), axis=1) * tf.reduce_max(tf.abs(d), axis=1)
+
+
+def accumulate_group(sums: Sequence[tf.Tensor], terms: Sequence, grid: Grid, valid: tf.Tensor) -> list:
+    """``sums[j]`` plus the gridded terms of a group of g micro-shards, those with ``valid`` (bool, g)
+    (``sums[j]`` None: the gridded terms alone).
+
+    ``terms[j]``: the terms stacked, (r, *shape_j), or as a list of r tensors, or an ``Outer``
+    (a (r, I), d (r, J)), whose term k is ``a[k] ⊗ d[k]``; r is g (a term per micro-shard) or a multiple
+    of it (a term per sample of each micro-shard, in order). Each term becomes ``round(x 2^-Q)`` (half to
+    even), as on :func:`accumulate`'s grid; the r of them are added in float64, then to the int64 sums.
+    With a grid of ``S = 53 - ceil(log2 N)`` fraction bits for N terms in all
+    (``agree(..., headroom=FLOAT64_BITS)``) every partial sum is an integer below ``2^53``, so float64
+    adds them exactly (XLA's float64 additions run several times faster here than its int64
+    conversions, which clamp).
+
+    An outer product's elements are formed here, in float64, where the product of two float32 numbers
+    is exact: ``round(a_i (d_j 2^-Q))``, the exact product rounded once onto the grid (not first to
+    float32), so the products never exist in memory: the latent layer's 32 x 2048 x 256 cost about 4 ms
+    on one thread. Its bound comes from :func:`outer_maxima`.
+    """
+    out = []
+    for j, (s, t) in enumerate(zip(sums, terms)):
+        rows = len(t) if isinstance(t, list) else (t[0] if isinstance(t, tuple) else t).shape[0]
+        valid_rows = tf.repeat(valid, rows // valid.shape[0]) if rows != valid.shape[0] else valid
+        if isinstance(t, tuple):  # an Outer
+            a = tf.where(valid_rows[:, None], tf.cast(t[0], tf.float64), 0.0)
+            d = tf.cast(t[1], tf.float64) * tf.cast(grid.scales[j], tf.float64)
+            terms_j = [tf.round(a[k][:, None] * d[k][None, :]) for k in range(rows)]
+        else:
+            scales = tf.where(valid_rows, grid.scales[j], 0.0)  # a left-out row adds 0 (NaN only where not finite)
+            terms_j = [tf.cast(tf.round(t[k] * scales[k]), tf.float64) for k in range(rows)]
+        total = terms_j[0]
+        for term in terms_j[1:]:
+            total = total + term
+        total = tf.cast(tf.where(grid.finite[j], total, 0.0), tf.int64)
+        out.append(total if s is None else s + total)
+    return out
+
+
+accumulate_group_xla = tf.function(accumulate_group, jit_compile=True)
+
+
+def finish(sums: Sequence[tf.Tensor], grid: Grid, sum_fn: Optional[Reduce] = None, jit: bool = False) -> list:
     """Sum the int64 sums over ranks (one grouped ``sum_fn`` call) and convert them to float32:
-    ``float32(N) * 2^Q``, or NaN everywhere for a tensor with an Inf or NaN term on any rank."""
+    ``float32(N) * 2^Q``, or NaN everywhere for a tensor with an Inf or NaN term on any rank. ``jit``: the
+    conversion of every tensor in one XLA call (the same bits)."""
     total = (sum_fn or _identity)(list(sums))
+    if jit:
+        return _to_float32(total, grid)
     out = []
     for j, fixed in enumerate(total):
 
@@ -187,6 +258,13 @@ def finish(sums: Sequence[tf.Tensor], grid: Grid, sum_fn: Optional[Reduce] = Non
 
         out.append(tf.cond(grid.finite[j], convert, lambda f=fixed: tf.fill(tf.shape(f), float("nan"))))
     return out
+
+
+@tf.function(jit_compile=True)
+def _to_float32(total: list, grid: Grid) -> list:
+    return [
+        tf.where(grid.finite[j], tf.cast(f, tf.float32) * grid.quanta[j], float("nan")) for j, f in enumerate(total)
+    ]
 
 
 def exact_sum(
