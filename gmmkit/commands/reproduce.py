@@ -1,7 +1,7 @@
 """``gmmkit reproduce``: the paper's protocol end to end, resumable (see gmmkit.study.reproduce).
 
 The learning-rate range test picks eta, the sequential run's validation loss after E epochs is the target
-(--scale paper: E = 100; quick: E = 6, 36 minutes on a 2-core machine), every run may take 4 E
+(--scale paper: E = 100; quick: E = 6, 9 minutes on a 2-core machine), every run may take 4 E
 epochs, and strong, weak, lsr and warmup run at n = 1 to 32 (real ranks up to --max-real, simulated above).
 Tables I and II, Figures 2 to 5 and the paper's claims (claims.json, claims.md) go to --out. Run it again
 with the same flags to continue where it stopped.

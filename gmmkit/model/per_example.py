@@ -48,11 +48,11 @@ sample at six places among random companions)
     Dense layers' input gradient runs other arithmetic, and every later ``dz`` inherits it. A plain
     batched gradient with every loss but one micro-shard's masked out keeps that micro-shard's bits too
     (oneDNN adds the others' exact zeros without moving a bit), but costs a backward pass per micro-shard.
-    Tried and dropped (2026-12-02): the Dense products padded to 16 rows with zeros, so that a call could
-    hold any number of samples. Groups of 1 and of 3 samples still changed most elements of every
-    tensor's terms against a group of 32, and the loss gradient at the model's output, traced at batch
-    1, 2, 3 and 5, differed from batch 32's (the graph's rewrites for static shapes are the likely cause,
-    not measured), so the quantum of 16 samples a call stays.
+    Tried and dropped (2026-12-02): the Dense products padded to a multiple of 16 rows with zeros, so that
+    a call could hold any number of samples. Traced alone, the layers' ``dz`` of a sample then kept their
+    bits at 2 to 16 samples a call (not at 1); but in the exact step's own path every micro-shard's terms
+    changed in every tensor at groups of 1, 2, 3 and 5 samples, and of 24 (3 micro-shards of 8), against
+    a group of 32. Not understood, so the quantum of 16 samples a call stays.
 
 Layers
     Trainable layers show exact mode their ``a`` and ``z`` through :func:`record` while :func:`recording`

@@ -42,7 +42,7 @@ from .lr_find import lr_range_test, write_lr_find
 from .perfmodel import PerfModel, calibrate
 from .sweep import run_dir_for, sweep
 
-# E of each scale: the paper's 100 epochs, and a quick one (36 minutes on this project's 2-core machine:
+# E of each scale: the paper's 100 epochs, and a quick one (9 minutes on this project's 2-core machine:
 # REPRODUCTION.md)
 SCALES = {"quick": 6, "paper": 100}
 CAP = 4  # the cap on every run but the sequential one, in multiples of E
