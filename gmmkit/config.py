@@ -36,6 +36,8 @@ class DataConfig:
     dataset: str = "lidc"  # "lidc" (LIDC-IDRI's nodules), "phantoms" (synthetic) or a path to a .npz with `cubes`
     size: int = 2100  # phantoms only: how many cubes to generate
     min_readers: int = 3  # lidc only: nodules marked by at least this many of the 4 readers (1: the paper's)
+    max_slice_thickness: float = 2.5  # lidc only: scans whose slices are at most this thick, mm (LUNA16's)
+    min_diameter_mm: float = 3.0  # lidc only: nodules whose mean reader diameter is at least this, mm
     val_size: int = 256
     train_size: Optional[int] = None  # None: every cube not in the validation split
     cube: int = 16
@@ -48,6 +50,8 @@ class DataConfig:
         checks.positive_int("data.min_readers", self.min_readers)
         if self.min_readers > 4:
             checks.fail("data.min_readers", "1 to 4 (LIDC-IDRI had four readers)", self.min_readers)
+        checks.positive_float("data.max_slice_thickness", self.max_slice_thickness)
+        checks.non_negative_float("data.min_diameter_mm", self.min_diameter_mm)
         checks.positive_int("data.val_size", self.val_size)
         if self.train_size is not None:
             checks.positive_int("data.train_size", self.train_size)

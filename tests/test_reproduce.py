@@ -17,7 +17,7 @@ from conftest import tiny_config
 from gmmkit.files import read_jsonl
 from gmmkit.study import claims
 from gmmkit.study.report import RunResult
-from gmmkit.study.reproduce import CAP, ReproduceConfig, progress_of
+from gmmkit.study.reproduce import CAP, PAPER_LR, ReproduceConfig, progress_of
 from gmmkit.training import RunDir
 
 
@@ -106,10 +106,10 @@ def test_c4_needs_the_loss_to_rise_with_the_rate_then_stay():
 # --- the whole protocol on a tiny grid -------------------------------------------------------
 
 
-def tiny_protocol(out) -> ReproduceConfig:
+def tiny_protocol(out, lr=None) -> ReproduceConfig:
     run = tiny_config(out / "unused", data={"size": 72, "val_size": 8, "train_size": 64}, warmup_epochs=2, epochs=1)
     return ReproduceConfig(
-        out=str(out), run=run, target_epoch=2, workers=(1, 2, 4), max_real=1, lr_range=(1e-4, 1e-1, 20)
+        out=str(out), run=run, target_epoch=2, workers=(1, 2, 4), max_real=1, lr_range=(1e-4, 1e-1, 20), lr=lr
     )
 
 
@@ -130,9 +130,9 @@ REPRODUCE = (
 )
 
 
-def reproduction(out, tmp_path) -> subprocess.Popen:
+def reproduction(out, tmp_path, lr=None) -> subprocess.Popen:
     cfg_file = tmp_path / f"{out.name}.json"
-    cfg_file.write_text(json.dumps(tiny_protocol(out).to_dict()))
+    cfg_file.write_text(json.dumps(tiny_protocol(out, lr).to_dict()))
     return subprocess.Popen(
         [sys.executable, "-c", REPRODUCE, str(cfg_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -181,6 +181,23 @@ def test_the_protocol_end_to_end_and_resumed_after_an_interruption(tmp_path):
         assert (out / "runs" / name / "state").resolve() == state_dir
     assert outcome(out) == outcome(straight)
     assert all(s in ("reached_target", "diverged", "max_epochs") for s in progress_of(out)["runs"].values())
+
+
+def test_at_the_papers_eta_no_range_test_runs_and_every_file_says_which_eta(tmp_path):
+    """Issue 28: ``--lr paper`` fixes eta at 0.00105 for the sequential run and every strategy (no range test,
+    no halving), and protocol.json, tables.md and claims.md say which eta and how it was chosen."""
+    out = tmp_path / "paper"
+    proc = reproduction(out, tmp_path, lr=PAPER_LR)
+    assert proc.wait(timeout=600) == 0, proc.communicate()
+    state = json.loads((out / "protocol.json").read_text())
+    assert state["lr"] == PAPER_LR and state["halvings"] == 0 and "lr_found" not in state
+    assert state["lr_choice"] == "the paper's (--lr paper)"
+    assert not (out / "lr_find").exists()  # no range test ran
+    for name in progress_of(out)["runs"]:
+        assert RunDir(out / "runs" / name).config().train.lr == PAPER_LR, name
+    for written in ("tables.md", "claims.md"):
+        assert "eta = 0.00105: the paper's (--lr paper)" in (out / written).read_text(), written
+    assert [c["id"] for c in json.loads((out / "claims.json").read_text())] == ["C1", "C2", "C3", "C4", "C5"]
 
 
 def assert_nothing_unmeasured(out):

@@ -96,6 +96,23 @@ DATA_FLAGS = (
     Flag("--train-size", ("data.train_size",), int, "default: all but the validation set", "N", default=FROM_CONFIG),
     run_flag("--val-size", "data.val_size", type=int, metavar="N"),
     run_flag("--cube", "data.cube", type=int, metavar="S"),
+    run_flag(
+        "--min-readers", "data.min_readers", type=int, metavar="N", help="lidc: nodules at least N readers marked"
+    ),
+    run_flag(
+        "--max-slice-thickness",
+        "data.max_slice_thickness",
+        type=float,
+        metavar="MM",
+        help="lidc: scans whose slices are at most MM thick",
+    ),
+    run_flag(
+        "--min-diameter",
+        "data.min_diameter_mm",
+        type=float,
+        metavar="MM",
+        help="lidc: nodules whose mean reader diameter is at least MM",
+    ),
 )
 MODEL_FLAGS = (run_flag("--components", "model.components", type=int, metavar="K"),)
 OPTIMISATION_FLAGS = (

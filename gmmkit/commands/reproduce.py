@@ -3,8 +3,8 @@
 The learning-rate range test picks eta, the sequential run's validation loss after E epochs is the target
 (--scale paper: E = 100; quick: E = 6, 9 minutes on a 2-core machine), every run may take 4 E
 epochs, and strong, weak, lsr and warmup run at n = 1 to 32 (real ranks up to --max-real, simulated above).
-Tables I and II, Figures 2 to 5 and the paper's claims (claims.json, claims.md) go to --out. Run it again
-with the same flags to continue where it stopped.
+--lr X (or 'paper') fixes eta instead of the range test. Tables I and II, Figures 2 to 5 and the paper's
+claims (claims.json, claims.md) go to --out. Run it again with the same flags to continue where it stopped.
 """
 
 from __future__ import annotations
@@ -13,13 +13,35 @@ import argparse
 import sys
 
 from ..signals import StopFlag
-from ..study.reproduce import SCALES, ReproduceConfig
+from ..study.reproduce import PAPER_LR, SCALES, ReproduceConfig
 from .flags import Flag, add_command, add_flags, add_placement_flags, placement_from_args
+
+
+def eta(text: str) -> float:
+    """``--lr``: a positive number, or ``paper``."""
+    if text.lower() == "paper":
+        return PAPER_LR
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'paper', received {text!r}")
+    return value
+
 
 FLAGS = (
     Flag("--out", ("reproduce.out", "out"), metavar="DIR", required=True),
     Flag("--scale", ("reproduce.scale",), default="quick", help=f"{' or '.join(SCALES)} (default %(default)s)"),
     Flag("--target-epoch", ("reproduce.target_epoch",), int, "E instead of the scale's", "E"),
+    Flag(
+        "--lr",
+        ("reproduce.lr",),
+        eta,
+        f"eta for the sequential run and every strategy, no range test ('paper': the paper's {PAPER_LR}; "
+        "default: the range test's suggestion, halved while the sequential run diverges)",
+        "X",
+    ),
     Flag(
         "--max-real",
         ("reproduce.max_real",),
@@ -61,6 +83,7 @@ def run(args, parser) -> int:
         run=base.replace(train={"exact": args.exact}),
         max_real=args.max_real,
         placement=placement_from_args(args),
+        lr=args.lr,
     ).validate()
     stop = StopFlag()
     try:

@@ -33,7 +33,14 @@ def load_cubes(cfg: DataConfig) -> CubeSet:
     if cfg.dataset == "phantoms":
         return CubeSet.of(load_phantoms(cfg.size, cfg.seed, cfg.cube).cubes)
     if cfg.dataset == "lidc":
-        return load_lidc(LidcOptions(cube=cfg.cube, min_readers=cfg.min_readers))
+        return load_lidc(
+            LidcOptions(
+                cube=cfg.cube,
+                min_readers=cfg.min_readers,
+                max_slice_thickness=cfg.max_slice_thickness,
+                min_diameter_mm=cfg.min_diameter_mm,
+            )
+        )
     try:
         return CubeSet.load(cfg.dataset, cfg.cube)
     except DatasetError as exc:

@@ -3,6 +3,8 @@
 1. **eta.** A learning-rate range test (:mod:`gmmkit.study.lr_find`) suggests the largest rate at which
    training still progresses; the sequential run of step 2 confirms it converges (the paper chose eta so:
    "further increasing it in the sequential model causes divergence"), and halves it if it diverges.
+   ``lr`` fixes eta instead (``PAPER_LR``: the paper's 0.00105): no range test, no halving, the same eta
+   for the sequential run and every strategy, as the paper ran them.
 2. **Target.** The sequential run's validation loss after E epochs (the paper: E = 100).
 3. **Cap.** Every other run may train 4 E epochs.
 4. **Grid.** strong, weak, lsr and warmup (5 warm-up epochs) at n = 1, 2, 4, 8, 16, 32: real Horovod ranks
@@ -47,6 +49,7 @@ from .sweep import run_dir_for, sweep
 SCALES = {"quick": 6, "paper": 100}
 CAP = 4  # the cap on every run but the sequential one, in multiples of E
 HALVINGS = 8  # at most this many halvings of eta when the sequential run diverges (0.1 down to 4e-4)
+PAPER_LR = 0.00105  # the paper's eta (Adam, batch 32)
 
 
 def paper_run() -> RunConfig:
@@ -74,12 +77,15 @@ class ReproduceConfig:
     max_real: Optional[int] = None
     lr_range: tuple = (1e-5, 1e-1, 100)
     placement: Placement = LOCAL
+    lr: Optional[float] = None  # eta fixed (PAPER_LR: the paper's); None: the range test and halving
 
     def validate(self) -> "ReproduceConfig":
         checks.one_of("reproduce.scale", self.scale, tuple(SCALES))
         if self.target_epoch is not None:
             checks.positive_int("reproduce.target_epoch", self.target_epoch)
         self.placement.validate()
+        if self.lr is not None:
+            checks.positive_float("reproduce.lr", self.lr)
         if self.max_real is not None:
             checks.positive_int("reproduce.max_real", self.max_real)
             self.placement.check_workers(self.max_real, "reproduce.max_real")
@@ -108,7 +114,15 @@ class ReproduceConfig:
             "strategies": list(self.strategies),
             "max_real": self.max_real,
             "lr_range": list(self.lr_range),
+            **({"lr": self.lr} if self.lr is not None else {}),  # absent: a folder of an older gmmkit continues
         }
+
+    @property
+    def lr_choice(self) -> str:
+        """How eta is chosen, in words (``protocol.json``, ``claims.md``, ``tables.md``)."""
+        if self.lr is None:
+            return "the range test's suggestion, halved while the sequential run diverged"
+        return "the paper's (--lr paper)" if self.lr == PAPER_LR else "fixed by --lr"
 
 
 def reproduce(
@@ -128,11 +142,17 @@ def reproduce(
     with stop_on_signals(stop) as stop:
         with raise_on_signals():  # what comes before the grid is thrown away whole when stopped, at once
             trainer = training.Trainer(what.run.replace(train={"workers": 1, "strategy": "strong"}), simulate=True)
+            if "lr" not in state and what.lr is not None:
+                say(f"1. eta = {what.lr:.4g}: {what.lr_choice}; no range test")
+                state.update(lr=what.lr, lr_choice=what.lr_choice, halvings=0)
+                _save(out, state)
             if "lr" not in state:
                 say("1. learning-rate range test ...")
                 found = lr_range_test(what.run, *what.lr_range)
                 write_lr_find(found, out / "lr_find")
-                state.update(lr=found["suggested_lr"], lr_found=found["suggested_lr"], halvings=0)
+                state.update(
+                    lr=found["suggested_lr"], lr_found=found["suggested_lr"], lr_choice=what.lr_choice, halvings=0
+                )
                 _save(out, state)
             if "perf" not in state:
                 say("   calibrating the wall-time model for the simulated runs' times ...")
@@ -165,6 +185,11 @@ def reproduce(
             except RuntimeError:  # the sequential run did not finish E finite epochs
                 if not _diverged_sequential(out):
                     raise
+                if what.lr is not None:
+                    raise RuntimeError(
+                        f"the sequential run diverged at eta = {what.lr:.4g} ({what.lr_choice}); see "
+                        f"{run_dir_for(out, 'strong', 1) / 'summary.json'}"
+                    ) from None
                 if state["halvings"] >= HALVINGS:
                     raise RuntimeError(
                         f"the sequential run diverged at every eta from {state['lr_found']:.4g} down "
@@ -184,18 +209,22 @@ def reproduce(
             return []
         state["target"] = json.loads((out / "results.json").read_text())["config"]["train"]["target_loss"]
         _save(out, state)
-        found = write_claims(out, rows, warmup_epochs=what.run.train.warmup_epochs)
+        eta = f"eta = {state['lr']:.4g}: {state.get('lr_choice', what.lr_choice)}"
+        found = write_claims(out, rows, warmup_epochs=what.run.train.warmup_epochs, eta=eta)
+        atomic_write_text(out / "tables.md", f"{eta}\n\n" + (out / "tables.md").read_text())
         say(f"5. tables, figures and claims in {out}")
         return found
 
 
-def write_claims(out: Path, rows, warmup_epochs: int = 5) -> list[claims_lib.Claim]:
-    """Evaluate the claims from the study's rows and curves; write ``claims.json`` and ``claims.md``."""
+def write_claims(out: Path, rows, warmup_epochs: int = 5, eta: str = "") -> list[claims_lib.Claim]:
+    """Evaluate the claims from the study's rows and curves; write ``claims.json`` and ``claims.md`` (``eta``:
+    which eta the runs used and how it was chosen, a line of its own)."""
     curves = {(r.strategy, r.workers): RunDir(r.run_dir).metrics() for r in rows if r.mode != "skipped"}
     curves[("strong", 1)] = RunDir(run_dir_for(out, "strong", 1)).metrics()
     found = claims_lib.evaluate(rows, curves, exact=_strong_exact(rows), warmup_epochs=warmup_epochs)
     atomic_write_json(out / "claims.json", [c.to_dict() for c in found])
-    atomic_write_text(out / "claims.md", "# The paper's claims, evaluated\n\n" + claims_lib.to_markdown(found))
+    intro = f"{eta}\n\n" if eta else ""
+    atomic_write_text(out / "claims.md", "# The paper's claims, evaluated\n\n" + intro + claims_lib.to_markdown(found))
     return found
 
 
