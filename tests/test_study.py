@@ -2,6 +2,9 @@
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import tiny_config
@@ -38,6 +41,39 @@ def test_fit_and_formula_of_the_wall_time_model():
             2.5 * (0.01 + 0.002 * 32) / 2 + 0.005 * math.log2(n)
         )
     assert exact.step_time("strong", 2, 32) == perf.step_time("strong", 2, 32)  # default mode: as before
+    # calibrated since 2026-12-02: the exact step's own fit over its calls' samples (16 or 32 here)
+    fitted = PerfModel(**{**exact.to_dict(), "exact_fixed": 0.02, "exact_sample": 0.003})
+    assert fitted.step_time("strong", 1, 32, exact=True) == pytest.approx(0.02 + 0.003 * 32)
+    for n in (2, 4, 32):
+        assert fitted.step_time("strong", n, 32, exact=True) == pytest.approx(0.02 + 0.003 * 16 + 0.005 * math.log2(n))
+    assert PerfModel.from_dict(fitted.to_dict()) == fitted
+
+
+CALIBRATE = """
+import json, sys
+from conftest import tiny_config
+from gmmkit.study.perfmodel import from_measurements, measure_compute
+cfg = tiny_config(sys.argv[1], batch_size=32, exact=True)
+compute = measure_compute(cfg, repeats=2, exact=True)
+print(json.dumps(from_measurements(compute, 0.001).to_dict()))
+"""
+
+
+def test_the_calibration_fits_the_exact_steps_own_cost_over_its_calls():
+    """Exact mode's step is timed at 16 and at 32 samples a call (a rank of a wider split computes 16): the model
+    carries its own fixed and per-sample cost, and charges a rank of 4 workers a call of 16 at that cost."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CALIBRATE, "unused"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    perf = PerfModel.from_dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert perf.exact_fixed >= 0 and perf.exact_sample > 0 and perf.exact_factor > 0
+    small = perf.step_time("strong", 4, 32, exact=True) - perf.allreduce_s * 2
+    assert small == pytest.approx(perf.exact_fixed + 16 * perf.exact_sample)
 
 
 def test_efficiency_is_t1_over_n_tn_and_nan_when_not_reached():

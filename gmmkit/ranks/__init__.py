@@ -10,7 +10,9 @@
 ``allreduce --bytes B [--repeats R]``
     time Horovod's allreduce against plain MPI (:func:`gmmkit.parallel.distributed.allreduce_probe`);
 ``scaling --config JSON [--rounds R]``
-    time 1-worker and n-worker epochs and steps in turns (:func:`gmmkit.ranks.scaling.scaling_probe`).
+    time 1-worker and n-worker epochs and steps in turns (:func:`gmmkit.ranks.scaling.scaling_probe`);
+``contention --config JSON [--rounds R]``
+    time a share's step alone and on every rank at once (:func:`gmmkit.ranks.scaling.contention_probe`).
 
 Rank 0 prints the result: one line per run for ``batch``, one JSON object on a line for the probes
 (:func:`gmmkit.parallel.launch.run_json` reads it).
@@ -48,9 +50,9 @@ def _allreduce(args) -> dict:
 
 
 def _scaling(args) -> dict:
-    from .scaling import scaling_probe
+    from .scaling import contention_probe, scaling_probe
 
-    return scaling_probe(args.config, args.rounds)
+    return (scaling_probe if args.task == "scaling" else contention_probe)(args.config, args.rounds)
 
 
 def main(argv=None) -> int:
@@ -61,9 +63,10 @@ def main(argv=None) -> int:
     a = sub.add_parser("allreduce")
     a.add_argument("--bytes", type=int, default=4 << 20)
     a.add_argument("--repeats", type=int, default=20)
-    s = sub.add_parser("scaling")
-    s.add_argument("--config", required=True, help="a RunConfig as JSON")
-    s.add_argument("--rounds", type=int, default=3, help="epochs of each worker count")
+    for task in ("scaling", "contention"):
+        s = sub.add_parser(task)
+        s.add_argument("--config", required=True, help="a RunConfig as JSON")
+        s.add_argument("--rounds", type=int, default=3, help="rounds of each measurement")
     args = p.parse_args(argv)
     if args.task == "batch":
         return _batch(args)

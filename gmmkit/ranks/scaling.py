@@ -53,6 +53,32 @@ def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
         "side_by_side_share": (False, lambda: solo.step(x_share, batch)),
         "horovod_share": (False, lambda: team.step(x_team, batch)),
     }
+    return {"epochs_s": times, "ranks": ctx.size, "steps_s": _step_times(ctx, steps, rounds)}
+
+
+def contention_probe(cfg_json: str, rounds: int = 3) -> dict:
+    """In a job of n ranks on one host: a strong-scaling share's step on rank 0 alone, then on every rank at
+    once (no Horovod: the ranks only share the host), in turns. ``shared_host``, the second over the first,
+    is what the wall-time model lacks without it (:class:`gmmkit.study.perfmodel.PerfModel`): ranks on one
+    host share its memory bandwidth and caches."""
+    ctx = distributed.init(1)
+    cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
+    solo = Trainer(cfg.replace(train={"workers": 1}), ctx=distributed.LocalContext())
+    batch = cfg.train.batch_size
+    plan = strategies.plan("strong", ctx.size, batch, cfg.train.lr)
+    start = plan.offset(ctx.rank)
+    x_share = solo.batch_of(np.arange(start, start + plan.shares[ctx.rank]))
+    steps = {
+        "alone": (True, lambda: solo.step(x_share, batch)),
+        "side_by_side": (False, lambda: solo.step(x_share, batch)),
+    }
+    times = _step_times(ctx, steps, rounds)
+    return {"ranks": ctx.size, **({**times, "shared_host": times["side_by_side"] / times["alone"]} if times else {})}
+
+
+def _step_times(ctx, steps: dict, rounds: int) -> dict:
+    """Median seconds of each step of ``{key: (chief only, step)}``, the steps taking turns, every rank
+    waiting for the others before each (rank 0's figures; {} on the other ranks)."""
     step_times: dict = {key: [] for key in steps}
     for i in range(1 + 2 * rounds):  # the first round is untimed: oneDNN sets up its kernels per shape
         for key, (chief_only, step) in steps.items():
@@ -61,8 +87,4 @@ def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
                 seconds = mean_seconds(step, 4)
                 if i:
                     step_times[key].append(seconds)
-    return {
-        "epochs_s": times,
-        "ranks": ctx.size,
-        "steps_s": {key: float(np.median(t)) for key, t in step_times.items()} if ctx.is_chief else {},
-    }
+    return {key: float(np.median(t)) for key, t in step_times.items()} if ctx.is_chief else {}

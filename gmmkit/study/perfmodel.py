@@ -3,7 +3,7 @@
 Per training step of a strategy with n workers, each worker computes its share of the global batch and the
 gradients are summed once:
 
-    t_step(n) = t_fixed + t_sample * max(shares) + c * log2(n)
+    t_step(n) = (t_fixed + t_sample * max(shares)) * h + c * log2(n)      (h = shared_host for n >= 2)
 
 ``t_fixed`` and ``t_sample`` come from a linear fit of measured step times against batch size on one rank;
 ``c`` is the measured allreduce time of the model's gradient bytes between two ranks (log2 n = 1): one
@@ -11,6 +11,13 @@ rank on each of two hosts when the placement has several (the network is what la
 two ranks on this machine. Under strong scaling ``t_sample * max(shares)`` is the paper's Tp / n. An
 epoch adds the validation pass, split over the ranks. A simulated run's predicted wall time is its number
 of epochs times the predicted epoch time.
+
+Two terms the paper's formula lacks, both measured by :func:`calibrate`: ``h``, how much slower a step is
+when the ranks of one host step at once (they share its memory bandwidth and caches: the model predicted
+97 % at n = 2 where 84 % was measured without it), measured with two ranks on this machine when the grid's
+real ranks share one; and in exact mode the step's own fit over the samples of its calls
+(``exact_fixed + exact_sample * samples``, a call holding a multiple of 16 samples), not a default step
+times a factor: a rank of a wider split pays the exact step's fixed cost on fewer samples.
 """
 
 from __future__ import annotations
@@ -40,14 +47,26 @@ class PerfModel:
     gradient_bytes: int
     threads: int = 1
     exact_factor: float = 1.0  # an exact step of the base batch over a default one (micro-shards, exact sums)
+    # an exact step's own fit, s + s per sample of a call of a multiple of 16 (None: the factor times a
+    # default step, as models calibrated before 2026-12-02 have it)
+    exact_fixed: Optional[float] = None
+    exact_sample: Optional[float] = None
+    # a step's time with every rank of a host stepping at once over the same step alone (memory bandwidth and
+    # caches shared), charged from n = 2 on; 1.0: not measured (ranks one per host, or an older model)
+    shared_host: float = 1.0
 
     def step_time(self, strategy: str, n: int, base_batch: int, exact: bool = False) -> float:
         shares = strategies.shares(strategy, n, base_batch)
         if exact:  # a rank's micro-shards in calls of a multiple of 16 samples: time in proportion to those
             padded = min(-(-max(shares) // EXACT_QUANTUM) * EXACT_QUANTUM, max(max(shares), base_batch))
-            compute = self.exact_factor * (self.t_fixed + self.t_sample * base_batch) * padded / base_batch
+            if self.exact_fixed is not None and self.exact_sample is not None:
+                compute = self.exact_fixed + self.exact_sample * padded
+            else:
+                compute = self.exact_factor * (self.t_fixed + self.t_sample * base_batch) * padded / base_batch
         else:
             compute = self.t_fixed + self.t_sample * max(shares)
+        if n > 1:
+            compute *= self.shared_host
         return compute + self.allreduce_s * math.log2(n)
 
     def epoch_time(
@@ -115,22 +134,27 @@ def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None, exact:
     times = [float(np.median(time_steps(default, b, repeats))) for b in batches]  # median: a shared machine
     t_eval = mean_seconds(default.validation_loss, repeats, warmup=1) / len(default.data.val)
     t_fixed, t_sample = fit_step_times(list(batches), times)
-    factor = 1.0
+    factor, exact_fit = 1.0, {}
     if exact:
         exact_trainer, b = trainer_of(True), cfg.train.batch_size
-        paired = take_turns(
-            {
-                "default": lambda: time_steps(default, b, 1, warm=False)[0],
-                "exact": lambda: time_steps(exact_trainer, b, 1, warm=False)[0],
-            },
-            repeats,
-        )
+        timers = {
+            "default": lambda: time_steps(default, b, 1, warm=False)[0],
+            "exact": lambda: time_steps(exact_trainer, b, 1, warm=False)[0],
+        }
+        small = EXACT_QUANTUM if b > EXACT_QUANTUM and b % EXACT_QUANTUM == 0 else None
+        if small:  # a call of 16 samples, what a rank of a wider split computes: the exact step's own fit
+            timers["exact_small"] = lambda: time_steps(exact_trainer, small, 1, warm=False)[0]
+        paired = take_turns(timers, repeats)
         factor = paired["exact"] / paired["default"]
+        if small:
+            fixed, per_sample = fit_step_times([small, b], [paired["exact_small"], paired["exact"]])
+            exact_fit = {"exact_fixed": fixed, "exact_sample": per_sample}
     return {
         "t_fixed": t_fixed,
         "t_sample": t_sample,
         "t_eval_sample": t_eval,
         "exact_factor": factor,
+        **exact_fit,
         "gradient_bytes": default.gradient_bytes(),
         "step_times": dict(zip(map(str, batches), times)),
     }
@@ -150,8 +174,16 @@ def allreduce_placement(placement: Placement, ranks: int = 2) -> Placement:
     return placement.one_per_host(ranks) if len(placement.hosts) >= ranks else placement
 
 
-def from_measurements(compute: dict, allreduce_s: float) -> PerfModel:
-    """The model from :func:`measure_compute`'s result and the seconds of one gradient allreduce."""
+def measure_contention(cfg, ranks: int = 2, placement: Placement = LOCAL) -> float:
+    """A share's step on ``ranks`` ranks of one host at once over the same step alone
+    (:func:`gmmkit.ranks.scaling.contention_probe`), one thread each."""
+    probe = launch.ranks_argv("contention", "--config", cfg.replace(train={"threads": 1}).to_json(), "--rounds", "2")
+    return float(launch.run_json(ranks, probe, timeout=600, placement=placement)["shared_host"])
+
+
+def from_measurements(compute: dict, allreduce_s: float, shared_host: float = 1.0) -> PerfModel:
+    """The model from :func:`measure_compute`'s result, the seconds of one gradient allreduce and the
+    slowdown of ranks sharing a host (:func:`measure_contention`)."""
     return PerfModel(
         t_fixed=compute["t_fixed"],
         t_sample=compute["t_sample"],
@@ -160,6 +192,9 @@ def from_measurements(compute: dict, allreduce_s: float) -> PerfModel:
         gradient_bytes=compute["gradient_bytes"],
         threads=1,
         exact_factor=compute.get("exact_factor", 1.0),
+        exact_fixed=compute.get("exact_fixed"),
+        exact_sample=compute.get("exact_sample"),
+        shared_host=shared_host,
     )
 
 
@@ -175,7 +210,9 @@ def calibrate(cfg, ranks: int = 2, trainer=None, placement: Placement = LOCAL, e
         if ranks > 1
         else 0.0
     )
-    return from_measurements(compute, allreduce)
+    # ranks of one host slow each other down: measured where the grid's real ranks share one host
+    shared = measure_contention(cfg, ranks, placement) if ranks > 1 and len(placement.hosts) <= 1 else 1.0
+    return from_measurements(compute, allreduce, shared)
 
 
 def efficiency(t1: Optional[float], n: int, tn: Optional[float]) -> Optional[float]:
