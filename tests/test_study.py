@@ -47,6 +47,11 @@ def test_fit_and_formula_of_the_wall_time_model():
     for n in (2, 4, 32):
         assert fitted.step_time("strong", n, 32, exact=True) == pytest.approx(0.02 + 0.003 * 16 + 0.005 * math.log2(n))
     assert PerfModel.from_dict(fitted.to_dict()) == fitted
+    # ranks sharing a host: their steps slower by shared_host, and a real step's measured overhead for c
+    shared = PerfModel(**{**perf.to_dict(), "shared_host": 1.1, "step_overhead_s": 0.008})
+    assert shared.step_time("strong", 1, 32) == perf.step_time("strong", 1, 32)  # one rank shares nothing
+    assert shared.step_time("strong", 2, 32) == pytest.approx((0.01 + 0.002 * 16) * 1.1 + 0.008)
+    assert shared.step_time("strong", 4, 32) == pytest.approx((0.01 + 0.002 * 8) * 1.1 + 0.008 * 2)
 
 
 CALIBRATE = """

@@ -57,23 +57,31 @@ def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
 
 
 def contention_probe(cfg_json: str, rounds: int = 3) -> dict:
-    """In a job of n ranks on one host: a strong-scaling share's step on rank 0 alone, then on every rank at
-    once (no Horovod: the ranks only share the host), in turns. ``shared_host``, the second over the first,
-    is what the wall-time model lacks without it (:class:`gmmkit.study.perfmodel.PerfModel`): ranks on one
-    host share its memory bandwidth and caches."""
+    """In a job of n ranks on one host: a strong-scaling share's step on rank 0 alone, on every rank at once
+    (no Horovod: the ranks only share the host), and the real n-worker step, in turns. ``shared_host``, the
+    second over the first: ranks on one host share its memory bandwidth and caches; ``step_overhead_s``,
+    the third less the second: what the step's collectives and the ranks' waiting for each other add (one
+    allreduce in default mode, a max and a sum in exact mode). The wall-time model's terms
+    (:class:`gmmkit.study.perfmodel.PerfModel`)."""
     ctx = distributed.init(1)
     cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
     solo = Trainer(cfg.replace(train={"workers": 1}), ctx=distributed.LocalContext())
+    team = Trainer(cfg.replace(train={"workers": ctx.size}), ctx=ctx)
     batch = cfg.train.batch_size
     plan = strategies.plan("strong", ctx.size, batch, cfg.train.lr)
     start = plan.offset(ctx.rank)
     x_share = solo.batch_of(np.arange(start, start + plan.shares[ctx.rank]))
+    x_team = team.batch_of(np.arange(batch)) if cfg.train.exact else x_share
     steps = {
         "alone": (True, lambda: solo.step(x_share, batch)),
         "side_by_side": (False, lambda: solo.step(x_share, batch)),
+        "team": (False, lambda: team.step(x_team, batch)),
     }
-    times = _step_times(ctx, steps, rounds)
-    return {"ranks": ctx.size, **({**times, "shared_host": times["side_by_side"] / times["alone"]} if times else {})}
+    t = _step_times(ctx, steps, rounds)
+    found = (
+        {"shared_host": t["side_by_side"] / t["alone"], "step_overhead_s": t["team"] - t["side_by_side"]} if t else {}
+    )
+    return {"ranks": ctx.size, **t, **found}
 
 
 def _step_times(ctx, steps: dict, rounds: int) -> dict:

@@ -17,7 +17,10 @@ when the ranks of one host step at once (they share its memory bandwidth and cac
 97 % at n = 2 where 84 % was measured without it), measured with two ranks on this machine when the grid's
 real ranks share one; and in exact mode the step's own fit over the samples of its calls
 (``exact_fixed + exact_sample * samples``, a call holding a multiple of 16 samples), not a default step
-times a factor: a rank of a wider split pays the exact step's fixed cost on fewer samples.
+times a factor: a rank of a wider split pays the exact step's fixed cost on fewer samples. Where the
+grid's real ranks share this host, ``c`` of a step is what a real 2-rank step adds to its share computed
+side by side (``step_overhead_s``: the collectives and the ranks' waiting, two collectives in exact mode),
+not the allreduce alone.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class PerfModel:
     # a step's time with every rank of a host stepping at once over the same step alone (memory bandwidth and
     # caches shared), charged from n = 2 on; 1.0: not measured (ranks one per host, or an older model)
     shared_host: float = 1.0
+    # what a real step adds to its share computed side by side at log2(n) = 1 (collectives, waiting), measured
+    # on the grid's host (None: the allreduce alone, allreduce_s)
+    step_overhead_s: Optional[float] = None
 
     def step_time(self, strategy: str, n: int, base_batch: int, exact: bool = False) -> float:
         shares = strategies.shares(strategy, n, base_batch)
@@ -67,7 +73,8 @@ class PerfModel:
             compute = self.t_fixed + self.t_sample * max(shares)
         if n > 1:
             compute *= self.shared_host
-        return compute + self.allreduce_s * math.log2(n)
+        overhead = self.allreduce_s if self.step_overhead_s is None else max(self.step_overhead_s, 0.0)
+        return compute + overhead * math.log2(n)
 
     def epoch_time(
         self, strategy: str, n: int, base_batch: int, n_train: int, n_val: int, exact: bool = False
@@ -174,16 +181,17 @@ def allreduce_placement(placement: Placement, ranks: int = 2) -> Placement:
     return placement.one_per_host(ranks) if len(placement.hosts) >= ranks else placement
 
 
-def measure_contention(cfg, ranks: int = 2, placement: Placement = LOCAL) -> float:
-    """A share's step on ``ranks`` ranks of one host at once over the same step alone
-    (:func:`gmmkit.ranks.scaling.contention_probe`), one thread each."""
+def measure_contention(cfg, ranks: int = 2, placement: Placement = LOCAL) -> dict:
+    """``shared_host`` and ``step_overhead_s`` of ``ranks`` ranks of one host, one thread each
+    (:func:`gmmkit.ranks.scaling.contention_probe`)."""
     probe = launch.ranks_argv("contention", "--config", cfg.replace(train={"threads": 1}).to_json(), "--rounds", "2")
-    return float(launch.run_json(ranks, probe, timeout=600, placement=placement)["shared_host"])
+    found = launch.run_json(ranks, probe, timeout=600, placement=placement)
+    return {"shared_host": float(found["shared_host"]), "step_overhead_s": float(found["step_overhead_s"])}
 
 
-def from_measurements(compute: dict, allreduce_s: float, shared_host: float = 1.0) -> PerfModel:
-    """The model from :func:`measure_compute`'s result, the seconds of one gradient allreduce and the
-    slowdown of ranks sharing a host (:func:`measure_contention`)."""
+def from_measurements(compute: dict, allreduce_s: float, contention: Optional[dict] = None) -> PerfModel:
+    """The model from :func:`measure_compute`'s result, the seconds of one gradient allreduce and, where
+    measured, :func:`measure_contention`'s terms."""
     return PerfModel(
         t_fixed=compute["t_fixed"],
         t_sample=compute["t_sample"],
@@ -194,7 +202,8 @@ def from_measurements(compute: dict, allreduce_s: float, shared_host: float = 1.
         exact_factor=compute.get("exact_factor", 1.0),
         exact_fixed=compute.get("exact_fixed"),
         exact_sample=compute.get("exact_sample"),
-        shared_host=shared_host,
+        shared_host=(contention or {}).get("shared_host", 1.0),
+        step_overhead_s=(contention or {}).get("step_overhead_s"),
     )
 
 
@@ -211,8 +220,8 @@ def calibrate(cfg, ranks: int = 2, trainer=None, placement: Placement = LOCAL, e
         else 0.0
     )
     # ranks of one host slow each other down: measured where the grid's real ranks share one host
-    shared = measure_contention(cfg, ranks, placement) if ranks > 1 and len(placement.hosts) <= 1 else 1.0
-    return from_measurements(compute, allreduce, shared)
+    contention = measure_contention(cfg, ranks, placement) if ranks > 1 and len(placement.hosts) <= 1 else None
+    return from_measurements(compute, allreduce, contention)
 
 
 def efficiency(t1: Optional[float], n: int, tn: Optional[float]) -> Optional[float]:

@@ -328,6 +328,12 @@ def run_study(
                     f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; "
                     f"Horovod allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms"
                     + (f"; an exact step takes {perf.exact_factor:.2f} times a default one" if cfg.train.exact else "")
+                    + (
+                        f"; ranks sharing this host: steps {perf.shared_host:.2f} times slower, "
+                        f"{perf.step_overhead_s * 1e3:.2f} ms added by a 2-rank step's collectives"
+                        if perf.step_overhead_s is not None
+                        else ""
+                    )
                 )
         rows = sweep(dataclasses.replace(study, out=str(out)), perf, progress, trainer, stop)
         if stop:
