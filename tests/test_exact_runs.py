@@ -62,10 +62,23 @@ def sequential(tmp_path_factory):
     return run
 
 
-def test_two_and_three_real_ranks_follow_the_sequential_run_bit_for_bit(sequential, tmp_path):
-    stdout, summary = gmmkit_train(paper_model(tmp_path / "n2", workers=2))  # gmmkit launches the ranks
+@pytest.fixture(scope="module")
+def two_ranks_resumed(tmp_path_factory):
+    """One 2-rank run that answers two tests: one epoch on 2 real ranks (gmmkit launches them), then
+    ``--resume`` to the second epoch."""
+    run = tmp_path_factory.mktemp("exact2") / "n2"
+    cfg = paper_model(run, workers=2)
+    stdout, _ = gmmkit_train(cfg.replace(train={"epochs": 1}))
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1]
+    _, summary = gmmkit_train(cfg, "--resume")
+    return run, stdout, summary
+
+
+def test_two_and_three_real_ranks_follow_the_sequential_run_bit_for_bit(sequential, two_ranks_resumed, tmp_path):
+    run, stdout, summary = two_ranks_resumed
     assert "launching 2 ranks with mpirun" in stdout and summary["backend"].startswith("horovod")
-    assert_identical(tmp_path / "n2", sequential)
+    assert summary["workers"] == 2 and not summary["simulated"]
+    assert_identical(run, sequential)
     # 3 ranks under the user's own mpirun: 8 micro-shards shared 3 + 3 + 2
     _, summary = gmmkit_train(paper_model(tmp_path / "n3", workers=3), mpirun=3)
     assert summary["workers"] == 3 and not summary["simulated"]
@@ -89,11 +102,8 @@ def test_lsr_on_two_real_ranks_equals_its_simulation(tmp_path):
     assert_identical(tmp_path / "real", tmp_path / "sim")
 
 
-def test_a_resumed_run_equals_the_uninterrupted_one(sequential, tmp_path):
+def test_a_resumed_run_equals_the_uninterrupted_one(sequential, two_ranks_resumed):
     """One epoch on 2 ranks, then ``--resume`` to the second epoch: the same bits as the sequential run."""
-    cfg = paper_model(tmp_path / "resumed", workers=2)
-    gmmkit_train(cfg.replace(train={"epochs": 1}))
-    assert [r["epoch"] for r in read_jsonl(tmp_path / "resumed" / "metrics.jsonl")] == [1]
-    _, summary = gmmkit_train(cfg, "--resume")
+    run, _, summary = two_ranks_resumed
     assert summary["epochs"] == 2
-    assert_identical(tmp_path / "resumed", sequential)
+    assert_identical(run, sequential)
