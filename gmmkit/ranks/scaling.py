@@ -61,8 +61,8 @@ def contention_probe(cfg_json: str, rounds: int = 3) -> dict:
     (no Horovod: the ranks only share the host), and the real n-worker step, in turns. ``shared_host``, the
     second over the first: ranks on one host share its memory bandwidth and caches; ``step_overhead_s``,
     the third less the second: what the step's collectives and the ranks' waiting for each other add (one
-    allreduce in default mode, a max and a sum in exact mode). The wall-time model's terms
-    (:class:`gmmkit.study.perfmodel.PerfModel`)."""
+    allreduce in default mode, a max and a sum in exact mode); and ``allreduce_s``, one Horovod allreduce of
+    the gradients' bytes. The wall-time model's terms (:class:`gmmkit.study.perfmodel.PerfModel`)."""
     ctx = distributed.init(1)
     cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
     solo = Trainer(cfg.replace(train={"workers": 1}), ctx=distributed.LocalContext())
@@ -78,10 +78,11 @@ def contention_probe(cfg_json: str, rounds: int = 3) -> dict:
         "team": (False, lambda: team.step(x_team, batch)),
     }
     t = _step_times(ctx, steps, rounds)
+    allreduce_s = distributed.time_horovod_allreduce(team.gradient_bytes())  # the model's c, in the same job
     found = (
         {"shared_host": t["side_by_side"] / t["alone"], "step_overhead_s": t["team"] - t["side_by_side"]} if t else {}
     )
-    return {"ranks": ctx.size, **t, **found}
+    return {"ranks": ctx.size, "allreduce_s": allreduce_s, **t, **found}
 
 
 def _step_times(ctx, steps: dict, rounds: int) -> dict:

@@ -182,11 +182,11 @@ def allreduce_placement(placement: Placement, ranks: int = 2) -> Placement:
 
 
 def measure_contention(cfg, ranks: int = 2, placement: Placement = LOCAL) -> dict:
-    """``shared_host`` and ``step_overhead_s`` of ``ranks`` ranks of one host, one thread each
-    (:func:`gmmkit.ranks.scaling.contention_probe`)."""
+    """``shared_host``, ``step_overhead_s`` and the gradients' Horovod ``allreduce_s`` of ``ranks`` ranks of
+    one host, one thread each, in one job (:func:`gmmkit.ranks.scaling.contention_probe`)."""
     probe = launch.ranks_argv("contention", "--config", cfg.replace(train={"threads": 1}).to_json(), "--rounds", "2")
     found = launch.run_json(ranks, probe, timeout=600, placement=placement)
-    return {"shared_host": float(found["shared_host"]), "step_overhead_s": float(found["step_overhead_s"])}
+    return {key: float(found[key]) for key in ("shared_host", "step_overhead_s", "allreduce_s")}
 
 
 def from_measurements(compute: dict, allreduce_s: float, contention: Optional[dict] = None) -> PerfModel:
@@ -212,6 +212,9 @@ def calibrate(cfg, ranks: int = 2, trainer=None, placement: Placement = LOCAL, e
     where :func:`allreduce_placement` puts it; ``trainer``: a :class:`~gmmkit.training.Trainer` of ``cfg``
     with one thread to time (its weights move: reset it); ``exact``: also what exact mode costs a step."""
     compute = measure_compute(cfg.replace(train={"threads": 1}), trainer=trainer, exact=exact)
+    if ranks > 1 and len(placement.hosts) <= 1:  # the grid's real ranks share this host: one job measures all
+        contention = measure_contention(cfg, ranks, placement)
+        return from_measurements(compute, contention.pop("allreduce_s"), contention)
     allreduce = (
         measure_allreduce(compute["gradient_bytes"], ranks, placement=allreduce_placement(placement, ranks))[
             "horovod_s"
@@ -219,9 +222,7 @@ def calibrate(cfg, ranks: int = 2, trainer=None, placement: Placement = LOCAL, e
         if ranks > 1
         else 0.0
     )
-    # ranks of one host slow each other down: measured where the grid's real ranks share one host
-    contention = measure_contention(cfg, ranks, placement) if ranks > 1 and len(placement.hosts) <= 1 else None
-    return from_measurements(compute, allreduce, contention)
+    return from_measurements(compute, allreduce)
 
 
 def efficiency(t1: Optional[float], n: int, tn: Optional[float]) -> Optional[float]:
