@@ -27,7 +27,7 @@ from .per_example import record
 _STRIDES = [1, 1, 1, 1, 1]
 
 
-def _kernel_gradient(x: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
+def kernel_gradient(x: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
     """``dw[a, b, c, i, o] = sum_{n, d, h, w} x[n, d + a, h + b, w + c, i] dy[n, d, h, w, o]``."""
     xt = tf.transpose(x, (4, 1, 2, 3, 0))  # (Ci, D, H, W, B): channels as the batch, the batch as channels
     dyt = tf.transpose(dy, (1, 2, 3, 0, 4))  # (D', H', W', B, Co): the output gradient as the kernel
@@ -70,13 +70,13 @@ def _folded_single_channel(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 
 @tf.custom_gradient
 def _conv3d_forward_kernel_gradient(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """TensorFlow's Conv3D with the kernel gradient of :func:`_kernel_gradient`."""
+    """TensorFlow's Conv3D with the kernel gradient of :func:`kernel_gradient`."""
 
     def grad(dy):
         dx = tf.raw_ops.Conv3DBackpropInputV2(
             input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=_STRIDES, padding="VALID"
         )
-        return dx, _kernel_gradient(x, dy)
+        return dx, kernel_gradient(x, dy)
 
     return tf.nn.conv3d(x, kernel, _STRIDES, "VALID"), grad
 

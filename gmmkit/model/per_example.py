@@ -15,10 +15,11 @@ Why
       (:func:`gmmkit.training.exact_sum.accumulate_group`), so the B outer products (2 MB each for the
       latent layer) never exist in memory. Larger micro-shards: one ``a_k^T dz_k`` product each.
     * Conv3D kernels (valid, unit strides): per micro-shard, oneDNN's kernel-gradient kernel on its samples
-      alone (one op each), or, where a micro-shard's patch matrix is small (``GATHER_FLOATS``; conv3 of
-      the paper's model at one sample a micro-shard), each micro-shard's patches gathered for the whole
-      group and multiplied with its output gradient in one batched product (3.4 against 6.8 ms for 32
-      one-sample micro-shards).
+      alone (one op each; from ``FORWARD_SAMPLES`` samples the forward-convolution form of
+      :func:`gmmkit.model.conv.kernel_gradient` where the default step uses it), or, where a micro-shard's
+      patch matrix is small (``GATHER_FLOATS``; conv3 of the paper's model at one sample a micro-shard),
+      each micro-shard's patches gathered for the whole group and multiplied with its output gradient in
+      one batched product (3.4 against 6.8 ms for 32 one-sample micro-shards).
     * Biases: one term per sample, ``dz_n`` summed over the voxels (small: put on the grid sample by
       sample, which leaves no sum over a micro-shard's samples to a kernel; written as a chain of
       additions, Grappler made it one AddN whose bits changed with the group's size).
@@ -73,6 +74,10 @@ import tensorflow as tf
 
 _state = threading.local()
 OUTER_SAMPLES = 4  # Dense kernels: a term per sample (an Outer) up to micro-shards of this many samples
+# Conv3D kernels: the forward-convolution form (gmmkit.model.conv) per micro-shard from this many samples where
+# the layer's shapes call for it (conv2 at 16 samples: 7.2 against 8.3 ms, at 8: 4.9 against 5.3; at 4 and 1
+# oneDNN's kernel-gradient kernel is faster: 3.0 against 3.8 ms)
+FORWARD_SAMPLES = 8
 GATHER_FLOATS = 1 << 16  # Conv3D kernels: gathered patches, one batched product, up to this micro-shard patch size
 
 
@@ -159,6 +164,10 @@ def _terms_of(rec: Record, dz: tf.Tensor, b: int):
         return _gathered_kernel_gradient(a, dz, layer.kernel.shape, b), bias
     a5, dz5 = _micro_shards(a, b), _micro_shards(dz, b)
     sizes = list(layer.kernel.shape)
+    from . import conv  # conv imports this module (record)
+
+    if b >= FORWARD_SAMPLES and conv.kernel_gradient_as_forward(a.shape, sizes):  # as the default step has it
+        return [conv.kernel_gradient(a5[k], dz5[k]) for k in range(a5.shape[0])], bias
     kernel = [
         tf.raw_ops.Conv3DBackpropFilterV2(
             input=a5[k], filter_sizes=sizes, out_backprop=dz5[k], strides=[1] * 5, padding="VALID"
