@@ -219,3 +219,22 @@ def test_a_stop_commits_the_step_it_ended_and_the_resume_loses_nothing(sequentia
     summary = resume(run)
     assert summary["status"] == "max_epochs"
     assert_identical(run, sequential)
+
+
+def test_a_state_is_due_every_n_steps_or_seconds_since_the_last(monkeypatch):
+    from gmmkit.training import epochs
+
+    now = [100.0]
+    monkeypatch.setattr(epochs.time, "perf_counter", lambda: now[0])  # the clock moved by hand
+    steps = epochs.Every(("steps", 3))
+    assert [steps.due() for _ in range(3)] == [False, False, True]
+    steps.committed()  # an epoch's end, or a stop, counts as a state: the count starts again
+    assert not steps.due()
+    seconds = epochs.Every(("seconds", 30.0))
+    assert not seconds.due()
+    now[0] += 30.0
+    assert seconds.due()
+    seconds.committed()
+    assert not seconds.due()
+    never = epochs.Every(None)
+    assert not never and not any(never.due() for _ in range(1000))
