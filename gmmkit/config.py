@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -24,6 +25,9 @@ from .strategies import STRATEGIES, global_batch
 DEFAULT_TARGET_LOSS = 0.004023
 
 FLOAT32_MAX = 3.4028234663852886e38  # the model trains in float32: a learning rate above cannot be held
+
+# train.checkpoint_every: a number of steps ("200", or 200) or of seconds ("30s", "2.5s")
+CHECKPOINT_EVERY = re.compile(r"^\s*(?:(?P<steps>\d+)|(?P<seconds>\d+(?:\.\d*)?|\.\d+)\s*s)\s*$")
 
 # The data sets gmmkit builds itself (gmmkit.data.sources); any other dataset is a .npz path.
 BUILT_IN = ("lidc", "phantoms")
@@ -83,11 +87,26 @@ class TrainConfig:
     threads: Optional[int] = None  # CPU threads per rank; None: cores / local ranks
     exact: bool = False  # the same path to the last bit on any number of ranks (gmmkit.training.exact)
     micro_shards: Optional[int] = None  # exact only: micro-shards per base batch; None: the batch size
+    # a mid-epoch state every N steps (200 or "200") or seconds ("30s"); None: states at epoch ends only
+    checkpoint_every: Optional[int | str] = None
 
     @property
     def micro_batch(self) -> int:
         """Samples per micro-shard in exact mode: the base batch cut into ``micro_shards``."""
         return self.batch_size // (self.micro_shards or self.batch_size)
+
+    @property
+    def checkpoint_interval(self) -> Optional[tuple[str, float]]:
+        """``checkpoint_every`` read: ``("steps", n)`` or ``("seconds", s)``; None without one (or an invalid
+        one, which :meth:`validate` refuses)."""
+        value = self.checkpoint_every
+        if isinstance(value, int) and not isinstance(value, bool):
+            return ("steps", value) if value > 0 else None
+        found = CHECKPOINT_EVERY.match(value) if isinstance(value, str) else None
+        if found is None:
+            return None
+        kind, number = ("steps", int(found["steps"])) if found["steps"] else ("seconds", float(found["seconds"]))
+        return (kind, number) if number > 0 and number != float("inf") else None
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -138,6 +157,12 @@ class TrainConfig:
                     f"a divisor of batch_size={self.batch_size} (micro-shards of equal size)",
                     self.micro_shards,
                 )
+        if self.checkpoint_every is not None and self.checkpoint_interval is None:
+            checks.fail(
+                "train.checkpoint_every",
+                "a positive number of steps (200) or seconds (30s)",
+                self.checkpoint_every,
+            )
         if self.exact and self.strategy == "strong" and self.workers > (self.micro_shards or self.batch_size):
             checks.fail(
                 "train.workers",

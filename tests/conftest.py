@@ -49,6 +49,7 @@ FIRST = [
     "hosts",
     "tests/test_runs.py",
     "tests/test_exact_runs.py",
+    "tests/test_mid_epoch.py",
     "tests/test_horovod.py",
     "tests/test_faults.py",
     "tests/test_browser.py",

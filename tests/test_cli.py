@@ -36,6 +36,9 @@ RUN_FLAGS = [
     ("--config", "missing.json"),
     ("--micro-shards", "5"),
     ("--micro-shards", "4"),  # without --exact
+    ("--checkpoint-every", "0"),
+    ("--checkpoint-every", "-5s"),
+    ("--checkpoint-every", "ten"),
 ]
 LUNA = ["prepare-luna", "--scans", ".", "--annotations", "a.csv"]
 SYNTH = ["synthesize", "--run", "run", "--out", "new"]
@@ -87,6 +90,7 @@ BAD_FLAGS = [
     (["reproduce", "--out", "r", "--max-real", "0"], "--max-real"),
     (["reproduce", "--out", "r", "--lr", "papers"], "--lr"),
     (["reproduce", "--out", "r", "--lr", "-0.001"], "--lr"),
+    (["reproduce", "--out", "r", "--checkpoint-every", "0s"], "--checkpoint-every"),
     (["stop", "nowhere"], "RUN_DIR"),
     (["prepare-luna", "--scans", "nowhere", "--annotations", "a.csv", "--out", "cubes.npz"], "--scans"),
     (["prepare-luna", "--dicom", "a.csv", "--annotations", "a.csv", "--out", "cubes.npz"], "--dicom"),

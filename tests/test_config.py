@@ -40,11 +40,31 @@ def test_json_round_trip(tmp_path):
         ({"data": {"colour": 1}}, "data.colour"),
         ({"extra": 1}, "extra"),
         ({"data": {"dataset": "cubes.csv"}}, "data.dataset"),
+        ({"train": {"checkpoint_every": 0}}, "train.checkpoint_every"),
+        ({"train": {"checkpoint_every": "0s"}}, "train.checkpoint_every"),
+        ({"train": {"checkpoint_every": "every hour"}}, "train.checkpoint_every"),
+        ({"train": {"checkpoint_every": 2.5}}, "train.checkpoint_every"),  # steps are whole: "2.5s" is seconds
     ],
 )
 def test_errors_name_the_field(raw, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         RunConfig.from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    "value,interval",
+    [
+        (None, None),
+        (200, ("steps", 200)),
+        ("200", ("steps", 200)),
+        ("30s", ("seconds", 30.0)),
+        ("0.5s", ("seconds", 0.5)),
+    ],
+)
+def test_checkpoint_every_is_steps_or_seconds_and_round_trips(value, interval):
+    cfg = RunConfig().replace(train={"checkpoint_every": value})
+    assert cfg.train.checkpoint_interval == interval
+    assert RunConfig.from_json(cfg.to_json()) == cfg
 
 
 def test_bad_json_names_the_file(tmp_path):

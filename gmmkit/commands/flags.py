@@ -115,6 +115,14 @@ DATA_FLAGS = (
     ),
 )
 MODEL_FLAGS = (run_flag("--components", "model.components", type=int, metavar="K"),)
+CHECKPOINT_EVERY = Flag(
+    "--checkpoint-every",
+    ("train.checkpoint_every",),
+    help="also commit the run's state inside an epoch, every N steps (200) or seconds (30s): weights, Adam's "
+    "state and the step reached, from which --resume continues the same samples (default: at epoch ends only)",
+    metavar="N|Ns",
+    default=FROM_CONFIG,
+)
 OPTIMISATION_FLAGS = (
     run_flag("--batch-size", "train.batch_size", type=int, metavar="B"),
     run_flag("--lr", "train.lr", type=float, metavar="X"),
@@ -145,6 +153,7 @@ OPTIMISATION_FLAGS = (
         "M",
         default=FROM_CONFIG,
     ),
+    CHECKPOINT_EVERY,
 )
 STRATEGY = run_flag("--strategy", "train.strategy", choices=STRATEGIES)
 WORKERS = run_flag("--workers", "train.workers", type=int, metavar="N", help="Horovod ranks (one per GPU)")

@@ -14,7 +14,7 @@ import sys
 
 from ..signals import StopFlag
 from ..study.reproduce import PAPER_LR, SCALES, ReproduceConfig
-from .flags import Flag, add_command, add_flags, add_placement_flags, placement_from_args
+from .flags import CHECKPOINT_EVERY, Flag, add_command, add_flags, add_placement_flags, placement_from_args
 
 
 def eta(text: str) -> float:
@@ -57,6 +57,7 @@ FLAGS = (
         default=True,
         help="every run in exact mode (default; --no-exact: float32 sums, whose real ranks drift)",
     ),
+    CHECKPOINT_EVERY,
     Flag("--overwrite", action="store_true", help="start over in a folder holding another reproduction"),
     Flag("--no-progress", action="store_true"),
 )
@@ -80,7 +81,7 @@ def run(args, parser) -> int:
         out=args.out,
         scale=args.scale,
         target_epoch=args.target_epoch,
-        run=base.replace(train={"exact": args.exact}),
+        run=base.replace(train={"exact": args.exact, "checkpoint_every": getattr(args, "checkpoint_every", None)}),
         max_real=args.max_real,
         placement=placement_from_args(args),
         lr=args.lr,

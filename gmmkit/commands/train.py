@@ -1,9 +1,11 @@
 """``gmmkit train``: one process, or n Horovod ranks that it launches (or joins).
 
 A run directory belongs to one run: a new run needs a new or empty --out (or --overwrite to replace the run
-there); --resume continues the run in --out from its own config.json (only --epochs, --threads and, for
-strong scaling, --workers may change). SIGINT and SIGTERM end the run after its current step as
-``stopped``; a second one ends a multi-rank job at once.
+there); --resume continues the run in --out from its own config.json (only --epochs, --threads,
+--checkpoint-every and, for strong scaling, --workers may change) and its last state: an epoch's end, or with
+--checkpoint-every a step inside an epoch, from which it goes on with the same samples (in exact mode, to the
+same bits). SIGINT and SIGTERM end the run after its current step as ``stopped`` (with --checkpoint-every,
+that step's state is committed); a second one ends a multi-rank job at once.
 """
 
 from __future__ import annotations

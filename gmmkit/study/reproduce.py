@@ -245,7 +245,7 @@ def _open(out: Path, what: ReproduceConfig, overwrite: bool) -> dict:
     """The protocol state of ``out``: new, or the one an earlier call with the same configuration left."""
     recorded = out / "reproduce.json"
     if recorded.exists():
-        if json.loads(recorded.read_text()) != json.loads(json.dumps(what.to_dict())):
+        if _protocol(json.loads(recorded.read_text())) != _protocol(json.loads(json.dumps(what.to_dict()))):
             if not overwrite:
                 checks.fail(
                     "out",
@@ -263,6 +263,12 @@ def _open(out: Path, what: ReproduceConfig, overwrite: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(recorded, what.to_dict())
     return {}
+
+
+def _protocol(recorded: dict) -> dict:
+    """What makes two reproductions the same: every setting but how often their runs commit a state."""
+    train = {k: v for k, v in recorded.get("run", {}).get("train", {}).items() if k != "checkpoint_every"}
+    return {**recorded, "run": {**recorded.get("run", {}), "train": train}}
 
 
 def _save(out: Path, state: dict) -> None:

@@ -7,13 +7,15 @@ from pathlib import Path
 from ..config import BUILT_IN, RunConfig
 from ..errors import RunDirError
 
-# Settings a resumed run may change: they do not change the experiment, only how long or on what it runs.
-RESUMABLE = ("train.epochs", "train.threads")
+# Settings a resumed run may change: they do not change the experiment, only how long or on what it runs, or
+# how often it commits its state.
+RESUMABLE = ("train.checkpoint_every", "train.epochs", "train.threads")
 
 
 def resume_config(stored: RunConfig, requested: RunConfig) -> RunConfig:
     """The config a resumed run goes on with: ``stored`` (the run's own) with the changes of ``requested``
-    that keep the experiment: more or fewer epochs, other threads, and another worker count for strong
+    that keep the experiment: more or fewer epochs, other threads, another ``checkpoint_every``, and another
+    worker count for strong
     scaling (whose path does not depend on it); its folder is the requested one (where the run is now, also
     when it was copied or renamed since it was made). Any other difference raises, naming every field."""
     allowed = set(RESUMABLE) | ({"train.workers"} if stored.train.strategy == "strong" else set())

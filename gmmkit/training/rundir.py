@@ -5,8 +5,10 @@
 ``metrics.jsonl``  one line per finished epoch: epoch, train_loss, val_loss, lr, time_s (since training began),
                    epoch_time_s, samples_per_s, global_batch, steps, rank_step_s, rank_eval_s (each rank's)
 ``summary.json``   status (running | reached_target | diverged | max_epochs | stopped | failed),
-                   time_to_target_s, epochs, best/final validation loss, workers, backend, resumes
-``checkpoint.npz`` weights, optimizer state and epoch after the last finished epoch
+                   time_to_target_s, epochs, best/final validation loss, workers, backend, resumes, and
+                   ``checkpoint_at`` (epoch, step) while the checkpoint is a mid-epoch state
+``checkpoint.npz`` weights, optimizer state and epoch after the last finished epoch, or (``--checkpoint-every``)
+                   after a step inside the next one: then also the step, the epoch's loss sum and times so far
 ``snapshots/``     the weights of epochs 1, 2, 5, 10, 20, 50, ... (:mod:`gmmkit.training.snapshots`)
 ``events.out.*``   TensorBoard's event files (:mod:`gmmkit.training.tensorboard`)
 ``STOP``           a stop request (``gmmkit stop``, the dashboard, a signal to the launcher) naming the claim
@@ -18,8 +20,9 @@
 =================  ==============================================================================
 
 **The files agree at every instant.** ``metrics.jsonl``, ``summary.json`` and ``checkpoint.npz`` change
-together, with one ``rename`` per epoch (:mod:`gmmkit.training.state`): a reader, a crash or a kill at any
-moment sees either the previous state or the next. A killed writer's temporary files are removed by the next
+together, with one ``rename`` per state (:mod:`gmmkit.training.state`): one per epoch, and one per mid-epoch
+state (whose metrics are the finished epochs'); a reader, a crash or a kill at any moment sees either the
+previous state or the next. A killed writer's temporary files are removed by the next
 process that claims the run (:meth:`RunDir.claim`).
 
 **One run per directory.** :meth:`RunDir.claim` makes a process the run's owner: a new run needs an empty
@@ -159,7 +162,7 @@ class RunDir:
         self.state.link_files()
         self.commit(records, summary)
         ckpt = self.load_checkpoint() if self._mode == "resume" else None
-        if ckpt is not None and ckpt["epoch"] not in snapshots.found(self.path):
+        if ckpt is not None and not ckpt["step"] and ckpt["epoch"] not in snapshots.found(self.path):
             snapshots.keep(self.path, ckpt)
         self.begun = True
         self._created = []  # from here on the run's files are its own, kept whatever happens
@@ -254,15 +257,16 @@ class RunDir:
     # --- writing (the owner only) ---------------------------------------------------------------
     def commit(self, records: list[dict], summary: dict, checkpoint: Optional[dict] = None) -> None:
         """Write the next state: every epoch record so far, the summary and, when given, a new checkpoint
-        (``{"weights", "optimizer", "epoch", "time_s"}``; else the previous one is kept). All three change
-        together (module docstring). A full disk raises :class:`RunDirError` and leaves the last state."""
+        (``{"weights", "optimizer", "epoch", "time_s"}``, and inside an epoch ``step`` and the rest of
+        :data:`~gmmkit.training.state.POSITION`; else the previous one is kept). All three change together
+        (module docstring). A full disk raises :class:`RunDirError` and leaves the last state."""
         if not self.chief:
             return
         try:
             if checkpoint is not None:
                 self._check_space(checkpoint)
             self.state.commit(records, summary, checkpoint)
-            if checkpoint is not None:
+            if checkpoint is not None and not checkpoint.get("step"):  # a mid-epoch state is no epoch's weights
                 snapshots.keep(self.path, checkpoint)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -357,7 +361,7 @@ class RunDir:
         """Epoch ``epoch``'s weights: its snapshot (no optimiser state), or the checkpoint if of that epoch."""
         path = snapshots.found(self.path).get(epoch)
         ckpt = read_checkpoint(path) if path is not None else self.load_checkpoint()
-        if ckpt is None or ckpt["epoch"] != epoch:
+        if ckpt is None or ckpt["epoch"] != epoch:  # a mid-epoch checkpoint stands for its run's latest weights
             raise RunDirError(
                 f"{self.path}: no snapshot of epoch {epoch!r} (kept: "
                 f"{', '.join(map(str, self.snapshot_epochs())) or 'none'})"

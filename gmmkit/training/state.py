@@ -109,11 +109,17 @@ def checkpoint_bytes(checkpoint: dict) -> int:
     return sum(np.asarray(a).nbytes for key in ("weights", "optimizer") for a in checkpoint[key])
 
 
+# Where in its epoch a checkpoint was taken (0 for every key at an epoch's end), with their types: see
+# gmmkit.training.epochs.Position. A checkpoint written before mid-epoch states holds none of them.
+POSITION = {"step": int, "loss_sum": float, "epoch_time_s": float, "step_time_s": float, "steps_timed": int}
+
+
 def read_checkpoint(path: Path) -> dict:
-    """A checkpoint file as ``{"epoch", "time_s", "weights", "optimizer", "records"}``."""
+    """A checkpoint file as ``{"epoch", "time_s", "weights", "optimizer", "records"}`` and the place in the next
+    epoch it was taken at (:data:`POSITION`'s keys: ``step`` 0 at an epoch's end)."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            names = sorted(f.files)
+            names = sorted(n for n in f.files if n[:1] in "wo" and n[1:].isdigit())
             records = json.loads(str(f["records"])) if "records" in f.files else []
             return {
                 "epoch": int(f["epoch"]),
@@ -121,16 +127,25 @@ def read_checkpoint(path: Path) -> dict:
                 "weights": [f[n] for n in names if n.startswith("w")],
                 "optimizer": [f[n] for n in names if n.startswith("o")],
                 "records": records,
+                **{key: kind(f[key]) if key in f.files else kind(0) for key, kind in POSITION.items()},
             }
     except Exception as exc:
         raise RunDirError(f"{path}: unreadable checkpoint ({exc})") from None
 
 
 def save_checkpoint(path: Path, checkpoint: dict, records: list[dict]) -> None:
-    """Write ``checkpoint`` (``{"weights", "optimizer", "epoch", "time_s"}``) and the epoch ``records`` it
-    ends, flushed to disk, with the user's umask."""
+    """Write ``checkpoint`` (``{"weights", "optimizer", "epoch", "time_s"}``, and inside an epoch
+    :data:`POSITION`'s keys) and the epoch ``records`` up to it, flushed to disk, with the user's umask."""
     arrays = {f"w{i:04d}": w for i, w in enumerate(checkpoint["weights"])}
     arrays.update({f"o{i:04d}": v for i, v in enumerate(checkpoint["optimizer"])})
+    # float64 and int64 scalars: the epoch's loss sum so far comes back with every bit
+    arrays.update(
+        {
+            key: np.asarray(checkpoint[key], np.float64 if kind is float else np.int64)
+            for key, kind in POSITION.items()
+            if checkpoint.get(key)
+        }
+    )
     with open(path, "wb") as fh:
         np.savez(
             fh,

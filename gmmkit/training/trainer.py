@@ -19,17 +19,13 @@ from .. import checks, strategies
 from ..checks import is_finite_number
 from ..config import RunConfig
 from ..data.sources import load_split
-from ..errors import RunDirError
 from ..model.deepdensity import from_config, per_sample_msle
 from ..parallel import distributed
 from ..signals import Interrupted, StopFlag, deferred, raise_on_signals
+from . import epochs
 from .exact import ExactStep, evaluation_chunks, local_micro_shards, shard_range
 from .optimizer import Adam
-from .progress import per_rank
-from .resume import changes
 from .rundir import RunDir
-from .summary import record_epoch
-from .tensorboard import EventWriter
 
 EVAL_BATCH = 256
 EVAL_CHUNK = 16  # exact mode: the validation set in chunks of this many, the same on any number of ranks
@@ -209,7 +205,7 @@ class Trainer:
             with deferred():  # a signal that abandons the warm-up (below) waits until the weights are back
                 self.restore({"weights": weights, "optimizer": moments})
 
-    def _warm_up_or_stop(self, plan: strategies.StepPlan, stop: StopFlag) -> bool:
+    def warm_up_or_stop(self, plan: strategies.StepPlan, stop: StopFlag) -> bool:
         """:meth:`warm_up`, unless a stop request comes first: then False. Tracing takes seconds (more in exact
         mode) and reads no flag, so one process alone abandons it at the signal itself; ranks (whose steps
         hold collectives) finish it and stop at their first step."""
@@ -268,107 +264,23 @@ class Trainer:
     ) -> dict:
         """Train the claimed run ``run`` (:meth:`RunDir.claim`) to its end; returns the summary.
 
-        Every epoch commits one state of the run directory (records, summary, checkpoint) at once. Every
-        rank votes on stopping at every step (its ``stop`` flag; the chief also reads the ``STOP`` file), and
-        the votes ride in the gradients' allreduce, so all ranks leave after the same step."""
-        board = EventWriter(run.path, self.cfg, self.simulate) if self.ctx.is_chief else None
-        callbacks = [*callbacks, board] if self.ctx.is_chief else []
-        stop = stop if stop is not None else StopFlag()
-        records, summary, start_epoch, time_offset = self._begin(run, resume)
-        # time to target counts training, not graph tracing: every run's clock starts on a traced model
-        warm = self._warm_up_or_stop(self._plan(0.0), stop)
-        began = time.perf_counter() - time_offset
-        for epoch in range(start_epoch, self.cfg.train.epochs if warm else start_epoch):
-            record = self._train_epoch(run, epoch, stop, began)
-            if record is None:
-                summary["status"] = "stopped"
-                break
-            records.append(record)
-            finite = record_epoch(summary, record, self.cfg.train.target_loss)
-            run.commit(records, summary, self._checkpoint(record) if finite else None)  # diverged: the last stays
-            for callback in callbacks:
-                callback(record)
-            if summary["status"] != "running":
-                break
-        if summary["status"] == "running":
-            summary["status"] = "max_epochs" if warm else "stopped"
-        summary["elapsed_s"] = time.perf_counter() - began
-        run.commit(records, summary)
-        run.stop_handled()
-        if board is not None:
-            board.close(summary)
-        return summary
+        Every epoch commits one state of the run directory (records, summary, checkpoint) at once, and with
+        ``train.checkpoint_every`` so do points inside epochs (:mod:`gmmkit.training.epochs`). Every rank votes
+        on stopping at every step (its ``stop`` flag; the chief also reads the ``STOP`` file), and the votes
+        ride in the gradients' allreduce, so all ranks leave after the same step."""
+        return epochs.fit(self, run, callbacks, stop, resume)
 
-    def _plan(self, progress: float) -> strategies.StepPlan:
+    def plan(self, progress: float) -> strategies.StepPlan:
         """The update plan at ``progress`` epochs into the run (the warm-up's learning rate moves within one)."""
         t = self.cfg.train
         return strategies.plan(t.strategy, t.workers, t.batch_size, t.lr, progress, t.warmup_epochs)
 
-    def _begin(self, run: RunDir, resume: bool) -> tuple[list[dict], dict, int, float]:
-        """Restore a resumed run's checkpoint on every rank and begin the run directory: returns the records so
-        far, the summary, the first epoch to train and the training time already spent."""
-        ctx = self.ctx
-        ckpt, records = run.history() if (resume and ctx.is_chief) else (None, [])
-        start_epoch = int(ctx.sum(np.array([ckpt["epoch"] if ckpt else 0]))[0])
-        time_offset = float(ctx.sum(np.array([ckpt["time_s"] if ckpt else 0.0]))[0])
-        if ckpt:
-            try:
-                self.restore(ckpt)
-            except ValueError as exc:  # config.json no longer describes the model the checkpoint holds
-                raise RunDirError(
-                    f"{run.checkpoint_path}: its weights do not fit the model {run.config_path} describes ({exc}); "
-                    "was config.json changed since? A resumed run continues its own model"
-                ) from None
-        ctx.broadcast_variables(self.model.variables + optimizer_variables(self.optimizer))
-        summary = self._summary_of(records, start_epoch, self._plan(0.0).global_batch, self.steps_per_epoch())
-        if resume and ctx.is_chief:
-            previous = run.summary() or {}
-            summary["resumes"] = previous.get("resumes", []) + [
-                {"from_epoch": start_epoch, "changed": changes(run.previous_config or self.cfg, self.cfg)}
-            ]
-            summary["time_to_target_s"] = previous.get("time_to_target_s")
-        run.begin(self.cfg, records, summary)
-        return records, summary, start_epoch, time_offset
+    def broadcast_state(self) -> None:
+        """Rank 0's weights and optimiser state on every rank."""
+        self.ctx.broadcast_variables(self.model.variables + optimizer_variables(self.optimizer))
 
-    def _train_epoch(self, run: RunDir, epoch: int, stop: StopFlag, began: float) -> Optional[dict]:
-        """Train epoch ``epoch`` (0-based) and validate: its metrics record, or None when the ranks voted to
-        stop (after the same step on every rank)."""
-        steps, epoch_began = self.steps_per_epoch(), time.perf_counter()
-        perm = strategies.epoch_permutation(self.cfg.train.seed, epoch, len(self.data.train))
-        loss_sum = 0.0
-        for step in range(steps):
-            plan = self._plan(epoch + step / steps)
-            self.optimizer.learning_rate.assign(plan.lr)
-            asked = bool(stop) or (self.ctx.is_chief and run.stop_requested())
-            loss, stopped = self.step(self.batch(perm, plan, step), plan.global_batch, stop=asked)
-            loss_sum += loss
-            if step == 0:  # ranks start an epoch apart (rank 0 writes the files); the first step aligns them
-                first_step_done = time.perf_counter()
-            if stopped:
-                return None
-        step_s = (time.perf_counter() - (first_step_done if steps > 1 else epoch_began)) / max(steps - 1, 1)
-        val_loss = self.validation_loss()
-        rank_step_s, rank_eval_s = per_rank(self.ctx, step_s, self.eval_s_per_sample)
-        now = time.perf_counter()
-        return {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / (steps * plan.global_batch),  # step(): loss sums
-            "val_loss": val_loss,
-            "lr": plan.lr,
-            "time_s": now - began,
-            "epoch_time_s": now - epoch_began,
-            "samples_per_s": steps * plan.global_batch / (now - epoch_began),
-            "global_batch": plan.global_batch,
-            "steps": steps,
-            "rank_step_s": rank_step_s,
-            "rank_eval_s": rank_eval_s,
-        }
-
-    def _checkpoint(self, record: dict) -> dict:
-        weights, moments = self.state()
-        return {"weights": weights, "optimizer": moments, "epoch": record["epoch"], "time_s": record["time_s"]}
-
-    def _summary_of(self, records: list[dict], epochs: int, global_batch: int, steps: int) -> dict:
+    def summary_of(self, records: list[dict], finished: int, global_batch: int, steps: int) -> dict:
+        """A running run's summary after ``finished`` epochs whose ``records`` are given."""
         t = self.cfg.train
         finite = [r["val_loss"] for r in records if is_finite_number(r.get("val_loss"))]
         return {
@@ -379,7 +291,7 @@ class Trainer:
             "simulated": self.simulate,
             "exact": t.exact,
             "time_to_target_s": None,
-            "epochs": epochs,
+            "epochs": finished,
             "best_val_loss": min(finite) if finite else None,
             "final_val_loss": records[-1]["val_loss"] if records else None,
             "target_loss": t.target_loss,
