@@ -79,6 +79,9 @@ class TrainConfig:
     threads: Optional[int] = None  # CPU threads per rank; None: cores / local ranks
     exact: bool = False  # the same path to the last bit on any number of ranks (gmmkit.training.exact)
     micro_shards: Optional[int] = None  # exact only: micro-shards per base batch; None: the batch size
+    elastic: bool = False  # a job that loses a rank or a host restarts on the hosts that answer (training/elastic.py)
+    min_workers: int = 1  # elastic: the fewest workers a restart may go on with
+    max_restarts: int = 3  # elastic: restarts before the run ends failed
 
     @property
     def micro_batch(self) -> int:
@@ -134,6 +137,7 @@ class TrainConfig:
                     f"a divisor of batch_size={self.batch_size} (micro-shards of equal size)",
                     self.micro_shards,
                 )
+        self._validate_elastic()
         if self.exact and self.strategy == "strong" and self.workers > (self.micro_shards or self.batch_size):
             checks.fail(
                 "train.workers",
@@ -141,6 +145,23 @@ class TrainConfig:
                 "mode (each worker needs at least one micro-shard of the global batch)",
                 self.workers,
             )
+
+    def _validate_elastic(self) -> None:
+        if not isinstance(self.elastic, bool):
+            checks.fail("train.elastic", "true or false", self.elastic)
+        if self.elastic and self.strategy != "strong":
+            # weak, lsr and warmup: the global batch (and the rate) grow with the workers, so going on with fewer
+            # would change the experiment; strong scaling's path does not depend on them
+            checks.fail(
+                "train.elastic",
+                f"strong scaling only (the global batch of {self.strategy} grows with the workers: a restart on "
+                "fewer would change the experiment)",
+                self.strategy,
+            )
+        checks.positive_int("train.min_workers", self.min_workers)
+        if self.min_workers > self.workers:
+            checks.fail("train.min_workers", f"at most workers={self.workers}", self.min_workers)
+        checks.non_negative_int("train.max_restarts", self.max_restarts)
 
 
 @dataclass

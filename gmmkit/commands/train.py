@@ -33,6 +33,7 @@ def register(sub):
     flags.add_run_flags(p)
     flags.add_flags(p, (flags.STRATEGY, flags.WORKERS, LAUNCHER, SIMULATE))
     flags.add_placement_flags(p)
+    flags.add_flags(p, flags.ELASTIC_FLAGS, p.add_argument_group("elastic runs (strong scaling)"))
     flags.add_flags(p, (RESUME, OVERWRITE), p.add_mutually_exclusive_group())
     return p
 

@@ -8,7 +8,7 @@ from ..config import BUILT_IN, RunConfig
 from ..errors import RunDirError
 
 # Settings a resumed run may change: they do not change the experiment, only how long or on what it runs.
-RESUMABLE = ("train.epochs", "train.threads")
+RESUMABLE = ("train.epochs", "train.threads", "train.elastic", "train.min_workers", "train.max_restarts")
 
 
 def resume_config(stored: RunConfig, requested: RunConfig) -> RunConfig:
