@@ -327,6 +327,8 @@ class Trainer:
                 {"from_epoch": start_epoch, "changed": changes(run.previous_config or self.cfg, self.cfg)}
             ]
             summary["time_to_target_s"] = previous.get("time_to_target_s")
+            if previous.get("restarts"):  # an elastic run's launcher lists them (training/elastic.py): kept
+                summary["restarts"] = previous["restarts"]
         run.begin(self.cfg, records, summary)
         return records, summary, start_epoch, time_offset
 
