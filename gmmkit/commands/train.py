@@ -3,7 +3,8 @@
 A run directory belongs to one run: a new run needs a new or empty --out (or --overwrite to replace the run
 there); --resume continues the run in --out from its own config.json (only --epochs, --threads and, for
 strong scaling, --workers may change). SIGINT and SIGTERM end the run after its current step as
-``stopped``; a second one ends a multi-rank job at once.
+``stopped``; a second one ends a multi-rank job at once. With --elastic (strong scaling), a job that loses a rank
+or a host starts again from the last checkpoint on the hosts that answer, up to --max-restarts times.
 """
 
 from __future__ import annotations
