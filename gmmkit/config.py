@@ -89,6 +89,9 @@ class TrainConfig:
     micro_shards: Optional[int] = None  # exact only: micro-shards per base batch; None: the batch size
     # a mid-epoch state every N steps (200 or "200") or seconds ("30s"); None: states at epoch ends only
     checkpoint_every: Optional[int | str] = None
+    elastic: bool = False  # a job that loses a rank or a host restarts on the hosts that answer (training/elastic.py)
+    min_workers: int = 1  # elastic: the fewest workers a restart may go on with
+    max_restarts: int = 3  # elastic: restarts before the run ends failed
 
     @property
     def micro_batch(self) -> int:
@@ -163,6 +166,7 @@ class TrainConfig:
                 "a positive number of steps (200) or seconds (30s)",
                 self.checkpoint_every,
             )
+        self._validate_elastic()
         if self.exact and self.strategy == "strong" and self.workers > (self.micro_shards or self.batch_size):
             checks.fail(
                 "train.workers",
@@ -170,6 +174,23 @@ class TrainConfig:
                 "mode (each worker needs at least one micro-shard of the global batch)",
                 self.workers,
             )
+
+    def _validate_elastic(self) -> None:
+        if not isinstance(self.elastic, bool):
+            checks.fail("train.elastic", "true or false", self.elastic)
+        if self.elastic and self.strategy != "strong":
+            # weak, lsr and warmup: the global batch (and the rate) grow with the workers, so going on with fewer
+            # would change the experiment; strong scaling's path does not depend on them
+            checks.fail(
+                "train.elastic",
+                f"strong scaling only (the global batch of {self.strategy} grows with the workers: a restart on "
+                "fewer would change the experiment)",
+                self.strategy,
+            )
+        checks.positive_int("train.min_workers", self.min_workers)
+        if self.min_workers > self.workers:
+            checks.fail("train.min_workers", f"at most workers={self.workers}", self.min_workers)
+        checks.non_negative_int("train.max_restarts", self.max_restarts)
 
 
 @dataclass

@@ -38,7 +38,13 @@ pytest_plugins = ["support.fixtures"]
 # module-scoped fixtures (a cluster, a reference run) are made once, and the files that use the emulated hosts
 # or SLURM all go to the same one: only one set of hosts can exist on the machine at a time. (xdist's own
 # `--dist loadgroup` no longer groups under pytest 9.2: pytest-xdist issue #1386.)
-HOSTS_FILES = {"test_emulated_hosts.py", "test_hosts_cli.py", "test_hosts_notebook.py", "test_slurm_jobs.py"}
+HOSTS_FILES = {
+    "test_elastic_hosts.py",
+    "test_emulated_hosts.py",
+    "test_hosts_cli.py",
+    "test_hosts_notebook.py",
+    "test_slurm_jobs.py",
+}
 HOSTS_FIXTURES = {"emulated_hosts", "slurm_cluster"}  # not hosts_pool: every test asks for it (autouse checkup)
 
 

@@ -141,6 +141,11 @@ BAD_FLAGS = [
     (["train", "--workers", "2", "--hostfile", "hosts.txt"], "--hostfile"),
     (["sweep", "--workers", "1,2", "--max-real", "2", "--hostfile", "hosts.txt"], "--hostfile"),
     (["reproduce", "--out", "r", "--hostfile", "hosts.txt"], "--hostfile"),
+    (["train", "--elastic", "--strategy", "weak"], "--elastic"),  # its global batch grows with the workers
+    (["train", "--elastic", "--simulate", "--workers", "2"], "--elastic"),
+    (["train", "--min-workers", "0"], "--min-workers"),
+    (["train", "--min-workers", "3", "--workers", "2"], "--min-workers"),
+    (["train", "--max-restarts", "-1"], "--max-restarts"),
     (["bench", "--json", "out.txt"], "--json"),
     (["bench", "--json", "file/bench.json"], "--json"),
     (["bench", "--plot", "growth.png"], "--plot"),

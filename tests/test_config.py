@@ -22,6 +22,8 @@ def test_json_round_trip(tmp_path):
     )
     again = RunConfig.from_json(cfg.to_json())
     assert again == cfg
+    elastic = cfg.replace(train={"strategy": "strong", "elastic": True, "min_workers": 2, "max_restarts": 5})
+    assert RunConfig.from_json(elastic.to_json()) == elastic and elastic.train.max_restarts == 5
     path = tmp_path / "c.json"
     path.write_text(cfg.to_json())
     assert RunConfig.load(path) == cfg
@@ -44,6 +46,12 @@ def test_json_round_trip(tmp_path):
         ({"train": {"checkpoint_every": "0s"}}, "train.checkpoint_every"),
         ({"train": {"checkpoint_every": "every hour"}}, "train.checkpoint_every"),
         ({"train": {"checkpoint_every": 2.5}}, "train.checkpoint_every"),  # steps are whole: "2.5s" is seconds
+        ({"train": {"elastic": "yes"}}, "train.elastic"),
+        ({"train": {"elastic": True, "strategy": "weak", "workers": 2}}, "train.elastic"),
+        ({"train": {"elastic": True, "strategy": "warmup"}}, "train.elastic"),
+        ({"train": {"min_workers": 3, "workers": 2}}, "train.min_workers"),
+        ({"train": {"min_workers": 0}}, "train.min_workers"),
+        ({"train": {"max_restarts": -1}}, "train.max_restarts"),
     ],
 )
 def test_errors_name_the_field(raw, field):

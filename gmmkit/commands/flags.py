@@ -157,6 +157,19 @@ OPTIMISATION_FLAGS = (
 )
 STRATEGY = run_flag("--strategy", "train.strategy", choices=STRATEGIES)
 WORKERS = run_flag("--workers", "train.workers", type=int, metavar="N", help="Horovod ranks (one per GPU)")
+ELASTIC_FLAGS = (
+    run_flag(
+        "--elastic",
+        "train.elastic",
+        action="store_true",
+        help="strong scaling: when a rank or a host is lost, restart on the hosts that answer (the hostfile read "
+        "again) from the last checkpoint, up to --max-restarts times; exact mode keeps the path to the last bit",
+    ),
+    run_flag(
+        "--min-workers", "train.min_workers", type=int, metavar="N", help="with --elastic: the fewest to go on with"
+    ),
+    run_flag("--max-restarts", "train.max_restarts", type=int, metavar="N", help="with --elastic: restarts allowed"),
+)
 CONFIG = Flag("--config", metavar="FILE", help="start from this config.json; flags given explicitly override it")
 HOSTS = Flag(
     "--hosts",

@@ -2,10 +2,12 @@
 
 A run directory belongs to one run: a new run needs a new or empty --out (or --overwrite to replace the run
 there); --resume continues the run in --out from its own config.json (only --epochs, --threads,
---checkpoint-every and, for strong scaling, --workers may change) and its last state: an epoch's end, or with
---checkpoint-every a step inside an epoch, from which it goes on with the same samples (in exact mode, to the
-same bits). SIGINT and SIGTERM end the run after its current step as ``stopped`` (with --checkpoint-every,
-that step's state is committed); a second one ends a multi-rank job at once.
+--checkpoint-every, the elastic flags and, for strong scaling, --workers may change) and its last state: an
+epoch's end, or with --checkpoint-every a step inside an epoch, from which it goes on with the same samples (in
+exact mode, to the same bits). SIGINT and SIGTERM end the run after its current step as ``stopped`` (with
+--checkpoint-every, that step's state is committed); a second one ends a multi-rank job at once. With
+--elastic (strong scaling), a job that loses a rank or a host starts again from the last checkpoint on the
+hosts that answer, up to --max-restarts times.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def register(sub):
     flags.add_run_flags(p)
     flags.add_flags(p, (flags.STRATEGY, flags.WORKERS, LAUNCHER, SIMULATE))
     flags.add_placement_flags(p)
+    flags.add_flags(p, flags.ELASTIC_FLAGS, p.add_argument_group("elastic runs (strong scaling)"))
     flags.add_flags(p, (RESUME, OVERWRITE), p.add_mutually_exclusive_group())
     return p
 

@@ -35,9 +35,12 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
+import psutil
+
 from ..errors import LaunchError
 from ..signals import StopFlag, check, stop_on_signals
 from . import network
+from .failures import rank_failure
 from .placement import LOCAL, Placement
 
 LAUNCHERS = ("mpirun", "horovodrun")
@@ -212,53 +215,9 @@ def ranks_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "gmmkit.ranks", *args]
 
 
-# What OpenMPI's mpirun prints when a rank dies (signal) or fails (non-zero exit) and it ends the job, and
-# when it loses a host's daemon (the host died or its link was cut): it names the host, never its ranks.
-_SIGNALLED = re.compile(r"process rank (\d+) with PID (\d+) on node (\S+) exited on signal (\d+)")
-_EXITED = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*Exit code:\s*(\d+)")
 # mpirun's own messages (blocks between rules of dashes, "[host:pid] ..." notes): shown in gmmkit's words instead
 _RULE = re.compile(r"^-{20,}\s*$")
 _MPIRUN_NOTE = re.compile(r"^\[[\w.-]+:\d+\] |^mpirun: ")
-_LOST_DAEMON = re.compile(
-    r"ORTE has lost communication with a remote daemon\.\s*"
-    r"HNP daemon\s*:.*?Remote daemon:\s*\S+ on node (\S+)",
-    re.S,
-)
-
-
-def rank_failure(
-    launcher_output: str, hosts: Optional[Sequence[str]] = None, pids: Optional[Sequence[int]] = None
-) -> Optional[str]:
-    """Which rank (or host) ended an mpirun job and how, from what mpirun printed (None when it does not say).
-    ``hosts``: the host of each rank, to name the ranks of a lost host; ``pids``: each rank's pid, for the
-    rank mpirun names with pid 0 (it does for engines, and for a rank it had not seen start)."""
-    m = _LOST_DAEMON.search(launcher_output)
-    if m:
-        return lost_host(m.group(1), hosts)
-    m = _SIGNALLED.search(launcher_output)
-    if m:
-        rank, pid, node, sig = m.groups()
-        try:
-            name = signal.Signals(int(sig)).name
-        except ValueError:
-            name = f"signal {sig}"
-        if pid == "0":  # mpirun did not know it: the rank's own, when known
-            known = list(pids or [])
-            pid = str(known[int(rank)]) if int(rank) < len(known) and known[int(rank)] else ""
-        return f"rank {rank} ({f'pid {pid} on {node}' if pid else node}) was killed by {name}"
-    m = _EXITED.search(launcher_output)
-    if m:
-        return f"rank {m.group(1)} exited with status {m.group(2)}"
-    return None
-
-
-def lost_host(host: str, hosts: Optional[Sequence[str]] = None) -> str:
-    """ "host H (rank 1) was lost", its ranks found in ``hosts`` (the host of each rank) by name or by the
-    name's first label (mpirun may print a short or a full name)."""
-    short = host.split(".")[0]
-    ranks = [r for r, h in enumerate(hosts or []) if h == host or h.split(".")[0] == short]
-    which = f" (rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))})" if ranks else ""
-    return f"host {host}{which} was lost: mpirun lost contact with it (the host died or its network failed)"
 
 
 def run_ranks(
@@ -364,6 +323,45 @@ def _die_with_parent() -> None:
     """In the child, before exec: ask Linux for SIGTERM when the parent dies (even of SIGKILL)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+def alive_hosts(
+    placement: Placement, timeout_s: float = 15.0, stop: Optional[StopFlag] = None, env: dict | None = None
+) -> list[str]:
+    """The hosts of ``placement`` that answer a liveness probe within ``timeout_s``: one rank of
+    ``python -c pass`` on each, all at once, started the way a job starts there (mpirun, the site's launch
+    agent, this interpreter on the shared file system). A host that does not resolve, does not start it, or
+    does not answer in time (a cut link leaves mpirun waiting) is dead; a probe still running then is killed
+    with its launch agent. This machine (a local placement) is alive; ``stop`` abandons the probes; ``env``:
+    the environment to start them with (default: this process's)."""
+    if placement.is_local:
+        return [os.uname().nodename]
+    probes = {}
+    for name in placement.names:
+        if not network.addresses(name):
+            continue
+        one = Placement(((name, 1),), "hosts", f"{name}:1")
+        with_mpi = mpi_env(env, one)
+        probes[name] = subprocess.Popen(
+            mpirun_command(1, [sys.executable, "-c", "pass"], placement=one, env=with_mpi),
+            env=with_mpi,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    deadline = time.monotonic() + timeout_s
+    while any(p.poll() is None for p in probes.values()) and time.monotonic() < deadline and not stop:
+        time.sleep(0.05)
+    for proc in probes.values():
+        if proc.poll() is None:  # mpirun, and what it started: the launch agent, a daemon it reached
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    child.kill()
+            proc.kill()
+            proc.wait()
+    return [name for name, proc in probes.items() if proc.returncode == 0]
 
 
 def run_json(n: int, argv: Sequence[str], timeout: float = 600, placement: Placement = LOCAL) -> dict:

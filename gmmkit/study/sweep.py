@@ -141,7 +141,14 @@ def sweep(
 
     def config(strategy: str, n: int) -> RunConfig:
         return base.replace(
-            train={"strategy": strategy if n > 1 else "strong", "workers": n, "threads": base.train.threads or 1},
+            # not elastic: a worker count's real runs share one mpirun job (gmmkit train --elastic restarts one run)
+            train={
+                "strategy": strategy if n > 1 else "strong",
+                "workers": n,
+                "threads": base.train.threads or 1,
+                "elastic": False,
+                "min_workers": 1,
+            },
             out=str(run_dir_for(out, strategy, n)),
         )
 

@@ -180,6 +180,8 @@ class _Epochs:
                 {**resumed, "changed": changes(run.previous_config or trainer.cfg, trainer.cfg)}
             ]
             summary["time_to_target_s"] = previous.get("time_to_target_s")
+            if previous.get("restarts"):  # an elastic run's launcher lists them (training/elastic.py): kept
+                summary["restarts"] = previous["restarts"]
         run.begin(trainer.cfg, self.records, summary)
         return at
 

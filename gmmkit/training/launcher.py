@@ -20,6 +20,7 @@ from ..data.sources import load_split
 from ..parallel import launch, network
 from ..parallel.placement import LOCAL, Placement, resolve
 from ..signals import Interrupted, StopFlag, signal_name, stop_on_signals
+from . import elastic
 from .rundir import LOCK_HELD_BY_PARENT, RunDir
 
 
@@ -42,11 +43,16 @@ def run_on_ranks(
     stop: Optional[StopFlag] = None,
     grace_s: float = 120.0,
     placement: Placement = LOCAL,
+    say: Callable[[str], None] = lambda line: None,
 ) -> Launched:
     """Run ``argv`` (the same ``gmmkit train`` on every rank) on ``cfg.train.workers`` ranks placed by
     ``placement`` for the run ``cfg`` describes, owning its directory meanwhile (``mode`` as
     :meth:`RunDir.claim` takes it). The ranks learn that the lock is held through ``GMMKIT_RUN_LOCKED``,
-    which :mod:`gmmkit.parallel.launch` forwards to other hosts with the rest of gmmkit's variables."""
+    which :mod:`gmmkit.parallel.launch` forwards to other hosts with the rest of gmmkit's variables.
+
+    An elastic run (``cfg.train.elastic``) whose job ends with the run still running (a rank or a host was
+    lost) after its ranks began it is started again from its last committed state on the hosts that answer
+    (:mod:`gmmkit.training.elastic`); ``say`` gets one line per restart."""
     cfg = cfg.resolved()
     run = RunDir(cfg.out)
     claimed = run.claim(cfg, mode)
@@ -59,21 +65,34 @@ def run_on_ranks(
             summary = run.stopped_before_start(claimed, exc.signum)
             return Launched(0, None, summary, True)
         env = {**os.environ, LOCK_HELD_BY_PARENT: str(run.path.resolve())}
-        code, failure = launch.run_ranks(
-            cfg.train.workers,
-            argv,
-            launcher,
-            env=env,
-            on_interrupt=run.request_stop,
-            grace_s=grace_s,
-            stop=stop,
-            placement=placement,
-            rank_hosts=lambda: (run.summary() or {}).get("hosts"),
-        )
-        if not run.exists():  # the ranks refused the run before writing anything (bad input)
-            return Launched(code, failure, None, False)
-        summary = run.summary() or {}
-        ended_by_us = summary.get("status") in (None, "running")
+        restarts = elastic.Restarts(claimed, placement, say) if claimed.train.elastic else None
+        workers, where, before = cfg.train.workers, placement, elastic.state_mark(run)
+        while True:
+            code, failure = launch.run_ranks(
+                workers,
+                argv,
+                launcher,
+                env=env,
+                on_interrupt=run.request_stop,
+                grace_s=grace_s,
+                stop=stop,
+                placement=where,
+                rank_hosts=lambda: _hosts_of(run, workers),
+            )
+            if not run.exists():  # the ranks refused the run before writing anything (bad input)
+                return Launched(code, failure, None, False)
+            summary = run.summary() or {}
+            ended_by_us = summary.get("status") in (None, "running")
+            if not (ended_by_us and restarts is not None and not stop and elastic.state_mark(run) != before):
+                break  # (a job lost before its ranks began the run is not restarted: nothing says it would start)
+            cause = failure or f"{launcher} exited with status {code}"
+            restart = restarts.next(run, summary, cause, workers, stop)
+            if restart is None:
+                failure = cause if stop else restarts.error()
+                summary = {**(run.summary() or {}), "restarts": restarts.done}
+                break
+            workers, where = restart
+            argv = elastic.resume_argv(cfg.out, workers)
         if ended_by_us:  # the ranks died or were ended before they could say how the run ended
             # asked to stop (a signal to the launcher, maybe to every process of the job at once): stopped, even
             # if mpirun had to end ranks that were slow to finish their step; else the job failed
@@ -86,6 +105,12 @@ def run_on_ranks(
         return Launched(code, failure, summary, ended_by_us)
     finally:
         run.release() if run.exists() else run.abandon()
+
+
+def _hosts_of(run: RunDir, workers: int) -> Optional[list]:
+    """The host of each rank as the run's summary lists them, when it is of this job (as many ranks)."""
+    hosts = (run.summary() or {}).get("hosts")
+    return hosts if hosts and len(hosts) == workers else None
 
 
 def train_or_launch(
@@ -105,10 +130,12 @@ def train_or_launch(
     started with mpirun or horovodrun), returning its summary; or, for n > 1 real workers from a plain
     process, by starting n ranks that each run ``argv`` (the same command) where ``hosts`` or ``hostfile``
     say (default: the SLURM allocation this runs in, else this machine), returning how that job ended
-    (:class:`Launched`). ``callbacks`` get each epoch's record where this process trains; ``say`` gets a line
-    when ranks are started."""
+    (:class:`Launched`), restarted when elastic (:func:`run_on_ranks`). ``callbacks`` get each epoch's record
+    where this process trains; ``say`` gets a line when ranks are started, and one per restart."""
     cfg.check_batch_fits()  # before ranks start and data is built
     n, inside = cfg.train.workers, launch.launched_in_parallel()
+    if cfg.train.elastic and simulate:
+        checks.fail("train.elastic", "real ranks (a simulation runs in one process: nothing to restart)", "--simulate")
     launching = n > 1 and not simulate and not inside
     if not inside and (launching or hosts or hostfile):
         where = resolve(hosts, hostfile)
@@ -116,7 +143,7 @@ def train_or_launch(
         network.check_hosts(where)
     if launching:
         say(f"launching {n} ranks with {launcher}" + ("" if where.is_local else f" on {where.describe()}"))
-        return run_on_ranks(cfg, argv, mode, launcher, stop=stop, placement=where)
+        return run_on_ranks(cfg, argv, mode, launcher, stop=stop, placement=where, say=say)
     if inside and not simulate and launch.launcher_size() != n:
         checks.fail("train.workers", f"{launch.launcher_size()}, the ranks this job was started with", n)
     from .loop import train  # heavy: TensorFlow

@@ -9,7 +9,14 @@ from ..errors import RunDirError
 
 # Settings a resumed run may change: they do not change the experiment, only how long or on what it runs, or
 # how often it commits its state.
-RESUMABLE = ("train.checkpoint_every", "train.epochs", "train.threads")
+RESUMABLE = (
+    "train.checkpoint_every",
+    "train.epochs",
+    "train.threads",
+    "train.elastic",
+    "train.min_workers",
+    "train.max_restarts",
+)
 
 
 def resume_config(stored: RunConfig, requested: RunConfig) -> RunConfig:

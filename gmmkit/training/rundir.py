@@ -5,8 +5,8 @@
 ``metrics.jsonl``  one line per finished epoch: epoch, train_loss, val_loss, lr, time_s (since training began),
                    epoch_time_s, samples_per_s, global_batch, steps, rank_step_s, rank_eval_s (each rank's)
 ``summary.json``   status (running | reached_target | diverged | max_epochs | stopped | failed),
-                   time_to_target_s, epochs, best/final validation loss, workers, backend, resumes, and
-                   ``checkpoint_at`` (epoch, step) while the checkpoint is a mid-epoch state
+                   time_to_target_s, epochs, best/final validation loss, workers, backend, resumes, restarts
+                   (elastic), and ``checkpoint_at`` (epoch, step) while the checkpoint is a mid-epoch state
 ``checkpoint.npz`` weights, optimizer state and epoch after the last finished epoch, or (``--checkpoint-every``)
                    after a step inside the next one: then also the step, the epoch's loss sum and times so far
 ``snapshots/``     the weights of epochs 1, 2, 5, 10, 20, 50, ... (:mod:`gmmkit.training.snapshots`)

@@ -1,0 +1,136 @@
+"""Elastic strong scaling (``gmmkit train --elastic``): what the launcher does when a job loses a rank or a host.
+
+:func:`gmmkit.training.launcher.run_on_ranks` starts the ranks; when the job ends with the run still
+``running`` (a rank died, a host was lost: the ranks could not say how the run ended) and the run is elastic,
+it asks :meth:`Restarts.next` for the next job: the hosts are found again (a hostfile is read again, so a host
+put back in it, or one that came back, is taken back), each is probed (:func:`gmmkit.parallel.launch.alive_hosts`),
+the dead are dropped, and the run is resumed from its last committed state on the slots of those that answered
+(at least ``train.min_workers``, at most ``train.workers``), up to ``train.max_restarts`` times. Then the run
+ends ``failed`` with every cause (:meth:`Restarts.error`).
+
+Only strong scaling is elastic (:class:`~gmmkit.config.TrainConfig` refuses the others): its path does not
+depend on the worker count, and in exact mode not even in the last bit, so a run that lost a host ends with
+the weights of an uninterrupted one. The MPI job is restarted rather than kept alive with Horovod's elastic
+API, which needs horovodrun with Gloo, catches the failure only inside a step, and resets the state from a
+copy in memory (the README says more).
+
+Every restart is committed to ``summary.json`` (``restarts``) before the next job starts; the resumed ranks keep
+the list (:class:`~gmmkit.training.trainer.Trainer`), so a reader always sees every restart so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Callable, Optional
+
+from ..config import RunConfig
+from ..errors import InputError
+from ..parallel import launch
+from ..parallel.placement import Placement, parse_hostfile
+from ..signals import StopFlag
+from .rundir import RunDir
+
+
+def state_mark(run: RunDir) -> Optional[str]:
+    """Which committed state the run directory holds (where its ``state`` link points; None before any): a
+    job whose ranks began the run changes it."""
+    try:
+        return os.readlink(run.state.link)
+    except OSError:
+        return None
+
+
+def resume_argv(out: str, workers: int) -> list[str]:
+    """The ranks' command of a restart: ``gmmkit train --resume`` of the run in ``out`` (its own config.json)
+    on ``workers`` ranks."""
+    return launch.gmmkit_argv("train", "--resume", "--out", out, "--workers", str(workers))
+
+
+def hosts_now(given: Placement) -> Placement:
+    """The hosts a restart may use: the hostfile as it reads now (unreadable: as it read at the start), else
+    the hosts given (``--hosts``, the SLURM allocation, this machine)."""
+    if given.source == "hostfile":
+        with contextlib.suppress(InputError, OSError):
+            return parse_hostfile(given.origin)
+    return given
+
+
+class Restarts:
+    """The restarts of one elastic run: ``done`` (what ``summary.json`` lists), every job's ``causes``, and
+    why the last job was not restarted (``refused``)."""
+
+    def __init__(self, cfg: RunConfig, placement: Placement, say: Callable[[str], None] = lambda line: None):
+        self.cfg, self.placement, self.say = cfg, placement, say
+        self.done: list[dict] = []
+        self.causes: list[str] = []
+        self.refused: Optional[str] = None
+
+    def next(
+        self, run: RunDir, summary: dict, cause: str, workers: int, stop: Optional[StopFlag] = None
+    ) -> Optional[tuple[int, Placement]]:
+        """The job of ``workers`` ranks ended on ``cause`` with the run's ``summary`` still ``running``: the
+        workers and the placement of the restart, committed to ``summary.json`` first; None when there is
+        none (:attr:`refused` says why; a stop request: None and nothing refused)."""
+        failed, began = time.time(), time.monotonic()
+        self.causes.append(cause)
+        t = self.cfg.train
+        if len(self.done) >= t.max_restarts:
+            self.refused = f"train.max_restarts={t.max_restarts} reached"
+            return None
+        offered = hosts_now(self.placement)
+        alive = launch.alive_hosts(offered, stop=stop)
+        if stop:
+            return None
+        if offered.is_local:
+            where, n = offered, t.workers  # this machine: the lost rank is started again here
+        else:
+            pairs = tuple(pair for pair in offered.hosts if pair[0] in alive)
+            n = min(t.workers, sum(slots for _, slots in pairs))
+            if n < t.min_workers:
+                answered = ", ".join(f"{name}:{slots}" for name, slots in pairs) or "none"
+                self.refused = (
+                    f"the hosts that answered ({answered}) hold {n} of the train.min_workers={t.min_workers} "
+                    "workers needed"
+                )
+                return None
+            # named host by host, also inside a SLURM allocation (mpirun takes --host as a subset of it)
+            source = offered.source if offered.source == "hostfile" else "hosts"
+            where = Placement(pairs, source, offered.origin if source == "hostfile" else _host_list(pairs))
+        try:
+            since = failed - os.lstat(run.state.link).st_mtime
+        except OSError:
+            since = None
+        entry = {
+            "restart": len(self.done) + 1,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failed)),
+            "cause": cause,
+            "workers_before": workers,
+            "workers_after": n,
+            "hosts_before": summary.get("hosts") or self.placement.host_of_ranks(workers),
+            "hosts_after": where.host_of_ranks(n),
+            "dropped": [name for name in offered.names if name not in alive],
+            "from_epoch": summary.get("epochs", 0),
+            # the training since the last committed state, done again (and the time it took to notice the loss)
+            "lost_s": round(since, 3) if since is not None else None,
+            "probe_s": round(time.monotonic() - began, 3),
+        }
+        self.done.append(entry)
+        run.commit(run.metrics(), {**summary, "restarts": self.done})
+        self.say(
+            f"restart {entry['restart']}/{t.max_restarts}: {cause}; going on with {n} of {t.workers} workers"
+            f"{'' if where.is_local else ' on ' + where.host_list()} from epoch {entry['from_epoch']}"
+            + (f" ({since:.1f} s since that state)" if since is not None else "")
+        )
+        return n, where
+
+    def error(self) -> str:
+        """Every job's cause and why the run was not restarted again, in one line."""
+        causes = "; ".join(f"({i}) {c}" for i, c in enumerate(self.causes, 1))
+        ended = f"the job ended {len(self.causes)} time{'s' if len(self.causes) > 1 else ''}: {causes}"
+        return ended + (f"; not restarted: {self.refused}" if self.refused else "")
+
+
+def _host_list(pairs: tuple) -> str:
+    return ",".join(f"{name}:{slots}" for name, slots in pairs)

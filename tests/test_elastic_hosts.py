@@ -1,0 +1,160 @@
+"""Elastic strong scaling on emulated hosts (issue 27): ``gmmkit train --elastic`` loses a host and goes on.
+
+A host is lost the way a node that loses power is (every process on it is killed and its link is cut) or the
+way one whose network fails is (its link is cut, its processes live on); either way it stays down, so the
+liveness probe of the restart finds it dead (a host only killed is an empty namespace: a rebooted node, which
+answers). Every wait is for an event (a file, a process's end), bounded.
+"""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import needs_horovod, tiny_config
+
+from gmmkit.files import read_jsonl
+from gmmkit.parallel import launch, placement
+
+pytestmark = [pytest.mark.mpi, needs_horovod]
+BOUND_S = 600  # any wait: a missed bound fails as a missing behaviour
+
+
+def _start(hosts, cfg, *flags):
+    """``gmmkit train --config CFG FLAGS`` from the head, as a user types it; returns the process."""
+    cfg_file = os.path.join(os.path.dirname(cfg.out), f"{os.path.basename(cfg.out)}.json")
+    with open(cfg_file, "w") as fh:
+        fh.write(cfg.to_json())
+    cmd = [sys.executable, "-m", "gmmkit", "train", "--config", cfg_file, *map(str, flags)]
+    return subprocess.Popen(cmd, env=hosts.mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _until_epochs(proc, out, epochs: int) -> None:
+    """Wait until the run in ``out`` has committed ``epochs`` epochs (its metrics.jsonl), the process running."""
+    deadline = time.monotonic() + BOUND_S
+    while len(read_jsonl(os.path.join(out, "metrics.jsonl"))) < epochs:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run did not commit {epochs} epoch(s) while running:\n" + "".join(proc.communicate()))
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _powered_off(hosts, name):
+    """Host ``name`` loses power: its processes are killed and its link is down until the block ends (then it
+    comes back empty, like a rebooted node)."""
+    try:
+        hosts.kill(name)
+        hosts.cut(name)
+        yield
+    finally:
+        hosts.kill(name)  # a probe's daemon that reached it before the cut
+        hosts.restore(name)
+
+
+def _finish(proc) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=BOUND_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("gmmkit train did not end:\n" + "".join(proc.communicate()))
+
+
+def _no_process_left(hosts, names) -> None:
+    deadline = time.monotonic() + 60
+    while any(hosts.pids(n) for n in names):
+        assert time.monotonic() < deadline, {n: hosts.pids(n) for n in names}
+        time.sleep(0.1)
+
+
+def _losses(out, key):
+    return [r[key] for r in read_jsonl(os.path.join(out, "metrics.jsonl"))]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The one-process exact run every elastic run here must equal: its config and run directory."""
+    one = tiny_config(tmp_path_factory.mktemp("uninterrupted") / "n1", epochs=4, lr=2e-3, exact=True)
+    cfg_file = os.path.join(os.path.dirname(one.out), "n1.json")
+    with open(cfg_file, "w") as fh:
+        fh.write(one.to_json())
+    cmd = [sys.executable, "-m", "gmmkit", "train", "--config", cfg_file]
+    subprocess.run(cmd, env=launch.mpi_env(), capture_output=True, text=True, timeout=BOUND_S, check=True)
+    return one
+
+
+@contextlib.contextmanager
+def _cut_off(hosts, name):
+    """Host ``name``'s link is cut: its processes live on, unreachable (a real node would be rebooted: killed
+    when the block ends)."""
+    try:
+        hosts.cut(name)
+        yield
+    finally:
+        hosts.kill(name)
+        hosts.restore(name)
+
+
+@pytest.mark.parametrize("how", ["power", "link"])
+def test_a_host_lost_mid_run_goes_on_alone_to_the_same_bits(
+    emulated_hosts, uninterrupted, how, tmp_path, record_property
+):
+    """A 2-host exact strong run, one rank a host, loses its second host (its power, or its link) after the
+    first epoch is committed; it restarts on the first host alone and ends with the losses and weights of an
+    uninterrupted one-process run, to the last bit; summary.json and the terminal say what happened."""
+    one = uninterrupted
+    two = one.replace(train={"workers": 2, "elastic": True}, out=str(tmp_path / "n2"))
+    proc = _start(emulated_hosts, two, "--hostfile", emulated_hosts.hostfile)
+    _until_epochs(proc, two.out, 1)
+    lost = time.monotonic()
+    with (_powered_off if how == "power" else _cut_off)(emulated_hosts, "gmk-node1"):
+        stdout, stderr = _finish(proc)
+    record_property("seconds_from_the_loss_to_the_end", round(time.monotonic() - lost, 1))
+    assert proc.returncode == 0, stdout + stderr
+    summary = json.loads((tmp_path / "n2" / "summary.json").read_text())
+    assert summary["status"] == "max_epochs" and summary["epochs"] == 4, summary
+    assert summary["hosts"] == ["gmk-node0"] and summary["workers"] == 1
+    [restart] = summary["restarts"]
+    assert "host gmk-node1 (rank 1) was lost" in restart["cause"], restart
+    assert (restart["workers_before"], restart["workers_after"]) == (2, 1)
+    assert restart["hosts_before"] == ["gmk-node0", "gmk-node1"] and restart["hosts_after"] == ["gmk-node0"]
+    assert restart["dropped"] == ["gmk-node1"] and 1 <= restart["from_epoch"] < 4 and restart["lost_s"] >= 0
+    said = [line for line in stdout.splitlines() if line.startswith("restart ")]
+    assert len(said) == 1 and "restart 1/3: host gmk-node1 (rank 1) was lost" in said[0], stdout
+    print(f"\n[elastic, {how} lost, {time.monotonic() - lost:.1f} s to the end] {said[0]}")
+
+    for key in ("train_loss", "val_loss"):
+        assert _losses(two.out, key) == _losses(one.out, key)
+    with np.load(os.path.join(one.out, "checkpoint.npz")) as a, np.load(tmp_path / "n2" / "checkpoint.npz") as b:
+        arrays = [k for k in a.files if k[0] in "wo" and k[1:].isdigit()]
+        assert arrays and sorted(arrays) == sorted(k for k in b.files if k[0] in "wo" and k[1:].isdigit())
+        assert all(np.array_equal(a[k], b[k]) for k in arrays)
+
+
+def test_no_restart_left_ends_failed_with_every_cause(emulated_hosts, tmp_path):
+    """--max-restarts 0: the lost host ends the run ``failed``, its cause and why it was not restarted in
+    summary.json and on stderr, and no process is left on any host."""
+    cfg = tiny_config(tmp_path / "run", epochs=10000, workers=2, elastic=True, max_restarts=0)
+    proc = _start(emulated_hosts, cfg, "--hostfile", emulated_hosts.hostfile)
+    _until_epochs(proc, cfg.out, 1)
+    emulated_hosts.kill("gmk-node1")
+    _, stderr = _finish(proc)
+    assert proc.returncode != 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["restarts"] == [], summary
+    assert "(1) host gmk-node1 (rank 1) was lost" in summary["error"], summary["error"]
+    assert "not restarted: train.max_restarts=0 reached" in summary["error"]
+    assert "host gmk-node1 (rank 1) was lost" in stderr and "not restarted" in stderr, stderr
+    _no_process_left(emulated_hosts, emulated_hosts.names)
+
+
+def test_the_liveness_probe_finds_a_host_without_power_dead(emulated_hosts):
+    """Both hosts answer; one whose link is down does not, and is given up on at the probe's bound."""
+    hosts, env = placement.parse_hostfile(emulated_hosts.hostfile), emulated_hosts.mpi_env()
+    assert launch.alive_hosts(hosts, env=env) == ["gmk-node0", "gmk-node1"]
+    with _powered_off(emulated_hosts, "gmk-node1"):
+        assert launch.alive_hosts(hosts, env=env) == ["gmk-node0"]
