@@ -268,15 +268,20 @@ def test_sigterm_ends_a_multi_rank_run_and_leaves_no_process(tmp_path, who):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    wait_gone(job)
+    summary = RunDir(run).summary()
+    assert summary["status"] == "stopped" and summary["workers"] == 2
+    assert_files_agree(run)
+    assert not RunDir(run).in_use()
+
+
+def wait_gone(job):
+    """Every process of ``job`` ended (zombies count as ended)."""
     wait_for(
         lambda: not [p for p in job if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
         timeout=30,
         what="the job's processes ending",
     )
-    summary = RunDir(run).summary()
-    assert summary["status"] == "stopped" and summary["workers"] == 2
-    assert_files_agree(run)
-    assert not RunDir(run).in_use()
 
 
 @pytest.mark.mpi
@@ -304,11 +309,7 @@ def test_a_stop_left_by_a_killed_job_stops_nothing_later(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    wait_for(
-        lambda: not [p for p in job if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
-        timeout=30,
-        what="the job's processes ending",
-    )
+    wait_gone(job)
     again = ["--resume"] if RunDir(run).exists() else [*TINY]  # the ranks may have been killed before they began
     assert main(["train", *again, "--epochs", "1", "--out", str(run)]) == 0
     assert epochs_of(run) == [1] and RunDir(run).summary()["status"] == "max_epochs"

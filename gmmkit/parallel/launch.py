@@ -252,17 +252,7 @@ def run_ranks(
     sink = open(log, "w") if log is not None else None
     try:
         with stop_on_signals(stop) as interrupted:
-            proc = subprocess.Popen(
-                cmd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.PIPE,
-                text=True,
-                errors="replace",
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+            proc = _job(cmd, env, stdout=sink, stderr=subprocess.PIPE, text=True, errors="replace")
 
             def forward():  # the ranks' stderr; mpirun's own messages only to the log (rank_failure reads them)
                 banner = False
@@ -319,6 +309,14 @@ def _end(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
+def _job(cmd: Sequence[str], env: dict, **streams) -> subprocess.Popen:
+    """An mpirun job in a session of its own (a terminal's Ctrl-C reaches gmmkit, which ends it), no stdin,
+    killed with this process."""
+    return subprocess.Popen(
+        cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent, **streams
+    )
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: ask Linux for SIGTERM when the parent dies (even of SIGKILL)."""
     with contextlib.suppress(Exception):
@@ -342,15 +340,8 @@ def alive_hosts(
             continue
         one = Placement(((name, 1),), "hosts", f"{name}:1")
         with_mpi = mpi_env(env, one)
-        probes[name] = subprocess.Popen(
-            mpirun_command(1, [sys.executable, "-c", "pass"], placement=one, env=with_mpi),
-            env=with_mpi,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        probe = mpirun_command(1, [sys.executable, "-c", "pass"], placement=one, env=with_mpi)
+        probes[name] = _job(probe, with_mpi, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     while any(p.poll() is None for p in probes.values()) and time.monotonic() < deadline and not stop:
         time.sleep(0.05)
@@ -370,16 +361,7 @@ def run_json(n: int, argv: Sequence[str], timeout: float = 600, placement: Place
     network.check_hosts(placement)
     env = mpi_env(placement=placement)
     cmd = mpirun_command(n, argv, placement=placement, env=env)
-    proc = subprocess.Popen(
-        cmd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,
-    )
+    proc = _job(cmd, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     try:
         while True:
