@@ -169,6 +169,16 @@ def notebook_text(nb) -> str:
     return "\n".join(parts)
 
 
+def wait_for(condition, proc=None, timeout=300, what="the condition"):
+    """Wait until ``condition()`` holds: the event itself, however fast or slow the machine (``proc``: a process
+    that must not end first)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, f"the process ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.02)
+
+
 def gmmkit_train(cfg, *flags, mpirun=None, timeout=900):
     """``gmmkit train --config cfg.json FLAGS`` as a user types it (optionally under ``mpirun -np N``)."""
     out = cfg.out

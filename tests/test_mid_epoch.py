@@ -12,13 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
-from conftest import gmmkit_train, tiny_config
+from conftest import gmmkit_train, tiny_config, wait_for
 
 from gmmkit.files import read_jsonl
 from gmmkit.parallel.launch import mpi_env
@@ -47,14 +46,6 @@ def assert_identical(run: Path, ref: Path) -> None:
     assert sorted(got) == sorted(want) and any(k.startswith("o") for k in got)
     different = [k for k in want if not np.array_equal(got[k], want[k])]
     assert not different, f"{run.name}: {len(different)} arrays differ from {ref.name}'s, first {different[0]}"
-
-
-def wait_for(condition, proc=None, timeout=300, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc is None or proc.poll() is None, f"the process ended before {what}: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.02)
 
 
 # One process (exact mode fixes TensorFlow's threads, which a process sets once, so every run compared runs in

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import killed_at_rename, tiny_config
+from conftest import killed_at_rename, tiny_config, wait_for
 
 from gmmkit.cli import main
 from gmmkit.data import load_phantoms
@@ -54,14 +54,6 @@ def start(*args, cwd=None, **popen):
         env=mpi_env(),
         **popen,
     )
-
-
-def wait_for(condition, proc=None, timeout=240, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc is None or proc.poll() is None, f"the process ended before {what}: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.05)
 
 
 def claimed_by(run: Path, proc) -> bool:
