@@ -184,7 +184,7 @@ def allreduce_placement(placement: Placement, ranks: int = 2) -> Placement:
 def measure_contention(cfg, ranks: int = 2, placement: Placement = LOCAL) -> dict:
     """``shared_host``, ``step_overhead_s`` and the gradients' Horovod ``allreduce_s`` of ``ranks`` ranks of
     one host, one thread each, in one job (:func:`gmmkit.ranks.scaling.contention_probe`)."""
-    probe = launch.ranks_argv("contention", "--config", cfg.replace(train={"threads": 1}).to_json(), "--rounds", "2")
+    probe = launch.ranks_argv("contention", "--config", cfg.replace(train={"threads": 1}).to_json(), "--rounds", "4")
     found = launch.run_json(ranks, probe, timeout=600, placement=placement)
     return {key: float(found[key]) for key in ("shared_host", "step_overhead_s", "allreduce_s")}
 
