@@ -230,13 +230,19 @@ def test_a_reproduction_stopped_in_its_range_test_evaluates_nothing(tmp_path):
     assert not (out / "lr_find").exists() and not (out / "runs").exists()
 
 
-def test_the_recorded_reproduction_is_complete_and_its_c1_is_in_its_files():
-    """benchmarks/reproduction (REPRODUCTION.md): every grid point ended, the five claims were written, and C1
-    ("identical") agrees with the runs' own metrics: each strong run's losses equal the sequential run's."""
-    recorded = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduction"
+RECORDINGS = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduction"
+
+
+@pytest.mark.parametrize("name", ["protocol-lr"])
+def test_a_recorded_reproduction_is_complete_and_its_c1_is_in_its_files(name):
+    """benchmarks/reproduction/NAME (REPRODUCTION.md): every grid point ended, the five claims were written,
+    the eta line says how eta was chosen, and C1 ("identical") agrees with the runs' own metrics: each strong
+    run's losses equal the sequential run's."""
+    recorded = RECORDINGS / name
     state = progress_of(recorded)
     assert state["claims"] and len(state["runs"]) == 21
     assert set(state["runs"].values()) <= {"reached_target", "diverged", "max_epochs"}
+    assert state["protocol"]["lr_choice"] in (recorded / "claims.md").read_text()
     found = {c["id"]: c for c in json.loads((recorded / "claims.json").read_text())}
     assert sorted(found) == ["C1", "C2", "C3", "C4", "C5"]
     sequential = read_jsonl(recorded / "runs" / "sequential-n1" / "metrics.jsonl")

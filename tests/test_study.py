@@ -182,5 +182,5 @@ def test_a_loss_figure_draws_the_sequential_run_once_beside_its_strategys_runs()
         ("weak", 2): [{"epoch": 1, "val_loss": float("nan")}],
     }
     fig = loss_curves_figure(curves, "weak", 0.3, "weak")
-    assert [t.name for t in fig.data] == ["n = 1", "n = 2"]
+    assert [t.name for t in fig.data] == ["n = 1", "n = 2: diverged in epoch 1"]
     assert list(fig.data[1].y) == [None]  # a diverged epoch is a gap, not a point

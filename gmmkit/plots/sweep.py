@@ -43,12 +43,14 @@ def loss_curves_figure(
         if (s != strategy and n != 1) or (workers is not None and n not in workers) or not records or n in drawn:
             continue
         drawn.add(n)
+        finite = [is_finite_number(r["val_loss"]) for r in records]
         fig.add_trace(
             go.Scatter(
                 x=[r["epoch"] for r in records],
-                y=[r["val_loss"] if is_finite_number(r["val_loss"]) else None for r in records],
-                mode="lines",
-                name=f"n = {n}",
+                y=[r["val_loss"] if ok else None for r, ok in zip(records, finite)],
+                mode="lines+markers" if sum(finite) == 1 else "lines",
+                # a run that diverged draws no line past its last finite loss (none when it diverged at once)
+                name=f"n = {n}" if finite[-1] else f"n = {n}: diverged in epoch {records[-1]['epoch']}",
             )
         )
     if target:
@@ -66,15 +68,10 @@ def write_figures(rows, curves: dict, out: Path, target: float | None) -> list[P
     """Write the four figures next to the tables (exact runs named in the titles); returns their paths."""
     strategies = {r.strategy for r in rows}
     exact = {r.strategy for r in rows if r.exact}
-    warm_n = max((n for (s, n) in curves if s == "warmup"), default=None)
     figures = {"fig2_time_to_target.html": time_to_target_figure(rows)}
-    if warm_n:
+    if any(s == "warmup" for s, _ in curves):  # every n: the paper's Fig. 3 showed 8 GPUs, its largest that ran
         figures["fig3_warmup_loss.html"] = loss_curves_figure(
-            curves,
-            "warmup",
-            target,
-            f"Warm-up with {warm_n} workers{_exact('warmup', exact)} (Fig. 3)",
-            workers=[warm_n],
+            curves, "warmup", target, f"Warm-up losses{_exact('warmup', exact)} (Fig. 3)"
         )
     for strategy, name, fig_no in (("strong", "fig4_strong_losses.html", 4), ("weak", "fig5_weak_losses.html", 5)):
         if strategy in strategies:
