@@ -160,6 +160,7 @@ NO_BAD_VALUE = {
     *((command, "--help") for command in COMMANDS),
     ("train", "--simulate"),
     ("train", "--resume"),
+    ("train", "--resume-or-new"),
     ("train", "--exact"),
     ("sweep", "--exact"),
     ("lr-find", "--exact"),

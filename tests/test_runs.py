@@ -139,6 +139,21 @@ def test_resume_continues_the_run_from_its_own_config(cubes_npz, tmp_path, monke
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_resume_or_new_starts_the_run_then_resumes_it_then_leaves_it(tmp_path, capsys):
+    """The one command of a batch job that SLURM may requeue (examples/slurm/train.sbatch)."""
+    run = tmp_path / "run"
+    again = ["train", "--resume-or-new", "--out", str(run)]
+    assert main([*again, *TINY, "--epochs", "1"]) == 0  # nothing there: a new run
+    assert epochs_of(run) == [1] and "resumes" not in RunDir(run).summary()
+    assert main([*again, "--epochs", "2"]) == 0  # the run there goes on, with its own config
+    assert epochs_of(run) == [1, 2] and RunDir(run).summary()["resumes"][0]["from_epoch"] == 1
+    before = {p.name: p.read_bytes() for p in (run / "state").iterdir()}
+    capsys.readouterr()
+    assert main([*again, "--epochs", "2"]) == 0  # finished: not trained again
+    assert "has already ended (max_epochs after 2 epochs); nothing to do" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (run / "state").iterdir()} == before
+
+
 def test_a_finished_run_is_reported_not_retrained(tmp_path, capsys):
     run = tmp_path / "done"
     assert main(["train", *TINY[:-2], "--target-loss", "1", "--epochs", "5", "--out", str(run)]) == 0

@@ -6,6 +6,7 @@ the job's environment and places its ranks on the allocated nodes with no host f
 daemons through SLURM. Jobs get the submitter's environment (sbatch's default ``--export=ALL``).
 """
 
+import contextlib
 import json
 import os
 import shlex
@@ -15,11 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
-from conftest import ROOT, needs_horovod, tiny_config
+from conftest import ROOT, gmmkit_train, needs_horovod, tiny_config, wait_for
 
 from gmmkit.cluster import MPICluster
 from gmmkit.files import read_jsonl
+from gmmkit.training import RunDir
 
 pytestmark = [pytest.mark.mpi, needs_horovod]
 EXAMPLES = ROOT / "examples" / "slurm"
@@ -189,3 +192,82 @@ def _has_engines(cluster_file) -> bool:
         return bool(json.loads(cluster_file.read_text())["engines"]["sets"])
     except (OSError, ValueError, KeyError):
         return False
+
+
+def _run_processes(run: Path) -> list:
+    """The processes on any host (they share this machine's process table) whose command names ``run``."""
+    mine = []
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if str(run) in " ".join(p.info["cmdline"] or ()) and p.status() != psutil.STATUS_ZOMBIE:
+                mine.append(p)
+    return mine
+
+
+def _requeued(env, job: str, restarts: int) -> None:
+    """Wait until SLURM has put ``job`` back in the queue for the ``restarts``-th time, then let it start at once:
+    SLURM holds a requeued batch job for two minutes (its EligibleTime), which an administrator may cut short."""
+
+    def pending():
+        show = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+        return f"Restarts={restarts} " in show and "Reason=BeginTime" in show
+
+    wait_for(pending, timeout=120, what=f"job {job} requeued ({restarts})")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True, capture_output=True)
+
+
+def test_a_requeued_training_job_resumes_its_run_on_the_same_path(slurm_cluster, tmp_path):
+    """The training example, preempted, then at its time limit: ``scontrol requeue`` (what a preemption does)
+    sends SIGTERM to every process of the job, gmmkit ends the run ``stopped`` after its step, and the requeued
+    job runs the example again, which resumes the run; then USR1 to the batch script (what ``--signal=B:USR1@180``
+    sends before the time limit) makes the script requeue its own job, stopped and resumed the same way. The run
+    ends as the uninterrupted one-process run, bit for bit (exact mode)."""
+    run, epochs = tmp_path / "run", 4  # 48 steps: a state after step 2 leaves 46 to requeue the job in
+    cfg = tiny_config(run, exact=True, lr=2e-3, epochs=epochs, strategy="strong", workers=2)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(cfg.to_json())
+    env = slurm_cluster.env({**os.environ, "GMMKIT": GMMKIT})
+    submit = ["sbatch", "--wait", str(EXAMPLES / "train.sbatch"), "--config", str(cfg_file), "--out", str(run)]
+    sbatch = subprocess.Popen(
+        [*submit, "--checkpoint-every", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+    def summary():
+        return RunDir(run).summary() or {}
+
+    def resumed():
+        return len(summary().get("resumes", ())) == 1 and summary().get("status") == "running"
+
+    try:
+        wait_for(lambda: "checkpoint_at" in summary(), sbatch, what="a state inside an epoch")
+        (output,) = tmp_path.glob("gmmkit-train-*.out")
+        job = output.stem.rsplit("-", 1)[1]
+        subprocess.run(["scontrol", "requeue", job], env=env, check=True, capture_output=True, timeout=30)
+        _requeued(env, job, 1)
+        wait_for(resumed, sbatch, what="the requeued job resuming the run")
+        stopped_at = summary().get("checkpoint_at")
+        wait_for(lambda: summary().get("checkpoint_at") not in (None, stopped_at), sbatch, what="a state after it")
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True, capture_output=True)
+        _requeued(env, job, 2)
+        out, err = sbatch.communicate(timeout=300)
+    finally:
+        if sbatch.poll() is None:
+            sbatch.kill()
+            sbatch.wait()
+    log = output.read_text()
+    assert sbatch.returncode == 0, f"sbatch --wait: {err}\n{log}"
+    # one output, every start (--open-mode=append): the first two ended stopped, the last resumed and finished
+    starts = log.split(f"job {job} on gmk-node[0-1], requeued ")
+    assert [part[:7] for part in starts[1:]] == ["0 times", "1 times", "2 times"], log
+    assert all("status stopped after" in part and "status max_epochs" not in part for part in starts[1:3]), log
+    assert "status max_epochs after 4 epochs" in starts[3], log
+    assert summary()["status"] == "max_epochs" and summary()["epochs"] == epochs
+    assert len(summary()["resumes"]) == 2, summary()["resumes"]
+    wait_for(lambda: not _run_processes(run), timeout=60, what="the job's processes ending")
+
+    gmmkit_train(cfg.replace(out=str(tmp_path / "n1"), train={"workers": 1}))  # uninterrupted, one process
+    assert losses_of(run) == losses_of(tmp_path / "n1")  # every loss, bit for bit
+
+
+def losses_of(run: Path) -> list[tuple]:
+    return [(r["train_loss"], r["val_loss"]) for r in read_jsonl(run / "metrics.jsonl")]

@@ -4,8 +4,10 @@ A run directory belongs to one run: a new run needs a new or empty --out (or --o
 there); --resume continues the run in --out from its own config.json (only --epochs, --threads,
 --checkpoint-every, the elastic flags and, for strong scaling, --workers may change) and its last state: an
 epoch's end, or with --checkpoint-every a step inside an epoch, from which it goes on with the same samples (in
-exact mode, to the same bits). SIGINT and SIGTERM end the run after its current step as ``stopped`` (with
---checkpoint-every, that step's state is committed); a second one ends a multi-rank job at once. With
+exact mode, to the same bits); --resume-or-new resumes the run in --out if there is one, else starts it there (the
+same command for a batch job's every start: examples/slurm/train.sbatch). SIGINT and SIGTERM end the run after its
+current step as ``stopped`` (with --checkpoint-every, that step's state is committed); a second one ends a
+multi-rank job at once. With
 --elastic (strong scaling), a job that loses a rank or a host starts again from the last checkpoint on the
 hosts that answer, up to --max-restarts times.
 """
@@ -30,6 +32,11 @@ RESUME = Flag(
     "--resume", action="store_true", help="continue the run in --out from its last checkpoint, with its own config"
 )
 OVERWRITE = Flag("--overwrite", action="store_true", help="replace the run --out holds")
+RESUME_OR_NEW = Flag(
+    "--resume-or-new",
+    action="store_true",
+    help="--resume the run in --out if it holds one, else start it there (a job that may be requeued)",
+)
 
 
 def register(sub):
@@ -38,7 +45,7 @@ def register(sub):
     flags.add_flags(p, (flags.STRATEGY, flags.WORKERS, LAUNCHER, SIMULATE))
     flags.add_placement_flags(p)
     flags.add_flags(p, flags.ELASTIC_FLAGS, p.add_argument_group("elastic runs (strong scaling)"))
-    flags.add_flags(p, (RESUME, OVERWRITE), p.add_mutually_exclusive_group())
+    flags.add_flags(p, (RESUME, RESUME_OR_NEW, OVERWRITE), p.add_mutually_exclusive_group())
     return p
 
 
@@ -70,10 +77,13 @@ def print_summary(summary: dict, out: str) -> None:
 
 def run(args, parser) -> int:
     with stop_on_signals() as stop:  # before anything heavy loads: a signal during start-up is not lost
+        # --resume-or-new: every rank of a job decides as its launcher did, before Horovod starts; rank 0 begins a
+        # new run only after every rank has started Horovod
+        resume = args.resume or (args.resume_or_new and RunDir(flags.run_out(args)).exists())
         # --resume starts from the run's own config.json (a --config file instead is checked against it)
-        base = RunDir.open(flags.run_out(args), "--out").config() if args.resume and not args.config else None
+        base = RunDir.open(flags.run_out(args), "--out").config() if resume and not args.config else None
         cfg = flags.config_from_args(args, base=base)
-        mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+        mode = "resume" if resume else "overwrite" if args.overwrite else "new"
         ended = train_or_launch(
             cfg,
             launch.gmmkit_argv(*args.argv),
