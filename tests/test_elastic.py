@@ -13,12 +13,14 @@ import time
 import psutil
 import pytest
 from conftest import needs_horovod, tiny_config
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
 
 from gmmkit.files import read_jsonl
 from gmmkit.parallel import launch
 from gmmkit.parallel.launch import mpi_env
 from gmmkit.parallel.placement import LOCAL, parse_hostfile, parse_hosts
-from gmmkit.training import elastic
+from gmmkit.training import elastic, reached
 from gmmkit.training.rundir import RunDir
 
 
@@ -50,6 +52,32 @@ def test_restarts_are_listed_in_the_summary_and_bounded(begun):
         "SIGKILL; (3) host h1 (rank 1) was lost; not restarted: train.max_restarts=2 reached"
     )
     assert len(run.summary()["restarts"]) == 2
+
+
+def test_a_restart_says_where_the_run_goes_on_and_the_steps_done_again(begun):
+    """The committed state is 2 steps into epoch 2 (4 steps an epoch); rank 0's mark says the job that failed got
+    to step 1 of epoch 3: 2 + 1 steps beyond that state, done again by the next job."""
+    cfg, run = begun
+    state = {**run.summary(), "epochs": 1, "checkpoint_at": {"epoch": 2, "step": 2}, "steps_per_epoch": 4}
+    run.commit([], state)
+    mark = reached.Reached(run.path)
+    mark.mark(2, 1)
+    said = []
+    restarts = elastic.Restarts(cfg, LOCAL, said.append)
+    restarts.next(run, run.summary(), "rank 1 (pid 9 on h1) was killed by SIGKILL", 2)
+    entry = run.summary()["restarts"][-1]
+    assert (entry["from_epoch"], entry["from_step"], entry["steps_redone"]) == (1, 2, 3)
+    assert said == [
+        f"restart 1/2: rank 1 (pid 9 on h1) was killed by SIGKILL; going on with 2 workers (2 before) on "
+        f"{', '.join(dict.fromkeys(entry['hosts_after']))} from step 2 of epoch 2, 3 steps done again "
+        f"({entry['lost_s']:.1f} s since that state)"
+    ]
+    mark.mark(1, 2)  # the next job's rank 0 marks the state it resumes from first: no step of its own yet
+    restarts.next(run, run.summary(), "host h0 (rank 0) was lost", 2)
+    assert run.summary()["restarts"][-1]["steps_redone"] == 0 and "0 steps done again" in said[-1]
+    mark.close()
+    assert reached.steps_redone(run.path, {"epochs": 1}) is None  # a summary without its steps per epoch
+    assert reached.steps_redone(run.path / "elsewhere", state) is None  # no mark
 
 
 def test_dead_hosts_are_dropped_and_the_hostfile_is_read_again(begun, tmp_path, monkeypatch):
@@ -115,3 +143,11 @@ def test_a_rank_killed_is_started_again_and_the_run_goes_on(tmp_path):
     assert (restart["workers_before"], restart["workers_after"], restart["dropped"]) == (2, 2, [])
     assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
     assert [line for line in stdout.splitlines() if line.startswith("restart 1/3: rank 1")], stdout
+    # rank 0 got as far as it did before mpirun ended it: at most one epoch beyond the state it goes on from
+    assert restart["from_step"] == 0 and 0 <= restart["steps_redone"] <= summary["steps_per_epoch"], restart
+    assert f"{restart['steps_redone']} step" in stdout and summary["restarts_marked"] == 1
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "run"), size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()  # TensorBoard marks it where the next job began
+    assert [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors("restarts")] == [
+        (restart["from_epoch"], 1.0)
+    ]

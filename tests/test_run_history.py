@@ -10,7 +10,9 @@ from conftest import tiny_config
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from gmmkit.training import RunDir, train
+from gmmkit.parallel import launch
+from gmmkit.parallel.placement import LOCAL
+from gmmkit.training import RunDir, elastic, reached, train
 from gmmkit.training.rundir import RunDirError
 from gmmkit.training.tensorboard import SCALARS
 
@@ -73,3 +75,27 @@ def test_records_carry_per_rank_times_and_a_simulated_run_has_one_rank(tmp_path)
     for record in RunDir(cfg.out).metrics():
         assert len(record["rank_step_s"]) == 1 and len(record["rank_eval_s"]) == 1  # one process
         assert record["rank_eval_s"][0] > 0 and record["rank_step_s"][0] > 0
+
+
+def test_each_restart_is_marked_on_tensorboard_once_by_the_job_that_goes_on(tmp_path, monkeypatch):
+    """An elastic run of one epoch; a restart (as the launcher commits it when a job is lost) and the resumed
+    job, twice: each restart marked once, at the epochs finished where its job began, its cause as text."""
+    cfg = tiny_config(tmp_path / "run", **SMALL, epochs=1, elastic=True)
+    train(cfg)
+    run = RunDir(cfg.out)
+    steps = run.summary()["steps_per_epoch"]
+    assert reached.read(run.path) == (0, steps)  # rank 0's mark: every step of the first epoch done
+    monkeypatch.setattr(launch, "alive_hosts", lambda where, stop=None: list(where.names))
+    restarts = elastic.Restarts(cfg, LOCAL)
+    for k in (1, 2):
+        cause = f"rank 0 (pid {k}) was killed by SIGKILL"
+        restarts.next(run, {**run.summary(), "status": "running"}, cause, 1)
+        assert run.summary()["restarts"][-1]["steps_redone"] == 0  # the epoch's end was committed
+        train(cfg.replace(train={"epochs": 1 + k}), resume=True)
+        assert run.summary()["restarts_marked"] == k and len(run.summary()["restarts"]) == k
+    acc = events(cfg.out)
+    assert scalar_series(acc, "restarts") == [(1, 1.0), (2, 2.0)]
+    texts = [(e.step, tf.make_ndarray(e.tensor_proto).item().decode()) for e in acc.Tensors("restarts/cause")]
+    assert [step for step, _ in texts] == [1, 2]
+    assert texts[0][1].startswith("restart 1: rank 0 (pid 1) was killed by SIGKILL; going on with 1 worker (1 before)")
+    assert "from the end of epoch 2, 0 steps done again" in texts[1][1]

@@ -585,3 +585,53 @@ def test_dashboard_viewer_follows_the_run_directory(run_dir, tmp_path):
         time.sleep(0.05)
     assert dash.viewer.inspector is not None and dash.viewer.image()[0].shape == (16, 16)
     assert "epoch 3," in dash.viewer.info.value
+
+
+def test_the_elastic_checkbox_is_for_strong_scaling_and_restarts_show_in_the_table_and_details(tmp_path):
+    cluster = FakeCluster(n=2, slots=2)
+    dash = dashboard(tmp_path, cluster)
+    elastic = dash.controls.elastic
+    dash.strategy.value = "weak"  # the global batch grows with the workers: no elastic run
+    assert elastic.disabled and elastic.value is False and "strong scaling only" in elastic.tooltip
+    elastic.value = True  # set from code anyway: the config refuses it on the status line
+    dash.start_button.click()
+    assert not cluster.runs and "train.elastic" in dash.status.value
+    dash.strategy.value, elastic.value = "strong", False
+    assert not elastic.disabled and dash.config().train.elastic is False
+    dash.workers.value, elastic.value = 2, True
+    dash.start_button.click()
+    cfg = cluster.runs[0].cfg
+    assert cfg.train.elastic is True and dash.rows()[0]["restarts"] == 0
+    assert "elastic: no restart (at most 3)" in dash.ranks.value
+    # the launcher commits a restart to the run's summary.json while the run goes on: seen at the next look
+    run = RunDir(cfg.out)
+    run.claim(cfg)
+    lost = {
+        "restart": 1,
+        "cause": "host h1 (rank 1) was lost",
+        "workers_before": 2,
+        "workers_after": 1,
+        "hosts_before": ["h0", "h1"],
+        "hosts_after": ["h0"],
+        "dropped": ["h1"],
+        "from_epoch": 1,
+        "from_step": 3,
+        "steps_redone": 5,
+        "lost_s": 2.04,
+    }
+    run.begin(cfg, [], {"status": "running", "epochs": 1, "restarts": [lost]})
+    run.release()
+    dash.poll()
+    assert dash.table.text().endswith("| 1") and dash.rows()[0]["restarts"] == 1
+    assert (
+        "restart 1/3: host h1 (rank 1) was lost; going on with 1 worker (2 before) on h0 (dropped h1) from step 3 "
+        "of epoch 2, 5 steps done again (2.0 s since that state)"
+    ) in dash.ranks.value
+    back = {**lost, "restart": 2, "cause": "rank 0 (pid 7 on h0) was killed by SIGKILL", "hosts_after": ["h0", "h1"]}
+    cluster.runs[0].finish("max_epochs", restarts=[lost, back])
+    dash.poll()
+    assert dash.rows()[0]["restarts"] == 2 and dash.ranks.value.count("<li>") == 2
+    dash.strategy.value, elastic.value = "strong", False
+    dash.start_button.click()
+    assert dash.rows()[1]["restarts"] is None and dash.table.text().endswith("| -")  # not elastic: no column value
+    assert "restart" not in dash.ranks.value

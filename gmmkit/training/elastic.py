@@ -30,7 +30,9 @@ from ..errors import InputError
 from ..parallel import launch
 from ..parallel.placement import Placement, parse_hostfile
 from ..signals import StopFlag
+from . import reached
 from .rundir import RunDir
+from .summary import restart_line
 
 
 def state_mark(run: RunDir) -> Optional[str]:
@@ -111,18 +113,17 @@ class Restarts:
             "hosts_before": summary.get("hosts") or self.placement.host_of_ranks(workers),
             "hosts_after": where.host_of_ranks(n),
             "dropped": [name for name in offered.names if name not in alive],
-            "from_epoch": summary.get("epochs", 0),
+            # where the next job goes on from (the committed state), and the steps the failed job did beyond it
+            "from_epoch": reached.position(summary)[0],
+            "from_step": reached.position(summary)[1],
+            "steps_redone": reached.steps_redone(run.path, summary),
             # the training since the last committed state, done again (and the time it took to notice the loss)
             "lost_s": round(since, 3) if since is not None else None,
             "probe_s": round(time.monotonic() - began, 3),
         }
         self.done.append(entry)
         run.commit(run.metrics(), {**summary, "restarts": self.done})
-        self.say(
-            f"restart {entry['restart']}/{t.max_restarts}: {cause}; going on with {n} of {t.workers} workers"
-            f"{'' if where.is_local else ' on ' + where.host_list()} from epoch {entry['from_epoch']}"
-            + (f" ({since:.1f} s since that state)" if since is not None else "")
-        )
+        self.say(restart_line(entry, t.max_restarts))
         return n, where
 
     def error(self) -> str:

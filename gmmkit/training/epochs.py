@@ -30,6 +30,7 @@ from ..checks import is_finite_number
 from ..errors import RunDirError
 from ..signals import StopFlag
 from .progress import per_rank
+from .reached import Reached
 from .resume import changes
 from .rundir import RunDir
 from .summary import record_epoch
@@ -110,6 +111,8 @@ class _Epochs:
     def __init__(self, trainer: "Trainer", run: RunDir, stop: StopFlag):
         self.trainer, self.run, self.stop, self.ctx = trainer, run, stop, trainer.ctx
         self.every = Every(trainer.cfg.train.checkpoint_interval)
+        # an elastic run's rank 0 marks every step done, so a restart can count the steps it does again
+        self.reached = Reached(run.path) if trainer.cfg.train.elastic and trainer.ctx.is_chief else None
         self.records: list[dict] = []
         self.summary: dict = {}
         self.began = time.perf_counter()
@@ -118,7 +121,7 @@ class _Epochs:
         trainer, run, chief = self.trainer, self.run, self.ctx.is_chief
         board = EventWriter(run.path, trainer.cfg, trainer.simulate) if chief else None
         callbacks = [*callbacks, board] if chief else []
-        at = self._begin(resume)
+        at = self._begin(resume, board)
         # time to target counts training, not graph tracing: every run's clock starts on a traced model
         warm = trainer.warm_up_or_stop(trainer.plan(0.0), self.stop)
         self.began = time.perf_counter() - at.time_s
@@ -145,13 +148,16 @@ class _Epochs:
         summary["elapsed_s"] = time.perf_counter() - self.began
         run.commit(self.records, summary)
         run.stop_handled()
+        if self.reached is not None:
+            self.reached.close()
         if board is not None:
             board.close(summary)
         return summary
 
-    def _begin(self, resume: bool) -> Position:
+    def _begin(self, resume: bool, board: Optional[EventWriter] = None) -> Position:
         """Restore a resumed run's checkpoint on every rank and begin the run directory: the records so far and
-        the summary; returns the position to go on from."""
+        the summary (an elastic run's restarts not yet on TensorBoard go there first, ``board``); returns the
+        position to go on from."""
         trainer, run, ctx = self.trainer, self.run, self.ctx
         ckpt, self.records = run.history() if (resume and ctx.is_chief) else (None, [])
         at = Position.shared(ctx, Position.of(ckpt))
@@ -182,7 +188,14 @@ class _Epochs:
             summary["time_to_target_s"] = previous.get("time_to_target_s")
             if previous.get("restarts"):  # an elastic run's launcher lists them (training/elastic.py): kept
                 summary["restarts"] = previous["restarts"]
+                summary["restarts_marked"] = previous.get("restarts_marked", 0)
+                if board is not None:
+                    board.mark_restarts(summary, at.epoch, at.step)
+        if self.reached is not None and resume:  # first: the last job's mark is never counted from this state
+            self.reached.mark(at.epoch, at.step)
         run.begin(trainer.cfg, self.records, summary)
+        if self.reached is not None and not resume:  # after begin, which makes .state (or replaces a run's)
+            self.reached.mark(at.epoch, at.step)
         return at
 
     def _epoch(self, epoch: int, at: Position) -> Optional[dict]:
@@ -198,6 +211,8 @@ class _Epochs:
             asked = bool(self.stop) or (ctx.is_chief and self.run.stop_requested())
             loss, stopped = trainer.step(trainer.batch(perm, plan, step), plan.global_batch, stop=asked)
             loss_sum += loss
+            if self.reached is not None:
+                self.reached.mark(epoch, step + 1)
             now = time.perf_counter()
             if first_step_done is None:  # ranks start apart (rank 0 writes the files); the first step aligns them
                 first_step_done = now

@@ -1,4 +1,5 @@
-"""A run's ``summary.json`` as its epochs finish: plain functions of the records, no TensorFlow."""
+"""A run's ``summary.json`` as its epochs finish, and an elastic run's restarts in words: plain functions of the
+records, no TensorFlow."""
 
 from __future__ import annotations
 
@@ -21,3 +22,31 @@ def record_epoch(summary: dict, record: dict, target_loss: Optional[float]) -> b
     if target_loss is not None and val_loss <= target_loss:
         summary.update(status="reached_target", time_to_target_s=record["time_s"])
     return True
+
+
+def resumed_at(epoch: int, step: int) -> str:
+    """Where a run goes on from, in words: epochs finished and steps of the next one done."""
+    if step:
+        return f"step {step} of epoch {epoch + 1}"
+    return f"the end of epoch {epoch}" if epoch else "the start"
+
+
+def restart_line(entry: dict, max_restarts: Optional[int] = None) -> str:
+    """One restart of an elastic run (an entry of ``summary.json``'s ``restarts``, :mod:`gmmkit.training.elastic`)
+    in one line: its cause, the workers before and after (and the hosts, when they changed), where the run went
+    on from and the steps done again."""
+    n, before, after = entry.get("restart", "?"), entry.get("workers_before"), entry.get("workers_after")
+    hosts = list(dict.fromkeys(entry.get("hosts_after") or ()))
+    moved = entry.get("dropped") or list(dict.fromkeys(entry.get("hosts_before") or ())) != hosts
+    where = f" on {', '.join(hosts)}" if hosts and moved else ""
+    dropped = f" (dropped {', '.join(entry['dropped'])})" if entry.get("dropped") else ""
+    line = (
+        f"restart {n}{f'/{max_restarts}' if max_restarts is not None else ''}: {entry.get('cause', 'unknown cause')}; "
+        f"going on with {after} worker{'' if after == 1 else 's'} ({before} before){where}{dropped} from "
+        f"{resumed_at(entry.get('from_epoch') or 0, entry.get('from_step') or 0)}"
+    )
+    redone = entry.get("steps_redone")
+    if redone is not None:
+        line += f", {redone} step{'' if redone == 1 else 's'} done again"
+    lost = entry.get("lost_s")
+    return line + (f" ({lost:.1f} s since that state)" if is_finite_number(lost) else "")

@@ -5,6 +5,12 @@ wall time and the slowest rank's times, under the tags of :data:`SCALARS`; when 
 target. The run's settings go in as HParams (``tensorboard.plugins.hparams``), one session per run directory
 named after it, so TensorBoard's HParams tab lines the runs up against their losses and time to target.
 The files sit beside ``metrics.jsonl``, which stays the run's own record; these are for TensorBoard.
+
+An elastic run's restarts (``summary.json``'s ``restarts``) are marked by rank 0 of the job that goes on after
+each: the scalar ``restarts`` (how many so far) and the text ``restarts/cause`` (the restart in words) at the
+epochs finished when that job began (every scalar here counts epochs, so the mark lines up with the loss
+curves; the text names the step in the epoch). ``summary.json``'s ``restarts_marked`` counts the restarts
+marked, so a later resume marks only the new ones.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from tensorboard.plugins.hparams import api as hp
 from ..checks import is_finite_number
 from ..config import RunConfig
 from ..errors import RunDirError
+from .summary import restart_line
 
 # record key -> TensorBoard tag
 SCALARS = {
@@ -32,6 +39,7 @@ SCALARS = {
 }
 RANK_SCALARS = {"rank_step_s": "ranks/step_s_slowest", "rank_eval_s": "ranks/eval_s_per_sample_slowest"}
 TIME_TO_TARGET = "time_to_target_s"
+RESTARTS, RESTART_TEXT = "restarts", "restarts/cause"
 
 
 def hparams(cfg: RunConfig, simulate: bool = False) -> dict:
@@ -89,6 +97,21 @@ class EventWriter:
                         tf.summary.scalar(tag, max(values), step=epoch)
             self._writer.flush()  # once an epoch: a TensorBoard open on the run shows it as it trains
         self._last_epoch = epoch
+
+    def mark_restarts(self, summary: dict, epoch: int, step: int = 0) -> None:
+        """Mark the restarts of ``summary`` (a resumed job's, before it is committed) not yet marked: the job
+        goes on from ``step`` steps into the epoch after ``epoch``; sets ``summary["restarts_marked"]``."""
+        listed, marked = summary.get("restarts") or [], int(summary.get("restarts_marked") or 0)
+        if len(listed) <= marked:
+            return
+        with self._full_disk(epoch):
+            with self._open().as_default():
+                for entry in listed[marked:]:
+                    count = entry.get("restart") if isinstance(entry.get("restart"), int) else listed.index(entry) + 1
+                    tf.summary.scalar(RESTARTS, float(count), step=epoch)
+                    tf.summary.text(RESTART_TEXT, restart_line(entry), step=epoch)
+            self._writer.flush()
+        summary["restarts_marked"] = len(listed)
 
     @contextlib.contextmanager
     def _full_disk(self, epoch: int):

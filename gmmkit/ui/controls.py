@@ -1,6 +1,6 @@
-"""The dashboard's run settings as widgets: strategy, workers, learning rate, batch, target loss, epochs and exact
-mode, with the Start and Stop buttons, and the ``train`` fields of a :class:`~gmmkit.config.RunConfig` they
-describe (:meth:`RunControls.fields`; the config checks them)."""
+"""The dashboard's run settings as widgets: strategy, workers (and whether the run is elastic), learning rate,
+batch, target loss, epochs and exact mode, with the Start and Stop buttons, and the ``train`` fields of a
+:class:`~gmmkit.config.RunConfig` they describe (:meth:`RunControls.fields`; the config checks them)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ class RunControls:
             tooltip=f"at most {limit} (the cluster's slots)" if limit < max_workers else "",
             **common,
         )
+        # elastic (train.elastic): a lost rank or host restarts the run on the rest; strong scaling only, as
+        # TrainConfig says (the others' global batch grows with the workers), so the box is off for the others
+        self.elastic = W.Checkbox(value=bool(train.elastic), description="elastic", indent=False)
+        self.strategy.observe(lambda _change: self._elastic_allowed(), names="value")
+        self._elastic_allowed()
         self.lr = W.FloatText(value=train.lr, description="lr", **common)
         self.batch = W.BoundedIntText(value=train.batch_size, min=1, max=1 << 16, description="batch", **common)
         target = "none" if train.target_loss is None else f"{train.target_loss:g}"
@@ -41,10 +46,23 @@ class RunControls:
             description="Stop", button_style="danger", icon="stop", disabled=True, layout=button
         )
         self.settings = [
-            W.VBox([self.strategy, self.workers]),
+            W.VBox([self.strategy, self.workers, self.elastic]),
             W.VBox([self.lr, self.batch]),
             W.VBox([self.target, self.epochs]),
         ]
+
+    def _elastic_allowed(self) -> None:
+        """The elastic box is off, unticked and says why for a strategy other than strong."""
+        strong = self.strategy.value == "strong"
+        if not strong:
+            self.elastic.value = False
+        self.elastic.disabled = not strong
+        self.elastic.tooltip = (
+            "a lost rank or host: the run goes on from its last checkpoint on the hosts that answer"
+            if strong
+            else f"strong scaling only: {self.strategy.value}'s global batch grows with the workers, so fewer "
+            "workers would change the run"
+        )
 
     def fields(self) -> dict:
         """The ``train`` fields the widgets describe."""
@@ -56,5 +74,6 @@ class RunControls:
             "target_loss": parse_target(self.target.value),
             "epochs": int(self.epochs.value),
             "exact": bool(self.exact.value),
+            "elastic": bool(self.elastic.value),
             **({} if self.exact.value else {"micro_shards": None}),  # micro-shards belong to exact mode
         }

@@ -8,9 +8,10 @@ run to end after its current step.
 
 Runs compare in a sortable table (click a header) and a parallel-coordinates view of their settings against
 the time to target; each run's curves can be hidden from the table. Below, one run's details: each rank's
-step time with the slowest rank named, and each rank's output (stdout and stderr) with errors marked
-(:mod:`gmmkit.ui.panels`). A dashboard opened in a new kernel re-attaches: it finds the runs already under
-its output folder, finished or still training, and follows the latter through their files.
+step time with the slowest rank named, an elastic run's restarts (:mod:`gmmkit.ui.restarts`), and each
+rank's output (stdout and stderr) with errors marked (:mod:`gmmkit.ui.panels`). A dashboard opened in a new
+kernel re-attaches: it finds the runs already under its output folder, finished or still training, and
+follows the latter through their files.
 
 The logic behind every control is a plain method (``start``, ``stop``, ``poll``, ``update``, ``attach``), so
 it runs, and is tested, without a browser; the buttons only call those methods.
@@ -35,6 +36,7 @@ from . import runs as run_rows
 from .controls import RunControls
 from .format import estimate_remaining, format_number, format_seconds
 from .panels import RankLogs, rank_hosts, ranks_html
+from .restarts import restarts_html
 from .runs import DashboardRun
 from .runs_table import RunsTable
 from .viewer import SliceViewer
@@ -311,6 +313,8 @@ class Dashboard:
                     for record in list(run.handle.metrics)[len(run.records) :]:
                         self.update(record, run)
                     self._finish(run, summary=summary)
+        if self.rows() != self.table.rows:  # a change no epoch brings: an elastic run's restart
+            self._redraw_tables()
         self._draw_details()
         return new
 
@@ -380,7 +384,7 @@ class Dashboard:
         if run is None:
             return
         last = run.records[-1] if run.records else None
-        self.ranks.value = ranks_html(last, rank_hosts(run.summary), label=run.label)
+        self.ranks.value = ranks_html(last, rank_hosts(run.summary), label=run.label) + restarts_html(run)
         # the processes that ran (one for a simulated run of n workers); a run found on disk left no output here
         ranks = len((last or {}).get("rank_step_s") or ()) or run.cfg.train.workers
         self.logs.update(run.handle if not run.attached else None, 1 if run.attached else ranks, label=run.label)

@@ -20,6 +20,7 @@ from ..checks import is_finite_number
 from ..config import RunConfig
 from ..study.perfmodel import efficiency
 from ..training.rundir import RunDir
+from .restarts import restarts_of
 
 # (key, header) of the runs table, in order
 COLUMNS = (
@@ -35,6 +36,7 @@ COLUMNS = (
     ("best_val_loss", "best val"),
     ("time_to_target_s", "time to target"),
     ("efficiency", "efficiency"),
+    ("restarts", "restarts"),
 )
 STRATEGY_ORDER = ("strong", "weak", "lsr", "warmup")
 
@@ -142,7 +144,7 @@ def table_rows(runs: Sequence[Any]) -> list[dict]:
     """One dict per run for the runs table (keys: :data:`COLUMNS`, plus ``key``, ``number``,
     ``first_epoch_s``, ``stop_s``). ``runs``: objects with ``label``, ``cfg``, ``status``, ``summary``,
     ``records`` (a :class:`DashboardRun`). Efficiency ``T1 / (n Tn)`` is against the
-    first sequential run that reached the same target."""
+    first sequential run that reached the same target; ``restarts`` counts an elastic run's (None for others)."""
     base = next(
         (
             r
@@ -157,6 +159,7 @@ def table_rows(runs: Sequence[Any]) -> list[dict]:
         ttt = s.get("time_to_target_s")
         same = base is not None and base.cfg.train.target_loss == t.target_loss
         finite = [x["val_loss"] for x in r.records if is_finite_number(x.get("val_loss"))]
+        restarts = restarts_of(r)
         rows.append(
             {
                 "key": r.number,
@@ -175,6 +178,7 @@ def table_rows(runs: Sequence[Any]) -> list[dict]:
                 "efficiency": efficiency(base.summary["time_to_target_s"], t.workers, ttt) if same else None,
                 "first_epoch_s": getattr(r, "first_epoch_s", None),
                 "stop_s": getattr(r, "stop_s", None),
+                "restarts": None if restarts is None else len(restarts),
             }
         )
     return rows

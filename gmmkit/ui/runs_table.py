@@ -24,6 +24,7 @@ WIDTHS = {
     "best_val_loss": "72px",
     "time_to_target_s": "104px",
     "efficiency": "76px",
+    "restarts": "64px",
 }
 
 
