@@ -14,7 +14,15 @@ import sys
 
 from ..signals import StopFlag
 from ..study.reproduce import PAPER_LR, SCALES, ReproduceConfig
-from .flags import CHECKPOINT_EVERY, Flag, add_command, add_flags, add_placement_flags, placement_from_args
+from .flags import (
+    CHECKPOINT_EVERY,
+    STUDY_ELASTIC_FLAGS,
+    Flag,
+    add_command,
+    add_flags,
+    add_placement_flags,
+    placement_from_args,
+)
 
 
 def eta(text: str) -> float:
@@ -69,6 +77,7 @@ def register(sub):
     )
     add_flags(p, FLAGS)
     add_placement_flags(p)
+    add_flags(p, STUDY_ELASTIC_FLAGS, p.add_argument_group("elastic real runs"))
     return p
 
 
@@ -85,6 +94,9 @@ def run(args, parser) -> int:
         max_real=args.max_real,
         placement=placement_from_args(args),
         lr=args.lr,
+        elastic=args.elastic,
+        min_workers=args.min_workers,
+        max_restarts=args.max_restarts,
     ).validate()
     stop = StopFlag()
     try:
