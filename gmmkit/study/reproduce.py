@@ -185,17 +185,7 @@ def reproduce(
         )
         while True:
             try:
-                grid = StudyConfig(
-                    run=base,
-                    strategies=what.strategies,
-                    workers=what.workers,
-                    max_real=what.max_real,
-                    simulate=True,
-                    target_epoch=what.epochs,
-                    out=str(out),
-                    placement=what.placement,
-                    **{name: getattr(what, name) for name in ELASTIC},
-                )
+                grid = grid_of(what, base, out)
                 rows = sweep(grid, PerfModel.from_dict(state["perf"]), progress, trainer, stop, resume=True)
             except RuntimeError:  # the sequential run did not finish E finite epochs
                 if not _diverged_sequential(out):
@@ -229,6 +219,22 @@ def reproduce(
         atomic_write_text(out / "tables.md", f"{eta}\n\n" + (out / "tables.md").read_text())
         say(f"5. tables, figures and claims in {out}")
         return found
+
+
+def grid_of(what: ReproduceConfig, base: RunConfig, out: Path) -> StudyConfig:
+    """The grid of step 4: every strategy and worker count of ``what`` on the runs ``base`` describes (eta and
+    the cap set), real up to ``what.max_real`` and simulated above, elastic as ``what`` says."""
+    return StudyConfig(
+        run=base,
+        strategies=what.strategies,
+        workers=what.workers,
+        max_real=what.max_real,
+        simulate=True,
+        target_epoch=what.epochs,
+        out=str(out),
+        placement=what.placement,
+        **{name: getattr(what, name) for name in ELASTIC},
+    )
 
 
 def write_claims(out: Path, rows, warmup_epochs: int = 5, eta: str = "") -> list[claims_lib.Claim]:
