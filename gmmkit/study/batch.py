@@ -37,22 +37,21 @@ from ..training import RunDir, elastic
 
 def run_real_batch(
     cfgs: Sequence[RunConfig],
-    n: int,
+    workers: int,
     log: Path,
-    stop: Optional[StopFlag] = None,
-    resume: Sequence[bool] = (),
-    placement: Placement = LOCAL,
+    stop: Optional[StopFlag],
+    again: Sequence[bool],
+    where: Placement,
 ) -> Optional[str]:
-    """Train ``cfgs`` (all with ``n`` workers) one after another in one n-rank Horovod job placed by
-    ``placement``, its output in ``log``. Returns None when the job ended well, else what ended it, e.g.
+    """Train ``cfgs`` (all with ``workers`` workers; ``again``: which resume) one after another in one Horovod job
+    placed by ``where``, its output in ``log``. Returns None when the job ended well, else what ended it, e.g.
     "rank 1 (pid 4242 on ci) was killed by SIGKILL" or "host node2 (rank 1) was lost" (mpirun then stops the
     other ranks, so the job never hangs). A stop request (``stop``, SIGINT, SIGTERM) asks every run of the batch
     to stop: the current one after its step, the rest at once."""
     log.parent.mkdir(parents=True, exist_ok=True)
     plan, stopped = log.with_suffix(".json"), log.with_suffix(".stop")
-    resume = list(resume) or [False] * len(cfgs)
     stopped.unlink(missing_ok=True)  # an earlier job's request
-    atomic_write_json(plan, [{"config": cfg.to_dict(), "resume": again} for cfg, again in zip(cfgs, resume)])
+    atomic_write_json(plan, [{"config": cfg.to_dict(), "resume": flag} for cfg, flag in zip(cfgs, again)])
 
     def stop_all() -> None:  # the batch's ranks stop at their next step, or before their next run
         atomic_write_text(stopped, "stop requested\n")
@@ -61,13 +60,13 @@ def run_real_batch(
 
     try:
         code, failure = launch.run_ranks(
-            n, launch.ranks_argv("batch", str(plan)), log=log, on_interrupt=stop_all, stop=stop, placement=placement
+            workers, launch.ranks_argv("batch", str(plan)), log=log, on_interrupt=stop_all, stop=stop, placement=where
         )
     finally:
         stopped.unlink(missing_ok=True)
     if code == 0:
         return None
-    return failure or f"the {n}-rank job exited with status {code}"
+    return failure or f"the {workers}-rank job exited with status {code}"
 
 
 def run_batch(
