@@ -60,8 +60,8 @@ def test_an_elastic_sweep_whose_rank_is_killed_goes_on_on_the_sequential_path(tm
     assert summary["status"] == "max_epochs" and summary["epochs"] == 4, summary
     [restart] = summary["restarts"]
     assert restart["cause"].startswith("rank 1 (") and restart["cause"].endswith("was killed by SIGKILL"), restart
-    assert (restart["workers_before"], restart["workers_after"], restart["from_epoch"]) == (2, 2, 1), restart
-    assert [r["from_epoch"] for r in summary["resumes"]] == [1]
+    assert (restart["workers_before"], restart["workers_after"]) == (2, 2) and 1 <= restart["from_epoch"] < 4, restart
+    assert [r["from_epoch"] for r in summary["resumes"]] == [restart["from_epoch"]]
     sequential = out / "runs" / "sequential-n1"
     for key in ("train_loss", "val_loss"):  # exact mode: the sequential path, bit for bit (JSON keeps every bit)
         assert losses(strong, key) == losses(sequential, key)

@@ -5,6 +5,8 @@ The learning-rate range test picks eta, the sequential run's validation loss aft
 epochs, and strong, weak, lsr and warmup run at n = 1 to 32 (real ranks up to --max-real, simulated above).
 --lr X (or 'paper') fixes eta instead of the range test. Tables I and II, Figures 2 to 5 and the paper's
 claims (claims.json, claims.md) go to --out. Run it again with the same flags to continue where it stopped.
+--elastic carries the real runs through a lost rank or host (strong ones on the workers left; README, Elastic
+runs); it and its bounds may change when a reproduction is continued.
 """
 
 from __future__ import annotations
