@@ -106,7 +106,7 @@ def test_a_strong_run_goes_on_with_fewer_workers_and_an_lsr_run_does_not(lost_jo
     cfgs, jobs = lost_job
     said = []
     left = batch.run_batch(
-        cfgs, 2, tmp_path / "real-n2.log", placement=parse_hosts("h0:1,h1:1"), elastic_=True, say=said.append
+        cfgs, 2, tmp_path / "real-n2.log", placement=parse_hosts("h0:1,h1:1"), elastic=True, say=said.append
     )
     # strong resumed alone on h0's one worker; lsr, never begun, needs 2: not started, the hosts named
     assert jobs == [(["strong-n2", "lsr-n2"], 2, "h0:1,h1:1", [False, False]), (["strong-n2"], 1, "h0:1", [True])]
@@ -119,7 +119,7 @@ def test_a_strong_run_goes_on_with_fewer_workers_and_an_lsr_run_does_not(lost_jo
 
 def test_an_lsr_run_lost_on_too_few_hosts_fails_with_the_cause(lost_job, tmp_path):
     cfgs, jobs = lost_job
-    left = batch.run_batch(cfgs[::-1], 2, tmp_path / "real-n2.log", placement=parse_hosts("h0:1,h1:1"), elastic_=True)
+    left = batch.run_batch(cfgs[::-1], 2, tmp_path / "real-n2.log", placement=parse_hosts("h0:1,h1:1"), elastic=True)
     assert len(jobs) == 1  # lsr (first) was lost and is not restarted on fewer workers; strong never began: not run
     assert left[cfgs[1].out] == (
         "the job ended 1 time: (1) host h1 (rank 1) was lost; not restarted: the hosts that answered (h0:1) hold 1 "

@@ -32,7 +32,8 @@ from ..files import atomic_write_json, atomic_write_text
 from ..parallel import launch
 from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag
-from ..training import RunDir, elastic
+from ..training import RunDir
+from ..training.elastic import Restarts, hosts_now, state_mark
 
 
 def run_real_batch(
@@ -76,18 +77,18 @@ def run_batch(
     stop: Optional[StopFlag] = None,
     resume: Sequence[bool] = (),
     placement: Placement = LOCAL,
-    elastic_: bool = False,
+    elastic: bool = False,
     say: Callable[[str], None] = lambda line: None,
 ) -> dict[str, str]:
     """Train the real runs ``cfgs`` of worker count ``n`` (:func:`run_real_batch`), carried on through lost
-    jobs when ``elastic_`` (module docstring; ``say`` gets one line per restart). Returns ``{run folder: why it
+    jobs when ``elastic`` (module docstring; ``say`` gets one line per restart). Returns ``{run folder: why it
     did not finish}`` for each run a lost job left unfinished (empty when none)."""
     resume = list(resume) or [False] * len(cfgs)
-    if not elastic_:
+    if not elastic:
         failure = run_real_batch(cfgs, n, log, stop, resume, placement)
         return {cfg.out: _died(failure, n, log) for cfg in cfgs} if failure else {}
     queue = list(zip(cfgs, resume))
-    restarts: dict[str, elastic.Restarts] = {}
+    restarts: dict[str, Restarts] = {}
     hosts: dict[int, Placement] = {n: placement}  # where a job of so many workers goes, as last found
     left: dict[str, str] = {}
     for job_no in itertools.count(1):  # one job a turn: the runs at the head of the queue of one worker count
@@ -101,11 +102,11 @@ def run_batch(
             left.update({cfg.out: where for cfg, _ in job})
             continue
         job_log = log if job_no == 1 else log.with_name(f"{log.stem}-job{job_no}{log.suffix}")
-        marks = {cfg.out: elastic.state_mark(RunDir(cfg.out)) for cfg, _ in job}
+        marks = {cfg.out: state_mark(RunDir(cfg.out)) for cfg, _ in job}
         failure = run_real_batch([cfg for cfg, _ in job], workers, job_log, stop, [a for _, a in job], where)
         if failure is None:
             continue
-        began = [item for item in job if elastic.state_mark(RunDir(item[0].out)) != marks[item[0].out]]
+        began = [item for item in job if state_mark(RunDir(item[0].out)) != marks[item[0].out]]
         lost = next((item for item in began if (RunDir(item[0].out).summary() or {}).get("status") == "running"), None)
         rest = [item for item in job if item not in began]  # not reached (or lost before their first state)
         if stop or not began:  # stopped, or lost before any run began: not restarted
@@ -116,7 +117,7 @@ def run_batch(
             cfg = lost[0]
             if cfg.out not in restarts:  # its config at n workers: a restart on more hosts goes back up to n
                 label = f"{cfg.train.strategy} n={n}"
-                restarts[cfg.out] = elastic.Restarts(cfg, placement, lambda line, label=label: say(f"{label}: {line}"))
+                restarts[cfg.out] = Restarts(cfg, placement, lambda line, label=label: say(f"{label}: {line}"))
             run = RunDir(cfg.out)
             found = restarts[cfg.out].next(run, run.summary() or {}, failure, workers, stop)
             if found is None:
@@ -132,9 +133,9 @@ def _died(failure: str, n: int, log: Path) -> str:
 
 
 def _hosts_for(workers: int, placement: Placement, stop: Optional[StopFlag]) -> Union[Placement, str]:
-    """Where a job of ``workers`` ranks can go now: the hosts found again (:func:`elastic.hosts_now`) that answer
-    a probe, or why none can (one line)."""
-    offered = elastic.hosts_now(placement)
+    """Where a job of ``workers`` ranks can go now: the hosts found again
+    (:func:`~gmmkit.training.elastic.hosts_now`) that answer a probe, or why none can (one line)."""
+    offered = hosts_now(placement)
     if offered.is_local:
         return offered
     alive = launch.alive_hosts(offered, stop=stop)
