@@ -41,15 +41,17 @@ def test_an_elastic_sweep_whose_rank_is_killed_goes_on_on_the_sequential_path(tm
     last bit (exact mode), lsr n=2 then trains in the new job, and the restart is in summary.json, on stdout
     and in the table."""
     cfg_file, out = tmp_path / "base.json", tmp_path / "sweep"
-    cfg_file.write_text(tiny_config(tmp_path / "unused", epochs=4, exact=True).to_json())
+    small = {"size": 72, "val_size": 8, "train_size": 64}  # 8 steps an epoch, of 2 micro-shards of 4 samples
+    cfg_file.write_text(tiny_config(tmp_path / "unused", small, epochs=3, exact=True, micro_shards=2).to_json())
     cmd = [sys.executable, "-m", "gmmkit", "sweep", "--config", str(cfg_file), "--strategies", "strong,lsr"]
     cmd += ["--workers", "1,2", "--max-real", "2", "--no-calibrate", "--elastic", "--out", str(out)]
     proc = subprocess.Popen(cmd, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     strong = out / "runs" / "strong-n2"
     try:
-        wait_for(lambda: read_jsonl(strong / "metrics.jsonl"), proc, what="strong n=2's first epoch")
-        victim = []
+        victim = []  # found once the job's ranks began strong n=2, then killed the moment its first epoch is in
+        wait_for(lambda: (strong / "config.json").exists(), proc, what="strong n=2's start")
         wait_for(lambda: victim.extend(_rank(psutil.Process(proc.pid), "1")) or victim, proc, what="rank 1")
+        wait_for(lambda: read_jsonl(strong / "metrics.jsonl"), proc, what="strong n=2's first epoch")
         victim[0].kill()
         stdout, stderr = proc.communicate(timeout=600)
     finally:
@@ -57,10 +59,10 @@ def test_an_elastic_sweep_whose_rank_is_killed_goes_on_on_the_sequential_path(tm
             proc.kill()
     assert proc.returncode == 0, stdout + stderr
     summary = json.loads((strong / "summary.json").read_text())
-    assert summary["status"] == "max_epochs" and summary["epochs"] == 4, summary
+    assert summary["status"] == "max_epochs" and summary["epochs"] == 3, summary
     [restart] = summary["restarts"]
     assert restart["cause"].startswith("rank 1 (") and restart["cause"].endswith("was killed by SIGKILL"), restart
-    assert (restart["workers_before"], restart["workers_after"]) == (2, 2) and 1 <= restart["from_epoch"] < 4, restart
+    assert (restart["workers_before"], restart["workers_after"]) == (2, 2) and 1 <= restart["from_epoch"] < 3, restart
     assert [r["from_epoch"] for r in summary["resumes"]] == [restart["from_epoch"]]
     sequential = out / "runs" / "sequential-n1"
     for key in ("train_loss", "val_loss"):  # exact mode: the sequential path, bit for bit (JSON keeps every bit)
@@ -73,7 +75,7 @@ def test_an_elastic_sweep_whose_rank_is_killed_goes_on_on_the_sequential_path(tm
     runs = {(r["strategy"], r["workers"]): r for r in json.loads((out / "results.json").read_text())["runs"]}
     assert (runs[("strong", 2)]["restarts"], runs[("lsr", 2)]["restarts"]) == (1, 0)
     assert runs[("strong", 2)]["same_path"] == "yes"
-    assert "| 2 | real, exact | max_epochs (restarted 1x) | 4 |" in stdout, stdout
+    assert "| 2 | real, exact | max_epochs (restarted 1x) | 3 |" in stdout, stdout
     assert [line for line in stdout.splitlines() if line.startswith("strong n=2: restart 1/3: rank 1")], stdout
     assert (out / "logs" / "real-n2-job2.log").exists()
 
