@@ -170,6 +170,33 @@ ELASTIC_FLAGS = (
     ),
     run_flag("--max-restarts", "train.max_restarts", type=int, metavar="N", help="with --elastic: restarts allowed"),
 )
+# a study's (gmmkit sweep, gmmkit reproduce): its real batches go on when a job loses a rank or a host (study/batch.py)
+STUDY_ELASTIC_FLAGS = (
+    Flag(
+        "--elastic",
+        ("study.elastic", "reproduce.elastic"),
+        action="store_true",
+        help="when a real batch's job loses a rank or a host, resume its run from the last checkpoint on the "
+        "hosts that answer (strong scaling: on fewer workers if need be; weak, lsr, warmup: on n or failed) "
+        "and go on with the batch",
+    ),
+    Flag(
+        "--min-workers",
+        ("study.min_workers", "reproduce.min_workers"),
+        int,
+        "with --elastic: the fewest a strong run goes on with (default %(default)s)",
+        "N",
+        default=_run_default("train.min_workers"),
+    ),
+    Flag(
+        "--max-restarts",
+        ("study.max_restarts", "reproduce.max_restarts"),
+        int,
+        "with --elastic: restarts allowed per run (default %(default)s)",
+        "N",
+        default=_run_default("train.max_restarts"),
+    ),
+)
 CONFIG = Flag("--config", metavar="FILE", help="start from this config.json; flags given explicitly override it")
 HOSTS = Flag(
     "--hosts",

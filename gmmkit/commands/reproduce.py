@@ -5,6 +5,8 @@ The learning-rate range test picks eta, the sequential run's validation loss aft
 epochs, and strong, weak, lsr and warmup run at n = 1 to 32 (real ranks up to --max-real, simulated above).
 --lr X (or 'paper') fixes eta instead of the range test. Tables I and II, Figures 2 to 5 and the paper's
 claims (claims.json, claims.md) go to --out. Run it again with the same flags to continue where it stopped.
+--elastic carries the real runs through a lost rank or host (strong ones on the workers left; README, Elastic
+runs); it and its bounds may change when a reproduction is continued.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ import sys
 
 from ..signals import StopFlag
 from ..study.reproduce import PAPER_LR, SCALES, ReproduceConfig
-from .flags import CHECKPOINT_EVERY, Flag, add_command, add_flags, add_placement_flags, placement_from_args
+from .flags import (
+    CHECKPOINT_EVERY,
+    STUDY_ELASTIC_FLAGS,
+    Flag,
+    add_command,
+    add_flags,
+    add_placement_flags,
+    placement_from_args,
+)
 
 
 def eta(text: str) -> float:
@@ -69,6 +79,7 @@ def register(sub):
     )
     add_flags(p, FLAGS)
     add_placement_flags(p)
+    add_flags(p, STUDY_ELASTIC_FLAGS, p.add_argument_group("elastic real runs"))
     return p
 
 
@@ -85,6 +96,9 @@ def run(args, parser) -> int:
         max_real=args.max_real,
         placement=placement_from_args(args),
         lr=args.lr,
+        elastic=args.elastic,
+        min_workers=args.min_workers,
+        max_restarts=args.max_restarts,
     ).validate()
     stop = StopFlag()
     try:

@@ -55,6 +55,7 @@ def register(sub):
     flags.add_run_flags(p, out_default="runs/sweep")
     flags.add_flags(p, FLAGS)
     flags.add_placement_flags(p)
+    flags.add_flags(p, flags.STUDY_ELASTIC_FLAGS, p.add_argument_group("elastic real runs"))
     return p
 
 
@@ -70,6 +71,9 @@ def study_from_args(args) -> StudyConfig:
         target_epoch=args.target_epoch,
         out=run.out,
         placement=flags.placement_from_args(args),
+        elastic=args.elastic,
+        min_workers=args.min_workers,
+        max_restarts=args.max_restarts,
     ).validate()
 
 

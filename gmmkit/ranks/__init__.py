@@ -5,7 +5,7 @@
 ``batch PLAN.json``
     train the runs listed in the file (``[{"config": RunConfig as a dict, "resume": bool}, ...]``) one after
     another in this Horovod job, reusing one traced model (a sweep's real runs of one worker count:
-    :func:`gmmkit.study.sweep.run_real_batch`); ``PLAN.stop`` appearing beside it stops the run in progress
+    :func:`gmmkit.study.batch.run_real_batch`); ``PLAN.stop`` appearing beside it stops the run in progress
     after its step and skips the rest;
 ``allreduce --bytes B [--repeats R]``
     time Horovod's allreduce against plain MPI (:func:`gmmkit.parallel.distributed.allreduce_probe`);

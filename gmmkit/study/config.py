@@ -29,6 +29,10 @@ class StudyConfig:
     ``calibrate``: measure the wall-time model first (simulated runs need it for their times).
     ``target_epoch``: set the target by the paper's rule, the sequential validation loss after that many
     epochs, instead of ``run.train.target_loss``.
+    ``elastic``: a real batch job that loses a rank or a host goes on (:mod:`gmmkit.study.elastic_batch`): the
+    run it was training is resumed from its last committed state, a strong one on the hosts that answer (at
+    least ``min_workers``, fewer than n if need be), the others on n workers or not at all; up to
+    ``max_restarts`` times a run.
     """
 
     run: RunConfig = field(default_factory=RunConfig)
@@ -40,6 +44,9 @@ class StudyConfig:
     target_epoch: Optional[int] = None
     out: str = "runs/sweep"
     placement: Placement = LOCAL
+    elastic: bool = False
+    min_workers: int = 1
+    max_restarts: int = 3
 
     @property
     def real_limit(self) -> int:
@@ -74,9 +81,18 @@ class StudyConfig:
                 checks.fail(f"study.{name}", "true or false", getattr(self, name))
         if self.target_epoch is not None:
             checks.positive_int("study.target_epoch", self.target_epoch)
+        self._validate_elastic()
         if not isinstance(self.out, str) or not self.out:
             checks.fail("study.out", "a directory path", self.out)
         return self
+
+    def _validate_elastic(self) -> None:
+        if not isinstance(self.elastic, bool):
+            checks.fail("study.elastic", "true or false", self.elastic)
+        checks.positive_int("study.min_workers", self.min_workers)
+        if self.min_workers > self.workers[-1]:
+            checks.fail("study.min_workers", f"at most the largest worker count, {self.workers[-1]}", self.min_workers)
+        checks.non_negative_int("study.max_restarts", self.max_restarts)
 
     def to_dict(self) -> dict:
         return {
@@ -89,6 +105,9 @@ class StudyConfig:
             "target_epoch": self.target_epoch,
             "out": self.out,
             "placement": self.placement.to_dict(),
+            "elastic": self.elastic,
+            "min_workers": self.min_workers,
+            "max_restarts": self.max_restarts,
         }
 
     def to_json(self) -> str:

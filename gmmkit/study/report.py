@@ -28,6 +28,7 @@ class RunResult:
     error: Optional[str] = None  # why a failed run failed (its own error, or the rank that ended its job)
     exact: bool = False  # trained in exact mode (train.exact)
     same_path: Optional[str] = None  # strong scaling: "yes" when its losses equal the sequential run's bits
+    restarts: int = 0  # an elastic study's restarts of the run (its summary.json lists them: study/batch.py)
 
     @property
     def time_s(self) -> Optional[float]:
@@ -77,8 +78,9 @@ def format_tables(rows: Sequence[RunResult]) -> str:
         for r in (r for r in rows if r.strategy == strategy):
             eff = "NaN" if math.isnan(r.efficiency) else f"{100 * r.efficiency:.2f}"
             same = ("(itself)" if r.workers == 1 else r.same_path or "-") if path else None
+            status = r.status + (f" (restarted {r.restarts}x)" if r.restarts else "")
             parts.append(
-                f"| {r.workers} | {r.mode}{', exact' if r.exact else ''} | {r.status} | {r.epochs} | "
+                f"| {r.workers} | {r.mode}{', exact' if r.exact else ''} | {status} | {r.epochs} | "
                 f"{_num(r.time_to_target_s)} | {_num(r.predicted_s)} | {eff} |" + (f" {same} |" if path else "")
             )
         parts.append("")

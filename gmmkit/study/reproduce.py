@@ -50,6 +50,7 @@ SCALES = {"quick": 6, "paper": 100}
 CAP = 4  # the cap on every run but the sequential one, in multiples of E
 HALVINGS = 8  # at most this many halvings of eta when the sequential run diverges (0.1 down to 4e-4)
 PAPER_LR = 0.00105  # the paper's eta (Adam, batch 32)
+ELASTIC = ("elastic", "min_workers", "max_restarts")  # how lost jobs are met: a reproduction may change them
 
 
 def paper_run() -> RunConfig:
@@ -78,6 +79,10 @@ class ReproduceConfig:
     lr_range: tuple = (1e-5, 1e-1, 100)
     placement: Placement = LOCAL
     lr: Optional[float] = None  # eta fixed (PAPER_LR: the paper's); None: the range test and halving
+    # the grid's real batches go on when a job loses a rank or a host (StudyConfig's, study/batch.py)
+    elastic: bool = False
+    min_workers: int = 1
+    max_restarts: int = 3
 
     def validate(self) -> "ReproduceConfig":
         checks.one_of("reproduce.scale", self.scale, tuple(SCALES))
@@ -91,6 +96,14 @@ class ReproduceConfig:
             self.placement.check_workers(self.max_real, "reproduce.max_real")
         if not isinstance(self.out, str) or not self.out:
             checks.fail("reproduce.out", "a directory path", self.out)
+        if not isinstance(self.elastic, bool):
+            checks.fail("reproduce.elastic", "true or false", self.elastic)
+        checks.positive_int("reproduce.min_workers", self.min_workers)
+        if self.min_workers > max(self.workers):
+            checks.fail(
+                "reproduce.min_workers", f"at most the largest worker count, {max(self.workers)}", self.min_workers
+            )
+        checks.non_negative_int("reproduce.max_restarts", self.max_restarts)
         self.run.validate()
         return self
 
@@ -115,6 +128,7 @@ class ReproduceConfig:
             "max_real": self.max_real,
             "lr_range": list(self.lr_range),
             **({"lr": self.lr} if self.lr is not None else {}),  # absent: a folder of an older gmmkit continues
+            **{name: getattr(self, name) for name in ELASTIC},
         }
 
     @property
@@ -171,16 +185,7 @@ def reproduce(
         )
         while True:
             try:
-                grid = StudyConfig(
-                    run=base,
-                    strategies=what.strategies,
-                    workers=what.workers,
-                    max_real=what.max_real,
-                    simulate=True,
-                    target_epoch=what.epochs,
-                    out=str(out),
-                    placement=what.placement,
-                )
+                grid = grid_of(what, base, out)
                 rows = sweep(grid, PerfModel.from_dict(state["perf"]), progress, trainer, stop, resume=True)
             except RuntimeError:  # the sequential run did not finish E finite epochs
                 if not _diverged_sequential(out):
@@ -214,6 +219,22 @@ def reproduce(
         atomic_write_text(out / "tables.md", f"{eta}\n\n" + (out / "tables.md").read_text())
         say(f"5. tables, figures and claims in {out}")
         return found
+
+
+def grid_of(what: ReproduceConfig, base: RunConfig, out: Path) -> StudyConfig:
+    """The grid of step 4: every strategy and worker count of ``what`` on the runs ``base`` describes (eta and
+    the cap set), real up to ``what.max_real`` and simulated above, elastic as ``what`` says."""
+    return StudyConfig(
+        run=base,
+        strategies=what.strategies,
+        workers=what.workers,
+        max_real=what.max_real,
+        simulate=True,
+        target_epoch=what.epochs,
+        out=str(out),
+        placement=what.placement,
+        **{name: getattr(what, name) for name in ELASTIC},
+    )
 
 
 def write_claims(out: Path, rows, warmup_epochs: int = 5, eta: str = "") -> list[claims_lib.Claim]:
@@ -266,9 +287,11 @@ def _open(out: Path, what: ReproduceConfig, overwrite: bool) -> dict:
 
 
 def _protocol(recorded: dict) -> dict:
-    """What makes two reproductions the same: every setting but how often their runs commit a state."""
+    """What makes two reproductions the same: every setting but how often their runs commit a state and how
+    lost jobs are met (``--elastic`` and its bounds)."""
     train = {k: v for k, v in recorded.get("run", {}).get("train", {}).items() if k != "checkpoint_every"}
-    return {**recorded, "run": {**recorded.get("run", {}), "train": train}}
+    kept = {k: v for k, v in recorded.items() if k not in ELASTIC}
+    return {**kept, "run": {**recorded.get("run", {}), "train": train}}
 
 
 def _save(out: Path, state: dict) -> None:

@@ -10,8 +10,10 @@ beside measured.
 Building and tracing the model costs more than a small run's epochs on a CPU, so runs share it: the
 sequential run and every simulated run go through one :class:`~gmmkit.training.Trainer` in this process,
 and each real worker count is one mpirun job whose ranks train its strategies one after another
-(:func:`gmmkit.training.train_many`; ``python -m gmmkit.ranks batch``). Each run still starts from
-the same initial weights and a fresh optimiser, and measures its own time from its first step.
+(:func:`gmmkit.training.train_many`; ``python -m gmmkit.ranks batch``: :mod:`gmmkit.study.batch`). Each run
+still starts from the same initial weights and a fresh optimiser, and measures its own time from its first
+step. In an elastic study (``study.elastic``) a batch whose job loses a rank or a host goes on
+(:func:`gmmkit.study.batch.run_batch`): its strong runs on the workers left, the others on n or not at all.
 
 Every strategy at n = 1 is the same sequential run, so it is run once and shared.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from tqdm.auto import tqdm
 
@@ -29,11 +31,11 @@ from .. import training  # its loop (TensorFlow) is imported on first use: `gmmk
 from ..checks import is_finite_number
 from ..config import RunConfig
 from ..data.sources import load_split
-from ..files import atomic_write_json, atomic_write_text, fresh_folder
-from ..parallel import launch, network
-from ..parallel.placement import LOCAL, Placement
+from ..files import atomic_write_json, fresh_folder
+from ..parallel import network
 from ..signals import StopFlag, raise_on_signals, stop_on_signals
 from ..training import RunDir
+from .batch import run_batch
 from .config import StudyConfig
 from .perfmodel import PerfModel, calibrate
 from .report import RunResult, add_efficiency, same_path, write_report
@@ -41,41 +43,6 @@ from .report import RunResult, add_efficiency, same_path, write_report
 
 def run_dir_for(out: Path, strategy: str, n: int) -> Path:
     return out / "runs" / f"{'sequential' if n == 1 else strategy}-n{n}"
-
-
-def run_real_batch(
-    cfgs: Sequence[RunConfig],
-    n: int,
-    log: Path,
-    stop: Optional[StopFlag] = None,
-    resume: Sequence[bool] = (),
-    placement: Placement = LOCAL,
-) -> Optional[str]:
-    """Train ``cfgs`` (all with ``n`` workers) one after another in one n-rank Horovod job placed by
-    ``placement``, its output in ``log``. Returns None when the job ended well, else what ended it, e.g.
-    "rank 1 (pid 4242 on ci) was killed by SIGKILL" or "host node2 (rank 1) was lost" (mpirun then stops the
-    other ranks, so the job never hangs). A stop request (``stop``, SIGINT, SIGTERM) asks every run of the batch
-    to stop: the current one after its step, the rest at once."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    plan, stopped = log.with_suffix(".json"), log.with_suffix(".stop")
-    resume = list(resume) or [False] * len(cfgs)
-    stopped.unlink(missing_ok=True)  # an earlier job's request
-    atomic_write_json(plan, [{"config": cfg.to_dict(), "resume": again} for cfg, again in zip(cfgs, resume)])
-
-    def stop_all() -> None:  # the batch's ranks stop at their next step, or before their next run
-        atomic_write_text(stopped, "stop requested\n")
-        for cfg in cfgs:
-            RunDir(cfg.out).request_stop()  # the run in progress only: a stop belongs to the run asked
-
-    try:
-        code, failure = launch.run_ranks(
-            n, launch.ranks_argv("batch", str(plan)), log=log, on_interrupt=stop_all, stop=stop, placement=placement
-        )
-    finally:
-        stopped.unlink(missing_ok=True)
-    if code == 0:
-        return None
-    return failure or f"the {n}-rank job exited with status {code}"
 
 
 class _LocalRuns:
@@ -140,14 +107,17 @@ def sweep(
         grid = [g for g in grid if g[1] != 1]
 
     def config(strategy: str, n: int) -> RunConfig:
+        strong = strategy == "strong" or n == 1
+        # elastic (a real batch's restarts: study/batch.py): strong scaling only, down to min_workers; the other
+        # strategies' restarts ask for their n (min_workers = n) and never go on with fewer
+        elastic = {"min_workers": min(study.min_workers, n) if strong else n, "max_restarts": study.max_restarts}
         return base.replace(
-            # not elastic: a worker count's real runs share one mpirun job (gmmkit train --elastic restarts one run)
             train={
                 "strategy": strategy if n > 1 else "strong",
                 "workers": n,
                 "threads": base.train.threads or 1,
-                "elastic": False,
-                "min_workers": 1,
+                "elastic": study.elastic and strong and n > 1,
+                **(elastic if study.elastic else {"min_workers": 1}),
             },
             out=str(run_dir_for(out, strategy, n)),
         )
@@ -162,23 +132,18 @@ def sweep(
         points = [(s, n, mode_of(s, n)) for s, m in grid if m == n]
         todo = {s: _todo(config(s, n), resume) for s, _, mode in points if mode != "skipped"}
         real = [config(s, n) for s, _, mode in points if mode == "real" and n > 1 and todo[s] != "done"]
-        job_failure = None
+        left: dict[str, str] = {}  # the real runs a lost job left unfinished, and why
         if real and not stop:  # one mpirun job trains all strategies of this n
             bar.set_postfix_str(f"n={n}: {len(real)} runs on {n} Horovod ranks")
             log = out / "logs" / f"real-n{n}.log"
-            failure = run_real_batch(
-                real, n, log, stop, [todo[c.train.strategy] == "resume" for c in real], study.placement
-            )
-            if failure:
-                job_failure = f"{failure}; mpirun stopped the {n}-rank job before this run finished (see {log})"
-                tqdm.write(
-                    f"error: n={n}: {failure}; mpirun stopped the other ranks. The runs the job had not "
-                    f"finished are recorded as failed; see {log}",
-                    file=sys.stderr,
-                )
+            resumed = [todo[c.train.strategy] == "resume" for c in real]
+            left = run_batch(real, n, log, stop, resumed, study.placement, study.elastic, tqdm.write)
+            for why in dict.fromkeys(left.values()):  # one line per cause, naming its runs
+                names = ", ".join(Path(run).name for run, cause in left.items() if cause == why)
+                tqdm.write(f"error: n={n}: {why}; recorded as failed: {names}", file=sys.stderr)
         for strategy, _, mode in points:
             cfg = config(strategy, n)
-            failure = job_failure if mode == "real" and n > 1 else None
+            failure = left.get(cfg.out) if mode == "real" and n > 1 else None
             if (mode == "simulated" or (mode == "real" and n == 1)) and not stop and todo[strategy] != "done":
                 bar.set_postfix_str(f"{strategy} n={n} ({mode})")
                 failure = local(cfg, simulate=mode == "simulated", resume=todo[strategy] == "resume").get("error")
@@ -299,6 +264,7 @@ def collect(cfg: RunConfig, mode: str, perf: Optional[PerfModel], *, failure: Op
         str(cfg.out),
         error=summary.get("error"),
         exact=t.exact,
+        restarts=len(summary.get("restarts") or ()),
     )
 
 
