@@ -116,7 +116,9 @@ def test_a_strong_run_goes_on_with_fewer_workers_and_an_lsr_run_does_not(lost_jo
     [restart] = RunDir(cfgs[0].out).summary()["restarts"]
     assert (restart["workers_before"], restart["workers_after"], restart["dropped"]) == (2, 1, ["h1"])
     [line] = said
-    assert line.startswith("strong n=2: restart 1/3: host h1 (rank 1) was lost; going on with 1 of 2 workers on h0:1")
+    assert line.startswith(
+        "strong n=2: restart 1/3: host h1 (rank 1) was lost; going on with 1 worker (2 before) on h0 (dropped h1)"
+    )
 
 
 def test_an_lsr_run_lost_on_too_few_hosts_fails_with_the_cause(lost_job, tmp_path):
