@@ -124,6 +124,8 @@ def measure(cfg: RunConfig, placement: Placement, out: str, progress: Callable[[
     from_position = (resumed["from_epoch"], resumed.get("from_step", 0))
     after = [at for position, at in watch.states if position > from_position and at > watch.restarted_at]
     before = [at for _, at in watch.states if at <= killed_at]
+    if not after or not before:
+        return {"error": "no step after the restart, or no state before the kill, was seen"}
     records = read_jsonl(os.path.join(out, "metrics.jsonl"))
     step_s = statistics.median(r["epoch_time_s"] / r["steps"] for r in records) if records else None
     ended_at = watch.restarted_at - entry["probe_s"]
@@ -132,13 +134,13 @@ def measure(cfg: RunConfig, placement: Placement, out: str, progress: Callable[[
         "cause": entry["cause"],
         "status": summary.get("status"),
         "checkpoint_every": 1,
-        "killed_at_position": list(max(p for p, at in watch.states if at <= killed_at)) if before else None,
+        "killed_at_position": list(max(p for p, at in watch.states if at <= killed_at)),
         "resumed_from": list(from_position),
         "detect_s": ended_at - killed_at,
         "probe_s": entry["probe_s"],
-        "restart_s": after[0] - watch.restarted_at if after else None,
-        "to_first_step_s": after[0] - killed_at if after else None,
-        "redone_s": max(0.0, killed_at - before[-1]) if before else None,
+        "restart_s": after[0] - watch.restarted_at,
+        "to_first_step_s": after[0] - killed_at,
+        "redone_s": max(0.0, killed_at - before[-1]),
         "step_s": step_s,
     }
     progress(format_line(found))
