@@ -151,3 +151,22 @@ def test_a_growth_is_listed_and_not_counted_against_max_restarts(short, monkeypa
     assert [e.get("grown", False) for e in run.summary()["restarts"]] == [True, False]
     assert restarts.next(run, run.summary(), "host h1 (rank 1) was lost", 1) is None
     assert restarts.refused == "train.max_restarts=1 reached"
+
+
+def test_bench_shows_a_failures_cost():
+    """What ``gmmkit bench --hostfile`` prints of ``failure_cost``: the figures of benchmarks/failure-cost.json
+    (measured on two emulated hosts) in one line of its table, or why they were not measured."""
+    from pathlib import Path
+
+    from gmmkit.study import bench
+
+    here = Path(__file__).resolve().parents[1] / "benchmarks"
+    result = json.loads((here / "results.json").read_text())
+    cost = json.loads((here / "failure-cost.json").read_text())["runs"][0]
+    line = next(r for r in bench.format_table({**result, "failure_cost": cost}).splitlines() if "failure's" in r)
+    assert line.startswith("a failure's cost (gmk-node0, gmk-node1, rank 1 killed): ")
+    assert f"{cost['to_first_step_s']:.1f} s from the kill to the first step after the restart" in line
+    assert f"work done again {cost['redone_s']:.2f} s" in line
+    failed = bench.format_table({**result, "failure_cost": {"error": "rank 1 was not killed"}})
+    assert "a failure's cost: not measured (rank 1 was not killed)" in failed
+    assert "failure's cost" not in bench.format_table(result)
