@@ -13,7 +13,8 @@ Measured, from the kill:
                     TensorFlow and Horovod started, the data set built, the model traced, one step
 ``to_first_step_s`` the sum: from the kill to the first step after the restart
 ``redone_s``        the training lost and done again: from the last state committed before the kill to the
-                    kill (with ``--checkpoint-every N``, up to N - 1 steps more: ``step_s`` each)
+                    kill (with ``--checkpoint-every N``, up to N - 1 steps more; ``step_s``: an epoch's
+                    time over its steps, validation and commits included, the run's median)
 ==================  =====================================================================================
 
 Times are wall-clock (``time.time``) on the launcher's host and, for the kill, on rank 1's host: on real
@@ -155,5 +156,5 @@ def format_line(found: dict) -> str:
         f"a failure's cost ({', '.join(found['hosts'])}, rank 1 killed): {found['to_first_step_s']:.1f} s from the "
         f"kill to the first step after the restart (detected {found['detect_s']:.1f} s, probe {found['probe_s']:.1f}"
         f" s, restart to a step {found['restart_s']:.1f} s); work done again {found['redone_s']:.2f} s "
-        f"(a state every step of {found['step_s']:.2f} s)"
+        f"(a state every step; {found['step_s']:.2f} s an epoch's step)"
     )
