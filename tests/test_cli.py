@@ -130,6 +130,11 @@ BAD_FLAGS = [
     *[([command, "--hostfile", "missing.txt"], "--hostfile") for command in ("train", "sweep", "demo", "bench")],
     (["reproduce", "--out", "r", "--hosts", "a:0"], "--hosts"),
     (["reproduce", "--out", "r", "--hostfile", "missing.txt"], "--hostfile"),
+    *[
+        ([command, "--host-discovery-script", "missing.sh"], "--host-discovery-script")
+        for command in ("train", "sweep", "demo", "bench")
+    ],
+    (["reproduce", "--out", "r", "--host-discovery-script", "file"], "--host-discovery-script"),  # not executable
     (["reproduce", "--out", "r", "--hosts", "a:1,b:1", "--max-real", "3"], "--max-real"),
     (["train", "--workers", "2", "--hostfile", "file"], "--hostfile"),  # "in the way": file, line 1, not HOST slots=N
     (["train", "--workers", "3", "--hosts", "a:1,b:1"], "--workers"),  # more ranks than slots

@@ -14,8 +14,9 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
-from conftest import needs_horovod, tiny_config
+from conftest import needs_horovod, tiny_config, wait_for
 
 from gmmkit.files import read_jsonl
 from gmmkit.parallel import launch, placement
@@ -129,10 +130,79 @@ def test_a_host_lost_mid_run_goes_on_alone_to_the_same_bits(
 
     for key in ("train_loss", "val_loss"):
         assert _losses(two.out, key) == _losses(one.out, key)
-    with np.load(os.path.join(one.out, "checkpoint.npz")) as a, np.load(tmp_path / "n2" / "checkpoint.npz") as b:
+    _same_arrays(one.out, two.out)
+
+
+def _same_arrays(one, two) -> None:
+    """Every weight and optimizer array of the two runs' checkpoints is the same, to the last bit."""
+    with np.load(os.path.join(one, "checkpoint.npz")) as a, np.load(os.path.join(two, "checkpoint.npz")) as b:
         arrays = [k for k in a.files if k[0] in "wo" and k[1:].isdigit()]
         assert arrays and sorted(arrays) == sorted(k for k in b.files if k[0] in "wo" and k[1:].isdigit())
         assert all(np.array_equal(a[k], b[k]) for k in arrays)
+
+
+def _rank_of_resume(hosts, name):
+    """The process of a resumed run's rank on host ``name``, once it is there (None before)."""
+    for pid in hosts.pids(name):
+        with contextlib.suppress(psutil.Error):
+            if "--resume" in psutil.Process(pid).cmdline():
+                return psutil.Process(pid)
+    return None
+
+
+def test_the_lost_host_back_grows_the_run_to_the_same_bits(emulated_hosts, uninterrupted, tmp_path):
+    """The hosts come from a discovery script. Host 2 loses power (and leaves the script's list): the run goes
+    on alone; host 2 comes back (rebooted, listed again): the run takes it back at its next checkpoint, ends on
+    2 ranks with the uninterrupted one-process run's losses and weights to the last bit, and summary.json
+    lists the loss and the growth. The resumed rank is paused meanwhile (SIGSTOP), so that the run cannot end
+    before the host is back, whatever the machine's speed."""
+    one, listing = uninterrupted, tmp_path / "hosts.txt"
+    listing.write_text("gmk-node0:1\ngmk-node1:1\n")
+    script = tmp_path / "discover"
+    script.write_text(f"#!/bin/sh\ncat {listing}\n")
+    script.chmod(0o755)
+    two = one.replace(train={"workers": 2, "elastic": True, "checkpoint_every": 5}, out=str(tmp_path / "n2"))
+    proc = _start(emulated_hosts, two, "--host-discovery-script", script)
+    summary = lambda: json.loads((tmp_path / "n2" / "summary.json").read_text())  # noqa: E731
+    paused = None
+    try:
+        _until_epochs(proc, two.out, 1)
+        listing.write_text("gmk-node0:1\n")  # the scheduler drops the node, which then loses power
+        emulated_hosts.kill("gmk-node1")
+        emulated_hosts.cut("gmk-node1")
+        wait_for(lambda: _rank_of_resume(emulated_hosts, "gmk-node0"), proc, BOUND_S, "the rank of the restart")
+        paused = _rank_of_resume(emulated_hosts, "gmk-node0")
+        paused.suspend()
+        emulated_hosts.kill("gmk-node1")
+        emulated_hosts.restore("gmk-node1")  # back, empty, and listed again
+        listing.write_text("gmk-node0:1\ngmk-node1:1\n")
+        wait_for(lambda: (tmp_path / "n2" / "STOP").exists(), proc, BOUND_S, "the growth's request")
+        paused.resume()
+        paused = None
+        stdout, stderr = _finish(proc)
+    finally:
+        if paused is not None:
+            with contextlib.suppress(psutil.Error):
+                paused.resume()
+        emulated_hosts.restore("gmk-node1")
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stdout + stderr
+    ended = summary()
+    assert ended["status"] == "max_epochs" and ended["epochs"] == 4, ended
+    assert ended["hosts"] == ["gmk-node0", "gmk-node1"] and ended["workers"] == 2
+    lost, grown = ended["restarts"]
+    assert "host gmk-node1 (rank 1) was lost" in lost["cause"] and not lost.get("grown"), lost
+    assert (lost["workers_before"], lost["workers_after"], lost["hosts_after"]) == (2, 1, ["gmk-node0"])
+    assert grown["grown"] and grown["cause"] == "host gmk-node1 came back", grown
+    assert (grown["workers_before"], grown["workers_after"]) == (1, 2)
+    assert grown["hosts_before"] == ["gmk-node0"] and grown["hosts_after"] == ["gmk-node0", "gmk-node1"]
+    assert [line for line in stdout.splitlines() if line.startswith("grown: host gmk-node1 came back")], stdout
+    print(f"\n[elastic growth] {lost['cause']} -> {grown['cause']} at epoch {grown['from_epoch']}")
+
+    for key in ("train_loss", "val_loss"):
+        assert _losses(two.out, key) == _losses(one.out, key)
+    _same_arrays(one.out, two.out)
 
 
 def test_no_restart_left_ends_failed_with_every_cause(emulated_hosts, tmp_path):

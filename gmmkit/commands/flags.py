@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..config import RunConfig
 from ..errors import CLIError, ConfigError, InputError
-from ..parallel import placement
+from ..parallel import discovery, placement
 from ..strategies import STRATEGIES
 
 FROM_CONFIG = object()  # the default of a run flag: RunConfig()'s value, and the flag counts only when given
@@ -208,6 +208,14 @@ HOSTFILE = Flag(
     "--hostfile", ("placement.hostfile",), metavar="FILE", help="an OpenMPI hostfile: one 'HOST slots=N' per line"
 )
 
+DISCOVERY_SCRIPT = Flag(
+    "--host-discovery-script",
+    ("placement.discovery",),
+    metavar="PATH",
+    help="a program that prints the hosts available now, one 'HOST:SLOTS' a line (horovodrun's); with --elastic "
+    "it is run again to take back hosts that come back",
+)
+
 
 # --- parsers -------------------------------------------------------------------------------------
 
@@ -246,12 +254,14 @@ def add_placement_flags(p: argparse.ArgumentParser) -> None:
     """``--hosts`` and ``--hostfile``: where real ranks run (default: the SLURM allocation this runs in, else
     this machine); see :mod:`gmmkit.parallel.placement`."""
     g = p.add_argument_group("hosts (default: the SLURM allocation gmmkit runs in, else this machine)")
-    add_flags(p, (HOSTS, HOSTFILE), g.add_mutually_exclusive_group())
+    add_flags(p, (HOSTS, HOSTFILE, DISCOVERY_SCRIPT), g.add_mutually_exclusive_group())
 
 
 def placement_from_args(args: argparse.Namespace) -> placement.Placement:
-    """The :class:`~gmmkit.parallel.placement.Placement` of ``--hosts``/``--hostfile``, or of the SLURM
-    allocation, or this machine."""
+    """The :class:`~gmmkit.parallel.placement.Placement` of ``--hosts``/``--hostfile``/``--host-discovery-script``,
+    or of the SLURM allocation, or this machine."""
+    if getattr(args, "host_discovery_script", None) is not None:
+        return discovery.discover(args.host_discovery_script)
     return placement.resolve(args.hosts, args.hostfile)
 
 

@@ -95,6 +95,7 @@ def run(args, parser) -> int:
             stop,
             callbacks=[lambda r: print_epoch(r, cfg.train.epochs)],
             say=lambda line: print(line, flush=True),
+            discovery_script=args.host_discovery_script,
         )
     if isinstance(ended, Launched):
         return _report_launched(ended, cfg, args.launcher)

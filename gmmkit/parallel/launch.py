@@ -180,7 +180,7 @@ def placement_args(
     SLURM allocation, which mpirun reads itself), ``--oversubscribe`` when a local job has more ranks than
     cores, and :func:`forward_args` (``env``, ``also``)."""
     args = []
-    if placement.source in ("hosts", "hostfile"):
+    if placement.by_name:
         args += ["--host", placement.host_list()]
     elif placement.is_local and n > placement.slots:
         args.append("--oversubscribe")
@@ -200,7 +200,7 @@ def mpirun_command(
         hint = "apt-get install openmpi-bin libopenmpi-dev" if launcher == "mpirun" else "make setup"
         raise LaunchError(f"--launcher {launcher}: '{launcher}' is not on PATH ({hint})")
     if launcher == "horovodrun":  # it forwards the whole environment itself
-        hosts = ["-H", placement.host_list()] if placement.source in ("hosts", "hostfile") else []
+        hosts = ["-H", placement.host_list()] if placement.by_name else []
         return [exe, "-np", str(n), *hosts, "--mpi", *argv]
     return [exe, "-np", str(n), *placement_args(n, placement, env), *argv]
 
@@ -353,6 +353,16 @@ def alive_hosts(
             proc.kill()
             proc.wait()
     return [name for name, proc in probes.items() if proc.returncode == 0]
+
+
+def run_program(argv: Sequence[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """Run a short program (a host discovery script) here, no stdin, its output captured as text; raises
+    ``TimeoutError`` (it was killed) or ``OSError``."""
+    streams = {"stdin": subprocess.DEVNULL, "capture_output": True, "text": True, "errors": "replace"}
+    try:
+        return subprocess.run(argv, timeout=timeout_s, **streams)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"{argv[0]} ran past {timeout_s} s") from None
 
 
 def run_json(n: int, argv: Sequence[str], timeout: float = 600, placement: Placement = LOCAL) -> dict:

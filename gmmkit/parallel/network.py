@@ -41,12 +41,12 @@ def check_hosts(placement: Placement) -> None:
     """Refuse, naming the flag (``placement.hosts``, ``placement.hostfile``), a host whose name does not
     resolve: mpirun would otherwise fail after starting, with a page of its own words. (SLURM's nodes are
     named by SLURM.)"""
-    if placement.source not in ("hosts", "hostfile"):
+    if not placement.by_name:
         return
     for name in placement.names:
         if not addresses(name):
             field = f"placement.{placement.source}"
-            where = f"{placement.origin}: " if placement.source == "hostfile" else ""
+            where = f"{placement.origin}: " if placement.source != "hosts" else ""
             detail = f"{where}host {name!r} is unknown (its name does not resolve to an address)"
             raise ConfigError(f"{field}: {detail}", field=field, detail=detail)
 

@@ -8,6 +8,9 @@ notebook's MPI engines (:class:`gmmkit.cluster.MPICluster`). Where it comes from
 ``--hosts``        ``a:2,b:2`` (OpenMPI's ``--host`` syntax; a host without ``:N`` has one slot)
 ``--hostfile``     OpenMPI's format: one ``HOST slots=N [max_slots=M]`` per line, ``#`` comments; a host
                    named twice adds its slots
+discovery script   ``--host-discovery-script PATH``, as horovodrun takes it: a program that prints the hosts
+                   available now, one ``HOST[:SLOTS]`` a line (:mod:`gmmkit.parallel.discovery`); an elastic
+                   run runs it again to find hosts that came back
 SLURM              inside an allocation (``SLURM_JOB_ID``): the allocated nodes
                    (``SLURM_JOB_NODELIST`` expanded as ``scontrol show hostnames`` does) with their tasks
                    (``SLURM_TASKS_PER_NODE``, e.g. ``2(x3),1``) as slots; mpirun then reads the
@@ -34,9 +37,9 @@ from .. import checks
 from ..errors import ConfigError
 from ..machine import available_cores
 
-SOURCES = ("local", "hosts", "hostfile", "slurm")
+SOURCES = ("local", "hosts", "hostfile", "discovery", "slurm")
 # a host name or IPv4 address as OpenMPI and DNS accept them
-_HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
 
 
 def _bad(field: str, detail: str) -> ConfigError:
@@ -62,7 +65,9 @@ class Placement:
                 "placement.hosts", "no hosts for a local placement and at least one otherwise", list(self.hosts)
             )
         for pair in self.hosts:
-            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and _HOST.match(pair[0])):
+            if not (
+                isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and HOST_NAME.match(pair[0])
+            ):
                 checks.fail("placement.hosts", "(host name, slots) pairs", pair)
             checks.positive_int("placement.hosts", pair[1])
         if len({name for name, _ in self.hosts}) != len(self.hosts):
@@ -82,6 +87,11 @@ class Placement:
         if self.is_local:
             return available_cores()
         return sum(slots for _, slots in self.hosts)
+
+    @property
+    def by_name(self) -> bool:
+        """The hosts are named to mpirun (``--host``): all but a local placement and a SLURM allocation."""
+        return self.source in ("hosts", "hostfile", "discovery")
 
     @property
     def names(self) -> list[str]:
@@ -113,9 +123,12 @@ class Placement:
         if self.is_local:
             return f"this machine ({self.slots} cores)"
         hosts = ",".join(f"{name}:{slots}" for name, slots in self.hosts)
-        where = {"hosts": "--hosts", "hostfile": f"hostfile {self.origin}", "slurm": f"SLURM job {self.origin}"}[
-            self.source
-        ]
+        where = {
+            "hosts": "--hosts",
+            "hostfile": f"hostfile {self.origin}",
+            "discovery": f"host discovery script {self.origin}",
+            "slurm": f"SLURM job {self.origin}",
+        }[self.source]
         return f"{hosts} ({where})"
 
     def host_list(self) -> str:
@@ -151,7 +164,7 @@ def parse_hosts(text: str) -> Placement:
     pairs = []
     for item in text.split(","):
         name, _, count = item.strip().partition(":")
-        if not _HOST.match(name) or (count and not count.isdigit()) or count == "0":
+        if not HOST_NAME.match(name) or (count and not count.isdigit()) or count == "0":
             raise _bad(
                 field, f"expected HOST[:SLOTS],... such as 'node1:2,node2:2', received {item.strip()!r} in {text!r}"
             )
@@ -179,7 +192,7 @@ def parse_hostfile(path: str | os.PathLike) -> Placement:
                 field,
                 f"{where}: expected HOST slots=N, received {line.strip()!r} (a user@ login goes in ~/.ssh/config)",
             )
-        if not _HOST.match(name):
+        if not HOST_NAME.match(name):
             raise _bad(field, f"{where}: expected a host name or address, received {name!r}")
         unknown = sorted(set(options) - {"slots", "max_slots", "max-slots"})
         if unknown or "slots" not in options:

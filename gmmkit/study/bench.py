@@ -24,6 +24,9 @@ exact``                     default mode's (``exact_efficiency_vs_default``)
 ``cross_host``              with ``--hostfile``/``--hosts`` of two hosts or more: the allreduce and the
                             2-worker efficiency (with its factors) again, one rank on each of two hosts
                             (:func:`cross_host`); the model's c then comes from there
+``failure_cost``            with the same hosts: an elastic run's rank killed on the second host, the
+                            seconds from the kill to the first step after the restart and the work done
+                            again (:mod:`gmmkit.study.failure_cost`)
 ==========================  ===========================================================================
 
 The steps for every K and the matmul are timed in turns (:func:`gmmkit.timing.take_turns`): on a shared
@@ -48,6 +51,7 @@ from ..model.flops import matmul_timer, train_flops
 from ..parallel import launch
 from ..parallel.placement import LOCAL, Placement
 from ..timing import take_turns
+from . import failure_cost
 from .perfmodel import from_measurements, measure_allreduce, measure_compute, time_steps
 
 MATMUL_N = 1024  # the dense-matmul reference: (1024 x 1024) @ (1024 x 1024), float32
@@ -224,6 +228,9 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
             **two_workers(compute["gradient_bytes"], cfg, repeats, quick, cross),
         }
         c = result["cross_host"]["allreduce"]["horovod_s"]  # larger jobs span hosts: their c is the network's
+        progress(f"a failure's cost: an elastic run's rank killed on {cross.names[1]}, to the first step after ...")
+        elastic_cfg = bench_config(50, train_size=128)
+        result["failure_cost"] = failure_cost.measure(elastic_cfg, cross, os.path.join(tmp, "elastic"), lambda _: None)
     perf = from_measurements(compute, c)
 
     predicted = {str(n): perf.epoch_time("strong", n, 32, sizes[-1], 64) for n in (1, 2, 4, 8, 16, 32)}
@@ -273,6 +280,8 @@ def format_table(result: dict) -> str:
             f"{cross['strong_efficiency_n2']:.3f} = "
             + " x ".join(f"{k} {v:.3f}" for k, v in cross["strong_efficiency_factors"].items())
         )
+    if "failure_cost" in result:
+        rows.append(failure_cost.format_line(result["failure_cost"]))
     g = result["growth"]
     rows.append("")
     rows.append(

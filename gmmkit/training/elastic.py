@@ -6,7 +6,9 @@ it asks :meth:`Restarts.next` for the next job: the hosts are found again (a hos
 put back in it, or one that came back, is taken back), each is probed (:func:`gmmkit.parallel.launch.alive_hosts`),
 the dead are dropped, and the run is resumed from its last committed state on the slots of those that answered
 (at least ``train.min_workers``, at most ``train.workers``), up to ``train.max_restarts`` times. Then the run
-ends ``failed`` with every cause (:meth:`Restarts.error`).
+ends ``failed`` with every cause (:meth:`Restarts.error`). A job short of workers takes back the hosts that
+come back at its next checkpoint (:mod:`.growth`, :meth:`Restarts.grow`): listed with the restarts
+(``"grown": true``), not counted against ``train.max_restarts``.
 
 Only strong scaling is elastic (:class:`~gmmkit.config.TrainConfig` refuses the others): its path does not
 depend on the worker count, and in exact mode not even in the last bit, so a run that lost a host ends with
@@ -27,7 +29,7 @@ from typing import Callable, Optional
 
 from ..config import RunConfig
 from ..errors import InputError
-from ..parallel import launch
+from ..parallel import discovery, launch
 from ..parallel.placement import Placement, parse_hostfile
 from ..signals import StopFlag
 from . import reached
@@ -51,11 +53,14 @@ def resume_argv(out: str, workers: int) -> list[str]:
 
 
 def hosts_now(given: Placement) -> Placement:
-    """The hosts a restart may use: the hostfile as it reads now (unreadable: as it read at the start), else
-    the hosts given (``--hosts``, the SLURM allocation, this machine)."""
-    if given.source == "hostfile":
-        with contextlib.suppress(InputError, OSError):
+    """The hosts a restart may use: the hostfile as it reads now, the hosts the discovery script prints now
+    (unreadable, failing: as at the start), else the hosts given (``--hosts``, the SLURM allocation, this
+    machine)."""
+    with contextlib.suppress(InputError, OSError):
+        if given.source == "hostfile":
             return parse_hostfile(given.origin)
+        if given.source == "discovery":
+            return discovery.discover(given.origin, allow_empty=True)
     return given
 
 
@@ -78,7 +83,7 @@ class Restarts:
         failed, began = time.time(), time.monotonic()
         self.causes.append(cause)
         t = self.cfg.train
-        if len(self.done) >= t.max_restarts:
+        if self.losses >= t.max_restarts:
             self.refused = f"train.max_restarts={t.max_restarts} reached"
             return None
         offered = hosts_now(self.placement)
@@ -100,31 +105,69 @@ class Restarts:
             # named host by host, also inside a SLURM allocation (mpirun takes --host as a subset of it)
             source = offered.source if offered.source == "hostfile" else "hosts"
             where = Placement(pairs, source, offered.origin if source == "hostfile" else _host_list(pairs))
-        try:
-            since = failed - os.lstat(run.state.link).st_mtime
-        except OSError:
-            since = None
-        entry = {
+        entry = self._entry(
+            run, summary, cause, (workers, n), where, [name for name in offered.names if name not in alive], failed
+        )
+        entry["probe_s"] = round(time.monotonic() - began, 3)
+        self._commit(run, summary, entry, failed)
+        self.say(restart_line(entry, t.max_restarts))
+        return n, where
+
+    def grow(
+        self, run: RunDir, summary: dict, back: list[str], workers: int, where: Placement
+    ) -> tuple[int, Placement]:
+        """The job of ``workers`` ranks on ``where`` ended ``stopped`` to take back the hosts ``back``
+        (:mod:`.growth`): the workers and the placement of the next job, on those hosts and the job's, committed
+        to ``summary.json`` first. Not counted against ``train.max_restarts``."""
+        ended, t = time.time(), self.cfg.train
+        offered, keep = hosts_now(self.placement), {*where.names, *back}
+        pairs = tuple(p for p in offered.hosts if p[0] in keep) + tuple(
+            p for p in where.hosts if p[0] not in offered.names
+        )
+        n = min(t.workers, sum(slots for _, slots in pairs))
+        after = Placement(pairs, "hosts", _host_list(pairs))
+        cause = f"host{'s' if len(back) > 1 else ''} {', '.join(back)} came back"
+        entry = {**self._entry(run, summary, cause, (workers, n), after, [], ended), "grown": True}
+        self._commit(run, {**summary, "status": "running"}, entry, ended)
+        self.say(restart_line(entry))
+        return n, after
+
+    @property
+    def losses(self) -> int:
+        """The restarts after a loss so far (a growth is not one)."""
+        return sum(1 for entry in self.done if not entry.get("grown"))
+
+    def _entry(
+        self, run: RunDir, summary: dict, cause: str, counts: tuple, where: Placement, dropped: list, at: float
+    ) -> dict:
+        """A restart's entry in ``summary.json``: when the job ended (``at``), why, the workers and hosts before
+        and after."""
+        workers, n = counts
+        return {
             "restart": len(self.done) + 1,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failed)),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
             "cause": cause,
             "workers_before": workers,
             "workers_after": n,
             "hosts_before": summary.get("hosts") or self.placement.host_of_ranks(workers),
             "hosts_after": where.host_of_ranks(n),
-            "dropped": [name for name in offered.names if name not in alive],
-            # where the next job goes on from (the committed state), and the steps the failed job did beyond it
+            "dropped": dropped,
+            # where the next job goes on from (the committed state), and the steps the ended job did beyond it
             "from_epoch": reached.position(summary)[0],
             "from_step": reached.position(summary)[1],
             "steps_redone": reached.steps_redone(run.path, summary),
-            # the training since the last committed state, done again (and the time it took to notice the loss)
-            "lost_s": round(since, 3) if since is not None else None,
-            "probe_s": round(time.monotonic() - began, 3),
         }
+
+    def _commit(self, run: RunDir, summary: dict, entry: dict, ended: float) -> None:
+        """Add ``entry`` with the training since the last committed state, done again (``lost_s``: the job
+        ended at ``ended``), and commit it."""
+        try:
+            since = ended - os.lstat(run.state.link).st_mtime
+        except OSError:
+            since = None
+        entry["lost_s"] = round(since, 3) if since is not None else None
         self.done.append(entry)
         run.commit(run.metrics(), {**summary, "restarts": self.done})
-        self.say(restart_line(entry, t.max_restarts))
-        return n, where
 
     def error(self) -> str:
         """Every job's cause and why the run was not restarted again, in one line."""

@@ -17,10 +17,10 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 from .. import checks
 from ..config import RunConfig
 from ..data.sources import load_split
-from ..parallel import launch, network
+from ..parallel import discovery, launch, network
 from ..parallel.placement import LOCAL, Placement, resolve
 from ..signals import Interrupted, StopFlag, signal_name, stop_on_signals
-from . import elastic
+from . import elastic, growth
 from .rundir import LOCK_HELD_BY_PARENT, RunDir
 
 
@@ -52,7 +52,8 @@ def run_on_ranks(
 
     An elastic run (``cfg.train.elastic``) whose job ends with the run still running (a rank or a host was
     lost) after its ranks began it is started again from its last committed state on the hosts that answer
-    (:mod:`gmmkit.training.elastic`); ``say`` gets one line per restart."""
+    (:mod:`gmmkit.training.elastic`); one short of workers takes back the hosts that come back at its next
+    checkpoint (:mod:`gmmkit.training.growth`); ``say`` gets one line per restart."""
     cfg = cfg.resolved()
     run = RunDir(cfg.out)
     claimed = run.claim(cfg, mode)
@@ -68,20 +69,25 @@ def run_on_ranks(
         restarts = elastic.Restarts(claimed, placement, say) if claimed.train.elastic else None
         workers, where, before = cfg.train.workers, placement, elastic.state_mark(run)
         while True:
-            code, failure = launch.run_ranks(
-                workers,
-                argv,
-                launcher,
-                env=env,
-                on_interrupt=run.request_stop,
-                grace_s=grace_s,
-                stop=stop,
-                placement=where,
-                rank_hosts=lambda: _hosts_of(run, workers),
-            )
+            with growth.Growth(run, claimed, placement, where, workers, stop) as grow:
+                code, failure = launch.run_ranks(
+                    workers,
+                    argv,
+                    launcher,
+                    env=env,
+                    on_interrupt=run.request_stop,
+                    grace_s=grace_s,
+                    stop=stop,
+                    placement=where,
+                    rank_hosts=lambda: _hosts_of(run, workers),
+                )
             if not run.exists():  # the ranks refused the run before writing anything (bad input)
                 return Launched(code, failure, None, False)
             summary = run.summary() or {}
+            if restarts is not None and grow.grown and not code and summary.get("status") == "stopped":
+                workers, where = restarts.grow(run, summary, grow.back, workers, where)  # ended to take hosts back
+                argv = elastic.resume_argv(cfg.out, workers)
+                continue
             ended_by_us = summary.get("status") in (None, "running")
             if not (ended_by_us and restarts is not None and not stop and elastic.state_mark(run) != before):
                 break  # (a job lost before its ranks began the run is not restarted: nothing says it would start)
@@ -124,21 +130,23 @@ def train_or_launch(
     stop: Optional[StopFlag] = None,
     callbacks: Iterable[Callable[[dict], None]] = (),
     say: Callable[[str], None] = lambda line: None,
+    discovery_script: Optional[str] = None,
 ) -> Union[dict, Launched]:
     """Train the run ``cfg`` (``mode``: "new", "resume" or "overwrite", as :meth:`RunDir.claim` takes it) where it
     belongs: in this process (one worker, a simulation of ``cfg.train.workers``, or one rank of a job someone
     started with mpirun or horovodrun), returning its summary; or, for n > 1 real workers from a plain
-    process, by starting n ranks that each run ``argv`` (the same command) where ``hosts`` or ``hostfile``
-    say (default: the SLURM allocation this runs in, else this machine), returning how that job ended
-    (:class:`Launched`), restarted when elastic (:func:`run_on_ranks`). ``callbacks`` get each epoch's record
-    where this process trains; ``say`` gets a line when ranks are started, and one per restart."""
+    process, by starting n ranks that each run ``argv`` (the same command) where ``hosts``, ``hostfile`` or
+    the host discovery script ``discovery_script`` say (default: the SLURM allocation this runs in, else this
+    machine), returning how that job ended (:class:`Launched`), restarted when elastic (:func:`run_on_ranks`).
+    ``callbacks`` get each epoch's record where this process trains; ``say`` gets a line when ranks are
+    started, and one per restart."""
     cfg.check_batch_fits()  # before ranks start and data is built
     n, inside = cfg.train.workers, launch.launched_in_parallel()
     if cfg.train.elastic and simulate:
         checks.fail("train.elastic", "real ranks (a simulation runs in one process: nothing to restart)", "--simulate")
     launching = n > 1 and not simulate and not inside
-    if not inside and (launching or hosts or hostfile):
-        where = resolve(hosts, hostfile)
+    if not inside and (launching or hosts or hostfile or discovery_script):
+        where = discovery.discover(discovery_script) if discovery_script is not None else resolve(hosts, hostfile)
         where.check_workers(n)  # hosts given are checked, used or not
         network.check_hosts(where)
     if launching:

@@ -40,8 +40,9 @@ def restart_line(entry: dict, max_restarts: Optional[int] = None) -> str:
     moved = entry.get("dropped") or list(dict.fromkeys(entry.get("hosts_before") or ())) != hosts
     where = f" on {', '.join(hosts)}" if hosts and moved else ""
     dropped = f" (dropped {', '.join(entry['dropped'])})" if entry.get("dropped") else ""
+    head = "grown" if entry.get("grown") else f"restart {n}{f'/{max_restarts}' if max_restarts is not None else ''}"
     line = (
-        f"restart {n}{f'/{max_restarts}' if max_restarts is not None else ''}: {entry.get('cause', 'unknown cause')}; "
+        f"{head}: {entry.get('cause', 'unknown cause')}; "
         f"going on with {after} worker{'' if after == 1 else 's'} ({before} before){where}{dropped} from "
         f"{resumed_at(entry.get('from_epoch') or 0, entry.get('from_step') or 0)}"
     )
