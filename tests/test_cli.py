@@ -151,6 +151,10 @@ BAD_FLAGS = [
     (["train", "--min-workers", "0"], "--min-workers"),
     (["train", "--min-workers", "3", "--workers", "2"], "--min-workers"),
     (["train", "--max-restarts", "-1"], "--max-restarts"),
+    (["sweep", "--workers", "1,2", "--elastic", "--min-workers", "3"], "--min-workers"),  # over the largest n
+    (["sweep", "--elastic", "--max-restarts", "-1"], "--max-restarts"),
+    (["reproduce", "--out", "r", "--min-workers", "0"], "--min-workers"),
+    (["reproduce", "--out", "r", "--max-restarts", "x"], "--max-restarts"),
     (["bench", "--json", "out.txt"], "--json"),
     (["bench", "--json", "file/bench.json"], "--json"),
     (["bench", "--plot", "growth.png"], "--plot"),
@@ -173,6 +177,8 @@ NO_BAD_VALUE = {
     ("reproduce", "--no-exact"),
     ("train", "--overwrite"),
     ("sweep", "--simulate"),
+    ("sweep", "--elastic"),  # its strategies that cannot change n are restarted on n only (study/batch.py)
+    ("reproduce", "--elastic"),
     ("sweep", "--no-calibrate"),
     ("sweep", "--overwrite"),
     ("demo", "--overwrite"),
