@@ -160,6 +160,18 @@ def ended_output(engine_set) -> Optional[str]:
     return None if running else engine_set.get_output(remove=False)
 
 
+def job_failure(engine_sets: dict, ranks: Sequence) -> Optional[str]:
+    """Why the MPI job of one of ipyparallel's ``engine_sets`` ended, once it has, from what mpiexec printed (its
+    ``ranks``, :class:`~gmmkit.cluster.identity.Rank` in rank order, name the host and pid of each); None while
+    they run."""
+    for engine_set in list(engine_sets.values()):
+        output = ended_output(engine_set)
+        if output is not None:
+            said = launch.rank_failure(output, [r.host for r in ranks] or None, [r.pid for r in ranks])
+            return said or f"the engines' mpiexec ended: {output[-500:].strip()}"
+    return None
+
+
 def wait_until_started(cluster_file: str, timeout: float) -> bool:
     """Wait (up to ``timeout``) until the cluster file lists engine sets that have all been started (their
     count is final then); True when they had been at the first look."""

@@ -81,6 +81,16 @@ def wait_for(client, n: int, timeout: float, replacing: frozenset = frozenset())
     return False
 
 
+def wait_or_raise(client, n: int, timeout: float, replacing: frozenset, engine_sets: dict) -> None:
+    """:func:`wait_for`, or a :class:`LaunchError` with what ipyparallel's ``engine_sets`` (their mpiexec) printed."""
+    if not wait_for(client, n, timeout, replacing):
+        output = "".join(es.get_output(remove=False)[-3000:] for es in engine_sets.values())
+        raise LaunchError(
+            f"expected {n} engines to register within {timeout:.0f} s, "
+            f"{len(answering(client))} answered. Engine output:\n{output}"
+        )
+
+
 def rank_map(client) -> dict[int, Rank]:
     """``{engine id: Rank}`` of every engine of ``client``, checked to be exactly ranks 0..n-1 of one world of
     size n."""

@@ -31,10 +31,10 @@ What it takes care of:
   host's ``cores / local ranks`` threads unless ``train.threads`` says otherwise.
 * **Exposure.** The controller listens on 127.0.0.1 only unless ``controller_ip`` says otherwise, and the
   connection files, which hold the key without which nothing runs on the engines, are mode 600.
-* **Runs.** :meth:`MPICluster.train` starts a run on every engine and returns a
-  :class:`~gmmkit.cluster.training_run.TrainingRun` at once: rank 0 streams each epoch to the notebook.
-  When the engines' MPI job ends under a run (a rank died, a host was lost), ``wait()`` raises naming the
-  rank or the host; :meth:`MPICluster.restart` starts a fresh world.
+* **Runs.** :meth:`MPICluster.train` returns a :class:`~gmmkit.cluster.training_run.TrainingRun` at once, rank 0
+  streaming each epoch to the notebook. When the engines' MPI job ends under it (a rank died, a host was lost),
+  ``wait()`` raises naming the rank or the host and :meth:`MPICluster.restart` starts a fresh world; an elastic
+  run (``train.elastic``) does that itself on the hosts that answer and goes on (:mod:`gmmkit.cluster.elastic`).
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ from traitlets.config import Config
 
 from ..config import RunConfig
 from ..errors import InputError, LaunchError
-from ..parallel import launch
 from ..parallel import placement as placing
 from ..parallel.placement import Placement
 from . import engines, identity
+from .elastic import ElasticRun
 from .identity import Rank
 from .training_run import TrainingRun, engine_train
 
@@ -116,7 +116,7 @@ class MPICluster:
         self._cluster: Optional[ipp.Cluster] = None
         self._client: Optional[ipp.Client] = None
         self._ranks: Optional[dict[int, Rank]] = None
-        self._active: Optional[TrainingRun] = None
+        self._active: Optional[TrainingRun | ElasticRun] = None
 
     @classmethod
     def slurm(cls, n: int = 2, *, controller_ip: str, sbatch_options: Sequence[str] = (), **kwargs) -> "MPICluster":
@@ -151,14 +151,9 @@ class MPICluster:
                 "mpiexec is not on PATH: install OpenMPI (apt-get install openmpi-bin "
                 "libopenmpi-dev) or run scripts/setup-env.sh"
             )
-        kwargs = {
-            "engines": self.engine_kind,
-            "n": self.n,
-            "controller_ip": self.controller_ip,
-            "engine_timeout": int(self.engine_timeout),
-            "config": self._engine_config(),
-            "controller_args": engines.CONTROLLER_ARGS,
-        }
+        kwargs = {"engines": self.engine_kind, "n": self.n, "controller_ip": self.controller_ip}
+        kwargs.update(engine_timeout=int(self.engine_timeout), controller_args=engines.CONTROLLER_ARGS)
+        kwargs["config"] = self._engine_config()
         for name in ("profile", "profile_dir", "cluster_id"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
@@ -202,9 +197,8 @@ class MPICluster:
         if not engines.wait_until_started(cluster.cluster_file, timeout):  # ipcluster may still be starting them
             cluster = ipp.Cluster.from_file(cluster_id=cluster_id, **found)
         n = sum(int(getattr(es, "n", 0) or 0) for es in cluster.engines.values())
-        where = kwargs.pop("placement", None) or placing.resolve(
-            kwargs.pop("hosts", None), kwargs.pop("hostfile", None)
-        )
+        given = (kwargs.pop("hosts", None), kwargs.pop("hostfile", None))
+        where = kwargs.pop("placement", None) or placing.resolve(*given)
         self = cls(
             max(n, 1),
             profile=profile,
@@ -270,26 +264,35 @@ class MPICluster:
         """mpiexec arguments of an n-rank engine set (the same placement as ``gmmkit train --workers n``)."""
         return engines.mpi_args(n, self.placement, self.mpi_args, self.engine_env())
 
-    def _engine_config(self, n: Optional[int] = None) -> Config:
+    def _engine_config(self, n: Optional[int] = None, placement: Optional[Placement] = None) -> Config:
         n = self.n if n is None else n
         if self.engine_kind == "slurm":
             return engines.slurm_engine_config(n, self.engine_env(), self.sbatch_options, self.mpi_args)
-        return engines.mpi_engine_config(n, self.placement, self.mpi_args, self.engine_env())
+        return engines.mpi_engine_config(n, placement or self.placement, self.mpi_args, self.engine_env())
 
-    def _start_engines(self, n: int) -> None:
-        engines.apply(self._cluster, self._engine_config(n))
+    def _start_engines(self, n: int, placement: Optional[Placement] = None) -> None:
+        engines.apply(self._cluster, self._engine_config(n, placement))
         self._cluster.start_engines_sync(n)
         self._ranks = None
+
+    def stop_engines(self) -> None:
+        """Stop the engines (their MPI job: what is left of a world that lost a rank), keeping the controller."""
+        self._cluster.stop_engines_sync()
+        self._ranks = None
+
+    def start_engines(self, n: int, placement: Optional[Placement] = None, replacing: frozenset = frozenset()):
+        """After :meth:`stop_engines`: n engines, one MPI world on ``placement``'s hosts (default: the cluster's,
+        which stays its placement), once they answer (none of ``replacing``); an elastic run's restart."""
+        self._start_engines(n, placement)
+        self._wait_for_engines(n, replacing=replacing)
+        self.n = n
+        self.secure()
+        return self
 
     def _wait_for_engines(self, n: int, timeout: Optional[float] = None, replacing: frozenset = frozenset()) -> None:
         """Wait until exactly ``n`` engines answer, none of them one of ``replacing`` (:func:`.identity.wait_for`)."""
         timeout = self.engine_timeout if timeout is None else timeout
-        if not identity.wait_for(self._client, n, timeout, replacing):
-            output = "".join(es.get_output(remove=False)[-3000:] for es in (self._cluster.engines or {}).values())
-            raise LaunchError(
-                f"expected {n} engines to register within {timeout:.0f} s, "
-                f"{len(identity.answering(self._client))} answered. Engine output:\n{output}"
-            )
+        identity.wait_or_raise(self._client, n, timeout, replacing, self._cluster.engines or {})
 
     def resize(self, n: int) -> "MPICluster":
         """Run exactly n engines: restart them as one new n-rank MPI world (starts the cluster if stopped)."""
@@ -317,15 +320,13 @@ class MPICluster:
 
     def _restart(self, n: int) -> "MPICluster":
         replacing = frozenset((a["host"], a["pid"]) for a in identity.answering(self._client, 2.0).values())
+        if n != self.n:  # a new engine set of another size
+            self.stop_engines()
+            return self.start_engines(n, replacing=replacing)
         engines.apply(self._cluster, self._engine_config(n))
-        if n == self.n:
-            self._cluster.restart_engines_sync()  # ipyparallel's own: stop the MPI job, start it again
-        else:  # a new engine set of another size
-            self._cluster.stop_engines_sync()
-            self._start_engines(n)
+        self._cluster.restart_engines_sync()  # ipyparallel's own: stop the MPI job, start it again
         self._ranks = None
         self._wait_for_engines(n, replacing=replacing)
-        self.n = n
         self.secure()
         return self
 
@@ -343,13 +344,8 @@ class MPICluster:
     def engine_failure(self) -> Optional[str]:
         """Why the engines' MPI job ended, once it has (a rank died, a host was lost), from what mpiexec
         printed; None while it runs (or when it cannot be told: engines this object did not start)."""
-        for engine_set in list((self._cluster.engines if self._cluster is not None else {}).values()):
-            output = engines.ended_output(engine_set)
-            if output is not None:
-                ranks = sorted(self._ranks.values()) if self._ranks else []  # hosts and pids: mpiexec says pid 0
-                said = launch.rank_failure(output, [r.host for r in ranks] or None, [r.pid for r in ranks])
-                return said or f"the engines' mpiexec ended: {output[-500:].strip()}"
-        return None
+        ranks = sorted(self._ranks.values()) if self._ranks else []  # hosts and pids: mpiexec says pid 0
+        return engines.job_failure(self._cluster.engines if self._cluster is not None else {}, ranks)
 
     def engine_of_rank(self, rank: int) -> int:
         for engine, r in self.rank_map().items():
@@ -371,8 +367,9 @@ class MPICluster:
         return engines.secure(self._cluster.profile_dir, self.connection_files())
 
     # --- training ----------------------------------------------------------------------------
-    def train(self, cfg: RunConfig) -> "TrainingRun":
-        """Start ``cfg`` on every engine under Horovod and return at once with a :class:`TrainingRun`.
+    def train(self, cfg: RunConfig) -> "TrainingRun | ElasticRun":
+        """Start ``cfg`` on every engine under Horovod and return at once with a :class:`TrainingRun` (an
+        :class:`~gmmkit.cluster.elastic.ElasticRun` when ``cfg.train.elastic``: restarted when it loses a rank).
 
         ``cfg.train.workers`` must equal the number of engines (:meth:`resize` first to change it); a
         relative ``cfg.out`` is made absolute here, so notebook and engines agree on the run directory.
@@ -386,13 +383,16 @@ class MPICluster:
         if self._active is not None and not self._active.done():
             raise InputError("train: a run is in progress on the engines; stop it or wait for it first")
         cfg = cfg.resolved()  # absolute paths: the engines' working directory may differ from the notebook's
-        ranks = self.rank_map()
-        cfg_json = cfg.to_json()
-        results = {int(rank): self.client[engine].apply_async(engine_train, cfg_json) for engine, rank in ranks.items()}
-        self._active = TrainingRun(
-            cfg, results, hosts={int(r): r.host for r in ranks.values()}, engine_failure=self.engine_failure
-        )
+        self._active = ElasticRun(self, cfg) if cfg.train.elastic else self.start_run(cfg)
         return self._active
+
+    def start_run(self, cfg: RunConfig, resume: bool = False) -> TrainingRun:
+        """``cfg`` (resolved, as many workers as engines) on every engine: a new run, or with ``resume`` the run
+        its folder holds, continued from its last committed state; the run is not the cluster's to stop."""
+        ranks = self.rank_map()
+        results = {int(r): self.client[e].apply_async(engine_train, cfg.to_json(), resume) for e, r in ranks.items()}
+        hosts = {int(r): r.host for r in ranks.values()}
+        return TrainingRun(cfg, results, hosts=hosts, engine_failure=self.engine_failure)
 
 
 def _check_n(n) -> None:

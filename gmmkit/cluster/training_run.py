@@ -32,8 +32,9 @@ OUTPUT_S = 30.0
 # --- functions that run on the engines ----------------------------------------------------------
 
 
-def engine_train(cfg_json: str) -> dict:
-    """On every engine: train the run ``cfg_json`` describes under Horovod; returns the run summary.
+def engine_train(cfg_json: str, resume: bool = False) -> dict:
+    """On every engine: train the run ``cfg_json`` describes under Horovod (``resume``: continue the run its
+    folder holds from its last committed state); returns the run summary.
 
     Rank 0 (the only rank that calls epoch callbacks) publishes each epoch's metrics record under the key
     ``epoch-NNNNNN``; the notebook reads them from ``AsyncResult.data`` while the run goes on.
@@ -49,7 +50,7 @@ def engine_train(cfg_json: str) -> dict:
     def publish(record: dict) -> None:
         publish_data({METRIC_KEY.format(int(record["epoch"])): dict(record)})
 
-    return train(cfg, callbacks=[publish])
+    return train(cfg, callbacks=[publish], resume=resume)
 
 
 # --- the notebook's handle ----------------------------------------------------------------------
@@ -126,23 +127,12 @@ class TrainingRun:
         job (a rank died, a host was lost), raises, naming the rank and its host."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done():
-            ended = self.engine_failure()
-            if ended:  # mpiexec ended the job: every rank is gone, whatever ipyparallel has noticed so far
+            ended, job = self._failure()
+            if ended:  # mpiexec ended the job (every rank is gone, whatever ipyparallel has noticed so far), or
+                blocked = "" if job else "; the other ranks may be blocked"  # a rank failed and the others wait
                 raise RuntimeError(
-                    f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in its "
-                    "folder; restart the engines with cluster.restart()"
-                )
-            failed = self._failures()
-            if failed:  # one rank died: the others wait in a collective forever
-                ended = self._job_end(ENDING_S)  # mpiexec, ending the job, may say more: which host was lost
-                if ended:
-                    raise RuntimeError(
-                        f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in "
-                        "its folder; restart the engines with cluster.restart()"
-                    )
-                raise RuntimeError(
-                    f"run {self.cfg.out}: {self._failed(*failed[0])}; the other ranks may be "
-                    "blocked, restart the engines with cluster.restart(n)"
+                    f"run {self.cfg.out}: {ended}; the metrics of the finished epochs are in its folder{blocked}; "
+                    "restart the engines with cluster.restart()"
                 )
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(
@@ -156,6 +146,23 @@ class TrainingRun:
         # the result can arrive before rank 0's last published records; the engine's idle message follows them
         self.results[0].wait_for_output(OUTPUT_S)
         return self.results[0].get()
+
+    def failure(self) -> Optional[str]:
+        """Why the run's engines failed, once one has: the end of their MPI job in mpiexec's words (which rank on
+        which host, how it ended), else the first failed rank's error; None while none has."""
+        return self._failure()[0]
+
+    def _failure(self) -> tuple[Optional[str], bool]:
+        """:meth:`failure`, and whether the engines' MPI job has ended (else a rank failed and the others may wait
+        in a collective forever: mpiexec, ending the job, may say more, such as which host was lost)."""
+        ended = self.engine_failure()
+        if ended:
+            return ended, True
+        failed = self._failures()
+        if not failed:
+            return None, False
+        ended = self._job_end(ENDING_S)
+        return (ended, True) if ended else (self._failed(*failed[0]), False)
 
     def _job_end(self, within_s: float) -> Optional[str]:
         """Why the engines' MPI job ended, waiting up to ``within_s`` for it to end."""

@@ -304,6 +304,8 @@ class Dashboard:
             for record in records[len(run.records) :]:
                 self.update(record, run)
                 new += 1
+            for line in run_rows.restart_news(run):  # an elastic run lost an engine or a host, and goes on
+                self._set_status(f"{run.label}: {line}")
             if run.handle.done():
                 try:
                     summary = run.handle.wait(timeout=10)

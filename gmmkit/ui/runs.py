@@ -59,12 +59,22 @@ class DashboardRun:
     error: Optional[str] = None
     attached: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
+    events_shown: int = 0  # the lines of handle.events (an elastic run's losses and restarts) shown so far
 
     @property
     def status(self) -> str:
         if self.error:
             return "failed"
         return self.summary.get("status", "running") if self.summary else "running"
+
+
+def restart_news(run: DashboardRun) -> list[str]:
+    """The lines of ``run``'s losses and restarts not shown yet (an elastic run on a cluster:
+    :class:`gmmkit.cluster.elastic.ElasticRun` ``.events``, e.g. ``restart 1/3: rank 1 (pid 42 on node1) was killed
+    by SIGKILL; going on with 1 of 2 workers ...``); marks them shown."""
+    events = list(getattr(run.handle, "events", None) or ())
+    news, run.events_shown = events[run.events_shown :], len(events)
+    return news
 
 
 def discover(folder: str | Path, depth: int = 2) -> list[Path]:
