@@ -1,0 +1,33 @@
+"""Which collectives a job's ranks use (``train.backend``, ``--backend``), decided without importing either
+library (each is heavy): ``horovod`` (:mod:`.backend_horovod`) or ``mpi`` (:mod:`.backend_mpi`), by default
+Horovod where it is installed, else MPI through mpi4py."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Optional
+
+from .. import checks
+from ..config import BACKENDS
+
+
+def horovod_installed() -> bool:
+    """True when Horovod can be imported (found, without importing it)."""
+    return importlib.util.find_spec("horovod") is not None
+
+
+def default_backend() -> str:
+    """``horovod`` where Horovod is installed, else ``mpi``."""
+    return "horovod" if horovod_installed() else "mpi"
+
+
+def resolve_backend(name: Optional[str]) -> str:
+    """The backend ranks use for ``train.backend`` ``name`` (None: :func:`default_backend`); refuses one that
+    is unknown or not installed here (a :class:`~gmmkit.errors.ConfigError` naming ``train.backend``)."""
+    if name is None:
+        return default_backend()
+    if name not in BACKENDS:
+        checks.fail("train.backend", "one of " + ", ".join(BACKENDS), name)
+    if name == "horovod" and not horovod_installed():
+        checks.fail("train.backend", "a backend installed here (Horovod is not; --backend mpi needs no Horovod)", name)
+    return name
