@@ -10,6 +10,8 @@ from typing import Optional
 from .. import checks
 from ..config import BACKENDS
 
+PROBE_KEYS = {"horovod": "horovod_s", "mpi": "mpi4py_s"}  # each backend's figure in the allreduce probe's result
+
 
 def horovod_installed() -> bool:
     """True when Horovod can be imported (found, without importing it)."""
@@ -31,3 +33,13 @@ def resolve_backend(name: Optional[str]) -> str:
     if name == "horovod" and not horovod_installed():
         checks.fail("train.backend", "a backend installed here (Horovod is not; --backend mpi needs no Horovod)", name)
     return name
+
+
+def installed_backends() -> tuple:
+    """The backends ranks can use here, the default first."""
+    return tuple(sorted(BACKENDS, key=lambda b: b != default_backend())) if horovod_installed() else ("mpi",)
+
+
+def probe_key(name: Optional[str]) -> str:
+    """The key of backend ``name``'s seconds in :func:`gmmkit.parallel.distributed.allreduce_probe`'s result."""
+    return PROBE_KEYS[resolve_backend(name)]

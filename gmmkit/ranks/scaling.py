@@ -62,7 +62,7 @@ def contention_probe(cfg_json: str, rounds: int = 3) -> dict:
     second over the first: ranks on one host share its memory bandwidth and caches; ``step_overhead_s``,
     the third less the second: what the step's collectives and the ranks' waiting for each other add (one
     allreduce in default mode, a max and a sum in exact mode); and ``allreduce_s``, one allreduce of the
-    gradients' bytes on the config's backend. The wall-time model's terms (:class:`gmmkit.study.perfmodel.PerfModel`)."""
+    gradients' bytes (the config's backend). The wall-time model's terms (:class:`gmmkit.study.perfmodel.PerfModel`)."""
     cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
     ctx = distributed.init(1, backend=cfg.train.backend)
     solo = Trainer(cfg.replace(train={"workers": 1}), ctx=distributed.LocalContext())
