@@ -121,8 +121,8 @@ class MPIContext:
     def broadcast_variables(self, variables: Sequence[tf.Variable]) -> None:
         """Rank 0's values of ``variables`` on every rank."""
         for var in variables:
-            value = np.ascontiguousarray(var.numpy())
-            self.comm.Bcast(value, root=0)
+            value = np.array(var.numpy(), order="C")  # a copy of the var's shape (0-d for a scalar)
+            self.comm.Bcast(value.reshape(-1), root=0)  # into value, through a flat view
             var.assign(value)
 
     def barrier(self) -> None:
