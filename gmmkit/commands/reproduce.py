@@ -17,6 +17,7 @@ import sys
 from ..signals import StopFlag
 from ..study.reproduce import PAPER_LR, SCALES, ReproduceConfig
 from .flags import (
+    BACKEND,
     CHECKPOINT_EVERY,
     STUDY_ELASTIC_FLAGS,
     Flag,
@@ -68,6 +69,7 @@ FLAGS = (
         help="every run in exact mode (default; --no-exact: float32 sums, whose real ranks drift)",
     ),
     CHECKPOINT_EVERY,
+    BACKEND,
     Flag("--overwrite", action="store_true", help="start over in a folder holding another reproduction"),
     Flag("--no-progress", action="store_true"),
 )
@@ -92,7 +94,13 @@ def run(args, parser) -> int:
         out=args.out,
         scale=args.scale,
         target_epoch=args.target_epoch,
-        run=base.replace(train={"exact": args.exact, "checkpoint_every": getattr(args, "checkpoint_every", None)}),
+        run=base.replace(
+            train={
+                "exact": args.exact,
+                "checkpoint_every": getattr(args, "checkpoint_every", None),
+                "backend": getattr(args, "backend", None),
+            }
+        ),
         max_real=args.max_real,
         placement=placement_from_args(args),
         lr=args.lr,

@@ -48,11 +48,17 @@ LAYERS = (
 
 # library (top-level import name) -> the modules or packages that may import it
 OWNERS = {
-    "tensorflow": ("gmmkit.model", "gmmkit.training", "gmmkit.parallel.distributed"),
+    "tensorflow": (
+        "gmmkit.model",
+        "gmmkit.training",
+        "gmmkit.parallel.distributed",
+        "gmmkit.parallel.backend_horovod",
+        "gmmkit.parallel.backend_mpi",
+    ),
     "keras": ("gmmkit.model", "gmmkit.training", "gmmkit.parallel.distributed"),
     "tensorboard": ("gmmkit.training.tensorboard",),
-    "horovod": ("gmmkit.parallel.distributed",),
-    "mpi4py": ("gmmkit.parallel.distributed",),
+    "horovod": ("gmmkit.parallel.backend_horovod",),
+    "mpi4py": ("gmmkit.parallel.backend_mpi",),
     "plotly": ("gmmkit.plots",),
     "kaleido": ("gmmkit.plots",),
     "ipywidgets": ("gmmkit.ui",),
