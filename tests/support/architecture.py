@@ -50,6 +50,7 @@ LAYERS = (
 OWNERS = {
     "tensorflow": ("gmmkit.model", "gmmkit.training", "gmmkit.parallel.distributed"),
     "keras": ("gmmkit.model", "gmmkit.training", "gmmkit.parallel.distributed"),
+    "tf_keras": ("gmmkit.model.keras2",),  # the current lane's Keras 2 (README "Two lanes")
     "tensorboard": ("gmmkit.training.tensorboard",),
     "horovod": ("gmmkit.parallel.distributed",),
     "mpi4py": ("gmmkit.parallel.distributed",),
