@@ -22,10 +22,13 @@ _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 # The current lane (TensorFlow 2.16 and later, README "Two lanes"): gmmkit is written for Keras 2, which is
 # the tf-keras package there, and ``tf.keras`` is Keras 2 too only with this variable set before TensorFlow
-# loads (gmmkit's own modules import tf_keras by name: gmmkit.model.keras2). TensorFlow 2.15 has no tf-keras
-# and ignores it. TF_USE_LEGACY_KERAS in the environment wins.
+# loads (gmmkit's own modules import tf_keras by name: gmmkit.model.keras2). TF_USE_LEGACY_KERAS in the
+# environment wins. Without tf-keras (the Horovod lane) the variable goes: TensorFlow 2.15's tf.keras would
+# look for tf-keras and, not finding it, load no Keras at all (a process started from the other lane has it).
 if _find_spec("tf_keras") is not None:
     _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+else:
+    _os.environ.pop("TF_USE_LEGACY_KERAS", None)
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from .errors import ConfigError, InputError  # noqa: E402

@@ -179,14 +179,15 @@ def wait_for(condition, proc=None, timeout=300, what="the condition"):
         time.sleep(0.02)
 
 
-def gmmkit_train(cfg, *flags, mpirun=None, timeout=900):
-    """``gmmkit train --config cfg.json FLAGS`` as a user types it (optionally under ``mpirun -np N``)."""
+def gmmkit_train(cfg, *flags, mpirun=None, timeout=900, python=sys.executable):
+    """``gmmkit train --config cfg.json FLAGS`` as a user types it (optionally under ``mpirun -np N``), with
+    ``python`` (another lane's venv: tests/test_lanes.py)."""
     out = cfg.out
     os.makedirs(out, exist_ok=True)
     cfg_file = os.path.join(out, "input-config.json")
     with open(cfg_file, "w") as fh:
         fh.write(cfg.to_json())
-    cmd = [sys.executable, "-m", "gmmkit", "train", "--config", cfg_file, *flags]
+    cmd = [str(python), "-m", "gmmkit", "train", "--config", cfg_file, *flags]
     if mpirun:
         cmd = mpirun_command(mpirun, cmd)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env())
