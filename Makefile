@@ -29,8 +29,10 @@ test: $(READY) lint $(if $(filter 1,$(CURRENT_LANE)),$(CURRENT_READY))
 	PYTHONUTF8=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20 $(PYTEST_ARGS)
 	$(if $(filter 1,$(CURRENT_LANE)),$(MAKE) --no-print-directory test-current)
 
-test-current: $(CURRENT_READY)
-	PYTHONUTF8=1 $(CURRENT_VENV)/bin/python -m pytest -m lane -n $(TEST_WORKERS) --durations=10 $(PYTEST_ARGS)
+# tests/test_lanes.py reaches the Horovod lane through its venv's Python
+test-current: $(READY) $(CURRENT_READY)
+	PYTHONUTF8=1 GMMKIT_HOROVOD_PYTHON=$(abspath $(BIN))/python $(CURRENT_VENV)/bin/python -m pytest -m lane \
+		-n $(TEST_WORKERS) --durations=10 $(PYTEST_ARGS)
 
 lint: $(READY)
 	$(BIN)/ruff format --check .
