@@ -31,6 +31,7 @@ CHECKPOINT_EVERY = re.compile(r"^\s*(?:(?P<steps>\d+)|(?P<seconds>\d+(?:\.\d*)?|
 
 # The data sets gmmkit builds itself (gmmkit.data.sources); any other dataset is a .npz path.
 BUILT_IN = ("lidc", "phantoms")
+BACKENDS = ("horovod", "mpi")  # the ranks' collectives (gmmkit.parallel.distributed); None: horovod where installed
 
 
 @dataclass
@@ -92,6 +93,7 @@ class TrainConfig:
     elastic: bool = False  # a job that loses a rank or a host restarts on the hosts that answer (training/elastic.py)
     min_workers: int = 1  # elastic: the fewest workers a restart may go on with
     max_restarts: int = 3  # elastic: restarts before the run ends failed
+    backend: Optional[str] = None  # the ranks' collectives: "horovod", "mpi"; None: horovod where installed
 
     @property
     def micro_batch(self) -> int:
@@ -167,6 +169,8 @@ class TrainConfig:
                 self.checkpoint_every,
             )
         self._validate_elastic()
+        if self.backend is not None and self.backend not in BACKENDS:
+            checks.fail("train.backend", "one of " + ", ".join(BACKENDS), self.backend)
         if self.exact and self.strategy == "strong" and self.workers > (self.micro_shards or self.batch_size):
             checks.fail(
                 "train.workers",

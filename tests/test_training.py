@@ -98,7 +98,7 @@ def test_two_shares_of_a_batch_give_the_sequential_gradient_on_the_papers_model(
     from gmmkit.model import build_deepdensity, per_sample_msle
     from gmmkit.parallel import distributed
 
-    distributed.init(1, use_horovod=False)
+    distributed.init(1, parallel=False)
     data = {"dataset": "phantoms", "size": 96, "train_size": 32, "val_size": 64}
     x = load_split(RunConfig().replace(data=data).data).train
     model = build_deepdensity(seed=3)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from ..errors import CLIError
 from ..files import writable_path
-from .flags import Flag, add_command, add_flags, add_placement_flags, placement_from_args
+from .flags import BACKEND, Flag, add_command, add_flags, add_placement_flags, placement_from_args
 
 FLAGS = (
     Flag("--quick", action="store_true", help="fewer sizes and repeats (a few minutes)"),
     Flag("--json", metavar="FILE", help="also write the figures as JSON"),
     Flag("--plot", metavar="FILE", help="also write the cost-growth curves as a standalone HTML figure"),
+    BACKEND,  # the backend of the 2-rank figures and the model's c; every installed one is measured side by side
 )
 
 
@@ -32,7 +33,12 @@ def run(args, parser) -> int:
     from ..files import atomic_write_json
     from ..study import bench
 
-    result = bench.run(quick=args.quick, progress=lambda msg: print(msg, flush=True), placement=where)
+    result = bench.run(
+        quick=args.quick,
+        progress=lambda msg: print(msg, flush=True),
+        placement=where,
+        backend=getattr(args, "backend", None),
+    )
     print(bench.format_table(result), flush=True)
     print(f"({result['seconds']:.0f} s)", flush=True)
     if args.json:

@@ -17,7 +17,7 @@ import dataclasses
 
 from ..config import RunConfig
 from ..study.config import StudyConfig
-from .flags import Flag, add_command, add_flags, add_placement_flags, placement_from_args
+from .flags import BACKEND, Flag, add_command, add_flags, add_placement_flags, placement_from_args
 from .sweep import OVERWRITE, report
 
 DEMO = StudyConfig(
@@ -47,6 +47,7 @@ FLAGS = (
         help="every run in exact mode, so strong runs follow the sequential path to the last bit "
         "(default; --no-exact: float32 sums, faster, drifting)",
     ),
+    BACKEND,
     OVERWRITE,
 )
 
@@ -62,7 +63,9 @@ def run(args, parser) -> int:
     where = placement_from_args(args)
     study = dataclasses.replace(
         DEMO,
-        run=DEMO.run.replace(train={"epochs": args.epochs, "exact": args.exact}, out=args.out),
+        run=DEMO.run.replace(
+            train={"epochs": args.epochs, "exact": args.exact, "backend": getattr(args, "backend", None)}, out=args.out
+        ),
         target_epoch=args.target_epoch,
         out=args.out,
         placement=where,

@@ -14,7 +14,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from ..config import RunConfig
+from ..config import BACKENDS, RunConfig
 from ..errors import CLIError, ConfigError, InputError
 from ..parallel import placement
 from ..strategies import STRATEGIES
@@ -157,6 +157,13 @@ OPTIMISATION_FLAGS = (
 )
 STRATEGY = run_flag("--strategy", "train.strategy", choices=STRATEGIES)
 WORKERS = run_flag("--workers", "train.workers", type=int, metavar="N", help="Horovod ranks (one per GPU)")
+BACKEND = run_flag(
+    "--backend",
+    "train.backend",
+    choices=BACKENDS,
+    help="the ranks' collectives: horovod, or mpi (mpi4py, no Horovod needed) (default: horovod where it is "
+    "installed, else mpi)",
+)
 ELASTIC_FLAGS = (
     run_flag(
         "--elastic",

@@ -14,7 +14,7 @@ import sys
 
 from ..signals import StopFlag
 from ..study.reproduce import PAPER_LR, SCALES, ReproduceConfig
-from .flags import CHECKPOINT_EVERY, Flag, add_command, add_flags, add_placement_flags, placement_from_args
+from .flags import BACKEND, CHECKPOINT_EVERY, Flag, add_command, add_flags, add_placement_flags, placement_from_args
 
 
 def eta(text: str) -> float:
@@ -58,6 +58,7 @@ FLAGS = (
         help="every run in exact mode (default; --no-exact: float32 sums, whose real ranks drift)",
     ),
     CHECKPOINT_EVERY,
+    BACKEND,
     Flag("--overwrite", action="store_true", help="start over in a folder holding another reproduction"),
     Flag("--no-progress", action="store_true"),
 )
@@ -81,7 +82,13 @@ def run(args, parser) -> int:
         out=args.out,
         scale=args.scale,
         target_epoch=args.target_epoch,
-        run=base.replace(train={"exact": args.exact, "checkpoint_every": getattr(args, "checkpoint_every", None)}),
+        run=base.replace(
+            train={
+                "exact": args.exact,
+                "checkpoint_every": getattr(args, "checkpoint_every", None),
+                "backend": getattr(args, "backend", None),
+            }
+        ),
         max_real=args.max_real,
         placement=placement_from_args(args),
         lr=args.lr,

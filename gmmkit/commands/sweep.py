@@ -30,6 +30,7 @@ OVERWRITE = Flag("--overwrite", action="store_true", help="replace the earlier s
 FLAGS = (
     Flag("--strategies", ("study.strategies",), dest="strategy_list", default=",".join(STRATEGIES), metavar="S,S,..."),
     Flag("--workers", ("study.workers",), dest="worker_list", default="1,2,4,8,16,32", metavar="N,N,..."),
+    flags.BACKEND,
     MAX_REAL,
     Flag(
         "--simulate",

@@ -35,7 +35,7 @@ OVERWRITE = Flag("--overwrite", action="store_true", help="replace the run --out
 def register(sub):
     p = flags.add_command(sub, "train", "train DeepDensity (one process, or n Horovod ranks)", run, __doc__)
     flags.add_run_flags(p)
-    flags.add_flags(p, (flags.STRATEGY, flags.WORKERS, LAUNCHER, SIMULATE))
+    flags.add_flags(p, (flags.STRATEGY, flags.WORKERS, flags.BACKEND, LAUNCHER, SIMULATE))
     flags.add_placement_flags(p)
     flags.add_flags(p, flags.ELASTIC_FLAGS, p.add_argument_group("elastic runs (strong scaling)"))
     flags.add_flags(p, (RESUME, OVERWRITE), p.add_mutually_exclusive_group())

@@ -1,28 +1,31 @@
-"""Every Horovod and mpi4py touch-point of gmmkit lives here, and nowhere else.
+"""The collectives the training loop uses, and the choice of the library that provides them.
 
-The training loop talks to a small *context* with the same interface whether it runs alone or as one of
-n Horovod ranks:
+The training loop, exact mode, the stop vote and the probes talk to a small *context* with one interface
+whether they run alone (:class:`LocalContext`) or as one of n ranks, on either backend (``train.backend``,
+``--backend``): Horovod (:mod:`.backend_horovod`, the default where Horovod is installed) or MPI through
+mpi4py (:mod:`.backend_mpi`, which needs no Horovod). Each backend module owns its library.
 
 =====================  ==========================================================================
-touch-point            where
+the interface          what it does
 =====================  ==========================================================================
-``hvd.init()``         :func:`init`, when the process was started by mpirun, horovodrun or an
-                       ipyparallel MPI engine set (:func:`gmmkit.parallel.launch.launched_in_parallel`)
-GPU pinning            :func:`configure_devices`: one visible GPU per local rank, memory growth
-CPU threads            :func:`configure_devices`: ``cores / local ranks`` intra-op threads, both counted
-                       on the rank's own host (Horovod's local size is the ranks sharing its host)
-where ranks run        ``context.layout``: every rank's host, local rank and threads, gathered once at
-                       :func:`init` (``hvd.allgather_object``), recorded in ``summary.json``
-gradient averaging     :meth:`HorovodContext.sum_gradients`: ``hvd.grouped_allreduce(op=Sum)``
-                       (NCCL on GPUs when Horovod was built with it, MPI or Gloo on CPUs)
-metric reduction       :meth:`HorovodContext.sum`: sums of losses and sample counts over ranks
-initial broadcast      :meth:`HorovodContext.broadcast_variables` from rank 0
-idle wait              :meth:`HorovodContext.barrier`: a barrier that sleeps instead of spinning
-exact sums             :meth:`HorovodContext.exact_reductions`: an int32 max and an int64 sum,
-                       grouped, for exact mode's fixed-point gradients
-rank-0-only writes     ``context.is_chief``, checked by :mod:`gmmkit.training.rundir`
-allreduce timing       :func:`allreduce_probe`: Horovod against plain MPI, for the wall-time model
+``rank``, ``size``     this rank and the ranks of the job; ``local_rank``, ``local_size``: the same
+                       among the ranks sharing this rank's host; ``is_chief``: rank 0, which alone
+                       writes the run directory (:mod:`gmmkit.training.rundir`)
+``backend``            what summary.json records: ``horovod-mpi+nccl``, ``mpi4py-openmpi``, ``local``
+``layout``             every rank's host, local rank and threads, gathered once at :func:`init`
+``sum_gradients``      a sum over ranks of a list of float32 tensors in one grouped call, inside
+                       the compiled step (the gradients, the loss and the stop vote together)
+``sum``                sums of a small float64 array (losses and sample counts)
+``exact_reductions``   exact mode's grouped int32 max and int64 sum (exact in any order)
+``broadcast_variables``  rank 0's weights and optimiser state on every rank
+``barrier``            waits for every rank, sleeping instead of spinning
 =====================  ==========================================================================
+
+:func:`init` joins the job (when the process was started by mpirun, horovodrun or an ipyparallel MPI engine
+set: :func:`gmmkit.parallel.launch.launched_in_parallel`) and places the rank on its devices
+(:func:`configure_devices`: one GPU per local rank, ``cores / local ranks`` CPU threads).
+:func:`allreduce_probe` times the gradients' allreduce of each backend, in turns, for the wall-time model
+and ``gmmkit bench``.
 
 Gradients are *summed*, not averaged: each rank contributes ``sum of its per-sample gradients / global
 batch``, which makes the update equal to the sequential one even when ranks hold different numbers of
@@ -32,7 +35,6 @@ samples (strong scaling with n not dividing B).
 from __future__ import annotations
 
 import socket
-import time
 import warnings
 from typing import Sequence
 
@@ -40,12 +42,13 @@ import numpy as np
 import tensorflow as tf
 
 from ..machine import available_cores
-from ..timing import mean_seconds
+from . import backend_horovod, backend_mpi
+from .backends import horovod_installed, resolve_backend
 from .launch import launched_in_parallel
 
 
 class LocalContext:
-    """One process, no Horovod: the reductions are identities."""
+    """One process: the reductions are identities."""
 
     backend = "local"
     rank, size, local_rank, local_size = 0, 1, 0, 1
@@ -75,76 +78,23 @@ class LocalContext:
         return None, None
 
 
-class HorovodContext:
-    """One rank of a Horovod job."""
+def init(threads: int | None = None, parallel: bool | None = None, exact: bool = False, backend: str | None = None):
+    """Join the job this process belongs to (or run alone) and configure devices.
 
-    threads = 1  # what configure_devices gave the rank; init sets it
-
-    def __init__(self):
-        import horovod.tensorflow as hvd  # heavy, and single-process use needs no Horovod
-
-        hvd.init()
-        self.hvd = hvd
-        self.rank, self.size = hvd.rank(), hvd.size()
-        self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
-        self.is_chief = self.rank == 0
-        self.backend = "horovod-" + ("mpi" if hvd.mpi_enabled() else "gloo")
-        if hvd.nccl_built():
-            self.backend += "+nccl"
-        self.layout = {
-            "hosts": [socket.gethostname()] * self.size,
-            "local_ranks": [self.local_rank] * self.size,
-            "threads": [None] * self.size,
-        }  # until gather_layout: what this rank alone knows
-
-    def gather_layout(self, threads: int) -> dict:
-        """Every rank's host, local rank and thread count, in rank order (a collective: every rank calls it)."""
-        mine = (socket.gethostname(), self.local_rank, threads)
-        hosts, local_ranks, counts = zip(*self.hvd.allgather_object(mine))
-        self.layout = {"hosts": list(hosts), "local_ranks": list(local_ranks), "threads": list(counts)}
-        return self.layout
-
-    def sum_gradients(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-        return self.hvd.grouped_allreduce(list(grads), op=self.hvd.Sum)
-
-    def sum(self, values: np.ndarray) -> np.ndarray:
-        tensor = tf.constant(np.asarray(values, dtype=np.float64))
-        return self.hvd.allreduce(tensor, op=self.hvd.Sum).numpy()
-
-    def broadcast_variables(self, variables: Sequence[tf.Variable]) -> None:
-        self.hvd.broadcast_variables(list(variables), root_rank=0)
-
-    def exact_reductions(self):
-        """The max and sum of exact mode across ranks (:class:`gmmkit.training.exact.ExactStep`): grouped
-        integer allreduces, exact whatever algorithm Horovod uses."""
-        hvd = self.hvd
-        return (
-            lambda tensors: hvd.grouped_allreduce(list(tensors), op=hvd.Max),
-            lambda tensors: hvd.grouped_allreduce(list(tensors), op=hvd.Sum),
-        )
-
-    def barrier(self) -> None:
-        """Wait for every rank, sleeping: a rank that waits leaves its core to the ones still working (a
-        plain MPI barrier spins)."""
-        from mpi4py import MPI
-
-        request = MPI.COMM_WORLD.Ibarrier()
-        while not request.Test():
-            time.sleep(0.002)
-
-
-def init(threads: int | None = None, use_horovod: bool | None = None, exact: bool = False):
-    """Join the Horovod job this process belongs to (or run alone) and configure devices.
-
-    ``use_horovod=None`` decides from the environment (:func:`launched_in_parallel`).
-    ``threads``: CPU threads per rank, default ``cores / local ranks``; ``exact``: see
-    :func:`configure_devices`. The context's ``threads`` says what the rank got.
+    ``parallel=None`` decides from the environment (:func:`launched_in_parallel`); ``backend``: ``horovod``,
+    ``mpi`` or None (:func:`resolve_backend`). ``threads``: CPU threads per rank, default ``cores / local
+    ranks``; ``exact``: see :func:`configure_devices`. The context's ``threads`` says what the rank got.
     """
-    if use_horovod is None:
-        use_horovod = launched_in_parallel()
-    ctx = HorovodContext() if use_horovod else LocalContext()
+    if parallel is None:
+        parallel = launched_in_parallel()
+    if not parallel:
+        ctx = LocalContext()
+    elif resolve_backend(backend) == "horovod":
+        ctx = backend_horovod.HorovodContext()
+    else:
+        ctx = backend_mpi.MPIContext()
     ctx.threads = configure_devices(ctx.local_rank, ctx.local_size, threads, exact)
-    if use_horovod:
+    if parallel:
         ctx.gather_layout(ctx.threads)  # after configure_devices: it runs TensorFlow ops, which fix the threads
     return ctx
 
@@ -187,61 +137,53 @@ def configure_devices(local_rank: int, local_size: int, threads: int | None, exa
     return threads
 
 
-def shutdown() -> None:
-    """Stop Horovod's background thread (``hvd.shutdown()``); :func:`init` may join again later. MPI stays
-    up when something else initialised it first (import mpi4py before :func:`init` to keep using it)."""
-    import horovod.tensorflow as hvd
-
-    hvd.shutdown()
-
-
-def time_horovod_allreduce(nbytes: int, repeats: int = 20) -> float:
-    """Mean seconds of one Horovod sum-allreduce of ``nbytes`` of float32 in the current Horovod job, run as
-    the training step runs it: inside a ``tf.function`` (eagerly each call costs more)."""
-    ctx = HorovodContext()
-    buf = tf.ones((max(1, nbytes // 4),), tf.float32)
-    reduce = tf.function(lambda x: ctx.hvd.allreduce(x, op=ctx.hvd.Sum))
-    return mean_seconds(lambda: reduce(buf).numpy(), repeats, warmup=3)  # the first call traces
-
-
 def allreduce_probe(nbytes: int, repeats: int = 20, rounds: int = 8) -> dict:
-    """In an MPI job: seconds per sum-allreduce of ``nbytes`` through Horovod and through mpi4py, the two
-    taking turns in ``rounds`` blocks of ``repeats / rounds`` (medians of the blocks' means).
+    """In an MPI job: seconds per sum-allreduce of ``nbytes`` of float32 through each backend as the training
+    step runs it (inside a ``tf.function``: ``horovod_s`` where Horovod is installed, ``mpi4py_s``) and through
+    plain MPI on numpy buffers (``mpi_s``), taking turns in ``rounds`` blocks of ``repeats / rounds`` (medians
+    of the blocks' means).
 
-    Plain MPI runs with Horovod shut down: Horovod's background thread keeps negotiating over MPI and slows
-    an mpi4py ``Allreduce`` in the same process. That slowed figure is reported too, as
-    ``mpi_beside_horovod_s``. Returns ``horovod_s``, ``mpi_s``, ``mpi_beside_horovod_s``, ``bytes``, ``ranks``.
+    mpi4py runs with Horovod shut down: Horovod's background thread keeps negotiating over MPI and slows an
+    mpi4py ``Allreduce`` in the same process. That slowed figure is reported too, as
+    ``mpi_beside_horovod_s``. Also returns ``bytes`` and ``ranks``.
     """
-    from mpi4py import MPI  # first: MPI then outlives each hvd.shutdown()
-
-    comm = MPI.COMM_WORLD
-    configure_devices(0, comm.Get_size(), 1)
-    send = np.ones(max(1, nbytes // 4), np.float32)
-    recv = np.empty_like(send)
+    ranks = backend_mpi.world_size()  # first: MPI then outlives each Horovod shutdown
+    configure_devices(0, ranks, 1)
     block = max(1, repeats // rounds)
+    mpi = backend_mpi.MPIContext()
+    timers = {
+        "mpi_s": lambda: backend_mpi.time_plain_allreduce(nbytes, block),
+        "mpi4py_s": lambda: _after_barrier(mpi, lambda: mpi.time_gradient_allreduce(nbytes, block)),
+    }
+    if horovod_installed():
 
-    def plain_mpi() -> float:
-        comm.Barrier()
-        return mean_seconds(lambda: comm.Allreduce(send, recv, op=MPI.SUM), block)
+        def horovod() -> float:  # joins Horovod, times it and mpi4py beside it, and leaves
+            mpi.barrier()
+            seconds = backend_horovod.time_allreduce(nbytes, block)
+            times["mpi_beside_horovod_s"].append(backend_mpi.time_plain_allreduce(nbytes, block))
+            backend_horovod.shutdown()
+            return seconds
 
-    plain_mpi()  # warm-up
-    times: dict = {"horovod_s": [], "mpi_s": [], "mpi_beside_horovod_s": []}
+        timers["horovod_s"] = horovod
+    times: dict = {key: [] for key in (*timers, "mpi_beside_horovod_s")}
+    timers["mpi_s"]()  # warm-up
     for _ in range(rounds):
-        times["mpi_s"].append(plain_mpi())
-        comm.Barrier()
-        times["horovod_s"].append(time_horovod_allreduce(nbytes, block))  # joins Horovod: hvd.init()
-        times["mpi_beside_horovod_s"].append(plain_mpi())
-        shutdown()
-    return {**{key: float(np.median(t)) for key, t in times.items()}, "bytes": nbytes, "ranks": comm.Get_size()}
+        for key, timer in timers.items():
+            times[key].append(timer())
+    return {**{key: float(np.median(t)) for key, t in times.items() if t}, "bytes": nbytes, "ranks": ranks}
+
+
+def _after_barrier(ctx, timer) -> float:
+    ctx.barrier()
+    return timer()
 
 
 def versions() -> dict:
-    """The versions of the libraries a figure depends on: TensorFlow, Horovod (None when not installed), and the
-    GPUs TensorFlow sees."""
-    try:
-        import horovod  # heavy: only its version
-
-        hvd_version = horovod.__version__
-    except ImportError:
-        hvd_version = None
-    return {"tensorflow": tf.__version__, "horovod": hvd_version, "gpus": len(tf.config.list_physical_devices("GPU"))}
+    """The versions of the libraries a figure depends on: TensorFlow, Horovod and mpi4py (None when not
+    installed), and the GPUs TensorFlow sees."""
+    return {
+        "tensorflow": tf.__version__,
+        "horovod": backend_horovod.version(),
+        "mpi4py": backend_mpi.version(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+    }

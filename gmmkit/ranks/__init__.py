@@ -4,11 +4,12 @@
 
 ``batch PLAN.json``
     train the runs listed in the file (``[{"config": RunConfig as a dict, "resume": bool}, ...]``) one after
-    another in this Horovod job, reusing one traced model (a sweep's real runs of one worker count:
+    another in this job, reusing one traced model (a sweep's real runs of one worker count:
     :func:`gmmkit.study.sweep.run_real_batch`); ``PLAN.stop`` appearing beside it stops the run in progress
     after its step and skips the rest;
 ``allreduce --bytes B [--repeats R]``
-    time Horovod's allreduce against plain MPI (:func:`gmmkit.parallel.distributed.allreduce_probe`);
+    time each backend's allreduce (Horovod's, mpi4py's) and plain MPI's, in turns
+    (:func:`gmmkit.parallel.distributed.allreduce_probe`);
 ``scaling --config JSON [--rounds R]``
     time 1-worker and n-worker epochs and steps in turns (:func:`gmmkit.ranks.scaling.scaling_probe`);
 ``contention --config JSON [--rounds R]``

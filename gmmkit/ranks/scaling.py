@@ -18,7 +18,7 @@ from ..training import Trainer
 
 
 def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
-    """In a Horovod job of n ranks: one-worker epochs (rank 0 alone while the others sleep) and n-worker
+    """In a job of n ranks: one-worker epochs (rank 0 alone while the others sleep) and n-worker
     strong-scaling epochs, taking turns ``rounds`` times, each epoch from the config's initial weights on
     traced models. Measured in turns for the reason :func:`gmmkit.timing.take_turns` gives: a shared
     host's speed drifts by more than the efficiency's distance from 1.
@@ -26,9 +26,9 @@ def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
     Then single steps, also in turns, that split the efficiency into factors (``steps_s``):
     ``alone_batch`` and ``alone_share``, rank 0 stepping the global batch and one rank's share with the
     other ranks asleep; ``side_by_side_share``, every rank stepping its share at once without Horovod;
-    ``horovod_share``, the real n-worker step."""
-    ctx = distributed.init(1)
+    ``horovod_share``, the real n-worker step (on the config's backend, Horovod's or not)."""
     cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
+    ctx = distributed.init(1, backend=cfg.train.backend)
     alone = cfg.replace(train={"workers": 1})
     together = cfg.replace(train={"workers": ctx.size})
     solo = Trainer(alone, ctx=distributed.LocalContext())
@@ -61,10 +61,10 @@ def contention_probe(cfg_json: str, rounds: int = 3) -> dict:
     (no Horovod: the ranks only share the host), and the real n-worker step, in turns. ``shared_host``, the
     second over the first: ranks on one host share its memory bandwidth and caches; ``step_overhead_s``,
     the third less the second: what the step's collectives and the ranks' waiting for each other add (one
-    allreduce in default mode, a max and a sum in exact mode); and ``allreduce_s``, one Horovod allreduce of
-    the gradients' bytes. The wall-time model's terms (:class:`gmmkit.study.perfmodel.PerfModel`)."""
-    ctx = distributed.init(1)
+    allreduce in default mode, a max and a sum in exact mode); and ``allreduce_s``, one allreduce of the
+    gradients' bytes (the config's backend). The wall-time model's terms (:class:`gmmkit.study.perfmodel.PerfModel`)."""
     cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
+    ctx = distributed.init(1, backend=cfg.train.backend)
     solo = Trainer(cfg.replace(train={"workers": 1}), ctx=distributed.LocalContext())
     team = Trainer(cfg.replace(train={"workers": ctx.size}), ctx=ctx)
     batch = cfg.train.batch_size
@@ -78,7 +78,7 @@ def contention_probe(cfg_json: str, rounds: int = 3) -> dict:
         "team": (False, lambda: team.step(x_team, batch)),
     }
     t = _step_times(ctx, steps, rounds)
-    allreduce_s = distributed.time_horovod_allreduce(team.gradient_bytes())  # the model's c, in the same job
+    allreduce_s = ctx.time_gradient_allreduce(team.gradient_bytes())  # the model's c, in the same job
     found = (
         {"shared_host": t["side_by_side"] / t["alone"], "step_overhead_s": t["team"] - t["side_by_side"]} if t else {}
     )

@@ -7,11 +7,12 @@ key                         what it is
 ``render_overhead``         training step time with K = 50 over the same step with K = 1
 ``mfu``                     training FLOP/s (counted analytically: :func:`gmmkit.model.flops.train_flops`) over the
                             of a dense float32 matmul, same process, same thread count
-``allreduce_vs_mpi``        Horovod allreduce throughput over a plain mpi4py ``Allreduce`` of the same
-                            buffer (the model's gradient bytes), 2 ranks, the two taking turns, mpi4py
-                            with Horovod shut down (:func:`gmmkit.parallel.distributed.allreduce_probe`,
-                            the same probe that gives the wall-time model its c)
-``strong_efficiency_n2``    one epoch, 1 worker over 2 Horovod workers (1 thread each): T1 / (2 T2),
+``allreduce_vs_mpi``        the backend's (``--backend``, default Horovod) allreduce throughput over a
+                            plain mpi4py ``Allreduce`` of the same buffer (the model's gradient bytes),
+                            2 ranks, taking turns, mpi4py with Horovod shut down
+                            (:func:`gmmkit.parallel.distributed.allreduce_probe`, the same probe that
+                            gives the wall-time model its c)
+``strong_efficiency_n2``    one epoch, 1 worker over 2 workers on the backend (1 thread each): T1 / (2 T2),
                             each T the median of three epochs, the two taking turns in one 2-rank job
 ``strong_efficiency_        the same efficiency as a product of four factors measured step by step in
 factors``                   that job: batch split, shared host, Horovod, rest (:func:`efficiency_factors`)
@@ -21,6 +22,9 @@ factors``                   that job: batch split, shared host, Horovod, rest (:
 exact``                     default mode's (``exact_efficiency_vs_default``)
 ``growth``                  step time against K and cube size, epoch time against the data set size,
                             and the fitted T(n) = Ts + Tp/n + c log2(n) predicted out to 32 workers
+``backends``                each installed backend side by side: its allreduce of the gradients (the
+                            same probe, in turns) and its ``strong_efficiency_n2``, one 2-rank job per
+                            backend taking turns (:func:`backends_side_by_side`)
 ``cross_host``              with ``--hostfile``/``--hosts`` of two hosts or more: the allreduce and the
                             2-worker efficiency (with its factors) again, one rank on each of two hosts
                             (:func:`cross_host`); the model's c then comes from there
@@ -46,6 +50,7 @@ from .. import machine
 from ..config import RunConfig
 from ..model.flops import matmul_timer, train_flops
 from ..parallel import launch
+from ..parallel.backends import PROBE_KEYS, installed_backends, probe_key
 from ..parallel.placement import LOCAL, Placement
 from ..timing import take_turns
 from .perfmodel import from_measurements, measure_allreduce, measure_compute, time_steps
@@ -147,9 +152,11 @@ def two_workers(gradient_bytes: int, cfg: RunConfig, repeats: int, quick: bool, 
     scaling = run_probe(2, "scaling", "--config", cfg.to_json(), "--rounds", "2" if quick else "3", placement=placement)
     epoch_s = {n: float(np.median(t)) for n, t in scaling["epochs_s"].items()}
     efficiency = epoch_s["1"] / (2 * epoch_s["2"])
+    allreduce_s = ar[probe_key(cfg.train.backend)]
     return {
         "allreduce": ar,
-        "allreduce_vs_mpi": ar["mpi_s"] / ar["horovod_s"],
+        "allreduce_s": allreduce_s,  # the backend's: the model's c
+        "allreduce_vs_mpi": ar["mpi_s"] / allreduce_s,
         "epochs_s": scaling["epochs_s"],
         "epoch_s": epoch_s,
         "strong_efficiency_n2": efficiency,
@@ -165,9 +172,32 @@ def strong_efficiency(cfg: RunConfig, quick: bool, placement: Placement = LOCAL)
     return epoch_s["1"] / (2 * epoch_s["2"])
 
 
-def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, placement: Placement = LOCAL) -> dict:
+def backends_side_by_side(cfg: RunConfig, allreduce: dict, quick: bool) -> dict:
+    """Each installed backend's allreduce of the gradients (from ``allreduce``, the probe that timed them in
+    turns) and 2-rank ``strong_efficiency_n2`` of ``cfg``: one scaling job per backend, the backends taking
+    turns (one round quick, else two; the median), each job itself timing its 1 and 2 workers in turns."""
+    names = installed_backends()
+    found: dict = {name: [] for name in names}
+    for _ in range(1 if quick else 2):
+        for name in names:
+            found[name].append(strong_efficiency(cfg.replace(train={"backend": name}), quick=True))
+    return {
+        name: {"allreduce_s": allreduce[PROBE_KEYS[name]], "strong_efficiency_n2": float(np.median(found[name]))}
+        for name in names
+    }
+
+
+def run(
+    quick: bool = False,
+    out_dir: Optional[str] = None,
+    progress=print,
+    placement: Placement = LOCAL,
+    backend: Optional[str] = None,
+) -> dict:
     """Measure everything; returns the JSON-ready dict (keys in the module docstring). ``placement`` with two
-    hosts or more adds the cross-host figures."""
+    hosts or more adds the cross-host figures; ``backend`` (default: Horovod where installed) is the 2-rank
+    figures' and the model's c; every installed backend is also measured side by side."""
+    probe_key(backend)  # a missing backend is refused now, not after minutes of measuring
     repeats = 5 if quick else 20
     components = (1, 10, 50) if quick else (1, 10, 25, 50, 100)
     cubes = (16, 24) if quick else (16, 24, 32)
@@ -209,13 +239,15 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
     progress("wall-time model T(n) = Ts + Tp/n + c log2(n) ...")
     compute = measure_compute(bench_config(50, train_size=sizes[-1]), trainer=base)
 
-    progress("Horovod allreduce against mpi4py, and one epoch on 1 and on 2 workers in turns (2 ranks) ...")
-    cfg = bench_config(50, train_size=sizes[-1])
+    progress("each backend's allreduce and plain mpi4py's, and one epoch on 1 and on 2 workers in turns (2 ranks) ...")
+    cfg = bench_config(50, train_size=sizes[-1]).replace(train={"backend": backend})
     result.update(two_workers(compute["gradient_bytes"], cfg, repeats, quick))
+    progress("each backend's 2-worker efficiency, the backends taking turns (2 ranks) ...")
+    result["backends"] = backends_side_by_side(cfg, result["allreduce"], quick)
     progress("the same epochs in exact mode (M = 32), 1 and 2 workers in turns (2 ranks) ...")
     result["strong_efficiency_n2_exact"] = strong_efficiency(cfg.replace(train={"exact": True}), quick)
     result["exact_efficiency_vs_default"] = result["strong_efficiency_n2_exact"] / result["strong_efficiency_n2"]
-    c = result["allreduce"]["horovod_s"]  # the model's c: the same Horovod allreduce
+    c = result["allreduce_s"]  # the model's c: the same allreduce
     if len(placement.hosts) >= 2:
         cross = placement.one_per_host(2)
         progress(f"the same across hosts: one rank on each of {', '.join(cross.names)} ...")
@@ -223,7 +255,7 @@ def run(quick: bool = False, out_dir: Optional[str] = None, progress=print, plac
             "hosts": cross.names,
             **two_workers(compute["gradient_bytes"], cfg, repeats, quick, cross),
         }
-        c = result["cross_host"]["allreduce"]["horovod_s"]  # larger jobs span hosts: their c is the network's
+        c = result["cross_host"]["allreduce_s"]  # larger jobs span hosts: their c is the network's
     perf = from_measurements(compute, c)
 
     predicted = {str(n): perf.epoch_time("strong", n, 32, sizes[-1], 64) for n in (1, 2, 4, 8, 16, 32)}
@@ -264,11 +296,20 @@ def format_table(result: dict) -> str:
     rows.append(
         "strong_efficiency_n2 = " + " x ".join(f"{k} {v:.3f}" for k, v in result["strong_efficiency_factors"].items())
     )
+    if "backends" in result:
+        rows.append(
+            "backends side by side (2 ranks): "
+            + "; ".join(
+                f"{name}: gradient allreduce {b['allreduce_s'] * 1e3:.2f} ms, strong_efficiency_n2 "
+                f"{b['strong_efficiency_n2']:.3f}"
+                for name, b in result["backends"].items()
+            )
+        )
     cross = result.get("cross_host")
     if cross:
         rows.append(
             f"across hosts ({', '.join(cross['hosts'])}, one rank each): gradient allreduce "
-            f"{cross['allreduce']['horovod_s'] * 1e3:.2f} ms (same host {result['allreduce']['horovod_s'] * 1e3:.2f}"
+            f"{_allreduce_s(cross) * 1e3:.2f} ms (same host {_allreduce_s(result) * 1e3:.2f}"
             f" ms), allreduce_vs_mpi {cross['allreduce_vs_mpi']:.3f}, strong_efficiency_n2 "
             f"{cross['strong_efficiency_n2']:.3f} = "
             + " x ".join(f"{k} {v:.3f}" for k, v in cross["strong_efficiency_factors"].items())
@@ -291,3 +332,8 @@ def format_table(result: dict) -> str:
         + ", ".join(f"{k}: {v:.2f}" for k, v in g["epoch_s_predicted_by_workers"].items())
     )
     return "\n".join(rows)
+
+
+def _allreduce_s(figures: dict) -> float:
+    """The 2-rank figures' gradient allreduce on their backend (results of older gmmkit: Horovod's)."""
+    return figures.get("allreduce_s", figures["allreduce"].get("horovod_s"))

@@ -35,6 +35,7 @@ import numpy as np
 from .. import signals, strategies
 from ..checks import is_finite_number
 from ..parallel import launch
+from ..parallel.backends import probe_key
 from ..parallel.placement import LOCAL, Placement
 from ..timing import mean_seconds, take_turns
 
@@ -169,7 +170,7 @@ def measure_compute(cfg, batches=(8, 32), repeats: int = 5, trainer=None, exact:
 
 def measure_allreduce(nbytes: int, ranks: int = 2, repeats: int = 20, placement: Placement = LOCAL) -> dict:
     """Seconds per allreduce of ``nbytes`` between ``ranks`` real MPI ranks placed by ``placement`` (default:
-    this machine), through Horovod (``horovod_s``, the model's c) and through plain MPI (``mpi_s``):
+    this machine), through each backend (``horovod_s``, ``mpi4py_s``: the model's c) and plain MPI (``mpi_s``):
     :func:`gmmkit.parallel.distributed.allreduce_probe`."""
     probe = launch.ranks_argv("allreduce", "--bytes", str(nbytes), "--repeats", str(repeats))
     return launch.run_json(ranks, probe, timeout=600, placement=placement)
@@ -217,7 +218,7 @@ def calibrate(cfg, ranks: int = 2, trainer=None, placement: Placement = LOCAL, e
         return from_measurements(compute, contention.pop("allreduce_s"), contention)
     allreduce = (
         measure_allreduce(compute["gradient_bytes"], ranks, placement=allreduce_placement(placement, ranks))[
-            "horovod_s"
+            probe_key(cfg.train.backend)
         ]
         if ranks > 1
         else 0.0

@@ -34,6 +34,7 @@ from .. import (
 from ..config import RunConfig
 from ..files import atomic_write_json, atomic_write_text, writable_path
 from ..parallel import network
+from ..parallel.backends import resolve_backend
 from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag, raise_on_signals, stop_on_signals
 from ..strategies import STRATEGIES
@@ -137,6 +138,7 @@ def reproduce(
     that was not measured, and returning to it with the same configuration continues where it stopped."""
     what = what.validate()
     network.check_hosts(what.placement)
+    resolve_backend(what.run.train.backend)  # refused before anything is written
     out = writable_path("out", what.out)
     state = _open(out, what, overwrite)
     with stop_on_signals(stop) as stop:

@@ -31,6 +31,7 @@ from ..config import RunConfig
 from ..data.sources import load_split
 from ..files import atomic_write_json, atomic_write_text, fresh_folder
 from ..parallel import launch, network
+from ..parallel.backends import resolve_backend
 from ..parallel.placement import LOCAL, Placement
 from ..signals import StopFlag, raise_on_signals, stop_on_signals
 from ..training import RunDir
@@ -313,6 +314,7 @@ def run_study(
     in ``results.json``)."""
     study = study.validate()
     network.check_hosts(study.placement)
+    resolve_backend(study.run.train.backend)  # refused before anything is written
     cfg = study.run
     out = fresh_folder(study.out, "study.json", overwrite)
     atomic_write_json(out / "study.json", study.to_dict())
@@ -333,7 +335,7 @@ def run_study(
                 )
                 say(
                     f"  per step {perf.t_fixed * 1e3:.2f} ms fixed + {perf.t_sample * 1e3:.3f} ms per sample; "
-                    f"Horovod allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms"
+                    f"allreduce of {perf.gradient_bytes / 1e6:.2f} MB: {perf.allreduce_s * 1e3:.2f} ms"
                     + (f"; an exact step takes {perf.exact_factor:.2f} times a default one" if cfg.train.exact else "")
                     + (
                         f"; ranks sharing this host: steps {perf.shared_host:.2f} times slower, "

@@ -18,6 +18,7 @@ from .. import checks
 from ..config import RunConfig
 from ..data.sources import load_split
 from ..parallel import launch, network
+from ..parallel.backends import resolve_backend
 from ..parallel.placement import LOCAL, Placement, resolve
 from ..signals import Interrupted, StopFlag, signal_name, stop_on_signals
 from . import elastic
@@ -137,6 +138,8 @@ def train_or_launch(
     if cfg.train.elastic and simulate:
         checks.fail("train.elastic", "real ranks (a simulation runs in one process: nothing to restart)", "--simulate")
     launching = n > 1 and not simulate and not inside
+    if n > 1 and not simulate:
+        resolve_backend(cfg.train.backend)  # an unknown or missing backend: one line, before ranks start
     if not inside and (launching or hosts or hostfile):
         where = resolve(hosts, hostfile)
         where.check_workers(n)  # hosts given are checked, used or not

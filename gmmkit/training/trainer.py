@@ -46,7 +46,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, ctx=None, simulate: bool = False):
         cfg = cfg.validate()
         t = cfg.train
-        self.ctx = ctx if ctx is not None else distributed.init(t.threads, exact=t.exact)
+        self.ctx = ctx if ctx is not None else distributed.init(t.threads, exact=t.exact, backend=t.backend)
         self._configure(cfg, simulate)
         self.data = load_split(cfg.data)
         self.model = from_config(cfg)

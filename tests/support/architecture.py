@@ -48,12 +48,18 @@ LAYERS = (
 
 # library (top-level import name) -> the modules or packages that may import it
 OWNERS = {
-    "tensorflow": ("gmmkit.model", "gmmkit.training", "gmmkit.parallel.distributed"),
+    "tensorflow": (
+        "gmmkit.model",
+        "gmmkit.training",
+        "gmmkit.parallel.distributed",
+        "gmmkit.parallel.backend_horovod",
+        "gmmkit.parallel.backend_mpi",
+    ),
     "keras": ("gmmkit.model", "gmmkit.training", "gmmkit.parallel.distributed"),
     "tf_keras": ("gmmkit.model.keras2",),  # the current lane's Keras 2 (README "Two lanes")
     "tensorboard": ("gmmkit.training.tensorboard",),
-    "horovod": ("gmmkit.parallel.distributed",),
-    "mpi4py": ("gmmkit.parallel.distributed",),
+    "horovod": ("gmmkit.parallel.backend_horovod",),
+    "mpi4py": ("gmmkit.parallel.backend_mpi",),
     "plotly": ("gmmkit.plots",),
     "kaleido": ("gmmkit.plots",),
     "ipywidgets": ("gmmkit.ui",),
