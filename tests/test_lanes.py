@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, gmmkit_train, tiny_config
+from test_exact_runs import assert_identical
 
 from gmmkit.data.cubes import CubeSet
 from gmmkit.files import read_jsonl
@@ -50,26 +51,24 @@ def tensorflow_of(python) -> str:
     return proc.stdout.split()[-1]
 
 
-def checkpoint_arrays(run) -> dict:
-    with np.load(run / "checkpoint.npz") as f:
-        return {k: f[k] for k in f.files if k[0] in "wo" and k[1:].isdigit()}
-
-
 def losses(run) -> list[tuple]:
     return [tuple(r[k] for k in LOSSES) for r in read_jsonl(run / "metrics.jsonl")]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """An exact run's first epoch in the Horovod lane, continued to its second in this lane on one process and,
-    from a copy, on two simulated workers; and the whole run made in this lane."""
+    """An exact run's first epoch in the Horovod lane, continued to its second in this lane in one process and,
+    from a copy, on two real ranks; and the whole run made in this lane in one process, on two real ranks that
+    gmmkit launches and on three under the user's own mpirun (this lane's backend: mpi4py)."""
     assert HOROVOD_PYTHON.is_file(), f"the Horovod lane's venv is not there ({HOROVOD_PYTHON}): make setup"
     root = tmp_path_factory.mktemp("lanes")
     gmmkit_train(exact_run(root / "switched", 1), python=HOROVOD_PYTHON)
-    shutil.copytree(root / "switched", root / "switched-sim2")
+    shutil.copytree(root / "switched", root / "switched-n2")
     gmmkit_train(exact_run(root / "switched", 2), "--resume")
-    gmmkit_train(exact_run(root / "switched-sim2", 2).replace(train={"workers": 2}), "--resume", "--simulate")
+    gmmkit_train(exact_run(root / "switched-n2", 2).replace(train={"workers": 2}), "--resume")
     gmmkit_train(exact_run(root / "here", 2))
+    gmmkit_train(exact_run(root / "here-n2", 2).replace(train={"workers": 2}))
+    gmmkit_train(exact_run(root / "here-n3", 2).replace(train={"workers": 3}), mpirun=3)
     return root
 
 
@@ -86,17 +85,23 @@ def test_a_run_begun_in_the_horovod_lane_continues_here_and_its_summary_names_ea
     assert here["tensorflow"] == [{"tensorflow": new, "epochs": [1, 2]}]
 
 
+def test_exact_mode_here_is_the_same_bits_on_one_two_and_three_real_ranks(runs):
+    for n in (2, 3):
+        summary = json.loads((runs / f"here-n{n}" / "summary.json").read_text())
+        assert summary["workers"] == n and not summary["simulated"] and summary["backend"].startswith("mpi4py")
+        assert_identical(runs / f"here-n{n}", runs / "here")
+
+
 def test_the_lanes_kernels_give_other_bits_and_a_switched_run_is_exact_from_the_switch_on(runs):
     """The measurement the README states: the same exact run's first epoch in each lane (the same data: both
-    read the one cached phantom set) differs; the switched run's second epoch is the same bits on one process
-    and on two simulated workers. Should a TensorFlow make the lanes agree, the first assertion fails: then a
-    run continued in the other lane would equal the uninterrupted one, and the README should say so."""
+    read the one cached phantom set) differs; the switched run's second epoch is the same bits in one process
+    and on two real ranks. Should a TensorFlow make the lanes agree, the first assertion fails: then a run
+    continued in the other lane would equal the uninterrupted one, and the README should say so."""
     switched, here = losses(runs / "switched"), losses(runs / "here")
     assert switched[0] != here[0], "the lanes now agree bit for bit: update README 'Two lanes' and this test"
     assert switched[0] == pytest.approx(here[0], rel=1e-4)  # the same run, up to float32 rounding
-    assert losses(runs / "switched-sim2") == switched
-    got, want = checkpoint_arrays(runs / "switched-sim2"), checkpoint_arrays(runs / "switched")
-    assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    assert json.loads((runs / "switched-n2" / "summary.json").read_text())["workers"] == 2
+    assert_identical(runs / "switched-n2", runs / "switched")
 
 
 # What the Horovod lane makes of this lane's files: the run's model at its checkpoint and at its first snapshot,
