@@ -71,7 +71,7 @@ if [ "$LANE" = current ]; then
   "${PIP[@]}" install -e ".[current,lab,test]"
   ! "$VENV/bin/python" -c 'import horovod' 2>/dev/null \
     || die "$VENV has Horovod installed; the current lane runs without it: '$VENV/bin/pip uninstall horovod'"
-  "$VENV/bin/python" -c 'import gmmkit.model, mpi4py.MPI' \
+  "$VENV/bin/python" -c 'from gmmkit.model.keras2 import keras; import mpi4py.MPI' \
     || die "gmmkit does not import in $VENV; see the error above"
   touch "$VENV/.gmmkit-ready"
   say "ready: $VENV ($("$VENV/bin/python" -c 'import sys, tensorflow as tf, tf_keras; print("python", sys.version.split()[0], "tensorflow", tf.__version__, "tf-keras", tf_keras.__version__)' 2>/dev/null))"
