@@ -53,6 +53,7 @@ HOSTS_FIXTURES = {"emulated_hosts", "slurm_cluster"}  # not hosts_pool: every te
 # the end while the other worker idles; the rest, each under a minute, follow in file order.
 FIRST = [
     "hosts",
+    "tests/test_lanes.py",  # the current lane's longest unit (make test-current); skipped at once in the main suite
     "tests/test_runs.py",
     "tests/test_exact_runs.py",
     "tests/test_mid_epoch.py",
