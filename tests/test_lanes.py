@@ -12,7 +12,6 @@ continued in the other lane is exact from the switch on; ``summary.json`` says w
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -37,8 +36,7 @@ LOSSES = ("train_loss", "val_loss")
 
 
 def exact_run(out, epochs: int):
-    """tiny_config's run in exact mode on half its cubes (6 steps an epoch): seven processes and six ranks of
-    it make the module's runs."""
+    """tiny_config's run in exact mode on half its cubes (6 steps an epoch)."""
     return tiny_config(out, data={"train_size": 48, "val_size": 16}, epochs=epochs, exact=True, lr=2e-3)
 
 
@@ -59,15 +57,13 @@ def losses(run) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """An exact run's first epoch in the Horovod lane, continued to its second in this lane in one process and,
-    from a copy, on two simulated workers; and the whole run made in this lane in one process, on two real ranks
-    that gmmkit launches and on three under the user's own mpirun (this lane's backend: mpi4py)."""
+    """An exact run's first epoch in the Horovod lane, continued to its second in this lane; and the whole run
+    made in this lane in one process, on two real ranks that gmmkit launches and on three under the user's own
+    mpirun (this lane's backend: mpi4py)."""
     assert HOROVOD_PYTHON.is_file(), f"the Horovod lane's venv is not there ({HOROVOD_PYTHON}): make setup"
     root = tmp_path_factory.mktemp("lanes")
     gmmkit_train(exact_run(root / "switched", 1), python=HOROVOD_PYTHON)
-    shutil.copytree(root / "switched", root / "switched-sim2")
     gmmkit_train(exact_run(root / "switched", 2), "--resume")
-    gmmkit_train(exact_run(root / "switched-sim2", 2).replace(train={"workers": 2}), "--resume", "--simulate")
     gmmkit_train(exact_run(root / "here", 2))
     gmmkit_train(exact_run(root / "here-n2", 2).replace(train={"workers": 2}))
     gmmkit_train(exact_run(root / "here-n3", 2).replace(train={"workers": 3}), mpirun=3)
@@ -94,21 +90,18 @@ def test_exact_mode_here_is_the_same_bits_on_one_two_and_three_real_ranks(runs):
         assert_identical(runs / f"here-n{n}", runs / "here")
 
 
-def test_the_lanes_kernels_give_other_bits_and_a_switched_run_is_exact_from_the_switch_on(runs):
+def test_the_lanes_kernels_give_other_bits_so_a_switched_run_is_not_the_uninterrupted_one(runs):
     """The measurement the README states: a run whose first epoch the Horovod lane made ends with other weights
-    than the same run made here (the same data: both lanes read the one cached phantom set); its second epoch,
-    made here, is the same bits in one process
-    and on two simulated workers (and so on any number of real ranks: the test above). Should a TensorFlow
-    make the lanes agree, the first assertion fails: then a run continued in the other lane would equal the
-    uninterrupted one, and the README should say so."""
+    than the same run made here (the same data: both lanes read the one cached phantom set), the same run up to
+    float32 rounding; from the switch on it is this lane's exact run (the same bits on any number of ranks: the
+    test above). Should a TensorFlow make the lanes agree, the first assertion fails: then a run continued in
+    the other lane would equal the uninterrupted one, and the README should say so."""
     with np.load(runs / "switched" / "checkpoint.npz") as a, np.load(runs / "here" / "checkpoint.npz") as b:
         weights = [k for k in a.files if k[0] == "w" and k[1:].isdigit()]
         differ = [k for k in weights if not np.array_equal(a[k], b[k])]
     assert weights and differ, "the lanes now agree bit for bit: update README 'Two lanes' and this test"
-    # the same run up to float32 rounding
-    assert losses(runs / "switched") == pytest.approx(losses(runs / "here"), rel=1e-4)
-    assert json.loads((runs / "switched-sim2" / "summary.json").read_text())["workers"] == 2
-    assert_identical(runs / "switched-sim2", runs / "switched")
+    flat = [np.ravel(losses(runs / name)) for name in ("switched", "here")]
+    np.testing.assert_allclose(*flat, rtol=1e-4)
 
 
 # What the Horovod lane makes of this lane's files: the run's model at its checkpoint and at its first snapshot,
