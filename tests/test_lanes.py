@@ -30,6 +30,7 @@ HOROVOD_PYTHON = Path(os.environ.get("GMMKIT_HOROVOD_PYTHON") or ROOT / ".venv" 
 
 pytestmark = [
     pytest.mark.lane,
+    pytest.mark.mpi,  # ranks under mpirun
     pytest.mark.skipif(not CURRENT_LANE, reason="runs in the current lane (make test-current), reaching this one"),
 ]
 LOSSES = ("train_loss", "val_loss")
