@@ -58,6 +58,7 @@ FIRST = [
     "tests/test_exact_runs.py",
     "tests/test_mid_epoch.py",
     "tests/test_horovod.py",
+    "tests/test_backends.py",
     "tests/test_faults.py",
     "tests/test_browser.py",
     "tests/test_cluster.py",
