@@ -2,21 +2,37 @@
 VENV  ?= .venv
 BIN   := $(VENV)/bin
 READY := $(VENV)/.gmmkit-ready
+# The current lane (README "Two lanes"): TensorFlow 2.21 with tf-keras and mpi4py, no Horovod, in a venv of its own
+CURRENT_VENV  ?= .venv-current
+CURRENT_READY := $(CURRENT_VENV)/.gmmkit-ready
 
-.PHONY: setup demo test lint lab tensorboard bench screenshots clean
+.PHONY: setup setup-current demo test test-current lint lab tensorboard bench screenshots clean
 setup: $(READY)
 
 $(READY): pyproject.toml scripts/setup-env.sh
 	VENV=$(VENV) bash scripts/setup-env.sh
 
+setup-current: $(CURRENT_READY)
+
+$(CURRENT_READY): pyproject.toml scripts/setup-env.sh
+	GMMKIT_LANE=current VENV=$(CURRENT_VENV) bash scripts/setup-env.sh
+
 demo: $(READY)
 	$(BIN)/gmmkit demo --out runs/demo --overwrite
 
 # The format and the lint first (ruff, pyproject.toml), then the suite on two pytest-xdist workers
-# (TEST_WORKERS=0: one process); a file's tests run together (tests/conftest.py).
+# (TEST_WORKERS=0: one process); a file's tests run together (tests/conftest.py). Then the current lane's part
+# of the suite (the tests marked `lane`) in its venv, set up first (CURRENT_LANE=0 leaves the lane out).
 TEST_WORKERS ?= 2
-test: $(READY) lint
+CURRENT_LANE ?= 1
+test: $(READY) lint $(if $(filter 1,$(CURRENT_LANE)),$(CURRENT_READY))
 	PYTHONUTF8=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=20 $(PYTEST_ARGS)
+	$(if $(filter 1,$(CURRENT_LANE)),$(MAKE) --no-print-directory test-current)
+
+# tests/test_lanes.py reaches the Horovod lane through its venv's Python
+test-current: $(READY) $(CURRENT_READY)
+	PYTHONUTF8=1 GMMKIT_HOROVOD_PYTHON=$(abspath $(BIN))/python $(CURRENT_VENV)/bin/python -m pytest -m lane \
+		-n $(TEST_WORKERS) --durations=10 $(PYTEST_ARGS)
 
 lint: $(READY)
 	$(BIN)/ruff format --check .

@@ -5,10 +5,18 @@
 #   2. .venv with Python 3.11 and the pinned Python stack (pyproject.toml extras cpu,lab,test);
 #   3. Horovod 0.28.1 built from source with TensorFlow, MPI and Gloo, once per machine (a wheelhouse).
 # A second run only checks and returns. Override the interpreter with PYTHON=..., the venv with VENV=...
+#
+# GMMKIT_LANE=current (make setup-current) sets up the second lane instead: .venv-current with the newest
+# Python from 3.13 to 3.11 found here (PATH, then pyenv's versions), TensorFlow 2.21 with tf-keras 2.21
+# and mpi4py, no Horovod (pyproject.toml extras current,lab,test). README "Two lanes".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv}
-PYTHON=${PYTHON:-python3.11}
+LANE=${GMMKIT_LANE:-horovod}
+case "$LANE" in
+  horovod) VENV=${VENV:-.venv}; PYTHON=${PYTHON:-python3.11} ;;
+  current) VENV=${VENV:-.venv-current}; PYTHON=${PYTHON:-} ;;
+  *) printf '[gmmkit setup] error: GMMKIT_LANE=%s: the lanes are horovod and current\n' "$LANE" >&2; exit 2 ;;
+esac
 HOROVOD_VERSION=0.28.1
 
 say() { printf '[gmmkit setup %4ds] %s\n' "$SECONDS" "$*"; }
@@ -28,7 +36,7 @@ have_sbin ip        || need_apt+=(iproute2)
 have_sbin sysctl    || need_apt+=(procps)
 have_sbin slurmctld || need_apt+=(slurm-wlm)
 have_sbin munged    || need_apt+=(munge)
-command -v "$PYTHON" >/dev/null || need_apt+=(python3 python3-venv python3-dev)
+[ "$LANE" = current ] || command -v "$PYTHON" >/dev/null || need_apt+=(python3 python3-venv python3-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
     die "missing system packages: ${need_apt[*]}. Install them with apt-get (as root) and run again."
@@ -39,6 +47,37 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" \
     || die "apt-get install ${need_apt[*]} failed; install them by hand and run again"
 fi
+
+# --- the current lane: TensorFlow 2.21, tf-keras, mpi4py; no Horovod ---------------------------------
+if [ "$LANE" = current ]; then
+  supported() { "$1" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null; }
+  if [ -z "$PYTHON" ]; then
+    pyenv_root=$( (command -v pyenv >/dev/null && pyenv root) || echo "$HOME/.pyenv")
+    for v in 3.13 3.12 3.11; do
+      for candidate in "python$v" $(ls -d "$pyenv_root/versions/$v".*/bin/python$v 2>/dev/null | sort -rV); do
+        if supported "$candidate"; then PYTHON=$candidate; break 2; fi
+      done
+    done
+  fi
+  [ -n "$PYTHON" ] && supported "$PYTHON" \
+    || die "the current lane needs Python 3.11, 3.12 or 3.13 (TensorFlow 2.21); none found${PYTHON:+ ($PYTHON is not one)}. Set PYTHON=/path/to/python3.13."
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV with $("$PYTHON" --version)"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q --retries 10 --timeout 60)
+  "${PIP[@]}" install --upgrade "pip>=23" wheel "setuptools>=61"
+  say "installing gmmkit, TensorFlow 2.21 and tf-keras into $VENV"
+  "${PIP[@]}" install -e ".[current,lab,test]"
+  ! "$VENV/bin/python" -c 'import horovod' 2>/dev/null \
+    || die "$VENV has Horovod installed; the current lane runs without it: '$VENV/bin/pip uninstall horovod'"
+  "$VENV/bin/python" -c 'from gmmkit.model.keras2 import keras; import mpi4py.MPI' \
+    || die "gmmkit does not import in $VENV; see the error above"
+  touch "$VENV/.gmmkit-ready"
+  say "ready: $VENV ($("$VENV/bin/python" -c 'import sys, tensorflow as tf, tf_keras; print("python", sys.version.split()[0], "tensorflow", tf.__version__, "tf-keras", tf_keras.__version__)' 2>/dev/null))"
+  exit 0
+fi
+
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || die "gmmkit needs Python 3.11 (TensorFlow 2.15 + Horovod 0.28.1); $PYTHON is $("$PYTHON" --version 2>&1). Set PYTHON=/path/to/python3.11."

@@ -53,6 +53,7 @@ HOSTS_FIXTURES = {"emulated_hosts", "slurm_cluster"}  # not hosts_pool: every te
 # the end while the other worker idles; the rest, each under a minute, follow in file order.
 FIRST = [
     "hosts",
+    "tests/test_lanes.py",  # the current lane's longest unit (make test-current); skipped at once in the main suite
     "tests/test_runs.py",
     "tests/test_exact_runs.py",
     "tests/test_mid_epoch.py",
@@ -180,14 +181,15 @@ def wait_for(condition, proc=None, timeout=300, what="the condition"):
         time.sleep(0.02)
 
 
-def gmmkit_train(cfg, *flags, mpirun=None, timeout=900):
-    """``gmmkit train --config cfg.json FLAGS`` as a user types it (optionally under ``mpirun -np N``)."""
+def gmmkit_train(cfg, *flags, mpirun=None, timeout=900, python=sys.executable):
+    """``gmmkit train --config cfg.json FLAGS`` as a user types it (optionally under ``mpirun -np N``), with
+    ``python`` (another lane's venv: tests/test_lanes.py)."""
     out = cfg.out
     os.makedirs(out, exist_ok=True)
     cfg_file = os.path.join(out, "input-config.json")
     with open(cfg_file, "w") as fh:
         fh.write(cfg.to_json())
-    cmd = [sys.executable, "-m", "gmmkit", "train", "--config", cfg_file, *flags]
+    cmd = [str(python), "-m", "gmmkit", "train", "--config", cfg_file, *flags]
     if mpirun:
         cmd = mpirun_command(mpirun, cmd)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env())

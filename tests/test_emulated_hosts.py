@@ -135,6 +135,7 @@ def test_rsh_agent_behaves_like_ssh(emulated_hosts):
     assert unknown.returncode == 255 and "nosuchhost is not an emulated host" in unknown.stderr
 
 
+@pytest.mark.lane
 def test_mpirun_hostfile_one_rank_per_host(emulated_hosts):
     proc = mpirun(emulated_hosts, "--mca", "btl_base_verbose", "30", PY, str(PROBE))
     ranks = reports(proc.stdout)

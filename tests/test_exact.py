@@ -219,6 +219,7 @@ def test_exact_sum_property(data):
     check_exact(exact_over_threads(), terms, [(np.arange(m), []), (order, cuts)])
 
 
+@pytest.mark.lane
 def test_xla_and_tensorflow_kernels_give_the_same_bits():
     rng = np.random.default_rng(3)
     terms = adversarial_terms(rng, 9)
@@ -407,6 +408,7 @@ def variant_keys(result, variant):
     return sorted(k for k in result if k.startswith(variant + "/"))
 
 
+@pytest.mark.lane
 def test_side_by_side_and_without_xla_the_step_is_bit_identical(one_process):
     keys = variant_keys(one_process, "p1-jit")
     assert len(keys) > 30  # weights, Adam's state, losses and stop votes, the validation sum
@@ -415,10 +417,12 @@ def test_side_by_side_and_without_xla_the_step_is_bit_identical(one_process):
         assert not differ, f"{other}: expected the bits of p1-jit, these differ: {differ}"
 
 
+@pytest.mark.lane
 def test_micro_shard_gradients_do_not_depend_on_the_other_micro_shards(one_process):
     assert bool(one_process["terms_independent"])
 
 
+@pytest.mark.lane
 def test_exact_gradient_and_losses_are_the_batch_ones_up_to_float32_rounding(one_process):
     assert float(one_process["gradient_diff"]) < 1e-5
     np.testing.assert_allclose(one_process["p1-jit/val"], one_process["val_plain"], rtol=1e-6)

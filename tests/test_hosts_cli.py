@@ -23,7 +23,7 @@ from gmmkit.data.cubes import CubeSet
 from gmmkit.files import read_jsonl
 from gmmkit.parallel import launch, network, placement
 
-pytestmark = [pytest.mark.mpi, needs_horovod]
+pytestmark = pytest.mark.mpi
 LOST_HOST_LIMIT_S = 30  # issue 17: a lost host is named within 30 s
 
 
@@ -40,6 +40,7 @@ def losses(run_dir, key="val_loss"):
     return [r[key] for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))]
 
 
+@needs_horovod
 def test_ranks_on_hosts_talk_over_the_network_that_reaches_them(emulated_hosts):
     """OpenMPI's TCP transports keep to the hosts' network (10.213.0.0/24: the head's bridge and every host),
     not every interface they find (the root namespace's eth0 too); its settings reach the ranks below."""
@@ -49,6 +50,7 @@ def test_ranks_on_hosts_talk_over_the_network_that_reaches_them(emulated_hosts):
     assert settings["OMPI_MCA_btl_tcp_if_include"] == "10.213.0.0/24" and "OMPI_MCA_btl" not in settings
 
 
+@pytest.mark.lane  # in the current lane on the MPI backend (no Horovod there)
 def test_strong_run_with_one_rank_per_host_follows_the_sequential_run(emulated_hosts, tmp_path):
     """In exact mode (issue 16) the 2-rank run across hosts, over TCP, has the one-process run's losses and
     weights to the last bit."""
@@ -111,6 +113,7 @@ def _lose(hosts, proc, how: str, name: str) -> tuple[float, str]:
     return time.monotonic() - t0, stderr
 
 
+@needs_horovod
 def test_a_killed_host_is_named_with_its_ranks_and_the_run_resumes(emulated_hosts, tmp_path, record_property):
     """Three ranks, two on gmk-node0 and one on gmk-node1, each host's cores shared by its own ranks."""
     hostfile = emulated_hosts.write_hostfile(tmp_path / "hostfile", slots=2, hosts=["gmk-node0"])
@@ -150,6 +153,7 @@ def test_a_killed_host_is_named_with_its_ranks_and_the_run_resumes(emulated_host
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "max_epochs"
 
 
+@needs_horovod
 def test_a_host_whose_link_is_cut_is_named_within_30_s(emulated_hosts, tmp_path, record_property):
     """Nothing closes when a link is cut: only gmmkit's TCP keepalive settings for mpirun's daemon connections
     (the test sets none) end the job in time."""
@@ -167,6 +171,7 @@ def test_a_host_whose_link_is_cut_is_named_within_30_s(emulated_hosts, tmp_path,
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["dataset"] == str(tmp_path / "cubes.npz")
 
 
+@needs_horovod
 def test_the_sweep_runs_real_ranks_across_hosts_up_to_the_slots(emulated_hosts, tmp_path):
     cfg_file = tmp_path / "base.json"
     cfg_file.write_text(tiny_config(tmp_path / "unused", epochs=2).to_json())

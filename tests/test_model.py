@@ -8,6 +8,8 @@ from scipy.stats import multivariate_normal
 
 from gmmkit.model import build_deepdensity, covariance, grid_coordinates, mixture_model, render_grid, scale_tril
 
+pytestmark = pytest.mark.lane  # also in the current lane (make test-current)
+
 
 def random_mixture(rng, b=2, k=5):
     alpha = rng.dirichlet(np.ones(k), size=b).astype(np.float32)

@@ -1,9 +1,12 @@
 """gmmkit's Adam (one fused kernel per variable) against Keras's own, step by step."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from gmmkit.training.optimizer import Adam
+
+pytestmark = pytest.mark.lane  # also in the current lane (make test-current)
 
 
 def run(optimizer_cls, steps=5, **kwargs):

@@ -98,6 +98,7 @@ def cubes_npz(tmp_path_factory):
     return path
 
 
+@pytest.mark.lane
 def test_resume_continues_the_run_from_its_own_config(cubes_npz, tmp_path, monkeypatch, capsys):
     work = tmp_path / "work"
     work.mkdir()
@@ -165,6 +166,7 @@ def test_a_finished_run_is_reported_not_retrained(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in (run / "state").iterdir()} == before
 
 
+@pytest.mark.lane
 def test_a_run_directory_belongs_to_one_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
@@ -180,6 +182,7 @@ def test_a_run_directory_belongs_to_one_run(tmp_path, capsys):
     assert kept and all(p.read_bytes() != first for p in kept if p.exists())  # no state of the old run is left
 
 
+@pytest.mark.lane
 def test_a_second_process_is_refused_and_a_dead_one_holds_nothing(tmp_path, capsys):
     run = tmp_path / "run"
     first = start("train", *TINY, "--epochs", "400", "--out", run)
@@ -216,6 +219,7 @@ def test_a_second_process_is_refused_and_a_dead_one_holds_nothing(tmp_path, caps
 # --- signals and stop requests --------------------------------------------------------------
 
 
+@pytest.mark.lane
 @pytest.mark.parametrize("when", ["start-up", "training"])
 def test_sigterm_stops_a_run_with_its_files_consistent(tmp_path, when):
     run = tmp_path / "run"

@@ -29,6 +29,7 @@ METRIC_KEYS = {
     "steps",
     "rank_step_s",
     "rank_eval_s",
+    "tensorflow",
 }
 
 
@@ -36,6 +37,7 @@ def val_losses(run_dir):
     return [r["val_loss"] for r in read_jsonl(run_dir / "metrics.jsonl")]
 
 
+@pytest.mark.lane
 def test_run_files_and_learning(reference):
     cfg, run, summary = reference
     assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
@@ -53,6 +55,7 @@ def test_run_files_and_learning(reference):
     assert not list(run.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+@pytest.mark.lane
 def test_same_seed_same_losses_and_resume_matches(reference, tmp_path):
     cfg, ref_run, _ = reference
     part = tmp_path / "part"

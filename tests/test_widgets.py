@@ -134,6 +134,7 @@ def dashboard(tmp_path, cluster=None, **kw):
 # --- dashboard ----------------------------------------------------------------------------------
 
 
+@pytest.mark.lane
 def test_start_click_starts_a_run_and_adds_its_curves(tmp_path):
     cluster = FakeCluster()
     dash = dashboard(tmp_path, cluster)
@@ -160,6 +161,7 @@ def test_the_exact_checkbox_starts_an_exact_run_and_the_table_says_so(tmp_path):
     assert dash.rows()[0]["exact"] is True
 
 
+@pytest.mark.lane
 def test_epochs_stream_into_the_plot_table_and_status(tmp_path):
     cluster = FakeCluster()
     dash = dashboard(tmp_path, cluster)
@@ -571,6 +573,7 @@ def test_export_to_self_contained_html_and_png(run_dir, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+@pytest.mark.lane
 def test_dashboard_viewer_follows_the_run_directory(run_dir, tmp_path):
     cluster = FakeCluster()
     dash = Dashboard(cluster, base=tiny(tmp_path), out=str(tmp_path / "d"), viewer=True, poll_interval=None)

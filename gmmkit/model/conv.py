@@ -20,8 +20,8 @@ The input gradient stays TensorFlow's own.
 from __future__ import annotations
 
 import tensorflow as tf
-from tensorflow import keras
 
+from .keras2 import keras
 from .per_example import record
 
 _STRIDES = [1, 1, 1, 1, 1]

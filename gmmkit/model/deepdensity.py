@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import tensorflow as tf
-from tensorflow import keras
 
 from .config import KERNELS
 from .conv import Conv3D
+from .keras2 import keras
 from .layers import CubeMass, DeepDensity, Dense, GaussianMixtureHeads
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import tensorflow as tf
-from tensorflow import keras
 
 from . import mixture
+from .keras2 import keras
 from .per_example import record
 
 

@@ -243,6 +243,7 @@ class _Epochs:
             "steps": steps,
             "rank_step_s": rank_step_s,
             "rank_eval_s": rank_eval_s,
+            "tensorflow": trainer.tensorflow,  # the lane that made the epoch (README "Two lanes")
         }
 
     def _commit(self, at: Position) -> None:

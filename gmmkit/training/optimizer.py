@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import tensorflow as tf
-from tensorflow import keras
+
+from ..model.keras2 import keras
 
 
 class Adam(keras.optimizers.Adam):

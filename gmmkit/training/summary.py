@@ -14,6 +14,7 @@ def record_epoch(summary: dict, record: dict, target_loss: Optional[float]) -> b
     at the target). Returns whether the epoch's losses are finite, so its weights are worth a checkpoint."""
     val_loss = record["val_loss"]
     summary.update(epochs=record["epoch"], final_val_loss=val_loss)
+    summary["tensorflow"] = tensorflow_of_epochs(summary.get("tensorflow", []), [record])
     if is_finite_number(val_loss) and (summary["best_val_loss"] is None or val_loss < summary["best_val_loss"]):
         summary["best_val_loss"] = val_loss
     if not (is_finite_number(record["train_loss"]) and is_finite_number(val_loss)):
@@ -51,3 +52,18 @@ def restart_line(entry: dict, max_restarts: Optional[int] = None) -> str:
         line += f", {redone} step{'' if redone == 1 else 's'} done again"
     lost = entry.get("lost_s")
     return line + (f" ({lost:.1f} s since that state)" if is_finite_number(lost) else "")
+
+
+def tensorflow_of_epochs(lanes: list[dict], records: list[dict]) -> list[dict]:
+    """Which TensorFlow made which epochs (which lane: README "Two lanes"; their kernels give other bits, so an
+    exact run continued in the other lane is exact from the switch on): ``lanes`` (runs of consecutive epochs,
+    ``[{"tensorflow": "2.15.1", "epochs": [1, 3]}, {"tensorflow": "2.21.0", "epochs": [4, 4]}]``) followed by
+    ``records``. A record from before the field was written counts as made by ``None``."""
+    lanes = [dict(lane, epochs=list(lane["epochs"])) for lane in lanes]
+    for record in records:
+        version, epoch = record.get("tensorflow"), record["epoch"]
+        if lanes and lanes[-1]["tensorflow"] == version and lanes[-1]["epochs"][1] == epoch - 1:
+            lanes[-1]["epochs"][1] = epoch
+        else:
+            lanes.append({"tensorflow": version, "epochs": [epoch, epoch]})
+    return lanes

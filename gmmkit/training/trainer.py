@@ -26,6 +26,7 @@ from . import epochs
 from .exact import ExactStep, evaluation_chunks, local_micro_shards, shard_range
 from .optimizer import Adam
 from .rundir import RunDir
+from .summary import tensorflow_of_epochs
 
 EVAL_BATCH = 256
 EVAL_CHUNK = 16  # exact mode: the validation set in chunks of this many, the same on any number of ranks
@@ -39,6 +40,8 @@ def optimizer_variables(optimizer) -> list:
 
 class Trainer:
     """Builds the model and optimiser of a :class:`RunConfig` and trains it; see :func:`train`."""
+
+    tensorflow = tf.__version__  # in each epoch's record: which lane made it (README "Two lanes")
 
     def __init__(self, cfg: RunConfig, ctx=None, simulate: bool = False):
         cfg = cfg.validate()
@@ -288,6 +291,7 @@ class Trainer:
             "strategy": t.strategy,
             "workers": t.workers,
             "backend": self.ctx.backend,
+            "tensorflow": tensorflow_of_epochs([], records),
             "simulated": self.simulate,
             "exact": t.exact,
             "time_to_target_s": None,

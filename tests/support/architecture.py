@@ -56,6 +56,7 @@ OWNERS = {
         "gmmkit.parallel.backend_mpi",
     ),
     "keras": ("gmmkit.model", "gmmkit.training", "gmmkit.parallel.distributed"),
+    "tf_keras": ("gmmkit.model.keras2",),  # the current lane's Keras 2 (README "Two lanes")
     "tensorboard": ("gmmkit.training.tensorboard",),
     "horovod": ("gmmkit.parallel.backend_horovod",),
     "mpi4py": ("gmmkit.parallel.backend_mpi",),
