@@ -212,7 +212,7 @@ def test_an_elastic_run_that_loses_an_engine_restarts_them_and_ends_on_the_same_
     assert streamed_is_written(run, summary) == [1, 2, 3]  # the handle's epochs: committed, then streamed
     lost, restarted = restart_news(DashboardRun(1, "#1", run.cfg, 0, 0.0, handle=run))
     assert lost.startswith(f"lost: {restart['cause']}") and restarted.startswith(f"restart 1/3: {restart['cause']}")
-    assert "going on with 2 of 2 workers" in restarted
+    assert "going on with 2 workers (2 before)" in restarted
     assert sorted(cluster.rank_map(refresh=True).values()) == [0, 1]  # the cluster's engines are the new world
 
     for key in ("train_loss", "val_loss"):

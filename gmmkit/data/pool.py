@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import signal
+import threading
 from typing import Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
@@ -25,14 +26,20 @@ def _ignore_interrupts() -> None:
 
 @contextlib.contextmanager
 def _born_deaf_to_ctrl_c():
-    """While the pool starts, SIGINT is blocked in this thread: the processes it starts (the forkserver, whose
-    children the workers are, or spawned workers) inherit the mask, so a terminal's Ctrl-C reaches none of them
-    even before their initializer runs (it arrived during a worker's imports: a traceback); here it is only
-    held until the block ends, then handled."""
+    """While the pool starts, SIGINT is blocked in this thread and, from the main thread, ignored: the processes
+    it starts (the forkserver, whose children the workers are, or spawned workers) inherit both, so a
+    terminal's Ctrl-C reaches none of them even before their initializer runs (it arrived during a worker's
+    imports: a traceback, seen again under load with the mask alone). An ignored disposition survives exec, and
+    Python keeps it at start-up; the forkserver hands it on to every worker it forks. Here a Ctrl-C is only held
+    (blocked, so still pending) until the block ends, then handled."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
         yield
     finally:
+        if main:
+            signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
