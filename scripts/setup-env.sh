@@ -21,6 +21,10 @@ HOROVOD_VERSION=0.28.1
 
 say() { printf '[gmmkit setup %4ds] %s\n' "$SECONDS" "$*"; }
 die() { printf '[gmmkit setup] error: %s\n' "$*" >&2; exit 1; }
+# the lane's venv with $PYTHON (made once), a current pip in it, and PIP: the command that installs into it
+make_venv() {
+  make_venv
+}
 
 # --- 1. system packages -------------------------------------------------------------------
 need_apt=()
@@ -61,12 +65,7 @@ if [ "$LANE" = current ]; then
   fi
   [ -n "$PYTHON" ] && supported "$PYTHON" \
     || die "the current lane needs Python 3.11, 3.12 or 3.13 (TensorFlow 2.21); none found${PYTHON:+ ($PYTHON is not one)}. Set PYTHON=/path/to/python3.13."
-  if [ ! -x "$VENV/bin/python" ]; then
-    say "creating $VENV with $("$PYTHON" --version)"
-    "$PYTHON" -m venv "$VENV"
-  fi
-  PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q --retries 10 --timeout 60)
-  "${PIP[@]}" install --upgrade "pip>=23" wheel "setuptools>=61"
+  make_venv
   say "installing gmmkit, TensorFlow 2.21 and tf-keras into $VENV"
   "${PIP[@]}" install -e ".[current,lab,test]"
   ! "$VENV/bin/python" -c 'import horovod' 2>/dev/null \
@@ -83,12 +82,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
   || die "gmmkit needs Python 3.11 (TensorFlow 2.15 + Horovod 0.28.1); $PYTHON is $("$PYTHON" --version 2>&1). Set PYTHON=/path/to/python3.11."
 
 # --- 2. virtual environment ---------------------------------------------------------------
-if [ ! -x "$VENV/bin/python" ]; then
-  say "creating $VENV with $("$PYTHON" --version)"
-  "$PYTHON" -m venv "$VENV"
-fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q --retries 10 --timeout 60)
-"${PIP[@]}" install --upgrade "pip>=23" wheel "setuptools>=61"
+make_venv
 say "installing gmmkit and its pinned dependencies into $VENV"
 "${PIP[@]}" install -e ".[cpu,lab,test]"
 
