@@ -23,7 +23,12 @@ say() { printf '[gmmkit setup %4ds] %s\n' "$SECONDS" "$*"; }
 die() { printf '[gmmkit setup] error: %s\n' "$*" >&2; exit 1; }
 # the lane's venv with $PYTHON (made once), a current pip in it, and PIP: the command that installs into it
 make_venv() {
-  make_venv
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV with $("$PYTHON" --version)"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q --retries 10 --timeout 60)
+  "${PIP[@]}" install --upgrade "pip>=23" wheel "setuptools>=61"
 }
 
 # --- 1. system packages -------------------------------------------------------------------
