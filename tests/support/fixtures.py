@@ -27,8 +27,8 @@ import subprocess
 
 import pytest
 
-from .hosts import EmulatedHosts, can_make_namespaces, install_sigterm_handler, restore_sigterm_handler
-from .netns import sh, wait_for
+from .hosts import EmulatedHosts, can_make_namespaces
+from .netns import install_sigterm_handler, restore_sigterm_handler, sh, wait_for
 from .slurm import SlurmCluster, slurm_available
 
 DEFAULT_HOSTS = 2

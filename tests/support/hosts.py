@@ -33,7 +33,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from .netns import (
     our_netns,
     pids_in_netns,
     process_start_time,
+    reaches,
     sh,
     tool,
     unbind,
@@ -356,8 +356,10 @@ class EmulatedHosts:
         """Cut one host's link (its veth's root end down): its processes live on, unreachable."""
         sh("ip", "link", "set", self.host(host).link, "down")
 
-    def restore(self, host) -> None:
+    def restore(self, host, bound_s: float = 30.0) -> None:
+        """Bring one host's link up again, and wait until it carries traffic (:func:`.netns.reaches` says why)."""
         sh("ip", "link", "set", self.host(host).link, "up")
+        wait_for(lambda: reaches(self.host(host).enter, self.head_address), bound_s, f"{host} to reach the head")
 
 
 def emulation_mpi_env(base: dict | None = None) -> dict:
@@ -374,26 +376,3 @@ def emulation_mpi_env(base: dict | None = None) -> dict:
     env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     env.setdefault("OMPI_MCA_hwloc_base_binding_policy", "none")
     return env
-
-
-def install_sigterm_handler():
-    """pytest runs fixture teardown on KeyboardInterrupt but not on SIGTERM (the default action kills the
-    process outright and would leave the namespaces). Turn SIGTERM into KeyboardInterrupt while hosts
-    exist; returns the previous handler for :func:`restore_sigterm_handler`."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.getsignal(signal.SIGTERM)
-        if previous in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, handler)
-            return previous
-    except ValueError:  # not the main thread
-        pass
-    return None
-
-
-def restore_sigterm_handler(previous) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -186,3 +187,35 @@ def enter_prefix(netns_path: Path, uts_path: Path) -> list[str]:
 
 def run_in(prefix: Sequence[str], *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return sh(*prefix, *cmd, timeout=timeout)
+
+
+def reaches(enter: list, address: str) -> bool:
+    """Whether a process started with ``enter`` (a host's namespaces) gets an answer from ``address``: a TCP
+    connection to port 9 is refused (no port listens there) rather than lost. A link just brought up is
+    activated a moment later and drops its first packets meanwhile (measured here: a job started at once took
+    1.0 s, 0.15 s otherwise); under load that moment grows, and a daemon started in it fails to connect."""
+    probe = f"import socket\ntry: socket.create_connection(({address!r}, 9), 2)\nexcept ConnectionRefusedError: pass"
+    return subprocess.run([*enter, sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+def install_sigterm_handler():
+    """pytest runs fixture teardown on KeyboardInterrupt but not on SIGTERM (the default action kills the
+    process outright and would leave the namespaces). Turn SIGTERM into KeyboardInterrupt while hosts
+    exist; returns the previous handler for :func:`restore_sigterm_handler`."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, handler)
+            return previous
+    except ValueError:  # not the main thread
+        pass
+    return None
+
+
+def restore_sigterm_handler(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
