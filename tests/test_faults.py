@@ -37,6 +37,14 @@ def test_rank_failure_reads_what_mpirun_prints():
     early = "mpirun noticed that process rank 1 with PID 0 on node vm exited on signal 15 (Terminated).\n"
     assert rank_failure(early) == "rank 1 (vm) was killed by SIGTERM"
     assert rank_failure(early, pids=[4241, 4242]) == "rank 1 (pid 4242 on vm) was killed by SIGTERM"  # engines' own
+    # a daemon that could not connect back (OpenMPI 4.1.4's block, word for word): the job never started
+    unreached = (
+        "------------------------------------------------------------\n"
+        "A process or daemon was unable to complete a TCP connection\nto another process:\n"
+        "  Local host:    gmk-node1\n  Remote host:   vm\n"
+        "This is usually caused by a firewall on the remote host. Please\n"
+    )
+    assert rank_failure(unreached).startswith("host gmk-node1 could not connect back to mpirun")
 
 
 def _rank_processes(root: psutil.Process, rank: str) -> list:

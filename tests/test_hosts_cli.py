@@ -202,3 +202,54 @@ def test_the_sweep_runs_real_ranks_across_hosts_up_to_the_slots(emulated_hosts, 
     assert study["placement"]["hosts"] == [["gmk-node0", 1], ["gmk-node1", 1]] and study["max_real"] is None
     for n in (2, 4):  # exact mode: real ranks across hosts and the simulation on the sequential path, bitwise
         assert losses(out / "runs" / f"strong-n{n}") == losses(out / "runs" / "sequential-n1")
+
+
+def test_a_host_that_cannot_reach_mpirun_is_named_and_nothing_is_written(emulated_hosts, tmp_path):
+    """A host that cannot connect back to mpirun (here: the head unreachable from it, an answer its daemon gets at
+    once) fails the job at its start: gmmkit says which host, in one line of its own, after the daemon's tries
+    (oob_tcp_retry_delay: one a second, 10), and leaves no run folder behind."""
+    cfg = tiny_config(tmp_path / "run", workers=2)
+    (tmp_path / "run.json").write_text(cfg.to_json())
+    route = ["ip", "route", "add", "unreachable", f"{emulated_hosts.head_address}/32"]
+    emulated_hosts.run("gmk-node1", *route).check_returncode()
+    try:
+        t0 = time.monotonic()
+        proc = gmmkit(
+            emulated_hosts, "train", "--config", tmp_path / "run.json", "--hosts", "gmk-node0,gmk-node1", check=False
+        )
+        took = time.monotonic() - t0
+    finally:
+        emulated_hosts.run("gmk-node1", "ip", "route", "del", "unreachable", f"{emulated_hosts.head_address}/32")
+    print(f"\n[a host that cannot reach mpirun] {took:.1f} s: {proc.stderr.strip().splitlines()[-1:]}")
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("gmmkit train: error:")]
+    assert proc.returncode != 0 and ours == [
+        "gmmkit train: error: the job did not start: host gmk-node1 could not connect back to mpirun "
+        "(its network, or a firewall between the hosts)"
+    ], proc.stdout + proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_host_unreachable_as_its_daemon_starts_joins_once_it_answers(emulated_hosts):
+    """gmmkit's OpenMPI settings let a daemon that finds mpirun unreachable try again (each second, 10 times):
+    the head is unreachable from host 2 until its daemon has started and tried, then answers; the job runs.
+    OpenMPI's default gives up at the first answer (the message of the test above)."""
+    where = placement.Placement((("gmk-node0", 1), ("gmk-node1", 1)), "hosts", "gmk-node0:1,gmk-node1:1")
+    env = launch.mpi_env(emulated_hosts.mpi_env(), where)
+    route = ("route", "unreachable", f"{emulated_hosts.head_address}/32")
+    emulated_hosts.run("gmk-node1", "ip", route[0], "add", *route[1:]).check_returncode()
+    try:
+        job = subprocess.Popen(
+            launch.mpirun_command(2, ["hostname"], placement=where, env=env),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not emulated_hosts.pids("gmk-node1") and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # its first try is at its start; the next ones 1 s apart, up to 10 s
+    finally:
+        emulated_hosts.run("gmk-node1", "ip", route[0], "del", *route[1:])
+    out, _ = job.communicate(timeout=60)
+    assert job.returncode == 0 and sorted(out.split()) == ["gmk-node0", "gmk-node1"], out

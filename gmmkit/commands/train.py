@@ -107,7 +107,9 @@ def run(args, parser) -> int:
 
 
 def _report_launched(ended: Launched, cfg, launcher: str) -> int:
-    if ended.failure and ended.finished_by_launcher:
+    if ended.summary is None and (ended.failure or "").startswith("host "):  # the ranks could not say it
+        print(f"gmmkit train: error: the job did not start: {ended.failure}", file=sys.stderr, flush=True)
+    elif ended.failure and ended.finished_by_launcher:
         print(
             f"gmmkit train: error: {ended.failure}; {launcher} stopped the other ranks. The metrics of "
             f"every finished epoch are in {cfg.out}; continue with --resume.",

@@ -16,6 +16,8 @@ _LOST_DAEMON = re.compile(
     r"HNP daemon\s*:.*?Remote daemon:\s*\S+ on node (\S+)",
     re.S,
 )
+# what a daemon prints when it cannot connect back to mpirun (the job then never starts)
+_NO_CONNECTION = re.compile(r"unable to complete a TCP connection\s*to another process:\s*Local host:\s*(\S+)")
 
 
 def rank_failure(
@@ -27,6 +29,9 @@ def rank_failure(
     m = _LOST_DAEMON.search(launcher_output)
     if m:
         return lost_host(m.group(1), hosts)
+    m = _NO_CONNECTION.search(launcher_output)
+    if m:
+        return f"host {m.group(1)} could not connect back to mpirun (its network, or a firewall between the hosts)"
     m = _SIGNALLED.search(launcher_output)
     if m:
         rank, pid, node, sig = m.groups()

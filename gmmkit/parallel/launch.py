@@ -99,6 +99,10 @@ MCA_DEFAULTS = {
     "oob_tcp_keepalive_time": "5",
     "oob_tcp_keepalive_intvl": "2",
     "oob_tcp_keepalive_probes": "3",
+    # A daemon whose connection back to mpirun fails at once (an answer that the host is unreachable: its link
+    # has just come up, a switch port still learning) gives up and the job never starts; with this it tries
+    # again every second, up to oob_tcp_max_recon_attempts (10) times.
+    "oob_tcp_retry_delay": "1",
 }
 # What a rank on another host must see of the launcher's environment (mpirun -x NAME): Python's and gmmkit's
 # paths and settings, TensorFlow's, Horovod's and NCCL's switches, thread counts and library paths. Not
@@ -248,27 +252,32 @@ def run_ranks(
     network.check_hosts(placement)
     env = mpi_env(env, placement)
     cmd = mpirun_command(n, argv, launcher, placement, env)
-    tail: collections.deque = collections.deque(maxlen=400)
-    sink = open(log, "w") if log is not None else None
+    tail: collections.deque = collections.deque(maxlen=400)  # both streams' last lines, for rank_failure
+    sink, lock = (open(log, "w") if log is not None else None), threading.Lock()
+
+    def relay(stream, out, banners: bool):  # the ranks' output; mpirun's own messages (stderr) only to the log
+        banner = False
+        for line in stream:
+            tail.append(line)
+            ours = banners and (_RULE.match(line) or banner or _MPIRUN_NOTE.match(line))
+            banner = banners and banner != bool(_RULE.match(line))
+            if sink is not None or not ours:
+                with lock:
+                    (sink or out).write(line)
+                    (sink or out).flush()
+
     try:
         with stop_on_signals(stop) as interrupted:
-            proc = _job(cmd, env, stdout=sink, stderr=subprocess.PIPE, text=True, errors="replace")
-
-            def forward():  # the ranks' stderr; mpirun's own messages only to the log (rank_failure reads them)
-                banner = False
-                for line in proc.stderr:
-                    tail.append(line)
-                    ours = _RULE.match(line) or banner or _MPIRUN_NOTE.match(line)
-                    banner = banner != bool(_RULE.match(line))
-                    if sink is not None or not ours:
-                        (sink or sys.stderr).write(line)
-                        (sink or sys.stderr).flush()
-
-            reader = threading.Thread(target=forward, daemon=True)
-            reader.start()
+            proc = _job(cmd, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+            streams = ((proc.stdout, sys.stdout, False), (proc.stderr, sys.stderr, True))
+            readers = [threading.Thread(target=relay, args=args, daemon=True) for args in streams]
+            for reader in readers:
+                reader.start()
             code = _wait(proc, interrupted, on_interrupt, grace_s)
-            # a cut-off host's daemon may hold mpirun's stderr open after mpirun ended: wait a little only
-            reader.join(timeout=5)
+            # a cut-off host's daemon may hold mpirun's output open after mpirun ended: wait a little only
+            deadline = time.monotonic() + 5
+            for reader in readers:
+                reader.join(timeout=max(0.0, deadline - time.monotonic()))
     finally:
         if sink is not None:
             sink.close()

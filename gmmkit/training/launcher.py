@@ -82,7 +82,7 @@ def run_on_ranks(
                     placement=where,
                     rank_hosts=lambda: _hosts_of(run, workers),
                 )
-            if not run.exists():  # the ranks refused the run before writing anything (bad input)
+            if not run.exists():  # the ranks refused the run before writing anything (bad input), or never started
                 return Launched(code, failure, None, False)
             summary = run.summary() or {}
             if restarts is not None and grow.grown and not code and summary.get("status") == "stopped":
