@@ -252,3 +252,16 @@ def test_a_recorded_reproduction_is_complete_and_its_c1_is_in_its_files(name):
             (a["train_loss"], a["val_loss"]) == (b["train_loss"], b["val_loss"]) for a, b in zip(strong, sequential)
         ]
         assert same and all(same) == found["C1"]["evidence"][str(n)]["identical"]
+
+
+def test_a_reproduction_recorded_before_a_setting_existed_is_the_same_reproduction():
+    """A reproduction's folder is resumed only with the same settings; one recorded before a run setting was added
+    to gmmkit (``train.backend``, issue 29) lacks it, and its default is what the recording used: the same."""
+    from gmmkit.study import reproduce
+
+    now = json.loads(json.dumps(ReproduceConfig(lr=PAPER_LR).to_dict()))
+    before = json.loads(json.dumps(now))
+    del before["run"]["train"]["backend"]
+    assert reproduce._protocol(before) == reproduce._protocol(now)
+    before["run"]["train"]["lr"] = 0.5  # a setting that differs still does
+    assert reproduce._protocol(before) != reproduce._protocol(now)

@@ -21,6 +21,7 @@ It takes hours, so it is resumable: every grid point is its own run directory, t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .. import (
     training,  # its loop (TensorFlow) is imported on first use
 )
 from ..config import RunConfig
+from ..errors import ConfigError
 from ..files import atomic_write_json, atomic_write_text, writable_path
 from ..parallel import network
 from ..parallel.backends import resolve_backend
@@ -291,9 +293,12 @@ def _open(out: Path, what: ReproduceConfig, overwrite: bool) -> dict:
 def _protocol(recorded: dict) -> dict:
     """What makes two reproductions the same: every setting but how often their runs commit a state and how
     lost jobs are met (``--elastic`` and its bounds)."""
-    train = {k: v for k, v in recorded.get("run", {}).get("train", {}).items() if k != "checkpoint_every"}
+    run = recorded.get("run", {})
+    with contextlib.suppress(ConfigError):  # a setting added since the recording began has its default there
+        run = RunConfig.from_dict(run).to_dict()
+    train = {k: v for k, v in run.get("train", {}).items() if k != "checkpoint_every"}
     kept = {k: v for k, v in recorded.items() if k not in ELASTIC}
-    return {**kept, "run": {**recorded.get("run", {}), "train": train}}
+    return {**kept, "run": {**run, "train": train}}
 
 
 def _save(out: Path, state: dict) -> None:
