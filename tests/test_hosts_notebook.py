@@ -10,6 +10,7 @@ import os
 import time
 
 import ipyparallel as ipp
+import numpy as np
 import pytest
 from conftest import needs_horovod, tiny_config
 
@@ -116,3 +117,40 @@ def test_a_lost_host_is_named_and_restart_recovers(cluster, emulated_hosts, tmp_
     cluster.restart()
     assert [r.host for r in sorted(cluster.rank_map(refresh=True).values())] == emulated_hosts.names
     assert cluster.train(tiny(tmp_path / "after", epochs=1)).wait(timeout=300)["status"] == "max_epochs"
+
+
+def test_an_elastic_run_that_loses_a_host_goes_on_with_the_engines_of_the_other(cluster, emulated_hosts, tmp_path):
+    """Issue 27 in the notebook: an elastic exact strong run on one engine a host loses host 2 (its power: every
+    process killed, its link down) after its first committed epoch; the engines start again on host 1 alone (host
+    2 does not answer the probe) and the run ends there, on the losses and weights of an uninterrupted
+    one-process run, the restart in summary.json and in the handle's events (the dashboard's status line)."""
+    from gmmkit.training import train
+
+    one = tiny_config(tmp_path / "one", epochs=4, lr=2e-3, exact=True)
+    run = cluster.train(one.replace(train={"workers": 2, "elastic": True}, out=str(tmp_path / "n2")))
+    deadline = time.monotonic() + 300
+    while not read_jsonl(tmp_path / "n2" / "metrics.jsonl"):
+        assert time.monotonic() < deadline and not run.done(), "no epoch before the host was lost"
+        time.sleep(0.05)
+    assert not run.done(), "the run ended before the host could be lost"
+    emulated_hosts.kill("gmk-node1")
+    emulated_hosts.cut("gmk-node1")
+    try:
+        train(one)  # the uninterrupted run, in this process, while the run restarts in its own thread
+        summary = run.wait(timeout=300)
+    finally:
+        emulated_hosts.kill("gmk-node1")
+        emulated_hosts.restore("gmk-node1")
+    assert summary["status"] == "max_epochs" and summary["epochs"] == 4, summary
+    assert summary["hosts"] == ["gmk-node0"] and summary["workers"] == 1
+    [restart] = summary["restarts"]
+    assert "host gmk-node1 (rank 1) was lost" in restart["cause"] and restart["dropped"] == ["gmk-node1"], restart
+    assert (restart["workers_before"], restart["workers_after"]) == (2, 1)
+    assert any(line.startswith("restart 1/3: host gmk-node1 (rank 1) was lost") for line in run.events), run.events
+    for key in ("train_loss", "val_loss"):
+        assert [r[key] for r in read_jsonl(tmp_path / "n2" / "metrics.jsonl")] == [
+            r[key] for r in read_jsonl(tmp_path / "one" / "metrics.jsonl")
+        ]
+    with np.load(tmp_path / "one" / "checkpoint.npz") as a, np.load(tmp_path / "n2" / "checkpoint.npz") as b:
+        arrays = [k for k in a.files if k[0] in "wo" and k[1:].isdigit()]
+        assert arrays and all(np.array_equal(a[k], b[k]) for k in arrays)

@@ -54,7 +54,7 @@ class ElasticRun:
         self.cluster, self.cfg = cluster, cfg
         self.run_dir = RunDir(cfg.out)
         self.events: list[str] = []
-        self.elastic = Restarts(cfg, cluster.placement, say=self.events.append)
+        self.elastic = Restarts(cfg, cluster.placement, say=self.events.append, env=cluster.engine_env())
         self._unbegun = state_mark(self.run_dir)  # the run's state before its ranks began it
         self._now: tuple[list[dict], TrainingRun] = ([], cluster.start_run(cfg))  # (committed before, engines' run)
         self._summary: Optional[dict] = None

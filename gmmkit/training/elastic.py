@@ -68,8 +68,16 @@ class Restarts:
     """The restarts of one elastic run: ``done`` (what ``summary.json`` lists), every job's ``causes``, and
     why the last job was not restarted (``refused``)."""
 
-    def __init__(self, cfg: RunConfig, placement: Placement, say: Callable[[str], None] = lambda line: None):
-        self.cfg, self.placement, self.say = cfg, placement, say
+    def __init__(
+        self,
+        cfg: RunConfig,
+        placement: Placement,
+        say: Callable[[str], None] = lambda line: None,
+        env: Optional[dict] = None,
+    ):
+        """``env``: what the liveness probes start with on top of this process's environment (the notebook
+        cluster's own settings, a site's launch agent: the engines' environment), so they start as the job does."""
+        self.cfg, self.placement, self.say, self.env = cfg, placement, say, env
         self.done: list[dict] = []
         self.causes: list[str] = []
         self.refused: Optional[str] = None
@@ -87,7 +95,7 @@ class Restarts:
             self.refused = f"train.max_restarts={t.max_restarts} reached"
             return None
         offered = hosts_now(self.placement)
-        alive = launch.alive_hosts(offered, stop=stop)
+        alive = launch.alive_hosts(offered, stop=stop, env={**os.environ, **self.env} if self.env else None)
         if stop:
             return None
         if offered.is_local:
