@@ -204,10 +204,12 @@ def test_the_sweep_runs_real_ranks_across_hosts_up_to_the_slots(emulated_hosts, 
         assert losses(out / "runs" / f"strong-n{n}") == losses(out / "runs" / "sequential-n1")
 
 
-def test_a_host_that_cannot_reach_mpirun_is_named_and_nothing_is_written(emulated_hosts, tmp_path):
+def test_a_host_that_cannot_reach_mpirun_is_named_and_nothing_is_written(emulated_hosts, tmp_path, monkeypatch):
     """A host that cannot connect back to mpirun (here: the head unreachable from it, an answer its daemon gets at
     once) fails the job at its start: gmmkit says which host, in one line of its own, after the daemon's tries
-    (oob_tcp_retry_delay: one a second, 10), and leaves no run folder behind."""
+    (oob_tcp_retry_delay: one a second; 2 here, set as a user sets OpenMPI's parameters, 10 by default), and
+    leaves no run folder behind."""
+    monkeypatch.setenv("OMPI_MCA_oob_tcp_max_recon_attempts", "2")
     cfg = tiny_config(tmp_path / "run", workers=2)
     (tmp_path / "run.json").write_text(cfg.to_json())
     route = ["ip", "route", "add", "unreachable", f"{emulated_hosts.head_address}/32"]
@@ -253,3 +255,16 @@ def test_a_host_unreachable_as_its_daemon_starts_joins_once_it_answers(emulated_
         emulated_hosts.run("gmk-node1", "ip", route[0], "del", *route[1:])
     out, _ = job.communicate(timeout=60)
     assert job.returncode == 0 and sorted(out.split()) == ["gmk-node0", "gmk-node1"], out
+
+
+def test_the_emulated_hosts_are_found_to_be_this_machine(emulated_hosts, monkeypatch):
+    """The wall-time model charges ranks that share a machine for it (issue 28): hosts that are this kernel under
+    other names (the same boot id, asked on each host) share it; a host that cannot be asked is taken for another."""
+    from gmmkit.study.perfmodel import one_machine
+
+    for name, value in emulated_hosts.mpi_env({}).items():  # the site's launch agent, as a cluster sets it once
+        monkeypatch.setenv(name, value)
+    assert one_machine(placement.Placement((("gmk-node0", 1), ("gmk-node1", 1)), "hosts", "gmk-node0:1,gmk-node1:1"))
+    assert not one_machine(
+        placement.Placement((("gmk-node0", 1), ("gmk-nowhere", 1)), "hosts", "gmk-node0:1,gmk-nowhere:1")
+    )

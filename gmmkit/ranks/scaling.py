@@ -58,11 +58,12 @@ def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
 
 def contention_probe(cfg_json: str, rounds: int = 3) -> dict:
     """In a job of n ranks on one host: a strong-scaling share's step on rank 0 alone, on every rank at once
-    (no Horovod: the ranks only share the host), and the real n-worker step, in turns. ``shared_host``, the
-    second over the first: ranks on one host share its memory bandwidth and caches; ``step_overhead_s``,
-    the third less the second: what the step's collectives and the ranks' waiting for each other add (one
-    allreduce in default mode, a max and a sum in exact mode); and ``allreduce_s``, one allreduce of the
-    gradients' bytes (the config's backend). The wall-time model's terms (:class:`gmmkit.study.perfmodel.PerfModel`)."""
+    (no Horovod: the ranks only share the host), and the real n-worker step, in turns (their seconds: ``alone``,
+    ``side_by_side``, ``team``). ``shared_host``, the second over the first: ranks on one host share its memory
+    bandwidth and caches; ``step_overhead_s``, the third less the second: what the step's collectives and the
+    ranks' waiting for each other add (one allreduce in default mode, a max and a sum in exact mode); and
+    ``allreduce_s``, one allreduce of the gradients' bytes (the config's backend). The wall-time model's terms
+    (:class:`gmmkit.study.perfmodel.PerfModel`)."""
     cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
     ctx = distributed.init(1, backend=cfg.train.backend)
     solo = Trainer(cfg.replace(train={"workers": 1}), ctx=distributed.LocalContext())
@@ -77,17 +78,25 @@ def contention_probe(cfg_json: str, rounds: int = 3) -> dict:
         "side_by_side": (False, lambda: solo.step(x_share, batch)),
         "team": (False, lambda: team.step(x_team, batch)),
     }
-    t = _step_times(ctx, steps, rounds)
+    rounds_s = _step_times(ctx, steps, rounds, each=True)
     allreduce_s = ctx.time_gradient_allreduce(team.gradient_bytes())  # the model's c, in the same job
-    found = (
-        {"shared_host": t["side_by_side"] / t["alone"], "step_overhead_s": t["team"] - t["side_by_side"]} if t else {}
-    )
-    return {"ranks": ctx.size, "allreduce_s": allreduce_s, **t, **found}
+    if not rounds_s:  # the other ranks
+        return {"ranks": ctx.size, "allreduce_s": allreduce_s}
+    # each term from the steps of one round, taken minutes apart the machine's speed drifts by more than the
+    # collectives cost (two medians apart, 2 and 15 ms were found for the same overhead): the median of the rounds
+    alone, side, together = (np.asarray(rounds_s[key]) for key in ("alone", "side_by_side", "team"))
+    return {
+        "ranks": ctx.size,
+        "allreduce_s": allreduce_s,
+        **{key: float(np.median(t)) for key, t in rounds_s.items()},
+        "shared_host": float(np.median(side / alone)),
+        "step_overhead_s": float(np.median(together - side)),
+    }
 
 
-def _step_times(ctx, steps: dict, rounds: int) -> dict:
-    """Median seconds of each step of ``{key: (chief only, step)}``, the steps taking turns, every rank
-    waiting for the others before each (rank 0's figures; {} on the other ranks)."""
+def _step_times(ctx, steps: dict, rounds: int, each: bool = False) -> dict:
+    """Median seconds of each step of ``{key: (chief only, step)}`` (``each``: every round's), the steps taking
+    turns, every rank waiting for the others before each (rank 0's figures; {} on the other ranks)."""
     step_times: dict = {key: [] for key in steps}
     for i in range(1 + 2 * rounds):  # the first round is untimed: oneDNN sets up its kernels per shape
         for key, (chief_only, step) in steps.items():
@@ -96,4 +105,6 @@ def _step_times(ctx, steps: dict, rounds: int) -> dict:
                 seconds = mean_seconds(step, 4)
                 if i:
                     step_times[key].append(seconds)
-    return {key: float(np.median(t)) for key, t in step_times.items()} if ctx.is_chief else {}
+    if not ctx.is_chief:
+        return {}
+    return step_times if each else {key: float(np.median(t)) for key, t in step_times.items()}
