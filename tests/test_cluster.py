@@ -7,24 +7,19 @@ order. Runs are tiny (a few cubes, four components, one thread per rank).
 
 import json
 import os
-import re
-import signal
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import losses, needs_horovod, tiny_config, wait_for
+from conftest import needs_horovod, tiny_config
 
-from gmmkit.cluster import ElasticRun, MPICluster
+from gmmkit.cluster import MPICluster
 from gmmkit.errors import InputError, LaunchError
 from gmmkit.machine import available_cores
 from gmmkit.parallel import launch
-from gmmkit.training.rundir import RunDir
-from gmmkit.ui.runs import DashboardRun, restart_news
 
 SMALL = {"data": {"size": 48, "val_size": 8, "train_size": 32}, "model": {"filters": 4, "latent": 16}}
 
@@ -179,47 +174,6 @@ def test_a_dying_engine_is_reported_and_restart_recovers(cluster, tmp_path):
     cluster.restart(2)  # a fresh MPI world
     assert sorted(cluster.rank_map(refresh=True).values()) == [0, 1]
     assert cluster.train(tiny(tmp_path / "after", workers=2, epochs=1)).wait(timeout=120)["status"] == "max_epochs"
-
-
-@pytest.mark.mpi
-@needs_horovod
-def test_an_elastic_run_that_loses_an_engine_restarts_them_and_ends_on_the_same_bits(
-    cluster, tmp_path, record_property
-):
-    """An elastic exact strong run on the 2 engines; rank 1's engine is killed once the run has committed an
-    epoch: the run stops what is left of the engines, starts them again (this machine answers: 2 of 2 workers)
-    and resumes, ending as an uninterrupted one-process run does, to the last bit, the restart in summary.json,
-    on the handle and in the lines the dashboard shows."""
-    from gmmkit.training import train
-
-    one = tiny(tmp_path / "one", epochs=3, exact=True)
-    run = cluster.train(one.replace(train={"workers": 2, "elastic": True}, out=str(tmp_path / "n2")))
-    assert isinstance(run, ElasticRun)
-    pid = {int(r): r.pid for r in cluster.rank_map().values()}[1]
-    wait_for(lambda: RunDir(run.cfg.out).metrics() or run.done(), timeout=300, what="the first committed epoch")
-    assert not run.done(), "the run ended before the engine could be killed"
-    os.kill(pid, signal.SIGKILL)
-    killed = time.monotonic()
-    train(one)  # the uninterrupted run, in this process, while the run restarts in its own thread
-    summary = run.wait(timeout=300)
-    record_property("seconds_from_the_kill_to_the_end", round(time.monotonic() - killed, 1))
-    assert summary["status"] == "max_epochs" and summary["epochs"] == 3 and summary["workers"] == 2, summary
-    [restart] = summary["restarts"]
-    assert re.fullmatch(r"rank 1 \(pid \d+ on \S+\) was killed by SIGKILL", restart["cause"]), restart
-    assert (restart["workers_before"], restart["workers_after"], restart["dropped"]) == (2, 2, [])
-    assert 1 <= restart["from_epoch"] < 3 and run.restarts == summary["restarts"]
-    assert json.loads((tmp_path / "n2" / "summary.json").read_text())["restarts"] == [restart]
-    assert streamed_is_written(run, summary) == [1, 2, 3]  # the handle's epochs: committed, then streamed
-    lost, restarted = restart_news(DashboardRun(1, "#1", run.cfg, 0, 0.0, handle=run))
-    assert lost.startswith(f"lost: {restart['cause']}") and restarted.startswith(f"restart 1/3: {restart['cause']}")
-    assert "going on with 2 workers (2 before)" in restarted
-    assert sorted(cluster.rank_map(refresh=True).values()) == [0, 1]  # the cluster's engines are the new world
-
-    for key in ("train_loss", "val_loss"):
-        assert losses(tmp_path / "n2", key) == losses(one.out, key)
-    with np.load(tmp_path / "one" / "checkpoint.npz") as a, np.load(tmp_path / "n2" / "checkpoint.npz") as b:
-        arrays = [k for k in a.files if k[0] in "wo" and k[1:].isdigit()]
-        assert arrays and all(np.array_equal(a[k], b[k]) for k in arrays)
 
 
 @pytest.mark.mpi
