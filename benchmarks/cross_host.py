@@ -8,7 +8,8 @@ with both ranks on this host: the gradients' allreduce (Horovod and mpi4py) and 
 efficiency with its factors (:func:`gmmkit.study.bench.two_workers`), and the wall-time model T(n) with its
 c from each. The emulated hosts share this machine's cores and memory bus, and their "network" is a veth
 pair through a bridge in one kernel: the figures say what the TCP path costs, not what a real network
-between real machines does.
+between real machines does. Each placement's calibrated model (:func:`gmmkit.study.perfmodel.calibrate`) gives
+its n = 2 efficiency beside the one measured in turns (``--exact``: in exact mode, the reproduction's).
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ def main(argv=None) -> int:
     p.add_argument("--train-size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="two rounds of epochs instead of three")
+    p.add_argument("--exact", action="store_true", help="exact mode's steps (the reproduction's), default mode's else")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     began = time.perf_counter()
-    cfg = bench_config(50, train_size=args.train_size)
+    cfg = bench_config(50, train_size=args.train_size).replace(train={"exact": args.exact})
     compute = measure_compute(cfg)
     nbytes = compute["gradient_bytes"]
-    result = {"machine": machine_facts(), "train_size": args.train_size, "compute": compute}
+    result = {"machine": machine_facts(), "train_size": args.train_size, "exact": args.exact, "compute": compute}
     with EmulatedHosts(2) as hosts:
         os.environ.update(hosts.mpi_env())  # the site's launch agent: what a cluster configures once
         where = parse_hostfile(hosts.hostfile)
@@ -50,8 +52,10 @@ def main(argv=None) -> int:
         # the model as gmmkit calibrates it for each placement (issue 28: the terms of ranks sharing a host
         # where they do), its n = 2 prediction beside what was measured
         for key, placement in (("same_host", LOCAL), ("cross_host", where)):
-            perf = calibrate(cfg, 2, placement=placement)
-            predicted = {n: perf.epoch_time("strong", n, 32, args.train_size, 64) for n in (1, 2, 4, 8, 16, 32)}
+            perf = calibrate(cfg, 2, placement=placement, exact=args.exact)
+            predicted = {
+                n: perf.epoch_time("strong", n, 32, args.train_size, 64, exact=args.exact) for n in (1, 2, 4, 8, 16, 32)
+            }
             result[key]["model"] = perf.to_dict()
             result[key]["epoch_s_predicted_by_workers"] = {str(n): t for n, t in predicted.items()}
             result[key]["strong_efficiency_n2_predicted"] = predicted[1] / (2 * predicted[2])
