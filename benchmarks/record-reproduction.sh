@@ -18,8 +18,10 @@ tmp=$(mktemp -d "$here/reproduction/.$name.XXXXXX")
 chmod 755 "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 cp "$src"/{claims.json,claims.md,protocol.json,reproduce.json,results.json,tables.md} "$tmp/"
-mkdir -p "$tmp/lr_find" "$tmp/logs" "$tmp/runs"
-cp "$src/lr_find/lr_find.json" "$tmp/lr_find/"
+mkdir -p "$tmp/logs" "$tmp/runs"
+if [ -f "$src/lr_find/lr_find.json" ]; then  # none at a fixed eta (--lr): no range test ran
+  mkdir -p "$tmp/lr_find" && cp "$src/lr_find/lr_find.json" "$tmp/lr_find/"
+fi
 for log in "$src"/logs/*.log; do  # the real batches' output, less TensorFlow's start-up notices
   [ -e "$log" ] || continue
   grep -v -e 'XLA service' -e 'StreamExecutor device' -e 'absl::InitializeLog' -e 'Compiled cluster using XLA' \

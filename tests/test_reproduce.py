@@ -233,7 +233,7 @@ def test_a_reproduction_stopped_in_its_range_test_evaluates_nothing(tmp_path):
 RECORDINGS = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduction"
 
 
-@pytest.mark.parametrize("name", ["protocol-lr"])
+@pytest.mark.parametrize("name", ["protocol-lr", "paper-lr"])
 def test_a_recorded_reproduction_is_complete_and_its_c1_is_in_its_files(name):
     """benchmarks/reproduction/NAME (REPRODUCTION.md): every grid point ended, the five claims were written,
     the eta line says how eta was chosen, and C1 ("identical") agrees with the runs' own metrics: each strong
