@@ -85,7 +85,9 @@ def test_dead_hosts_are_dropped_and_the_hostfile_is_read_again(begun, tmp_path, 
     hostfile = tmp_path / "hosts"
     hostfile.write_text("h0 slots=1\nh1 slots=1\n")
     answering = []
-    monkeypatch.setattr(launch, "alive_hosts", lambda where, stop=None: [n for n in where.names if n in answering])
+    monkeypatch.setattr(
+        launch, "alive_hosts", lambda where, stop=None, env=None: [n for n in where.names if n in answering]
+    )
     restarts = elastic.Restarts(cfg, parse_hostfile(hostfile))
 
     answering[:] = ["h0"]
@@ -103,7 +105,7 @@ def test_dead_hosts_are_dropped_and_the_hostfile_is_read_again(begun, tmp_path, 
 def test_too_few_workers_left_is_not_restarted(begun, monkeypatch):
     cfg, run = begun
     cfg = cfg.replace(train={"min_workers": 2})
-    monkeypatch.setattr(launch, "alive_hosts", lambda where, stop=None: ["h0"])
+    monkeypatch.setattr(launch, "alive_hosts", lambda where, stop=None, env=None: ["h0"])
     restarts = elastic.Restarts(cfg, parse_hosts("h0:1,h1:1"))
     assert restarts.next(run, run.summary(), "host h1 (rank 1) was lost", 2) is None
     assert restarts.refused == "the hosts that answered (h0:1) hold 1 of the train.min_workers=2 workers needed"

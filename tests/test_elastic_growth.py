@@ -97,7 +97,7 @@ def test_a_host_back_asks_the_ranks_to_end_at_once_with_mid_epoch_states(short, 
     cfg, run, given, where = short
     answering, probes = ["h0"], []
 
-    def alive(hosts, stop=None):
+    def alive(hosts, stop=None, env=None):
         probes.append(hosts.names)
         return [n for n in hosts.names if n in answering]
 
@@ -114,7 +114,9 @@ def test_without_mid_epoch_states_it_waits_for_the_next_state(short, monkeypatch
     cfg, run, given, where = short
     cfg = cfg.replace(train={"checkpoint_every": None})
     probed = []
-    monkeypatch.setattr(launch, "alive_hosts", lambda hosts, stop=None: probed.append(hosts.names) or hosts.names)
+    monkeypatch.setattr(
+        launch, "alive_hosts", lambda hosts, stop=None, env=None: probed.append(hosts.names) or hosts.names
+    )
     with growth.Growth(run, cfg, given, where, 1, poll_s=0.02) as watcher:
         wait_for(lambda: watcher.back == ["h1"], timeout=30, what="h1 found back")
         assert probed[0] == ["h1"] and not run.stop_requested()  # only the host not in the job is probed
@@ -125,7 +127,7 @@ def test_without_mid_epoch_states_it_waits_for_the_next_state(short, monkeypatch
 
 def test_someone_elses_stop_is_never_taken_for_a_growth(short, monkeypatch):
     cfg, run, given, where = short
-    monkeypatch.setattr(launch, "alive_hosts", lambda hosts, stop=None: hosts.names)
+    monkeypatch.setattr(launch, "alive_hosts", lambda hosts, stop=None, env=None: hosts.names)
     assert run.request_stop()  # gmmkit stop, before the host came back
     with growth.Growth(run, cfg, given, where, 1, poll_s=0.02) as watcher:
         wait_for(lambda: watcher.overruled, timeout=30, what="the stop seen as someone else's")
@@ -136,7 +138,7 @@ def test_someone_elses_stop_is_never_taken_for_a_growth(short, monkeypatch):
 
 def test_a_growth_is_listed_and_not_counted_against_max_restarts(short, monkeypatch):
     cfg, run, given, where = short
-    monkeypatch.setattr(launch, "alive_hosts", lambda hosts, stop=None: ["h0"])
+    monkeypatch.setattr(launch, "alive_hosts", lambda hosts, stop=None, env=None: ["h0"])
     said = []
     restarts = elastic.Restarts(cfg, given, said.append)
     n, after = restarts.grow(run, {**run.summary(), "status": "stopped"}, ["h1"], 1, where)

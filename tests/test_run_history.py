@@ -85,7 +85,7 @@ def test_each_restart_is_marked_on_tensorboard_once_by_the_job_that_goes_on(tmp_
     run = RunDir(cfg.out)
     steps = run.summary()["steps_per_epoch"]
     assert reached.read(run.path) == (0, steps)  # rank 0's mark: every step of the first epoch done
-    monkeypatch.setattr(launch, "alive_hosts", lambda where, stop=None: list(where.names))
+    monkeypatch.setattr(launch, "alive_hosts", lambda where, stop=None, env=None: list(where.names))
     restarts = elastic.Restarts(cfg, LOCAL)
     for k in (1, 2):
         cause = f"rank 0 (pid {k}) was killed by SIGKILL"

@@ -100,7 +100,7 @@ def lost_job(tmp_path, monkeypatch):
         return "host h1 (rank 1) was lost" if len(jobs) == 1 else None
 
     monkeypatch.setattr(batch, "run_real_batch", job)
-    monkeypatch.setattr(launch, "alive_hosts", lambda where, stop=None: ["h0"])
+    monkeypatch.setattr(launch, "alive_hosts", lambda where, stop=None, env=None: ["h0"])
     return cfgs, jobs
 
 

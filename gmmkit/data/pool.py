@@ -11,6 +11,7 @@ import contextlib
 import multiprocessing
 import signal
 import threading
+from multiprocessing import forkserver
 from typing import Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
@@ -26,12 +27,13 @@ def _ignore_interrupts() -> None:
 
 @contextlib.contextmanager
 def _born_deaf_to_ctrl_c():
-    """While the pool starts, SIGINT is blocked in this thread and, from the main thread, ignored: the processes
-    it starts (the forkserver, whose children the workers are, or spawned workers) inherit both, so a
+    """While the pool's processes are started (the forkserver, whose children the workers are, or spawned
+    workers), SIGINT is blocked in this thread and, from the main thread, ignored: they inherit both, so a
     terminal's Ctrl-C reaches none of them even before their initializer runs (it arrived during a worker's
     imports: a traceback, seen again under load with the mask alone). An ignored disposition survives exec, and
-    Python keeps it at start-up; the forkserver hands it on to every worker it forks. Here a Ctrl-C is only held
-    (blocked, so still pending) until the block ends, then handled."""
+    Python keeps it at start-up; the forkserver hands it on to every worker it forks. A Ctrl-C that reaches this
+    process meanwhile may be lost (another thread takes it, and it is ignored), so the block is kept short: the
+    forkserver's start only, not the pool's (a test's Ctrl-C at the workers' start was lost that way)."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     main = threading.current_thread() is threading.main_thread()
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
@@ -64,8 +66,13 @@ def map_in_processes(fn: Callable, tasks: Sequence, jobs: int, progress: bool, w
         # a signal sets a flag while the pool lives (none is raised inside the pool's own machinery), and the
         # pool is ended (Pool.__exit__: terminate) on the way out, whatever ends the build
         with signals.stop_on_signals() as stop:
-            with _born_deaf_to_ctrl_c():
+            if method == "forkserver":
+                with _born_deaf_to_ctrl_c():  # its workers, forked later, inherit it
+                    forkserver.ensure_running()
                 pool = context.Pool(min(jobs, len(tasks)), initializer=_ignore_interrupts)
+            else:
+                with _born_deaf_to_ctrl_c():
+                    pool = context.Pool(min(jobs, len(tasks)), initializer=_ignore_interrupts)
             with pool:
                 size = max(1, min(8, len(tasks) // (4 * jobs)))
                 chunks = [(fn, tasks[i : i + size]) for i in range(0, len(tasks), size)]
