@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from gmmkit.config import RunConfig
 from gmmkit.errors import InputError
 from gmmkit.files import read_jsonl
+from gmmkit.parallel.failures import HostFailure
 from gmmkit.parallel.launch import mpi_env, rank_failure
 
 
@@ -45,6 +46,13 @@ def test_rank_failure_reads_what_mpirun_prints():
         "This is usually caused by a firewall on the remote host. Please\n"
     )
     assert rank_failure(unreached).startswith("host gmk-node1 could not connect back to mpirun")
+    # the host's failures are of their own kind (the job did not start, or lost a host), a rank's are not
+    lost = (
+        "ORTE has lost communication with a remote daemon.\n\n  HNP daemon   : [[1,0],0] on node vm\n"
+        "  Remote daemon: [[1,0],1] on node gmk-node1\n"
+    )
+    assert rank_failure(lost, hosts=["vm", "gmk-node1"]).startswith("host gmk-node1 (rank 1) was lost")
+    assert [isinstance(rank_failure(t), HostFailure) for t in (unreached, lost, killed, failed)] == [1, 1, 0, 0]
 
 
 def _rank_processes(root: psutil.Process, rank: str) -> list:

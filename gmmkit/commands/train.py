@@ -18,6 +18,7 @@ import os
 import sys
 
 from ..parallel import launch
+from ..parallel.failures import HostFailure
 from ..signals import stop_on_signals
 from ..training.launcher import Launched, train_or_launch
 from ..training.rundir import LOCK_HELD_BY_PARENT, RunDir
@@ -107,7 +108,7 @@ def run(args, parser) -> int:
 
 
 def _report_launched(ended: Launched, cfg, launcher: str) -> int:
-    if ended.summary is None and (ended.failure or "").startswith("host "):  # the ranks could not say it
+    if ended.summary is None and isinstance(ended.failure, HostFailure):  # the ranks could not say it
         print(f"gmmkit train: error: the job did not start: {ended.failure}", file=sys.stderr, flush=True)
     elif ended.failure and ended.finished_by_launcher:
         print(

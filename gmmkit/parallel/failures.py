@@ -20,6 +20,11 @@ _LOST_DAEMON = re.compile(
 _NO_CONNECTION = re.compile(r"unable to complete a TCP connection\s*to another process:\s*Local host:\s*(\S+)")
 
 
+class HostFailure(str):
+    """The words for a failure of a host rather than of a rank: it was lost, or its daemon never reached mpirun
+    (then the ranks could not say anything themselves)."""
+
+
 def rank_failure(
     launcher_output: str, hosts: Optional[Sequence[str]] = None, pids: Optional[Sequence[int]] = None
 ) -> Optional[str]:
@@ -31,7 +36,9 @@ def rank_failure(
         return lost_host(m.group(1), hosts)
     m = _NO_CONNECTION.search(launcher_output)
     if m:
-        return f"host {m.group(1)} could not connect back to mpirun (its network, or a firewall between the hosts)"
+        return HostFailure(
+            f"host {m.group(1)} could not connect back to mpirun (its network, or a firewall between the hosts)"
+        )
     m = _SIGNALLED.search(launcher_output)
     if m:
         rank, pid, node, sig = m.groups()
@@ -49,10 +56,12 @@ def rank_failure(
     return None
 
 
-def lost_host(host: str, hosts: Optional[Sequence[str]] = None) -> str:
+def lost_host(host: str, hosts: Optional[Sequence[str]] = None) -> HostFailure:
     """ "host H (rank 1) was lost", its ranks found in ``hosts`` (the host of each rank) by name or by the
     name's first label (mpirun may print a short or a full name)."""
     short = host.split(".")[0]
     ranks = [r for r, h in enumerate(hosts or []) if h == host or h.split(".")[0] == short]
     which = f" (rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))})" if ranks else ""
-    return f"host {host}{which} was lost: mpirun lost contact with it (the host died or its network failed)"
+    return HostFailure(
+        f"host {host}{which} was lost: mpirun lost contact with it (the host died or its network failed)"
+    )
