@@ -66,13 +66,13 @@ def map_in_processes(fn: Callable, tasks: Sequence, jobs: int, progress: bool, w
         # a signal sets a flag while the pool lives (none is raised inside the pool's own machinery), and the
         # pool is ended (Pool.__exit__: terminate) on the way out, whatever ends the build
         with signals.stop_on_signals() as stop:
+            # deaf to Ctrl-C only while the processes that inherit it start: the fork server (its workers are
+            # forked from it later) or, with spawn, the workers themselves
             if method == "forkserver":
-                with _born_deaf_to_ctrl_c():  # its workers, forked later, inherit it
-                    forkserver.ensure_running()
-                pool = context.Pool(min(jobs, len(tasks)), initializer=_ignore_interrupts)
-            else:
                 with _born_deaf_to_ctrl_c():
-                    pool = context.Pool(min(jobs, len(tasks)), initializer=_ignore_interrupts)
+                    forkserver.ensure_running()
+            with _born_deaf_to_ctrl_c() if method == "spawn" else contextlib.nullcontext():
+                pool = context.Pool(min(jobs, len(tasks)), initializer=_ignore_interrupts)
             with pool:
                 size = max(1, min(8, len(tasks) // (4 * jobs)))
                 chunks = [(fn, tasks[i : i + size]) for i in range(0, len(tasks), size)]
