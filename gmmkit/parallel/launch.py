@@ -333,14 +333,14 @@ def _die_with_parent() -> None:
 
 
 def alive_hosts(
-    placement: Placement, timeout_s: float = 15.0, stop: Optional[StopFlag] = None, env: dict | None = None
+    placement: Placement, timeout_s: float = 15.0, stop: Optional[StopFlag] = None, env: dict | None = None, code="pass"
 ) -> list[str]:
     """The hosts of ``placement`` that answer a liveness probe within ``timeout_s``: one rank of
-    ``python -c pass`` on each, all at once, started the way a job starts there (mpirun, the site's launch
+    ``python -c CODE`` on each, all at once, started the way a job starts there (mpirun, the site's launch
     agent, this interpreter on the shared file system). A host that does not resolve, does not start it, or
     does not answer in time (a cut link leaves mpirun waiting) is dead; a probe still running then is killed
     with its launch agent. This machine (a local placement) is alive; ``stop`` abandons the probes; ``env``:
-    the environment to start them with (default: this process's)."""
+    the environment to start them with (default: this process's); ``code``: the probe (it answers by exiting 0)."""
     if placement.is_local:
         return [os.uname().nodename]
     probes = {}
@@ -349,8 +349,8 @@ def alive_hosts(
             continue
         one = Placement(((name, 1),), "hosts", f"{name}:1")
         with_mpi = mpi_env(env, one)
-        probe = mpirun_command(1, [sys.executable, "-c", "pass"], placement=one, env=with_mpi)
-        probes[name] = _job(probe, with_mpi, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = mpirun_command(1, [sys.executable, "-c", code], placement=one, env=with_mpi)
+        probes[name] = _job(cmd, with_mpi, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     while any(p.poll() is None for p in probes.values()) and time.monotonic() < deadline and not stop:
         time.sleep(0.05)

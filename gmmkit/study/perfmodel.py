@@ -27,9 +27,8 @@ waiting, two collectives in exact mode), not the allreduce alone, taken relative
 from __future__ import annotations
 
 import math
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -203,16 +202,12 @@ def one_machine(placement: Placement) -> bool:
     """Whether every host of ``placement`` is this machine under another name (one kernel: the same boot id), as
     the tests' emulated hosts are: their ranks then share its cores and memory like ranks of one host (measured:
     the model that took them for machines apart predicted 79.9 % at n = 2 where 70.2 % was measured)."""
-    probe = [sys.executable, "-c", "import json; print(json.dumps({'boot': open(%r).read().strip()}))" % BOOT_ID]
     try:
         here = Path(BOOT_ID).read_text().strip()
-        return all(
-            launch.run_json(1, probe, timeout=60, placement=Placement(((name, 1),), "hosts", f"{name}:1"))["boot"]
-            == here
-            for name in placement.names
-        )
-    except Exception:  # a host that cannot be asked (or a kernel without the file): taken for another machine
+    except OSError:  # a kernel without the file: every host taken for another machine
         return False
+    same = f"import sys; sys.exit(open({BOOT_ID!r}).read().strip() != {here!r})"  # each host asked at once
+    return set(launch.alive_hosts(placement, timeout_s=60, code=same)) == set(placement.names)
 
 
 def from_measurements(compute: dict, allreduce_s: float, contention: Optional[dict] = None) -> PerfModel:
@@ -238,21 +233,25 @@ def calibrate(cfg, ranks: int = 2, trainer=None, placement: Placement = LOCAL, e
     where :func:`allreduce_placement` puts it; ``trainer``: a :class:`~gmmkit.training.Trainer` of ``cfg``
     with one thread to time (its weights move: reset it); ``exact``: also what exact mode costs a step."""
     compute = measure_compute(cfg.replace(train={"threads": 1}), trainer=trainer, exact=exact)
+    model = from_measurements(compute, 0.0)
     where = allreduce_placement(placement, ranks)
     if ranks > 1 and (len(placement.hosts) <= 1 or one_machine(where)):  # the ranks share a machine: one job
         contention = measure_contention(cfg, ranks, where)
         # The job's steps run at another moment than the fit's, and a shared machine's speed drifts by more
         # than the overhead (its share's step alone took 51 ms in the fit and 66 ms in the job, minutes apart):
         # the overhead is taken in the job's own measure, relative to its step alone, then put in the fit's.
-        alone = from_measurements(compute, 0.0).compute_time("strong", ranks, cfg.train.batch_size, exact)
-        contention["step_overhead_s"] *= alone / contention.pop("alone")
-        return from_measurements(compute, contention.pop("allreduce_s"), contention)
-    allreduce = (
-        measure_allreduce(compute["gradient_bytes"], ranks, placement=where)[probe_key(cfg.train.backend)]
-        if ranks > 1
-        else 0.0
-    )
-    return from_measurements(compute, allreduce)
+        alone = model.compute_time("strong", ranks, cfg.train.batch_size, exact)
+        overhead = contention["step_overhead_s"] * alone / contention["alone"]
+        return replace(
+            model,
+            allreduce_s=contention["allreduce_s"],
+            shared_host=contention["shared_host"],
+            step_overhead_s=overhead,
+        )
+    if ranks > 1:
+        measured = measure_allreduce(compute["gradient_bytes"], ranks, placement=where)
+        model = replace(model, allreduce_s=measured[probe_key(cfg.train.backend)])
+    return model
 
 
 def efficiency(t1: Optional[float], n: int, tn: Optional[float]) -> Optional[float]:
