@@ -79,6 +79,7 @@ def test_03_reproduce_paper(tmp_path):
             "strategies": ["strong", "weak"],
             "workers": [1, 2],
             "max_real": 2,
+            "calibrate": False,  # nothing is simulated here (test_study's sweep calibrates)
             "out": "runs/paper",
             "reproduction_dir": "runs/paper",
         },
@@ -86,7 +87,7 @@ def test_03_reproduce_paper(tmp_path):
     tables = (tmp_path / "runs/paper/tables.md").read_text()
     assert "### strong" in tables and "### weak" in tables and "reached_target" in tables
     text = notebook_text(nb)
-    assert "allreduce of" in text and "fig2_time_to_target.html" in text
+    assert "calibrating" not in text and "fig2_time_to_target.html" in text
     assert "| n | mode | status |" in text  # the tables, displayed
     # section 4 opens a folder's progress: here the sweep's own (no protocol, no claims, every point ended)
     assert "eta = not chosen yet" in text and "3 of 3 grid points ended; still to run: none" in text
