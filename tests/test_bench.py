@@ -55,16 +55,16 @@ def test_scaling_probe_times_one_worker_and_two_in_turns_in_one_job(tmp_path):
     assert set(result["epochs_s"]) == {"1", "2"}
     assert all(len(t) == 2 and all(s > 0 for s in t) for t in result["epochs_s"].values())
     steps = result["steps_s"]
-    assert set(steps) == {"alone_batch", "alone_share", "side_by_side_share", "horovod_share"}
+    assert set(steps) == {"alone_batch", "alone_share", "side_by_side_share", "collective_share"}
     assert all(s > 0 for s in steps.values())
 
 
 def test_efficiency_factors_multiply_to_the_efficiency():
-    steps = {"alone_batch": 0.180, "alone_share": 0.100, "side_by_side_share": 0.104, "horovod_share": 0.110}
+    steps = {"alone_batch": 0.180, "alone_share": 0.100, "side_by_side_share": 0.104, "collective_share": 0.110}
     factors = bench.efficiency_factors(steps, efficiency=0.75, n=2)
     assert factors["batch_split"] == pytest.approx(0.9)
     assert factors["shared_host"] == pytest.approx(0.100 / 0.104)
-    assert factors["horovod"] == pytest.approx(0.104 / 0.110)
+    assert factors["collective"] == pytest.approx(0.104 / 0.110)
     assert np.prod(list(factors.values())) == pytest.approx(0.75)
 
 

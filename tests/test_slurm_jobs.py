@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import ROOT, gmmkit_train, needs_horovod, tiny_config, wait_for
+from conftest import ROOT, gmmkit_train, tiny_config, wait_for
 
 from gmmkit.cluster import MPICluster
 from gmmkit.files import read_jsonl
 from gmmkit.training import RunDir
 
-pytestmark = [pytest.mark.mpi, needs_horovod]
+pytestmark = [pytest.mark.mpi]  # either lane: the ranks use Horovod where it is installed, else mpi4py
 EXAMPLES = ROOT / "examples" / "slurm"
 GMMKIT = shlex.join([sys.executable, "-m", "gmmkit"])  # how the example scripts call gmmkit here
 RTOL = 1e-4  # as tests/test_horovod.py
@@ -52,6 +52,7 @@ def sbatch(slurm, script, *args, cwd, timeout=300) -> str:
     return text
 
 
+@pytest.mark.lane  # and in the current lane (make test-current): its ranks on mpi4py
 def test_the_training_example_runs_one_rank_per_allocated_node(slurm_cluster, reference, tmp_path):
     cfg, ref_run, _ = reference
     cfg_file = tmp_path / "cfg.json"

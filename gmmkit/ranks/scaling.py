@@ -25,8 +25,8 @@ def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
 
     Then single steps, also in turns, that split the efficiency into factors (``steps_s``):
     ``alone_batch`` and ``alone_share``, rank 0 stepping the global batch and one rank's share with the
-    other ranks asleep; ``side_by_side_share``, every rank stepping its share at once without Horovod;
-    ``horovod_share``, the real n-worker step (on the config's backend, Horovod's or not)."""
+    other ranks asleep; ``side_by_side_share``, every rank stepping its share at once without a collective;
+    ``collective_share``, the real n-worker step (on the config's backend: Horovod or mpi4py)."""
     cfg = RunConfig.from_json(cfg_json).replace(train={"strategy": "strong"})
     ctx = distributed.init(1, backend=cfg.train.backend)
     alone = cfg.replace(train={"workers": 1})
@@ -51,7 +51,7 @@ def scaling_probe(cfg_json: str, rounds: int = 3) -> dict:
         "alone_batch": (True, lambda: solo.step(x_batch, batch)),
         "alone_share": (True, lambda: solo.step(x_share, batch)),
         "side_by_side_share": (False, lambda: solo.step(x_share, batch)),
-        "horovod_share": (False, lambda: team.step(x_team, batch)),
+        "collective_share": (False, lambda: team.step(x_team, batch)),
     }
     return {"epochs_s": times, "ranks": ctx.size, "steps_s": _step_times(ctx, steps, rounds)}
 

@@ -15,7 +15,7 @@ key                         what it is
 ``strong_efficiency_n2``    one epoch, 1 worker over 2 workers on the backend (1 thread each): T1 / (2 T2),
                             each T the median of three epochs, the two taking turns in one 2-rank job
 ``strong_efficiency_        the same efficiency as a product of four factors measured step by step in
-factors``                   that job: batch split, shared host, Horovod, rest (:func:`efficiency_factors`)
+factors``                   that job: batch split, shared host, collective, rest (:func:`efficiency_factors`)
 ``exact_overhead``          a whole exact training step (``train.exact``, M micro-shards of the batch of 32)
                             over a default one, at M = 2, 8 and 32, the three and the default taking turns
 ``strong_efficiency_n2_      the same 2-worker efficiency in exact mode (M = 32), and its ratio to the
@@ -132,15 +132,16 @@ def efficiency_factors(steps_s: dict, efficiency: float, n: int) -> dict:
     ``batch_split``  ``alone_batch / (n alone_share)``: what cutting the batch into n shares costs the
                      kernels of one rank, nothing else running (the most the efficiency can reach here)
     ``shared_host``  ``alone_share / side_by_side_share``: the ranks' steps slowing each other down on one
-                     host (caches, memory bandwidth), still without Horovod
-    ``horovod``      ``side_by_side_share / horovod_share``: the allreduce and the ranks waiting for each other
+                     host (caches, memory bandwidth), still without a collective
+    ``collective``   ``side_by_side_share / collective_share``: the backend's allreduce (Horovod's or mpi4py's)
+                     and the ranks waiting for each other (recordings before 2026-12-02: ``horovod``)
     ``rest``         ``efficiency`` over the product of the three: what an epoch adds around its steps
                      (validation, the loop, the data), and the noise between the two measurements
     """
     factors = {
         "batch_split": steps_s["alone_batch"] / (n * steps_s["alone_share"]),
         "shared_host": steps_s["alone_share"] / steps_s["side_by_side_share"],
-        "horovod": steps_s["side_by_side_share"] / steps_s["horovod_share"],
+        "collective": steps_s["side_by_side_share"] / steps_s["collective_share"],
     }
     factors["rest"] = efficiency / float(np.prod(list(factors.values())))
     return factors
