@@ -205,15 +205,17 @@ def _run_processes(run: Path) -> list:
     return mine
 
 
-def _requeued(env, job: str, restarts: int) -> None:
-    """Wait until SLURM has put ``job`` back in the queue for the ``restarts``-th time, then let it start at once:
-    SLURM holds a requeued batch job for two minutes (its EligibleTime), which an administrator may cut short."""
+def _requeued(env, job: str, restarts: int, then=lambda: None) -> None:
+    """Wait until SLURM has put ``job`` back in the queue for the ``restarts``-th time, call ``then``, and let
+    the job start at once: SLURM holds a requeued batch job for two minutes (its EligibleTime), which an
+    administrator may cut short."""
 
     def pending():
         show = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
         return f"Restarts={restarts} " in show and "Reason=BeginTime" in show
 
     wait_for(pending, timeout=120, what=f"job {job} requeued ({restarts})")
+    then()
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, check=True, capture_output=True)
 
 
@@ -222,9 +224,11 @@ def test_a_requeued_training_job_resumes_its_run_on_the_same_path(slurm_cluster,
     sends SIGTERM to every process of the job, gmmkit ends the run ``stopped`` after its step, and the requeued
     job runs the example again, which resumes the run; then USR1 to the batch script (what ``--signal=B:USR1@180``
     sends before the time limit) makes the script requeue its own job, stopped and resumed the same way. The run
-    ends as the uninterrupted one-process run, bit for bit (exact mode)."""
-    run, epochs = tmp_path / "run", 4  # 48 steps: a state after step 2 leaves 46 to requeue the job in
-    cfg = tiny_config(run, exact=True, lr=2e-3, epochs=epochs, strategy="strong", workers=2)
+    ends as the uninterrupted one-process run, bit for bit (exact mode). Until the second requeue the run has
+    far more epochs than it can reach, whatever the machine's speed; the last start asks for one epoch more than
+    were done (a resumed run may change its epochs), so it ends."""
+    run = tmp_path / "run"
+    cfg = tiny_config(run, exact=True, lr=2e-3, epochs=10000, strategy="strong", workers=2)
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(cfg.to_json())
     env = slurm_cluster.env({**os.environ, "GMMKIT": GMMKIT})
@@ -239,6 +243,12 @@ def test_a_requeued_training_job_resumes_its_run_on_the_same_path(slurm_cluster,
     def resumed():
         return len(summary().get("resumes", ())) == 1 and summary().get("status") == "running"
 
+    def one_epoch_more():  # the job is in the queue, its run stopped: the next start ends after one epoch more
+        ours = lambda: [p for p in _run_processes(run) if p.pid != sbatch.pid]  # noqa: E731 (sbatch --wait lives on)
+        wait_for(lambda: not ours(), timeout=60, what="the stopped job's processes ending")
+        assert summary().get("status") == "stopped", summary()
+        cfg_file.write_text(cfg.replace(train={"epochs": summary()["epochs"] + 1}).to_json())
+
     try:
         wait_for(lambda: "checkpoint_at" in summary(), sbatch, what="a state inside an epoch")
         (output,) = tmp_path.glob("gmmkit-train-*.out")
@@ -249,7 +259,7 @@ def test_a_requeued_training_job_resumes_its_run_on_the_same_path(slurm_cluster,
         stopped_at = summary().get("checkpoint_at")
         wait_for(lambda: summary().get("checkpoint_at") not in (None, stopped_at), sbatch, what="a state after it")
         subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True, capture_output=True)
-        _requeued(env, job, 2)
+        _requeued(env, job, 2, then=one_epoch_more)
         out, err = sbatch.communicate(timeout=300)
     finally:
         if sbatch.poll() is None:
@@ -257,16 +267,17 @@ def test_a_requeued_training_job_resumes_its_run_on_the_same_path(slurm_cluster,
             sbatch.wait()
     log = output.read_text()
     assert sbatch.returncode == 0, f"sbatch --wait: {err}\n{log}"
+    epochs = json.loads(cfg_file.read_text())["train"]["epochs"]
     # one output, every start (--open-mode=append): the first two ended stopped, the last resumed and finished
     starts = log.split(f"job {job} on gmk-node[0-1], requeued ")
     assert [part[:7] for part in starts[1:]] == ["0 times", "1 times", "2 times"], log
     assert all("status stopped after" in part and "status max_epochs" not in part for part in starts[1:3]), log
-    assert "status max_epochs after 4 epochs" in starts[3], log
+    assert f"status max_epochs after {epochs} epochs" in starts[3], log
     assert summary()["status"] == "max_epochs" and summary()["epochs"] == epochs
     assert len(summary()["resumes"]) == 2, summary()["resumes"]
     wait_for(lambda: not _run_processes(run), timeout=60, what="the job's processes ending")
 
-    gmmkit_train(cfg.replace(out=str(tmp_path / "n1"), train={"workers": 1}))  # uninterrupted, one process
+    gmmkit_train(cfg.replace(out=str(tmp_path / "n1"), train={"workers": 1, "epochs": epochs}))  # uninterrupted
     assert losses_of(run) == losses_of(tmp_path / "n1")  # every loss, bit for bit
 
 
